@@ -1,0 +1,33 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first when it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+RUN ?= runs/demo-mae-fmnist
+
+.PHONY: setup demo test clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip >/dev/null
+	# torch and torchvision together: this pair is the one timm's torchvision import works with here.
+	$(PIP) install torch==2.14.1 torchvision==0.29.1
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+setup: $(VENV)/.installed
+	@if [ ! -f $(FMNIST) ] && [ -z "$$MIMKIT_DATA" ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing Debian's dataset-fashion-mnist"; \
+		(apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)) \
+		|| echo "could not install dataset-fashion-mnist; mimkit will try to download Fashion-MNIST instead"; \
+	fi
+
+demo: setup
+	$(PY) -m mimkit.demo --out $(RUN)
+
+test: setup
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf runs .pytest_cache

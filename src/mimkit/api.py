@@ -1,0 +1,35 @@
+"""Python API: `mimkit.load(RUN_DIR_or_checkpoint)` returns the trained Method module (eval mode)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import yaml
+
+from mimkit.config import Config, config_from_dict, resolved
+from mimkit.engine import checkpoint as ckpt
+from mimkit.methods import Method, build_method
+
+
+def load_config_of(path: str | Path) -> tuple[Config, Path]:
+    """The resolved config a checkpoint was trained with, and the checkpoint folder."""
+    ckpt_dir = ckpt.find_checkpoint(path)
+    meta = ckpt.load_meta(ckpt_dir) if (ckpt_dir / ckpt.META_FILE).is_file() else {}
+    tree = meta.get("config")
+    if tree is None:
+        for candidate in (Path(path) / "config.yaml", ckpt_dir.parent.parent / "config.yaml"):
+            if candidate.is_file():
+                tree = yaml.safe_load(candidate.read_text())
+                break
+    if tree is None:
+        raise ckpt.CheckpointError(f"'{path}': no config found (meta.json or config.yaml)")
+    return resolved(config_from_dict(tree)), ckpt_dir
+
+
+def load(path: str | Path, device: str | torch.device = "cpu") -> Method:
+    """Rebuild the run's model from its saved config and load its weights (strictly)."""
+    cfg, ckpt_dir = load_config_of(path)
+    method = build_method(cfg)
+    method.load_state_dict(ckpt.load_weights(ckpt_dir), strict=True)
+    method.config = cfg
+    return method.to(device).eval()

@@ -1,0 +1,171 @@
+"""`mimkit` command line: parse, load the config, call one function per command. User errors exit 2, no traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+USER_ERRORS: tuple[type[BaseException], ...] = ()
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from mimkit.config import ConfigError
+    from mimkit.data.fashion_mnist import DataNotFoundError
+    from mimkit.data.folder import FolderError
+    from mimkit.engine.checkpoint import CheckpointError
+    from mimkit.interop.imports import ImportError_
+
+    return (ConfigError, DataNotFoundError, FolderError, CheckpointError, ImportError_)
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from mimkit.config import load_config
+    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
+    from mimkit.pretrain import pretrain
+
+    cfg = load_config(args.config, args.set)
+    try:
+        results = pretrain(cfg, args.out, require_checkpoint=args.resume)
+    except Interrupted as stop:
+        print(f"mimkit: {stop}; resume with the same command", file=sys.stderr)
+        return stop.exit_code
+    except NonFiniteLossError as err:
+        print(f"mimkit: {err}", file=sys.stderr)
+        return 3
+    if results:
+        print(json.dumps(results, indent=1))
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    import yaml
+
+    from mimkit.config import RECIPES_DIR, recipe_names
+
+    for name in recipe_names():
+        text = (RECIPES_DIR / f"{name}.yaml").read_text()
+        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+        tree = yaml.safe_load(text) or {}
+        summary = (f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', '?')} / "
+                   f"{tree.get('data', {}).get('name', 'fashion-mnist')}")
+        print(f"{name:24s} {summary:48s} {first}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from mimkit.config import load_config, resolved
+    from mimkit.methods import build_method
+    from mimkit.models.presets import PRESETS
+
+    for name, spec in PRESETS.items():
+        cfg = resolved(load_config(None, [f"model.name={name}"]))
+        n = sum(p.numel() for p in build_method(cfg).encoder.parameters())
+        print(f"{name:16s} dim {spec.embed_dim:4d} depth {spec.depth:2d} heads {spec.num_heads:2d} patch "
+              f"{spec.patch_size}  encoder {n / 1e6:6.2f}M params")
+    print("...or any timm ViT name (timm.list_models('vit_*')), with model.patch_size/embed_dim/... overrides")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    import torch
+
+    from mimkit.api import load
+    from mimkit.data.datasets import build_data
+    from mimkit.viz.reconstructions import reconstruction_figure
+
+    method = load(args.run, device="cuda" if torch.cuda.is_available() else "cpu")
+    cfg = method.config
+    data = build_data(cfg)
+    out = args.out or Path(args.run) / "figures" / "reconstructions.png"
+    path = reconstruction_figure(method, data.train, data.heldout, cfg, out, n=args.n,
+                                 device=next(method.parameters()).device)
+    print(path)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from mimkit.interop.export import export_encoder
+
+    info = export_encoder(args.run, args.out)
+    print(f"wrote {info['file']} (+ .json)\nload it with:\n  import timm\n  {info['snippet']}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from mimkit.interop.imports import import_checkpoint
+
+    print(json.dumps(import_checkpoint(args.source, args.out, args.format), indent=1))
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from mimkit.bench.pretrain_bench import run_pretrain_bench
+    from mimkit.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare, out=args.out)
+    print(json.dumps(result, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modeling research toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="pretrain with MAE or SimMIM (re-run the same command to resume)")
+    p.add_argument("--config", required=True, help="recipe name (see `mimkit recipes`), YAML file or run directory")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
+    p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
+    p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("recipes", help="list shipped recipes")
+    p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("models", help="list model presets")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("reconstruct", help="figure of original / masked / reconstruction, train vs held-out")
+    p.add_argument("run", help="run directory or checkpoint folder")
+    p.add_argument("--out", default=None, help="PNG path (default RUN/figures/reconstructions.png)")
+    p.add_argument("--n", type=int, default=6, help="images per side")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser("export", help="encoder-only weights in timm's key layout (safetensors)")
+    p.add_argument("run", help="run directory or checkpoint folder")
+    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import", help="HF ViTMAEForPreTraining directory or official MAE .pth -> run directory")
+    p.add_argument("source")
+    p.add_argument("--out", required=True, help="run directory to create")
+    p.add_argument("--format", choices=["auto", "hf", "mae-pth"], default="auto")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("bench", help="benchmarks")
+    bench = p.add_subparsers(dest="bench_command", required=True)
+    b = bench.add_parser("pretrain", help="time pretraining steps (img/s, peak memory)")
+    b.add_argument("--config", required=True)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--steps", type=int, default=20, help="timed steps")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
+    b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
+    b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except _user_errors() as err:
+        print(f"mimkit: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mimkit: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

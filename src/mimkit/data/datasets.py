@@ -1,0 +1,164 @@
+"""Data sets as uint8 tensors in memory (or memmap), nested training subsets and a fixed held-out split.
+
+A data set here is just `ImageSet(images uint8 (N, C, S, S), labels, ids)`; `ids` are stable sample identities
+(position in the full training set) that key every random choice about a sample (see keyed_random).
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from mimkit.data import fashion_mnist, folder
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+FMNIST_MEAN = [0.2860]
+FMNIST_STD = [0.3530]
+
+
+def default_normalization(name: str, in_chans: int) -> tuple[list[float], list[float]]:
+    if name == "fashion-mnist":
+        mean, std = FMNIST_MEAN, FMNIST_STD
+    elif name == "synthetic":
+        mean, std = [0.5], [0.25]
+    else:
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    if in_chans == 3 and len(mean) == 1:
+        mean, std = mean * 3, std * 3
+    if in_chans == 1 and len(mean) == 3:
+        mean, std = [float(np.mean(mean))], [float(np.mean(std))]
+    return list(mean), list(std)
+
+
+@dataclass
+class ImageSet:
+    images: torch.Tensor  # (N, C, S, S) uint8 (CPU; may be memmap-backed)
+    labels: torch.Tensor | None  # (N,) int64
+    ids: torch.Tensor  # (N,) int64, stable sample identities
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def subset(self, positions: torch.Tensor | np.ndarray) -> "ImageSet":
+        pos = torch.as_tensor(positions, dtype=torch.int64)
+        images = self.images[pos]
+        labels = self.labels[pos] if self.labels is not None else None
+        return ImageSet(images, labels, self.ids[pos])
+
+    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(uint8 images, sample ids) for these positions."""
+        return self.images[positions], self.ids[positions]
+
+
+@dataclass
+class DataBundle:
+    train: ImageSet
+    heldout: ImageSet
+    heldout_source: str  # 'test split', 'val_root', or 'x% of train'
+    classes: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        extra = f", {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""
+        return (f"train {len(self.train)} images, held-out {len(self.heldout)} ({self.heldout_source})"
+                f"{', ' + str(len(self.classes)) + ' classes' if self.classes else ''}{extra}")
+
+
+def nested_subset(labels: torch.Tensor | None, n: int, fraction: float, seed: int) -> torch.Tensor:
+    """Positions of a `fraction` subset. One seeded permutation per class, subsets are prefixes of it: so for the
+    same seed 0.1 is inside 0.2 inside 0.5 inside 1.0, and each class keeps its share (class-balanced)."""
+    if fraction >= 1.0:
+        return torch.arange(n)
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
+    if labels is None:
+        order = torch.randperm(n, generator=gen)
+        return torch.sort(order[:max(1, round(n * fraction))]).values
+    picked = []
+    for cls in torch.unique(labels).tolist():
+        members = torch.nonzero(labels == cls).flatten()
+        order = members[torch.randperm(len(members), generator=gen)]
+        picked.append(order[:max(1, round(len(members) * fraction))])
+    return torch.sort(torch.cat(picked)).values
+
+
+def split_heldout(labels: torch.Tensor | None, n: int, fraction: float, seed: int) -> tuple[torch.Tensor,
+                                                                                           torch.Tensor]:
+    """(train positions, held-out positions): a seeded class-balanced `fraction` of train, fixed per seed."""
+    held = nested_subset(labels, n, fraction, seed + 7919)
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held] = False
+    return torch.nonzero(keep).flatten(), held
+
+
+def _to_chw(images: np.ndarray, channels: int) -> torch.Tensor:
+    t = torch.from_numpy(np.array(images, copy=True))  # idx buffers are read-only
+    if t.ndim == 3:
+        t = t.unsqueeze(1)
+    if t.shape[1] == 1 and channels == 3:
+        t = t.expand(-1, 3, -1, -1).contiguous()
+    return t
+
+
+def _load_fashion_mnist(cfg: Any, log: Callable) -> tuple[ImageSet, ImageSet | None, list[str], list[str]]:
+    directory = fashion_mnist.locate(cfg.data.root, allow_download=cfg.data.download)
+    train_x, train_y = fashion_mnist.load_split(directory, "train")
+    test_x, test_y = fashion_mnist.load_split(directory, "test")
+    c = cfg.data.in_chans
+    train = ImageSet(_to_chw(train_x, c), torch.from_numpy(train_y), torch.arange(len(train_y)))
+    test = ImageSet(_to_chw(test_x, c), torch.from_numpy(test_y), torch.arange(len(test_y)) + 10_000_000)
+    return train, test, list(fashion_mnist.CLASSES), []
+
+
+def _load_folder(root: str, cfg: Any, log: Callable, id_offset: int = 0) -> tuple[ImageSet, list[str], list[str]]:
+    d = cfg.data
+    decoded = folder.load_folder(root, d.decode_size, d.in_chans, d.num_workers, log)
+    with warnings.catch_warnings():  # a read-only memmap: mimkit never writes into data tensors
+        warnings.simplefilter("ignore", UserWarning)
+        images = torch.from_numpy(decoded.images)
+    labels = torch.from_numpy(decoded.labels) if decoded.labels is not None else None
+    ids = torch.arange(len(images)) + id_offset
+    return ImageSet(images, labels, ids), decoded.classes, decoded.skipped
+
+
+def _synthetic(n: int, channels: int, size: int, seed: int, id_offset: int = 0) -> ImageSet:
+    """Smooth random images (low-frequency noise), for benchmarks and tests that need no real data."""
+    gen = torch.Generator().manual_seed(seed)
+    low = torch.rand(n, channels, 4, 4, generator=gen)
+    images = torch.nn.functional.interpolate(low, size=(size, size), mode="bicubic", align_corners=False)
+    images = (images.clamp(0, 1) * 255).round().to(torch.uint8)
+    labels = torch.randint(0, 10, (n,), generator=gen)
+    return ImageSet(images, labels, torch.arange(n) + id_offset)
+
+
+def build_data(cfg: Any, log: Callable = print) -> DataBundle:
+    """Train set (nested `data.fraction` subset) and held-out set, as the config asks."""
+    d = cfg.data
+    classes: list[str] = []
+    skipped: list[str] = []
+    heldout: ImageSet | None = None
+    source = ""
+    if d.name == "fashion-mnist":
+        full, heldout, classes, skipped = _load_fashion_mnist(cfg, log)
+        source = "test split"
+    elif d.name == "folder":
+        full, classes, skipped = _load_folder(d.root, cfg, log)
+        if d.val_root:
+            heldout, _, val_skipped = _load_folder(d.val_root, cfg, log, id_offset=10_000_000)
+            skipped += val_skipped
+            source = f"val_root {d.val_root}"
+    else:
+        full = _synthetic(d.synthetic_size, d.in_chans, d.decode_size, cfg.seed)
+    if d.val_fraction is not None or heldout is None:
+        fraction = d.val_fraction if d.val_fraction is not None else 0.05
+        if len(full) < 2:
+            raise folder.FolderError(f"need at least 2 images to split off a held-out set, found {len(full)}")
+        train_pos, held_pos = split_heldout(full.labels, len(full), fraction, cfg.seed)
+        heldout = full.subset(held_pos)
+        full = full.subset(train_pos)
+        source = f"{fraction:.0%} of train (seeded)"
+    train = full.subset(nested_subset(full.labels, len(full), d.fraction, cfg.seed)) if d.fraction < 1 else full
+    return DataBundle(train, heldout, source, classes, skipped)

@@ -1,0 +1,64 @@
+"""Training batches addressed by (optimizer step, micro-step): resuming at step k needs no replay.
+
+Order comes from torch's DistributedSampler (seeded per epoch with set_epoch), so N processes with per-rank batch
+b see, at every step, exactly the samples one process with batch N*b sees. Augmentation is keyed by sample and
+epoch (see keyed_random), so those samples are also augmented identically.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.utils.data import DistributedSampler
+
+from mimkit.data.datasets import ImageSet
+from mimkit.data.keyed_random import sample_keys
+from mimkit.data.transforms import BatchAugment
+
+
+class TrainStream:
+    def __init__(self, data: ImageSet, augment: BatchAugment, micro_batch: int, accum_steps: int, rank: int,
+                 world_size: int, seed: int, device: torch.device):
+        self.data = data
+        self.augment = augment
+        self.micro_batch = micro_batch
+        self.accum_steps = accum_steps
+        self.device = device
+        self.sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True,
+                                          seed=seed, drop_last=False)
+        self.batches_per_epoch = len(self.sampler) // micro_batch
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the training set has {len(data)} images, fewer than one batch per process "
+                             f"({micro_batch} x {world_size} processes): lower train.batch_size or add data")
+        self._epoch = -1
+        self._order: torch.Tensor | None = None
+
+    @property
+    def images_per_epoch(self) -> int:
+        return self.batches_per_epoch * self.micro_batch * self.sampler.num_replicas
+
+    def epoch_of(self, step: int) -> int:
+        return (step * self.accum_steps) // self.batches_per_epoch
+
+    def _epoch_order(self, epoch: int) -> torch.Tensor:
+        if epoch != self._epoch:
+            self.sampler.set_epoch(epoch)
+            self._order = torch.tensor(list(iter(self.sampler)), dtype=torch.int64)
+            self._epoch = epoch
+        return self._order
+
+    def get(self, step: int, micro: int) -> dict[str, Any]:
+        """The augmented micro-batch `micro` of optimizer step `step` for this process."""
+        index = step * self.accum_steps + micro
+        epoch, offset = divmod(index, self.batches_per_epoch)
+        positions = self._epoch_order(epoch)[offset * self.micro_batch:(offset + 1) * self.micro_batch]
+        images, ids = self.data.batch(positions)
+        non_blocking = self.device.type == "cuda"
+        if non_blocking:
+            images = images.pin_memory()
+        images = images.to(self.device, non_blocking=non_blocking)
+        keys = sample_keys(ids, epoch).to(self.device)
+        batch = {"images": self.augment(images, keys), "keys": keys, "ids": ids, "epoch": epoch}
+        if self.data.labels is not None:
+            batch["labels"] = self.data.labels[positions].to(self.device)
+        return batch

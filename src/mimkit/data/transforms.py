@@ -1,0 +1,93 @@
+"""Batched augmentation on uint8 tensors, on whatever device they live on (CPU today, GPU for speed).
+
+RandomResizedCrop + horizontal flip + normalisation for a whole batch at once: crop boxes are drawn per sample from
+keyed random numbers (torchvision's sampling rule: 10 tries of area and log-aspect, then a centre-crop fallback) and
+resampled with `roi_align`, which crops and bilinearly resizes every box of a batch in one call.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torchvision.ops import roi_align
+
+from mimkit.data.keyed_random import STREAM_CROP, STREAM_FLIP, keyed_uniform
+
+ATTEMPTS = 10
+
+
+def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+class BatchAugment:
+    """uint8 (B, C, S, S) + sample keys -> normalised float (B, C, out, out)."""
+
+    def __init__(self, out_size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
+                 mean: list[float], std: list[float], seed: int):
+        self.out_size = out_size
+        self.scale = scale
+        self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+        self.ratio = ratio
+        self.hflip = hflip
+        self.mean = torch.tensor(mean, dtype=torch.float32)
+        self.std = torch.tensor(std, dtype=torch.float32)
+        self.seed = seed
+
+    def crop_boxes(self, keys: torch.Tensor, height: int, width: int) -> torch.Tensor:
+        """(B, 4) float boxes x1, y1, x2, y2 in pixel coordinates."""
+        u = keyed_uniform(keys, 4 * ATTEMPTS, self.seed, STREAM_CROP).view(-1, ATTEMPTS, 4)
+        area = height * width * (self.scale[0] + u[..., 0] * (self.scale[1] - self.scale[0]))
+        aspect = torch.exp(self.log_ratio[0] + u[..., 1] * (self.log_ratio[1] - self.log_ratio[0]))
+        w = torch.round(torch.sqrt(area * aspect))
+        h = torch.round(torch.sqrt(area / aspect))
+        valid = (w > 0) & (h > 0) & (w <= width) & (h <= height)
+        top = torch.floor(u[..., 2] * (height - h + 1))
+        left = torch.floor(u[..., 3] * (width - w + 1))
+        first = torch.argmax(valid.to(torch.int8), dim=1)  # first valid attempt (0 when none)
+        pick = lambda t: t.gather(1, first[:, None]).squeeze(1)  # noqa: E731
+        w, h, top, left = pick(w), pick(h), pick(top), pick(left)
+        # Fallback (no valid attempt): the largest centred crop with an aspect ratio inside the allowed range.
+        any_valid = valid.any(dim=1)
+        in_ratio = width / height
+        if in_ratio < self.ratio[0]:
+            fw, fh = width, round(width / self.ratio[0])
+        elif in_ratio > self.ratio[1]:
+            fw, fh = round(height * self.ratio[1]), height
+        else:
+            fw, fh = width, height
+        w = torch.where(any_valid, w, torch.full_like(w, fw))
+        h = torch.where(any_valid, h, torch.full_like(h, fh))
+        top = torch.where(any_valid, top, torch.full_like(top, (height - fh) // 2))
+        left = torch.where(any_valid, left, torch.full_like(left, (width - fw) // 2))
+        return torch.stack([left, top, left + w, top + h], dim=1)
+
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        b, c, height, width = images.shape
+        keys = keys.to(images.device)
+        boxes = self.crop_boxes(keys, height, width).to(images.device)
+        rois = torch.cat([torch.arange(b, device=images.device, dtype=torch.float32)[:, None], boxes], dim=1)
+        x = roi_align(images.float(), rois, output_size=self.out_size, spatial_scale=1.0, sampling_ratio=-1,
+                      aligned=True)
+        if self.hflip:
+            flip = keyed_uniform(keys, 1, self.seed, STREAM_FLIP).squeeze(1) < 0.5
+            x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        return _normalize(x.clamp(0, 255), self.mean.to(x.device), self.std.to(x.device))
+
+
+def eval_transform(images: torch.Tensor, out_size: int, mean: list[float], std: list[float]) -> torch.Tensor:
+    """The whole image, resized to the network size and normalised (held-out evaluation, figures)."""
+    x = images.float()
+    if x.shape[-1] != out_size or x.shape[-2] != out_size:
+        x = torch.nn.functional.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    m = torch.tensor(mean, device=x.device)
+    s = torch.tensor(std, device=x.device)
+    return _normalize(x.clamp(0, 255), m, s)
+
+
+def denormalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.Tensor:
+    """Normalised -> [0, 1] for figures."""
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    return (x * s + m).clamp(0, 1)

@@ -1,0 +1,120 @@
+"""metrics.jsonl (one JSON object per event), TensorBoard when installed, and a console progress display."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from mimkit.engine.atomic import atomic_write_text
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """All complete records; a half-written last line (killed mid-write) is ignored."""
+    records = []
+    path = Path(path)
+    if not path.is_file():
+        return records
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+class MetricsLogger:
+    """Appends events to RUN_DIR/metrics.jsonl (rank 0 only) and mirrors scalars to TensorBoard."""
+
+    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+        self.path = run_dir / "metrics.jsonl"
+        self.enabled = enabled
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
+            except Exception:  # noqa: BLE001 - tensorboard is optional
+                self.writer = None
+        self._fh = None
+
+    def truncate_after(self, step: int) -> None:
+        """On resume: drop events logged after the checkpoint we resume from (they will be logged again)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        record = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = open(self.path, "a")
+        self._fh.write(json.dumps(record) + "\n")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        if self.writer is not None:
+            split = record.get("split", "train")
+            for key in ("loss", "lr", "img_per_s", "grad_norm"):
+                if isinstance(record.get(key), (int, float)):
+                    self.writer.add_scalar(f"{split}/{key}", record[key], record.get("step", 0))
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if self.writer is not None:
+            self.writer.close()
+
+
+def format_eta(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:d}:{m:02d}:{s:02d}"
+
+
+class Progress:
+    """A rich progress bar on a terminal; plain periodic lines elsewhere (CI, log files, SLURM)."""
+
+    def __init__(self, total: int, start: int, enabled: bool, every: int):
+        self.total, self.start, self.enabled, self.every = total, start, enabled, every
+        self.t0 = time.time()
+        self.bar = None
+        if enabled and sys.stdout.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
+                TimeRemainingColumn
+
+            self.bar = RichProgress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self.task = self.bar.add_task("train", total=total, completed=start, info="")
+            self.bar.start()
+
+    def update(self, step: int, loss: float, img_per_s: float, lr: float) -> None:
+        if not self.enabled:
+            return
+        done = step - self.start
+        eta = (time.time() - self.t0) / max(1, done) * (self.total - step)
+        info = f"loss {loss:.4f}  {img_per_s:,.0f} img/s  lr {lr:.2e}  eta {format_eta(eta)}"
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, info=info)
+        elif step % self.every == 0 or step == self.total:
+            print(f"step {step}/{self.total}  {info}", flush=True)
+
+    def message(self, text: str) -> None:
+        if not self.enabled:
+            return
+        if self.bar is not None:
+            self.bar.console.print(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()

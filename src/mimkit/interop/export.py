@@ -1,0 +1,31 @@
+"""`mimkit export`: encoder-only weights in timm's key layout, loadable strictly by `timm.create_model`."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import save_file
+
+from mimkit.api import load
+from mimkit.engine.atomic import atomic_write_text
+from mimkit.models.presets import resolve_model_spec, timm_kwargs
+
+
+def export_encoder(run_or_ckpt: str | Path, out: str | Path) -> dict[str, Any]:
+    """Write OUT (safetensors) and OUT.json (the timm name and kwargs that rebuild the encoder)."""
+    method = load(run_or_ckpt)
+    cfg = method.config
+    state = {k: v.contiguous() for k, v in method.encoder_state_dict().items()}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "source": "mimkit", "method": cfg.method.name})
+    tmp.replace(out)
+    spec = resolve_model_spec(cfg.model, cfg.data.img_size)
+    info = {"timm_name": spec.timm_name, "timm_kwargs": timm_kwargs(cfg), "norm_eps": cfg.model.norm_eps,
+            "method": cfg.method.name, "file": str(out)}
+    atomic_write_text(out.with_suffix(out.suffix + ".json"), json.dumps(info, indent=1))
+    info["snippet"] = (f"timm.create_model('{spec.timm_name}', pretrained=True, pretrained_cfg_overlay=dict("
+                       f"file='{out}'), " + ", ".join(f"{k}={v!r}" for k, v in info["timm_kwargs"].items()) + ")")
+    return info

@@ -1,0 +1,38 @@
+"""The Method side of the Method + Engine seam: an nn.Module whose forward turns a batch into {'loss': ..., ...}."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+# Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms).
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token")
+
+
+class Method(nn.Module):
+    """An objective over a timm encoder. The Engine only calls `forward(batch)` and `param_groups`."""
+
+    name: str = "method"
+    encoder: nn.Module
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
+        """Two AdamW groups: decayed weight matrices, and undecayed biases / norms / tokens / position embeddings."""
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad:
+                continue
+            if param.ndim <= 1 or name.endswith(NO_DECAY_NAMES) or name.split(".")[-1] in NO_DECAY_NAMES:
+                no_decay.append(param)
+            else:
+                decay.append(param)
+        groups = [dict(params=decay, weight_decay=weight_decay, lr_scale=1.0),
+                  dict(params=no_decay, weight_decay=0.0, lr_scale=1.0)]
+        return [g for g in groups if g["params"]]
+
+    def encoder_state_dict(self) -> dict[str, torch.Tensor]:
+        """The encoder alone, in timm's key layout (no mask token, no decoder or head)."""
+        return {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}

@@ -1,0 +1,171 @@
+"""MAE (He et al. 2022): a timm ViT encoder on visible patches only, a light decoder of timm Blocks, per-patch
+normalised-pixel MSE on masked patches. Named steps mirror the paper so each is testable alone."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from mimkit.data.keyed_random import sample_keys
+from mimkit.data.masks import MaskGenerator
+from mimkit.methods.base import Method
+from mimkit.models.encoder import (grid_size, in_chans, init_mae_weights, init_patch_embed_like_linear,
+                                   patch_size, patchify, unpatchify)
+from mimkit.models.pos_embed import sincos_2d
+
+
+@dataclass
+class MIMOutput:
+    loss: torch.Tensor
+    pred: torch.Tensor  # MAE: (B, L, p*p*C) patch predictions; SimMIM: (B, C, H, W) image
+    mask: torch.Tensor  # (B, L) bool, True = masked
+
+
+def norm_pix_target(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Each patch standardised by its own mean and (unbiased) variance."""
+    mean = target.mean(dim=-1, keepdim=True)
+    var = target.var(dim=-1, keepdim=True)
+    return (target - mean) / (var + eps) ** 0.5
+
+
+class MAE(Method):
+    name = "mae"
+
+    def __init__(self, encoder: nn.Module, decoder_dim: int, decoder_depth: int, decoder_heads: int,
+                 mlp_ratio: float, mask_generator: MaskGenerator, norm_pix: bool = True, norm_eps: float = 1e-6,
+                 seed: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.mask_generator = mask_generator
+        self.norm_pix = norm_pix
+        self.seed = seed
+        self.patch = patch_size(encoder)
+        self.grid = grid_size(encoder)
+        self.chans = in_chans(encoder)
+        num_patches = self.grid[0] * self.grid[1]
+        norm_layer = partial(nn.LayerNorm, eps=norm_eps)
+
+        self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_dim), requires_grad=False)
+        self.decoder_blocks = nn.ModuleList([
+            Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(decoder_depth)
+        ])
+        self.decoder_norm = norm_layer(decoder_dim)
+        self.decoder_pred = nn.Linear(decoder_dim, self.patch**2 * self.chans, bias=True)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """MAE's init: fixed sin-cos position tables, xavier linears, N(0, 0.02) tokens."""
+        self.decoder_pos_embed.data.copy_(sincos_2d(self.decoder_pos_embed.shape[-1], self.grid[0]).unsqueeze(0))
+        init_patch_embed_like_linear(self.encoder)
+        nn.init.normal_(self.encoder.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        for module in [*self.encoder.blocks, self.encoder.norm, self.decoder_embed, *self.decoder_blocks,
+                       self.decoder_norm, self.decoder_pred]:
+            module.apply(init_mae_weights)
+
+    # ------------------------------------------------------------------------------------------- named steps
+    def patchify(self, imgs: torch.Tensor) -> torch.Tensor:
+        return patchify(imgs, self.patch)
+
+    def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
+        return unpatchify(x, self.patch, self.chans, self.grid[0], self.grid[1])
+
+    def random_masking(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+        """Keep the tokens with the lowest noise. Returns visible tokens, mask (1 = removed), ids_restore."""
+        b, length, dim = x.shape
+        len_keep = length - self.mask_generator.num_masked
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        x_visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
+        mask = torch.ones(b, length, device=x.device)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, 1, ids_restore)
+        return x_visible, mask, ids_restore
+
+    def forward_encoder(self, imgs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                               torch.Tensor]:
+        enc = self.encoder
+        x = enc.patch_embed(imgs)
+        x = x + enc.pos_embed[:, 1:, :]
+        x, mask, ids_restore = self.random_masking(x, noise)
+        cls = (enc.cls_token + enc.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
+        x = torch.cat([cls, x], dim=1)
+        x = enc.norm_pre(x)
+        x = enc.blocks(x)
+        return enc.norm(x), mask, ids_restore
+
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+        x = self.decoder_embed(latent)
+        b, n_vis, dim = x.shape
+        num_masked = ids_restore.shape[1] + 1 - n_vis
+        mask_tokens = self.mask_token.expand(b, num_masked, -1)
+        tokens = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
+        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+        x = torch.cat([x[:, :1, :], tokens], dim=1) + self.decoder_pos_embed
+        for block in self.decoder_blocks:
+            x = block(x)
+        x = self.decoder_pred(self.decoder_norm(x))
+        return x[:, 1:, :]
+
+    def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Per-patch MSE averaged over masked patches only."""
+        target = self.patchify(imgs)
+        if self.norm_pix:
+            target = norm_pix_target(target)
+        per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+        return (per_patch * mask).sum() / mask.sum()
+
+    def forward_mim(self, imgs: torch.Tensor, noise: torch.Tensor | None = None) -> MIMOutput:
+        """Model-level API (HF ViTMAE-like): optional `noise` (B, L) fixes the mask from outside."""
+        if noise is None:
+            noise = torch.rand(imgs.shape[0], self.grid[0] * self.grid[1], device=imgs.device)
+        latent, mask, ids_restore = self.forward_encoder(imgs, noise)
+        pred = self.forward_decoder(latent, ids_restore)
+        return MIMOutput(self.forward_loss(imgs, pred, mask), pred, mask.bool())
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        noise = self.mask_generator.noise(batch["keys"], self.seed).to(batch["images"].device)
+        out = self.forward_mim(batch["images"], noise)
+        return {"loss": out.loss}
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:
+        """Masked input and reconstruction in the normalised image space, visible patches pasted back;
+        normalised-pixel predictions are de-normalised with each patch's true mean and std."""
+        noise = self.mask_generator.noise(sample_keys(ids, epoch), self.seed).to(imgs.device)
+        out = self.forward_mim(imgs, noise)
+        pred = out.pred.float()
+        if self.norm_pix:
+            target = self.patchify(imgs)
+            mean = target.mean(dim=-1, keepdim=True)
+            var = target.var(dim=-1, keepdim=True)
+            pred = pred * (var + 1e-6) ** 0.5 + mean
+        return paste_visible(imgs, self.unpatchify(pred), out.mask, self.patch, self.grid)
+
+
+def token_mask_to_pixels(mask: torch.Tensor, patch: int, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, L) token mask -> (B, 1, H, W) pixel mask."""
+    m = mask.float().view(-1, grid[0], grid[1])
+    return m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
+
+
+def paste_visible(imgs: torch.Tensor, pred_imgs: torch.Tensor, mask: torch.Tensor, patch: int,
+                  grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+    m = token_mask_to_pixels(mask, patch, grid).to(imgs.dtype)
+    return {"original": imgs, "masked": imgs * (1 - m), "reconstruction": imgs * (1 - m) + pred_imgs * m,
+            "pixel_mask": m}
+
+
+def build_mae(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> MAE:
+    m = cfg.model
+    return MAE(encoder, m.decoder_dim, m.decoder_depth, m.decoder_heads, m.mlp_ratio, mask_generator,
+               norm_pix=cfg.method.norm_pix, norm_eps=m.norm_eps, seed=cfg.seed)

@@ -1,0 +1,75 @@
+"""SimMIM (Xie et al. 2022): mask tokens replace masked patch embeddings, the full sequence goes through the timm
+encoder, a 1x1 conv + pixel-shuffle head predicts raw pixels, L1 loss on masked pixels only."""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from mimkit.data.keyed_random import sample_keys
+from mimkit.data.masks import MaskGenerator
+from mimkit.methods.base import Method
+from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
+from mimkit.models.encoder import grid_size, in_chans, patch_size
+
+
+class SimMIM(Method):
+    name = "simmim"
+
+    def __init__(self, encoder: nn.Module, mask_generator: MaskGenerator, seed: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.mask_generator = mask_generator
+        self.seed = seed
+        self.patch = patch_size(encoder)
+        self.grid = grid_size(encoder)
+        self.chans = in_chans(encoder)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
+        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        # The "linear decoder": one 1x1 conv to p*p*C channels, then pixel shuffle back to image resolution.
+        self.decoder = nn.Sequential(
+            nn.Conv2d(encoder.embed_dim, self.patch**2 * self.chans, kernel_size=1),
+            nn.PixelShuffle(self.patch),
+        )
+
+    def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """(B, C_enc, h, w) features of the patch tokens; masked patch embeddings replaced by the mask token."""
+        enc = self.encoder
+        x = enc.patch_embed(imgs)
+        w = mask.unsqueeze(-1).to(x.dtype)
+        x = x * (1 - w) + self.mask_token.to(x.dtype) * w
+        x = enc._pos_embed(x)
+        x = enc.norm_pre(x)
+        x = enc.blocks(x)
+        x = enc.norm(x)[:, enc.num_prefix_tokens:, :]
+        b, length, dim = x.shape
+        return x.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1])
+
+    def forward_loss(self, imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """L1 over masked pixels, averaged per masked pixel and channel."""
+        m = token_mask_to_pixels(mask, self.patch, self.grid)
+        l1 = (rec.float() - imgs.float()).abs()
+        return (l1 * m).sum() / (m.sum() + 1e-5) / self.chans
+
+    def forward_mim(self, imgs: torch.Tensor, mask: torch.Tensor | None = None) -> MIMOutput:
+        if mask is None:
+            keys = torch.randint(0, 2**31, (imgs.shape[0],))
+            mask = self.mask_generator(keys, self.seed)
+        mask = mask.to(imgs.device)
+        rec = self.decoder(self.forward_encoder(imgs, mask))
+        return MIMOutput(self.forward_loss(imgs, rec, mask), rec, mask.bool())
+
+    def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        mask = self.mask_generator(batch["keys"], self.seed)
+        return {"loss": self.forward_mim(batch["images"], mask).loss}
+
+    @torch.no_grad()
+    def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:
+        mask = self.mask_generator(sample_keys(ids, epoch), self.seed)
+        out = self.forward_mim(imgs, mask)
+        return paste_visible(imgs, out.pred.float(), out.mask, self.patch, self.grid)
+
+
+def build_simmim(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> SimMIM:
+    return SimMIM(encoder, mask_generator, seed=cfg.seed)

@@ -1,0 +1,1 @@
+"""Encoders (timm ViTs and small presets), position embeddings and MIM heads."""

@@ -1,0 +1,75 @@
+"""The encoder is a stock timm VisionTransformer, so checkpoints stay timm-native and every timm size comes free."""
+from __future__ import annotations
+
+from functools import partial
+from typing import Any
+
+import timm
+import torch
+from torch import nn
+
+from mimkit.models.pos_embed import sincos_2d
+from mimkit.models.presets import resolve_model_spec, timm_kwargs
+
+
+def create_encoder(cfg: Any, fixed_sincos: bool) -> nn.Module:
+    """Build the run's timm ViT (no classifier). MAE fixes its position embedding to 2-D sin-cos."""
+    spec = resolve_model_spec(cfg.model, cfg.data.img_size)
+    kwargs = timm_kwargs(cfg)
+    encoder = timm.create_model(
+        spec.timm_name,
+        pretrained=False,
+        drop_path_rate=cfg.model.drop_path,
+        norm_layer=partial(nn.LayerNorm, eps=cfg.model.norm_eps),
+        **kwargs,
+    )
+    if fixed_sincos:
+        grid = cfg.data.img_size // cfg.model.patch_size
+        encoder.pos_embed.data.copy_(sincos_2d(encoder.embed_dim, grid, cls_token=True).unsqueeze(0))
+        encoder.pos_embed.requires_grad_(False)
+    return encoder
+
+
+def grid_size(encoder: nn.Module) -> tuple[int, int]:
+    return tuple(encoder.patch_embed.grid_size)
+
+
+def patch_size(encoder: nn.Module) -> int:
+    return encoder.patch_embed.patch_size[0]
+
+
+def in_chans(encoder: nn.Module) -> int:
+    return encoder.patch_embed.proj.in_channels
+
+
+def init_mae_weights(module: nn.Module) -> None:
+    """MAE's initialisation: xavier-uniform linears, unit LayerNorms (applied with `module.apply`)."""
+    if isinstance(module, nn.Linear):
+        nn.init.xavier_uniform_(module.weight)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+def init_patch_embed_like_linear(encoder: nn.Module) -> None:
+    weight = encoder.patch_embed.proj.weight.data
+    nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
+
+
+def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, p*p*C) in MAE's (row, col, channel) order."""
+    b, c, h, w = imgs.shape
+    x = imgs.reshape(b, c, h // p, p, w // p, p)
+    x = torch.einsum("nchpwq->nhwpqc", x)
+    return x.reshape(b, (h // p) * (w // p), p * p * c)
+
+
+def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int | None = None) -> torch.Tensor:
+    """Inverse of `patchify`; h and w are in patches."""
+    w = h if w is None else w
+    b = x.shape[0]
+    x = x.reshape(b, h, w, p, p, c)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(b, c, h * p, w * p)

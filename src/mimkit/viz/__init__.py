@@ -1,0 +1,1 @@
+"""Figures people would rather look at than read: loss curves and reconstructions."""

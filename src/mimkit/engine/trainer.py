@@ -9,6 +9,7 @@ import contextlib
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -258,7 +259,9 @@ class Engine:
             self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips inf/nan steps
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
+        with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
+            warnings.simplefilter("ignore", UserWarning)
+            self.scheduler.step()
         if self.scaler.is_enabled() and not math.isfinite(grad_norm):
             grad_norm = 0.0 if math.isfinite(total_loss) else grad_norm  # an fp16 overflow is not a failure
         return total_loss, grad_norm

@@ -1,0 +1,131 @@
+"""End to end through the command line: pretrain on real Fashion-MNIST and on an image folder, reconstructions,
+`mimkit.load`, recipes, the benchmark, and (on a GPU) bf16 autocast."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import TINY, run_cli, tiny_config
+from mimkit import load
+
+FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+
+
+def _sets(overrides):
+    out = []
+    for o in overrides:
+        out += ["--set", o]
+    return out
+
+
+@pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed")
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_pretrain_fashion_mnist_end_to_end(tmp_path, method):
+    recipe = f"{method}_fmnist_tiny"
+    overrides = ["device=cpu", "data.fraction=0.02", "model.name=mim_vit_femto", "train.steps=30",
+                 "train.warmup_steps=3", "train.batch_size=64", "train.eval_every=10", "train.eval_samples=128",
+                 "train.ckpt_every=10", "train.log_every=10", "train.tensorboard=false", "train.base_lr=1e-3"]
+    proc = run_cli("pretrain", "--config", recipe, "--out", str(tmp_path / "run"), *_sets(overrides), check=True)
+    assert "step 30/30" in proc.stdout and "img/s" in proc.stdout and "eta" in proc.stdout
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["train_images"] == 1200  # 2% of 60k, class-balanced
+    assert results["heldout_images"] == 10000
+    records = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    heldout = [r["loss"] for r in records if r.get("split") == "heldout"]
+    assert len(heldout) == 4 and heldout[-1] < heldout[0]  # learning shows on held-out data with fixed masks
+    assert {r["split"] for r in records} >= {"train", "heldout", "train_fixed"}
+    assert all({"step", "epoch", "split", "loss", "time"} <= r.keys() for r in records)
+    for fig in ("loss_curves.png", "reconstructions.png"):
+        with Image.open(tmp_path / "run/figures" / fig) as img:
+            assert img.size[0] > 300
+    model = load(tmp_path / "run")
+    assert model.name == method and not model.training
+    again = run_cli("reconstruct", str(tmp_path / "run"), "--out", str(tmp_path / "rec.png"), "--n", "3", check=True)
+    assert (tmp_path / "rec.png").is_file() and "rec.png" in again.stdout
+
+
+def test_resolved_config_reruns_as_is(tmp_path):
+    run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "a"), *_sets(TINY), check=True)
+    run_cli("pretrain", "--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b"), check=True)
+    assert (tmp_path / "a/config.yaml").read_text() == (tmp_path / "b/config.yaml").read_text()
+    wa = load(tmp_path / "a").state_dict()
+    wb = load(tmp_path / "b").state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same config: same weights
+
+
+def test_pretrain_on_image_folder_skips_bad_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
+    rng = np.random.default_rng(0)
+    for cls in ("cats", "dogs"):
+        (tmp_path / "imgs" / cls).mkdir(parents=True)
+        for i in range(20):
+            arr = rng.integers(0, 255, (20 + i, 24, 3), dtype=np.uint8)
+            mode = ["RGB", "L", "RGBA", "P"][i % 4]
+            Image.fromarray(arr).convert(mode).save(tmp_path / "imgs" / cls / f"{i}.png")
+    (tmp_path / "imgs/cats/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "imgs/dogs/empty.png").write_bytes(b"")
+    overrides = [o for o in TINY if not o.startswith("data.")] + [
+        "data.name=folder", f"data.root={tmp_path / 'imgs'}", "data.img_size=16", "data.val_fraction=0.1"]
+    proc = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"), *_sets(overrides),
+                   check=True)
+    assert "skipped 2 unreadable image(s)" in proc.stdout
+    results = json.loads((tmp_path / "run/results.json").read_text())
+    assert results["skipped_images"] == 2 and results["train_images"] + results["heldout_images"] == 40
+    missing = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run2"),
+                      *_sets([*overrides, f"data.root={tmp_path / 'nope'}"]))
+    assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_missing_fashion_mnist_is_a_clear_error(tmp_path, monkeypatch):
+    from mimkit.data import fashion_mnist
+
+    monkeypatch.setattr(fashion_mnist, "DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("MIMKIT_DATA", raising=False)
+    with pytest.raises(fashion_mnist.DataNotFoundError, match="apt-get install dataset-fashion-mnist"):
+        fashion_mnist.locate(str(tmp_path / "empty"), allow_download=False)
+
+
+def test_recipes_and_models_listed():
+    proc = run_cli("recipes", check=True)
+    for name in ("mae_vit_base_in1k", "simmim_vit_base_in1k", "mae_fmnist_tiny", "simmim_fmnist_tiny"):
+        assert name in proc.stdout
+    models = run_cli("models", check=True)
+    sizes = [float(line.split("encoder")[1].split("M")[0]) for line in models.stdout.splitlines() if "encoder" in line]
+    assert max(sizes) / min(sizes) >= 30  # presets span a scaling study
+
+
+def test_bench_pretrain_compares_with_hf(tmp_path):
+    pytest.importorskip("transformers")
+    out = tmp_path / "bench.json"
+    proc = run_cli("bench", "pretrain", "--config", "mae_fmnist_tiny", "--steps", "2", "--warmup", "1",
+                   "--compare", "hf", "--out", str(out), *_sets(["device=cpu", "model.name=mim_vit_femto",
+                                                                  "train.batch_size=16"]), check=True)
+    result = json.loads(out.read_text())
+    assert result["mimkit"]["img_per_s"] > 0 and result["hf"]["img_per_s"] > 0
+    assert result["ratio_mimkit_over_hf"] == pytest.approx(result["mimkit"]["img_per_s"] / result["hf"]["img_per_s"])
+    assert "ratio_mimkit_over_hf" in proc.stdout
+
+
+def test_blockwise_masks_train(tmp_path):
+    from mimkit.config import resolved
+    from mimkit.pretrain import pretrain
+
+    cfg = tiny_config("method.mask_type=blockwise", "train.steps=4")
+    results = pretrain(cfg, tmp_path / "run")
+    assert results["step"] == 4 and np.isfinite(results["final_heldout_loss"])
+    assert resolved(cfg).method.mask_type == "blockwise"
+
+
+@pytest.mark.gpu
+def test_bf16_autocast_training_on_gpu(tmp_path):
+    from mimkit.pretrain import pretrain
+
+    cfg = tiny_config("device=cuda", "train.precision=auto", "train.steps=4")
+    results = pretrain(cfg, tmp_path / "run")
+    assert np.isfinite(results["final_heldout_loss"])

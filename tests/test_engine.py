@@ -1,0 +1,199 @@
+"""The Engine: schedule, checkpoints (atomic, last/best/keep-K, corrupt files), resume after SIGKILL identical to
+an unbroken run, SIGTERM saves and exits, the non-finite guard, metrics."""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import ROOT, TINY, cli_env, run_cli, tiny_config
+from mimkit.engine import checkpoint as ckpt
+from mimkit.engine.metrics import read_metrics
+from mimkit.engine.schedule import warmup_cosine_factor
+from mimkit.engine.trainer import NonFiniteLossError
+
+# Slow enough (tens of ms a step) that a test can kill the process mid-run.
+KILLABLE = [*TINY, "data.img_size=32", "model.name=mim_vit_pico", "train.batch_size=32", "train.steps=40",
+            "train.ckpt_every=5", "train.eval_every=10", "train.keep_last=2"]
+
+
+def _args(out: Path, overrides: list[str]) -> list[str]:
+    args = ["pretrain", "--config", str(ROOT / "src/mimkit/recipes/mae_fmnist_tiny.yaml"), "--out", str(out)]
+    for o in overrides:
+        args += ["--set", o]
+    return args
+
+
+def _start(out: Path, overrides: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "mimkit", *_args(out, overrides)], env=cli_env(), cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    t0 = time.time()
+    while not path.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before {path} appeared:\n{proc.stderr.read()}")
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {path}")
+        time.sleep(0.005)
+
+
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(ckpt.find_checkpoint(run) / ckpt.MODEL_FILE))
+
+
+def test_schedule_warmup_then_cosine_to_min():
+    f = [warmup_cosine_factor(s, 100, 10, 0.1) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(a <= b for a, b in zip(f[:10], f[1:10]))
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))
+    assert f[10] == pytest.approx(1.0) and warmup_cosine_factor(100, 100, 10, 0.1) == pytest.approx(0.1)
+    assert f[55] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
+    reference = run_cli(*_args(tmp_path / "ref", KILLABLE), check=True)
+    assert reference.returncode == 0
+    proc = _start(tmp_path / "killed", KILLABLE)
+    _wait_for(tmp_path / "killed" / "checkpoints" / "step-0000010", proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    resumed = run_cli(*_args(tmp_path / "killed", KILLABLE), check=True)
+    assert "resumed from step" in resumed.stdout
+    ref_w, got_w = _final_weights(tmp_path / "ref"), _final_weights(tmp_path / "killed")
+    assert ref_w.keys() == got_w.keys()
+    for key in ref_w:
+        assert torch.equal(ref_w[key], got_w[key]), key
+    # metrics: every step logged exactly once, and the held-out curve is identical
+    ref_m, got_m = read_metrics(tmp_path / "ref/metrics.jsonl"), read_metrics(tmp_path / "killed/metrics.jsonl")
+    pick = lambda rows, split: [(r["step"], r["loss"]) for r in rows if r.get("split") == split]  # noqa: E731
+    assert pick(got_m, "heldout") == pick(ref_m, "heldout")
+    train_steps = [r["step"] for r in got_m if r.get("event") == "train"]
+    assert train_steps == sorted(set(train_steps))
+
+
+def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
+    proc = _start(tmp_path / "run", KILLABLE)
+    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005", proc)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "Traceback" not in stderr and "checkpoint saved" in stderr
+    meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
+    assert 5 <= meta["step"] < 40
+    done = run_cli(*_args(tmp_path / "run", KILLABLE), check=True)
+    assert f"resumed from step {meta['step']}" in done.stdout
+    assert json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())["step"] == 40
+
+
+def test_checkpoints_last_best_and_keep_last(tmp_path):
+    run_cli(*_args(tmp_path / "run", KILLABLE), check=True)
+    root = tmp_path / "run" / "checkpoints"
+    steps = sorted(p.name for p in root.glob("step-*"))
+    assert (root / "last").resolve().name == "step-0000040"
+    heldout = [r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r.get("split") == "heldout"]
+    best = min((r for r in heldout if r["step"] > 0), key=lambda r: r["loss"])
+    assert (root / "best").resolve().name == ckpt.step_dir_name(best["step"])
+    assert len(steps) <= 3  # keep_last=2, plus best when it is older
+    state = torch.load(root / "last" / ckpt.STATE_FILE, weights_only=True)
+    assert state["step"] == 40 and "optimizer" in state and "rng" in state and "scheduler" in state
+    config = (tmp_path / "run/config.yaml").read_text()
+    assert "mask_ratio: 0.75" in config  # resolved defaults are written out
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    run = tmp_path / "run"
+    run_cli(*_args(run, [*TINY, "train.steps=4"]), check=True)
+    (run / "checkpoints/last" / ckpt.MODEL_FILE).write_bytes(b"not a safetensors file")
+    proc = run_cli(*_args(run, [*TINY, "train.steps=8"]))
+    assert proc.returncode == 2
+    assert "corrupt" in proc.stderr and "model.safetensors" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_resume_flag_requires_a_checkpoint(tmp_path):
+    proc = run_cli(*_args(tmp_path / "new", TINY), "--resume")
+    assert proc.returncode != 0 and "no checkpoints" in proc.stderr
+
+
+def test_atomic_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
+    root = tmp_path / "checkpoints"
+    ckpt.save_checkpoint(root, 1, {"w": torch.ones(2)}, {"step": 1}, {"a": 1})
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(ckpt, "atomic_torch_save", crash)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(root, 2, {"w": torch.zeros(2)}, {"step": 2}, {"a": 2})
+    found = ckpt.find_checkpoint(tmp_path)
+    assert found.resolve().name == "step-0000001"
+    assert torch.equal(ckpt.load_weights(found)["w"], torch.ones(2))
+    ckpt.prune(root, keep_last=1)
+    assert not list(root.glob(".tmp-*"))
+
+
+def test_find_checkpoint_falls_back_when_last_link_is_missing(tmp_path):
+    root = tmp_path / "checkpoints"
+    for step in (3, 6):
+        ckpt.save_checkpoint(root, step, {"w": torch.full((1,), float(step))}, None, {})
+    (root / "last").unlink()
+    assert ckpt.find_checkpoint(tmp_path).name == "step-0000006"
+
+
+
+
+def _engine(tmp_path, *extra):
+    from mimkit.config import resolved
+    from mimkit.pretrain import build_stream, load_data_once
+    from mimkit.engine.distributed import DistEnv
+    from mimkit.engine.trainer import Engine
+    from mimkit.methods import build_method
+
+    cfg = resolved(tiny_config(*extra))
+    env = DistEnv()
+    data = load_data_once(cfg, env, lambda *_: None)
+    method = build_method(cfg)
+    return Engine(cfg, tmp_path, method, env, build_stream(cfg, data, env), {}), method
+
+
+def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):
+    engine, method = _engine(tmp_path / "a", "train.max_nonfinite=3", "train.steps=10")
+    original = type(method).forward
+    calls = {"n": 0}
+
+    def sometimes_nan(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if calls["n"] == 2:  # the second step only
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    type(method).forward = sometimes_nan
+    try:
+        engine.fit()
+    finally:
+        type(method).forward = original
+    events = read_metrics(tmp_path / "a/metrics.jsonl")
+    assert [r["step"] for r in events if r.get("event") == "nonfinite"] == [2]
+    assert engine.skipped_total == 1
+    for p in method.parameters():
+        assert torch.isfinite(p).all()
+
+    engine, method = _engine(tmp_path / "b", "train.max_nonfinite=3", "train.steps=10")
+    type(method).forward = lambda self, batch: {"loss": original(self, batch)["loss"] * float("nan")}
+    try:
+        with pytest.raises(NonFiniteLossError, match="Last good checkpoint"):
+            engine.fit()
+    finally:
+        type(method).forward = original

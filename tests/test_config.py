@@ -127,8 +127,6 @@ def test_section_used_as_value_is_rejected():
     assert "seed" in msg
 
 
-@pytest.mark.xfail(reason="BUG: _coerce calls int(value) on NaN/inf floats, which raises a plain ValueError/"
-                          "OverflowError instead of ConfigError (the CLI then prints a traceback)", strict=True)
 @pytest.mark.parametrize("override", ["train.steps=.nan", "train.steps=.inf"])
 def test_nonfinite_value_for_int_field_is_config_error(override):
     with pytest.raises(ConfigError, match="train.steps"):
@@ -148,9 +146,6 @@ def test_mask_ratio_inside_interval_accepted(ratio):
     assert load_config(None, [f"method.mask_ratio={ratio}"]).method.mask_ratio == float(ratio)
 
 
-@pytest.mark.xfail(reason="BUG: validate() accepts a mask ratio that masks every token of the grid (0.99 on the "
-                          "8x8 grid of mae_fmnist_tiny; 16/16 SimMIM cells), MaskGenerator raises a plain "
-                          "ValueError later, at build_method", strict=True)
 @pytest.mark.parametrize("recipe", ["mae_fmnist_tiny", "simmim_fmnist_tiny"])
 def test_mask_ratio_that_masks_every_token_rejected_by_config(recipe):
     with pytest.raises(ConfigError, match="mask_ratio"):
@@ -316,8 +311,6 @@ def test_override_into_scalar_section_rejected():
         load_config("mae_fmnist_tiny", ["seed.value=1"])
 
 
-@pytest.mark.xfail(reason="BUG: parse_override lets yaml.YAMLError escape for values that are not valid YAML "
-                          "(unclosed list, '@...'), so `--set` typos crash the CLI with a traceback", strict=True)
 @pytest.mark.parametrize("text", ["train.betas=[0.9, 0.95", "data.root=@archive"])
 def test_override_with_invalid_yaml_is_config_error(text):
     with pytest.raises(ConfigError):
@@ -504,8 +497,6 @@ def test_cli_main_in_process_unknown_recipe_and_bad_file(tmp_path, capsys):
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-@pytest.mark.xfail(reason="BUG: an override that is not valid YAML raises yaml.ScannerError/ParserError, which "
-                          "main() does not treat as a user error: the CLI crashes with a traceback", strict=True)
 def test_cli_main_invalid_yaml_override_is_user_error(tmp_path, capsys):
     from mimkit.cli import main
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -134,6 +135,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return int(value)
@@ -145,6 +148,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is str:
         if not isinstance(value, str):
@@ -161,7 +166,7 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
 
 def _build(cls: type, raw: dict[str, Any], prefix: str = "") -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {raw!r}")
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
@@ -192,7 +197,12 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got '{text}'")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as err:
+        problem = str(err).splitlines()[0]
+        raise ConfigError(f"--set {key.strip()}: '{raw}' is not a valid YAML value ({problem}); quote strings "
+                          "and close lists, e.g. train.betas=[0.9,0.95]") from None
     return key.strip(), value
 
 
@@ -292,10 +302,17 @@ def validate(cfg: Config) -> None:
     _check(spec.embed_dim % spec.num_heads == 0,
            f"model.num_heads: {spec.num_heads} does not divide model.embed_dim {spec.embed_dim}")
     _check(0.0 <= m.drop_path < 1.0, f"model.drop_path: {m.drop_path} must be in [0, 1)")
+    _check(m.norm_eps > 0, f"model.norm_eps: {m.norm_eps} must be positive")
     if meth.mask_patch_size is not None:
         _check(meth.mask_patch_size % spec.patch_size == 0 and d.img_size % meth.mask_patch_size == 0,
                f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
                f"{spec.patch_size} and divide data.img_size {d.img_size}")
+    _check_mask_counts(cfg, spec.patch_size)
+    chans = d.in_chans or (1 if d.name == "fashion-mnist" else 3)
+    for key in ("mean", "std"):
+        value = getattr(d, key)
+        _check(value is None or len(value) == chans,
+               f"data.{key}: {value} has {len(value or [])} entries but the images have {chans} channel(s)")
 
     _check(t.steps > 0, f"train.steps: {t.steps} must be positive")
     _check(t.batch_size > 0, f"train.batch_size: {t.batch_size} must be positive")
@@ -313,6 +330,22 @@ def validate(cfg: Config) -> None:
     for key in ("eval_every", "eval_samples", "eval_batch_size", "ckpt_every", "log_every", "max_nonfinite"):
         _check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
+
+
+def _check_mask_counts(cfg: Config, patch_size: int) -> None:
+    """The mask must hide at least one token and leave at least one visible, for the resolved mask settings."""
+    from mimkit.data.masks import MaskGenerator
+
+    meth, img = cfg.method, cfg.data.img_size
+    is_mae = meth.name == "mae"
+    ratio = meth.mask_ratio if meth.mask_ratio is not None else (0.75 if is_mae else 0.6)
+    kind = meth.mask_type or ("random" if is_mae else "simmim")
+    cell = meth.mask_patch_size or default_mask_patch_size(img, patch_size)
+    try:
+        MaskGenerator(kind, img, patch_size, ratio, cell)
+    except ValueError as err:
+        raise ConfigError(f"method.mask_ratio: {err} (lower or raise method.mask_ratio, or use a finer "
+                          "method.mask_patch_size)") from None
 
 
 def resolved(cfg: Config) -> Config:

@@ -134,6 +134,18 @@ def _synthetic(n: int, channels: int, size: int, seed: int, id_offset: int = 0) 
     return ImageSet(images, labels, torch.arange(n) + id_offset)
 
 
+def _align_labels(labels: torch.Tensor | None, own: list[str], reference: list[str], root: str) -> torch.Tensor | None:
+    """Held-out class folders numbered like the training set's (a val tree may lack some classes)."""
+    if labels is None or not reference:
+        return None if not reference else labels
+    unknown = sorted(set(own) - set(reference))
+    if unknown:
+        raise folder.FolderError(f"data.val_root '{root}' has class folders the training set lacks: "
+                                 f"{', '.join(unknown[:5])}")
+    mapping = torch.tensor([reference.index(name) for name in own], dtype=torch.int64)
+    return mapping[labels]
+
+
 def build_data(cfg: Any, log: Callable = print) -> DataBundle:
     """Train set (nested `data.fraction` subset) and held-out set, as the config asks."""
     d = cfg.data
@@ -147,7 +159,8 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
     elif d.name == "folder":
         full, classes, skipped = _load_folder(d.root, cfg, log)
         if d.val_root:
-            heldout, _, val_skipped = _load_folder(d.val_root, cfg, log, id_offset=10_000_000)
+            heldout, val_classes, val_skipped = _load_folder(d.val_root, cfg, log, id_offset=10_000_000)
+            heldout.labels = _align_labels(heldout.labels, val_classes, classes, d.val_root)
             skipped += val_skipped
             source = f"val_root {d.val_root}"
     else:

@@ -101,11 +101,16 @@ def locate(root: str | None, allow_download: bool = True) -> Path:
 
 def read_idx(path: Path) -> np.ndarray:
     """Parse an idx file (gzip): magic 0x0000 08 NDIM, big-endian sizes, then uint8 data."""
-    with gzip.open(path, "rb") as fh:
-        data = fh.read()
+    try:
+        with gzip.open(path, "rb") as fh:
+            data = fh.read()
+    except (OSError, EOFError) as err:  # not gzip, or a gzip stream cut short
+        raise DataNotFoundError(f"{path} is not a readable gzip file ({err}); re-download it") from None
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 8:
         raise DataNotFoundError(f"{path} is not an idx uint8 file (bad magic); re-download it")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DataNotFoundError(f"{path} has a truncated idx header; re-download it")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):

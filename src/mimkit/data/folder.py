@@ -53,6 +53,8 @@ def decode_image(path: Path, size: int, mode: str) -> np.ndarray | None:
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
+            if img.mode.startswith("I;16") or img.mode in ("I", "F"):
+                img = _to_8bit(img)
             if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
                 img = img.convert("RGBA")
                 background = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -63,6 +65,17 @@ def decode_image(path: Path, size: int, mode: str) -> np.ndarray | None:
     except Exception:  # noqa: BLE001 - any decoder failure means "skip this file"
         return None
     return arr[:, :, None] if arr.ndim == 2 else arr
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16-bit / 32-bit gray images: rescale to 8 bits (PIL's convert would clip everything above 255)."""
+    arr = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        lo, hi = float(np.nanmin(arr)), float(np.nanmax(arr))
+        arr = (arr - lo) / ((hi - lo) or 1.0) * 255.0
+    elif img.mode.startswith("I;16") or arr.max() > 255:
+        arr = arr / 257.0  # 0..65535 -> 0..255
+    return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
 
 
 def _decode_chunk(args: tuple[list[str], int, str]) -> list[np.ndarray | None]:

@@ -43,4 +43,4 @@ def keyed_uniform(keys: torch.Tensor, n: int, seed: int, stream: int) -> torch.T
     cols = torch.arange(n, device=keys.device, dtype=torch.int64)
     v = _mix32(((k[:, None] * 0x27D4EB2D) + cols[None, :] * 0x165667B1) & _MASK32)
     v = _mix32(v ^ salt)
-    return (v.to(torch.float64) / 2**32).to(torch.float32)
+    return (v >> 8).to(torch.float32) / 2**24  # 24 bits: exact in float32, so never rounds up to 1.0

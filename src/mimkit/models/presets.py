@@ -83,7 +83,7 @@ def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
     overrides = {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelSpec)
                  if f.name != "timm_name" and getattr(model_cfg, f.name, None) is not None}
     for key, value in overrides.items():
-        if value <= 0:
+        if not value > 0:  # also catches NaN
             raise ConfigError(f"model.{key}: {value} must be positive")
     spec = dataclasses.replace(spec, **overrides)
     if spec.decoder_dim % spec.decoder_heads:

@@ -27,6 +27,11 @@ def tiny_config(*extra: str):
     return load_config(None, [*TINY, *extra])
 
 
+def sets(overrides: list[str]) -> list[str]:
+    """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
+    return [arg for o in overrides for arg in ("--set", o)]
+
+
 def cli_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")

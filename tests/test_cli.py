@@ -10,17 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import TINY, run_cli, tiny_config
+from conftest import sets, TINY, run_cli, tiny_config
 from mimkit import load
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
-
-def _sets(overrides):
-    out = []
-    for o in overrides:
-        out += ["--set", o]
-    return out
 
 
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed")
@@ -30,7 +24,7 @@ def test_pretrain_fashion_mnist_end_to_end(tmp_path, method):
     overrides = ["device=cpu", "data.fraction=0.02", "model.name=mim_vit_femto", "train.steps=30",
                  "train.warmup_steps=3", "train.batch_size=64", "train.eval_every=10", "train.eval_samples=128",
                  "train.ckpt_every=10", "train.log_every=10", "train.tensorboard=false", "train.base_lr=1e-3"]
-    proc = run_cli("pretrain", "--config", recipe, "--out", str(tmp_path / "run"), *_sets(overrides), check=True)
+    proc = run_cli("pretrain", "--config", recipe, "--out", str(tmp_path / "run"), *sets(overrides), check=True)
     assert "step 30/30" in proc.stdout and "img/s" in proc.stdout and "eta" in proc.stdout
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["train_images"] == 1200  # 2% of 60k, class-balanced
@@ -50,7 +44,7 @@ def test_pretrain_fashion_mnist_end_to_end(tmp_path, method):
 
 
 def test_resolved_config_reruns_as_is(tmp_path):
-    run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "a"), *_sets(TINY), check=True)
+    run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "a"), *sets(TINY), check=True)
     run_cli("pretrain", "--config", str(tmp_path / "a" / "config.yaml"), "--out", str(tmp_path / "b"), check=True)
     assert (tmp_path / "a/config.yaml").read_text() == (tmp_path / "b/config.yaml").read_text()
     wa = load(tmp_path / "a").state_dict()
@@ -71,13 +65,13 @@ def test_pretrain_on_image_folder_skips_bad_files(tmp_path, monkeypatch):
     (tmp_path / "imgs/dogs/empty.png").write_bytes(b"")
     overrides = [o for o in TINY if not o.startswith("data.")] + [
         "data.name=folder", f"data.root={tmp_path / 'imgs'}", "data.img_size=16", "data.val_fraction=0.1"]
-    proc = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"), *_sets(overrides),
+    proc = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"), *sets(overrides),
                    check=True)
     assert "skipped 2 unreadable image(s)" in proc.stdout
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["skipped_images"] == 2 and results["train_images"] + results["heldout_images"] == 40
     missing = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run2"),
-                      *_sets([*overrides, f"data.root={tmp_path / 'nope'}"]))
+                      *sets([*overrides, f"data.root={tmp_path / 'nope'}"]))
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -104,7 +98,7 @@ def test_bench_pretrain_compares_with_hf(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "bench.json"
     proc = run_cli("bench", "pretrain", "--config", "mae_fmnist_tiny", "--steps", "2", "--warmup", "1",
-                   "--compare", "hf", "--out", str(out), *_sets(["device=cpu", "model.name=mim_vit_femto",
+                   "--compare", "hf", "--out", str(out), *sets(["device=cpu", "model.name=mim_vit_femto",
                                                                   "train.batch_size=16"]), check=True)
     result = json.loads(out.read_text())
     assert result["mimkit"]["img_per_s"] > 0 and result["hf"]["img_per_s"] > 0

@@ -744,7 +744,7 @@ def test_sample_keys_change_with_epoch():
     assert not torch.equal(flips, keyed_uniform(k1, 1, 0, STREAM_FLIP) < 0.5)
 
 
-def _class_tree(root, classes, per_class=3):
+def _named_class_tree(root, classes, per_class=3):
     for name in classes:
         (root / name).mkdir(parents=True)
         for i in range(per_class):
@@ -757,16 +757,39 @@ def test_val_root_labels_follow_training_class_numbers(tmp_path, monkeypatch):
     from mimkit.data.folder import FolderError
 
     monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
-    _class_tree(tmp_path / "train", ["apple", "banana", "cherry"])
-    _class_tree(tmp_path / "val", ["cherry"])  # the val tree lacks two classes: its only class is #2 in train
+    _named_class_tree(tmp_path / "train", ["apple", "banana", "cherry"])
+    _named_class_tree(tmp_path / "val", ["cherry"])  # the val tree lacks two classes: its only class is #2 in train
     cfg = resolved(load_config(None, ["data.name=folder", f"data.root={tmp_path / 'train'}",
                                       f"data.val_root={tmp_path / 'val'}", "data.img_size=8",
                                       "model.name=mim_vit_femto", "model.patch_size=4"]))
     bundle = build_data(cfg, log=lambda *_: None)
     assert bundle.heldout.labels.tolist() == [2, 2, 2]
-    _class_tree(tmp_path / "val2", ["durian"])
+    _named_class_tree(tmp_path / "val2", ["durian"])
     cfg2 = resolved(load_config(None, ["data.name=folder", f"data.root={tmp_path / 'train'}",
                                        f"data.val_root={tmp_path / 'val2'}", "data.img_size=8",
                                        "model.name=mim_vit_femto", "model.patch_size=4"]))
     with pytest.raises(FolderError, match="durian"):
         build_data(cfg2, log=lambda *_: None)
+
+
+def test_download_verifies_checksums_and_never_leaves_bad_files(tmp_path, monkeypatch):
+    """The download path with a local file:// mirror: verified files land, a wrong checksum leaves nothing."""
+    import gzip
+    import hashlib
+
+    from mimkit.data import fashion_mnist as fm
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    md5 = {}
+    for name in fm.FILES.values():
+        (mirror / name).write_bytes(gzip.compress(name.encode()))
+        md5[name] = hashlib.md5((mirror / name).read_bytes()).hexdigest()
+    monkeypatch.setattr(fm, "OFFICIAL_MD5", md5)
+    fm.download(tmp_path / "ok", mirror=mirror.as_uri() + "/")
+    assert sorted(p.name for p in (tmp_path / "ok").iterdir()) == sorted(fm.FILES.values())
+    monkeypatch.setattr(fm, "OFFICIAL_MD5", {**md5, "t10k-images-idx3-ubyte.gz": "0" * 32})
+    with pytest.raises(fm.DataNotFoundError, match="MD5"):
+        fm.download(tmp_path / "bad", mirror=mirror.as_uri() + "/")
+    assert not (tmp_path / "bad" / "t10k-images-idx3-ubyte.gz").exists()
+    assert not list((tmp_path / "bad").glob("*.part"))

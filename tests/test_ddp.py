@@ -7,26 +7,20 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli_env, run_cli
+from conftest import sets, ROOT, TINY, cli_env, run_cli
 from mimkit.engine import checkpoint as ckpt
 
 DDP_RUN = [*TINY, "train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.ckpt_every=3"]
 
 
-def _sets(overrides):
-    out = []
-    for o in overrides:
-        out += ["--set", o]
-    return out
-
 
 def test_two_process_gloo_matches_one_process(tmp_path):
-    single = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "one"), *_sets(DDP_RUN),
+    single = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "one"), *sets(DDP_RUN),
                      check=True)
     assert single.returncode == 0
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
            "-m", "mimkit", "pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "two"),
-           *_sets(DDP_RUN)]
+           *sets(DDP_RUN)]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout

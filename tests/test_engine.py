@@ -216,3 +216,14 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     fresh = _engine(tmp_path / "fresh", "train.steps=6")[1].state_dict()
     moved = sum(not torch.allclose(fresh[k], weights[1][k]) for k in fresh)
     assert moved > len(fresh) // 2
+
+
+def test_resuming_with_another_model_refuses_and_keeps_the_config(tmp_path):
+    run = tmp_path / "run"
+    run_cli(*_args(run, [*TINY, "train.steps=4"]), check=True)
+    before = (run / "config.yaml").read_text()
+    proc = run_cli(*_args(run, [*TINY, "train.steps=8", "model.name=mim_vit_pico"]))
+    assert proc.returncode == 2 and "different model" in proc.stderr and "Traceback" not in proc.stderr
+    assert (run / "config.yaml").read_text() == before
+    extended = run_cli(*_args(run, [*TINY, "train.steps=8"]), check=True)  # same model, longer: resumes
+    assert "resumed from step 4" in extended.stdout

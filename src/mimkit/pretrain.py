@@ -9,7 +9,7 @@ from typing import Any
 
 import torch
 
-from mimkit.config import Config, resolved, save_config
+from mimkit.config import Config, ConfigError, load_config, resolved, save_config
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.data.loader import TrainStream
 from mimkit.data.transforms import BatchAugment
@@ -43,6 +43,23 @@ def load_data_once(cfg: Config, env: DistEnv, log=print) -> DataBundle:
     return data if data is not None else build_data(cfg, lambda *_: None)
 
 
+def check_same_model(cfg: Config, run_dir: Path) -> None:
+    """Resuming into a run directory trained with another model or method would overwrite its config.yaml and then
+    fail on the weights: refuse up front and leave the directory untouched."""
+    old_path = run_dir / "config.yaml"
+    if not (old_path.is_file() and (run_dir / "checkpoints").is_dir()):
+        return
+    old = resolved(load_config(str(old_path)))
+    for section in ("model", "method"):
+        if getattr(old, section) != getattr(cfg, section):
+            raise ConfigError(f"'{run_dir}' holds a run with a different {section} config ({getattr(old, section)}); "
+                              "use a new --out directory, or pass --config with that run directory to resume it")
+    for key in ("img_size", "in_chans"):
+        if getattr(old.data, key) != getattr(cfg.data, key):
+            raise ConfigError(f"'{run_dir}' was trained with data.{key}={getattr(old.data, key)}, not "
+                              f"{getattr(cfg.data, key)}; use a new --out directory")
+
+
 def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False) -> dict[str, Any]:
     """Train (or resume) a MIM run in `run_dir`; returns the final numbers also written to results.json."""
     run_dir = Path(run_dir)
@@ -53,6 +70,7 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     if require_checkpoint and not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: '{run_dir}' has no checkpoints/ to resume from")
     if env.is_main:
+        check_same_model(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
     data = load_data_once(cfg, env, log)

@@ -30,7 +30,8 @@ def plot_loss_curves(run_dir: str | Path, out: str | Path | None = None) -> Path
         if rows:
             ax.plot([r["step"] for r in rows], [r["loss"] for r in rows], label=label, **styles[label])
     ax.set_xlabel("optimizer step")
-    ax.set_ylabel("MIM loss")
+    ax.set_ylabel("MIM loss (log scale)")
+    ax.set_yscale("log")  # the step-0 loss is several times the rest: a log axis keeps late progress visible
     ax.set_title(f"{run_dir.name}: reconstruction loss")
     ax.grid(alpha=0.3)
     ax.legend(frameon=False)

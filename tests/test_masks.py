@@ -149,7 +149,7 @@ def test_simmim_cells_cover_positions_uniformly():
 @pytest.mark.parametrize("img, patch, mps", [(192, 16, 32), (32, 4, 8), (32, 4, 16), (224, 16, 112)])
 def test_simmim_masks_constant_inside_each_cell(img, patch, mps):
     gen = MaskGenerator("simmim", img, patch, 0.6, mps)
-    g, s, cg = img // patch, mps // patch, img // mps
+    s, cg = mps // patch, img // mps
     masks = gen(KEYS, 0).view(-1, cg, s, cg, s)
     first = masks[:, :, :1, :, :1]
     assert torch.equal(masks, first.expand_as(masks))

@@ -6,9 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-USER_ERRORS: tuple[type[BaseException], ...] = ()
-
-
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mimkit.config import ConfigError
     from mimkit.data.fashion_mnist import DataNotFoundError

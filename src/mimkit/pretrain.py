@@ -81,16 +81,13 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
         f"{sum(p.numel() for p in method.parameters()) / 1e6:.2f}M total; device {env.device}, "
         f"{env.world_size} process(es)")
     stream = build_stream(cfg, data, env)
-    engine_box: dict[str, Engine] = {}
-    autocast = lambda: engine_box["engine"].autocast()  # noqa: E731 - evaluators share the engine's precision
-    evaluators = {
-        "heldout": FixedMaskEvaluator(data.heldout, cfg.train.eval_samples, cfg, env, autocast),
-        "train_fixed": FixedMaskEvaluator(data.train, cfg.train.eval_samples, cfg, env, autocast),
-    }
     meta = {"method": cfg.method.name, "model": cfg.model.name, "encoder_params": n_params,
             "versions": versions(), "world_size": env.world_size}
-    engine = Engine(cfg, run_dir, method, env, stream, evaluators, meta)
-    engine_box["engine"] = engine
+    engine = Engine(cfg, run_dir, method, env, stream, {}, meta)
+    engine.evaluators = {  # evaluation runs under the engine's precision
+        "heldout": FixedMaskEvaluator(data.heldout, cfg.train.eval_samples, cfg, env, engine.autocast),
+        "train_fixed": FixedMaskEvaluator(data.train, cfg.train.eval_samples, cfg, env, engine.autocast),
+    }
     t0 = time.time()
     fit = engine.fit()
     results = {"step": fit.step, "best_heldout_loss": fit.best_heldout,

@@ -99,10 +99,11 @@ def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: s
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    seconds = time_steps(_train_step_fn(method, mimkit_forward, device, amp), steps, warmup, device)
+    step = _train_step_fn(method, mimkit_forward, device, amp)
+    seconds = time_steps(step, steps, warmup, device)
     results["mimkit"] = {"img_per_s": steps * batch / seconds, "step_ms": 1000 * seconds / steps,
                          "peak_memory_mb": _peak_memory_mb(device)}
-    del method
+    step = method = None  # release the model and optimizer state before the comparison model is built
     if compare == "hf":
         if cfg.method.name != "mae":
             raise ValueError("--compare hf times ViTMAEForPreTraining: use an MAE config")

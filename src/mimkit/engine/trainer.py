@@ -12,7 +12,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -58,14 +58,12 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 class Engine:
     def __init__(self, cfg: Any, run_dir: Path, method: nn.Module, env: DistEnv, stream: Any,
-                 evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
-                 on_eval: Callable[[int, dict[str, float]], None] | None = None):
+                 evaluators: dict[str, Any], meta: dict[str, Any] | None = None):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream
         self.t = cfg.train
         self.method = method.to(env.device)
         self.evaluators = evaluators
         self.meta = meta or {}
-        self.on_eval = on_eval
         self.ckpt_root = run_dir / "checkpoints"
         self.amp_dtype = resolve_precision(self.t.precision, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
@@ -159,8 +157,6 @@ class Engine:
             results[split] = loss
             self.logger.log({"event": "eval", "split": split, "step": step, "epoch": epoch, "loss": loss,
                              "time": time.time()})
-        if self.on_eval is not None:
-            self.on_eval(step, results)
         return results
 
     # ------------------------------------------------------------------------------------------- the loop
@@ -175,7 +171,6 @@ class Engine:
         if start == 0 and self.evaluators:
             last_eval = self.evaluate(0, 0)
         interval_loss, interval_steps, interval_t0 = 0.0, 0, time.time()
-        micro = t.batch_size // (t.accum_steps * env.world_size)
         self.method.train()
         try:
             for step in range(start, t.steps):

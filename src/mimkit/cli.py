@@ -35,6 +35,39 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
+def data_overrides(data: str | None) -> list[str]:
+    """`--data fashion-mnist` or `--data PATH` (an image folder) as config overrides."""
+    if data is None:
+        return []
+    if data in ("fashion-mnist", "synthetic"):
+        return [f"data.name={data}"]
+    return ["data.name=folder", f"data.root={data}"]
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    """Fine-tuning is supervised training started from `--init` weights, in the same Engine."""
+    args.set = [f"init={args.init}", "method.name=supervised", *data_overrides(args.data), *args.set]
+    return cmd_pretrain(args)
+
+
+def cmd_linprobe(args: argparse.Namespace) -> int:
+    from mimkit.config import load_config
+    from mimkit.eval.linprobe import linprobe
+
+    cfg = load_config(args.config, [f"init={args.init}", *data_overrides(args.data), *args.set])
+    print(json.dumps(linprobe(cfg, args.out), indent=1))
+    return 0
+
+
+def cmd_knn(args: argparse.Namespace) -> int:
+    from mimkit.config import load_config
+    from mimkit.eval.knn import knn_eval
+
+    cfg = load_config(args.config, [f"init={args.init}", *data_overrides(args.data), *args.set])
+    print(json.dumps(knn_eval(cfg, args.out), indent=1))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
@@ -116,6 +149,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
     p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
     p.set_defaults(func=cmd_pretrain)
+
+    for name, func, default, what in (
+            ("finetune", cmd_finetune, "finetune_fmnist_tiny", "fine-tune an encoder (layer decay, mixup, RandAugment)"),
+            ("linprobe", cmd_linprobe, "probe_fmnist", "linear probe on frozen features (cached)"),
+            ("knn", cmd_knn, "probe_fmnist", "cosine kNN on frozen features (k=20, T=0.07)")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("--init", required=True,
+                       help="run dir or checkpoint, exported .safetensors, timm:NAME, or scratch")
+        p.add_argument("--config", default=default, help=f"recipe, YAML or run directory (default {default})")
+        p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
+        p.add_argument("--out", required=True, help="run directory")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        if name == "finetune":
+            p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
+        p.set_defaults(func=func)
 
     p = sub.add_parser("recipes", help="list shipped recipes")
     p.set_defaults(func=cmd_recipes)

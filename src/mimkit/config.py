@@ -53,6 +53,8 @@ class ModelConfig:
     mlp_ratio: float | None = None
     drop_path: float = 0.0
     norm_eps: float = 1e-6
+    num_classes: int | None = None  # classification (supervised / finetune); None: from the data set
+    global_pool: str = "avg"  # classification head input: avg (global average pooling + fc_norm, MAE) | token
     decoder_dim: int | None = None  # MAE decoder; None: preset default (512 for ImageNet-size models)
     decoder_depth: int | None = None
     decoder_heads: int | None = None
@@ -65,11 +67,35 @@ class MethodConfig:
     mask_type: str | None = None  # random | simmim | blockwise; None: random (MAE) / simmim (SimMIM)
     mask_patch_size: int | None = None  # SimMIM mask cell size in pixels; None: 32 at >=192 px, else a divisor
     norm_pix: bool = True  # MAE: per-patch normalised pixel targets
+    # supervised (DeiT-style training from scratch, and fine-tuning of a pretrained encoder)
+    label_smoothing: float = 0.1
+    mixup: float = 0.0  # timm Mixup alpha (0: off)
+    cutmix: float = 0.0  # timm CutMix alpha (0: off)
+    randaug: str | None = None  # timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1 (None: off)
+    layer_decay: float = 1.0  # layer-wise lr decay, scale = decay^(L+1-i) (1: off)
+
+
+@dataclass
+class ProbeConfig:
+    """Frozen-encoder evaluation: linear probe (MAE protocol) and kNN (DINO protocol)."""
+
+    pool: str = "token"  # token (class token) | avg (mean of patch tokens)
+    epochs: int = 100
+    optimizer: str = "lars"  # lars | sgd
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    warmup_epochs: int = 10
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    feature_batch_size: int = 512
 
 
 @dataclass
 class TrainConfig:
     steps: int = 1000
+    epochs: float | None = None  # when set, steps = ceil(epochs * train images / batch) and evaluation is per epoch
+    warmup_epochs: float | None = None  # when set (with epochs), replaces warmup_steps
     batch_size: int = 256  # global batch: all processes x accumulation steps
     accum_steps: int = 1
     lr: float | None = None  # None: base_lr * batch_size / 256
@@ -95,10 +121,12 @@ class TrainConfig:
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
+    init: str | None = None  # weights to start from: run dir / checkpoint, exported .safetensors, timm:NAME, scratch
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -287,7 +315,21 @@ def validate(cfg: Config) -> None:
         _check(value is None or len(value) in (1, 3), f"data.{key}: {value} must have 1 or 3 entries")
     _check(d.num_workers >= 0, "data.num_workers must be >= 0")
 
-    _choice("method.name", meth.name, ["mae", "simmim"])
+    _choice("method.name", meth.name, ["mae", "simmim", "supervised"])
+    _choice("model.global_pool", m.global_pool, ["avg", "token"])
+    _check(m.num_classes is None or m.num_classes > 1, f"model.num_classes: {m.num_classes} must be >= 2")
+    _check(0.0 <= meth.label_smoothing < 1.0, f"method.label_smoothing: {meth.label_smoothing} must be in [0, 1)")
+    _check(meth.mixup >= 0 and meth.cutmix >= 0, "method.mixup and method.cutmix must be >= 0")
+    _check(0.0 < meth.layer_decay <= 1.0, f"method.layer_decay: {meth.layer_decay} must be in (0, 1]")
+    if meth.randaug is not None:
+        _check(meth.randaug.startswith("rand-"), f"method.randaug: '{meth.randaug}' is not a timm RandAugment "
+               "spec (e.g. rand-m9-mstd0.5-inc1)")
+    p = cfg.probe
+    _choice("probe.pool", p.pool, ["token", "avg"])
+    _choice("probe.optimizer", p.optimizer, ["lars", "sgd"])
+    for key in ("epochs", "base_lr", "batch_size", "knn_k", "knn_temperature", "feature_batch_size"):
+        _check(getattr(p, key) > 0, f"probe.{key}: {getattr(p, key)} must be positive")
+    _check(0 <= p.warmup_epochs <= p.epochs, f"probe.warmup_epochs: {p.warmup_epochs} must be in [0, probe.epochs]")
     if meth.mask_ratio is not None:
         _check(0.0 < meth.mask_ratio < 1.0, f"method.mask_ratio: {meth.mask_ratio} must be in (0, 1)")
     if meth.mask_type is not None:
@@ -307,7 +349,8 @@ def validate(cfg: Config) -> None:
         _check(meth.mask_patch_size % spec.patch_size == 0 and d.img_size % meth.mask_patch_size == 0,
                f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
                f"{spec.patch_size} and divide data.img_size {d.img_size}")
-    _check_mask_counts(cfg, spec.patch_size)
+    if meth.name != "supervised":
+        _check_mask_counts(cfg, spec.patch_size)
     chans = d.in_chans or (1 if d.name == "fashion-mnist" else 3)
     for key in ("mean", "std"):
         value = getattr(d, key)
@@ -323,6 +366,9 @@ def validate(cfg: Config) -> None:
     _check(t.base_lr > 0, f"train.base_lr: {t.base_lr} must be positive")
     _check(t.min_lr >= 0, f"train.min_lr: {t.min_lr} must be >= 0")
     _check(0 <= t.warmup_steps <= t.steps, f"train.warmup_steps: {t.warmup_steps} must be in [0, train.steps]")
+    _check(t.epochs is None or t.epochs > 0, f"train.epochs: {t.epochs} must be positive or null")
+    _check(t.warmup_epochs is None or t.epochs is None or 0 <= t.warmup_epochs <= t.epochs,
+           f"train.warmup_epochs: {t.warmup_epochs} must be in [0, train.epochs] (it applies only with train.epochs)")
     _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
     _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: {t.betas} must be two values in [0, 1)")
     _check(t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad: {t.clip_grad} must be positive or null")
@@ -358,13 +404,16 @@ def resolved(cfg: Config) -> Config:
         model=dataclasses.replace(cfg.model),
         method=dataclasses.replace(cfg.method),
         train=dataclasses.replace(cfg.train),
+        probe=dataclasses.replace(cfg.probe),
     )
     d, m, meth, t = cfg.data, cfg.model, cfg.method, cfg.train
     is_mae = meth.name == "mae"
     if d.in_chans is None:
         d.in_chans = 1 if d.name == "fashion-mnist" else 3
-    if d.crop_scale is None:
-        d.crop_scale = [0.2, 1.0] if is_mae else [0.67, 1.0]
+    if d.crop_scale is None:  # MAE 0.2-1, SimMIM 0.67-1, supervised (DeiT) 0.08-1
+        d.crop_scale = {"mae": [0.2, 1.0], "simmim": [0.67, 1.0]}.get(meth.name, [0.08, 1.0])
+    if m.num_classes is None and d.name in ("fashion-mnist", "synthetic"):
+        m.num_classes = 10
     if d.mean is None or d.std is None:
         from mimkit.data.datasets import default_normalization
 
@@ -387,6 +436,19 @@ def resolved(cfg: Config) -> Config:
     if t.lr is None:
         t.lr = t.base_lr * t.batch_size / 256
     return cfg
+
+
+def resolve_epochs(cfg: Config, train_images: int) -> Config:
+    """With `train.epochs` set: steps, warmup and per-epoch evaluation from the training-set size."""
+    t = cfg.train
+    if t.epochs is None:
+        return cfg
+    per_epoch = max(1, train_images // t.batch_size)
+    steps = max(1, math.ceil(t.epochs * per_epoch))
+    warmup = round(t.warmup_epochs * per_epoch) if t.warmup_epochs is not None else min(t.warmup_steps, steps)
+    train = dataclasses.replace(t, steps=steps, warmup_steps=min(warmup, steps), eval_every=per_epoch,
+                                ckpt_every=per_epoch)
+    return dataclasses.replace(cfg, train=train)
 
 
 def default_mask_patch_size(img_size: int, patch_size: int) -> int:

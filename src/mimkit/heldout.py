@@ -36,7 +36,7 @@ class FixedMaskEvaluator:
         self.batch_size = cfg.train.eval_batch_size
 
     @torch.no_grad()
-    def evaluate(self, method: nn.Module) -> float:
+    def evaluate(self, method: nn.Module) -> dict[str, float]:
         was_training = method.training
         method.eval()
         d = self.cfg.data
@@ -53,4 +53,4 @@ class FixedMaskEvaluator:
             count += len(positions)
         total, count = all_reduce_sum([total, count], self.env)
         method.train(was_training)
-        return total / max(count, 1.0)
+        return {"loss": total / max(count, 1.0)}

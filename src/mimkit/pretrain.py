@@ -1,6 +1,7 @@
 """`mimkit pretrain`: build data, method and Engine from a config, train, then draw curves and reconstructions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import time
@@ -9,13 +10,15 @@ from typing import Any
 
 import torch
 
-from mimkit.config import Config, ConfigError, load_config, resolved, save_config
+from mimkit.config import Config, ConfigError, load_config, resolve_epochs, resolved, save_config
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.data.loader import TrainStream
-from mimkit.data.transforms import BatchAugment
+from mimkit.data.transforms import BatchAugment, RandAugmentBatch
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
+from mimkit.eval.accuracy import AccuracyEvaluator
+from mimkit.eval.sources import Source, adopt_source, load_encoder_weights, resolve_source
 from mimkit.heldout import FixedMaskEvaluator
 from mimkit.methods import build_method
 
@@ -33,7 +36,9 @@ def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream:
                          f" x processes ({env.world_size})")
     augment = BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)
     micro = t.batch_size // (t.accum_steps * env.world_size)
-    return TrainStream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device)
+    pre = RandAugmentBatch(cfg.method.randaug, d.mean) if cfg.method.randaug else None
+    return TrainStream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
+                       pre_augment=pre)
 
 
 def load_data_once(cfg: Config, env: DistEnv, log=print) -> DataBundle:
@@ -60,47 +65,82 @@ def check_same_model(cfg: Config, run_dir: Path) -> None:
                               f"{getattr(cfg.data, key)}; use a new --out directory")
 
 
-def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False) -> dict[str, Any]:
-    """Train (or resume) a MIM run in `run_dir`; returns the final numbers also written to results.json."""
-    run_dir = Path(run_dir)
+def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, Source]:
+    """Resolve the config against its weights source and data: architecture from `init`, the number of classes
+    from the data set, steps from `train.epochs`."""
     cfg = resolved(cfg)
+    source = resolve_source(cfg.init, cfg)
+    if source.kind != "scratch":
+        cfg = adopt_source(cfg, source)
+    data = load_data_once(cfg, env, log)
+    if cfg.model.num_classes is None and data.classes:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(data.classes)))
+    if cfg.method.name == "supervised" and data.train.labels is None:
+        raise ConfigError(f"method.name=supervised needs labels: '{cfg.data.root}' is not a class-folder tree")
+    if cfg.train.epochs is not None:
+        cfg = resolve_epochs(cfg, len(data.train))
+        log(f"[train] {cfg.train.epochs:g} epochs of {len(data.train)} images = {cfg.train.steps} steps "
+            f"(train.epochs wins over train.steps; set train.epochs=null to count in steps)")
+    return cfg, data, source
+
+
+def build_evaluators(cfg: Config, data: DataBundle, env: DistEnv, autocast) -> tuple[dict[str, Any], tuple]:
+    """MIM: fixed-mask loss on held-out and train subsets (best = lowest held-out loss). Supervised: top-1/top-5
+    on the whole held-out split and on a fixed train subset (best = highest held-out top-1)."""
+    n = cfg.train.eval_samples
+    if cfg.method.name == "supervised":
+        evaluators = {"heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
+                      "train_fixed": AccuracyEvaluator(data.train, n, cfg, env, autocast)}
+        return evaluators, ("heldout", "top1", "max")
+    evaluators = {"heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast),
+                  "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast)}
+    return evaluators, ("heldout", "loss", "min")
+
+
+def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False) -> dict[str, Any]:
+    """Train (or resume) a run in `run_dir` (MIM pretraining, supervised training, fine-tuning from `init`);
+    returns the final numbers also written to results.json."""
+    run_dir = Path(run_dir)
     env = init_distributed(cfg.device)
-    torch.manual_seed(cfg.seed)
     log = print if env.is_main else (lambda *_: None)
     if require_checkpoint and not (run_dir / "checkpoints").is_dir():
         raise FileNotFoundError(f"--resume: '{run_dir}' has no checkpoints/ to resume from")
+    cfg, data, source = prepare_config(cfg, env, log)
+    torch.manual_seed(cfg.seed)
     if env.is_main:
         check_same_model(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
-    data = load_data_once(cfg, env, log)
     log(f"[data] {cfg.data.name}: {data.describe()}")
     method = build_method(cfg)
+    if source.state is not None:
+        loaded = load_encoder_weights(method.encoder, source.state, f"init '{cfg.init}'")
+        log(f"[init] {source.description}; fresh: {', '.join(loaded['fresh']) or 'none'}; "
+            f"unused: {', '.join(loaded['unused']) or 'none'}")
     n_params = sum(p.numel() for p in method.encoder.parameters())
     log(f"[model] {cfg.method.name} on {cfg.model.name}: encoder {n_params / 1e6:.2f}M params, "
         f"{sum(p.numel() for p in method.parameters()) / 1e6:.2f}M total; device {env.device}, "
         f"{env.world_size} process(es)")
     stream = build_stream(cfg, data, env)
     meta = {"method": cfg.method.name, "model": cfg.model.name, "encoder_params": n_params,
-            "versions": versions(), "world_size": env.world_size}
+            "versions": versions(), "world_size": env.world_size, "init": source.description}
     engine = Engine(cfg, run_dir, method, env, stream, {}, meta)
-    engine.evaluators = {  # evaluation runs under the engine's precision
-        "heldout": FixedMaskEvaluator(data.heldout, cfg.train.eval_samples, cfg, env, engine.autocast),
-        "train_fixed": FixedMaskEvaluator(data.train, cfg.train.eval_samples, cfg, env, engine.autocast),
-    }
+    engine.evaluators, engine.best_metric = build_evaluators(cfg, data, env, engine.autocast)
     t0 = time.time()
     fit = engine.fit()
-    results = {"step": fit.step, "best_heldout_loss": fit.best_heldout,
-               "final_heldout_loss": fit.final.get("heldout"), "final_train_fixed_loss": fit.final.get("train_fixed"),
+    split, key, _ = engine.best_metric
+    results = {"step": fit.step, "init": source.description, f"best_{split}_{key}": fit.best,
                "train_images": len(data.train), "heldout_images": len(data.heldout),
                "images_per_epoch": stream.images_per_epoch, "epochs": fit.step * cfg.train.batch_size
                / max(1, len(data.train)), "skipped_images": len(data.skipped), "seconds": time.time() - t0}
+    for split_name, metrics in fit.final.items():
+        results.update({f"final_{split_name}_{k}": v for k, v in metrics.items()})
     if env.is_main:
         from mimkit.viz.curves import plot_loss_curves
 
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
         results["loss_curve"] = str(plot_loss_curves(run_dir))
-        if cfg.train.reconstruct:
+        if cfg.train.reconstruct and cfg.method.name != "supervised":
             from mimkit.viz.reconstructions import reconstruction_figure
 
             results["reconstructions"] = str(reconstruction_figure(

@@ -18,9 +18,10 @@ from mimkit.data.transforms import BatchAugment
 
 class TrainStream:
     def __init__(self, data: ImageSet, augment: BatchAugment, micro_batch: int, accum_steps: int, rank: int,
-                 world_size: int, seed: int, device: torch.device):
+                 world_size: int, seed: int, device: torch.device, pre_augment=None):
         self.data = data
         self.augment = augment
+        self.pre_augment = pre_augment  # per-image CPU augmentation on uint8 (RandAugment), before the batch crop
         self.micro_batch = micro_batch
         self.accum_steps = accum_steps
         self.device = device
@@ -53,11 +54,14 @@ class TrainStream:
         epoch, offset = divmod(index, self.batches_per_epoch)
         positions = self._epoch_order(epoch)[offset * self.micro_batch:(offset + 1) * self.micro_batch]
         images, ids = self.data.batch(positions)
+        epoch_keys = sample_keys(ids, epoch)
+        if self.pre_augment is not None:
+            images = self.pre_augment(images, epoch_keys)
         non_blocking = self.device.type == "cuda"
         if non_blocking:
             images = images.pin_memory()
         images = images.to(self.device, non_blocking=non_blocking)
-        keys = sample_keys(ids, epoch).to(self.device)
+        keys = epoch_keys.to(self.device)
         batch = {"images": self.augment(images, keys), "keys": keys, "ids": ids, "epoch": epoch}
         if self.data.labels is not None:
             batch["labels"] = self.data.labels[positions].to(self.device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torchvision.ops import roi_align
 
@@ -91,3 +92,39 @@ def denormalize(x: torch.Tensor, mean: list[float], std: list[float]) -> torch.T
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
     return (x * s + m).clamp(0, 1)
+
+
+class RandAugmentBatch:
+    """timm's RandAugment (PIL, per image) on a uint8 batch on the CPU, before the batched crop. Each image's ops
+    and magnitudes are drawn from a Python RNG seeded by its sample key, so the result is reproducible."""
+
+    def __init__(self, spec: str, mean: list[float]):
+        import random
+
+        from timm.data.auto_augment import rand_augment_transform
+
+        fill = tuple(round(255 * m) for m in mean)
+        self.transform = rand_augment_transform(spec, {"translate_const": 10, "img_mean": fill})
+        self._random = random
+
+    def __call__(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
+        from PIL import Image
+
+        out = torch.empty_like(images)
+        state, np_state = self._random.getstate(), np.random.get_state()  # timm draws ops from numpy, levels from random
+        for i, (img, key) in enumerate(zip(images, keys.tolist())):
+            arr = img.permute(1, 2, 0).numpy()
+            pil = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr)
+            out[i] = img
+            for attempt in range(3):  # some timm op / Pillow pairs reject a drawn magnitude: draw again
+                self._random.seed(int(key) * 3 + attempt)
+                np.random.seed((int(key) * 3 + attempt) % 2**32)
+                try:
+                    res = torch.from_numpy(np.asarray(self.transform(pil), dtype=np.uint8).copy())
+                except ValueError:
+                    continue
+                out[i] = res.unsqueeze(0) if res.ndim == 2 else res.permute(2, 0, 1)
+                break
+        self._random.setstate(state)
+        np.random.set_state(np_state)
+        return out

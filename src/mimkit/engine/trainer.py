@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import random
 import signal
 import time
 import warnings
@@ -14,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -40,8 +42,8 @@ class Interrupted(Exception):
 @dataclass
 class FitResult:
     step: int
-    best_heldout: float | None
-    final: dict[str, float]
+    best: float | None  # best value of the engine's best_metric
+    final: dict[str, dict[str, float]]  # last evaluation: split -> metrics
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -58,12 +60,14 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 class Engine:
     def __init__(self, cfg: Any, run_dir: Path, method: nn.Module, env: DistEnv, stream: Any,
-                 evaluators: dict[str, Any], meta: dict[str, Any] | None = None):
+                 evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
+                 best_metric: tuple[str, str, str] = ("heldout", "loss", "min")):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream
         self.t = cfg.train
         self.method = method.to(env.device)
         self.evaluators = evaluators
         self.meta = meta or {}
+        self.best_metric = best_metric  # (split, metric, min|max) that picks checkpoints/best
         self.ckpt_root = run_dir / "checkpoints"
         self.amp_dtype = resolve_precision(self.t.precision, env.device)
         self.scaler = torch.amp.GradScaler(env.device.type, enabled=self.amp_dtype == torch.float16)
@@ -150,14 +154,25 @@ class Engine:
                 pass
         return previous
 
-    def evaluate(self, step: int, epoch: int) -> dict[str, float]:
+    def evaluate(self, step: int, epoch: int) -> dict[str, dict[str, float]]:
+        """Every evaluator returns {'loss': ..., plus e.g. 'top1'}; one metrics event per split."""
         results = {}
         for split, evaluator in self.evaluators.items():
-            loss = evaluator.evaluate(self.method)
-            results[split] = loss
-            self.logger.log({"event": "eval", "split": split, "step": step, "epoch": epoch, "loss": loss,
+            metrics = evaluator.evaluate(self.method)
+            results[split] = metrics
+            self.logger.log({"event": "eval", "split": split, "step": step, "epoch": epoch, **metrics,
                              "time": time.time()})
         return results
+
+    def _is_better(self, results: dict[str, dict[str, float]]) -> bool:
+        split, key, mode = self.best_metric
+        value = results.get(split, {}).get(key)
+        if value is None or not math.isfinite(value):
+            return False
+        if self.best is None or (value < self.best if mode == "min" else value > self.best):
+            self.best = value
+            return True
+        return False
 
     # ------------------------------------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
@@ -174,7 +189,10 @@ class Engine:
         self.method.train()
         try:
             for step in range(start, t.steps):
-                torch.manual_seed(step_seed(self.cfg.seed, step, env.rank))
+                seed = step_seed(self.cfg.seed, step, env.rank)
+                torch.manual_seed(seed)
+                np.random.seed(seed % 2**32)  # timm Mixup/CutMix draw from numpy
+                random.seed(seed)
                 epoch = self.stream.epoch_of(step)
                 loss_value, grad_norm = self._train_step(step)
                 finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
@@ -194,7 +212,7 @@ class Engine:
                             f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (last at step "
                             f"{done}); stopping. Last good checkpoint: {last or 'none saved yet'}. Try a lower "
                             "train.lr, train.clip_grad, or train.precision=fp32.")
-                lr = self.optimizer.param_groups[0]["lr"]
+                lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak group's (layer decay)
                 if done % t.log_every == 0 or done == t.steps:
                     loss_sum, count = all_reduce_sum([interval_loss, interval_steps], env)
                     count = count / env.world_size
@@ -210,9 +228,7 @@ class Engine:
                 saved = False
                 if done % t.eval_every == 0 or done == t.steps:
                     last_eval = self.evaluate(done, epoch)
-                    heldout = last_eval.get("heldout")
-                    if heldout is not None and (self.best is None or heldout < self.best):
-                        self.best = heldout
+                    if self._is_better(last_eval):
                         self.save(done)
                         saved = True
                         if env.is_main:

@@ -7,9 +7,10 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MAE, build_mae
 from mimkit.methods.simmim import SimMIM, build_simmim
+from mimkit.methods.supervised import Supervised, build_supervised
 from mimkit.models.encoder import create_encoder
 
-__all__ = ["Method", "MAE", "SimMIM", "build_method", "build_mask_generator"]
+__all__ = ["Method", "MAE", "SimMIM", "Supervised", "build_method", "build_mask_generator"]
 
 
 def build_mask_generator(cfg: Any) -> MaskGenerator:
@@ -20,6 +21,12 @@ def build_mask_generator(cfg: Any) -> MaskGenerator:
 
 def build_method(cfg: Any) -> Method:
     """A fresh Method for a resolved config (see config.resolved)."""
+    if cfg.method.name == "supervised":
+        if cfg.model.num_classes is None:
+            raise ValueError("model.num_classes is unknown: build the data first (it sets it) or set it")
+        encoder = create_encoder(cfg, fixed_sincos=False, num_classes=cfg.model.num_classes,
+                                 global_pool=cfg.model.global_pool)
+        return build_supervised(cfg, encoder)
     is_mae = cfg.method.name == "mae"
     encoder = create_encoder(cfg, fixed_sincos=is_mae)
     builder = build_mae if is_mae else build_simmim

@@ -12,13 +12,16 @@ from mimkit.models.pos_embed import sincos_2d
 from mimkit.models.presets import resolve_model_spec, timm_kwargs
 
 
-def create_encoder(cfg: Any, fixed_sincos: bool) -> nn.Module:
-    """Build the run's timm ViT (no classifier). MAE fixes its position embedding to 2-D sin-cos."""
+def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_pool: str = "token") -> nn.Module:
+    """Build the run's timm ViT (no classifier unless `num_classes`). MAE fixes its position embedding to 2-D
+    sin-cos. `global_pool='avg'` is timm's mean of patch tokens + fc_norm (MAE fine-tuning); 'token' the class
+    token after the final norm."""
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
-    kwargs = timm_kwargs(cfg)
+    kwargs = {**timm_kwargs(cfg), "num_classes": num_classes}
     encoder = timm.create_model(
         spec.timm_name,
         pretrained=False,
+        global_pool=global_pool,
         drop_path_rate=cfg.model.drop_path,
         norm_layer=partial(nn.LayerNorm, eps=cfg.model.norm_eps),
         **kwargs,

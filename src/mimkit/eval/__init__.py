@@ -1,0 +1,1 @@
+"""Evaluation: weight sources, fine-tuning accuracy, frozen features, linear probe and kNN."""

@@ -1,0 +1,75 @@
+"""Frozen features: an encoder from `--init` in eval mode without gradients, pooled per image, cached on disk.
+
+Probes use no augmentation, so the features of a split never change: they are computed once, stored in
+RUN_DIR/features/SPLIT.safetensors with a fingerprint of the weights and settings, and reused while it matches.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from mimkit.data.datasets import ImageSet
+from mimkit.data.transforms import eval_transform
+from mimkit.eval.sources import Source, load_encoder_weights
+from mimkit.models.encoder import create_encoder
+
+
+def frozen_encoder(cfg: Any, source: Source, device: torch.device) -> nn.Module:
+    """The source's encoder, no classifier, eval mode, requires_grad off."""
+    pool = source.arch.get("global_pool", "token")
+    encoder = create_encoder(cfg, fixed_sincos=False, num_classes=0, global_pool=pool)
+    if source.state is not None:
+        load_encoder_weights(encoder, source.state, f"init '{cfg.init}'")
+    encoder.requires_grad_(False)
+    return encoder.to(device).eval()
+
+
+@torch.no_grad()
+def extract_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, device: torch.device) -> torch.Tensor:
+    """(N, D) float32 features: the class token after the final norm ('token') or the mean of the patch tokens
+    ('avg', through fc_norm where the model has one)."""
+    encoder.global_pool = pool
+    d = cfg.data
+    out = []
+    for start in range(0, len(data), cfg.probe.feature_batch_size):
+        images = data.images[start:start + cfg.probe.feature_batch_size].to(device)
+        x = eval_transform(images, d.img_size, d.mean, d.std)
+        out.append(encoder.forward_head(encoder.forward_features(x), pre_logits=True).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
+
+
+def fingerprint(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str) -> str:
+    """Changes whenever the weights, the images, the pooling or the input transform change."""
+    digest = hashlib.sha1()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    digest.update(data.ids.numpy().tobytes())
+    digest.update(json.dumps([pool, cfg.data.img_size, cfg.data.mean, cfg.data.std]).encode())
+    return digest.hexdigest()
+
+
+def cached_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, path: Path,
+                    device: torch.device) -> tuple[torch.Tensor, bool]:
+    """(features, reused?) for a split, from `path` when its fingerprint matches, else computed and stored."""
+    key = fingerprint(encoder, data, cfg, pool)
+    if path.is_file():
+        try:
+            stored = load_file(str(path))
+            if stored["fingerprint"].numpy().tobytes().decode() == key:
+                return stored["features"], True
+        except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
+            pass
+    features = extract_features(encoder, data, cfg, pool, device)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"features": features.contiguous(),
+               "fingerprint": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8)}, str(tmp))
+    tmp.replace(path)
+    return features, False

@@ -1,0 +1,49 @@
+"""What linprobe and knn share: resolve `--init`, load the data, freeze the encoder, cache features per split."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mimkit.config import Config, ConfigError, resolved
+from mimkit.data.datasets import DataBundle, build_data
+from mimkit.engine.distributed import pick_device
+from mimkit.eval.features import cached_features, frozen_encoder
+from mimkit.eval.sources import Source, adopt_source, resolve_source
+
+
+@dataclass
+class ProbeSetup:
+    cfg: Config
+    source: Source
+    data: DataBundle
+    num_classes: int
+    train_features: torch.Tensor
+    heldout_features: torch.Tensor
+    reused: bool
+
+
+def probe_setup(cfg: Config, run_dir: Path, log=print) -> ProbeSetup:
+    cfg = resolved(cfg)
+    source = resolve_source(cfg.init, cfg)
+    if source.kind != "scratch":
+        cfg = adopt_source(cfg, source)
+    data = build_data(cfg, log)
+    if data.train.labels is None or data.heldout.labels is None:
+        raise ConfigError("linprobe and knn need labelled data (Fashion-MNIST or a class-folder tree)")
+    num_classes = len(data.classes) if data.classes else int(data.train.labels.max()) + 1
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=num_classes))
+    device = pick_device(cfg.device)
+    torch.manual_seed(cfg.seed)  # a scratch encoder is the same random network every time
+    encoder = frozen_encoder(cfg, source, device)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    pool = cfg.probe.pool
+    train, reused_train = cached_features(encoder, data.train, cfg, pool, run_dir / "features" / "train.safetensors",
+                                          device)
+    held, reused_held = cached_features(encoder, data.heldout, cfg, pool,
+                                        run_dir / "features" / "heldout.safetensors", device)
+    log(f"[probe] {source.description}: features {tuple(train.shape)} train, {tuple(held.shape)} held-out "
+        f"({'reused from cache' if reused_train and reused_held else 'computed'})")
+    return ProbeSetup(cfg, source, data, num_classes, train, held, reused_train and reused_held)

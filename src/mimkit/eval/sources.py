@@ -1,0 +1,130 @@
+"""Where evaluation weights come from: `--init SOURCE` for finetune, linprobe and knn.
+
+SOURCE is a mimkit run directory or checkpoint folder (any method), an exported encoder `.safetensors` (with its
+`.json` sidecar), `timm:NAME` (timm's pretrained weights, when they are available locally), or `scratch`. Each
+resolves to the encoder architecture (copied into the run's config) and its timm-layout weights.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors.torch import load_file
+
+from mimkit.config import Config, ConfigError, resolved
+from mimkit.models.presets import resolve_model_spec
+
+ARCH_KEYS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
+
+
+@dataclass
+class Source:
+    kind: str  # run | export | timm | scratch
+    description: str
+    state: dict[str, torch.Tensor] | None  # timm-layout encoder weights, classifier head removed
+    arch: dict[str, Any]  # model.* keys to adopt
+    data: dict[str, Any]  # data.img_size / data.in_chans the weights were trained at
+
+
+def _without_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in state.items() if not k.startswith("head.")}
+
+
+def _from_run(path: Path) -> Source:
+    from mimkit.api import load
+
+    method = load(path)
+    cfg = method.config
+    arch = {k: getattr(cfg.model, k) for k in ARCH_KEYS}
+    if cfg.method.name == "supervised":
+        arch["global_pool"] = cfg.model.global_pool
+    return Source("run", f"{cfg.method.name} run {path}", _without_head(method.encoder_state_dict()), arch,
+                  {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans})
+
+
+def _from_export(path: Path) -> Source:
+    sidecar = path.with_suffix(path.suffix + ".json")
+    if not sidecar.is_file():
+        raise ConfigError(f"init: '{path}' has no '{sidecar.name}' beside it (written by `mimkit export`) to say "
+                          "which architecture it holds")
+    info = json.loads(sidecar.read_text())
+    kw = info["timm_kwargs"]
+    arch = {"name": info["timm_name"], "patch_size": kw["patch_size"], "embed_dim": kw["embed_dim"],
+            "depth": kw["depth"], "num_heads": kw["num_heads"], "mlp_ratio": kw["mlp_ratio"],
+            "norm_eps": info.get("norm_eps", 1e-6)}
+    return Source("export", f"exported encoder {path}", _without_head(load_file(str(path))), arch,
+                  {"img_size": kw["img_size"], "in_chans": kw["in_chans"]})
+
+
+def _from_timm(name: str, cfg: Config) -> Source:
+    """timm's own pretrained weights, offline: from the local HF cache or a timm pretrained_cfg file."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        model = timm.create_model(name, pretrained=True, num_classes=0, img_size=cfg.data.img_size,
+                                  in_chans=cfg.data.in_chans or 3)
+    except Exception as err:  # noqa: BLE001 - any download/lookup failure means "not available locally"
+        raise ConfigError(f"init: timm pretrained weights for '{name}' are not available locally "
+                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Put them in the Hugging Face "
+                          "cache, or export a checkpoint and pass its .safetensors file") from None
+    spec = resolve_model_spec(dataclasses.replace(Config().model, name=name), cfg.data.img_size)
+    arch = {"name": name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
+            "num_heads": spec.num_heads, "mlp_ratio": spec.mlp_ratio, "norm_eps": 1e-6}
+    return Source("timm", f"timm pretrained {name}", _without_head(model.state_dict()), arch,
+                  {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans})
+
+
+def resolve_source(spec: str | None, cfg: Config) -> Source:
+    if spec is None or spec == "scratch":
+        return Source("scratch", "random initialisation", None, {}, {})
+    if spec.startswith("timm:"):
+        return _from_timm(spec[len("timm:"):], cfg)
+    path = Path(spec)
+    if path.is_file() and path.suffix == ".safetensors":
+        return _from_export(path)
+    if path.exists():
+        return _from_run(path)
+    raise ConfigError(f"init: '{spec}' is not a run directory, checkpoint folder, exported .safetensors file, "
+                      "timm:NAME or scratch")
+
+
+def adopt_source(cfg: Config, source: Source) -> Config:
+    """The run's config with the source's encoder architecture and input size (so the weights fit)."""
+    model = dataclasses.replace(cfg.model, **source.arch)
+    data = dataclasses.replace(cfg.data, **source.data) if source.data else cfg.data
+    if source.arch:  # sizes come from the source; let resolved() fill the rest
+        data = dataclasses.replace(data, mean=cfg.data.mean if cfg.data.in_chans == data.in_chans else None,
+                                   std=cfg.data.std if cfg.data.in_chans == data.in_chans else None)
+    return resolved(dataclasses.replace(cfg, model=model, data=data))
+
+
+# Keys a classifier or probe may lack in the source (fresh head / pooling norm) or may not use.
+_MAY_BE_MISSING = ("head.", "fc_norm.")
+_MAY_BE_UNUSED = ("norm.", "fc_norm.")
+
+
+def load_encoder_weights(encoder: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, list]:
+    """Load `state` into a timm ViT, allowing only a fresh head / pooling norm; anything else is a clear error
+    naming the mismatched keys."""
+    own = encoder.state_dict()
+    shape_mismatch = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                      for k, v in state.items() if k in own and own[k].shape != v.shape]
+    missing = [k for k in own if k not in state and not k.startswith(_MAY_BE_MISSING)]
+    unexpected = [k for k in state if k not in own and not k.startswith(_MAY_BE_UNUSED)]
+    if shape_mismatch or missing or unexpected:
+        parts = []
+        if shape_mismatch:
+            parts.append("shape mismatch: " + "; ".join(shape_mismatch[:6]))
+        if missing:
+            parts.append("missing from the checkpoint: " + ", ".join(missing[:8]))
+        if unexpected:
+            parts.append("not in the model: " + ", ".join(unexpected[:8]))
+        raise ConfigError(f"{what} does not match the requested model ({' | '.join(parts)}). Use the source's own "
+                          "architecture (leave model.* unset) or a matching checkpoint")
+    result = encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return {"fresh": list(result.missing_keys), "unused": [k for k in state if k not in own]}

@@ -1,0 +1,195 @@
+"""Evaluation: weight sources, layer-wise lr decay, fine-tuning, frozen features and their cache, linear probe,
+kNN, and clear errors for checkpoints that do not fit."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import TINY, run_cli, sets, tiny_config
+from mimkit.config import ConfigError, resolved
+from mimkit.engine.schedule import warmup_cosine_factor
+from mimkit.eval.features import cached_features, extract_features, frozen_encoder
+from mimkit.eval.knn import knn_predict
+from mimkit.eval.lars import LARS
+from mimkit.eval.sources import load_encoder_weights, resolve_source
+from mimkit.methods.supervised import layer_id
+
+SUP = [*TINY, "method.name=supervised", "model.global_pool=avg"]
+
+
+@pytest.fixture(scope="module")
+def mae_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("src") / "mae"
+    run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), *sets([*TINY, "train.steps=6"]),
+            check=True)
+    return out
+
+
+def test_layer_ids_follow_the_beit_rule():
+    assert layer_id("cls_token", 12) == 0 and layer_id("pos_embed", 12) == 0
+    assert layer_id("patch_embed.proj.weight", 12) == 0
+    assert layer_id("blocks.0.attn.qkv.weight", 12) == 1 and layer_id("blocks.11.mlp.fc2.bias", 12) == 12
+    assert layer_id("fc_norm.weight", 12) == 13 and layer_id("head.weight", 12) == 13
+
+
+def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
+    """Effective lr of every parameter = peak lr x decay^(L+1-layer) x schedule(step), checked at several steps."""
+    from mimkit.engine.distributed import DistEnv
+    from mimkit.engine.trainer import Engine
+    from mimkit.methods import build_method
+    from mimkit.pretrain import build_stream, load_data_once
+
+    cfg = resolved(tiny_config(*SUP[len(TINY):], "method.layer_decay=0.5", "train.steps=8", "train.warmup_steps=3",
+                               "train.min_lr=1e-5", "train.eval_every=100", "train.ckpt_every=100"))
+    env = DistEnv()
+    data = load_data_once(cfg, env, lambda *_: None)
+    method = build_method(cfg)
+    engine = Engine(cfg, tmp_path, method, env, build_stream(cfg, data, env), {})
+    depth = len(method.encoder.blocks)
+    name_of = {id(p): n for n, p in method.named_parameters()}
+    seen = set()
+    for step in range(cfg.train.steps):
+        factor = warmup_cosine_factor(step, cfg.train.steps, cfg.train.warmup_steps, 1e-5 / cfg.train.lr)
+        for group in engine.optimizer.param_groups:
+            for p in group["params"]:
+                name = name_of[id(p)].removeprefix("encoder.")
+                expected = cfg.train.lr * 0.5 ** (depth + 1 - layer_id(name, depth)) * factor
+                assert group["lr"] == pytest.approx(expected, rel=1e-9), (step, name)
+                assert group["weight_decay"] == (0.0 if p.ndim <= 1 or "token" in name or "pos_embed" in name
+                                                 else cfg.train.weight_decay)
+                seen.add(name)
+        engine._train_step(step)
+    assert len(seen) == len([n for n, p in method.named_parameters() if p.requires_grad])
+
+
+def test_finetune_from_run_and_from_export(tmp_path, mae_run):
+    ft = ["data.name=synthetic", "train.epochs=null", "train.steps=6", "train.eval_every=3", "train.ckpt_every=3",
+          "train.tensorboard=false", "train.batch_size=16", "train.eval_samples=32", "data.synthetic_size=128",
+          "train.keep_last=5"]
+    proc = run_cli("finetune", "--init", str(mae_run), "--out", str(tmp_path / "ft"), *sets(ft), check=True)
+    assert "fresh: fc_norm.weight, fc_norm.bias, head.weight, head.bias" in proc.stdout
+    results = json.loads((tmp_path / "ft/results.json").read_text())
+    assert 0 <= results["final_heldout_top1"] <= 100 and results["final_heldout_top5"] >= results["final_heldout_top1"]
+    assert results["init"].startswith("mae run")
+    # the encoder blocks started from the MAE weights
+    from safetensors.torch import load_file
+
+    from mimkit import load
+
+    mae = load(mae_run)
+    first = load_file(str(tmp_path / "ft/checkpoints/step-0000003/model.safetensors"))
+    w0 = mae.encoder.blocks[0].attn.qkv.weight
+    assert (first["encoder.blocks.0.attn.qkv.weight"] - w0).abs().max() < 0.05  # 3 small steps from the MAE init
+    run_cli("export", str(mae_run), "--out", str(tmp_path / "enc.safetensors"), check=True)
+    run_cli("finetune", "--init", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "ft2"), *sets(ft),
+            check=True)
+    assert json.loads((tmp_path / "ft2/results.json").read_text())["init"].startswith("exported encoder")
+
+
+def test_supervised_baseline_trains_from_scratch_with_mixup_and_randaug(tmp_path):
+    from mimkit.pretrain import pretrain
+
+    cfg = tiny_config(*SUP[len(TINY):], "init=scratch", "method.mixup=0.8", "method.cutmix=1.0",
+                      "method.randaug=rand-m9-mstd0.5-inc1", "train.steps=4")
+    results = pretrain(cfg, tmp_path / "sup")
+    assert results["init"] == "random initialisation" and math.isfinite(results["final_heldout_loss"])
+    records = [json.loads(l) for l in (tmp_path / "sup/metrics.jsonl").read_text().splitlines()]
+    assert any("top1" in r for r in records if r.get("split") == "heldout")
+
+
+def test_randaugment_is_keyed_per_image():
+    from mimkit.data.transforms import RandAugmentBatch
+
+    images = (torch.rand(6, 1, 16, 16) * 255).to(torch.uint8)
+    ra = RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5])
+    keys = torch.arange(6)
+    a, b = ra(images, keys), ra(images, keys)
+    assert torch.equal(a, b)
+    assert not torch.equal(a, ra(images, keys + 100))
+    assert a.shape == images.shape and a.dtype == torch.uint8
+
+
+def test_mismatched_checkpoint_names_the_keys(tmp_path, mae_run):
+    cfg = resolved(tiny_config("model.name=mim_vit_pico"))
+    from mimkit.models.encoder import create_encoder
+
+    source = resolve_source(str(mae_run), cfg)
+    encoder = create_encoder(cfg, fixed_sincos=False)  # pico (96 wide, 6 blocks) vs the femto source
+    with pytest.raises(ConfigError, match=r"shape mismatch: .*cls_token"):
+        load_encoder_weights(encoder, source.state, "init")
+    pruned = {k: v for k, v in source.state.items() if not k.startswith("blocks.2.")}
+    femto = create_encoder(resolved(tiny_config()), fixed_sincos=False)
+    with pytest.raises(ConfigError, match=r"missing from the checkpoint: blocks\.2\."):
+        load_encoder_weights(femto, pruned, "init")
+    bad = run_cli("finetune", "--init", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), *sets(TINY))
+    assert bad.returncode == 2 and "not a run directory" in bad.stderr and "Traceback" not in bad.stderr
+    offline = run_cli("finetune", "--init", "timm:vit_tiny_patch16_224", "--out", str(tmp_path / "y"),
+                      *sets(TINY))
+    assert offline.returncode == 2 and "not available locally" in offline.stderr
+
+
+def test_frozen_encoder_is_unchanged_and_cache_matches_recompute(tmp_path, mae_run):
+    from mimkit.data.datasets import build_data
+    from mimkit.eval.linprobe import train_head
+
+    cfg = resolved(tiny_config("probe.epochs=3", "probe.warmup_epochs=1", "probe.batch_size=32"))
+    source = resolve_source(str(mae_run), cfg)
+    data = build_data(cfg, lambda *_: None)
+    encoder = frozen_encoder(cfg, source, torch.device("cpu"))
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
+    feats, reused = cached_features(encoder, data.train, cfg, "token", tmp_path / "f/train.safetensors",
+                                    torch.device("cpu"))
+    assert not reused
+    again, reused = cached_features(encoder, data.train, cfg, "token", tmp_path / "f/train.safetensors",
+                                    torch.device("cpu"))
+    assert reused and torch.equal(feats, again)
+    torch.testing.assert_close(feats, extract_features(encoder, data.train, cfg, "token", torch.device("cpu")))
+    avg, reused = cached_features(encoder, data.train, cfg, "avg", tmp_path / "f/train.safetensors",
+                                  torch.device("cpu"))
+    assert not reused and not torch.allclose(avg, feats)  # another pooling invalidates the cache
+    held = extract_features(encoder, data.heldout, cfg, "token", torch.device("cpu"))
+    head, history = train_head(feats, data.train.labels, held, data.heldout.labels, 10, cfg)
+    assert len(history) == 3
+    for key, value in encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_linprobe_and_knn_cli(tmp_path, mae_run):
+    probe = ["data.name=synthetic", "data.synthetic_size=128", "probe.epochs=4", "probe.warmup_epochs=1"]
+    lin = run_cli("linprobe", "--init", str(mae_run), "--out", str(tmp_path / "lin"), *sets(probe), check=True)
+    res = json.loads((tmp_path / "lin/results.json").read_text())
+    assert res["epochs"] == 4 and 0 <= res["top1"] <= 100 and "top1" in lin.stdout
+    assert (tmp_path / "lin/checkpoints/last/head.safetensors").is_file()
+    run_cli("knn", "--init", str(mae_run), "--out", str(tmp_path / "lin"), *sets(probe), check=True)
+    knn = json.loads((tmp_path / "lin/results.json").read_text())
+    assert knn["features_reused"] is True and knn["k"] == 20  # same encoder, data and pooling: cache hit
+
+
+def test_knn_on_a_toy_set_with_a_known_answer():
+    train = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9], [-1.0, 0.0]])
+    labels = torch.tensor([0, 0, 1, 1, 2])
+    query = torch.tensor([[1.0, 0.05], [0.05, 1.0], [-1.0, 0.1]])
+    scores = knn_predict(train, labels, query, num_classes=3, k=2, temperature=0.07)
+    assert scores.argmax(1).tolist() == [0, 1, 2]
+    # weights are exp(cos / T) of the k nearest: check one score exactly
+    q = torch.nn.functional.normalize(query[:1], dim=1)
+    t = torch.nn.functional.normalize(train[:2], dim=1)
+    assert scores[0, 0].item() == pytest.approx((q @ t.T / 0.07).exp().sum().item(), rel=1e-5)
+    assert scores[0, 2].item() == 0.0
+
+
+def test_lars_scales_weight_updates_by_the_trust_ratio():
+    w = torch.nn.Parameter(torch.full((2, 2), 2.0))
+    b = torch.nn.Parameter(torch.ones(2))
+    opt = LARS([w, b], lr=0.5, weight_decay=0.1, momentum=0.0, trust_coefficient=0.01)
+    w.grad = torch.full((2, 2), 0.5)
+    b.grad = torch.full((2,), 0.5)
+    opt.step()
+    update = 0.5 + 0.1 * 2.0  # grad + wd * w
+    trust = 0.01 * 4.0 / (update * 2.0)  # ||w|| = 4, ||update|| = 2 * update
+    assert w[0, 0].item() == pytest.approx(2.0 - 0.5 * update * trust)
+    assert b[0].item() == pytest.approx(1.0 - 0.5 * 0.5)  # 1-D: plain SGD, no decay

@@ -24,7 +24,8 @@ from mimkit.config import (
 )
 
 SHIPPED = ["finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k", "mae_fmnist_tiny",
-           "mae_vit_base_in1k", "probe_fmnist", "simmim_fmnist_tiny", "simmim_vit_base_in1k", "supervised_fmnist_tiny"]
+           "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny", "simmim_vit_base_in1k",
+           "supervised_fmnist_tiny"]
 
 
 def _error(*overrides: str, recipe: str | None = None) -> str:

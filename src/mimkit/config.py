@@ -73,6 +73,11 @@ class MethodConfig:
     cutmix: float = 0.0  # timm CutMix alpha (0: off)
     randaug: str | None = None  # timm RandAugment spec, e.g. rand-m9-mstd0.5-inc1 (None: off)
     layer_decay: float = 1.0  # layer-wise lr decay, scale = decay^(L+1-i) (1: off)
+    # MoCo v3 (contrastive baseline)
+    moco_temperature: float = 0.2
+    moco_momentum: float = 0.99  # start of the momentum schedule; rises to 1 by a half cosine
+    moco_dim: int = 256  # projector output
+    moco_mlp_dim: int = 4096  # projector / predictor hidden width
 
 
 @dataclass
@@ -315,7 +320,10 @@ def validate(cfg: Config) -> None:
         _check(value is None or len(value) in (1, 3), f"data.{key}: {value} must have 1 or 3 entries")
     _check(d.num_workers >= 0, "data.num_workers must be >= 0")
 
-    _choice("method.name", meth.name, ["mae", "simmim", "supervised"])
+    _choice("method.name", meth.name, ["mae", "simmim", "supervised", "mocov3"])
+    _check(meth.moco_temperature > 0, f"method.moco_temperature: {meth.moco_temperature} must be positive")
+    _check(0 <= meth.moco_momentum <= 1, f"method.moco_momentum: {meth.moco_momentum} must be in [0, 1]")
+    _check(meth.moco_dim > 0 and meth.moco_mlp_dim > 0, "method.moco_dim and method.moco_mlp_dim must be positive")
     _choice("model.global_pool", m.global_pool, ["avg", "token"])
     _check(m.num_classes is None or m.num_classes > 1, f"model.num_classes: {m.num_classes} must be >= 2")
     _check(0.0 <= meth.label_smoothing < 1.0, f"method.label_smoothing: {meth.label_smoothing} must be in [0, 1)")
@@ -349,7 +357,7 @@ def validate(cfg: Config) -> None:
         _check(meth.mask_patch_size % spec.patch_size == 0 and d.img_size % meth.mask_patch_size == 0,
                f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
                f"{spec.patch_size} and divide data.img_size {d.img_size}")
-    if meth.name != "supervised":
+    if meth.name in ("mae", "simmim"):
         _check_mask_counts(cfg, spec.patch_size)
     chans = d.in_chans or (1 if d.name == "fashion-mnist" else 3)
     for key in ("mean", "std"):

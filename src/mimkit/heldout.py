@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mimkit.data.datasets import ImageSet
-from mimkit.data.keyed_random import sample_keys
+from mimkit.data.keyed_random import sample_keys, second_view_keys
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv, all_reduce_sum
 
@@ -28,8 +28,9 @@ def fixed_subset(data: ImageSet, n: int, seed: int) -> ImageSet:
 class FixedMaskEvaluator:
     """`evaluate(method)` -> mean MIM loss over the fixed subset (all ranks share the work)."""
 
-    def __init__(self, data: ImageSet, n: int, cfg: Any, env: DistEnv, autocast):
+    def __init__(self, data: ImageSet, n: int, cfg: Any, env: DistEnv, autocast, two_views=None):
         self.data = fixed_subset(data, n, cfg.seed)
+        self.two_views = two_views  # a BatchAugment: contrastive methods compare two fixed augmented views
         self.cfg = cfg
         self.env = env
         self.autocast = autocast
@@ -44,11 +45,15 @@ class FixedMaskEvaluator:
         total, count = 0.0, 0.0
         for start in range(0, len(mine), self.batch_size):
             positions = mine[start:start + self.batch_size]
-            images, ids = self.data.batch(positions)
-            images = eval_transform(images.to(self.env.device), d.img_size, d.mean, d.std)
+            raw, ids = self.data.batch(positions)
+            raw = raw.to(self.env.device)
             keys = sample_keys(ids, FIXED_EPOCH).to(self.env.device)
+            if self.two_views is not None:
+                batch = {"images": self.two_views(raw, keys), "images2": self.two_views(raw, second_view_keys(keys))}
+            else:
+                batch = {"images": eval_transform(raw, d.img_size, d.mean, d.std)}
             with self.autocast():
-                loss = method({"images": images, "keys": keys})["loss"]
+                loss = method({**batch, "keys": keys})["loss"]
             total += float(loss) * len(positions)
             count += len(positions)
         total, count = all_reduce_sum([total, count], self.env)

@@ -29,16 +29,21 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
 
 
+def make_augment(cfg: Config) -> BatchAugment:
+    d = cfg.data
+    return BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)
+
+
 def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream:
     d, t = cfg.data, cfg.train
     if t.batch_size % (t.accum_steps * env.world_size):
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by train.accum_steps ({t.accum_steps})"
                          f" x processes ({env.world_size})")
-    augment = BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)
+    augment = make_augment(cfg)
     micro = t.batch_size // (t.accum_steps * env.world_size)
     pre = RandAugmentBatch(cfg.method.randaug, d.mean) if cfg.method.randaug else None
     return TrainStream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
-                       pre_augment=pre)
+                       pre_augment=pre, views=2 if cfg.method.name == "mocov3" else 1)
 
 
 def load_data_once(cfg: Config, env: DistEnv, log=print) -> DataBundle:
@@ -85,15 +90,17 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
 
 
 def build_evaluators(cfg: Config, data: DataBundle, env: DistEnv, autocast) -> tuple[dict[str, Any], tuple]:
-    """MIM: fixed-mask loss on held-out and train subsets (best = lowest held-out loss). Supervised: top-1/top-5
-    on the whole held-out split and on a fixed train subset (best = highest held-out top-1)."""
+    """MIM: fixed-mask loss on held-out and train subsets (best = lowest held-out loss); MoCo v3: the contrastive
+    loss between two fixed augmented views. Supervised: top-1/top-5 on the whole held-out split and on a fixed
+    train subset (best = highest held-out top-1)."""
     n = cfg.train.eval_samples
     if cfg.method.name == "supervised":
         evaluators = {"heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
                       "train_fixed": AccuracyEvaluator(data.train, n, cfg, env, autocast)}
         return evaluators, ("heldout", "top1", "max")
-    evaluators = {"heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast),
-                  "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast)}
+    views = make_augment(cfg) if cfg.method.name == "mocov3" else None
+    evaluators = {"heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast, views),
+                  "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast, views)}
     return evaluators, ("heldout", "loss", "min")
 
 
@@ -140,7 +147,7 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
 
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
         results["loss_curve"] = str(plot_loss_curves(run_dir))
-        if cfg.train.reconstruct and cfg.method.name != "supervised":
+        if cfg.train.reconstruct and hasattr(method, "reconstruct"):  # MIM methods only
             from mimkit.viz.reconstructions import reconstruction_figure
 
             results["reconstructions"] = str(reconstruction_figure(

@@ -44,3 +44,8 @@ def keyed_uniform(keys: torch.Tensor, n: int, seed: int, stream: int) -> torch.T
     v = _mix32(((k[:, None] * 0x27D4EB2D) + cols[None, :] * 0x165667B1) & _MASK32)
     v = _mix32(v ^ salt)
     return (v >> 8).to(torch.float32) / 2**24  # 24 bits: exact in float32, so never rounds up to 1.0
+
+
+def second_view_keys(keys: torch.Tensor) -> torch.Tensor:
+    """Keys for an independent second augmentation of the same samples (two-view methods such as MoCo v3)."""
+    return _mix32((keys.to(torch.int64) & _MASK32) ^ 0x5BD1E995)

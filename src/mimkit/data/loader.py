@@ -12,15 +12,16 @@ import torch
 from torch.utils.data import DistributedSampler
 
 from mimkit.data.datasets import ImageSet
-from mimkit.data.keyed_random import sample_keys
+from mimkit.data.keyed_random import sample_keys, second_view_keys
 from mimkit.data.transforms import BatchAugment
 
 
 class TrainStream:
     def __init__(self, data: ImageSet, augment: BatchAugment, micro_batch: int, accum_steps: int, rank: int,
-                 world_size: int, seed: int, device: torch.device, pre_augment=None):
+                 world_size: int, seed: int, device: torch.device, pre_augment=None, views: int = 1):
         self.data = data
         self.augment = augment
+        self.views = views
         self.pre_augment = pre_augment  # per-image CPU augmentation on uint8 (RandAugment), before the batch crop
         self.micro_batch = micro_batch
         self.accum_steps = accum_steps
@@ -63,6 +64,8 @@ class TrainStream:
         images = images.to(self.device, non_blocking=non_blocking)
         keys = epoch_keys.to(self.device)
         batch = {"images": self.augment(images, keys), "keys": keys, "ids": ids, "epoch": epoch}
+        if self.views == 2:  # a second, independently augmented view (contrastive methods)
+            batch["images2"] = self.augment(images, second_view_keys(keys))
         if self.data.labels is not None:
             batch["labels"] = self.data.labels[positions].to(self.device)
         return batch

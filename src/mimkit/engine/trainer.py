@@ -270,6 +270,9 @@ class Engine:
             self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips inf/nan steps
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
+        hook = getattr(self.method, "after_optimizer_step", None)
+        if hook is not None:  # e.g. MoCo v3's momentum-encoder update
+            hook(step, self.t.steps)
         with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()

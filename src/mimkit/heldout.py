@@ -25,37 +25,57 @@ def fixed_subset(data: ImageSet, n: int, seed: int) -> ImageSet:
     return data.subset(torch.sort(positions).values)
 
 
-class FixedMaskEvaluator:
-    """`evaluate(method)` -> mean MIM loss over the fixed subset (all ranks share the work)."""
+class ShardedEvaluator:
+    """Sums per-batch statistics over this rank's share of a fixed image set, then all-reduces them: subclasses say
+    what to sum (`batch_sums`) and how to report it (`summarize`)."""
 
-    def __init__(self, data: ImageSet, n: int, cfg: Any, env: DistEnv, autocast, two_views=None):
-        self.data = fixed_subset(data, n, cfg.seed)
-        self.two_views = two_views  # a BatchAugment: contrastive methods compare two fixed augmented views
-        self.cfg = cfg
-        self.env = env
-        self.autocast = autocast
+    num_sums = 2
+
+    def __init__(self, data: ImageSet, n: int | None, cfg: Any, env: DistEnv, autocast):
+        self.data = fixed_subset(data, n, cfg.seed) if n is not None else data
+        self.cfg, self.env, self.autocast = cfg, env, autocast
         self.batch_size = cfg.train.eval_batch_size
+
+    def batch_sums(self, method: nn.Module, positions: torch.Tensor) -> list[float]:  # pragma: no cover
+        raise NotImplementedError
+
+    def summarize(self, sums: list[float]) -> dict[str, float]:  # pragma: no cover
+        raise NotImplementedError
 
     @torch.no_grad()
     def evaluate(self, method: nn.Module) -> dict[str, float]:
         was_training = method.training
         method.eval()
-        d = self.cfg.data
         mine = torch.arange(self.env.rank, len(self.data), self.env.world_size)
-        total, count = 0.0, 0.0
+        totals = [0.0] * self.num_sums
         for start in range(0, len(mine), self.batch_size):
-            positions = mine[start:start + self.batch_size]
-            raw, ids = self.data.batch(positions)
-            raw = raw.to(self.env.device)
-            keys = sample_keys(ids, FIXED_EPOCH).to(self.env.device)
-            if self.two_views is not None:
-                batch = {"images": self.two_views(raw, keys), "images2": self.two_views(raw, second_view_keys(keys))}
-            else:
-                batch = {"images": eval_transform(raw, d.img_size, d.mean, d.std)}
-            with self.autocast():
-                loss = method({**batch, "keys": keys})["loss"]
-            total += float(loss) * len(positions)
-            count += len(positions)
-        total, count = all_reduce_sum([total, count], self.env)
+            sums = self.batch_sums(method, mine[start:start + self.batch_size])
+            totals = [a + b for a, b in zip(totals, sums)]
+        totals = all_reduce_sum(totals, self.env)
         method.train(was_training)
-        return {"loss": total / max(count, 1.0)}
+        return self.summarize(totals)
+
+
+class FixedMaskEvaluator(ShardedEvaluator):
+    """`evaluate(method)` -> {'loss'}: mean MIM loss over the fixed subset with fixed masks (or, for contrastive
+    methods, between two fixed augmented views)."""
+
+    def __init__(self, data: ImageSet, n: int, cfg: Any, env: DistEnv, autocast, two_views=None):
+        super().__init__(data, n, cfg, env, autocast)
+        self.two_views = two_views  # a BatchAugment: contrastive methods compare two fixed augmented views
+
+    def batch_sums(self, method: nn.Module, positions: torch.Tensor) -> list[float]:
+        d = self.cfg.data
+        raw, ids = self.data.batch(positions)
+        raw = raw.to(self.env.device)
+        keys = sample_keys(ids, FIXED_EPOCH).to(self.env.device)
+        if self.two_views is not None:
+            batch = {"images": self.two_views(raw, keys), "images2": self.two_views(raw, second_view_keys(keys))}
+        else:
+            batch = {"images": eval_transform(raw, d.img_size, d.mean, d.std)}
+        with self.autocast():
+            loss = method({**batch, "keys": keys})["loss"]
+        return [float(loss) * len(positions), float(len(positions))]
+
+    def summarize(self, sums: list[float]) -> dict[str, float]:
+        return {"loss": sums[0] / max(sums[1], 1.0)}

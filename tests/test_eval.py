@@ -193,3 +193,24 @@ def test_lars_scales_weight_updates_by_the_trust_ratio():
     trust = 0.01 * 4.0 / (update * 2.0)  # ||w|| = 4, ||update|| = 2 * update
     assert w[0, 0].item() == pytest.approx(2.0 - 0.5 * update * trust)
     assert b[0].item() == pytest.approx(1.0 - 0.5 * 0.5)  # 1-D: plain SGD, no decay
+
+
+def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run):
+    args = ["compare", "--init", str(mae_run), "--init", "rand=scratch", "--out", str(tmp_path / "cmp"),
+            *sets(["data.name=synthetic", "data.synthetic_size=64", "model.name=mim_vit_femto"]),
+            "--set-probe", "probe.epochs=2", "--set-probe", "probe.warmup_epochs=0",
+            "--set-finetune", "train.epochs=null", "--set-finetune", "train.steps=2",
+            "--set-finetune", "train.batch_size=16", "--set-finetune", "train.eval_samples=16"]
+    first = run_cli(*args, check=True)
+    assert first.stdout.count("running") == 6
+    rows = json.loads((tmp_path / "cmp/results.json").read_text())
+    assert {(r["model"], r["protocol"]) for r in rows} == {(m, p) for m in ("mae", "rand")
+                                                           for p in ("knn", "linprobe", "finetune")}
+    table = (tmp_path / "cmp/results.md").read_text()
+    assert "| mae | classification |" in table and "| rand | classification |" in table
+    assert (tmp_path / "cmp/results.csv").read_text().startswith("model,source,protocol,task,top1")
+    stamp = (tmp_path / "cmp/cells/mae__finetune__classification/results.json").stat().st_mtime_ns
+    again = run_cli(*args, check=True)
+    assert again.stdout.count("skipped") == 6 and "running" not in again.stdout
+    assert (tmp_path / "cmp/cells/mae__finetune__classification/results.json").stat().st_mtime_ns == stamp
+    assert json.loads((tmp_path / "cmp/results.json").read_text()) == rows

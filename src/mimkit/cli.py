@@ -68,6 +68,17 @@ def cmd_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_compare(args: argparse.Namespace) -> int:
+    from mimkit.eval.compare import compare
+
+    protocol_sets = {"finetune": args.set_finetune, "linprobe": args.set_probe, "knn": args.set_probe}
+    rows = compare(args.init, args.out, args.protocols.split(","), [*data_overrides(args.data), *args.set],
+                   protocol_sets)
+    print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
+    print(open(f"{args.out}/results.md").read())
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
@@ -164,6 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "finetune":
             p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("compare", help="models x {knn, linprobe, finetune} x tasks, resumable, with tables")
+    p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")
+    p.add_argument("--out", required=True)
+    p.add_argument("--protocols", default="knn,linprobe,finetune")
+    p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
+    p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
+    p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("recipes", help="list shipped recipes")
     p.set_defaults(func=cmd_recipes)

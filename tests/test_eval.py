@@ -197,20 +197,27 @@ def test_lars_scales_weight_updates_by_the_trust_ratio():
 
 def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run):
     args = ["compare", "--init", str(mae_run), "--init", "rand=scratch", "--out", str(tmp_path / "cmp"),
+            "--tasks", "classification,localization",
             *sets(["data.name=synthetic", "data.synthetic_size=64", "model.name=mim_vit_femto"]),
             "--set-probe", "probe.epochs=2", "--set-probe", "probe.warmup_epochs=0",
             "--set-finetune", "train.epochs=null", "--set-finetune", "train.steps=2",
             "--set-finetune", "train.batch_size=16", "--set-finetune", "train.eval_samples=16"]
     first = run_cli(*args, check=True)
-    assert first.stdout.count("running") == 6
+    assert first.stdout.count("running") == 10  # per model: 3 classification cells + 2 localisation (no kNN)
     rows = json.loads((tmp_path / "cmp/results.json").read_text())
-    assert {(r["model"], r["protocol"]) for r in rows} == {(m, p) for m in ("mae", "rand")
-                                                           for p in ("knn", "linprobe", "finetune")}
+    assert {(r["model"], r["protocol"], r["task"]) for r in rows} == {
+        (m, p, t) for m in ("mae", "rand") for t in ("classification", "localization")
+        for p in ("knn", "linprobe", "finetune") if not (t == "localization" and p == "knn")}
+    loc = [r for r in rows if r["task"] == "localization"]
+    assert all(r["metric"] == "mean_iou" and 0 <= r["value"] <= 1 for r in loc)
+    frozen = json.loads((tmp_path / "cmp/cells/mae__linprobe__localization/config.yaml").read_text()
+                        .split("freeze: ")[1].split()[0])
+    assert frozen is True
     table = (tmp_path / "cmp/results.md").read_text()
-    assert "| mae | classification |" in table and "| rand | classification |" in table
-    assert (tmp_path / "cmp/results.csv").read_text().startswith("model,source,protocol,task,top1")
+    assert "| mae |" in table and "| rand |" in table and "# Semantic vs geometric tasks" in table
+    assert (tmp_path / "cmp/results.csv").read_text().startswith("model,source,protocol,task,metric,value")
     stamp = (tmp_path / "cmp/cells/mae__finetune__classification/results.json").stat().st_mtime_ns
     again = run_cli(*args, check=True)
-    assert again.stdout.count("skipped") == 6 and "running" not in again.stdout
+    assert again.stdout.count("skipped") == 10 and "running" not in again.stdout
     assert (tmp_path / "cmp/cells/mae__finetune__classification/results.json").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "cmp/results.json").read_text()) == rows

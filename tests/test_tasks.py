@@ -19,7 +19,7 @@ def _items(n=40, size=28):
 
 
 def test_localization_boxes_inside_canvas_and_tight():
-    task = make_localization(_items(), canvas=64, scale=(0.5, 1.5), seed=3)
+    task = make_localization(_items(), canvas=64, scale=(0.25, 0.75), seed=3)
     assert task.images.shape == (40, 1, 64, 64) and task.targets.shape == (40, 4)
     b = task.targets
     assert (b >= 0).all() and (b <= 1).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
@@ -28,7 +28,7 @@ def test_localization_boxes_inside_canvas_and_tight():
         torch.testing.assert_close(b[i], expected)
     widths = (b[:, 2] - b[:, 0]) * 64
     assert widths.max() / widths.min() > 1.8  # the scale really varies
-    again = make_localization(_items(), canvas=64, scale=(0.5, 1.5), seed=3)
+    again = make_localization(_items(), canvas=64, scale=(0.25, 0.75), seed=3)
     assert torch.equal(again.images, task.images) and torch.equal(again.targets, task.targets)
     assert not torch.equal(make_localization(_items(), 64, seed=4).targets, task.targets)
 
@@ -83,3 +83,53 @@ def test_detection_ap_needs_both_class_and_box():
 def test_angle_error():
     assert angle_error(torch.tensor([10.0, -20.0]), torch.tensor([[0.0], [-10.0]])) == pytest.approx(10.0)
     assert math.isclose(angle_error(torch.zeros(3), torch.zeros(3, 1)), 0.0)
+
+
+def _task_run(tmp_path, name, *extra):
+    import json
+
+    from conftest import tiny_config
+    from mimkit.pretrain import pretrain
+
+    cfg = tiny_config("method.name=task", "init=scratch", "model.global_pool=avg", "train.steps=4",
+                      "train.eval_every=2", *extra)
+    results = pretrain(cfg, tmp_path / name)
+    records = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    return results, records
+
+
+def test_combined_task_logs_classification_and_localisation_losses(tmp_path):
+    results, records = _task_run(tmp_path, "comb", "data.task=combined")
+    train = [r for r in records if r.get("event") == "train"]
+    assert train and all("cls_loss" in r and "loc_loss" in r for r in train)
+    for r in train:
+        assert r["loss"] == pytest.approx(r["cls_loss"] + r["loc_loss"], rel=1e-5)
+    held = [r for r in records if r.get("split") == "heldout"]
+    assert all({"ap50", "mean_iou", "top1", "cls_loss", "loc_loss"} <= r.keys() for r in held)
+    assert 0 <= results["final_heldout_ap50"] <= 1
+
+
+def test_frozen_rotation_head_leaves_the_encoder_untouched(tmp_path):
+    from mimkit import load
+
+    results, _ = _task_run(tmp_path, "rot", "data.task=rotation", "model.freeze=true")
+    assert results["final_heldout_angle_error"] >= 0
+    model = load(tmp_path / "rot")
+    torch.manual_seed(0)  # pretrain() seeds with cfg.seed before building: the same random encoder
+    from conftest import tiny_config
+    from mimkit.config import resolved
+    from mimkit.methods import build_method
+
+    fresh = build_method(resolved(tiny_config("method.name=task", "data.task=rotation", "model.global_pool=avg",
+                                              "model.freeze=true")))
+    for key, value in fresh.encoder.state_dict().items():
+        assert torch.equal(model.encoder.state_dict()[key], value), key
+    assert not torch.equal(model.angle_head.weight, fresh.angle_head.weight)  # the head did train
+
+
+def test_geometric_tasks_train_without_crops_or_flips():
+    from conftest import tiny_config
+    from mimkit.config import resolved
+
+    cfg = resolved(tiny_config("method.name=task", "data.task=localization"))
+    assert cfg.data.crop_scale == [1.0, 1.0] and cfg.data.hflip is False

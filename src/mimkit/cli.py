@@ -73,7 +73,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     protocol_sets = {"finetune": args.set_finetune, "linprobe": args.set_probe, "knn": args.set_probe}
     rows = compare(args.init, args.out, args.protocols.split(","), [*data_overrides(args.data), *args.set],
-                   protocol_sets)
+                   protocol_sets, args.tasks.split(","))
     print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
     print(open(f"{args.out}/results.md").read())
     return 0
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")
     p.add_argument("--out", required=True)
     p.add_argument("--protocols", default="knn,linprobe,finetune")
+    p.add_argument("--tasks", default="classification",
+                   help="comma-separated: classification, localization, rotation, combined")
     p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")

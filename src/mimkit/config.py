@@ -41,6 +41,9 @@ class DataConfig:
     num_workers: int = 0  # decode workers for folder data
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
+    task: str = "classification"  # classification | localization | rotation | combined (class + box)
+    task_scale: list[float] = field(default_factory=lambda: [0.3, 0.8])  # localization: item side / canvas side
+    rotation_max: float = 90.0  # rotation: angles uniform in [-max, max] degrees
 
 
 @dataclass
@@ -55,6 +58,7 @@ class ModelConfig:
     norm_eps: float = 1e-6
     num_classes: int | None = None  # classification (supervised / finetune); None: from the data set
     global_pool: str = "avg"  # classification head input: avg (global average pooling + fc_norm, MAE) | token
+    freeze: bool = False  # task heads: train a linear head on the frozen encoder (eval mode, no gradients)
     decoder_dim: int | None = None  # MAE decoder; None: preset default (512 for ImageNet-size models)
     decoder_depth: int | None = None
     decoder_heads: int | None = None
@@ -320,7 +324,14 @@ def validate(cfg: Config) -> None:
         _check(value is None or len(value) in (1, 3), f"data.{key}: {value} must have 1 or 3 entries")
     _check(d.num_workers >= 0, "data.num_workers must be >= 0")
 
-    _choice("method.name", meth.name, ["mae", "simmim", "supervised", "mocov3"])
+    _choice("method.name", meth.name, ["mae", "simmim", "supervised", "mocov3", "task"])
+    _choice("data.task", d.task, ["classification", "localization", "rotation", "combined"])
+    _check(meth.name != "task" or d.task != "classification",
+           "method.name=task trains the geometric heads: set data.task to localization, rotation or combined "
+           "(classification is method.name=supervised)")
+    _check(len(d.task_scale) == 2 and 0 < d.task_scale[0] <= d.task_scale[1] <= 1,
+           f"data.task_scale: {d.task_scale} must be [min, max] with 0 < min <= max <= 1")
+    _check(0 < d.rotation_max <= 180, f"data.rotation_max: {d.rotation_max} must be in (0, 180]")
     _check(meth.moco_temperature > 0, f"method.moco_temperature: {meth.moco_temperature} must be positive")
     _check(0 <= meth.moco_momentum <= 1, f"method.moco_momentum: {meth.moco_momentum} must be in [0, 1]")
     _check(meth.moco_dim > 0 and meth.moco_mlp_dim > 0, "method.moco_dim and method.moco_mlp_dim must be positive")
@@ -418,6 +429,8 @@ def resolved(cfg: Config) -> Config:
     is_mae = meth.name == "mae"
     if d.in_chans is None:
         d.in_chans = 1 if d.name == "fashion-mnist" else 3
+    if d.task != "classification":  # crops and flips would move boxes and change angles: geometry stays fixed
+        d.crop_scale, d.crop_ratio, d.hflip = [1.0, 1.0], [1.0, 1.0], False
     if d.crop_scale is None:  # MAE 0.2-1, SimMIM 0.67-1, supervised (DeiT) 0.08-1
         d.crop_scale = {"mae": [0.2, 1.0], "simmim": [0.67, 1.0]}.get(meth.name, [0.08, 1.0])
     if m.num_classes is None and d.name in ("fashion-mnist", "synthetic"):

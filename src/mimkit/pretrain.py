@@ -18,6 +18,7 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
 from mimkit.eval.accuracy import AccuracyEvaluator
+from mimkit.eval.task_eval import BEST_METRIC, TaskEvaluator
 from mimkit.eval.sources import Source, adopt_source, load_encoder_weights, resolve_source
 from mimkit.heldout import FixedMaskEvaluator
 from mimkit.methods import build_method
@@ -94,6 +95,11 @@ def build_evaluators(cfg: Config, data: DataBundle, env: DistEnv, autocast) -> t
     loss between two fixed augmented views. Supervised: top-1/top-5 on the whole held-out split and on a fixed
     train subset (best = highest held-out top-1)."""
     n = cfg.train.eval_samples
+    if cfg.method.name == "task":
+        key, mode = BEST_METRIC[cfg.data.task]
+        evaluators = {"heldout": TaskEvaluator(data.heldout, n, cfg, env, autocast),
+                      "train_fixed": TaskEvaluator(data.train, n, cfg, env, autocast)}
+        return evaluators, ("heldout", key, mode)
     if cfg.method.name == "supervised":
         evaluators = {"heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
                       "train_fixed": AccuracyEvaluator(data.train, n, cfg, env, autocast)}

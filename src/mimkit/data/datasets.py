@@ -39,6 +39,7 @@ class ImageSet:
     images: torch.Tensor  # (N, C, S, S) uint8 (CPU; may be memmap-backed)
     labels: torch.Tensor | None  # (N,) int64
     ids: torch.Tensor  # (N,) int64, stable sample identities
+    targets: torch.Tensor | None = None  # geometric tasks: (N, 4) boxes or (N, 1) angles
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -47,7 +48,8 @@ class ImageSet:
         pos = torch.as_tensor(positions, dtype=torch.int64)
         images = self.images[pos]
         labels = self.labels[pos] if self.labels is not None else None
-        return ImageSet(images, labels, self.ids[pos])
+        targets = self.targets[pos] if self.targets is not None else None
+        return ImageSet(images, labels, self.ids[pos], targets)
 
     def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(uint8 images, sample ids) for these positions."""
@@ -174,4 +176,18 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
         full = full.subset(train_pos)
         source = f"{fraction:.0%} of train (seeded)"
     train = full.subset(nested_subset(full.labels, len(full), d.fraction, cfg.seed)) if d.fraction < 1 else full
+    if d.task != "classification":
+        train, heldout = as_task(train, cfg), as_task(heldout, cfg)
     return DataBundle(train, heldout, source, classes, skipped)
+
+
+def as_task(data: ImageSet, cfg: Any) -> ImageSet:
+    """The geometric version of a labelled set: localisation canvases at the network size, or rotations."""
+    from mimkit.data.tasks import make_localization, make_rotation
+
+    d = cfg.data
+    if d.task == "rotation":
+        task = make_rotation(data, d.rotation_max, cfg.seed)
+    else:
+        task = make_localization(data, d.img_size, tuple(d.task_scale), cfg.seed)
+    return ImageSet(task.images, task.labels, task.ids, task.targets)

@@ -68,4 +68,6 @@ class TrainStream:
             batch["images2"] = self.augment(images, second_view_keys(keys))
         if self.data.labels is not None:
             batch["labels"] = self.data.labels[positions].to(self.device)
+        if self.data.targets is not None:
+            batch["targets"] = self.data.targets[positions].to(self.device)
         return batch

@@ -35,15 +35,15 @@ def tight_box(mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=torch.float32)
 
 
-def make_localization(data: ImageSet, canvas: int, scale: tuple[float, float] = (0.5, 1.5),
+def make_localization(data: ImageSet, canvas: int, scale: tuple[float, float] = (0.3, 0.8),
                       seed: int = 0) -> TaskSet:
-    """Paste each item, resized by a random factor, at a random position that keeps it inside the canvas."""
+    """Paste each item, resized to a random side of `scale` x canvas, at a random position inside the canvas."""
     n, c, size, _ = data.images.shape
     u = keyed_uniform(sample_keys(data.ids, 0), 3, seed, STREAM_TASK)
     out = torch.zeros(n, c, canvas, canvas, dtype=torch.uint8)
     boxes = torch.empty(n, 4)
     for i in range(n):
-        side = int(round(size * (scale[0] + u[i, 0].item() * (scale[1] - scale[0]))))
+        side = int(round(canvas * (scale[0] + u[i, 0].item() * (scale[1] - scale[0]))))
         side = max(4, min(side, canvas))
         item = F.interpolate(data.images[i:i + 1].float(), size=(side, side), mode="bilinear", align_corners=False,
                              antialias=True).round().clamp(0, 255).to(torch.uint8)[0]

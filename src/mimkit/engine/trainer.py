@@ -186,6 +186,7 @@ class Engine:
         if start == 0 and self.evaluators:
             last_eval = self.evaluate(0, 0)
         interval_loss, interval_steps, interval_t0 = 0.0, 0, time.time()
+        interval_parts: dict[str, float] = {}
         self.method.train()
         try:
             for step in range(start, t.steps):
@@ -201,6 +202,8 @@ class Engine:
                     self.nonfinite = 0
                     interval_loss += loss_value
                     interval_steps += 1
+                    for key, value in self.loss_parts.items():
+                        interval_parts[key] = interval_parts.get(key, 0.0) + value
                 else:
                     self.nonfinite += 1
                     self.skipped_total += 1
@@ -214,7 +217,9 @@ class Engine:
                             "train.lr, train.clip_grad, or train.precision=fp32.")
                 lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak group's (layer decay)
                 if done % t.log_every == 0 or done == t.steps:
-                    loss_sum, count = all_reduce_sum([interval_loss, interval_steps], env)
+                    part_keys = sorted(interval_parts)
+                    loss_sum, count, *part_sums = all_reduce_sum(
+                        [interval_loss, interval_steps, *(interval_parts[k] for k in part_keys)], env)
                     count = count / env.world_size
                     elapsed = time.time() - interval_t0
                     steps_in_interval = max(1, done - max(start, done - t.log_every))
@@ -222,9 +227,11 @@ class Engine:
                     mean_loss = loss_sum / env.world_size / max(count, 1)
                     self.logger.log({"event": "train", "split": "train", "step": done, "epoch": epoch,
                                      "loss": mean_loss, "lr": lr, "img_per_s": img_per_s, "grad_norm": grad_norm,
+                                     **{k: v / env.world_size / max(count, 1) for k, v in zip(part_keys, part_sums)},
                                      "time": time.time()})
                     progress.update(done, mean_loss, img_per_s, lr)
                     interval_loss, interval_steps, interval_t0 = 0.0, 0, time.time()
+                    interval_parts = {}
                 saved = False
                 if done % t.eval_every == 0 or done == t.steps:
                     last_eval = self.evaluate(done, epoch)
@@ -253,15 +260,20 @@ class Engine:
         """Forward/backward over accum micro-batches, clip, optimizer step (skipped when non-finite)."""
         t = self.t
         total_loss = 0.0
+        self.loss_parts: dict[str, float] = {}
         for micro in range(t.accum_steps):
             batch = self.stream.get(step, micro)
             sync = micro == t.accum_steps - 1 or not self.env.enabled
             context = contextlib.nullcontext() if sync else self.model.no_sync()
             with context:
                 with self.autocast():
-                    loss = self.model(batch)["loss"]
+                    out = self.model(batch)
+                loss = out["loss"]
                 self.scaler.scale(loss / t.accum_steps).backward()
             total_loss += float(loss.detach()) / t.accum_steps
+            for key, value in out.items():  # components such as cls_loss / loc_loss, logged beside the loss
+                if key.endswith("_loss"):
+                    self.loss_parts[key] = self.loss_parts.get(key, 0.0) + float(value.detach()) / t.accum_steps
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = t.clip_grad if t.clip_grad is not None else float("inf")

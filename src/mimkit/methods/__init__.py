@@ -9,9 +9,10 @@ from mimkit.methods.mae import MAE, build_mae
 from mimkit.methods.simmim import SimMIM, build_simmim
 from mimkit.methods.mocov3 import MoCoV3, build_mocov3
 from mimkit.methods.supervised import Supervised, build_supervised
+from mimkit.methods.task import TaskModel, build_task
 from mimkit.models.encoder import create_encoder
 
-__all__ = ["Method", "MAE", "SimMIM", "Supervised", "MoCoV3", "build_method", "build_mask_generator"]
+__all__ = ["Method", "MAE", "SimMIM", "Supervised", "MoCoV3", "TaskModel", "build_method", "build_mask_generator"]
 
 
 def build_mask_generator(cfg: Any) -> MaskGenerator:
@@ -28,6 +29,8 @@ def build_method(cfg: Any) -> Method:
         encoder = create_encoder(cfg, fixed_sincos=False, num_classes=cfg.model.num_classes,
                                  global_pool=cfg.model.global_pool)
         return build_supervised(cfg, encoder)
+    if cfg.method.name == "task":
+        return build_task(cfg, create_encoder(cfg, fixed_sincos=False, global_pool=cfg.model.global_pool))
     if cfg.method.name == "mocov3":
         return build_mocov3(cfg, create_encoder(cfg, fixed_sincos=False))
     is_mae = cfg.method.name == "mae"

@@ -5,13 +5,7 @@
 # 2) mimkit bench pretrain, ViT-B/16 MAE at 224 px, batch 256, bf16, against HF ViTMAEForPreTraining (same process)
 # 3) the same for a SimMIM ViT-B/16 (mimkit only)
 set -uo pipefail
-OUT=${1:?usage: gpu_check.sh OUT_DIR [FMNIST_DIR]}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-[ -n "${2:-}" ] && export MIMKIT_DATA=$2
-PY=${PYTHON:-python3}
-# PyYAML is mimkit's one dependency a bare GPU image may lack: fall back to a carried pure-Python copy.
-$PY -c "import yaml" 2>/dev/null || export PYTHONPATH=$PYTHONPATH:$PWD/runs/pylib
+source "$(dirname "$0")/gpu_env.sh" "$@"
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   $PY -c "import torch, timm, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'transformers', transformers.__version__)"

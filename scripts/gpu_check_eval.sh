@@ -3,12 +3,7 @@
 #   bash scripts/gpu_check_eval.sh OUT_DIR [FMNIST_PARENT_DIR]
 # MAE pretraining (bf16) -> finetune (layer decay, mixup/cutmix, RandAugment) -> linprobe -> knn; MoCo v3 pretraining.
 set -uo pipefail
-OUT=${1:?usage: gpu_check_eval.sh OUT_DIR [FMNIST_PARENT_DIR]}
-mkdir -p "$OUT"
-export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
-[ -n "${2:-}" ] && export MIMKIT_DATA=$2
-PY=${PYTHON:-python3}
-$PY -c "import yaml" 2>/dev/null || export PYTHONPATH=$PYTHONPATH:$PWD/runs/pylib
+source "$(dirname "$0")/gpu_env.sh" "$@"
 W=/tmp/mimkit_gpu_eval; rm -rf "$W"
 common="--set device=cuda --set train.tensorboard=false"
 nvidia-smi --query-gpu=name --format=csv,noheader | tee "$OUT/device.txt"

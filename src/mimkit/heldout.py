@@ -30,6 +30,7 @@ class ShardedEvaluator:
     what to sum (`batch_sums`) and how to report it (`summarize`)."""
 
     num_sums = 2
+    shard = True  # False: every rank scores the whole set (for losses whose batches must not depend on ranks)
 
     def __init__(self, data: ImageSet, n: int | None, cfg: Any, env: DistEnv, autocast):
         self.data = fixed_subset(data, n, cfg.seed) if n is not None else data
@@ -46,12 +47,14 @@ class ShardedEvaluator:
     def evaluate(self, method: nn.Module) -> dict[str, float]:
         was_training = method.training
         method.eval()
-        mine = torch.arange(self.env.rank, len(self.data), self.env.world_size)
+        shard = self.shard and self.env.enabled
+        mine = torch.arange(self.env.rank, len(self.data), self.env.world_size) if shard else torch.arange(len(self.data))
         totals = [0.0] * self.num_sums
         for start in range(0, len(mine), self.batch_size):
             sums = self.batch_sums(method, mine[start:start + self.batch_size])
             totals = [a + b for a, b in zip(totals, sums)]
-        totals = all_reduce_sum(totals, self.env)
+        if shard:
+            totals = all_reduce_sum(totals, self.env)
         method.train(was_training)
         return self.summarize(totals)
 
@@ -63,6 +66,8 @@ class FixedMaskEvaluator(ShardedEvaluator):
     def __init__(self, data: ImageSet, n: int, cfg: Any, env: DistEnv, autocast, two_views=None):
         super().__init__(data, n, cfg, env, autocast)
         self.two_views = two_views  # a BatchAugment: contrastive methods compare two fixed augmented views
+        # A contrastive loss depends on which images share a batch: the same batches on every rank and world size.
+        self.shard = two_views is None
 
     def batch_sums(self, method: nn.Module, positions: torch.Tensor) -> list[float]:
         d = self.cfg.data

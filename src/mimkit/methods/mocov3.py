@@ -41,11 +41,11 @@ def gather_keys(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts), dist.get_rank() * k.shape[0]
 
 
-def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float) -> torch.Tensor:
-    """InfoNCE with the positives on the diagonal (offset by rank under DDP), scaled by 2T."""
+def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
+    """InfoNCE with the positives on the diagonal (offset by rank when keys are gathered under DDP), scaled by 2T."""
     q = F.normalize(q.float(), dim=1)
     k = F.normalize(k.float(), dim=1)
-    k_all, offset = gather_keys(k)
+    k_all, offset = gather_keys(k) if gather else (k, 0)
     logits = q @ k_all.T / temperature
     labels = torch.arange(q.shape[0], device=q.device) + offset
     return F.cross_entropy(logits, labels) * (2 * temperature)
@@ -81,7 +81,10 @@ class MoCoV3(Method):
         with torch.no_grad():
             k1 = self.momentum_projector(self.momentum_encoder(x1))
             k2 = self.momentum_projector(self.momentum_encoder(x2))
-        loss = contrastive_loss(q1, k2, self.temperature) + contrastive_loss(q2, k1, self.temperature)
+        # Keys from every rank in training; evaluation scores whole batches locally (see heldout.FixedMaskEvaluator).
+        gather = self.training
+        loss = (contrastive_loss(q1, k2, self.temperature, gather)
+                + contrastive_loss(q2, k1, self.temperature, gather))
         return {"loss": loss}
 
     @torch.no_grad()

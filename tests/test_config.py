@@ -73,24 +73,15 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(str(path))
 
 
-def test_section_given_a_scalar_is_rejected(tmp_path):
+@pytest.mark.parametrize("text, message", [
+    ("data: 5\n", "data.*expected a mapping"),  # a section given a scalar
+    ("- a\n- b\n", "expected a mapping"),  # the top level is not a mapping
+    ("train: [1, 2\n", "not valid YAML"),  # broken YAML
+])
+def test_malformed_yaml_file_is_a_config_error(tmp_path, text, message):
     path = tmp_path / "cfg.yaml"
-    path.write_text("data: 5\n")
-    with pytest.raises(ConfigError, match="data.*expected a mapping"):
-        load_config(str(path))
-
-
-def test_top_level_yaml_not_a_mapping(tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("- a\n- b\n")
-    with pytest.raises(ConfigError, match="expected a mapping"):
-        load_config(str(path))
-
-
-def test_invalid_yaml_file_is_a_config_error(tmp_path):
-    path = tmp_path / "cfg.yaml"
-    path.write_text("train: [1, 2\n")
-    with pytest.raises(ConfigError, match="not valid YAML"):
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(str(path))
 
 

@@ -44,21 +44,28 @@ def extract_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, de
     return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
 
 
-def fingerprint(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str) -> str:
-    """Changes whenever the weights, the images, the pooling or the input transform change."""
+def weights_digest(encoder: nn.Module) -> str:
+    """A hash of every weight: computed once per probe and shared by its splits' cache keys."""
     digest = hashlib.sha1()
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def fingerprint(weights: str, data: ImageSet, cfg: Any, pool: str) -> str:
+    """Changes whenever the weights, the images, the pooling or the input transform change."""
+    digest = hashlib.sha1(weights.encode())
     digest.update(data.ids.numpy().tobytes())
     digest.update(json.dumps([pool, cfg.data.img_size, cfg.data.mean, cfg.data.std]).encode())
     return digest.hexdigest()
 
 
 def cached_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, path: Path,
-                    device: torch.device) -> tuple[torch.Tensor, bool]:
-    """(features, reused?) for a split, from `path` when its fingerprint matches, else computed and stored."""
-    key = fingerprint(encoder, data, cfg, pool)
+                    device: torch.device, weights: str | None = None) -> tuple[torch.Tensor, bool]:
+    """(features, reused?) for a split, from `path` when its fingerprint matches, else computed and stored.
+    `weights` is the encoder's `weights_digest`, when the caller already has it."""
+    key = fingerprint(weights or weights_digest(encoder), data, cfg, pool)
     if path.is_file():
         try:
             stored = load_file(str(path))

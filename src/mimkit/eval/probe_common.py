@@ -10,7 +10,7 @@ import torch
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.engine.distributed import pick_device
-from mimkit.eval.features import cached_features, frozen_encoder
+from mimkit.eval.features import cached_features, frozen_encoder, weights_digest
 from mimkit.eval.sources import Source, adopt_source, resolve_source
 
 
@@ -39,11 +39,11 @@ def probe_setup(cfg: Config, run_dir: Path, log=print) -> ProbeSetup:
     torch.manual_seed(cfg.seed)  # a scratch encoder is the same random network every time
     encoder = frozen_encoder(cfg, source, device)
     run_dir.mkdir(parents=True, exist_ok=True)
-    pool = cfg.probe.pool
+    pool, weights = cfg.probe.pool, weights_digest(encoder)
     train, reused_train = cached_features(encoder, data.train, cfg, pool, run_dir / "features" / "train.safetensors",
-                                          device)
+                                          device, weights)
     held, reused_held = cached_features(encoder, data.heldout, cfg, pool,
-                                        run_dir / "features" / "heldout.safetensors", device)
+                                        run_dir / "features" / "heldout.safetensors", device, weights)
     log(f"[probe] {source.description}: features {tuple(train.shape)} train, {tuple(held.shape)} held-out "
         f"({'reused from cache' if reused_train and reused_held else 'computed'})")
     return ProbeSetup(cfg, source, data, num_classes, train, held, reused_train and reused_held)

@@ -79,6 +79,38 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from mimkit.analysis.report import write_report
+    from mimkit.analysis.run import ANALYSES, AnalysisOptions, replot, run_analysis
+    from mimkit.config import ConfigError, load_config
+
+    cfg = load_config(args.config, [*data_overrides(args.data), *args.set])
+    if args.analysis == "replot":
+        print(write_report(replot(cfg, args.out), Path(args.out)))
+        return 0
+    if not args.model:
+        raise ConfigError(f"analyze {args.analysis} needs at least one --model")
+
+    queries = []
+    for text in args.query or ["0.5,0.5", "0.2,0.2"]:
+        try:
+            y, x = (float(v) for v in text.split(","))
+        except ValueError:
+            raise ConfigError(f"--query {text}: expected Y,X as fractions of the image height and width, "
+                              "e.g. 0.5,0.5 for the centre") from None
+        queries.append((y, x))
+    options = AnalysisOptions(images=args.images, batch_size=args.batch_size, capture=args.capture,
+                              renormalize_distance=args.renormalize_distance, cka_tokens=args.cka_tokens,
+                              queries=queries, map_images=args.map_images)
+    analyses = set(ANALYSES) if args.analysis == "report" else {args.analysis}
+    results = run_analysis(cfg, args.model, analyses, args.out, options)
+    if args.analysis == "report":
+        print(write_report(results, Path(args.out)))
+    else:
+        print(Path(args.out) / "results.json")
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
@@ -187,6 +219,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
     p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("analyze", help="attention distance, head diversity, CKA and attention maps of ViTs")
+    p.add_argument("analysis", choices=["attention", "diversity", "cka", "maps", "report", "replot"],
+                   help="attention: distance + entropy per head; diversity: KL between heads; cka: layer "
+                        "similarity; maps: attention overlays; report: all of them and one HTML page; replot: "
+                        "redraw the figures and report of --out from its results.json")
+    p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
+                   help="run dir or checkpoint (any method), exported .safetensors, timm:NAME or scratch; repeat")
+    p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path (held-out split is used)")
+    p.add_argument("--images", type=int, default=1000, help="held-out images to analyse (seeded sample)")
+    p.add_argument("--out", required=True, help="directory for results.json, figures and report.html")
+    p.add_argument("--config", default="probe_fmnist", help="recipe or YAML for data settings (default probe_fmnist)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.img_size=224")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--capture", choices=["recompute", "unfused"], default="recompute",
+                   help="recompute attention from each block's qkv (default) or read timm's with fused attention off")
+    p.add_argument("--renormalize-distance", action="store_true",
+                   help="rescale patch-to-patch attention rows to sum to 1 after dropping prefix tokens")
+    p.add_argument("--cka-tokens", choices=["all", "patch", "cls", "mean"], default="all",
+                   help="per-image representation for CKA: all tokens flattened (default), patch tokens, class "
+                        "token, or patch mean")
+    p.add_argument("--query", action="append", metavar="Y,X",
+                   help="attention-map query position as fractions of height and width (default 0.5,0.5 and "
+                        "0.2,0.2); repeat")
+    p.add_argument("--map-images", type=int, default=4, help="images in the attention-map figures")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("recipes", help="list shipped recipes")
     p.set_defaults(func=cmd_recipes)

@@ -83,15 +83,16 @@ def format_eta(seconds: float) -> str:
 class Progress:
     """A rich progress bar on a terminal; plain periodic lines elsewhere (CI, log files, SLURM)."""
 
-    def __init__(self, total: int, start: int, enabled: bool, every: int):
-        self.total, self.start, self.enabled, self.every = total, start, enabled, every
+    def __init__(self, total: int, start: int, enabled: bool, every: int, label: str = "pretrain",
+                 unit: str = "step"):
+        self.total, self.start, self.enabled, self.every, self.unit = total, start, enabled, every, unit
         self.t0 = time.time()
         self.bar = None
         if enabled and sys.stdout.isatty():
             from rich.progress import BarColumn, MofNCompleteColumn, Progress as RichProgress, TextColumn, \
                 TimeRemainingColumn
 
-            self.bar = RichProgress(TextColumn("[bold]pretrain"), BarColumn(), MofNCompleteColumn(),
+            self.bar = RichProgress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn())
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
             self.bar.start()
@@ -101,11 +102,16 @@ class Progress:
             return
         done = step - self.start
         eta = (time.time() - self.t0) / max(1, done) * (self.total - step)
-        info = f"loss {loss:.4f}  {img_per_s:,.0f} img/s  lr {lr:.2e}  eta {format_eta(eta)}"
+        self.advance(step, f"loss {loss:.4f}  {img_per_s:,.0f} img/s  lr {lr:.2e}  eta {format_eta(eta)}")
+
+    def advance(self, step: int, info: str) -> None:
+        """Move to `step` of `total` with a free-form status text."""
+        if not self.enabled:
+            return
         if self.bar is not None:
             self.bar.update(self.task, completed=step, info=info)
         elif step % self.every == 0 or step == self.total:
-            print(f"step {step}/{self.total}  {info}", flush=True)
+            print(f"{self.unit} {step}/{self.total}  {info}", flush=True)
 
     def message(self, text: str) -> None:
         if not self.enabled:

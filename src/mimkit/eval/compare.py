@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mimkit.config import Config, load_config
+from mimkit.config import Config, ConfigError, load_config
 from mimkit.engine.atomic import atomic_write_text
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
@@ -102,10 +102,10 @@ def compare(inits: list[str], out: str | Path, protocols: list[str] | None = Non
     tasks = tasks or ["classification"]
     unknown = sorted(set(protocols) - set(PROTOCOLS)) + sorted(set(tasks) - set(TASKS))
     if unknown:
-        raise ValueError(f"unknown protocol or task {unknown}: protocols {PROTOCOLS}, tasks {TASKS}")
+        raise ConfigError(f"unknown protocol or task {unknown}: protocols {PROTOCOLS}, tasks {TASKS}")
     names = [model_name(s) for s in inits]
     if len(set(names)) != len(names):
-        raise ValueError(f"two --init sources share the name {names}; name them as NAME=SOURCE")
+        raise ConfigError(f"two --init sources share the name {names}; name them as NAME=SOURCE")
     cells = [Cell(n, source_of(s), p, t) for n, s in zip(names, inits) for t in tasks for p in protocols
              if not (t != "classification" and p == "knn")]  # kNN is a classifier: no geometric kNN cells
     rows = []

@@ -699,3 +699,26 @@ def test_map_images_below_one_is_a_user_error(tmp_path, capsys):
     code = main(["analyze", "maps", "--model", "scratch", "--images", "8", "--map-images", "0", "--out",
                  str(tmp_path), *SYNTHETIC])
     assert code == 2 and "--map-images" in capsys.readouterr().err
+
+
+def test_timm_model_with_weights_from_a_local_file_is_analysed(tmp_path):
+    """`timm:NAME@FILE` loads timm's architecture with the file's weights (what a user with a downloaded
+    vit_*.mae checkpoint does); the capture then sees exactly those weights."""
+    from safetensors.torch import save_file
+
+    from mimkit.analysis.models import load_model
+    from mimkit.config import load_config
+
+    torch.manual_seed(3)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
+                                  patch_size=16).eval()
+    weights = tmp_path / "tiny.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
+    base = load_config(None, ["device=cpu", "data.name=synthetic", "data.img_size=32", "data.in_chans=3"])
+    model = load_model(f"t=timm:vit_tiny_patch16_224@{weights}", base, torch.device("cpu"))
+    assert model.label == "t" and model.geometry.grid_size == (2, 2) and model.geometry.heads == 3
+    x = torch.randn(2, 3, 32, 32)
+    for got, want in zip(capture_attention(model.encoder, x), capture_attention(reference, x)):
+        torch.testing.assert_close(got, want)
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_model(f"timm:vit_tiny_patch16_224@{tmp_path / 'missing.pth'}", base, torch.device("cpu"))

@@ -1,8 +1,9 @@
 """Where evaluation weights come from: `--init SOURCE` for finetune, linprobe and knn.
 
 SOURCE is a mimkit run directory or checkpoint folder (any method), an exported encoder `.safetensors` (with its
-`.json` sidecar), `timm:NAME` (timm's pretrained weights, when they are available locally), or `scratch`. Each
-resolves to the encoder architecture (copied into the run's config) and its timm-layout weights.
+`.json` sidecar), `timm:NAME` (timm's pretrained weights, when they are available locally; `timm:NAME@FILE` reads
+them from a file), or `scratch`. Each resolves to the encoder architecture (copied into the run's config) and its
+timm-layout weights.
 """
 from __future__ import annotations
 
@@ -63,11 +64,18 @@ def _from_export(path: Path) -> Source:
 
 
 def _from_timm(name: str, cfg: Config) -> Source:
-    """timm's own pretrained weights, offline: from the local HF cache or a timm pretrained_cfg file."""
+    """timm's own pretrained weights, offline: from the local HF cache, or from a weights file on disk with
+    `timm:NAME@FILE` (.safetensors, .pth or .bin, as timm's pretrained_cfg `file` reads them)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    name, _, file = name.partition("@")
+    overlay = None
+    if file:
+        if not Path(file).is_file():
+            raise ConfigError(f"init: timm weights file '{file}' does not exist")
+        overlay = dict(file=str(Path(file).resolve()))
     try:
         model = timm.create_model(name, pretrained=True, num_classes=0, img_size=cfg.data.img_size,
-                                  in_chans=cfg.data.in_chans or 3)
+                                  in_chans=cfg.data.in_chans or 3, pretrained_cfg_overlay=overlay)
     except Exception as err:  # noqa: BLE001 - any download/lookup failure means "not available locally"
         raise ConfigError(f"init: timm pretrained weights for '{name}' are not available locally "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Put them in the Hugging Face "
@@ -75,7 +83,7 @@ def _from_timm(name: str, cfg: Config) -> Source:
     spec = resolve_model_spec(dataclasses.replace(Config().model, name=name), cfg.data.img_size)
     arch = {"name": name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
             "num_heads": spec.num_heads, "mlp_ratio": spec.mlp_ratio, "norm_eps": 1e-6}
-    return Source("timm", f"timm pretrained {name}", _without_head(model.state_dict()), arch,
+    return Source("timm", f"timm pretrained {name}" + (f" from {file}" if file else ""), _without_head(model.state_dict()), arch,
                   {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans})
 
 

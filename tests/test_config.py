@@ -23,9 +23,9 @@ from mimkit.config import (
     validate,
 )
 
-SHIPPED = ["finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k", "mae_fmnist_tiny",
+SHIPPED = ["distill_fmnist_tiny", "finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k", "mae_fmnist_tiny",
            "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny", "simmim_vit_base_in1k",
-           "supervised_fmnist_tiny"]
+           "supervised_fmnist_tiny", "tinymim_vit_base_in1k", "tinymim_vit_small_in1k"]
 
 
 def _error(*overrides: str, recipe: str | None = None) -> str:
@@ -446,7 +446,7 @@ def test_save_config_writes_plain_yaml(tmp_path):
     path = tmp_path / "c.yaml"
     save_config(cfg, path)
     tree = yaml.safe_load(path.read_text())
-    assert set(tree) == {"seed", "device", "init", "data", "model", "method", "train", "probe"}
+    assert set(tree) == {"seed", "device", "init", "data", "model", "method", "train", "probe", "distill"}
     assert isinstance(tree["train"]["lr"], float)  # not a string such as '1e-05'
     assert isinstance(tree["model"]["norm_eps"], float)
     assert load_config(str(path)).train.lr == pytest.approx(1e-5)

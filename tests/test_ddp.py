@@ -77,3 +77,31 @@ def test_mocov3_gathers_keys_across_two_processes(tmp_path):
     first_eval = lambda run: next(json.loads(l)["loss"] for l in (tmp_path / run / "metrics.jsonl").read_text()  # noqa: E731
                                   .splitlines() if '"heldout"' in l)
     assert abs(first_eval("moco") - first_eval("one")) < 1e-5  # step-0 held-out loss: same on 1 or 2 processes
+
+
+def test_distillation_on_two_processes_matches_one(tmp_path):
+    """Distillation under torchrun: the teacher stays outside DDP, the student's parts after the distilled block
+    get no gradient (find_unused_parameters), and 2 gloo processes end with the student weights of 1 process."""
+    from mimkit.config import load_config
+    from mimkit.pretrain import pretrain
+
+    pretrain(load_config(None, [*TINY, "method.name=mae", "model.name=mim_vit_pico", "train.steps=2"]),
+             tmp_path / "teacher")
+    # drop path off: its per-rank random masks differ between 1 and 2 processes (colour jitter is keyed by sample)
+    run = [*DDP_RUN, "distill.teacher=" + str(tmp_path / "teacher"), "distill.targets=qk+vv", "model.drop_path=0"]
+    single = run_cli("distill", "--out", str(tmp_path / "one"), *sets(run), check=True)
+    assert single.returncode == 0
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535",
+           "-m", "mimkit", "distill", "--out", str(tmp_path / "two"), *sets(run)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = load_file(str(ckpt.find_checkpoint(tmp_path / "one") / ckpt.MODEL_FILE))
+    two = load_file(str(ckpt.find_checkpoint(tmp_path / "two") / ckpt.MODEL_FILE))
+    assert not any(k.startswith("teacher") for k in one)
+    for key in one:
+        a, b = one[key], two[key]
+        if key.endswith("attn.qkv.bias"):  # the key bias: zero true gradient (see the MAE test above)
+            n = a.numel() // 3
+            torch.testing.assert_close(b[n:2 * n], a[n:2 * n], atol=1e-4, rtol=0, msg=key)
+            a, b = torch.cat([a[:n], a[2 * n:]]), torch.cat([b[:n], b[2 * n:]])
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)

@@ -111,6 +111,32 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Distillation is a training run of method `distill` in the same Engine; --chain runs stages in order."""
+    from mimkit.config import load_config
+
+    flags = [f"distill.teacher={args.teacher}"] if args.teacher else []
+    flags += [f"model.name={args.student}"] if args.student else []
+    # --teacher / --student win over --set (they are the more specific way to say it)
+    overrides = ["method.name=distill", *data_overrides(args.data), *args.set, *flags]
+    cfg = load_config(args.config, overrides)
+    students = [s.strip() for s in args.chain.split(",") if s.strip()] if args.chain is not None \
+        else cfg.distill.chain
+    if students is None:
+        args.set = overrides
+        return cmd_pretrain(args)
+    from mimkit.distill.chain import run_chain
+    from mimkit.engine.trainer import Interrupted
+
+    try:
+        stages = run_chain(cfg, students, args.out)
+    except Interrupted as stop:
+        print(f"mimkit: {stop}; re-run the same command to resume the chain", file=sys.stderr)
+        return stop.exit_code
+    print(json.dumps(stages, indent=1))
+    return 0
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
@@ -207,6 +233,21 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "finetune":
             p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("distill", help="TinyMIM distillation: relations (qk, vv), features or CLS of a teacher")
+    p.add_argument("--teacher", default=None,
+                   help="run dir or checkpoint (any method), exported .safetensors or timm:NAME[@FILE]")
+    p.add_argument("--student", default=None, help="student model: a mimkit preset or timm vit_* name")
+    p.add_argument("--chain", default=None, metavar="NAME,NAME,...",
+                   help="sequential distillation: students in order, each the next one's teacher (OUT/stageK-NAME); "
+                        "a recipe can list them as distill.chain")
+    p.add_argument("--config", default="distill_fmnist_tiny", help="recipe, YAML or run directory")
+    p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
+    p.add_argument("--out", required=True, help="run directory (the chain's parent directory with --chain)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="e.g. distill.targets=qk+vv, distill.teacher_layer=18, distill.mask_ratio=0.6")
+    p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("compare", help="models x {knn, linprobe, finetune} x tasks, resumable, with tables")
     p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")

@@ -101,6 +101,29 @@ class ProbeConfig:
 
 
 @dataclass
+class DistillConfig:
+    """TinyMIM distillation (method.name=distill): model.* is the student, `teacher` the frozen encoder."""
+
+    teacher: str | None = None  # run dir / checkpoint (any method), exported .safetensors, timm:NAME[@FILE]
+    targets: str = "qk+vv"  # '+'-joined cls, feature, qk, vv, each optionally NAME:WEIGHT (qk:1+vv:0.5)
+    teacher_layer: int | None = None  # 1-based block (18 of 24 for ViT-L), negative from the end; None: last
+    student_layer: int | None = None  # None: last
+    head_match: str = "reshape_student"  # reshape_student (TinyMIM) | resplit_teacher
+    cls_loss: str = "smooth_l1"  # smooth_l1 | mse | cosine
+    feature_loss: str = "smooth_l1"  # smooth_l1 | mse | cosine
+    mask_ratio: float = 0.0  # > 0: the student sees masked input (mask tokens; method.mask_type cells)
+    mim_weight: float = 0.0  # > 0: auxiliary SimMIM pixel loss on the student's masked patches
+    color_jitter: float = 0.4  # brightness/contrast/saturation strength, on the student's view only
+    chain: list[str] | None = None  # sequential distillation: student model names in order (mimkit distill --chain)
+    # Filled in from the teacher when the run starts (recorded so the run reloads without the teacher):
+    teacher_embed_dim: int | None = None
+    teacher_num_heads: int | None = None
+    teacher_depth: int | None = None
+    relation_heads: int | None = None  # the head count both relations are computed with
+    teacher_relation_heads: int | None = None  # how the teacher's block is split (a distilled teacher's own count)
+
+
+@dataclass
 class TrainConfig:
     steps: int = 1000
     epochs: float | None = None  # when set, steps = ceil(epochs * train images / batch) and evaluation is per epoch
@@ -136,6 +159,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     probe: ProbeConfig = field(default_factory=ProbeConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -324,7 +348,8 @@ def validate(cfg: Config) -> None:
         _check(value is None or len(value) in (1, 3), f"data.{key}: {value} must have 1 or 3 entries")
     _check(d.num_workers >= 0, "data.num_workers must be >= 0")
 
-    _choice("method.name", meth.name, ["mae", "simmim", "supervised", "mocov3", "task"])
+    _choice("method.name", meth.name, ["mae", "simmim", "supervised", "mocov3", "task", "distill"])
+    validate_distill(cfg)
     _choice("data.task", d.task, ["classification", "localization", "rotation", "combined"])
     _check(meth.name != "task" or d.task != "classification",
            "method.name=task trains the geometric heads: set data.task to localization, rotation or combined "
@@ -397,6 +422,25 @@ def validate(cfg: Config) -> None:
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
 
 
+def validate_distill(cfg: Config) -> None:
+    dis = cfg.distill
+    if cfg.method.name != "distill":
+        return
+    from mimkit.distill.targets import parse_targets
+
+    parse_targets(dis.targets)
+    _choice("distill.head_match", dis.head_match, ["reshape_student", "resplit_teacher"])
+    _choice("distill.cls_loss", dis.cls_loss, ["smooth_l1", "mse", "cosine"])
+    _choice("distill.feature_loss", dis.feature_loss, ["smooth_l1", "mse", "cosine"])
+    _check(0.0 <= dis.mask_ratio < 1.0, f"distill.mask_ratio: {dis.mask_ratio} must be in [0, 1)")
+    _check(dis.mim_weight >= 0, f"distill.mim_weight: {dis.mim_weight} must be >= 0")
+    _check(dis.mim_weight == 0 or dis.mask_ratio > 0,
+           "distill.mim_weight > 0 needs masked student input: set distill.mask_ratio (e.g. 0.6)")
+    _check(dis.color_jitter >= 0, f"distill.color_jitter: {dis.color_jitter} must be >= 0")
+    for key in ("teacher_layer", "student_layer"):
+        _check(getattr(dis, key) != 0, f"distill.{key}: layers count from 1 (or -1 from the end); 0 is not a layer")
+
+
 def _check_mask_counts(cfg: Config, patch_size: int) -> None:
     """The mask must hide at least one token and leave at least one visible, for the resolved mask settings."""
     from mimkit.data.masks import MaskGenerator
@@ -424,6 +468,7 @@ def resolved(cfg: Config) -> Config:
         method=dataclasses.replace(cfg.method),
         train=dataclasses.replace(cfg.train),
         probe=dataclasses.replace(cfg.probe),
+        distill=dataclasses.replace(cfg.distill),
     )
     d, m, meth, t = cfg.data, cfg.model, cfg.method, cfg.train
     is_mae = meth.name == "mae"

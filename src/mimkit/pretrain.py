@@ -61,7 +61,7 @@ def check_same_model(cfg: Config, run_dir: Path) -> None:
     if not (old_path.is_file() and (run_dir / "checkpoints").is_dir()):
         return
     old = resolved(load_config(str(old_path)))
-    for section in ("model", "method"):
+    for section in ("model", "method", "distill"):
         if getattr(old, section) != getattr(cfg, section):
             raise ConfigError(f"'{run_dir}' holds a run with a different {section} config ({getattr(old, section)}); "
                               "use a new --out directory, or pass --config with that run directory to resume it")
@@ -78,6 +78,11 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
     source = resolve_source(cfg.init, cfg)
     if source.kind != "scratch":
         cfg = adopt_source(cfg, source)
+    if cfg.method.name == "distill":
+        from mimkit.distill.teacher import prepare_teacher
+
+        cfg, teacher = prepare_teacher(cfg)
+        source = dataclasses.replace(source, teacher=teacher)
     data = load_data_once(cfg, env, log)
     if cfg.model.num_classes is None and data.classes:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(data.classes)))
@@ -130,6 +135,15 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
         loaded = load_encoder_weights(method.encoder, source.state, f"init '{cfg.init}'")
         log(f"[init] {source.description}; fresh: {', '.join(loaded['fresh']) or 'none'}; "
             f"unused: {', '.join(loaded['unused']) or 'none'}")
+    if cfg.method.name == "distill":
+        from mimkit.distill.teacher import load_teacher
+
+        method.attach_teacher(load_teacher(cfg, source.teacher, torch.device("cpu")))
+        dis = cfg.distill
+        log(f"[distill] teacher {source.teacher.description}: {dis.teacher_depth} blocks x "
+            f"{dis.teacher_num_heads} heads, width {dis.teacher_embed_dim}; layer {method.t_index + 1} -> student "
+            f"layer {method.s_index + 1}; targets {dis.targets}; relations with {dis.relation_heads} heads "
+            f"({dis.head_match})")
     n_params = sum(p.numel() for p in method.encoder.parameters())
     log(f"[model] {cfg.method.name} on {cfg.model.name}: encoder {n_params / 1e6:.2f}M params, "
         f"{sum(p.numel() for p in method.parameters()) / 1e6:.2f}M total; device {env.device}, "
@@ -137,6 +151,8 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     stream = build_stream(cfg, data, env)
     meta = {"method": cfg.method.name, "model": cfg.model.name, "encoder_params": n_params,
             "versions": versions(), "world_size": env.world_size, "init": source.description}
+    if source.teacher is not None:
+        meta["teacher"] = source.teacher.description
     engine = Engine(cfg, run_dir, method, env, stream, {}, meta)
     engine.evaluators, engine.best_metric = build_evaluators(cfg, data, env, engine.autocast)
     t0 = time.time()

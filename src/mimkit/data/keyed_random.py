@@ -14,6 +14,7 @@ _MASK32 = 0xFFFFFFFF
 STREAM_CROP = 1
 STREAM_FLIP = 2
 STREAM_MASK = 3
+STREAM_JITTER = 4
 
 
 def _mix32(x: torch.Tensor) -> torch.Tensor:

@@ -128,3 +128,30 @@ class RandAugmentBatch:
         self._random.setstate(state)
         np.random.set_state(np_state)
         return out
+
+
+def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: list[float], std: list[float],
+                 seed: int) -> torch.Tensor:
+    """Brightness, contrast and saturation jitter (factors uniform in [1 - s, 1 + s], applied in that order, as
+    torchvision's ColorJitter(s, s, s) without hue) on a normalised batch; per-sample factors are keyed by sample,
+    so they are reproducible. Saturation leaves gray images unchanged."""
+    from mimkit.data.keyed_random import STREAM_JITTER, keyed_uniform
+
+    if strength <= 0:
+        return x
+    factors = 1 - strength + 2 * strength * keyed_uniform(keys, 3, seed, STREAM_JITTER).to(x.device)
+    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
+    img = (x.float() * s + m)
+    img = (img * factors[:, 0].view(-1, 1, 1, 1)).clamp(0, 1)
+
+    def gray(t: torch.Tensor) -> torch.Tensor:
+        if t.shape[1] == 1:
+            return t
+        return (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
+
+    level = gray(img).mean(dim=(1, 2, 3), keepdim=True)
+    img = ((img - level) * factors[:, 1].view(-1, 1, 1, 1) + level).clamp(0, 1)
+    g = gray(img)
+    img = ((img - g) * factors[:, 2].view(-1, 1, 1, 1) + g).clamp(0, 1)
+    return ((img - m) / s).to(x.dtype)

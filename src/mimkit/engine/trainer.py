@@ -82,7 +82,9 @@ class Engine:
         self.model: nn.Module = self.method
         if env.enabled:
             ids = [env.device.index] if env.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.method, device_ids=ids)
+            self.model = DistributedDataParallel(  # distillation may leave the student's last parts unused
+                self.method, device_ids=ids, find_unused_parameters=getattr(self.method, "find_unused_parameters",
+                                                                            False))
         self.logger = MetricsLogger(run_dir, env.is_main, tensorboard=self.t.tensorboard)
         self.start_step = 0
         self.best: float | None = None

@@ -31,6 +31,7 @@ class Source:
     state: dict[str, torch.Tensor] | None  # timm-layout encoder weights, classifier head removed
     arch: dict[str, Any]  # model.* keys to adopt
     data: dict[str, Any]  # data.img_size / data.in_chans the weights were trained at
+    teacher: "Source | None" = None  # distillation runs: the teacher's source
 
 
 def _without_head(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,64 @@
+"""Sequential distillation (TinyMIM's B -> S -> T): each stage's student becomes the next stage's teacher.
+
+Stages live in OUT/stage1-NAME, OUT/stage2-NAME, ...; a stage with results.json is finished and skipped, an
+interrupted one resumes from its checkpoint, so re-running the same command continues the chain where it stopped.
+OUT/chain.json records every stage (student, teacher, directory, status, final held-out loss).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from mimkit.config import Config, ConfigError
+from mimkit.engine.atomic import atomic_write_text
+
+SIZE_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
+             "decoder_heads")
+RESOLVED_FROM_TEACHER = ("teacher_embed_dim", "teacher_num_heads", "teacher_depth", "relation_heads",
+                         "teacher_relation_heads")
+
+
+def stage_dir(out: Path, index: int, student: str) -> Path:
+    return out / f"stage{index + 1}-{student}"
+
+
+def stage_config(cfg: Config, index: int, student: str, teacher: str) -> Config:
+    """The base config with this stage's student (sizes from its name) and teacher. `distill.teacher_layer`
+    applies to the first teacher only; later teachers are distilled students, read at their last block."""
+    model = dataclasses.replace(cfg.model, name=student, **{k: None for k in SIZE_KEYS})
+    dis = dataclasses.replace(cfg.distill, teacher=teacher, chain=None,
+                              teacher_layer=cfg.distill.teacher_layer if index == 0 else None,
+                              **{k: None for k in RESOLVED_FROM_TEACHER})
+    return dataclasses.replace(cfg, model=model, distill=dis)
+
+
+def run_chain(cfg: Config, students: list[str], out: str | Path, log: Callable = print) -> list[dict[str, Any]]:
+    from mimkit.pretrain import pretrain
+
+    if not students:
+        raise ConfigError("distill chain: list at least one student (--chain NAME,NAME,...)")
+    if cfg.distill.teacher is None:
+        raise ConfigError("distill chain: the first stage needs a teacher (--teacher SOURCE)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = cfg.distill.teacher
+    stages: list[dict[str, Any]] = []
+    for index, student in enumerate(students):
+        run_dir = stage_dir(out, index, student)
+        record = {"stage": index + 1, "student": student, "teacher": str(teacher), "run_dir": str(run_dir)}
+        finished = run_dir / "results.json"
+        if finished.is_file():
+            log(f"[chain] stage {index + 1}/{len(students)} ({student}) is finished; skipping")
+            results = json.loads(finished.read_text())
+            record["status"] = "skipped (finished before)"
+        else:
+            log(f"[chain] stage {index + 1}/{len(students)}: {teacher} -> {student} in {run_dir}")
+            results = pretrain(stage_config(cfg, index, student, str(teacher)), run_dir)
+            record["status"] = "trained"
+        record["final_heldout_loss"] = results.get("final_heldout_loss")
+        stages.append(record)
+        atomic_write_text(out / "chain.json", json.dumps({"stages": stages, "planned": students}, indent=1))
+        teacher = run_dir
+    return stages

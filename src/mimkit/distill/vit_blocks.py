@@ -1,0 +1,57 @@
+"""Running a timm ViT part of the way: the tokens entering block L, and that block's q, k, v split into any head
+count. Distillation reads relations from one block and may stop the forward pass there (TinyMIM does)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mimkit.config import ConfigError
+from mimkit.distill.relations import split_heads
+
+
+def block_index(layer: int | None, depth: int, what: str) -> int:
+    """1-based layer (negative counts from the end, None = last) -> 0-based block index, checked."""
+    if layer is None:
+        return depth - 1
+    if layer == 0 or not -depth <= layer <= depth:
+        raise ConfigError(f"{what}={layer} is out of range for a model with {depth} blocks: use 1..{depth} "
+                          f"(or -1..-{depth} from the end)")
+    return layer - 1 if layer > 0 else depth + layer
+
+
+def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None,
+                 mask_token: torch.Tensor | None = None) -> torch.Tensor:
+    """Patch embedding (masked patches replaced by `mask_token`, SimMIM-style), prefix tokens and position
+    embedding, pre-norm: the input of block 0."""
+    x = vit.patch_embed(images)
+    if mask is not None:
+        w = mask.unsqueeze(-1).to(x.dtype)
+        x = x * (1 - w) + mask_token.to(x.dtype) * w
+    x = vit._pos_embed(x)
+    x = vit.patch_drop(x)
+    return vit.norm_pre(x)
+
+
+def run_blocks(vit: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    for block in vit.blocks[start:stop]:
+        x = block(x)
+    return x
+
+
+def block_qkv(block: nn.Module, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v of a timm block for its input `x`, each (batch, heads, tokens, dim / heads). `heads` may differ from
+    the block's own head count: the same projections, split differently (q/k norms are not applied then, since
+    they are shaped for the block's own head dim)."""
+    attn = block.attn
+    qkv = attn.qkv(block.norm1(x))
+    q, k, v = qkv.chunk(3, dim=-1)
+    q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
+    if heads == attn.num_heads:
+        q, k = attn.q_norm(q), attn.k_norm(k)
+    return q, k, v
+
+
+def final_tokens(vit: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
+    """Tokens after block `index`, through the final norm when it is the last block (what timm's
+    forward_features returns)."""
+    return vit.norm(x) if index == len(vit.blocks) - 1 else x

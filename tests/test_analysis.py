@@ -722,3 +722,24 @@ def test_timm_model_with_weights_from_a_local_file_is_analysed(tmp_path):
         torch.testing.assert_close(got, want)
     with pytest.raises(ConfigError, match="does not exist"):
         load_model(f"timm:vit_tiny_patch16_224@{tmp_path / 'missing.pth'}", base, torch.device("cpu"))
+
+
+def test_timm_source_accepts_a_pretrained_tag_and_rejects_a_file_of_other_weights(tmp_path):
+    """`timm:NAME.TAG@FILE` builds NAME; a file whose keys are not that model's is an error, never a silently
+    random network (timm loads non-strictly once the classifier is dropped)."""
+    from safetensors.torch import save_file
+
+    from mimkit.analysis.models import load_model
+    from mimkit.config import load_config
+
+    torch.manual_seed(5)
+    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32).eval()
+    good, bad = tmp_path / "good.safetensors", tmp_path / "bad.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(good))
+    save_file({f"encoder.{k}": v.contiguous() for k, v in reference.state_dict().items()}, str(bad))
+    base = load_config(None, ["device=cpu", "data.name=synthetic", "data.img_size=32", "data.in_chans=3"])
+    model = load_model(f"timm:vit_tiny_patch16_224.augreg_in21k@{good}", base, torch.device("cpu"))
+    assert model.cfg.model.name == "vit_tiny_patch16_224"
+    torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
+    with pytest.raises(ConfigError, match="does not hold weights"):
+        load_model(f"timm:vit_tiny_patch16_224@{bad}", base, torch.device("cpu"))

@@ -768,3 +768,24 @@ def test_a_config_listing_stages_runs_a_chain(teacher, tmp_path):
 def test_distillation_without_a_teacher_is_a_user_error(capsys, tmp_path):
     err = cli_error(capsys, "distill", "--out", str(tmp_path / "out"), *sets(TINY))
     assert "needs a teacher" in err and not (tmp_path / "out").exists()
+
+
+def test_a_mask_ratio_that_masks_everything_is_a_config_error(capsys, teacher, tmp_path):
+    err = cli_error(capsys, "distill", "--teacher", str(teacher), "--out", str(tmp_path / "out"),
+                    *sets([*TINY, "distill.mask_ratio=0.99"]))
+    assert "distill.mask_ratio" in err
+
+
+def test_a_finished_stage_trained_otherwise_is_not_reused(capsys, chain, teacher, tmp_path):
+    """Re-running a chain into the same directory with other settings must not silently reuse old stages."""
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(chain, out)
+    err = cli_error(capsys, *chain_args(teacher, out), "--set", "distill.targets=qk")
+    assert "trained with other settings" in err and "distill.targets" in err
+
+
+def test_resuming_a_chain_that_never_started_is_a_user_error(capsys, teacher, tmp_path):
+    err = cli_error(capsys, *chain_args(teacher, tmp_path / "none"), "--resume")
+    assert "no chain.json" in err

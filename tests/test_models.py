@@ -159,3 +159,15 @@ def test_timm_model_names_build_with_overrides():
     method = build_method(cfg)
     assert method.encoder.patch_embed.patch_size == (4, 4)
     assert len(method.encoder.blocks) == 1 and method.encoder.embed_dim == 32
+
+
+def test_deit_names_are_timm_vits_but_distilled_deit_is_refused():
+    """DeiT is the supervised baseline of the MIM papers: its plain models build like any timm ViT; the distilled
+    variants carry a second prefix token that the MIM wrappers do not expect."""
+    from mimkit.config import ConfigError
+
+    cfg = resolved(tiny_config("model.name=deit_tiny_patch16_224", "model.patch_size=4", "model.depth=1"))
+    assert (cfg.model.embed_dim, cfg.model.num_heads) == (192, 3)
+    assert len(build_method(cfg).encoder.blocks) == 1
+    with pytest.raises(ConfigError, match="neither a mimkit preset"):
+        resolved(tiny_config("model.name=deit_tiny_distilled_patch16_224"))

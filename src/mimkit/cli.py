@@ -113,7 +113,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 def cmd_distill(args: argparse.Namespace) -> int:
     """Distillation is a training run of method `distill` in the same Engine; --chain runs stages in order."""
-    from mimkit.config import load_config
+    from mimkit.config import ConfigError, load_config
 
     flags = [f"distill.teacher={args.teacher}"] if args.teacher else []
     flags += [f"model.name={args.student}"] if args.student else []
@@ -126,13 +126,18 @@ def cmd_distill(args: argparse.Namespace) -> int:
         args.set = overrides
         return cmd_pretrain(args)
     from mimkit.distill.chain import run_chain
-    from mimkit.engine.trainer import Interrupted
+    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
 
+    if args.resume and not Path(args.out, "chain.json").is_file():
+        raise ConfigError(f"--resume: '{args.out}' has no chain.json to resume from")
     try:
         stages = run_chain(cfg, students, args.out)
     except Interrupted as stop:
         print(f"mimkit: {stop}; re-run the same command to resume the chain", file=sys.stderr)
         return stop.exit_code
+    except NonFiniteLossError as err:
+        print(f"mimkit: {err}", file=sys.stderr)
+        return 3
     print(json.dumps(stages, indent=1))
     return 0
 

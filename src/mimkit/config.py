@@ -393,7 +393,7 @@ def validate(cfg: Config) -> None:
         _check(meth.mask_patch_size % spec.patch_size == 0 and d.img_size % meth.mask_patch_size == 0,
                f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
                f"{spec.patch_size} and divide data.img_size {d.img_size}")
-    if meth.name in ("mae", "simmim"):
+    if meth.name in ("mae", "simmim", "distill"):
         _check_mask_counts(cfg, spec.patch_size)
     chans = d.in_chans or (1 if d.name == "fashion-mnist" else 3)
     for key in ("mean", "std"):
@@ -450,11 +450,15 @@ def _check_mask_counts(cfg: Config, patch_size: int) -> None:
     ratio = meth.mask_ratio if meth.mask_ratio is not None else (0.75 if is_mae else 0.6)
     kind = meth.mask_type or ("random" if is_mae else "simmim")
     cell = meth.mask_patch_size or default_mask_patch_size(img, patch_size)
+    key = "method.mask_ratio"
+    if meth.name == "distill":  # only a masked-input distillation masks anything
+        if not cfg.distill.mask_ratio:
+            return
+        ratio, kind, key = cfg.distill.mask_ratio, meth.mask_type or "simmim", "distill.mask_ratio"
     try:
         MaskGenerator(kind, img, patch_size, ratio, cell)
     except ValueError as err:
-        raise ConfigError(f"method.mask_ratio: {err} (lower or raise method.mask_ratio, or use a finer "
-                          "method.mask_patch_size)") from None
+        raise ConfigError(f"{key}: {err} (lower or raise {key}, or use a finer method.mask_patch_size)") from None
 
 
 def resolved(cfg: Config) -> Config:

@@ -26,12 +26,30 @@ def stage_dir(out: Path, index: int, student: str) -> Path:
 
 def stage_config(cfg: Config, index: int, student: str, teacher: str) -> Config:
     """The base config with this stage's student (sizes from its name) and teacher. `distill.teacher_layer`
-    applies to the first teacher only; later teachers are distilled students, read at their last block."""
+    applies to the first teacher only; later teachers are distilled students, read at the block they were
+    distilled at (`distill.student_layer`, the last by default), the only one whose relations they learned."""
     model = dataclasses.replace(cfg.model, name=student, **{k: None for k in SIZE_KEYS})
     dis = dataclasses.replace(cfg.distill, teacher=teacher, chain=None,
-                              teacher_layer=cfg.distill.teacher_layer if index == 0 else None,
+                              teacher_layer=cfg.distill.teacher_layer if index == 0 else cfg.distill.student_layer,
                               **{k: None for k in RESOLVED_FROM_TEACHER})
     return dataclasses.replace(cfg, model=model, distill=dis)
+
+
+def check_finished_stage(run_dir: Path, planned: Config) -> None:
+    """A finished stage is reused only if it was trained as planned (same student, method and distillation
+    settings, teacher included); otherwise the user is told instead of silently getting the old stage."""
+    from mimkit.config import load_config, resolved
+
+    old = resolved(load_config(str(run_dir / "config.yaml")))
+    new = resolved(planned)
+    keys = ("teacher", "targets", "teacher_layer", "student_layer", "head_match", "cls_loss", "feature_loss",
+            "mask_ratio", "mim_weight", "color_jitter")
+    differs = [f"distill.{k}" for k in keys if getattr(old.distill, k) != getattr(new.distill, k)]
+    differs += ["model.name"] if old.model.name != new.model.name else []
+    differs += ["method"] if old.method != new.method else []
+    if differs:
+        raise ConfigError(f"distill chain: '{run_dir}' is finished but was trained with other settings "
+                          f"({', '.join(differs)}); use a new --out directory or remove that stage")
 
 
 def run_chain(cfg: Config, students: list[str], out: str | Path, log: Callable = print) -> list[dict[str, Any]]:
@@ -50,6 +68,7 @@ def run_chain(cfg: Config, students: list[str], out: str | Path, log: Callable =
         record = {"stage": index + 1, "student": student, "teacher": str(teacher), "run_dir": str(run_dir)}
         finished = run_dir / "results.json"
         if finished.is_file():
+            check_finished_stage(run_dir, stage_config(cfg, index, student, str(teacher)))
             log(f"[chain] stage {index + 1}/{len(students)} ({student}) is finished; skipping")
             results = json.loads(finished.read_text())
             record["status"] = "skipped (finished before)"

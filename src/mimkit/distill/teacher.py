@@ -63,7 +63,8 @@ def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
                           f"{d.in_chans}; set data.in_chans to match")
     t_index = block_index(dis.teacher_layer, arch["depth"], "distill.teacher_layer")
     block_index(dis.student_layer, m.depth, "distill.student_layer")
-    t_rel = distilled_relation_heads(source, dis.teacher, t_index) or arch["num_heads"]
+    # a distilled run says itself; otherwise (e.g. an exported distilled student) a user-set value is kept
+    t_rel = distilled_relation_heads(source, dis.teacher, t_index) or dis.teacher_relation_heads or arch["num_heads"]
     if dis.head_match == "reshape_student":
         check_head_split(m.embed_dim, t_rel, "student", "teacher")
     else:
@@ -77,4 +78,4 @@ def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
 def load_teacher(cfg: Config, source: Source, device: torch.device) -> nn.Module:
     """The teacher encoder, frozen and in eval mode, with its own architecture."""
     teacher_cfg = adopt_source(cfg, source)
-    return frozen_encoder(teacher_cfg, source, device)
+    return frozen_encoder(teacher_cfg, source, device, what=f"distill.teacher '{cfg.distill.teacher}'")

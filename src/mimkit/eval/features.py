@@ -20,12 +20,12 @@ from mimkit.eval.sources import Source, load_encoder_weights
 from mimkit.models.encoder import create_encoder
 
 
-def frozen_encoder(cfg: Any, source: Source, device: torch.device) -> nn.Module:
-    """The source's encoder, no classifier, eval mode, requires_grad off."""
+def frozen_encoder(cfg: Any, source: Source, device: torch.device, what: str | None = None) -> nn.Module:
+    """The source's encoder, no classifier, eval mode, requires_grad off (`what` names it in errors)."""
     pool = source.arch.get("global_pool", "token")
     encoder = create_encoder(cfg, fixed_sincos=False, num_classes=0, global_pool=pool)
     if source.state is not None:
-        load_encoder_weights(encoder, source.state, f"init '{cfg.init}'")
+        load_encoder_weights(encoder, source.state, what or f"init '{cfg.init}'")
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 

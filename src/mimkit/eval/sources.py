@@ -64,11 +64,33 @@ def _from_export(path: Path) -> Source:
                   {"img_size": kw["img_size"], "in_chans": kw["in_chans"]})
 
 
+def _check_weights_file(model: torch.nn.Module, file: str, name: str) -> None:
+    """timm loads a pretrained file non-strictly when the classifier changes (num_classes=0), so a file with other
+    key names would silently leave a random network: require every non-head weight to be in the file."""
+    from timm.models import load_state_dict as timm_load_state_dict
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    try:
+        keys = set(checkpoint_filter_fn(timm_load_state_dict(file), model))
+    except Exception as err:  # noqa: BLE001 - unreadable or foreign files are user errors
+        raise ConfigError(f"init: cannot read timm weights from '{file}' ({type(err).__name__}: "
+                          f"{str(err).splitlines()[0][:200]})") from None
+    missing = [k for k in model.state_dict() if not k.startswith(("head.", "fc_norm.")) and k not in keys]
+    if missing:
+        raise ConfigError(f"init: '{file}' does not hold weights for timm's {name}: missing "
+                          f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} ({len(missing)} keys)")
+
+
 def _from_timm(name: str, cfg: Config) -> Source:
     """timm's own pretrained weights, offline: from the local HF cache, or from a weights file on disk with
-    `timm:NAME@FILE` (.safetensors, .pth or .bin, as timm's pretrained_cfg `file` reads them)."""
+    `timm:NAME@FILE` (.safetensors, .pth or .bin, as timm's pretrained_cfg `file` reads them). NAME may carry a
+    pretrained tag (vit_base_patch16_224.mae); the architecture is the name without it."""
+    from timm.models import split_model_name_tag
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     name, _, file = name.partition("@")
+    arch_name = split_model_name_tag(name)[0]
+    spec = resolve_model_spec(dataclasses.replace(Config().model, name=arch_name), cfg.data.img_size)
     overlay = None
     if file:
         if not Path(file).is_file():
@@ -80,12 +102,14 @@ def _from_timm(name: str, cfg: Config) -> Source:
     except Exception as err:  # noqa: BLE001 - any download/lookup failure means "not available locally"
         raise ConfigError(f"init: timm pretrained weights for '{name}' are not available locally "
                           f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Put them in the Hugging Face "
-                          "cache, or export a checkpoint and pass its .safetensors file") from None
-    spec = resolve_model_spec(dataclasses.replace(Config().model, name=name), cfg.data.img_size)
-    arch = {"name": name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
+                          "cache, or pass a weights file as timm:NAME@FILE") from None
+    if file:
+        _check_weights_file(model, overlay["file"], arch_name)
+    arch = {"name": arch_name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
             "num_heads": spec.num_heads, "mlp_ratio": spec.mlp_ratio, "norm_eps": 1e-6}
-    return Source("timm", f"timm pretrained {name}" + (f" from {file}" if file else ""), _without_head(model.state_dict()), arch,
-                  {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans})
+    return Source("timm", f"timm pretrained {name}" + (f" from {file}" if file else ""),
+                  _without_head(model.state_dict()), arch, {"img_size": cfg.data.img_size,
+                                                            "in_chans": cfg.data.in_chans})
 
 
 def resolve_source(spec: str | None, cfg: Config) -> Source:

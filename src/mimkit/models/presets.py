@@ -51,11 +51,13 @@ def _timm_arch(name: str) -> dict[str, Any]:
     import timm
     import torch
 
-    if not name.startswith("vit_") or name not in timm.list_models("vit_*"):
+    # timm ViTs, and DeiT (the supervised baseline of the MIM papers; its distilled variants add a second token)
+    if not name.startswith(("vit_", "deit_")) or "distilled" in name or name not in timm.list_models(
+            ["vit_*", "deit_*"]):
         known = ", ".join(sorted(PRESETS))
         raise ConfigError(
             f"model.name: '{name}' is neither a mimkit preset ({known}) nor a timm ViT name "
-            f"(any of `timm.list_models('vit_*')`, e.g. vit_base_patch16_224)"
+            f"(any of `timm.list_models('vit_*')` or a non-distilled deit_*, e.g. vit_base_patch16_224)"
         )
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)

@@ -18,14 +18,22 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
-    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
     from mimkit.pretrain import pretrain
 
     cfg = load_config(args.config, args.set)
+    return run_training(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
+                        "resume with the same command")
+
+
+def run_training(train, resume_hint: str) -> int:
+    """Run a training callable and turn its outcome into an exit code: 0 (results printed as JSON), the signal's
+    code after a checkpointed interruption, 3 after too many non-finite steps."""
+    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
+
     try:
-        results = pretrain(cfg, args.out, require_checkpoint=args.resume)
+        results = train()
     except Interrupted as stop:
-        print(f"mimkit: {stop}; resume with the same command", file=sys.stderr)
+        print(f"mimkit: {stop}; {resume_hint}", file=sys.stderr)
         return stop.exit_code
     except NonFiniteLossError as err:
         print(f"mimkit: {err}", file=sys.stderr)
@@ -123,23 +131,15 @@ def cmd_distill(args: argparse.Namespace) -> int:
     students = [s.strip() for s in args.chain.split(",") if s.strip()] if args.chain is not None \
         else cfg.distill.chain
     if students is None:
-        args.set = overrides
-        return cmd_pretrain(args)
+        from mimkit.pretrain import pretrain
+
+        return run_training(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
+                            "resume with the same command")
     from mimkit.distill.chain import run_chain
-    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
 
     if args.resume and not Path(args.out, "chain.json").is_file():
         raise ConfigError(f"--resume: '{args.out}' has no chain.json to resume from")
-    try:
-        stages = run_chain(cfg, students, args.out)
-    except Interrupted as stop:
-        print(f"mimkit: {stop}; re-run the same command to resume the chain", file=sys.stderr)
-        return stop.exit_code
-    except NonFiniteLossError as err:
-        print(f"mimkit: {err}", file=sys.stderr)
-        return 3
-    print(json.dumps(stages, indent=1))
-    return 0
+    return run_training(lambda: run_chain(cfg, students, args.out), "re-run the same command to resume the chain")
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ from torch import nn
 
 from mimkit.analysis.stats import ViTGeometry
 from mimkit.config import Config, ConfigError, resolved
-from mimkit.data.transforms import eval_transform
+from mimkit.data.transforms import eval_transform, luminance
 from mimkit.eval.compare import model_name, source_of
 from mimkit.eval.features import frozen_encoder
 from mimkit.eval.sources import adopt_source, resolve_source
@@ -46,8 +46,7 @@ def match_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
     if have == 1 and in_chans == 3:
         return images.expand(-1, 3, -1, -1)
     if have == 3 and in_chans == 1:
-        weights = torch.tensor([0.299, 0.587, 0.114], device=images.device).view(1, 3, 1, 1)
-        return (images.float() * weights).sum(1, keepdim=True).round().clamp(0, 255).to(images.dtype)
+        return luminance(images.float()).round().clamp(0, 255).to(images.dtype)
     raise ConfigError(f"cannot feed {have}-channel images to a model with {in_chans} input channels")
 
 

@@ -130,6 +130,13 @@ class RandAugmentBatch:
         return out
 
 
+def luminance(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, H, W) ITU-R 601 luma of an RGB batch (a 1-channel batch is returned as is)."""
+    if x.shape[1] == 1:
+        return x
+    return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
+
+
 def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: list[float], std: list[float],
                  seed: int) -> torch.Tensor:
     """Brightness, contrast and saturation jitter (factors uniform in [1 - s, 1 + s], like torchvision's
@@ -145,13 +152,8 @@ def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: lis
     img = (x.float() * s + m)
     img = (img * factors[:, 0].view(-1, 1, 1, 1)).clamp(0, 1)
 
-    def gray(t: torch.Tensor) -> torch.Tensor:
-        if t.shape[1] == 1:
-            return t
-        return (0.299 * t[:, 0:1] + 0.587 * t[:, 1:2] + 0.114 * t[:, 2:3])
-
-    level = gray(img).mean(dim=(1, 2, 3), keepdim=True)
+    level = luminance(img).mean(dim=(1, 2, 3), keepdim=True)
     img = ((img - level) * factors[:, 1].view(-1, 1, 1, 1) + level).clamp(0, 1)
-    g = gray(img)
+    g = luminance(img)
     img = ((img - g) * factors[:, 2].view(-1, 1, 1, 1) + g).clamp(0, 1)
     return ((img - m) / s).to(x.dtype)

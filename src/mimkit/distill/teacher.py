@@ -28,9 +28,9 @@ def distilled_relation_heads(source: Source, spec: str, teacher_index: int) -> i
     dis = old.distill
     if old.method.name != "distill" or dis.head_match != "reshape_student" or dis.relation_heads is None:
         return None
-    depth = old.model.depth
-    student_index = depth - 1 if dis.student_layer is None else (
-        dis.student_layer - 1 if dis.student_layer > 0 else depth + dis.student_layer)
+    from mimkit.distill.vit_blocks import block_index
+
+    student_index = block_index(dis.student_layer, old.model.depth, "distill.student_layer")
     return dis.relation_heads if student_index == teacher_index else None
 
 
@@ -38,7 +38,7 @@ def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
     """Resolve `distill.teacher`, check that it reads the student's images into the same tokens, and record its
     architecture and the relation head counts in `cfg.distill`."""
     from mimkit.distill.vit_blocks import block_index
-    from mimkit.methods.distill import check_head_split
+    from mimkit.methods.distill import relation_heads
 
     dis = cfg.distill
     if dis.teacher is None:
@@ -65,11 +65,7 @@ def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
     block_index(dis.student_layer, m.depth, "distill.student_layer")
     # a distilled run says itself; otherwise (e.g. an exported distilled student) a user-set value is kept
     t_rel = distilled_relation_heads(source, dis.teacher, t_index) or dis.teacher_relation_heads or arch["num_heads"]
-    if dis.head_match == "reshape_student":
-        check_head_split(m.embed_dim, t_rel, "student", "teacher")
-    else:
-        check_head_split(arch["embed_dim"], m.num_heads, "teacher", "student")
-    rel = t_rel if dis.head_match == "reshape_student" else m.num_heads
+    rel = relation_heads(dis.head_match, m.embed_dim, m.num_heads, arch["embed_dim"], t_rel)
     dis = dataclasses.replace(dis, teacher_embed_dim=arch["embed_dim"], teacher_num_heads=arch["num_heads"],
                               teacher_depth=arch["depth"], teacher_relation_heads=t_rel, relation_heads=rel)
     return dataclasses.replace(cfg, distill=dis), source

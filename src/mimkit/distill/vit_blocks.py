@@ -19,19 +19,6 @@ def block_index(layer: int | None, depth: int, what: str) -> int:
     return layer - 1 if layer > 0 else depth + layer
 
 
-def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None,
-                 mask_token: torch.Tensor | None = None) -> torch.Tensor:
-    """Patch embedding (masked patches replaced by `mask_token`, SimMIM-style), prefix tokens and position
-    embedding, pre-norm: the input of block 0."""
-    x = vit.patch_embed(images)
-    if mask is not None:
-        w = mask.unsqueeze(-1).to(x.dtype)
-        x = x * (1 - w) + mask_token.to(x.dtype) * w
-    x = vit._pos_embed(x)
-    x = vit.patch_drop(x)
-    return vit.norm_pre(x)
-
-
 def run_blocks(vit: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
     for block in vit.blocks[start:stop]:
         x = block(x)

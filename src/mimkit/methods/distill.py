@@ -23,10 +23,11 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.data.transforms import color_jitter
 from mimkit.distill.relations import relation_losses
 from mimkit.distill.targets import parse_targets, regression_loss
-from mimkit.distill.vit_blocks import block_index, block_qkv, embed_tokens, final_tokens, run_blocks
+from mimkit.distill.vit_blocks import block_index, block_qkv, final_tokens, run_blocks
 from mimkit.methods.base import Method
-from mimkit.methods.mae import token_mask_to_pixels
-from mimkit.models.encoder import grid_size, in_chans, init_mae_weights, init_patch_embed_like_linear, patch_size
+from mimkit.methods.simmim import linear_pixel_head, masked_pixel_l1
+from mimkit.models.encoder import (embed_tokens, grid_size, in_chans, init_mae_weights, init_patch_embed_like_linear,
+                                   patch_size)
 
 
 def check_head_split(width: int, heads: int, who: str, other: str) -> None:
@@ -34,6 +35,17 @@ def check_head_split(width: int, heads: int, who: str, other: str) -> None:
         raise ConfigError(f"distill: the {who}'s width {width} cannot be split into the {other}'s {heads} heads "
                           f"({width} / {heads} is not an integer); use distill.head_match="
                           f"{'resplit_teacher' if who == 'student' else 'reshape_student'} or another {who}")
+
+
+def relation_heads(head_match: str, student_width: int, student_heads: int, teacher_width: int,
+                   teacher_relation_heads: int) -> int:
+    """The head count both relations are computed with: the teacher's (reshape_student, TinyMIM) or the
+    student's (resplit_teacher), after checking that the other side's width splits into it."""
+    if head_match == "reshape_student":
+        check_head_split(student_width, teacher_relation_heads, "student", "teacher")
+        return teacher_relation_heads
+    check_head_split(teacher_width, student_heads, "teacher", "student")
+    return student_heads
 
 
 class Distill(Method):
@@ -49,13 +61,8 @@ class Distill(Method):
         self.s_index = block_index(dis.student_layer, depth, "distill.student_layer")
         self.t_index = block_index(dis.teacher_layer, dis.teacher_depth, "distill.teacher_layer")
         self.head_match = dis.head_match
-        t_rel_heads = dis.teacher_relation_heads or dis.teacher_num_heads
-        if dis.head_match == "reshape_student":
-            check_head_split(width, t_rel_heads, "student", "teacher")
-            self.student_heads = self.teacher_heads = t_rel_heads
-        else:
-            check_head_split(dis.teacher_embed_dim, heads, "teacher", "student")
-            self.student_heads = self.teacher_heads = heads
+        self.student_heads = self.teacher_heads = relation_heads(
+            dis.head_match, width, heads, dis.teacher_embed_dim, dis.teacher_relation_heads or dis.teacher_num_heads)
         self.cls_loss, self.feature_loss = dis.cls_loss, dis.feature_loss
         self.mim_weight, self.jitter, self.mean, self.std, self.seed = dis.mim_weight, dis.color_jitter, mean, std, seed
         self.mask_generator = mask_generator
@@ -64,10 +71,9 @@ class Distill(Method):
         if mask_generator is not None:
             self.mask_token = nn.Parameter(torch.zeros(1, 1, width))
             nn.init.normal_(self.mask_token, std=0.02)
-        if self.mim_weight > 0:  # SimMIM's linear head: 1x1 conv to p*p*C, pixel shuffle
+        if self.mim_weight > 0:  # SimMIM's linear head
             self.patch, self.grid, self.chans = patch_size(student), grid_size(student), in_chans(student)
-            self.mim_head = nn.Sequential(nn.Conv2d(width, self.patch**2 * self.chans, kernel_size=1),
-                                          nn.PixelShuffle(self.patch))
+            self.mim_head = linear_pixel_head(width, self.patch, self.chans)
         self.needs_student_output = bool({"cls", "feature"} & set(self.targets)) or self.mim_weight > 0
         object.__setattr__(self, "teacher", None)  # not a registered child: see the module docstring
         self.initialize_student()
@@ -141,8 +147,7 @@ class Distill(Method):
         z = s.norm(run_blocks(s, y, self.s_index + 1, len(s.blocks)))[:, s.num_prefix_tokens:]
         b, n, dim = z.shape
         rec = self.mim_head(z.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1]))
-        m = token_mask_to_pixels(mask, self.patch, self.grid)
-        return ((rec.float() - images.float()).abs() * m).sum() / (m.sum() + 1e-5) / self.chans
+        return masked_pixel_l1(images, rec, mask, self.patch, self.grid, self.chans)
 
 
 def build_distill(cfg: Any, student: nn.Module, mask_generator: MaskGenerator | None) -> Distill:

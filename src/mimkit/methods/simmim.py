@@ -11,7 +11,20 @@ from mimkit.data.keyed_random import sample_keys
 from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
-from mimkit.models.encoder import grid_size, in_chans, patch_size
+from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size
+
+
+def linear_pixel_head(dim: int, patch: int, chans: int) -> nn.Sequential:
+    """SimMIM's "linear decoder": one 1x1 conv to p*p*C channels, then pixel shuffle back to image resolution."""
+    return nn.Sequential(nn.Conv2d(dim, patch**2 * chans, kernel_size=1), nn.PixelShuffle(patch))
+
+
+def masked_pixel_l1(imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, patch: int, grid: tuple[int, int],
+                    chans: int) -> torch.Tensor:
+    """L1 over masked pixels, averaged per masked pixel and channel."""
+    m = token_mask_to_pixels(mask, patch, grid)
+    l1 = (rec.float() - imgs.float()).abs()
+    return (l1 * m).sum() / (m.sum() + 1e-5) / chans
 
 
 class SimMIM(Method):
@@ -27,30 +40,18 @@ class SimMIM(Method):
         self.chans = in_chans(encoder)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        # The "linear decoder": one 1x1 conv to p*p*C channels, then pixel shuffle back to image resolution.
-        self.decoder = nn.Sequential(
-            nn.Conv2d(encoder.embed_dim, self.patch**2 * self.chans, kernel_size=1),
-            nn.PixelShuffle(self.patch),
-        )
+        self.decoder = linear_pixel_head(encoder.embed_dim, self.patch, self.chans)
 
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """(B, C_enc, h, w) features of the patch tokens; masked patch embeddings replaced by the mask token."""
         enc = self.encoder
-        x = enc.patch_embed(imgs)
-        w = mask.unsqueeze(-1).to(x.dtype)
-        x = x * (1 - w) + self.mask_token.to(x.dtype) * w
-        x = enc._pos_embed(x)
-        x = enc.norm_pre(x)
-        x = enc.blocks(x)
+        x = enc.blocks(embed_tokens(enc, imgs, mask, self.mask_token))
         x = enc.norm(x)[:, enc.num_prefix_tokens:, :]
         b, length, dim = x.shape
         return x.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1])
 
     def forward_loss(self, imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """L1 over masked pixels, averaged per masked pixel and channel."""
-        m = token_mask_to_pixels(mask, self.patch, self.grid)
-        l1 = (rec.float() - imgs.float()).abs()
-        return (l1 * m).sum() / (m.sum() + 1e-5) / self.chans
+        return masked_pixel_l1(imgs, rec, mask, self.patch, self.grid, self.chans)
 
     def forward_mim(self, imgs: torch.Tensor, mask: torch.Tensor | None = None) -> MIMOutput:
         if mask is None:

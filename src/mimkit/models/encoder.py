@@ -33,6 +33,19 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
     return encoder
 
 
+def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None,
+                 mask_token: torch.Tensor | None = None) -> torch.Tensor:
+    """Patch embedding (masked patches replaced by `mask_token`, SimMIM-style), prefix tokens and position
+    embedding, pre-norm: the input of block 0."""
+    x = vit.patch_embed(images)
+    if mask is not None:
+        w = mask.unsqueeze(-1).to(x.dtype)
+        x = x * (1 - w) + mask_token.to(x.dtype) * w
+    x = vit._pos_embed(x)
+    x = vit.patch_drop(x)
+    return vit.norm_pre(x)
+
+
 def grid_size(encoder: nn.Module) -> tuple[int, int]:
     return tuple(encoder.patch_embed.grid_size)
 

@@ -24,7 +24,9 @@ from mimkit.config import (
 )
 
 SHIPPED = ["distill_fmnist_tiny", "finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k", "mae_fmnist_tiny",
-           "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny", "simmim_vit_base_in1k",
+           "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny", "simmim_swinv2_base_in1k",
+           "simmim_swinv2_giant_in1k", "simmim_swinv2_huge_in1k", "simmim_swinv2_large_in1k", "simmim_swinv2_small_in1k",
+           "simmim_vit_base_in1k",
            "supervised_fmnist_tiny", "tinymim_vit_base_in1k", "tinymim_vit_small_in1k"]
 
 
@@ -331,6 +333,10 @@ def test_every_recipe_loads_and_resolves(name):
                 continue  # optional by design: null means "not used"
             if f.name == "num_classes" and r.data.name == "folder":
                 continue  # known only once the folder is scanned
+            swin = r.model.stage_depths is not None
+            if f.name in (("decoder_dim", "decoder_depth", "decoder_heads") if swin
+                          else ("stage_depths", "stage_heads", "window_size")):
+                continue  # SwinV2 has no MAE decoder; a ViT no stages or windows
             assert getattr(section, f.name) is not None, f"{name}: {f.name} left unresolved"
     validate(r)
     train = raw.get("train", {})

@@ -154,20 +154,35 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         summary = (f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', '?')} / "
                    f"{tree.get('data', {}).get('name', 'fashion-mnist')}")
         print(f"{name:24s} {summary:48s} {first}")
+    from mimkit.scaling.grid import SWEEPS_DIR, sweep_names
+
+    for name in sweep_names():
+        first = next((line[1:].strip() for line in (SWEEPS_DIR / f"{name}.yaml").read_text().splitlines()
+                      if line.startswith("#")), "")
+        print(f"{name:24s} {'sweep (mimkit sweep --config ' + name + ')':48s} {first}")
     return 0
 
 
 def cmd_models(args: argparse.Namespace) -> int:
     from mimkit.config import load_config, resolved
     from mimkit.methods import build_method
-    from mimkit.models.presets import PRESETS
+    import torch
 
-    for name, spec in PRESETS.items():
-        cfg = resolved(load_config(None, [f"model.name={name}"]))
-        n = sum(p.numel() for p in build_method(cfg).encoder.parameters())
-        print(f"{name:16s} dim {spec.embed_dim:4d} depth {spec.depth:2d} heads {spec.num_heads:2d} patch "
-              f"{spec.patch_size}  encoder {n / 1e6:6.2f}M params")
-    print("...or any timm ViT name (timm.list_models('vit_*')), with model.patch_size/embed_dim/... overrides")
+    from mimkit.models.presets import PRESETS
+    from mimkit.models.swin import SWIN_PRESETS
+
+    for name, spec in {**PRESETS, **SWIN_PRESETS}.items():
+        img = 192 if spec.patch_size == 4 and spec.is_swin else 32
+        cfg = resolved(load_config(None, [f"model.name={name}", f"data.img_size={img}",
+                                          f"method.name={'simmim' if spec.is_swin else 'mae'}"]))
+        with torch.device("meta"):
+            n = sum(p.numel() for p in build_method(cfg).encoder.parameters())
+        depth = "-".join(map(str, spec.stage_depths)) if spec.is_swin else str(spec.depth)
+        heads = "-".join(map(str, spec.stage_heads)) if spec.is_swin else str(spec.num_heads)
+        print(f"{name:17s} dim {spec.embed_dim:4d} depth {depth:>9s} heads {heads:>11s} patch {spec.patch_size}"
+              f"{f'  window {spec.window_size}' if spec.is_swin else '':11s} encoder {n / 1e6:8.2f}M params")
+    print("...or any timm ViT name (timm.list_models('vit_*')) or SwinV2 (timm.list_models('swinv2_*')), with "
+          "model.patch_size/embed_dim/stage_depths/... overrides")
     return 0
 
 
@@ -210,6 +225,30 @@ def cmd_bench(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare, out=args.out)
     print(json.dumps(result, indent=1))
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from mimkit.scaling.sweep import run_sweep
+
+    result = run_sweep(args.config, args.out, parallel=args.parallel, launcher=args.launcher, dry_run=args.dry_run,
+                       finetune=False if args.no_finetune else None, wait=not args.no_wait)
+    return 1 if result.get("failed") else 0
+
+
+def cmd_scaling(args: argparse.Namespace) -> int:
+    from mimkit.scaling.analyze import analyze_table, summary_lines
+
+    if args.scaling_command == "collect":
+        from mimkit.scaling.sweep import collect
+        from mimkit.scaling.grid import load_sweep
+
+        path = collect(load_sweep(args.config, args.dir))
+        print(path if path else f"no finished run in {args.dir} yet")
+        return 0 if path else 1
+    result = analyze_table(args.results, args.out, tolerance=args.tolerance, form=args.form, curves=args.curves)
+    print("\n".join(summary_lines(result)))
+    print(f"{Path(args.out) / 'scaling.json'} and {len(result['figures'])} figures in {args.out}")
     return 0
 
 
@@ -291,6 +330,38 @@ def build_parser() -> argparse.ArgumentParser:
                         "0.2,0.2); repeat")
     p.add_argument("--map-images", type=int, default=4, help="images in the attention-map figures")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("sweep", help="run a grid of pretraining runs (models x data x lengths x seeds), "
+                                     "skipping finished runs and resuming interrupted ones")
+    p.add_argument("--config", required=True, help="sweep YAML (base, set, grid, finetune, parallel, slurm)")
+    p.add_argument("--out", required=True, help="sweep directory: runs/, results.csv, curves.json")
+    p.add_argument("--parallel", type=int, default=None, help="runs at once on this machine (default: the "
+                   "sweep's `parallel`, else 1); CPU threads are split between them")
+    p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
+                   help="local: child processes here; slurm: one submitit job per run; submitit-local: submitit's "
+                        "local executor")
+    p.add_argument("--dry-run", action="store_true", help="print the commands that are left, run nothing")
+    p.add_argument("--no-finetune", action="store_true", help="skip the sweep's fine-tunes")
+    p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (re-run later to collect)")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("scaling", help="analyse a scaling table: over-fitting, saturation, loss vs accuracy, fits")
+    scaling = p.add_subparsers(dest="scaling_command", required=True)
+    s = scaling.add_parser("analyze", help="RESULTS.csv -> scaling.json and figures")
+    s.add_argument("results", help="a sweep's results.csv or any CSV with model, params, data, iterations, "
+                                   "heldout_loss (+ finetune_top1, train_loss, data_images, compute)")
+    s.add_argument("--out", required=True, help="directory for scaling.json and the figures")
+    s.add_argument("--tolerance", type=float, default=0.0,
+                   help="relative rise of held-out loss that counts as over-fitting (default 0: any rise)")
+    s.add_argument("--form", choices=["auto", "pure", "saturating"], default="auto",
+                   help="power law A*x^-alpha (pure), E + A*x^-alpha (saturating) or the better by AIC (auto)")
+    s.add_argument("--curves", default=None, help="curves.json for the training-curve figure (default: next to "
+                                                  "the CSV, when there)")
+    s.set_defaults(func=cmd_scaling)
+    s = scaling.add_parser("collect", help="rebuild a sweep's results.csv from its run directories")
+    s.add_argument("--config", required=True, help="the sweep YAML")
+    s.add_argument("dir", help="the sweep directory (--out of mimkit sweep)")
+    s.set_defaults(func=cmd_scaling)
 
     p = sub.add_parser("recipes", help="list shipped recipes")
     p.set_defaults(func=cmd_recipes)

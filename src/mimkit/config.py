@@ -62,6 +62,10 @@ class ModelConfig:
     decoder_dim: int | None = None  # MAE decoder; None: preset default (512 for ImageNet-size models)
     decoder_depth: int | None = None
     decoder_heads: int | None = None
+    # SwinV2 (model.name swinv2_* or mim_swinv2_*): per-stage depths and heads, window size; None: preset/timm
+    stage_depths: list[int] | None = None
+    stage_heads: list[int] | None = None
+    window_size: int | None = None
 
 
 @dataclass
@@ -382,6 +386,8 @@ def validate(cfg: Config) -> None:
     from mimkit.models.presets import resolve_model_spec  # late import: keeps `mimkit --help` fast
 
     spec = resolve_model_spec(m, d.img_size)  # raises ConfigError for unknown names
+    _check(not spec.is_swin or meth.name in ("simmim", "supervised"),
+           f"method.name={meth.name} needs a ViT; a SwinV2 ('{m.name}') trains with simmim or supervised")
     _check(d.img_size % spec.patch_size == 0,
            f"data.img_size: {d.img_size} is not divisible by the patch size {spec.patch_size} "
            f"(set data.img_size to a multiple of {spec.patch_size}, or model.patch_size)")
@@ -494,9 +500,11 @@ def resolved(cfg: Config) -> Config:
         d.decode_size = max(d.img_size, round(d.img_size * 8 / 7))
     spec = resolve_model_spec(m, d.img_size)
     for key in ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
-                "decoder_heads"):
+                "decoder_heads", "window_size"):
         if getattr(m, key) is None:
             setattr(m, key, getattr(spec, key))
+    if spec.is_swin:
+        m.stage_depths, m.stage_heads = list(spec.stage_depths), list(spec.stage_heads)
     if meth.mask_ratio is None:
         meth.mask_ratio = 0.75 if is_mae else 0.6
     if meth.mask_type is None:

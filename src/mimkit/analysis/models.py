@@ -64,6 +64,9 @@ def geometry_of(encoder: nn.Module) -> ViTGeometry:
 def load_model(spec: str, base: Config, device: torch.device) -> AnalysedModel:
     """`[NAME=]SOURCE` -> a frozen encoder in eval mode on `device`."""
     source = resolve_source(source_of(spec), base)
+    if source.arch.get("stage_depths"):
+        raise ConfigError(f"--model {spec}: attention analysis reads ViT blocks; SwinV2 (window attention) is not "
+                          "supported")
     cfg = adopt_source(base, source) if source.kind != "scratch" else resolved(base)
     torch.manual_seed(cfg.seed)  # `scratch` is the same random network every time
     encoder = frozen_encoder(cfg, source, device)

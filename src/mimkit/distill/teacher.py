@@ -51,6 +51,8 @@ def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
     if source.kind == "scratch":
         raise ConfigError("distill.teacher: a random network teaches nothing; give a run directory, an exported "
                           ".safetensors or timm:NAME")
+    if source.arch.get("stage_depths"):
+        raise ConfigError(f"distill.teacher: '{spec}' is a SwinV2; relation distillation reads ViT blocks")
     arch, data = source.arch, source.data
     d, m = cfg.data, cfg.model
     t_img = data.get("img_size", d.img_size)

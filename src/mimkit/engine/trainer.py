@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag
-from mimkit.engine.metrics import MetricsLogger, Progress
+from mimkit.engine.metrics import MetricsLogger, Progress, read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
 
 
@@ -166,6 +166,12 @@ class Engine:
                              "time": time.time()})
         return results
 
+    def recorded_eval(self, step: int) -> dict[str, dict[str, float]]:
+        """The evaluation already logged at `step` ({} when metrics.jsonl lacks it)."""
+        skip = {"event", "split", "step", "epoch", "time", "lr"}
+        return {r["split"]: {k: v for k, v in r.items() if k not in skip}
+                for r in read_metrics(self.logger.path) if r.get("event") == "eval" and r.get("step") == step}
+
     def _is_better(self, results: dict[str, dict[str, float]]) -> bool:
         split, key, mode = self.best_metric
         value = results.get(split, {}).get(key)
@@ -184,9 +190,11 @@ class Engine:
         progress = Progress(t.steps, start, env.is_main, t.log_every)
         if start > 0:
             progress.message(f"resumed from step {start} ({self.ckpt_root / 'last'})")
-        last_eval: dict[str, float] = {}
+        last_eval: dict[str, dict[str, float]] = {}
         if start == 0 and self.evaluators:
             last_eval = self.evaluate(0, 0)
+        elif start >= t.steps and self.evaluators:  # killed after its last checkpoint: report the final numbers
+            last_eval = self.recorded_eval(start) or self.evaluate(start, self.stream.epoch_of(start - 1))
         interval_loss, interval_steps, interval_t0 = 0.0, 0, time.time()
         interval_parts: dict[str, float] = {}
         self.method.train()

@@ -21,7 +21,8 @@ from safetensors.torch import load_file
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.models.presets import resolve_model_spec
 
-ARCH_KEYS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "norm_eps")
+ARCH_KEYS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "stage_depths",
+             "stage_heads", "window_size")
 
 
 @dataclass
@@ -58,8 +59,12 @@ def _from_export(path: Path) -> Source:
     info = json.loads(sidecar.read_text())
     kw = info["timm_kwargs"]
     arch = {"name": info["timm_name"], "patch_size": kw["patch_size"], "embed_dim": kw["embed_dim"],
-            "depth": kw["depth"], "num_heads": kw["num_heads"], "mlp_ratio": kw["mlp_ratio"],
-            "norm_eps": info.get("norm_eps", 1e-6)}
+            "mlp_ratio": kw["mlp_ratio"], "norm_eps": info.get("norm_eps", 1e-6)}
+    if "depths" in kw:  # SwinV2: per-stage sizes
+        arch.update(depth=sum(kw["depths"]), num_heads=kw["num_heads"][0], stage_depths=list(kw["depths"]),
+                    stage_heads=list(kw["num_heads"]), window_size=kw["window_size"])
+    else:
+        arch.update(depth=kw["depth"], num_heads=kw["num_heads"])
     return Source("export", f"exported encoder {path}", _without_head(load_file(str(path))), arch,
                   {"img_size": kw["img_size"], "in_chans": kw["in_chans"]})
 

@@ -6,8 +6,15 @@ from typing import Any
 import torch
 from torch import nn
 
-# Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms).
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token")
+# Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms); SwinV2's
+# attention temperature and continuous position-bias MLP as in timm's no_weight_decay.
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token",
+                  "logit_scale")
+
+
+def no_weight_decay(name: str, param: torch.Tensor) -> bool:
+    return (param.ndim <= 1 or name.endswith(NO_DECAY_NAMES) or name.split(".")[-1] in NO_DECAY_NAMES
+            or ".cpb_mlp." in name)
 
 
 class Method(nn.Module):
@@ -25,7 +32,7 @@ class Method(nn.Module):
         for name, param in self.named_parameters():
             if not param.requires_grad:
                 continue
-            if param.ndim <= 1 or name.endswith(NO_DECAY_NAMES) or name.split(".")[-1] in NO_DECAY_NAMES:
+            if no_weight_decay(name, param):
                 no_decay.append(param)
             else:
                 decay.append(param)

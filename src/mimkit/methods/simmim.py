@@ -1,5 +1,6 @@
 """SimMIM (Xie et al. 2022): mask tokens replace masked patch embeddings, the full sequence goes through the timm
-encoder, a 1x1 conv + pixel-shuffle head predicts raw pixels, L1 loss on masked pixels only."""
+encoder (a ViT, or a SwinV2 whose head then sits at the final stride), a 1x1 conv + pixel-shuffle head predicts raw
+pixels, L1 loss on masked pixels only."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,6 +13,7 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
 from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size
+from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 
 
 def linear_pixel_head(dim: int, patch: int, chans: int) -> nn.Sequential:
@@ -40,11 +42,14 @@ class SimMIM(Method):
         self.chans = in_chans(encoder)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
         nn.init.trunc_normal_(self.mask_token, std=0.02)
-        self.decoder = linear_pixel_head(encoder.embed_dim, self.patch, self.chans)
+        # ViT: one output cell per patch; SwinV2: per final-stage cell (stride 32 at 192 px, as in the paper)
+        self.decoder = linear_pixel_head(encoder.num_features, final_stride(encoder), self.chans)
 
     def forward_encoder(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """(B, C_enc, h, w) features of the patch tokens; masked patch embeddings replaced by the mask token."""
+        """(B, C_enc, h, w) features of the last stage; masked patch embeddings replaced by the mask token."""
         enc = self.encoder
+        if is_swin_encoder(enc):
+            return swin_masked_features(enc, imgs, mask, self.mask_token)
         x = enc.blocks(embed_tokens(enc, imgs, mask, self.mask_token))
         x = enc.norm(x)[:, enc.num_prefix_tokens:, :]
         b, length, dim = x.shape

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from timm.data import Mixup
 from torch import nn
 
-from mimkit.methods.base import NO_DECAY_NAMES, Method
+from mimkit.methods.base import Method, no_weight_decay
 
 
 def layer_id(name: str, num_layers: int) -> int:
@@ -26,13 +26,21 @@ def layer_id(name: str, num_layers: int) -> int:
 def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float) -> list[dict[str, Any]]:
     """AdamW groups per (layer, decayed or not), each with `lr_scale` = decay^(L+1-layer). The Engine multiplies
     every group's lr by its lr_scale and then by the schedule, so the decay reaches the optimizer."""
-    num_layers = len(model.blocks)
+    from mimkit.models.swin import is_swin_encoder, swin_layer_id
+
+    if is_swin_encoder(model):
+        depths = [len(stage.blocks) for stage in model.layers]
+        num_layers = sum(depths)
+        layer_of = lambda name: swin_layer_id(name, depths)  # noqa: E731
+    else:
+        num_layers = len(model.blocks)
+        layer_of = lambda name: layer_id(name, num_layers)  # noqa: E731
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        no_decay = param.ndim <= 1 or name.split(".")[-1] in NO_DECAY_NAMES
-        layer = layer_id(name, num_layers)
+        no_decay = no_weight_decay(name, param)
+        layer = layer_of(name)
         group = groups.setdefault((layer, no_decay), {
             "params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
             "lr_scale": decay ** (num_layers + 1 - layer), "layer": layer})

@@ -18,6 +18,9 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
     token after the final norm."""
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
     kwargs = {**timm_kwargs(cfg), "num_classes": num_classes}
+    if spec.is_swin:  # SwinV2: no class token, average pooling, relative position bias (no absolute embedding)
+        return timm.create_model(spec.timm_name, pretrained=False, global_pool="avg",
+                                 drop_path_rate=cfg.model.drop_path, **kwargs)
     encoder = timm.create_model(
         spec.timm_name,
         pretrained=False,

@@ -26,6 +26,15 @@ class ModelSpec:
     decoder_dim: int
     decoder_depth: int
     decoder_heads: int
+    # SwinV2 only (None for ViTs): per-stage depths and heads, attention window; `depth` is then the total number
+    # of blocks and `num_heads` / `embed_dim` those of the first stage.
+    stage_depths: tuple[int, ...] | None = None
+    stage_heads: tuple[int, ...] | None = None
+    window_size: int | None = None
+
+    @property
+    def is_swin(self) -> bool:
+        return self.stage_depths is not None
 
 
 def _preset(embed_dim: int, depth: int, heads: int, dec_dim: int, dec_depth: int, dec_heads: int) -> ModelSpec:
@@ -77,7 +86,14 @@ def _timm_arch(name: str) -> dict[str, Any]:
 
 def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
     """Preset or timm defaults, then the config's explicit overrides (patch_size, embed_dim, ...)."""
+    from mimkit.models.swin import is_swin_name, resolve_swin_spec
+
     name = model_cfg.name
+    if is_swin_name(name):
+        return resolve_swin_spec(model_cfg, img_size)
+    for key in ("stage_depths", "stage_heads", "window_size"):
+        if getattr(model_cfg, key, None) is not None:
+            raise ConfigError(f"model.{key} is a SwinV2 setting; '{name}' is a ViT (leave it unset)")
     if name in PRESETS:
         spec = PRESETS[name]
     else:
@@ -97,5 +113,9 @@ def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
 def timm_kwargs(cfg: Any) -> dict[str, Any]:
     """The `timm.create_model` keyword arguments that rebuild this run's encoder (no classifier head)."""
     m, d = cfg.model, cfg.data
+    if getattr(m, "stage_depths", None) is not None:
+        from mimkit.models.swin import swin_timm_kwargs
+
+        return swin_timm_kwargs(cfg)
     return dict(img_size=d.img_size, patch_size=m.patch_size, in_chans=d.in_chans, embed_dim=m.embed_dim,
                 depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, num_classes=0)

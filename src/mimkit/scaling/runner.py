@@ -1,0 +1,225 @@
+"""Run a sweep's runs: here one after another or N at once, or as SLURM jobs through submitit. Each run is the same
+`mimkit pretrain` (+ `mimkit finetune`) command a user could type, so a finished run is skipped, an interrupted one
+resumes from its checkpoint, and a failed one is reported with its log without stopping the others.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import time
+from concurrent.futures import as_completed
+from pathlib import Path
+from typing import Any, Callable
+
+from mimkit.config import ConfigError
+from mimkit.engine.atomic import atomic_write_text
+from mimkit.scaling.grid import Sweep, SweepRun
+
+LAUNCHERS = ("local", "slurm", "submitit-local")
+
+
+def run_status(run: SweepRun) -> str:
+    """done | finetune (pretrained, fine-tune missing) | resume (checkpoints, not finished) | new."""
+    pretrained = (run.run_dir / "results.json").is_file()
+    if pretrained:
+        if run.finetune_dir is None or (run.finetune_dir / "results.json").is_file():
+            return "done"
+        return "finetune"
+    return "resume" if (run.run_dir / "checkpoints").is_dir() else "new"
+
+
+def pending_commands(sweep: Sweep, run: SweepRun) -> list[list[str]]:
+    """What is left to do for this run: nothing when done, only the fine-tune once pretrained."""
+    status = run_status(run)
+    commands = sweep.commands(run)
+    return {"done": [], "finetune": commands[1:]}.get(status, commands)
+
+
+def shell_line(args: list[str]) -> str:
+    return shlex.join(["mimkit", *args])
+
+
+def execute(commands: list[list[str]], log_path: str, threads: int | None = None) -> dict[str, Any]:
+    """Run mimkit commands in order in this process, their output appended to `log_path`; stop at the first
+    failure. Returns {ok, seconds, failed (the command line), returncode}. Runs inside a worker process (local
+    launcher) or a submitit job, so importing torch and timm is paid once per worker, not once per command."""
+    import contextlib
+    import traceback
+
+    from mimkit.cli import main
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+    rank = _export_submitit_distributed()
+    if rank:
+        log_path = f"{log_path}.rank{rank}"  # every task of a multi-task job runs the commands (DDP)
+    t0 = time.time()
+    Path(log_path).parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a", buffering=1) as log:
+        for args in commands:
+            log.write(f"\n$ {shell_line(args)}\n")
+            with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+                try:
+                    code = main(args)
+                except SystemExit as stop:
+                    code = stop.code if isinstance(stop.code, int) else 1
+                except Exception:  # noqa: BLE001 - a crashed run is reported and the sweep goes on
+                    traceback.print_exc()
+                    code = 1
+            if code != 0:
+                return {"ok": False, "seconds": time.time() - t0, "failed": shell_line(args), "returncode": code}
+    return {"ok": True, "seconds": time.time() - t0}
+
+
+def _export_submitit_distributed() -> int:
+    """Inside a submitit job with several tasks (slurm `tasks_per_node` > 1): export the torchrun-style variables
+    (RANK, WORLD_SIZE, MASTER_ADDR, ...) that mimkit's DDP set-up reads, and return this task's rank; else 0."""
+    try:
+        import submitit
+        from submitit.helpers import TorchDistributedEnvironment
+
+        job = submitit.JobEnvironment()
+    except (ImportError, RuntimeError):
+        return 0  # not a submitit job
+    if job.num_tasks <= 1:
+        return 0
+    TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    return job.global_rank
+
+
+def _log_path(run: SweepRun) -> str:
+    return str(run.run_dir.parent / f"{run.run_id}.log")
+
+
+def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[str], None]) -> list[str]:
+    """Run `todo` in `parallel` worker processes (CPU threads split between them); returns the ids that failed.
+    A worker that dies (killed, out of memory) fails its run; the others go on in a fresh pool."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures.process import BrokenProcessPool
+
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // parallel) if parallel > 1 else None
+    failed, t0, done, left = [], time.time(), 0, list(todo)
+    while left:
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {pool.submit(execute, pending_commands(sweep, run), _log_path(run), threads): run
+                       for run in left}
+            for future in _completed(futures, pool):
+                run = futures[future]
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool:
+                    outcome = {"ok": False, "seconds": 0.0, "failed": "worker process died", "returncode": -9}
+                left.remove(run)
+                done += 1
+                elapsed = time.time() - t0
+                eta = elapsed / done * (len(todo) - done)
+                if outcome["ok"]:
+                    say(f"[sweep] {done}/{len(todo)} {run.run_id} finished in {outcome['seconds']:.0f} s "
+                        f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)")
+                else:
+                    failed.append(run.run_id)
+                    say(f"[sweep] {done}/{len(todo)} {run.run_id} FAILED (exit {outcome['returncode']}) in: "
+                        f"{outcome['failed']}; log: {_log_path(run)}")
+                if outcome.get("returncode") == -9:
+                    break  # the pool is broken: start a fresh one for the runs left
+    return failed
+
+
+def _completed(futures: dict, pool):
+    """Futures as they finish; on Ctrl-C the queued runs are cancelled (the running ones checkpoint and stop on
+    the same signal) so the sweep exits instead of starting the rest."""
+    try:
+        yield from as_completed(futures)
+    except KeyboardInterrupt:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+def submitit_executor(sweep: Sweep, launcher: str):
+    """submitit's SLURM executor with the sweep's `slurm:` parameters, or its local executor (same code path, for
+    tests and single machines)."""
+    try:
+        import submitit
+    except ImportError:
+        raise ConfigError("--launcher slurm needs submitit: pip install submitit") from None
+    folder = sweep.out / "submitit" / "%j"
+    if launcher == "submitit-local":
+        executor = submitit.LocalExecutor(folder=folder)
+        params = {k: v for k, v in sweep.slurm.items() if k in ("timeout_min", "gpus_per_node", "cpus_per_task")}
+    else:
+        executor = submitit.AutoExecutor(folder=folder, cluster="slurm")
+        params = dict(sweep.slurm)
+    params.setdefault("timeout_min", 24 * 60)
+    try:
+        executor.update_parameters(**params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"slurm: {err} (keys are submitit's, e.g. partition, gpus_per_node, timeout_min, "
+                          "slurm_additional_parameters)") from None
+    return executor
+
+
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
+
+
+def _jobs_file(sweep: Sweep) -> Path:
+    return sweep.out / "jobs.json"
+
+
+def active_jobs(sweep: Sweep, launcher: str) -> dict[str, str]:
+    """Runs whose submitted job is still queued or running (from jobs.json), so a re-run does not submit twice."""
+    path = _jobs_file(sweep)
+    if not path.is_file():
+        return {}
+    recorded = json.loads(path.read_text())
+    active = {}
+    try:
+        import submitit
+    except ImportError:
+        return {}
+    for run_id, job_id in recorded.items():
+        job_cls = submitit.LocalJob if launcher == "submitit-local" else submitit.SlurmJob
+        try:
+            state = job_cls(sweep.out / "submitit" / "%j", job_id).state
+        except Exception:  # noqa: BLE001 - an unknown job (purged from the scheduler) is not active
+            continue
+        if state.upper() in ACTIVE_STATES:
+            active[run_id] = job_id
+    return active
+
+
+def run_submitit(sweep: Sweep, todo: list[SweepRun], launcher: str, wait: bool,
+                 say: Callable[[str], None]) -> list[str]:
+    """One job per run; jobs.json records run -> job id. With `wait`, block until all end; returns failed ids."""
+    executor = submitit_executor(sweep, launcher)
+    busy = active_jobs(sweep, launcher)
+    todo = [run for run in todo if run.run_id not in busy]
+    for run_id, job_id in busy.items():
+        say(f"[sweep] {run_id}: job {job_id} still queued or running, not submitted again")
+    path = _jobs_file(sweep)
+    recorded = json.loads(path.read_text()) if path.is_file() else {}
+    jobs = {}
+    for run in todo:
+        job = executor.submit(execute, pending_commands(sweep, run), _log_path(run))
+        jobs[run.run_id] = job
+        recorded[run.run_id] = str(job.job_id)
+        say(f"[sweep] {run.run_id}: submitted job {job.job_id}")
+    sweep.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(recorded, indent=1))
+    if not wait:
+        say(f"[sweep] {len(jobs)} job(s) submitted; run the same command again when they end to collect results")
+        return []
+    failed = []
+    for run_id, job in jobs.items():
+        try:
+            outcome = job.result()
+        except Exception as err:  # noqa: BLE001 - a job killed by the scheduler raises here
+            outcome = {"ok": False, "failed": str(err).splitlines()[0] if str(err) else repr(err)}
+        if not outcome["ok"]:
+            failed.append(run_id)
+            say(f"[sweep] {run_id} FAILED: {outcome['failed']}")
+    return failed

@@ -123,3 +123,9 @@ def test_bf16_autocast_training_on_gpu(tmp_path):
     cfg = tiny_config("device=cuda", "train.precision=auto", "train.steps=4")
     results = pretrain(cfg, tmp_path / "run")
     assert np.isfinite(results["final_heldout_loss"])
+
+
+def test_batch_larger_than_the_data_subset_is_a_clear_error(tmp_path):
+    proc = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"),
+                   *sets([*TINY, "data.synthetic_size=8"]))
+    assert proc.returncode == 2 and "fewer than one batch" in proc.stderr and "Traceback" not in proc.stderr

@@ -538,3 +538,25 @@ def test_training_flops_per_image_matches_the_vit_arithmetic():
     forward = linears + attention + embed + head
     per_image = training_flops_per_image(cfg)
     assert 2.6 * forward < per_image < 3.05 * forward, (per_image, forward)
+
+
+def test_compute_frontier_keeps_one_cell_per_compute_and_only_improvements():
+    from mimkit.scaling.analyze import compute_frontier
+    from mimkit.scaling.table import Point
+
+    def cell(model, compute, loss):
+        return Point(model, 1.0, "d", 1.0, compute, loss, extra={"compute": compute})
+
+    cells = [cell("a", 10, 0.9), cell("b", 10, 0.8), cell("c", 20, 0.85), cell("d", 30, 0.7), cell("e", 30, 0.75),
+             cell("f", 40, 0.72)]
+    assert [p.model for p in compute_frontier(cells)] == ["b", "d"]
+
+
+@pytest.mark.parametrize("name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_swinv2_in1k"])
+def test_every_shipped_sweep_expands_and_validates(name, tmp_path):
+    from mimkit.scaling.grid import sweep_names
+
+    assert name in sweep_names()
+    sweep = load_sweep(name, tmp_path / "out")  # every run's config is loaded and validated
+    assert len({run.run_id for run in sweep.runs}) == len(sweep.runs) > 1
+    assert all(cmd[0] == "pretrain" for run in sweep.runs for cmd in sweep.commands(run)[:1])

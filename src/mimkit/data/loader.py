@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
+from mimkit.config import ConfigError
 from mimkit.data.datasets import ImageSet
 from mimkit.data.keyed_random import sample_keys, second_view_keys
 from mimkit.data.transforms import BatchAugment
@@ -30,8 +31,9 @@ class TrainStream:
                                           seed=seed, drop_last=False)
         self.batches_per_epoch = len(self.sampler) // micro_batch
         if self.batches_per_epoch == 0:
-            raise ValueError(f"the training set has {len(data)} images, fewer than one batch per process "
-                             f"({micro_batch} x {world_size} processes): lower train.batch_size or add data")
+            raise ConfigError(f"the training set has {len(data)} images, fewer than one batch per process "
+                              f"({micro_batch} x {world_size} processes): lower train.batch_size or raise "
+                              "data.fraction")
         self._epoch = -1
         self._order: torch.Tensor | None = None
 

@@ -78,12 +78,14 @@ def loss_accuracy_correlation(points: list[Point]) -> dict[str, Any]:
 
 
 def compute_frontier(points: list[Point]) -> list[Point]:
-    """Cells no cheaper cell beats: sorted by compute, each one lowers the best loss so far."""
-    frontier, best = [], math.inf
-    for p in sorted(points, key=lambda p: p.get("compute")):
-        if p.heldout_loss < best:
+    """Cells no cheaper cell beats: sorted by compute, each one lowers the best loss so far (of cells with equal
+    compute, only the lowest loss)."""
+    frontier, best, last_compute = [], math.inf, None
+    for p in sorted(points, key=lambda p: (p.get("compute"), p.heldout_loss)):
+        if p.get("compute") != last_compute and p.heldout_loss < best:
             frontier.append(p)
             best = p.heldout_loss
+        last_compute = p.get("compute")
     return frontier
 
 

@@ -25,7 +25,7 @@ def _panels(n: int, title: str):
     plt = _plt()
     cols = min(n, 4)
     rows = math.ceil(n / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False, sharey=True)
+    fig, axes = plt.subplots(rows, cols, figsize=(max(4.2 * cols, 7.0), 3.4 * rows), squeeze=False, sharey=True)
     fig.suptitle(title)
     flat = list(axes.flat)
     for ax in flat[n:]:
@@ -178,8 +178,9 @@ def _curves_plot(curves: dict[str, Any], models: list[str], datas: list[str], pa
             alpha = 0.35 + 0.65 * (lengths.index(c.get("iterations", 0)) + 1) / len(lengths)
             batch = c.get("batch_size", 1)
             for split, style in (("heldout", "-"), ("train_fixed", ":")):
-                if c.get(split):
-                    steps, losses = zip(*c[split])
+                points = [(step, loss) for step, loss in c.get(split) or [] if step > 0]  # log x: no step 0
+                if points:
+                    steps, losses = zip(*points)
                     label = c.get("model") if split == "heldout" and c.get("iterations") == lengths[-1] else None
                     ax.plot(np.array(steps) * batch, losses, style, color=color, alpha=alpha, lw=1.2, label=label)
         ax.set_title(f"data = {data}")

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Frozen-feature kNN (k=20, T=0.07, mean-pooled patch tokens; 6,000 labelled train images, full test split) of every
+# run of the scaling_fmnist sweep, then the same `mimkit scaling analyze` with kNN top-1 in the accuracy column:
+#   bash scripts/fmnist_scaling_knn.sh [SWEEP_DIR]          (about 10 minutes on 2 CPU cores)
+set -euo pipefail
+DIR=${1:-runs/fmnist-scaling}
+M="python -m mimkit"
+[ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
+PY=python3
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+for run in "$DIR"/runs/*/; do
+  [ -f "$run/knn/results.json" ] && continue
+  $M knn --init "$run" --out "$run/knn" --set data.fraction=0.1 --set probe.pool=avg > "$run/knn.log" 2>&1
+done
+$PY - "$DIR" <<'PY'
+import csv, json, sys
+from pathlib import Path
+out = Path(sys.argv[1])
+rows = list(csv.DictReader(open(out / "results.csv")))
+for row in rows:  # the analysis reads its accuracy from finetune_top1: put kNN top-1 there
+    row["finetune_top1"] = json.loads((Path(row["run_dir"]) / "knn" / "results.json").read_text())["top1"]
+with open(out / "results_knn.csv", "w", newline="") as fh:
+    writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+PY
+$M scaling analyze "$DIR/results_knn.csv" --out "$DIR/analysis-knn"

@@ -552,7 +552,7 @@ def test_compute_frontier_keeps_one_cell_per_compute_and_only_improvements():
     assert [p.model for p in compute_frontier(cells)] == ["b", "d"]
 
 
-@pytest.mark.parametrize("name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_swinv2_in1k"])
+@pytest.mark.parametrize("name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_fmnist_swin", "scaling_swinv2_in1k"])
 def test_every_shipped_sweep_expands_and_validates(name, tmp_path):
     from mimkit.scaling.grid import sweep_names
 
@@ -560,3 +560,13 @@ def test_every_shipped_sweep_expands_and_validates(name, tmp_path):
     sweep = load_sweep(name, tmp_path / "out")  # every run's config is loaded and validated
     assert len({run.run_id for run in sweep.runs}) == len(sweep.runs) > 1
     assert all(cmd[0] == "pretrain" for run in sweep.runs for cmd in sweep.commands(run)[:1])
+
+
+def test_auto_form_keeps_the_pure_law_at_four_points_and_forced_saturating_fits_or_says_why():
+    rng = np.random.default_rng(3)
+    x = np.array([1e5, 3e5, 1e6, 3e6])
+    for _ in range(20):  # an exact power law with 1% noise: AICc never buys a third parameter at 4 points
+        y = 2.0 * x**-0.1 * np.exp(rng.normal(0, 0.01, 4))
+        assert fit_power_law(x, y, "auto")["form"] == "pure"
+    forced = fit_power_law(x, 0.3 + 2.0 * x**-0.3, "saturating")
+    assert forced["form"] == "saturating"

@@ -79,7 +79,7 @@ def test_swin_layer_ids_for_layer_decay():
     depths = [2, 2, 4]
     assert swin_layer_id("patch_embed.proj.weight", depths) == 0
     assert swin_layer_id("layers.0.blocks.1.attn.qkv.weight", depths) == 2
-    assert swin_layer_id("layers.1.downsample.reduction.weight", depths) == 3  # goes with stage 2's first block
+    assert swin_layer_id("layers.1.downsample.reduction.weight", depths) == 2  # with stage 1's last block
     assert swin_layer_id("layers.2.blocks.3.mlp.fc1.weight", depths) == 8
     assert swin_layer_id("head.fc.weight", depths) == 9
     method = build_method(resolved(load_config(None, [*SWIN_TINY, "method.name=supervised", "method.layer_decay=0.5"])))

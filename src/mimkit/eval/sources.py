@@ -112,6 +112,9 @@ def _from_timm(name: str, cfg: Config) -> Source:
         _check_weights_file(model, overlay["file"], arch_name)
     arch = {"name": arch_name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
             "num_heads": spec.num_heads, "mlp_ratio": spec.mlp_ratio, "norm_eps": 1e-6}
+    if spec.is_swin:
+        arch.update(stage_depths=list(spec.stage_depths), stage_heads=list(spec.stage_heads),
+                    window_size=spec.window_size)
     return Source("timm", f"timm pretrained {name}" + (f" from {file}" if file else ""),
                   _without_head(model.state_dict()), arch, {"img_size": cfg.data.img_size,
                                                             "in_chans": cfg.data.in_chans})

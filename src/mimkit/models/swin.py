@@ -137,8 +137,9 @@ def swin_masked_features(encoder: nn.Module, imgs: torch.Tensor, mask: torch.Ten
 
 
 def swin_layer_id(name: str, stage_depths: list[int]) -> int:
-    """Layer index for layer-wise lr decay: patch embedding 0, block j of stage i its running index + 1 (a stage's
-    downsampling goes with its first block), the final norm and head L+1."""
+    """Layer index for layer-wise lr decay: patch embedding 0, block j of stage i its running index + 1, a stage's
+    patch merging (timm runs it at the start of the stage) with the previous stage's last block as in the official
+    SimMIM/Swin code (which runs it at the end of that stage), the final norm and head L+1."""
     total = sum(stage_depths)
     if name.startswith(("patch_embed", "absolute_pos_embed")):
         return 0
@@ -148,5 +149,5 @@ def swin_layer_id(name: str, stage_depths: list[int]) -> int:
         offset = sum(stage_depths[:stage])
         if parts[2] == "blocks":
             return offset + int(parts[3]) + 1
-        return offset + 1  # downsample
+        return offset  # downsample: the previous stage's last block
     return total + 1

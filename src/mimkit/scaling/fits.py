@@ -3,7 +3,8 @@
 Two forms: `L = A * x^-alpha` (a straight line in log-log, fitted by least squares in log space, so every point
 counts by its relative error) and, with at least 4 points, `L = E + A * x^-alpha` where E is the loss no scale
 removes. The saturating form is kept only when it fits clearly better than the pure one (lower AIC), because with
-few points E and alpha trade off and the pure law is the more honest summary.
+few points E and alpha trade off and the pure law is the more honest summary. The comparison uses the small-sample
+AICc, which never prefers 3 parameters at 4 points.
 """
 from __future__ import annotations
 
@@ -23,9 +24,12 @@ def _saturating(x: np.ndarray, e: float, a: float, alpha: float) -> np.ndarray:
 
 
 def _aic(residuals: np.ndarray, k: int) -> float:
+    """Small-sample AIC (AICc): plain AIC picks the 3-parameter law far too often at 4-6 points."""
     n = len(residuals)
     rss = float(np.sum(residuals**2))
-    return n * math.log(max(rss, 1e-300) / n) + 2 * k
+    if n - k - 1 <= 0:
+        return math.inf
+    return n * math.log(max(rss, 1e-300) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
 
 
 def fit_power_law(x: list[float] | np.ndarray, y: list[float] | np.ndarray, form: str = "auto",
@@ -50,6 +54,8 @@ def fit_power_law(x: list[float] | np.ndarray, y: list[float] | np.ndarray, form
     best = pure
     if form in ("auto", "saturating") and len(x) >= 4:
         saturating = _fit_saturating(x, y, alpha, curve_fit)
+        if saturating is None and form == "saturating":
+            raise ValueError("the saturating law E + A x^-alpha did not converge on these points")
         if saturating is not None and (form == "saturating" or saturating["aic"] < pure["aic"] - 2):
             best = saturating
     elif form == "saturating":

@@ -96,7 +96,8 @@ def _log_path(run: SweepRun) -> str:
 
 def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[str], None]) -> list[str]:
     """Run `todo` in `parallel` worker processes (CPU threads split between them); returns the ids that failed.
-    A worker that dies (killed, out of memory) fails its run; the others go on in a fresh pool."""
+    When a worker dies (killed, out of memory) the pool cannot say whose run killed it: every unfinished run goes
+    again in a fresh pool (resuming from its checkpoint), and a run caught in MAX_TRIES broken pools fails."""
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
@@ -104,7 +105,9 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
     cores = os.cpu_count() or 1
     threads = max(1, cores // parallel) if parallel > 1 else None
     failed, t0, done, left = [], time.time(), 0, list(todo)
+    tries = {run.run_id: 0 for run in todo}
     while left:
+        broken = False
         with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
             futures = {pool.submit(execute, pending_commands(sweep, run), _log_path(run), threads): run
                        for run in left}
@@ -113,7 +116,8 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
                 try:
                     outcome = future.result()
                 except BrokenProcessPool:
-                    outcome = {"ok": False, "seconds": 0.0, "failed": "worker process died", "returncode": -9}
+                    broken = True
+                    break
                 left.remove(run)
                 done += 1
                 elapsed = time.time() - t0
@@ -125,19 +129,42 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
                     failed.append(run.run_id)
                     say(f"[sweep] {done}/{len(todo)} {run.run_id} FAILED (exit {outcome['returncode']}) in: "
                         f"{outcome['failed']}; log: {_log_path(run)}")
-                if outcome.get("returncode") == -9:
-                    break  # the pool is broken: start a fresh one for the runs left
+        if broken:
+            for run in list(left):
+                tries[run.run_id] += 1
+                if tries[run.run_id] >= MAX_TRIES:
+                    left.remove(run)
+                    done += 1
+                    failed.append(run.run_id)
+                    say(f"[sweep] {run.run_id} FAILED: a worker process died {MAX_TRIES} times while it was "
+                        f"pending or running; log: {_log_path(run)}")
+            if left:
+                say(f"[sweep] a worker process died; {len(left)} unfinished run(s) go again in a fresh pool")
     return failed
 
 
+MAX_TRIES = 3
+
+
 def _completed(futures: dict, pool):
-    """Futures as they finish; on Ctrl-C the queued runs are cancelled (the running ones checkpoint and stop on
-    the same signal) so the sweep exits instead of starting the rest."""
+    """Futures as they finish. On Ctrl-C or SIGTERM the queued runs are cancelled and the workers get SIGTERM (the
+    running ones checkpoint and stop), so the sweep exits without leaving orphans that keep training."""
+    import signal
+
+    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     try:
         yield from as_completed(futures)
     except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
+        for process in list(getattr(pool, "_processes", {}).values()):
+            if process.is_alive():
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
         raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def submitit_executor(sweep: Sweep, launcher: str):
@@ -157,13 +184,16 @@ def submitit_executor(sweep: Sweep, launcher: str):
     params.setdefault("timeout_min", 24 * 60)
     try:
         executor.update_parameters(**params)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"slurm: {err} (keys are submitit's, e.g. partition, gpus_per_node, timeout_min, "
-                          "slurm_additional_parameters)") from None
+    except Exception as err:  # noqa: BLE001 - submitit raises NameError/AssertionError/TypeError for bad keys
+        raise ConfigError(f"slurm: {err} (keys are submitit's, e.g. slurm_partition, gpus_per_node, tasks_per_node, "
+                          "timeout_min, slurm_additional_parameters)") from None
     return executor
 
 
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING"}
+# Job states that mean "leave it alone": queued, running, or unknown (sacct briefly unreachable reads UNKNOWN;
+# submitting again would put two jobs in one run directory).
+ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "READY",
+                 "PREEMPTED", "UNKNOWN"}
 
 
 def _jobs_file(sweep: Sweep) -> Path:
@@ -188,7 +218,7 @@ def active_jobs(sweep: Sweep, launcher: str) -> dict[str, str]:
         except Exception:  # noqa: BLE001 - an unknown job (purged from the scheduler) is not active
             continue
         if state.upper() in ACTIVE_STATES:
-            active[run_id] = job_id
+            active[run_id] = f"{job_id} ({state})"
     return active
 
 
@@ -199,17 +229,18 @@ def run_submitit(sweep: Sweep, todo: list[SweepRun], launcher: str, wait: bool,
     busy = active_jobs(sweep, launcher)
     todo = [run for run in todo if run.run_id not in busy]
     for run_id, job_id in busy.items():
-        say(f"[sweep] {run_id}: job {job_id} still queued or running, not submitted again")
+        say(f"[sweep] {run_id}: job {job_id} is queued, running or unknown to the scheduler, not submitted again "
+            f"(if it is gone, delete its entry from {_jobs_file(sweep)})")
     path = _jobs_file(sweep)
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     jobs = {}
+    sweep.out.mkdir(parents=True, exist_ok=True)
     for run in todo:
         job = executor.submit(execute, pending_commands(sweep, run), _log_path(run))
         jobs[run.run_id] = job
         recorded[run.run_id] = str(job.job_id)
+        atomic_write_text(path, json.dumps(recorded, indent=1))  # after each: a failed submit loses no job id
         say(f"[sweep] {run.run_id}: submitted job {job.job_id}")
-    sweep.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(path, json.dumps(recorded, indent=1))
     if not wait:
         say(f"[sweep] {len(jobs)} job(s) submitted; run the same command again when they end to collect results")
         return []

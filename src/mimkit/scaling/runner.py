@@ -40,7 +40,8 @@ def shell_line(args: list[str]) -> str:
     return shlex.join(["mimkit", *args])
 
 
-def execute(commands: list[list[str]], log_path: str, threads: int | None = None) -> dict[str, Any]:
+def execute(commands: list[list[str]], log_path: str, threads: int | None = None,
+            stop_file: str | None = None) -> dict[str, Any]:
     """Run mimkit commands in order in this process, their output appended to `log_path`; stop at the first
     failure. Returns {ok, seconds, failed (the command line), returncode}. Runs inside a worker process (local
     launcher) or a submitit job, so importing torch and timm is paid once per worker, not once per command."""
@@ -60,6 +61,9 @@ def execute(commands: list[list[str]], log_path: str, threads: int | None = None
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", buffering=1) as log:
         for args in commands:
+            if stop_file and Path(stop_file).exists():  # the sweep is stopping: start nothing new
+                return {"ok": False, "seconds": time.time() - t0, "failed": "sweep stopped before "
+                        + shell_line(args), "returncode": 143}
             log.write(f"\n$ {shell_line(args)}\n")
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 try:
@@ -104,14 +108,16 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
 
     cores = os.cpu_count() or 1
     threads = max(1, cores // parallel) if parallel > 1 else None
+    stop_file = sweep.out / ".stopping"
+    stop_file.unlink(missing_ok=True)
     failed, t0, done, left = [], time.time(), 0, list(todo)
     tries = {run.run_id: 0 for run in todo}
     while left:
         broken = False
         with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(execute, pending_commands(sweep, run), _log_path(run), threads): run
-                       for run in left}
-            for future in _completed(futures, pool):
+            futures = {pool.submit(execute, pending_commands(sweep, run), _log_path(run), threads, str(stop_file)):
+                       run for run in left}
+            for future in _completed(futures, pool, stop_file):
                 run = futures[future]
                 try:
                     outcome = future.result()
@@ -146,10 +152,12 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
 MAX_TRIES = 3
 
 
-def _completed(futures: dict, pool):
-    """Futures as they finish. On Ctrl-C or SIGTERM the queued runs are cancelled and the workers get SIGTERM (the
-    running ones checkpoint and stop), so the sweep exits without leaving orphans that keep training."""
+def _completed(futures: dict, pool, stop_file: Path):
+    """Futures as they finish. On Ctrl-C or SIGTERM: nothing new starts (queued runs are cancelled, and a worker
+    that already took one finds `stop_file`), running runs get SIGTERM (they checkpoint and stop), stragglers are
+    killed after a grace period (checkpoint writes are atomic), so no worker is left training."""
     import signal
+    from concurrent.futures import wait
 
     def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
         raise KeyboardInterrupt
@@ -158,13 +166,22 @@ def _completed(futures: dict, pool):
     try:
         yield from as_completed(futures)
     except KeyboardInterrupt:
-        for process in list(getattr(pool, "_processes", {}).values()):
+        stop_file.parent.mkdir(parents=True, exist_ok=True)
+        stop_file.touch()
+        processes = [p for p in getattr(pool, "_processes", {}).values() if p.is_alive()]
+        for process in processes:
+            process.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        wait([f for f in futures if not f.cancelled()], timeout=STOP_GRACE_S)
+        for process in processes:
             if process.is_alive():
-                process.terminate()
-        pool.shutdown(wait=True, cancel_futures=True)
+                process.kill()
         raise
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+STOP_GRACE_S = 120  # time for running runs to write their checkpoint after SIGTERM
 
 
 def submitit_executor(sweep: Sweep, launcher: str):

@@ -570,3 +570,16 @@ def test_auto_form_keeps_the_pure_law_at_four_points_and_forced_saturating_fits_
         assert fit_power_law(x, y, "auto")["form"] == "pure"
     forced = fit_power_law(x, 0.3 + 2.0 * x**-0.3, "saturating")
     assert forced["form"] == "saturating"
+
+
+def test_a_stopping_sweep_starts_no_new_command(tmp_path):
+    from mimkit.scaling.runner import execute
+
+    stop = tmp_path / ".stopping"
+    log = tmp_path / "run.log"
+    assert execute([["recipes"]], str(log), stop_file=str(stop))["ok"]  # no stop file: the command runs
+    assert "$ mimkit recipes" in log.read_text()
+    stop.touch()
+    outcome = execute([["recipes"]], str(tmp_path / "second.log"), stop_file=str(stop))
+    assert not outcome["ok"] and outcome["returncode"] == 143 and "sweep stopped" in outcome["failed"]
+    assert not (tmp_path / "second.log").exists() or "$ mimkit" not in (tmp_path / "second.log").read_text()

@@ -106,6 +106,16 @@ def test_bench_pretrain_compares_with_hf(tmp_path):
     assert "ratio_mimkit_over_hf" in proc.stdout
 
 
+def test_bench_loader_times_the_training_stream(tmp_path):
+    from mimkit.bench.loader_bench import run_loader_bench
+
+    cfg = tiny_config("train.batch_size=8", "data.img_size=24")
+    result = run_loader_bench(cfg, steps=3, warmup=1, out=tmp_path / "loader.json")
+    assert result["batch_shape"] == [8, 1, 24, 24]  # the stream's own augmented batch, at the configured size
+    assert result["img_per_s"] == pytest.approx(3 * 8 / (result["batch_ms"] * 3 / 1000))
+    assert 0 < json.loads((tmp_path / "loader.json").read_text())["config"]["train_images"] <= 128
+
+
 def test_blockwise_masks_train(tmp_path):
     from mimkit.config import resolved
     from mimkit.pretrain import pretrain

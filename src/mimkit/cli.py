@@ -219,10 +219,17 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from mimkit.bench.pretrain_bench import run_pretrain_bench
     from mimkit.config import load_config
 
     cfg = load_config(args.config, args.set)
+    if args.bench_command == "loader":
+        from mimkit.bench.loader_bench import run_loader_bench
+
+        result = run_loader_bench(cfg, steps=args.steps, warmup=args.warmup, out=args.out)
+        print(json.dumps(result, indent=1))
+        return 0
+    from mimkit.bench.pretrain_bench import run_pretrain_bench
+
     result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare, out=args.out)
     print(json.dumps(result, indent=1))
     return 0
@@ -394,6 +401,13 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
     b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("loader", help="img/s of the input pipeline alone (decoded images -> augmented batches)")
+    b.add_argument("--config", required=True)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--steps", type=int, default=50, help="timed batches")
+    b.add_argument("--warmup", type=int, default=3, help="untimed batches first")
+    b.add_argument("--out", default="bench-loader.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
     return parser
 

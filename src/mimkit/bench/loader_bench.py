@@ -1,0 +1,53 @@
+"""`mimkit bench loader`: img/s of mimkit's input pipeline alone (the TrainStream the Engine trains from: decoded
+uint8 images, batched random-resized-crop, flip and normalise on the run's device), so one can see whether the
+input keeps up with a training step measured by `mimkit bench pretrain`."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mimkit.config import Config
+from mimkit.engine.atomic import atomic_write_text
+from mimkit.engine.distributed import DistEnv, pick_device
+
+
+def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
+                     out: str | Path | None = "bench-loader.json") -> dict[str, Any]:
+    """Time `steps` batches (after `warmup` untimed ones) of the run's train stream, device synchronised."""
+    from mimkit.pretrain import build_stream, prepare_config
+
+    device = pick_device(cfg.device)
+    env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)
+    cfg, data, _ = prepare_config(cfg, env, lambda *_: None)
+    stream = build_stream(cfg, data, env)
+    batch = cfg.train.batch_size // cfg.train.accum_steps
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    for step in range(warmup):
+        stream.get(step, 0)
+    sync()
+    t0 = time.perf_counter()
+    for step in range(warmup, warmup + steps):
+        images = stream.get(step, 0)["images"]
+    sync()
+    seconds = time.perf_counter() - t0
+    results = {
+        "config": {"data": cfg.data.name, "img_size": cfg.data.img_size, "batch": batch,
+                   "train_images": len(data.train), "method": cfg.method.name},
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
+        "img_per_s": steps * batch / seconds, "batch_ms": 1000 * seconds / steps,
+        "batch_shape": list(images.shape),
+    }
+    if out:
+        atomic_write_text(out, json.dumps(results, indent=1))
+        results["written_to"] = str(out)
+    return results

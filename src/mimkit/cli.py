@@ -142,6 +142,11 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return run_training(lambda: run_chain(cfg, students, args.out), "re-run the same command to resume the chain")
 
 
+def _first_comment(text: str) -> str:
+    """A recipe's or sweep's one-line description: its first comment line."""
+    return next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+
+
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
 
@@ -149,7 +154,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
     for name in recipe_names():
         text = (RECIPES_DIR / f"{name}.yaml").read_text()
-        first = next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+        first = _first_comment(text)
         tree = yaml.safe_load(text) or {}
         summary = (f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', '?')} / "
                    f"{tree.get('data', {}).get('name', 'fashion-mnist')}")
@@ -157,8 +162,7 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     from mimkit.scaling.grid import SWEEPS_DIR, sweep_names
 
     for name in sweep_names():
-        first = next((line[1:].strip() for line in (SWEEPS_DIR / f"{name}.yaml").read_text().splitlines()
-                      if line.startswith("#")), "")
+        first = _first_comment((SWEEPS_DIR / f"{name}.yaml").read_text())
         print(f"{name:24s} {'sweep (mimkit sweep --config ' + name + ')':48s} {first}")
     return 0
 

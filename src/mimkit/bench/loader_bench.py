@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mimkit.config import Config
+from mimkit.bench.pretrain_bench import time_steps
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 
@@ -26,19 +26,14 @@ def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
     cfg, data, _ = prepare_config(cfg, env, lambda *_: None)
     stream = build_stream(cfg, data, env)
     batch = cfg.train.batch_size // cfg.train.accum_steps
+    last: dict[str, Any] = {"step": 0}
 
-    def sync() -> None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+    def next_batch() -> None:
+        last["images"] = stream.get(last["step"], 0)["images"]
+        last["step"] += 1
 
-    for step in range(warmup):
-        stream.get(step, 0)
-    sync()
-    t0 = time.perf_counter()
-    for step in range(warmup, warmup + steps):
-        images = stream.get(step, 0)["images"]
-    sync()
-    seconds = time.perf_counter() - t0
+    seconds = time_steps(next_batch, steps, warmup, device)
+    images = last["images"]
     results = {
         "config": {"data": cfg.data.name, "img_size": cfg.data.img_size, "batch": batch,
                    "train_images": len(data.train), "method": cfg.method.name},

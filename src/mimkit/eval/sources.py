@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.models.presets import resolve_model_spec
+from mimkit.models.swin import swin_arch
 
 ARCH_KEYS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "stage_depths",
              "stage_heads", "window_size")
@@ -61,8 +62,7 @@ def _from_export(path: Path) -> Source:
     arch = {"name": info["timm_name"], "patch_size": kw["patch_size"], "embed_dim": kw["embed_dim"],
             "mlp_ratio": kw["mlp_ratio"], "norm_eps": info.get("norm_eps", 1e-6)}
     if "depths" in kw:  # SwinV2: per-stage sizes
-        arch.update(depth=sum(kw["depths"]), num_heads=kw["num_heads"][0], stage_depths=list(kw["depths"]),
-                    stage_heads=list(kw["num_heads"]), window_size=kw["window_size"])
+        arch.update(swin_arch(kw["depths"], kw["num_heads"], kw["window_size"]))
     else:
         arch.update(depth=kw["depth"], num_heads=kw["num_heads"])
     return Source("export", f"exported encoder {path}", _without_head(load_file(str(path))), arch,
@@ -113,8 +113,7 @@ def _from_timm(name: str, cfg: Config) -> Source:
     arch = {"name": arch_name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
             "num_heads": spec.num_heads, "mlp_ratio": spec.mlp_ratio, "norm_eps": 1e-6}
     if spec.is_swin:
-        arch.update(stage_depths=list(spec.stage_depths), stage_heads=list(spec.stage_heads),
-                    window_size=spec.window_size)
+        arch.update(swin_arch(spec.stage_depths, spec.stage_heads, spec.window_size))
     return Source("timm", f"timm pretrained {name}" + (f" from {file}" if file else ""),
                   _without_head(model.state_dict()), arch, {"img_size": cfg.data.img_size,
                                                             "in_chans": cfg.data.in_chans})

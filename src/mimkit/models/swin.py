@@ -106,6 +106,12 @@ def resolve_swin_spec(model_cfg: Any, img_size: int):
     return spec
 
 
+def swin_arch(depths: Any, heads: Any, window_size: int) -> dict[str, Any]:
+    """The model.* keys that pin a SwinV2's stages (for a weights source's architecture)."""
+    return dict(depth=sum(depths), num_heads=heads[0], stage_depths=list(depths), stage_heads=list(heads),
+                window_size=window_size)
+
+
 def swin_timm_kwargs(cfg: Any) -> dict[str, Any]:
     m, d = cfg.model, cfg.data
     return dict(img_size=d.img_size, patch_size=m.patch_size, in_chans=d.in_chans, embed_dim=m.embed_dim,

@@ -91,7 +91,7 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
                 continue
             if not raw["model"]:
                 raise ConfigError(f"line {line}: empty 'model'")
-            row = {"model": raw["model"], "data": raw["data"], "heldout_loss": loss, "line": line}
+            row = {"model": raw["model"], "data": raw["data"], "heldout_loss": loss, "line": line, "cells": raw}
             for key in ("params", "iterations"):
                 value = parse_number(raw[key], key, line)
                 if value is None or value <= 0:
@@ -104,19 +104,16 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
             rows.append(row)
     if not rows:
         raise ConfigError(f"{path}: no row has a held-out loss")
-    _split_variants(rows, [c for c in columns if c not in SWEEP_COLUMNS and c not in OPTIONAL_NUMBERS], path)
+    _split_variants(rows, [c for c in columns if c not in SWEEP_COLUMNS and c not in OPTIONAL_NUMBERS])
     return rows
 
 
-def _split_variants(rows: list[dict[str, Any]], extra: list[str], path: Path) -> None:
+def _split_variants(rows: list[dict[str, Any]], extra: list[str]) -> None:
     """Append the values of varying extra columns to the model name (in place)."""
-    with open(path, newline="") as fh:
-        raw_rows = {line: raw for line, raw in enumerate(csv.DictReader(fh), start=2)}
-    varying = [c for c in extra if len({(raw_rows[r["line"]].get(c) or "").strip() for r in rows}) > 1]
+    varying = [c for c in extra if len({r["cells"].get(c, "") for r in rows}) > 1]
     for row in rows:
         if varying:
-            raw = raw_rows[row["line"]]
-            row["model"] += " [" + ", ".join(f"{c}={(raw.get(c) or '').strip()}" for c in varying) + "]"
+            row["model"] += " [" + ", ".join(f"{c}={row['cells'].get(c, '')}" for c in varying) + "]"
 
 
 def aggregate(rows: list[dict[str, Any]]) -> list[Point]:

@@ -27,6 +27,23 @@ def tiny_config(*extra: str):
     return load_config(None, [*TINY, *extra])
 
 
+def tiny_engine(run_dir, *extra: str):
+    """(Engine, Method) on the tiny synthetic config, no evaluators: what `mimkit pretrain` builds, minus the CLI."""
+    import torch
+    from mimkit.config import resolved
+    from mimkit.engine.distributed import DistEnv
+    from mimkit.engine.trainer import Engine
+    from mimkit.methods import build_method
+    from mimkit.pretrain import build_stream, load_data_once
+
+    cfg = resolved(tiny_config(*extra))
+    env = DistEnv()
+    data = load_data_once(cfg, env, lambda *_: None)
+    torch.manual_seed(cfg.seed)  # as pretrain() does: the same init for every engine built here
+    method = build_method(cfg)
+    return Engine(cfg, run_dir, method, env, build_stream(cfg, data, env), {}), method
+
+
 def sets(overrides: list[str]) -> list[str]:
     """["a=1", "b=2"] -> ["--set", "a=1", "--set", "b=2"]."""
     return [arg for o in overrides for arg in ("--set", o)]

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import sets, ROOT, TINY, cli_env, run_cli, tiny_config
+from conftest import sets, ROOT, TINY, cli_env, run_cli, tiny_engine
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.metrics import read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
@@ -151,19 +151,7 @@ def test_find_checkpoint_falls_back_when_last_link_is_missing(tmp_path):
 
 
 
-def _engine(tmp_path, *extra):
-    from mimkit.config import resolved
-    from mimkit.pretrain import build_stream, load_data_once
-    from mimkit.engine.distributed import DistEnv
-    from mimkit.engine.trainer import Engine
-    from mimkit.methods import build_method
-
-    cfg = resolved(tiny_config(*extra))
-    env = DistEnv()
-    data = load_data_once(cfg, env, lambda *_: None)
-    torch.manual_seed(cfg.seed)  # as pretrain() does: the same init for every engine built here
-    method = build_method(cfg)
-    return Engine(cfg, tmp_path, method, env, build_stream(cfg, data, env), {}), method
+_engine = tiny_engine
 
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):

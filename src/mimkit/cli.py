@@ -222,10 +222,44 @@ def cmd_import(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_shards(args: argparse.Namespace) -> int:
+    from mimkit.data.webdataset import write_shards_from
+
+    paths = write_shards_from(args.data, args.out, args.per_shard, args.split, args.prefix)
+    if not paths:
+        print(f"no images in {args.data}: nothing written")
+        return 1
+    first, last = paths[0].name, paths[-1].name
+    stem = first.rsplit("-", 1)[0]
+    pattern = f"{paths[0].parent}/{stem}-{{{first.rsplit('-', 1)[1][:-4]}..{last.rsplit('-', 1)[1][:-4]}}}.tar"
+    print(f"wrote {len(paths)} shard(s) to {args.out}; train with --set data.name=webdataset "
+          f"--set data.root='{pattern}'")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
 
+    if args.bench_command == "suite":
+        from mimkit.bench.suite import format_table, run_suite
+
+        groups = args.only.split(",") if args.only else None
+        result = run_suite(args.preset, args.device, steps=args.steps, warmup=args.warmup, groups=groups,
+                           compile_rows=args.compile, batch=args.batch, rounds=args.rounds, out=args.out)
+        print(format_table(result))
+        print(f"written to {args.out}")
+        return 0
     cfg = load_config(args.config, args.set)
+    if args.bench_command == "memory":
+        from mimkit.bench.memory import run_memory_estimate
+
+        est = run_memory_estimate(cfg, args.batch)
+        print(json.dumps(est, indent=1))
+        print(f"{est['method']} {est['model']} at {est['img_size']} px, batch {est['batch']}, {est['precision']}: "
+              f"about {est['total_gb']:.1f} GB ({est['state_gb']:.1f} GB weights + gradients + AdamW, "
+              f"{est['activations_gb_per_image'] * est['batch']:.1f} GB activations and {est['fixed_saved_gb']:.1f} GB "
+              "other tensors saved for backward; add the CUDA context and allocator slack)")
+        return 0
     if args.bench_command == "loader":
         from mimkit.bench.loader_bench import run_loader_bench
 
@@ -396,6 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "hf", "mae-pth"], default="auto")
     p.set_defaults(func=cmd_import)
 
+    p = sub.add_parser("shards", help="write WebDataset tar shards (data.name=webdataset) from Fashion-MNIST or an "
+                       "image folder")
+    p.add_argument("--data", required=True, help="fashion-mnist, or an image folder (class folders become labels)")
+    p.add_argument("--out", required=True, help="directory for the .tar shards")
+    p.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    p.add_argument("--split", choices=["train", "test"], default="train", help="fashion-mnist split")
+    p.add_argument("--prefix", default=None, help="shard file name prefix")
+    p.set_defaults(func=cmd_shards)
+
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench_command", required=True)
     b = bench.add_parser("pretrain", help="time pretraining steps (img/s, peak memory)")
@@ -405,6 +448,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
     b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("suite", help="the whole performance table: MAE, SimMIM, distillation, fine-tuning and a "
+                         "memory check, mimkit against HuggingFace and plain timm in one process")
+    b.add_argument("--preset", choices=["tiny", "vit-b16"], default=None,
+                   help="shapes: tiny (CPU-sized) or vit-b16 (ViT-B/16 at 224 px; ViT-L/16 for memory); default "
+                        "vit-b16 on a GPU, tiny otherwise")
+    b.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    b.add_argument("--only", default=None, help="comma-separated workloads: mae,simmim,distill,finetune,memory")
+    b.add_argument("--steps", type=int, default=10, help="timed steps per row (the memory rows run 3)")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps per row first (compilation happens here)")
+    b.add_argument("--batch", type=int, default=None, help="override every workload's batch")
+    b.add_argument("--rounds", type=int, default=None,
+                   help="interleaved timing passes per workload, median reported (default: 5 on CPU, where the "
+                        "machine may be shared; 1 on a GPU, rows timed one after another with their own memory)")
+    b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                   help="add torch.compile rows (default: on CUDA only)")
+    b.add_argument("--out", default="bench-suite.json", help="JSON result path")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser("memory", help="estimate training memory (weights, gradients, AdamW, activations saved for "
+                         "backward) without a GPU")
+    b.add_argument("--config", required=True)
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--batch", type=int, default=None, help="batch per process (default: the config's)")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("loader", help="img/s of the input pipeline alone (decoded images -> augmented batches)")
     b.add_argument("--config", required=True)

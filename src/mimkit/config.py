@@ -25,9 +25,10 @@ class ConfigError(ValueError):
 
 @dataclass
 class DataConfig:
-    name: str = "fashion-mnist"  # fashion-mnist | folder | synthetic
-    root: str | None = None  # data directory; fashion-mnist also looks in $MIMKIT_DATA and Debian's package
-    val_root: str | None = None  # folder data: a separate held-out tree
+    name: str = "fashion-mnist"  # fashion-mnist | folder | synthetic | webdataset
+    root: str | None = None  # data directory; fashion-mnist also looks in $MIMKIT_DATA and Debian's package;
+    # webdataset: a directory of .tar shards, a glob, or a brace pattern such as /x/train-{000000..000099}.tar
+    val_root: str | None = None  # folder data: a separate held-out tree; webdataset: held-out shards
     fraction: float = 1.0  # nested, class-balanced subset of the training set (0.1 inside 0.2 inside ... 1.0)
     val_fraction: float | None = None  # held-out = seeded fraction of train; None: the test split / val_root, else 0.05
     img_size: int = 32  # network input size (Fashion-MNIST's 28 px are resized)
@@ -38,7 +39,8 @@ class DataConfig:
     hflip: bool = True
     mean: list[float] | None = None  # None: per data set (ImageNet stats for folders)
     std: list[float] | None = None
-    num_workers: int = 0  # decode workers for folder data
+    num_workers: int = 0  # decode workers for folder data (webdataset: persistent decode processes)
+    shuffle_buffer: int = 1000  # webdataset: samples in each process's shuffle buffer
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
     task: str = "classification"  # classification | localization | rotation | combined (class + box)
@@ -142,6 +144,8 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
+    compile: bool | str = False  # torch.compile the training forward: false | true | auto (true on CUDA only)
+    grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     eval_every: int = 100
     eval_samples: int = 512  # size of the fixed held-out and fixed train subsets
     eval_batch_size: int = 256
@@ -334,7 +338,7 @@ def validate(cfg: Config) -> None:
     """Impossible values fail here, before data or models are built."""
     _choice("device", cfg.device, ["auto", "cpu", "cuda"])
     d, m, meth, t = cfg.data, cfg.model, cfg.method, cfg.train
-    _choice("data.name", d.name, ["fashion-mnist", "folder", "synthetic"])
+    _choice("data.name", d.name, ["fashion-mnist", "folder", "synthetic", "webdataset"])
     _check(0.0 < d.fraction <= 1.0, f"data.fraction: {d.fraction} must be in (0, 1]")
     _check(d.val_fraction is None or 0.0 < d.val_fraction < 1.0,
            f"data.val_fraction: {d.val_fraction} must be in (0, 1) or null")
@@ -342,6 +346,8 @@ def validate(cfg: Config) -> None:
     _check(d.in_chans in (None, 1, 3), f"data.in_chans: {d.in_chans} must be 1 or 3")
     if d.name == "folder":
         _check(d.root is not None, "data.root: the folder data set needs a directory (--set data.root=PATH)")
+    if d.name == "webdataset":
+        _validate_webdataset(cfg)
     if d.crop_scale is not None:
         _check(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
                f"data.crop_scale: {d.crop_scale} must be [min, max] with 0 < min <= max <= 1")
@@ -423,9 +429,24 @@ def validate(cfg: Config) -> None:
     _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: {t.betas} must be two values in [0, 1)")
     _check(t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad: {t.clip_grad} must be positive or null")
     _choice("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
+    _check(t.compile in (True, False, "auto"), f"train.compile: {t.compile!r} must be true, false or auto")
     for key in ("eval_every", "eval_samples", "eval_batch_size", "ckpt_every", "log_every", "max_nonfinite"):
         _check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
+
+
+def _validate_webdataset(cfg: Config) -> None:
+    """Shards are streamed, never held in memory: options that need the whole training set are refused here."""
+    d = cfg.data
+    _check(d.root is not None, "data.root: webdataset needs its shards: a directory of .tar files, a glob or a brace "
+           "pattern such as /data/train-{000000..000099}.tar (--set data.root=PATH)")
+    _check(d.shuffle_buffer >= 1, f"data.shuffle_buffer: {d.shuffle_buffer} must be >= 1")
+    _check(d.fraction == 1.0, f"data.fraction: {d.fraction} needs the whole training set in memory; with webdataset "
+           "train on fewer shards instead (a brace pattern such as train-{000000..000009}.tar)")
+    _check(d.val_fraction is None, "data.val_fraction: webdataset holds out data.val_root, or else the last training "
+           "shard; leave data.val_fraction unset")
+    _check(d.task == "classification", f"data.task={d.task}: the geometric tasks build their images in memory and "
+           "do not stream from shards; use data.name=folder or fashion-mnist")
 
 
 def validate_distill(cfg: Config) -> None:

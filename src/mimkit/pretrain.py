@@ -14,6 +14,7 @@ from mimkit.config import Config, ConfigError, load_config, resolve_epochs, reso
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.data.loader import TrainStream
 from mimkit.data.transforms import BatchAugment, RandAugmentBatch
+from mimkit.data.webdataset import ShardSet, ShardStream
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
@@ -35,7 +36,7 @@ def make_augment(cfg: Config) -> BatchAugment:
     return BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)
 
 
-def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream:
+def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream | ShardStream:
     d, t = cfg.data, cfg.train
     if t.batch_size % (t.accum_steps * env.world_size):
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by train.accum_steps ({t.accum_steps})"
@@ -43,8 +44,9 @@ def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream:
     augment = make_augment(cfg)
     micro = t.batch_size // (t.accum_steps * env.world_size)
     pre = RandAugmentBatch(cfg.method.randaug, d.mean) if cfg.method.randaug else None
-    return TrainStream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
-                       pre_augment=pre, views=2 if cfg.method.name == "mocov3" else 1)
+    stream = ShardStream if isinstance(data.train, ShardSet) else TrainStream  # webdataset: streamed from shards
+    return stream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
+                  pre_augment=pre, views=2 if cfg.method.name == "mocov3" else 1)
 
 
 def load_data_once(cfg: Config, env: DistEnv, log=print) -> DataBundle:

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from mimkit.config import Config
-from mimkit.bench.pretrain_bench import time_steps
+from mimkit.bench.timing import time_steps
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 

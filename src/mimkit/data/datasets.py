@@ -149,8 +149,13 @@ def _align_labels(labels: torch.Tensor | None, own: list[str], reference: list[s
 
 
 def build_data(cfg: Any, log: Callable = print) -> DataBundle:
-    """Train set (nested `data.fraction` subset) and held-out set, as the config asks."""
+    """Train set (nested `data.fraction` subset) and held-out set, as the config asks. For data.name=webdataset
+    the train set is a ShardSet, streamed from tar shards (see data/webdataset.py)."""
     d = cfg.data
+    if d.name == "webdataset":
+        from mimkit.data.webdataset import build_webdataset
+
+        return build_webdataset(cfg, log)
     classes: list[str] = []
     skipped: list[str] = []
     heldout: ImageSet | None = None

@@ -12,6 +12,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps
@@ -48,8 +49,9 @@ def scan(root: str | Path) -> FolderIndex:
     return FolderIndex(files, labels, classes)
 
 
-def decode_image(path: Path, size: int, mode: str) -> np.ndarray | None:
-    """RGB or L uint8 array (size, size, C): resize the shorter side, centre crop. None when unreadable."""
+def decode_image(path: Path | IO[bytes], size: int, mode: str) -> np.ndarray | None:
+    """RGB or L uint8 array (size, size, C): resize the shorter side, centre crop. None when unreadable. `path` may
+    also be a binary file object (an image read out of a tar shard)."""
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
@@ -91,8 +93,9 @@ def _cache_key(index: FolderIndex, size: int, mode: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def cache_root() -> Path:
-    return Path(os.environ.get("MIMKIT_CACHE", "~/.cache/mimkit")).expanduser() / "decoded"
+def cache_root(kind: str = "decoded") -> Path:
+    """Where mimkit keeps what it derives from data sets ($MIMKIT_CACHE, else ~/.cache/mimkit), per kind."""
+    return Path(os.environ.get("MIMKIT_CACHE", "~/.cache/mimkit")).expanduser() / kind
 
 
 @dataclass

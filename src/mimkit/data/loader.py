@@ -57,19 +57,32 @@ class TrainStream:
         epoch, offset = divmod(index, self.batches_per_epoch)
         positions = self._epoch_order(epoch)[offset * self.micro_batch:(offset + 1) * self.micro_batch]
         images, ids = self.data.batch(positions)
-        epoch_keys = sample_keys(ids, epoch)
-        if self.pre_augment is not None:
-            images = self.pre_augment(images, epoch_keys)
-        non_blocking = self.device.type == "cuda"
-        if non_blocking:
-            images = images.pin_memory()
-        images = images.to(self.device, non_blocking=non_blocking)
-        keys = epoch_keys.to(self.device)
-        batch = {"images": self.augment(images, keys), "keys": keys, "ids": ids, "epoch": epoch}
-        if self.views == 2:  # a second, independently augmented view (contrastive methods)
-            batch["images2"] = self.augment(images, second_view_keys(keys))
+        batch = augmented_batch(images, ids, epoch, self.augment, self.device, self.pre_augment, self.views)
         if self.data.labels is not None:
-            batch["labels"] = self.data.labels[positions].to(self.device)
+            batch["labels"] = to_device(self.data.labels[positions], self.device)
         if self.data.targets is not None:
-            batch["targets"] = self.data.targets[positions].to(self.device)
+            batch["targets"] = to_device(self.data.targets[positions], self.device)
         return batch
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device`; on CUDA through pinned memory and a non-blocking copy, so the training loop never
+    waits for a transfer (a copy from pageable memory would synchronise)."""
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
+
+
+def augmented_batch(images: torch.Tensor, ids: torch.Tensor, epoch: int, augment: BatchAugment, device: torch.device,
+                    pre_augment=None, views: int = 1) -> dict[str, Any]:
+    """uint8 CPU images + sample ids -> the batch the methods train on: keyed by (id, epoch), copied to `device`
+    (pinned, asynchronously, on CUDA) and augmented there. Shared by every training stream."""
+    epoch_keys = sample_keys(ids, epoch)
+    if pre_augment is not None:
+        images = pre_augment(images, epoch_keys)
+    images = to_device(images, device)
+    keys = to_device(epoch_keys, device)
+    batch = {"images": augment(images, keys), "keys": keys, "ids": ids, "epoch": epoch}
+    if views == 2:  # a second, independently augmented view (contrastive methods)
+        batch["images2"] = augment(images, second_view_keys(keys))
+    return batch

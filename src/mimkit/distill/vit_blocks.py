@@ -19,12 +19,6 @@ def block_index(layer: int | None, depth: int, what: str) -> int:
     return layer - 1 if layer > 0 else depth + layer
 
 
-def run_blocks(vit: nn.Module, x: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-    for block in vit.blocks[start:stop]:
-        x = block(x)
-    return x
-
-
 def block_qkv(block: nn.Module, x: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v of a timm block for its input `x`, each (batch, heads, tokens, dim / heads). `heads` may differ from
     the block's own head count: the same projections, split differently (q/k norms are not applied then, since

@@ -11,7 +11,7 @@ import random
 import signal
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +53,17 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+COMPILE_BACKEND = "inductor"  # tests switch to "aot_eager": the same graph capture without code generation
+
+
+def compile_model(model: nn.Module, setting: bool | str, device: torch.device) -> nn.Module:
+    """train.compile: True compiles the training forward, 'auto' only on CUDA (on CPU compiling costs minutes
+    and was not faster in `mimkit bench`). The module and its state dict are shared with the eager one."""
+    if setting == "auto":
+        setting = device.type == "cuda"
+    return torch.compile(model, backend=COMPILE_BACKEND) if setting else model
+
+
 def step_seed(seed: int, step: int, rank: int) -> int:
     """Reseed the global RNG (dropout, drop-path) per step and rank: a resumed run draws what an unbroken one did."""
     return (seed * 1_000_003 + step * 9_973 + rank * 7) % (2**63 - 1)
@@ -74,8 +85,8 @@ class Engine:
         groups = method.param_groups(self.t.weight_decay)
         for group in groups:
             group["lr"] = self.t.lr * group.get("lr_scale", 1.0)
-        fused = env.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW(groups, lr=self.t.lr, betas=tuple(self.t.betas), fused=fused or None)
+        # fused AdamW (one kernel for all parameters, CPU and CUDA) also skips non-finite steps on the device
+        self.optimizer = torch.optim.AdamW(groups, lr=self.t.lr, betas=tuple(self.t.betas), fused=True)
         min_ratio = self.t.min_lr / self.t.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: warmup_cosine_factor(s, self.t.steps, self.t.warmup_steps, min_ratio))
@@ -85,6 +96,7 @@ class Engine:
             self.model = DistributedDataParallel(  # distillation may leave the student's last parts unused
                 self.method, device_ids=ids, find_unused_parameters=getattr(self.method, "find_unused_parameters",
                                                                             False))
+        self.forward_model = compile_model(self.model, self.t.compile, env.device)
         self.logger = MetricsLogger(run_dir, env.is_main, tensorboard=self.t.tensorboard)
         self.start_step = 0
         self.best: float | None = None
@@ -184,6 +196,9 @@ class Engine:
 
     # ------------------------------------------------------------------------------------------- the loop
     def fit(self) -> FitResult:
+        """Train from the resume point to train.steps. Steps run without waiting on the device: their losses,
+        gradient norms and non-finite flags stay on it until the next log, evaluation or checkpoint step, where
+        one transfer settles them all (`_settle`)."""
         t, env = self.t, self.env
         start = self.start_step = self.resume()
         previous_handlers = self._install_signals()
@@ -195,8 +210,8 @@ class Engine:
             last_eval = self.evaluate(0, 0)
         elif start >= t.steps and self.evaluators:  # killed after its last checkpoint: report the final numbers
             last_eval = self.recorded_eval(start) or self.evaluate(start, self.stream.epoch_of(start - 1))
-        interval_loss, interval_steps, interval_t0 = 0.0, 0, time.time()
-        interval_parts: dict[str, float] = {}
+        interval = _Interval(time.time())
+        pending: list[tuple[int, int, StepStats]] = []
         self.method.train()
         try:
             for step in range(start, t.steps):
@@ -205,55 +220,34 @@ class Engine:
                 np.random.seed(seed % 2**32)  # timm Mixup/CutMix draw from numpy
                 random.seed(seed)
                 epoch = self.stream.epoch_of(step)
-                loss_value, grad_norm = self._train_step(step)
-                finite = math.isfinite(grad_norm) and math.isfinite(loss_value)
                 done = step + 1
-                if finite:
-                    self.nonfinite = 0
-                    interval_loss += loss_value
-                    interval_steps += 1
-                    for key, value in self.loss_parts.items():
-                        interval_parts[key] = interval_parts.get(key, 0.0) + value
-                else:
-                    self.nonfinite += 1
-                    self.skipped_total += 1
-                    self.logger.log({"event": "nonfinite", "split": "train", "step": done, "epoch": epoch,
-                                     "loss": loss_value, "consecutive": self.nonfinite, "time": time.time()})
-                    if self.nonfinite >= t.max_nonfinite:
-                        last = ckpt.find_checkpoint(self.run_dir) if (self.ckpt_root / "last").exists() else None
-                        raise NonFiniteLossError(
-                            f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (last at step "
-                            f"{done}); stopping. Last good checkpoint: {last or 'none saved yet'}. Try a lower "
-                            "train.lr, train.clip_grad, or train.precision=fp32.")
-                lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak group's (layer decay)
-                if done % t.log_every == 0 or done == t.steps:
-                    part_keys = sorted(interval_parts)
-                    loss_sum, count, *part_sums = all_reduce_sum(
-                        [interval_loss, interval_steps, *(interval_parts[k] for k in part_keys)], env)
-                    count = count / env.world_size
-                    elapsed = time.time() - interval_t0
-                    steps_in_interval = max(1, done - max(start, done - t.log_every))
-                    img_per_s = steps_in_interval * t.batch_size / max(elapsed, 1e-9)
-                    mean_loss = loss_sum / env.world_size / max(count, 1)
-                    self.logger.log({"event": "train", "split": "train", "step": done, "epoch": epoch,
-                                     "loss": mean_loss, "lr": lr, "img_per_s": img_per_s, "grad_norm": grad_norm,
-                                     **{k: v / env.world_size / max(count, 1) for k, v in zip(part_keys, part_sums)},
-                                     "time": time.time()})
-                    progress.update(done, mean_loss, img_per_s, lr)
-                    interval_loss, interval_steps, interval_t0 = 0.0, 0, time.time()
-                    interval_parts = {}
+                pending.append((done, epoch, self._train_step(step)))
+                at_log = done % t.log_every == 0 or done == t.steps
+                at_eval = done % t.eval_every == 0 or done == t.steps
+                at_ckpt = done % t.ckpt_every == 0 or done == t.steps
+                # a signal is checked every step on one process (free) and on CPU; on GPUs with DDP only where the
+                # loop synchronises anyway, so no step waits on an all-reduce of the flag
+                check_signal = not env.enabled or env.device.type == "cpu" or at_log or at_eval or at_ckpt
+                stop = check_signal and broadcast_flag(self._signal is not None, env)
+                if at_log or at_eval or at_ckpt or stop:
+                    self._settle(pending, interval)
+                    pending = []
+                if at_log:
+                    self._log_interval(interval, done, epoch, start, progress)
+                    interval = _Interval(time.time())
                 saved = False
-                if done % t.eval_every == 0 or done == t.steps:
+                if at_eval:
                     last_eval = self.evaluate(done, epoch)
                     if self._is_better(last_eval):
                         self.save(done)
                         saved = True
                         if env.is_main:
                             ckpt.mark_best(self.ckpt_root, done)
-                if not saved and (done % t.ckpt_every == 0 or done == t.steps):
+                if not saved and at_ckpt:
                     self.save(done)
-                if broadcast_flag(self._signal is not None, env):
-                    if not saved and done % t.ckpt_every and done != t.steps:
+                    saved = True
+                if stop:
+                    if not saved:
                         self.save(done)
                     name = self._signal or "SIGTERM"
                     progress.message(f"{name}: checkpoint saved at step {done}; re-run the same command to "
@@ -266,30 +260,79 @@ class Engine:
                 signal.signal(sig, handler)
         return FitResult(t.steps, self.best, last_eval)
 
-    def _train_step(self, step: int) -> tuple[float, float]:
-        """Forward/backward over accum micro-batches, clip, optimizer step (skipped when non-finite)."""
+    def _settle(self, pending: list[tuple[int, int, "StepStats"]], interval: "_Interval") -> None:
+        """Bring the pending steps' numbers to the host in one transfer: add finite steps to the interval, log
+        each non-finite one (they were skipped on the device) and stop after train.max_nonfinite in a row."""
+        if not pending:
+            return
+        part_keys = sorted(pending[-1][2].parts)
+        rows = torch.stack([torch.stack([s.loss, s.grad_norm, s.finite.float(),
+                                         *(s.parts[k] for k in part_keys)]).float()
+                            for _, _, s in pending]).tolist()
+        for (done, epoch, _), (loss, grad_norm, finite, *parts) in zip(pending, rows):
+            if finite:
+                self.nonfinite = 0
+                interval.add(loss, grad_norm, dict(zip(part_keys, parts)))
+                continue
+            self.nonfinite += 1
+            self.skipped_total += 1
+            self.logger.log({"event": "nonfinite", "split": "train", "step": done, "epoch": epoch,
+                             "loss": loss, "consecutive": self.nonfinite, "time": time.time()})
+            if self.nonfinite >= self.t.max_nonfinite:
+                last = ckpt.find_checkpoint(self.run_dir) if (self.ckpt_root / "last").exists() else None
+                raise NonFiniteLossError(
+                    f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (last at step "
+                    f"{done}); stopping. Last good checkpoint: {last or 'none saved yet'}. Try a lower "
+                    "train.lr, train.clip_grad, or train.precision=fp32.")
+
+    def _log_interval(self, interval: "_Interval", done: int, epoch: int, start: int, progress: Progress) -> None:
+        env = self.env
+        lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak group's (layer decay)
+        part_keys = sorted(interval.parts)
+        loss_sum, count, *part_sums = all_reduce_sum(
+            [interval.loss, interval.steps, *(interval.parts[k] for k in part_keys)], env)
+        count = count / env.world_size
+        elapsed = time.time() - interval.t0
+        steps_in_interval = max(1, done - max(start, done - self.t.log_every))
+        img_per_s = steps_in_interval * self.t.batch_size / max(elapsed, 1e-9)
+        mean_loss = loss_sum / env.world_size / max(count, 1)
+        self.logger.log({"event": "train", "split": "train", "step": done, "epoch": epoch, "loss": mean_loss,
+                         "lr": lr, "img_per_s": img_per_s, "grad_norm": interval.grad_norm,
+                         **{k: v / env.world_size / max(count, 1) for k, v in zip(part_keys, part_sums)},
+                         "time": time.time()})
+        progress.update(done, mean_loss, img_per_s, lr)
+
+    def _train_step(self, step: int) -> "StepStats":
+        """Forward/backward over accum micro-batches, clip, optimizer step; a non-finite step is skipped on the
+        device (the fused AdamW's found_inf), so nothing here waits for the GPU."""
         t = self.t
-        total_loss = 0.0
-        self.loss_parts: dict[str, float] = {}
+        total_loss = torch.zeros((), device=self.env.device)
+        parts: dict[str, torch.Tensor] = {}
         for micro in range(t.accum_steps):
             batch = self.stream.get(step, micro)
             sync = micro == t.accum_steps - 1 or not self.env.enabled
             context = contextlib.nullcontext() if sync else self.model.no_sync()
             with context:
                 with self.autocast():
-                    out = self.model(batch)
+                    out = self.forward_model(batch)
                 loss = out["loss"]
                 self.scaler.scale(loss / t.accum_steps).backward()
-            total_loss += float(loss.detach()) / t.accum_steps
+            total_loss += loss.detach().float() / t.accum_steps
             for key, value in out.items():  # components such as cls_loss / loc_loss, logged beside the loss
                 if key.endswith("_loss"):
-                    self.loss_parts[key] = self.loss_parts.get(key, 0.0) + float(value.detach()) / t.accum_steps
+                    parts[key] = parts.get(key, 0.0) + value.detach().float() / t.accum_steps
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = t.clip_grad if t.clip_grad is not None else float("inf")
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
-        if math.isfinite(grad_norm) or self.scaler.is_enabled():
-            self.scaler.step(self.optimizer)  # with fp16 the scaler itself skips inf/nan steps
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).float()
+        loss_finite = torch.isfinite(total_loss)
+        if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself; an overflow is no failure
+            self.scaler.step(self.optimizer)
+            finite = loss_finite
+            grad_norm = torch.where(torch.isfinite(grad_norm), grad_norm, torch.zeros_like(grad_norm))
+        else:
+            finite = loss_finite & torch.isfinite(grad_norm)
+            skip_if_nonfinite_step(self.optimizer, finite)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         hook = getattr(self.method, "after_optimizer_step", None)
@@ -298,6 +341,43 @@ class Engine:
         with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()
-        if self.scaler.is_enabled() and not math.isfinite(grad_norm):
-            grad_norm = 0.0 if math.isfinite(total_loss) else grad_norm  # an fp16 overflow is not a failure
-        return total_loss, grad_norm
+        return StepStats(total_loss, grad_norm, finite, parts)
+
+
+@dataclass
+class StepStats:
+    """One optimizer step's numbers, still on the device."""
+    loss: torch.Tensor
+    grad_norm: torch.Tensor
+    finite: torch.Tensor  # bool: the step was applied
+    parts: dict[str, torch.Tensor]
+
+
+@dataclass
+class _Interval:
+    """Sums over the finite steps since the last train log."""
+    t0: float
+    loss: float = 0.0
+    steps: int = 0
+    grad_norm: float = 0.0  # the last finite step's
+    parts: dict[str, float] = field(default_factory=dict)
+
+    def add(self, loss: float, grad_norm: float, parts: dict[str, float]) -> None:
+        self.loss += loss
+        self.steps += 1
+        self.grad_norm = grad_norm
+        for key, value in parts.items():
+            self.parts[key] = self.parts.get(key, 0.0) + value
+
+
+def skip_if_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+    """optimizer.step() that leaves parameters and state untouched when `finite` is False. Fused AdamW reads the
+    decision on the device (its found_inf input, as GradScaler uses it); other optimizers need it on the host."""
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~finite).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(finite):
+        optimizer.step()

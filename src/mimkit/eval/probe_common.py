@@ -9,6 +9,7 @@ import torch
 
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.data.datasets import DataBundle, build_data
+from mimkit.data.webdataset import require_in_memory
 from mimkit.engine.distributed import pick_device
 from mimkit.eval.features import cached_features, frozen_encoder, weights_digest
 from mimkit.eval.sources import Source, adopt_source, resolve_source
@@ -31,6 +32,7 @@ def probe_setup(cfg: Config, run_dir: Path, log=print) -> ProbeSetup:
     if source.kind != "scratch":
         cfg = adopt_source(cfg, source)
     data = build_data(cfg, log)
+    require_in_memory(data, "linprobe and knn (features of every training image)")
     if data.train.labels is None or data.heldout.labels is None:
         raise ConfigError("linprobe and knn need labelled data (Fashion-MNIST or a class-folder tree)")
     num_classes = len(data.classes) if data.classes else int(data.train.labels.max()) + 1

@@ -13,8 +13,8 @@ from torch import nn
 from mimkit.data.keyed_random import sample_keys
 from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
-from mimkit.models.encoder import (grid_size, in_chans, init_mae_weights, init_patch_embed_like_linear,
-                                   patch_size, patchify, unpatchify)
+from mimkit.models.encoder import (checkpointed, grid_size, in_chans, init_mae_weights,
+                                   init_patch_embed_like_linear, patch_size, patchify, run_blocks, unpatchify)
 from mimkit.models.pos_embed import sincos_2d
 
 
@@ -100,7 +100,7 @@ class MAE(Method):
         cls = (enc.cls_token + enc.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         x = enc.norm_pre(x)
-        x = enc.blocks(x)
+        x = run_blocks(enc, x)
         return enc.norm(x), mask, ids_restore
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
@@ -111,8 +111,7 @@ class MAE(Method):
         tokens = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
         x = torch.cat([x[:, :1, :], tokens], dim=1) + self.decoder_pos_embed
-        for block in self.decoder_blocks:
-            x = block(x)
+        x = checkpointed(self.decoder_blocks, x, getattr(self.encoder, "grad_checkpointing", False))
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:, :]
 

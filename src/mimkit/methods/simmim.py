@@ -12,7 +12,7 @@ from mimkit.data.keyed_random import sample_keys
 from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
-from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size
+from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size, run_blocks
 from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 
 
@@ -50,7 +50,7 @@ class SimMIM(Method):
         enc = self.encoder
         if is_swin_encoder(enc):
             return swin_masked_features(enc, imgs, mask, self.mask_token)
-        x = enc.blocks(embed_tokens(enc, imgs, mask, self.mask_token))
+        x = run_blocks(enc, embed_tokens(enc, imgs, mask, self.mask_token))
         x = enc.norm(x)[:, enc.num_prefix_tokens:, :]
         b, length, dim = x.shape
         return x.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1])

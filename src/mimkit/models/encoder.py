@@ -7,6 +7,7 @@ from typing import Any
 import timm
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from mimkit.models.pos_embed import sincos_2d
 from mimkit.models.presets import resolve_model_spec, timm_kwargs
@@ -19,8 +20,10 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
     kwargs = {**timm_kwargs(cfg), "num_classes": num_classes}
     if spec.is_swin:  # SwinV2: no class token, average pooling, relative position bias (no absolute embedding)
-        return timm.create_model(spec.timm_name, pretrained=False, global_pool="avg",
+        swin = timm.create_model(spec.timm_name, pretrained=False, global_pool="avg",
                                  drop_path_rate=cfg.model.drop_path, **kwargs)
+        swin.set_grad_checkpointing(cfg.train.grad_checkpointing)
+        return swin
     encoder = timm.create_model(
         spec.timm_name,
         pretrained=False,
@@ -29,6 +32,8 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
         norm_layer=partial(nn.LayerNorm, eps=cfg.model.norm_eps),
         **kwargs,
     )
+    if cfg.train.grad_checkpointing:
+        encoder.set_grad_checkpointing(True)
     if fixed_sincos:
         grid = cfg.data.img_size // cfg.model.patch_size
         encoder.pos_embed.data.copy_(sincos_2d(encoder.embed_dim, grid, cls_token=True).unsqueeze(0))
@@ -47,6 +52,21 @@ def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None
     x = vit._pos_embed(x)
     x = vit.patch_drop(x)
     return vit.norm_pre(x)
+
+
+def run_blocks(vit: nn.Module, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
+    """Blocks `start:stop` of a timm ViT. With `vit.grad_checkpointing` (model.grad_checkpointing) each block's
+    activations are recomputed in the backward pass instead of stored: about one more forward of compute for
+    memory that no longer grows with depth."""
+    return checkpointed(vit.blocks[start:stop], x, getattr(vit, "grad_checkpointing", False))
+
+
+def checkpointed(blocks: Any, x: torch.Tensor, enabled: bool) -> torch.Tensor:
+    """Run `blocks` in order, each under activation checkpointing when `enabled` and gradients are on."""
+    use = enabled and torch.is_grad_enabled()
+    for block in blocks:
+        x = checkpoint(block, x, use_reentrant=False) if use else block(x)
+    return x
 
 
 def grid_size(encoder: nn.Module) -> tuple[int, int]:

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 import yaml
 
+from mimkit.bench.flops import count_flops
 from mimkit.config import Config, config_from_dict
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.metrics import read_metrics
@@ -30,8 +31,6 @@ def training_flops_per_image(cfg: Config) -> float:
 
 @lru_cache(maxsize=32)
 def _flops_cached(config_text: str) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
     from mimkit.data.keyed_random import sample_keys
     from mimkit.methods import build_method
 
@@ -43,13 +42,7 @@ def _flops_cached(config_text: str) -> float:
     batch = {"images": images, "keys": sample_keys(torch.arange(2), 0), "labels": torch.zeros(2, dtype=torch.long)}
     if cfg.method.name == "mocov3":
         batch["images2"] = images.flip(-1)
-    # The math attention kernel: the flop counter has no formula for the fused CPU kernels, which would drop q k^T
-    # and attn v from the count.
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-
-    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        method(batch)["loss"].backward()
-    return counter.get_total_flops() / 2
+    return count_flops(lambda: method(batch)["loss"].backward()) / 2
 
 
 def encoder_params(cfg: Config) -> int:

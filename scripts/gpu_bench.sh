@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The performance table on a lent GPU machine, from the repository root:
+#   bash scripts/gpu_bench.sh OUT_DIR
+# One `mimkit bench suite` (ViT-B/16 at 224 px, bf16: MAE, SimMIM, distillation, fine-tuning, with and without
+# torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
+# GPU-marked tests. Everything lands in OUT_DIR (bench-suite.json, bench-suite.txt, versions.txt).
+set -uo pipefail
+source "$(dirname "$0")/gpu_env.sh" "$@"
+{
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  $PY -c "import torch, timm, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'transformers', transformers.__version__)"
+} > "$OUT/versions.txt" 2>&1
+cat "$OUT/versions.txt"
+$PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} --out "$OUT/bench-suite.json" \
+  2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
+if $PY -c "import pytest" 2>/dev/null; then
+  $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"
+fi

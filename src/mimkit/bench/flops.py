@@ -1,0 +1,40 @@
+"""FLOPs of a training step and the device's measured matmul peak: the two halves of model-FLOPs utilisation."""
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+
+def count_flops(fn: Callable[[], None]) -> int:
+    """FLOPs `fn` executes (forward and backward when it calls .backward()), counted by torch.utils.flop_counter.
+    Attention runs the math kernel here: the counter has no formula for the fused CPU kernels, which would drop
+    q k^T and attn v from the count."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
+                      seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matmul in `dtype` on `device`: the practical peak MFU is measured against."""
+    size = size or (8192 if device.type == "cuda" else 1024)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
+    for _ in range(3):
+        a @ b
+    sync()
+    reps, elapsed = 0, 0.0
+    t0 = time.perf_counter()
+    while elapsed < seconds:
+        for _ in range(10):
+            a @ b
+        sync()
+        reps += 10
+        elapsed = time.perf_counter() - t0
+    return 2 * size**3 * reps / elapsed

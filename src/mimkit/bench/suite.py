@@ -1,0 +1,461 @@
+"""`mimkit bench suite`: the whole performance table in one process on one device. For each workload (MAE and
+SimMIM pretraining, TinyMIM-style distillation, fine-tuning, and a memory check) it times mimkit's own training step
+(the Engine's step: clipping norm, non-finite guard, fused AdamW; with and without torch.compile, on synthetic
+batches already on the device and on batches from mimkit's input pipeline) next to HuggingFace and plain timm
+implementations of the same shape, and reports img/s, model-FLOPs utilisation against a measured matmul peak,
+peak memory and the ratios the performance targets are stated in."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from mimkit.bench import references as refs
+from mimkit.bench.flops import count_flops, matmul_peak_flops
+from mimkit.bench.timing import sync, time_steps
+from mimkit.config import Config, ConfigError, load_config, resolved
+from mimkit.engine.atomic import atomic_write_text
+from mimkit.engine.distributed import DistEnv, pick_device
+from mimkit.engine.trainer import Engine, resolve_precision
+
+GROUPS = ("mae", "simmim", "distill", "finetune", "memory")
+
+# Shapes per preset: `tiny` is what this project's CPU tests and a laptop run; `vit-b16` the papers' ViT-B/16 at
+# 224 px (the GPU table); the memory check is MAE ViT-L/16 at batch 256.
+_COMMON = ["data.name=synthetic", "data.synthetic_size=512", "train.tensorboard=false", "train.log_every=1000000",
+           "train.eval_every=1000000", "train.ckpt_every=1000000", "train.steps=1000000", "train.warmup_steps=0"]
+PRESETS: dict[str, dict[str, list[str]]] = {
+    "tiny": {
+        "common": ["data.img_size=32", "data.in_chans=1", "model.name=mim_vit_pico", "train.batch_size=128"],
+        "mae": ["method.name=mae", "method.mask_ratio=0.75", "method.norm_pix=true"],
+        "simmim": ["method.name=simmim", "method.mask_type=simmim", "method.mask_patch_size=8",
+                   "method.mask_ratio=0.6"],
+        "distill": ["method.name=distill", "model.name=mim_vit_femto", "teacher=mim_vit_pico"],
+        "finetune": ["method.name=supervised", "model.num_classes=10", "method.mixup=0", "method.cutmix=0"],
+        "memory": ["method.name=mae", "model.name=mim_vit_nano"],
+    },
+    "vit-b16": {
+        "common": ["data.img_size=224", "data.in_chans=3", "data.decode_size=256", "model.name=vit_base_patch16_224",
+                   "model.decoder_dim=512", "model.decoder_depth=8", "model.decoder_heads=16",
+                   "train.batch_size=256"],
+        "mae": ["method.name=mae", "method.mask_ratio=0.75", "method.norm_pix=true"],
+        "simmim": ["method.name=simmim", "method.mask_type=simmim", "method.mask_patch_size=32",
+                   "method.mask_ratio=0.6"],
+        "distill": ["method.name=distill", "model.name=vit_small_patch16_224", "teacher=vit_base_patch16_224"],
+        "finetune": ["method.name=supervised", "model.num_classes=1000", "method.mixup=0", "method.cutmix=0"],
+        "memory": ["method.name=mae", "model.name=vit_large_patch16_224"],
+    },
+}
+
+
+@dataclass
+class Row:
+    group: str
+    impl: str
+    batch: int
+    img_per_s: float
+    step_ms: float
+    flops_per_img: float | None = None
+    mfu: float | None = None
+    peak_memory_gb: float | None = None
+    first_step_s: float | None = None  # includes compilation for compiled rows
+    note: str = ""
+    kind: str = "mimkit"
+    spread: list[float] = field(default_factory=list)  # slowest and fastest pass (img/s) when timed in rounds
+
+
+@dataclass
+class Timed:
+    """A ready-to-time training step and what to release afterwards."""
+    step: Callable[[], None]
+    flops_per_img: float | None
+    keep: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class Case:
+    impl: str
+    kind: str  # mimkit | pipeline (mimkit fed by its input pipeline) | loader (no model) | reference
+    build: Callable[[], Timed]
+    note: str = ""
+
+
+# ----------------------------------------------------------------------------------------------- configs
+def group_config(preset: str, group: str, device: str, batch: int | None = None) -> tuple[Config, Config | None]:
+    """The resolved config of one workload, and for distillation the teacher's."""
+    spec = PRESETS[preset]
+    overrides = [*_COMMON, *spec["common"], *spec[group], f"device={device}"]
+    teacher = next((o.split("=", 1)[1] for o in overrides if o.startswith("teacher=")), None)
+    overrides = [o for o in overrides if not o.startswith("teacher=")]
+    if batch:
+        overrides.append(f"train.batch_size={batch}")
+    cfg = resolved(load_config(None, overrides))
+    if teacher is None:
+        return cfg, None
+    return _with_teacher(cfg, teacher)
+
+
+def _with_teacher(cfg: Config, teacher: str) -> tuple[Config, Config]:
+    """TinyMIM's qk+vv setting with the teacher's architecture filled in (the teacher here is random: speed only)."""
+    from mimkit.methods.distill import relation_heads
+
+    plain = dataclasses.replace(cfg.model, name=teacher, embed_dim=None, depth=None, num_heads=None,
+                                patch_size=None, mlp_ratio=None)
+    t_cfg = resolved(dataclasses.replace(cfg, model=plain, method=dataclasses.replace(cfg.method, name="mae")))
+    m, t = cfg.model, t_cfg.model
+    rel = relation_heads("reshape_student", m.embed_dim, m.num_heads, t.embed_dim, t.num_heads)
+    dis = dataclasses.replace(cfg.distill, targets="qk+vv", head_match="reshape_student",
+                              teacher_embed_dim=t.embed_dim, teacher_num_heads=t.num_heads, teacher_depth=t.depth,
+                              teacher_relation_heads=t.num_heads, relation_heads=rel)
+    return dataclasses.replace(cfg, distill=dis), t_cfg
+
+
+def build_teacher(teacher_cfg: Config, device: torch.device) -> nn.Module:
+    from mimkit.models.encoder import create_encoder
+
+    return create_encoder(teacher_cfg, fixed_sincos=True).to(device).eval().requires_grad_(False)
+
+
+# ----------------------------------------------------------------------------------------------- timing
+class FixedBatchStream:
+    """A stream that hands out one batch already on the device (new sample keys each step, so masks change):
+    the training step alone, without the input pipeline."""
+
+    def __init__(self, cfg: Config, device: torch.device):
+        b, d = cfg.train.batch_size // cfg.train.accum_steps, cfg.data
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.images = torch.randn(b, d.in_chans, d.img_size, d.img_size, generator=gen).to(device)
+        self.labels = torch.randint(0, cfg.model.num_classes or 10, (b,), generator=gen).to(device)
+        self.keys = torch.arange(b, device=device)
+        self.batch = b
+
+    def get(self, step: int, micro: int) -> dict[str, Any]:
+        return {"images": self.images, "labels": self.labels, "keys": self.keys + step * self.batch}
+
+    def epoch_of(self, step: int) -> int:
+        return 0
+
+
+def _flops_per_image(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
+                     labels: torch.Tensor, params: list[nn.Parameter]) -> float:
+    n = 2
+    flops = count_flops(lambda: loss(images[:n], labels[:n]).backward())
+    for p in params:
+        p.grad = None
+    return flops / n
+
+
+def pipeline_stream(cfg: Config, env: DistEnv) -> Any:
+    """The TrainStream `mimkit pretrain` would train from (synthetic uint8 images at data.decode_size)."""
+    from mimkit.data.datasets import build_data
+    from mimkit.pretrain import build_stream
+
+    return build_stream(cfg, build_data(cfg, lambda *_: None), env)
+
+
+def loader_case(cfg: Config, device: torch.device) -> Timed:
+    """The input pipeline alone: one augmented micro-batch per call."""
+    stream = pipeline_stream(cfg, DistEnv(device=device))
+    counter = {"step": 0}
+
+    def step() -> None:
+        stream.get(counter["step"], 0)
+        counter["step"] += 1
+
+    return Timed(step, None, [stream])
+
+
+def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipeline: bool, run_dir: Path,
+                teacher: nn.Module | None = None) -> Timed:
+    """The Engine's own training step on this config (all accumulation micro-batches of one optimizer step)."""
+    from mimkit.methods import build_method
+
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, compile=compiled))
+    env = DistEnv(device=device)
+    torch.manual_seed(cfg.seed)
+    method = build_method(cfg)
+    if teacher is not None:
+        method.attach_teacher(teacher)
+    fixed = FixedBatchStream(cfg, device)
+    stream = pipeline_stream(cfg, env) if pipeline else fixed
+    method.to(device)
+    flops = _flops_per_image(lambda x, y: method({"images": x, "labels": y, "keys": fixed.keys[:len(x)]})["loss"],
+                             fixed.images, fixed.labels, list(method.parameters()))
+    engine = Engine(cfg, run_dir, method, env, stream, {})
+    counter = {"step": 0}
+
+    def step() -> None:
+        engine._train_step(counter["step"])
+        counter["step"] += 1
+
+    return Timed(step, flops, [engine, method])
+
+
+def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compiled: bool) -> Timed:
+    """A plain training step: autocast forward, backward, fused AdamW, zero grads."""
+    model = ref.model.to(device).train()
+    fixed = FixedBatchStream(cfg, device)
+    flops = _flops_per_image(lambda x, y: ref.loss(model, x, y), fixed.images, fixed.labels,
+                             list(model.parameters()))
+    runner = torch.compile(model) if compiled else model
+    amp = resolve_precision(cfg.train.precision, device)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+
+    def step() -> None:
+        ctx = torch.autocast(device.type, dtype=amp) if amp is not None else contextlib.nullcontext()
+        with ctx:
+            loss = ref.loss(runner, fixed.images, fixed.labels)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return Timed(step, flops, [model, opt])
+
+
+def _build_and_warm(case: Case, warmup: int, device: torch.device) -> tuple[Timed, float]:
+    """Build a case and run its untimed steps; returns it and the first step's seconds (compilation included)."""
+    timed = case.build()
+    t0 = time.perf_counter()
+    timed.step()
+    sync(device)
+    first = time.perf_counter() - t0
+    time_steps(timed.step, 0, max(0, warmup - 1), device)
+    return timed, first
+
+
+def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: int, rounds: int,
+               device: torch.device, peak: float) -> list[Row]:
+    """Time a workload's cases. rounds == 1: each case is built, timed and released in turn, so its peak memory is
+    its own (the GPU default). rounds > 1: all cases are built, then timed in `rounds` interleaved passes of
+    steps / rounds; a row's img/s is the median pass, so slow spells of a shared machine hit every implementation
+    alike (the CPU default)."""
+    rows: list[Row] = []
+
+    def row(case: Case, timed: Timed, first: float, speeds: list[float], memory: float | None) -> Row:
+        img_per_s = float(sorted(speeds)[len(speeds) // 2])
+        flops = timed.flops_per_img
+        return Row(group, case.impl, batch, img_per_s, 1000 * batch / img_per_s, flops,
+                   flops * img_per_s / peak if flops else None, memory, first, case.note, case.kind,
+                   [min(speeds), max(speeds)])
+
+    if rounds <= 1:
+        for case in cases:
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats(device)
+            timed, first = _build_and_warm(case, warmup, device)
+            speed = steps * batch / time_steps(timed.step, steps, 0, device)
+            memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            rows.append(row(case, timed, first, [speed], memory))
+            timed.keep.clear()
+            _release(device)
+        return rows
+    built = [(case, *_build_and_warm(case, warmup, device)) for case in cases]
+    chunk = max(1, steps // rounds)
+    speeds: dict[str, list[float]] = {case.impl: [] for case in cases}
+    for _ in range(rounds):
+        for case, timed, _first in built:
+            speeds[case.impl].append(chunk * batch / time_steps(timed.step, chunk, 0, device))
+    rows = [row(case, timed, first, speeds[case.impl], None) for case, timed, first in built]
+    for _, timed, _ in built:
+        timed.keep.clear()
+    _release(device)
+    return rows
+
+
+def _release(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ----------------------------------------------------------------------------------------------- the suite
+def suite_cases(preset: str, group: str, device: torch.device, compile_rows: bool, run_dir: Path,
+                batch: int | None = None) -> tuple[int, list[Case]]:
+    """(batch, cases) of one workload: mimkit's rows first, then the references."""
+    cfg, teacher_cfg = group_config(preset, group, device.type, batch)
+    teacher = build_teacher(teacher_cfg, device) if teacher_cfg is not None else None
+    note = f"teacher {teacher_cfg.model.name} (frozen, random), qk+vv" if teacher_cfg is not None else ""
+
+    def mine(compiled: bool, pipeline: bool = False, config: Config = cfg) -> Callable[[], Timed]:
+        return lambda: mimkit_case(config, device, compiled, pipeline, run_dir, teacher)
+
+    def other(build: Callable[[], refs.Reference], compiled: bool = False) -> Callable[[], Timed]:
+        return lambda: reference_case(build(), cfg, device, compiled)
+
+    cases = [Case("mimkit", "mimkit", mine(False), note)]
+    if compile_rows and group != "memory":
+        cases.append(Case("mimkit compiled", "mimkit", mine(True), note))
+    if group == "mae":
+        cases += [Case("mimkit + input pipeline", "pipeline", mine(compile_rows, True),
+                       "uint8 images -> batched crop/flip/normalise on the device"),
+                  Case("input pipeline alone", "loader", lambda: loader_case(cfg, device), "no model"),
+                  Case("HF ViTMAEForPreTraining", "reference", other(lambda: _hf(refs.hf_mae, cfg))),
+                  Case("official-style (timm Blocks)", "reference", other(lambda: refs.official_mae(cfg)))]
+        if compile_rows:
+            cases.append(Case("official-style compiled", "reference", other(lambda: refs.official_mae(cfg), True)))
+    elif group == "simmim":
+        cases += [Case("HF ViTForMaskedImageModeling", "reference", other(lambda: _hf(refs.hf_simmim, cfg))),
+                  Case("official-style (timm ViT)", "reference", other(lambda: refs.official_simmim(cfg)))]
+    elif group == "distill":
+        cases.append(Case("plain timm", "reference", other(lambda: refs.plain_distill(cfg, teacher)), note))
+    elif group == "finetune":
+        cases += [Case("HF ViTForImageClassification", "reference", other(lambda: _hf(refs.hf_classifier, cfg))),
+                  Case("timm", "reference", other(lambda: refs.timm_classifier(cfg)))]
+    elif group == "memory":
+        ckpt = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_checkpointing=True))
+        cases.append(Case("mimkit + activation checkpointing", "mimkit", mine(False, config=ckpt),
+                          "train.grad_checkpointing=true"))
+    return cfg.train.batch_size, cases
+
+
+def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Reference:
+    try:
+        return builder(cfg)
+    except ImportError as err:
+        raise RuntimeError("the HuggingFace rows need transformers (pip install transformers)") from err
+
+
+def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, warmup: int = 3,
+              groups: list[str] | None = None, compile_rows: bool | None = None, batch: int | None = None,
+              rounds: int | None = None,
+              out: str | Path | None = "bench-suite.json", log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Time every workload of `preset` side by side; returns (and writes) the table, ratios and targets."""
+    dev = pick_device(device)
+    preset = preset or ("vit-b16" if dev.type == "cuda" else "tiny")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown bench preset '{preset}' ({', '.join(PRESETS)})")
+    unknown = set(groups or []) - set(GROUPS)
+    if unknown:
+        raise ConfigError(f"unknown bench group(s) {sorted(unknown)}: choose from {', '.join(GROUPS)}")
+    compile_rows = dev.type == "cuda" if compile_rows is None else compile_rows
+    rounds = rounds or (1 if dev.type == "cuda" else 5)
+    load = os.getloadavg()[0]
+    if load > 0.5 * (os.cpu_count() or 1):
+        log(f"[bench] warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores); other "
+            "processes competing for the cores make CPU numbers noisy, ratios too")
+    amp = resolve_precision("auto", dev)
+    peak_dtype = amp or torch.float32
+    peak = matmul_peak_flops(dev, peak_dtype)
+    log(f"[bench] {device_name(dev)}: {peak_dtype} matmul peak {peak / 1e12:.1f} TFLOP/s")
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="mimkit-bench-") as tmp:
+        for group in groups or list(GROUPS):
+            group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch)
+            n_steps, n_rounds = (min(steps, 3), 1) if group == "memory" else (steps, rounds)
+            for row in time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak):
+                rows.append(row)
+                log(f"[bench] {group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
+                    + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
+                    + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else ""))
+    result = {"preset": preset, "device": device_name(dev), "versions": _versions(),
+              "date": time.strftime("%Y-%m-%d"), "precision": str(amp or "fp32"), "threads": torch.get_num_threads(),
+              "load_average": load, "steps": steps, "rounds": rounds, "warmup": warmup, "peak_flops": peak,
+              "peak_dtype": str(peak_dtype),
+              "rows": [dataclasses.asdict(r) for r in rows]}
+    result["ratios"] = ratios(rows)
+    result["targets"] = targets(result["ratios"], rows, dev.type)
+    if out:
+        atomic_write_text(out, json.dumps(result, indent=1))
+        result["written_to"] = str(out)
+    return result
+
+
+def _best(rows: list[Row], group: str, kind: str = "mimkit") -> Row | None:
+    found = [r for r in rows if r.group == group and r.kind == kind]
+    return max(found, key=lambda r: r.img_per_s) if found else None
+
+
+def ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
+    """Per workload: mimkit's fastest synthetic-batch row (and its input-pipeline row) over each reference."""
+    out: dict[str, dict[str, float]] = {}
+    for group in dict.fromkeys(r.group for r in rows):
+        entry = {}
+        for kind, label in (("mimkit", "mimkit"), ("pipeline", "mimkit + input pipeline")):
+            mine = _best(rows, group, kind)
+            for ref in (r for r in rows if r.group == group and r.kind == "reference"):
+                if mine is not None:
+                    entry[f"{label} / {ref.impl}"] = mine.img_per_s / ref.img_per_s
+        if entry:
+            out[group] = entry
+    return out
+
+
+def targets(ratio: dict[str, dict[str, float]], rows: list[Row], device_type: str) -> list[dict[str, Any]]:
+    """The performance issue's targets, checked against this run (GPU targets on CUDA, the CPU one elsewhere)."""
+    wanted: list[tuple[str, str, float]] = []
+    if device_type == "cuda":
+        wanted = [("mae", "mimkit / HF ViTMAEForPreTraining", 2.0),
+                  ("mae", "mimkit / official-style compiled", 1.4),
+                  ("mae", "mimkit + input pipeline / HF ViTMAEForPreTraining", 2.0),
+                  ("simmim", "mimkit / HF ViTForMaskedImageModeling", 1.5)]
+    else:
+        wanted = [("mae", "mimkit / HF ViTMAEForPreTraining", 1.2),
+                  ("simmim", "mimkit / HF ViTForMaskedImageModeling", 1.2)]
+    out = []
+    for group, key, need in wanted:
+        got = ratio.get(group, {}).get(key)
+        if got is not None:
+            out.append({"what": f"{group}: {key}", "need": need, "got": got, "met": got >= need})
+    mae = _best(rows, "mae")
+    if device_type == "cuda" and mae is not None and mae.mfu is not None:
+        out.append({"what": "mae: mimkit model-FLOPs utilisation", "need": 0.5, "got": mae.mfu,
+                    "met": mae.mfu >= 0.5})
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.getdevice_name(device)
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    versions = {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
+    if torch.version.cuda:
+        versions["cuda"] = torch.version.cuda
+    try:
+        import transformers
+
+        versions["transformers"] = transformers.__version__
+    except ImportError:
+        pass
+    return versions
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The suite as a plain-text table (what the CLI prints; rich draws it when installed)."""
+    header = ["workload", "implementation", "batch", "img/s", "ms/step", "GFLOP/img", "MFU", "peak GB", "1st step s"]
+    lines = [header]
+    for r in result["rows"]:
+        lines.append([r["group"], r["impl"], str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['step_ms']:.1f}",
+                      f"{r['flops_per_img'] / 1e9:.2f}" if r["flops_per_img"] else "-",
+                      f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-",
+                      f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-",
+                      f"{r['first_step_s']:.1f}"])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
+                                                                       result["versions"].items())]
+    for i, line in enumerate(lines):
+        text.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in
+                              enumerate(zip(line, widths))))
+        if i == 0:
+            text.append("  ".join("-" * w for w in widths))
+    for group, entry in result["ratios"].items():
+        text.append(f"{group}: " + ", ".join(f"{k} {v:.2f}x" for k, v in entry.items()))
+    for t in result["targets"]:
+        text.append(f"target {t['what']} >= {t['need']}: {t['got']:.2f} {'MET' if t['met'] else 'NOT MET'}")
+    return "\n".join(text)

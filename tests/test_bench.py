@@ -1,0 +1,80 @@
+"""`mimkit bench suite`: every workload's rows side by side, FLOPs that agree between implementations of the same
+shape (so the references really are the same model), ratios and targets computed from the measured rows."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from mimkit.bench.suite import format_table, run_suite
+
+pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench") / "suite.json"
+    result = run_suite("tiny", "cpu", steps=2, warmup=1, batch=4, rounds=2, out=out, log=lambda *_: None)
+    return result, json.loads(out.read_text())
+
+
+def _rows(result):
+    return {(r["group"], r["impl"]): r for r in result["rows"]}
+
+
+def test_suite_times_every_workload_against_its_references(suite):
+    result, written = suite
+    assert written["rows"] == result["rows"] and written["device"] and written["versions"]["torch"]
+    assert set(_rows(result)) == {
+        ("mae", "mimkit"), ("mae", "mimkit + input pipeline"), ("mae", "input pipeline alone"),
+        ("mae", "HF ViTMAEForPreTraining"), ("mae", "official-style (timm Blocks)"),
+        ("simmim", "mimkit"), ("simmim", "HF ViTForMaskedImageModeling"), ("simmim", "official-style (timm ViT)"),
+        ("distill", "mimkit"), ("distill", "plain timm"),
+        ("finetune", "mimkit"), ("finetune", "HF ViTForImageClassification"), ("finetune", "timm"),
+        ("memory", "mimkit"), ("memory", "mimkit + activation checkpointing")}
+    for row in result["rows"]:
+        assert row["img_per_s"] > 0 and row["batch"] == 4
+        assert row["img_per_s"] == pytest.approx(1000 * 4 / row["step_ms"])
+        if row["group"] != "memory":  # timed in two interleaved passes, the median (of two: the faster) reported
+            slow, fast = row["spread"]
+            assert slow <= row["img_per_s"] <= fast
+        if row["flops_per_img"]:
+            assert row["mfu"] == pytest.approx(row["flops_per_img"] * row["img_per_s"] / result["peak_flops"])
+
+
+def test_same_shape_means_same_flops(suite):
+    """The HF and official-style references are built to the mimkit config's shape: their counted FLOPs match."""
+    rows = _rows(suite[0])
+    flops = lambda group, impl: rows[(group, impl)]["flops_per_img"]  # noqa: E731
+    assert flops("mae", "HF ViTMAEForPreTraining") == pytest.approx(flops("mae", "mimkit"), rel=1e-3)
+    assert flops("mae", "official-style (timm Blocks)") == pytest.approx(flops("mae", "mimkit"), rel=1e-3)
+    assert flops("simmim", "official-style (timm ViT)") == pytest.approx(flops("simmim", "mimkit"), rel=1e-3)
+    assert flops("simmim", "HF ViTForMaskedImageModeling") == pytest.approx(flops("simmim", "mimkit"), rel=0.02)
+    assert flops("finetune", "timm") == pytest.approx(flops("finetune", "mimkit"), rel=1e-3)
+    # checkpointing recomputes the forward: about one more forward pass (a third of forward + backward)
+    ratio = flops("memory", "mimkit + activation checkpointing") / flops("memory", "mimkit")
+    assert 1.15 < ratio < 1.45
+
+
+def test_ratios_and_targets_come_from_the_rows(suite):
+    result = suite[0]
+    rows = _rows(result)
+    speed = lambda group, impl: rows[(group, impl)]["img_per_s"]  # noqa: E731
+    mae = result["ratios"]["mae"]
+    assert mae["mimkit / HF ViTMAEForPreTraining"] == pytest.approx(
+        speed("mae", "mimkit") / speed("mae", "HF ViTMAEForPreTraining"))
+    assert mae["mimkit + input pipeline / HF ViTMAEForPreTraining"] == pytest.approx(
+        speed("mae", "mimkit + input pipeline") / speed("mae", "HF ViTMAEForPreTraining"))
+    assert not any("input pipeline alone" in key for key in mae)  # the loader row is no reference
+    assert "memory" not in result["ratios"]
+    cpu_targets = {t["what"]: t for t in result["targets"]}
+    target = cpu_targets["mae: mimkit / HF ViTMAEForPreTraining"]
+    assert target["need"] == 1.2 and target["met"] == (target["got"] >= 1.2)
+    table = format_table(result)
+    assert "official-style (timm Blocks)" in table and "MFU" in table and "target mae" in table
+
+
+def test_suite_rejects_an_unknown_workload():
+    proc = run_cli("bench", "suite", "--only", "mae,nonsense", "--device", "cpu")
+    assert proc.returncode == 2 and "nonsense" in proc.stderr

@@ -1,0 +1,156 @@
+"""The fast path of the training loop: no host synchronisation inside the step loop, non-finite steps skipped on
+the device, activation checkpointing (same gradients, blocks recomputed), the torch.compile switch."""
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+import torch
+
+from conftest import tiny_config, tiny_engine
+from mimkit.config import ConfigError, resolved
+from mimkit.engine import trainer
+from mimkit.methods import build_method
+
+HOST_READS = ("item", "tolist", "__float__", "__int__", "__bool__")
+HOST_SIDE = os.path.join("torch", "utils", "data", "distributed.py")
+
+
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_no_host_sync_inside_the_step_loop(tmp_path, monkeypatch, method):
+    """Every step reads nothing back from the device; only the log/eval/checkpoint steps do (once each). On CPU every
+    tensor is a host tensor, so the sampler's epoch permutation (host-side by construction) is not counted."""
+    engine, _ = tiny_engine(tmp_path, f"method.name={method}", "train.steps=8", "train.log_every=4",
+                            "train.eval_every=100", "train.ckpt_every=100", "train.clip_grad=1.0")
+    reads = {"n": 0}
+    for name in HOST_READS:
+        original = getattr(torch.Tensor, name)
+
+        def counting(self, *args, _original=original, **kwargs):
+            if not sys._getframe(1).f_code.co_filename.endswith(HOST_SIDE):
+                reads["n"] += 1
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counting)
+    in_steps = []
+    original_step = engine._train_step
+
+    def step(index):
+        before = reads["n"]
+        stats = original_step(index)
+        in_steps.append(reads["n"] - before)
+        return stats
+
+    settles = []
+    original_settle = engine._settle
+    monkeypatch.setattr(engine, "_train_step", step)
+    monkeypatch.setattr(engine, "_settle", lambda pending, interval: (settles.append(len(pending)),
+                                                                      original_settle(pending, interval)))
+    engine.fit()
+    assert in_steps == [0] * 8
+    assert settles == [4, 4]  # one transfer per log interval (steps 4 and 8)
+
+
+def test_nonfinite_step_is_skipped_on_the_device():
+    p = torch.nn.Parameter(torch.ones(3))
+    opt = torch.optim.AdamW([p], lr=0.1, fused=True)
+    p.grad = torch.ones(3)
+    trainer.skip_if_nonfinite_step(opt, torch.tensor(False))
+    assert torch.equal(p.detach(), torch.ones(3))
+    trainer.skip_if_nonfinite_step(opt, torch.tensor(True))
+    assert (p.detach() < 1).all() and float(opt.state[p]["step"]) == 1.0
+    moved = p.detach().clone()
+    trainer.skip_if_nonfinite_step(opt, torch.tensor(False))
+    assert torch.equal(p.detach(), moved) and float(opt.state[p]["step"]) == 1.0
+
+
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_activation_checkpointing_same_gradients_blocks_recomputed(method):
+    grads, calls = {}, {}
+    for flag in (False, True):
+        cfg = resolved(tiny_config(f"method.name={method}", f"train.grad_checkpointing={str(flag).lower()}"))
+        torch.manual_seed(0)
+        model = build_method(cfg).train()
+        count = {"n": 0}
+        model.encoder.blocks[0].register_forward_pre_hook(lambda *_: count.__setitem__("n", count["n"] + 1))
+        batch = {"images": torch.randn(4, 1, 16, 16), "keys": torch.arange(4)}
+        model(batch)["loss"].backward()
+        grads[flag] = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        calls[flag] = count["n"]
+    assert calls == {False: 1, True: 2}  # the checkpointed block runs again in the backward pass
+    assert grads[False].keys() == grads[True].keys()
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_compiled_training_matches_eager(tmp_path, monkeypatch):
+    """train.compile=true trains through torch.compile (graph capture checked with the aot_eager backend, which
+    skips code generation) and ends where the eager run ends."""
+    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")
+    weights = {}
+    for flag in ("false", "true"):
+        engine, method = tiny_engine(tmp_path / flag, f"train.compile={flag}", "train.steps=3",
+                                     "train.eval_every=100", "train.ckpt_every=100")
+        assert (engine.forward_model is not engine.model) == (flag == "true")
+        engine.fit()
+        weights[flag] = {k: v.detach().clone() for k, v in method.state_dict().items()}
+    for key, value in weights["false"].items():
+        torch.testing.assert_close(weights["true"][key], value, rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_compile_setting_is_checked():
+    with pytest.raises(ConfigError, match="train.compile"):
+        resolved(tiny_config("train.compile=maybe"))
+    assert trainer.compile_model(torch.nn.Linear(2, 2), "auto", torch.device("cpu")).__class__ is torch.nn.Linear
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("method", ["mae", "simmim"])
+def test_cuda_step_loop_never_synchronises(tmp_path, method):
+    """torch's sync debug mode turns any device-to-host wait inside a training step into an error."""
+    engine, _ = tiny_engine(tmp_path, "device=cuda", f"method.name={method}", "train.precision=bf16",
+                            "train.clip_grad=1.0", "train.steps=6", "train.log_every=3")
+    engine._train_step(0)  # first step: lazy optimizer state and cuBLAS handles
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(1, 4):
+            engine._train_step(step)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+def test_cuda_compiled_and_checkpointed_training_runs(tmp_path):
+    for extra in (["train.compile=true"], ["train.grad_checkpointing=true"]):
+        engine, method = tiny_engine(tmp_path / extra[0], "device=cuda", "train.steps=4", *extra)
+        engine.fit()
+        assert all(torch.isfinite(p).all() for p in method.parameters())
+
+
+def test_checkpointing_keeps_fewer_activations_which_grow_with_the_batch():
+    from mimkit.bench.memory import saved_activation_bytes
+
+    saved = {}
+    for flag in (False, True):
+        cfg = resolved(tiny_config("method.name=mae", f"train.grad_checkpointing={str(flag).lower()}",
+                                   "model.name=mim_vit_pico"))
+        model = build_method(cfg).train()
+        for batch in (4, 8):
+            inputs = {"images": torch.randn(batch, 1, 16, 16), "keys": torch.arange(batch)}
+            saved[flag, batch] = saved_activation_bytes(lambda: model(inputs)["loss"], exclude=model)
+    assert saved[False, 8] == pytest.approx(2 * saved[False, 4], rel=0.1)
+    assert saved[True, 4] < 0.5 * saved[False, 4]  # only block inputs are kept through 6 checkpointed blocks
+
+
+def test_bench_memory_estimates_a_config(capsys):
+    from mimkit.cli import main
+
+    assert main(["bench", "memory", "--config", "mae_fmnist_tiny", "--batch", "64", "--set", "device=cpu"]) == 0
+    out = capsys.readouterr().out
+    est = __import__("json").loads(out[:out.rindex("}") + 1])
+    assert est["batch"] == 64 and est["precision"] == "bf16"
+    assert est["total_gb"] == pytest.approx(est["state_gb"] + est["fixed_saved_gb"]
+                                            + 64 * est["activations_gb_per_image"])
+    assert "GB" in out.splitlines()[-1]

@@ -112,6 +112,41 @@ def test_randaugment_is_keyed_per_image():
     assert a.shape == images.shape and a.dtype == torch.uint8
 
 
+def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
+    """Two persistent workers give the in-process result; a fine-tuning stream with them hands out the same
+    batches, the next one already started, and a jump (resume) still gets the right batch."""
+    import numpy as np
+
+    from mimkit.config import resolved
+    from mimkit.data.datasets import build_data
+    from mimkit.data.transforms import RandAugmentBatch
+    from mimkit.engine.distributed import DistEnv
+    from mimkit.pretrain import build_stream
+
+    images = (torch.rand(7, 3, 16, 16) * 255).to(torch.uint8)
+    keys = torch.arange(7) * 13
+    pooled = RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5, 0.4, 0.3], workers=2)
+    np_state = np.random.get_state()[1].copy()
+    try:
+        assert torch.equal(pooled(images, keys), RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5, 0.4, 0.3])(images, keys))
+        assert (np.random.get_state()[1] == np_state).all()  # the in-process path leaves numpy's RNG alone
+    finally:
+        pooled.close()
+    streams = {}
+    for workers in (0, 2):
+        cfg = resolved(tiny_config("method.name=supervised", "method.randaug=rand-m9-mstd0.5-inc1",
+                                   f"data.num_workers={workers}", "model.num_classes=10"))
+        streams[workers] = build_stream(cfg, build_data(cfg, lambda *_: None), DistEnv())
+    fast = streams[2]
+    try:
+        for step in (0, 1, 2, 6, 7):
+            expected, got = streams[0].get(step, 0), fast.get(step, 0)
+            assert torch.equal(got["images"], expected["images"]) and torch.equal(got["labels"], expected["labels"])
+            assert list(fast._pending) == [step + 1]  # the next micro-batch is already in the workers
+    finally:
+        fast.pre_augment.close()
+
+
 def test_mismatched_checkpoint_names_the_keys(tmp_path, mae_run):
     cfg = resolved(tiny_config("model.name=mim_vit_pico"))
     from mimkit.models.encoder import create_encoder

@@ -39,7 +39,7 @@ class DataConfig:
     hflip: bool = True
     mean: list[float] | None = None  # None: per data set (ImageNet stats for folders)
     std: list[float] | None = None
-    num_workers: int = 0  # decode workers for folder data (webdataset: persistent decode processes)
+    num_workers: int = 0  # worker processes: folder decoding, webdataset decoding, RandAugment (persistent)
     shuffle_buffer: int = 1000  # webdataset: samples in each process's shuffle buffer
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)

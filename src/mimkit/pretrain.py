@@ -43,7 +43,7 @@ def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream | S
                          f" x processes ({env.world_size})")
     augment = make_augment(cfg)
     micro = t.batch_size // (t.accum_steps * env.world_size)
-    pre = RandAugmentBatch(cfg.method.randaug, d.mean) if cfg.method.randaug else None
+    pre = RandAugmentBatch(cfg.method.randaug, d.mean, d.num_workers) if cfg.method.randaug else None
     stream = ShardStream if isinstance(data.train, ShardSet) else TrainStream  # webdataset: streamed from shards
     return stream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
                   pre_augment=pre, views=2 if cfg.method.name == "mocov3" else 1)

@@ -36,6 +36,7 @@ class TrainStream:
                               "data.fraction")
         self._epoch = -1
         self._order: torch.Tensor | None = None
+        self._pending: dict[int, Any] = {}  # micro-batch index -> RandAugment already started in the workers
 
     @property
     def images_per_epoch(self) -> int:
@@ -51,13 +52,33 @@ class TrainStream:
             self._epoch = epoch
         return self._order
 
-    def get(self, step: int, micro: int) -> dict[str, Any]:
-        """The augmented micro-batch `micro` of optimizer step `step` for this process."""
-        index = step * self.accum_steps + micro
+    def _host_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+        """uint8 images, ids, epoch and positions of micro-batch `index` (global count) of this process."""
         epoch, offset = divmod(index, self.batches_per_epoch)
         positions = self._epoch_order(epoch)[offset * self.micro_batch:(offset + 1) * self.micro_batch]
         images, ids = self.data.batch(positions)
-        batch = augmented_batch(images, ids, epoch, self.augment, self.device, self.pre_augment, self.views)
+        return images, ids, epoch, positions
+
+    def _pre_augmented(self, index: int, images: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
+        """RandAugment of this micro-batch. With worker processes the next micro-batch is started before this one is
+        waited for, so the workers run while the device trains."""
+        pre = self.pre_augment
+        handle = self._pending.pop(index, None)
+        self._pending.clear()  # a jump (resume) leaves nothing stale behind
+        if handle is None:
+            handle = pre.submit(images, sample_keys(ids, epoch))
+        if getattr(pre, "pool", None) is not None:
+            next_images, next_ids, next_epoch, _ = self._host_batch(index + 1)
+            self._pending[index + 1] = pre.submit(next_images, sample_keys(next_ids, next_epoch))
+        return pre.collect(handle)
+
+    def get(self, step: int, micro: int) -> dict[str, Any]:
+        """The augmented micro-batch `micro` of optimizer step `step` for this process."""
+        index = step * self.accum_steps + micro
+        images, ids, epoch, positions = self._host_batch(index)
+        if self.pre_augment is not None:
+            images = self._pre_augmented(index, images, ids, epoch)
+        batch = augmented_batch(images, ids, epoch, self.augment, self.device, None, self.views)
         if self.data.labels is not None:
             batch["labels"] = to_device(self.data.labels[positions], self.device)
         if self.data.targets is not None:

@@ -12,20 +12,16 @@ described in docs/webdataset.md.
 """
 from __future__ import annotations
 
-import ctypes
 import glob
 import hashlib
 import io
 import itertools
-import multiprocessing
 import os
 import posixpath
 import re
-import signal
-import sys
 import tarfile
 import weakref
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -38,6 +34,7 @@ from mimkit.data import fashion_mnist, folder
 from mimkit.data.datasets import DataBundle, ImageSet
 from mimkit.data.loader import augmented_batch, to_device
 from mimkit.data.transforms import BatchAugment
+from mimkit.data.workers import start_pool, stop_pool
 from mimkit.engine.atomic import atomic_write_bytes
 
 IMAGE_EXTENSIONS = {ext.lstrip(".") for ext in folder.EXTENSIONS}
@@ -219,34 +216,6 @@ def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.nd
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def _worker_init(parent: int) -> None:
-    """Decode workers leave Ctrl-C and SIGTERM (sent to the whole process group) to the trainer, which
-    checkpoints and then closes them, and they die with their parent even when it is killed outright: no
-    orphans."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        except (OSError, AttributeError):
-            pass
-    if os.getppid() != parent:  # the parent died before prctl took effect
-        os._exit(0)
-
-
-def start_pool(workers: int) -> ProcessPoolExecutor | None:
-    """`workers` persistent decode processes (forked on Linux: nothing to re-import), None for 0."""
-    if workers <= 0:
-        return None
-    method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init,
-                               initargs=(os.getpid(),))
-
-
-def _stop_pool(pool: Executor) -> None:
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
 def decode_many(members: Sequence[Member], size: int, channels: int, workers: int = 0) -> tuple[np.ndarray,
                                                                                              np.ndarray]:
     """decode_members over a temporary pool of `workers` processes (held-out shards, fixed train subsets)."""
@@ -257,7 +226,7 @@ def decode_many(members: Sequence[Member], size: int, channels: int, workers: in
         futures = [pool.submit(decode_members, chunk, size, channels) for chunk in _chunks(members, 4 * workers)]
         return _join([f.result() for f in futures])
     finally:
-        _stop_pool(pool)
+        stop_pool(pool)
 
 
 def _member_name(path: str, offset: int) -> str:
@@ -381,7 +350,7 @@ class ShardStream:
         self._orders: dict[int, np.ndarray] = {}
         self._pending: dict[int, list[Future]] = {}
         self._pool = start_pool(data.num_workers)
-        self._finalizer = weakref.finalize(self, _stop_pool, self._pool) if self._pool is not None else None
+        self._finalizer = weakref.finalize(self, stop_pool, self._pool) if self._pool is not None else None
 
     @property
     def images_per_epoch(self) -> int:

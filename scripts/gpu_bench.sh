@@ -4,6 +4,7 @@
 # One `mimkit bench suite` (ViT-B/16 at 224 px, bf16: MAE, SimMIM, distillation, fine-tuning, with and without
 # torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
 # GPU-marked tests. Everything lands in OUT_DIR (bench-suite.json, bench-suite.txt, versions.txt).
+# EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
 {
@@ -12,7 +13,7 @@ source "$(dirname "$0")/gpu_env.sh" "$@"
 } > "$OUT/versions.txt" 2>&1
 cat "$OUT/versions.txt"
 $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} --out "$OUT/bench-suite.json" \
-  2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
-if $PY -c "import pytest" 2>/dev/null; then
+  ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
+if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"
 fi

@@ -75,6 +75,17 @@ def test_ratios_and_targets_come_from_the_rows(suite):
     assert "official-style (timm Blocks)" in table and "MFU" in table and "target mae" in table
 
 
+def test_compile_modes_add_mimkit_rows(tmp_path):
+    import torch
+
+    from mimkit.bench.suite import suite_cases
+
+    _, cases = suite_cases("tiny", "simmim", torch.device("cpu"), False, tmp_path, 4, ("reduce-overhead",))
+    assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", "mimkit compiled (reduce-overhead)"]
+    _, cases = suite_cases("tiny", "finetune", torch.device("cpu"), True, tmp_path, 4, ("reduce-overhead",))
+    assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", "mimkit compiled"]
+
+
 def test_suite_rejects_an_unknown_workload():
     proc = run_cli("bench", "suite", "--only", "mae,nonsense", "--device", "cpu")
     assert proc.returncode == 2 and "nonsense" in proc.stderr

@@ -99,10 +99,14 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch):
         torch.testing.assert_close(weights["true"][key], value, rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_compile_setting_is_checked():
+def test_compile_setting_is_checked(monkeypatch):
     with pytest.raises(ConfigError, match="train.compile"):
         resolved(tiny_config("train.compile=maybe"))
-    assert trainer.compile_model(torch.nn.Linear(2, 2), "auto", torch.device("cpu")).__class__ is torch.nn.Linear
+    assert resolved(tiny_config("train.compile=reduce-overhead")).train.compile == "reduce-overhead"
+    cpu = torch.device("cpu")
+    assert trainer.compile_model(torch.nn.Linear(2, 2), "auto", cpu).__class__ is torch.nn.Linear
+    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")  # a mode name compiles (mode left to inductor)
+    assert trainer.compile_model(torch.nn.Linear(2, 2), "reduce-overhead", cpu).__class__ is not torch.nn.Linear
 
 
 @pytest.mark.gpu

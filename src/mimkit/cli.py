@@ -245,7 +245,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         groups = args.only.split(",") if args.only else None
         result = run_suite(args.preset, args.device, steps=args.steps, warmup=args.warmup, groups=groups,
-                           compile_rows=args.compile, batch=args.batch, rounds=args.rounds, out=args.out)
+                           compile_rows=args.compile, batch=args.batch, rounds=args.rounds,
+                           compile_modes=tuple(args.compile_mode), out=args.out)
         print(format_table(result))
         print(f"written to {args.out}")
         return 0
@@ -464,6 +465,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "machine may be shared; 1 on a GPU, rows timed one after another with their own memory)")
     b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
                    help="add torch.compile rows (default: on CUDA only)")
+    b.add_argument("--compile-mode", action="append", default=[], metavar="MODE",
+                   help="one more compiled mimkit row for MAE and SimMIM per inductor mode: reduce-overhead (CUDA "
+                        "graphs), max-autotune, max-autotune-no-cudagraphs; repeatable")
     b.add_argument("--out", default="bench-suite.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("memory", help="estimate training memory (weights, gradients, AdamW, activations saved for "

@@ -144,7 +144,9 @@ class TrainConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     clip_grad: float | None = None
     precision: str = "auto"  # auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16
-    compile: bool | str = False  # torch.compile the training forward: false | true | auto (true on CUDA only)
+    # torch.compile the training forward: false | true | auto (CUDA only) | an inductor mode (reduce-overhead = CUDA
+    # graphs, max-autotune, max-autotune-no-cudagraphs)
+    compile: bool | str = False
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
     eval_every: int = 100
     eval_samples: int = 512  # size of the fixed held-out and fixed train subsets
@@ -155,6 +157,9 @@ class TrainConfig:
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
     reconstruct: bool = True  # write the reconstruction figure at the end
     tensorboard: bool = True  # when tensorboard is installed
+
+
+COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -429,7 +434,8 @@ def validate(cfg: Config) -> None:
     _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: {t.betas} must be two values in [0, 1)")
     _check(t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad: {t.clip_grad} must be positive or null")
     _choice("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
-    _check(t.compile in (True, False, "auto"), f"train.compile: {t.compile!r} must be true, false or auto")
+    _check(t.compile in (True, False, "auto", *COMPILE_MODES),
+           f"train.compile: {t.compile!r} must be true, false, auto or one of {', '.join(COMPILE_MODES)}")
     for key in ("eval_every", "eval_samples", "eval_batch_size", "ckpt_every", "log_every", "max_nonfinite"):
         _check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     _check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")

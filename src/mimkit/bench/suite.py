@@ -24,7 +24,7 @@ from torch import nn
 from mimkit.bench import references as refs
 from mimkit.bench.flops import count_flops, matmul_peak_flops
 from mimkit.bench.timing import sync, time_steps
-from mimkit.config import Config, ConfigError, load_config, resolved
+from mimkit.config import COMPILE_MODES, Config, ConfigError, load_config, resolved
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 from mimkit.engine.trainer import Engine, compile_model, resolve_precision
@@ -282,13 +282,14 @@ def _release(device: torch.device) -> None:
 
 # ----------------------------------------------------------------------------------------------- the suite
 def suite_cases(preset: str, group: str, device: torch.device, compile_rows: bool, run_dir: Path,
-                batch: int | None = None) -> tuple[int, list[Case]]:
-    """(batch, cases) of one workload: mimkit's rows first, then the references."""
+                batch: int | None = None, compile_modes: tuple[str, ...] = ()) -> tuple[int, list[Case]]:
+    """(batch, cases) of one workload: mimkit's rows first (one more per inductor mode in `compile_modes` for MAE
+    and SimMIM, e.g. reduce-overhead = CUDA graphs), then the references."""
     cfg, teacher_cfg = group_config(preset, group, device.type, batch)
     teacher = build_teacher(teacher_cfg, device) if teacher_cfg is not None else None
     note = f"teacher {teacher_cfg.model.name} (frozen, random), qk+vv" if teacher_cfg is not None else ""
 
-    def mine(compiled: bool, pipeline: bool = False, config: Config = cfg) -> Callable[[], Timed]:
+    def mine(compiled: bool | str, pipeline: bool = False, config: Config = cfg) -> Callable[[], Timed]:
         return lambda: mimkit_case(config, device, compiled, pipeline, run_dir, teacher)
 
     def other(build: Callable[[], refs.Reference], compiled: bool = False) -> Callable[[], Timed]:
@@ -297,6 +298,8 @@ def suite_cases(preset: str, group: str, device: torch.device, compile_rows: boo
     cases = [Case("mimkit", "mimkit", mine(False), note)]
     if compile_rows and group != "memory":
         cases.append(Case("mimkit compiled", "mimkit", mine(True), note))
+    if group in ("mae", "simmim"):
+        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note) for mode in compile_modes]
     if group == "mae":
         cases += [Case("mimkit + input pipeline", "pipeline", mine(compile_rows, True),
                        "uint8 images -> batched crop/flip/normalise on the device"),
@@ -329,13 +332,16 @@ def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Refere
 
 def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, warmup: int = 3,
               groups: list[str] | None = None, compile_rows: bool | None = None, batch: int | None = None,
-              rounds: int | None = None,
+              rounds: int | None = None, compile_modes: tuple[str, ...] = (),
               out: str | Path | None = "bench-suite.json", log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every workload of `preset` side by side; returns (and writes) the table, ratios and targets."""
     dev = pick_device(device)
     preset = preset or ("vit-b16" if dev.type == "cuda" else "tiny")
     if preset not in PRESETS:
         raise ConfigError(f"unknown bench preset '{preset}' ({', '.join(PRESETS)})")
+    bad_modes = set(compile_modes) - set(COMPILE_MODES)
+    if bad_modes:
+        raise ConfigError(f"unknown compile mode(s) {sorted(bad_modes)}: choose from {', '.join(COMPILE_MODES)}")
     unknown = set(groups or []) - set(GROUPS)
     if unknown:
         raise ConfigError(f"unknown bench group(s) {sorted(unknown)}: choose from {', '.join(GROUPS)}")
@@ -352,7 +358,8 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(prefix="mimkit-bench-") as tmp:
         for group in groups or list(GROUPS):
-            group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch)
+            group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch,
+                                             tuple(compile_modes))
             n_steps, n_rounds = (min(steps, 3), 1) if group == "memory" else (steps, rounds)
             for row in time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak):
                 rows.append(row)

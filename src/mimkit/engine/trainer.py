@@ -58,10 +58,14 @@ COMPILE_BACKEND = "inductor"  # tests switch to "aot_eager": the same graph capt
 
 def compile_model(model: nn.Module, setting: bool | str, device: torch.device) -> nn.Module:
     """train.compile: True compiles the training forward, 'auto' only on CUDA (on CPU compiling costs minutes
-    and was not faster in `mimkit bench`). The module and its state dict are shared with the eager one."""
+    and was not faster in `mimkit bench`), a mode name compiles with that inductor mode ('reduce-overhead' replays
+    CUDA graphs). The module and its state dict are shared with the eager one."""
     if setting == "auto":
         setting = device.type == "cuda"
-    return torch.compile(model, backend=COMPILE_BACKEND) if setting else model
+    if not setting:
+        return model
+    mode = setting if isinstance(setting, str) and COMPILE_BACKEND == "inductor" else None
+    return torch.compile(model, backend=COMPILE_BACKEND, mode=mode)
 
 
 def step_seed(seed: int, step: int, rank: int) -> int:

@@ -89,3 +89,14 @@ def test_compile_modes_add_mimkit_rows(tmp_path):
 def test_suite_rejects_an_unknown_workload():
     proc = run_cli("bench", "suite", "--only", "mae,nonsense", "--device", "cpu")
     assert proc.returncode == 2 and "nonsense" in proc.stderr
+
+
+def test_device_name_reads_the_gpu_name(monkeypatch):
+    """The CUDA branch runs only on a GPU machine: check it here with the name query stubbed."""
+    import torch
+
+    from mimkit.bench.suite import device_name
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert device_name(torch.device("cuda", 0)) == "NVIDIA H100 80GB HBM3"
+    assert device_name(torch.device("cpu"))

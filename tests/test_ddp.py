@@ -105,3 +105,25 @@ def test_distillation_on_two_processes_matches_one(tmp_path):
             torch.testing.assert_close(b[n:2 * n], a[n:2 * n], atol=1e-4, rtol=0, msg=key)
             a, b = torch.cat([a[:n], a[2 * n:]]), torch.cat([b[:n], b[2 * n:]])
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
+
+
+def _skip_decision(rank: int, port: int, out) -> None:
+    import torch.distributed as dist
+
+    from mimkit.engine.distributed import DistEnv, all_ranks_true
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    env = DistEnv(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu"))
+    finite_here = torch.tensor(rank == 0)  # a non-finite loss on rank 1 only
+    out[rank] = bool(all_ranks_true(finite_here, env))
+    dist.destroy_process_group()
+
+
+def test_a_nonfinite_loss_on_one_rank_skips_the_step_on_every_rank():
+    """Ranks must agree on skipping a step, or their weights drift apart (DDP never re-syncs parameters)."""
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        out = manager.dict()
+        mp.spawn(_skip_decision, args=(29547, out), nprocs=2, join=True)
+        assert dict(out) == {0: False, 1: False}

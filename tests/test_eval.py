@@ -144,7 +144,7 @@ def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
             assert torch.equal(got["images"], expected["images"]) and torch.equal(got["labels"], expected["labels"])
             assert list(fast._pending) == [step + 1]  # the next micro-batch is already in the workers
     finally:
-        fast.pre_augment.close()
+        fast.close()
 
 
 def test_mismatched_checkpoint_names_the_keys(tmp_path, mae_run):

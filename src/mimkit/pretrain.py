@@ -158,7 +158,10 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     engine = Engine(cfg, run_dir, method, env, stream, {}, meta)
     engine.evaluators, engine.best_metric = build_evaluators(cfg, data, env, engine.autocast)
     t0 = time.time()
-    fit = engine.fit()
+    try:
+        fit = engine.fit()
+    finally:
+        stream.close()  # worker processes (shard decoding, RandAugment) end with the run, also on errors
     split, key, _ = engine.best_metric
     results = {"step": fit.step, "init": source.description, f"best_{split}_{key}": fit.best,
                "train_images": len(data.train), "heldout_images": len(data.heldout),

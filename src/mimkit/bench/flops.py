@@ -6,6 +6,8 @@ from typing import Callable
 
 import torch
 
+from mimkit.bench.timing import sync
+
 
 def count_flops(fn: Callable[[], None]) -> int:
     """FLOPs `fn` executes (forward and backward when it calls .backward()), counted by torch.utils.flop_counter.
@@ -25,16 +27,15 @@ def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16,
     size = size or (8192 if device.type == "cuda" else 1024)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda *_: None)
     for _ in range(3):
         a @ b
-    sync()
+    sync(device)
     reps, elapsed = 0, 0.0
     t0 = time.perf_counter()
     while elapsed < seconds:
         for _ in range(10):
             a @ b
-        sync()
+        sync(device)
         reps += 10
         elapsed = time.perf_counter() - t0
     return 2 * size**3 * reps / elapsed

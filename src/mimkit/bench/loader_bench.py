@@ -4,13 +4,13 @@ input keeps up with a training step measured by `mimkit bench pretrain`."""
 from __future__ import annotations
 
 import json
-import platform
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mimkit.config import Config
+from mimkit.bench.suite import device_name
 from mimkit.bench.timing import time_steps
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
@@ -37,7 +37,7 @@ def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
     results = {
         "config": {"data": cfg.data.name, "img_size": cfg.data.img_size, "batch": batch,
                    "train_images": len(data.train), "method": cfg.method.name},
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
         "img_per_s": steps * batch / seconds, "batch_ms": 1000 * seconds / steps,
         "batch_shape": list(images.shape),

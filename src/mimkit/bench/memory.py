@@ -67,8 +67,10 @@ def run_memory_estimate(cfg, batch: int | None = None, probe_batch: int = 4) -> 
     if cfg.method.name == "distill":
         raise ConfigError("bench memory: distillation needs its teacher; estimate the student as a finetune config")
     batch = batch or cfg.train.batch_size // cfg.train.accum_steps
-    precision = "bf16" if cfg.train.precision == "auto" else cfg.train.precision
-    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    from mimkit.engine.trainer import resolve_precision
+
+    amp = resolve_precision(cfg.train.precision, torch.device("cuda"))  # what the config trains with on a GPU
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp]
     torch.manual_seed(0)
     method = build_method(cfg).train()
     d = cfg.data

@@ -17,6 +17,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 
 from mimkit.config import Config
+from mimkit.models.encoder import patchify
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -119,7 +120,7 @@ class OfficialStyleMAE(nn.Module):
         tokens = torch.gather(tokens, 1, restore[:, :, None].expand(-1, -1, x.shape[-1]))
         x = self.decoder(torch.cat([x[:, :1], tokens], dim=1) + self.decoder_pos)
         pred = self.decoder_pred(self.decoder_norm(x))[:, 1:]
-        target = _patches(images, self.patch)
+        target = patchify(images, self.patch)
         if self.norm_pix:
             target = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6) ** 0.5
         mask = torch.ones(b, length, device=x.device)
@@ -183,8 +184,13 @@ class PlainRelationDistill(nn.Module):
         self.student, self.heads = student, heads
         object.__setattr__(self, "teacher", teacher)  # not a parameter owner of this module: frozen
         self._qkv: dict[str, torch.Tensor] = {}
-        for name, vit in (("s", student), ("t", teacher)):
-            vit.blocks[-1].attn.qkv.register_forward_hook(partial(self._keep, name))
+        self._hooks = [vit.blocks[-1].attn.qkv.register_forward_hook(partial(self._keep, name))
+                       for name, vit in (("s", student), ("t", teacher))]
+
+    def close(self) -> None:
+        """Remove the hooks: the teacher is shared with other bench rows."""
+        for hook in self._hooks:
+            hook.remove()
 
     def _keep(self, name: str, module: nn.Module, args, output: torch.Tensor) -> None:
         self._qkv[name] = output
@@ -217,12 +223,6 @@ def plain_distill(cfg: Config, teacher: nn.Module) -> Reference:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-def _patches(images: torch.Tensor, p: int) -> torch.Tensor:
-    b, c, h, w = images.shape
-    x = images.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 3, 5, 1)
-    return x.reshape(b, (h // p) * (w // p), p * p * c)
-
-
 def _simmim_cells(cfg: Config) -> tuple[int, int, int]:
     """(cells per side, tokens per cell side, masked cells) of SimMIM's mask for this config."""
     cells = cfg.data.img_size // cfg.method.mask_patch_size

@@ -81,6 +81,12 @@ class Timed:
     step: Callable[[], None]
     flops_per_img: float | None
     keep: list[Any] = field(default_factory=list)
+    release: Callable[[], None] | None = None  # undo what the case changed outside itself (hooks)
+
+    def close(self) -> None:
+        if self.release is not None:
+            self.release()
+        self.keep.clear()
 
 
 @dataclass
@@ -203,9 +209,10 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
 
 
 def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compiled: bool) -> Timed:
-    """A plain training step: autocast forward, backward, fused AdamW, zero grads."""
+    """A plain training step on the whole train.batch_size (no accumulation): autocast forward, backward, fused
+    AdamW, zero grads."""
     model = ref.model.to(device).train()
-    fixed = FixedBatchStream(cfg, device)
+    fixed = FixedBatchStream(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_steps=1)), device)
     flops = _flops_per_image(lambda x, y: ref.loss(model, x, y), fixed.images, fixed.labels,
                              list(model.parameters()))
     runner = compile_model(model, compiled, device)
@@ -220,7 +227,7 @@ def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compi
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return Timed(step, flops, [model, opt])
+    return Timed(step, flops, [model, opt], getattr(model, "close", None))
 
 
 def _build_and_warm(case: Case, warmup: int, device: torch.device) -> tuple[Timed, float]:
@@ -258,7 +265,7 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
             speed = steps * batch / time_steps(timed.step, steps, 0, device)
             memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             rows.append(row(case, timed, first, [speed], memory))
-            timed.keep.clear()
+            timed.close()
             _release(device)
         return rows
     built = [(case, *_build_and_warm(case, warmup, device)) for case in cases]
@@ -269,7 +276,7 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
             speeds[case.impl].append(chunk * batch / time_steps(timed.step, chunk, 0, device))
     rows = [row(case, timed, first, speeds[case.impl], None) for case, timed, first in built]
     for _, timed, _ in built:
-        timed.keep.clear()
+        timed.close()
     _release(device)
     return rows
 
@@ -428,7 +435,7 @@ def targets(ratio: dict[str, dict[str, float]], rows: list[Row], device_type: st
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
-        return torch.cuda.getdevice_name(device)
+        return torch.cuda.get_device_name(device)
     return platform.processor() or platform.machine() or "cpu"
 
 

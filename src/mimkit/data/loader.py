@@ -36,7 +36,7 @@ class TrainStream:
                               "data.fraction")
         self._epoch = -1
         self._order: torch.Tensor | None = None
-        self._pending: dict[int, Any] = {}  # micro-batch index -> RandAugment already started in the workers
+        self._pending: dict[int, Any] = {}  # index -> (host batch, RandAugment handle) started in the workers
 
     @property
     def images_per_epoch(self) -> int:
@@ -59,31 +59,34 @@ class TrainStream:
         images, ids = self.data.batch(positions)
         return images, ids, epoch, positions
 
-    def _pre_augmented(self, index: int, images: torch.Tensor, ids: torch.Tensor, epoch: int) -> torch.Tensor:
-        """RandAugment of this micro-batch. With worker processes the next micro-batch is started before this one is
-        waited for, so the workers run while the device trains."""
-        pre = self.pre_augment
-        handle = self._pending.pop(index, None)
-        self._pending.clear()  # a jump (resume) leaves nothing stale behind
-        if handle is None:
-            handle = pre.submit(images, sample_keys(ids, epoch))
-        if getattr(pre, "pool", None) is not None:
-            next_images, next_ids, next_epoch, _ = self._host_batch(index + 1)
-            self._pending[index + 1] = pre.submit(next_images, sample_keys(next_ids, next_epoch))
-        return pre.collect(handle)
-
     def get(self, step: int, micro: int) -> dict[str, Any]:
-        """The augmented micro-batch `micro` of optimizer step `step` for this process."""
+        """The augmented micro-batch `micro` of optimizer step `step` for this process. With RandAugment in worker
+        processes the next micro-batch is started in them before this one is waited for, so they run while the
+        device trains."""
         index = step * self.accum_steps + micro
-        images, ids, epoch, positions = self._host_batch(index)
-        if self.pre_augment is not None:
-            images = self._pre_augmented(index, images, ids, epoch)
+        started = self._pending.pop(index, None)
+        self._pending.clear()  # a jump (resume) leaves nothing stale behind
+        images, ids, epoch, positions = started[0] if started else self._host_batch(index)
+        pre = self.pre_augment
+        if pre is not None:
+            handle = started[1] if started else pre.submit(images, sample_keys(ids, epoch))
+            if getattr(pre, "pool", None) is not None:
+                ahead = self._host_batch(index + 1)
+                self._pending[index + 1] = (ahead, pre.submit(ahead[0], sample_keys(ahead[1], ahead[2])))
+            images = pre.collect(handle)
         batch = augmented_batch(images, ids, epoch, self.augment, self.device, None, self.views)
         if self.data.labels is not None:
             batch["labels"] = to_device(self.data.labels[positions], self.device)
         if self.data.targets is not None:
             batch["targets"] = to_device(self.data.targets[positions], self.device)
         return batch
+
+    def close(self) -> None:
+        """Stop RandAugment's worker processes (also done at exit)."""
+        self._pending.clear()
+        close = getattr(self.pre_augment, "close", None)
+        if close is not None:
+            close()
 
 
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import tarfile
+import zipfile
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from mimkit.data import fashion_mnist, folder
 from mimkit.data.datasets import DataBundle, ImageSet
 from mimkit.data.loader import augmented_batch, to_device
 from mimkit.data.transforms import BatchAugment
-from mimkit.data.workers import start_pool, stop_pool
+from mimkit.data.workers import split_evenly, start_pool, stop_pool
 from mimkit.engine.atomic import atomic_write_bytes
 
 IMAGE_EXTENSIONS = {ext.lstrip(".") for ext in folder.EXTENSIONS}
@@ -159,7 +160,7 @@ def load_index(path: Path) -> tuple[ShardIndex, bool]:
     try:
         with np.load(cache, allow_pickle=False) as saved:
             return ShardIndex(path, saved["offsets"], saved["sizes"], saved["labels"]), True
-    except (OSError, ValueError, KeyError):  # not cached yet (or a damaged entry): scan
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # not cached yet, or damaged: scan
         pass
     index = scan_shard(path)
     buffer = io.BytesIO()
@@ -195,7 +196,11 @@ def decode_members(members: Sequence[Member], size: int, channels: int) -> tuple
     try:
         for i, (path, offset, length) in enumerate(members):
             if path not in handles:
-                handles[path] = open(path, "rb")
+                try:
+                    handles[path] = open(path, "rb")
+                except OSError as err:
+                    raise ShardError(f"shard '{path}' cannot be read any more ({err.strerror}); was it moved or "
+                                     "deleted during the run?") from None
             handles[path].seek(offset)
             array = folder.decode_image(io.BytesIO(handles[path].read(length)), size, mode)
             if array is not None:
@@ -208,8 +213,7 @@ def decode_members(members: Sequence[Member], size: int, channels: int) -> tuple
 
 
 def _chunks(members: Sequence[Member], parts: int) -> list[Sequence[Member]]:
-    step = max(1, -(-len(members) // max(1, parts)))
-    return [members[i:i + step] for i in range(0, len(members), step)]
+    return [members[i:j] for i, j in split_evenly(len(members), parts)]
 
 
 def _join(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
@@ -433,13 +437,16 @@ class ShardStream:
         return batch
 
     def close(self) -> None:
-        """Stop the decode workers (also done at exit and when the stream is garbage-collected)."""
+        """Stop the decode workers and RandAugment's (also done at exit and when the stream is garbage-collected)."""
         for futures in self._pending.values():
             for future in futures:
                 future.cancel()
         self._pending.clear()
         if self._finalizer is not None:
             self._finalizer()
+        close = getattr(self.pre_augment, "close", None)
+        if close is not None:
+            close()
 
     def __enter__(self) -> "ShardStream":
         return self

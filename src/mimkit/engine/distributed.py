@@ -73,3 +73,13 @@ def broadcast_flag(flag: bool, env: DistEnv) -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=env.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
+
+
+def all_ranks_true(flag: torch.Tensor, env: DistEnv) -> torch.Tensor:
+    """A bool tensor that is True only where it is True on every rank, reduced on the device (stream-ordered: no
+    host wait), so every rank takes the same decision, e.g. whether to skip a step with a non-finite loss."""
+    if not env.enabled:
+        return flag
+    t = flag.to(torch.int32)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return t.bool()

@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.engine import checkpoint as ckpt
-from mimkit.engine.distributed import DistEnv, all_reduce_sum, barrier, broadcast_flag
+from mimkit.engine.distributed import DistEnv, all_ranks_true, all_reduce_sum, barrier, broadcast_flag
 from mimkit.engine.metrics import MetricsLogger, Progress, read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
 
@@ -329,13 +329,13 @@ class Engine:
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         max_norm = t.clip_grad if t.clip_grad is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).float()
-        loss_finite = torch.isfinite(total_loss)
+        loss_finite = all_ranks_true(torch.isfinite(total_loss), self.env)
         if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself; an overflow is no failure
             self.scaler.step(self.optimizer)
             finite = loss_finite
             grad_norm = torch.where(torch.isfinite(grad_norm), grad_norm, torch.zeros_like(grad_norm))
         else:
-            finite = loss_finite & torch.isfinite(grad_norm)
+            finite = loss_finite & torch.isfinite(grad_norm)  # the norm of all-reduced gradients: same on every rank
             skip_if_nonfinite_step(self.optimizer, finite)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)

@@ -55,7 +55,7 @@ def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None
 
 
 def run_blocks(vit: nn.Module, x: torch.Tensor, start: int = 0, stop: int | None = None) -> torch.Tensor:
-    """Blocks `start:stop` of a timm ViT. With `vit.grad_checkpointing` (model.grad_checkpointing) each block's
+    """Blocks `start:stop` of a timm ViT. With `vit.grad_checkpointing` (train.grad_checkpointing) each block's
     activations are recomputed in the backward pass instead of stored: about one more forward of compute for
     memory that no longer grows with depth."""
     return checkpointed(vit.blocks[start:stop], x, getattr(vit, "grad_checkpointing", False))

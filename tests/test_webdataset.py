@@ -251,6 +251,17 @@ def test_unreadable_image_is_replaced_counted_and_logged(tmp_path):
     assert len(held) == 11 and len(skipped) == 1 and skipped[0].endswith(".jpg")
 
 
+def test_epochs_count_the_streams_epoch(tmp_path):
+    """train.epochs is resolved from what every rank is dealt (the ShardStream's epoch), not the set's size."""
+    from mimkit.pretrain import epoch_size
+
+    write_shards(_images(45), None, tmp_path / "s", per_shard=10)  # shards of 10, 10, 10, 10, 5
+    data = _shard_set(tmp_path / "s")
+    assert epoch_size(data, 1) == 45 and epoch_size(data, 2) == 2 * (5 + 10)
+    stream = _stream(data, rank=1, world=2, micro=5)
+    assert stream.images_per_epoch == epoch_size(data, 2)
+
+
 def test_shards_cli_writes_a_mixed_order_and_prints_the_pattern(tmp_path, capsys):
     root = _folder_with_a_corrupt_image(tmp_path / "imgs")
     assert main(["shards", "--data", str(root), "--out", str(tmp_path / "s"), "--per-shard", "6"]) == 0

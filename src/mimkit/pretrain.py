@@ -49,6 +49,13 @@ def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream | S
                   pre_augment=pre, views=2 if cfg.method.name == "mocov3" else 1)
 
 
+def epoch_size(train: Any, world_size: int) -> int:
+    """Images one epoch of the training stream covers: the whole set, or for tar shards what every rank is dealt
+    under any shard permutation (the ShardStream's epoch), so train.epochs counts the epochs the stream runs."""
+    per_rank = getattr(train, "per_rank_samples", None)
+    return per_rank(world_size) * world_size if per_rank is not None else len(train)
+
+
 def load_data_once(cfg: Config, env: DistEnv, log=print) -> DataBundle:
     """Rank 0 first (it may decode a folder into the cache), then the others read the cache."""
     data = build_data(cfg, log if env.is_main else (lambda *_: None)) if env.is_main else None
@@ -91,8 +98,9 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
     if cfg.method.name == "supervised" and data.train.labels is None:
         raise ConfigError(f"method.name=supervised needs labels: '{cfg.data.root}' is not a class-folder tree")
     if cfg.train.epochs is not None:
-        cfg = resolve_epochs(cfg, len(data.train))
-        log(f"[train] {cfg.train.epochs:g} epochs of {len(data.train)} images = {cfg.train.steps} steps "
+        images = epoch_size(data.train, env.world_size)
+        cfg = resolve_epochs(cfg, images)
+        log(f"[train] {cfg.train.epochs:g} epochs of {images} images = {cfg.train.steps} steps "
             f"(train.epochs wins over train.steps; set train.epochs=null to count in steps)")
     return cfg, data, source
 

@@ -7,11 +7,7 @@
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  $PY -c "import torch, timm, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'transformers', transformers.__version__)"
-} > "$OUT/versions.txt" 2>&1
-cat "$OUT/versions.txt"
+record_versions
 $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} --out "$OUT/bench-suite.json" \
   ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
 if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then

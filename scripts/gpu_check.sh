@@ -6,11 +6,7 @@
 # 3) the same for a SimMIM ViT-B/16 (mimkit only)
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
-{
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-  $PY -c "import torch, timm, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'timm', timm.__version__, 'transformers', transformers.__version__)"
-} > "$OUT/versions.txt" 2>&1
-cat "$OUT/versions.txt"
+record_versions
 
 echo "== 1. MAE pretraining on Fashion-MNIST, bf16 autocast on the GPU"
 RUN=${RUN_DIR:-/tmp/mimkit_gpu_run}

@@ -56,6 +56,17 @@ def cli_env() -> dict[str, str]:
     return env
 
 
+def cli_error(capsys, *args: str) -> str:
+    """Run the CLI in process (no interpreter start-up); it must exit 2 with a one-line `mimkit: error:` message
+    and no traceback. Returns the message. (test_config checks the same through a real `python -m mimkit`.)"""
+    from mimkit.cli import main
+
+    assert main(list(args)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("mimkit: error:") and "Traceback" not in err
+    return err
+
+
 def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
     proc = subprocess.run([sys.executable, "-m", "mimkit", *args], capture_output=True, text=True, env=cli_env(),
                           timeout=timeout, cwd=ROOT)

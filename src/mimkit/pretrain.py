@@ -16,6 +16,7 @@ from mimkit.data.loader import TrainStream
 from mimkit.data.transforms import BatchAugment, RandAugmentBatch
 from mimkit.data.webdataset import ShardSet, ShardStream
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.engine.checkpoint import CheckpointError
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
 from mimkit.eval.accuracy import AccuracyEvaluator
@@ -132,7 +133,8 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     env = init_distributed(cfg.device)
     log = print if env.is_main else (lambda *_: None)
     if require_checkpoint and not (run_dir / "checkpoints").is_dir():
-        raise FileNotFoundError(f"--resume: '{run_dir}' has no checkpoints/ to resume from")
+        raise CheckpointError(f"--resume: '{run_dir}' has no checkpoints/ to resume from; check the path, or drop "
+                              "--resume to start a new run there")
     cfg, data, source = prepare_config(cfg, env, log)
     torch.manual_seed(cfg.seed)
     if env.is_main:

@@ -3,7 +3,8 @@
 #   bash scripts/gpu_bench.sh OUT_DIR
 # One `mimkit bench suite` (ViT-B/16 at 224 px, bf16: MAE, SimMIM, distillation, fine-tuning, with and without
 # torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
-# GPU-marked tests. Everything lands in OUT_DIR (bench-suite.json, bench-suite.txt, versions.txt).
+# GPU-marked tests, then the input pipeline alone (scripts/gpu_loader_bench.sh; LOADER=0 skips it). Everything
+# lands in OUT_DIR (bench-suite.json, bench-suite.txt, versions.txt, gpu-tests.txt, bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
@@ -12,4 +13,7 @@ $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMU
   ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
 if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"
+fi
+if [ -z "${EXTRA:-}" ] && [ "${LOADER:-1}" = 1 ]; then
+  bash "$(dirname "$0")/gpu_loader_bench.sh" "$OUT"
 fi

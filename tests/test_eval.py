@@ -113,8 +113,9 @@ def test_randaugment_is_keyed_per_image():
 
 
 def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
-    """Two persistent workers give the in-process result; a fine-tuning stream with them hands out the same
-    batches, the next one already started, and a jump (resume) still gets the right batch."""
+    """Two persistent workers give the in-process result, through shared slots (a batch larger than the first
+    goes through the pipes); a fine-tuning stream with them hands out the same batches, the next one already
+    started, and jumps (resume) still get the right batch."""
     import numpy as np
 
     from mimkit.config import resolved
@@ -127,9 +128,14 @@ def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
     keys = torch.arange(7) * 13
     pooled = RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5, 0.4, 0.3], workers=2)
     np_state = np.random.get_state()[1].copy()
+    here = RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5, 0.4, 0.3])
     try:
-        assert torch.equal(pooled(images, keys), RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5, 0.4, 0.3])(images, keys))
+        assert torch.equal(pooled(images, keys), here(images, keys))
         assert (np.random.get_state()[1] == np_state).all()  # the in-process path leaves numpy's RNG alone
+        assert pooled._slots is not None and isinstance(pooled.submit(images, keys), tuple)  # shared, not piped
+        more = (torch.rand(9, 3, 16, 16) * 255).to(torch.uint8)
+        assert torch.equal(pooled(more, torch.arange(9)), here(more, torch.arange(9)))  # too big for a slot
+        assert torch.equal(pooled(images[:5], keys[:5]), here(images[:5], keys[:5]))
     finally:
         pooled.close()
     streams = {}
@@ -139,7 +145,7 @@ def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
         streams[workers] = build_stream(cfg, build_data(cfg, lambda *_: None), DistEnv())
     fast = streams[2]
     try:
-        for step in (0, 1, 2, 6, 7):
+        for step in (0, 1, 2, 6, 7, 1, 2):
             expected, got = streams[0].get(step, 0), fast.get(step, 0)
             assert torch.equal(got["images"], expected["images"]) and torch.equal(got["labels"], expected["labels"])
             assert list(fast._pending) == [step + 1]  # the next micro-batch is already in the workers

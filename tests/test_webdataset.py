@@ -200,6 +200,18 @@ def test_resume_at_step_k_reads_what_an_unbroken_run_read(shard_dir):
     assert resumed._finalizer is not None and not resumed._finalizer.alive  # close() stopped the workers
 
 
+def test_decode_workers_hand_pixels_back_through_shared_slots_and_jumps_are_safe(shard_dir):
+    """Only the `readable` flags travel through the pool's pipes; jumping (resume) waits out work already writing
+    into a slot before that slot is reused, so every batch is the in-process one."""
+    unbroken = _stream(_shard_set(shard_dir))
+    expected = {step: unbroken.get(step, 0) for step in range(15)}
+    with _stream(_shard_set(shard_dir, workers=2)) as pooled:
+        assert pooled._slots is not None
+        assert all(f.result().dtype == bool for f in pooled._submit(0))
+        for step in (0, 1, 9, 10, 2, 3, 14, 4):
+            assert _same(pooled.get(step, 0), expected[step]), step
+
+
 def test_two_ranks_see_disjoint_samples_and_the_same_number_of_batches(shard_dir):
     data = _shard_set(shard_dir)
     ranks = [_stream(data, rank=r, world=2) for r in range(2)]

@@ -223,9 +223,18 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
-    from mimkit.data.webdataset import write_shards_from
+    from mimkit.data.webdataset import write_shards_from, write_synthetic_shards
 
-    paths = write_shards_from(args.data, args.out, args.per_shard, args.split, args.prefix)
+    if args.data == "synthetic":
+        width, _, height = args.image_size.partition("x")
+        if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0) or args.count < 1:
+            print(f"error: --image-size '{args.image_size}' must be WIDTHxHEIGHT (e.g. 500x375) and --count "
+                  f"({args.count}) positive", file=sys.stderr)
+            return 2
+        paths = write_synthetic_shards(args.out, args.count, int(width), int(height), args.per_shard,
+                                       prefix=args.prefix or "synthetic")
+    else:
+        paths = write_shards_from(args.data, args.out, args.per_shard, args.split, args.prefix)
     if not paths:
         print(f"no images in {args.data}: nothing written")
         return 1
@@ -433,9 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("shards", help="write WebDataset tar shards (data.name=webdataset) from Fashion-MNIST or an "
                        "image folder")
-    p.add_argument("--data", required=True, help="fashion-mnist, or an image folder (class folders become labels)")
+    p.add_argument("--data", required=True, help="fashion-mnist, an image folder (class folders become labels), or "
+                   "synthetic (JPEGs shaped like ImageNet's, random labels: for `mimkit bench loader`)")
     p.add_argument("--out", required=True, help="directory for the .tar shards")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
+    p.add_argument("--count", type=int, default=4096, help="synthetic: number of samples")
+    p.add_argument("--image-size", default="500x375", help="synthetic: WIDTHxHEIGHT of the JPEGs")
     p.add_argument("--split", choices=["train", "test"], default="train", help="fashion-mnist split")
     p.add_argument("--prefix", default=None, help="shard file name prefix")
     p.set_defaults(func=cmd_shards)

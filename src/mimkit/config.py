@@ -41,6 +41,7 @@ class DataConfig:
     std: list[float] | None = None
     num_workers: int = 0  # worker processes: folder decoding, webdataset decoding, RandAugment (persistent)
     shuffle_buffer: int = 1000  # webdataset: samples in each process's shuffle buffer
+    decode: str = "pil"  # webdataset: pil (in the workers) | device (JPEGs on the training device: nvjpeg on CUDA)
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
     task: str = "classification"  # classification | localization | rotation | combined (class + box)
@@ -159,6 +160,7 @@ class TrainConfig:
     tensorboard: bool = True  # when tensorboard is installed
 
 
+DECODERS = ("pil", "device")  # data.decode: where streamed shard images are decoded
 COMPILE_MODES = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -351,8 +353,12 @@ def validate(cfg: Config) -> None:
     _check(d.in_chans in (None, 1, 3), f"data.in_chans: {d.in_chans} must be 1 or 3")
     if d.name == "folder":
         _check(d.root is not None, "data.root: the folder data set needs a directory (--set data.root=PATH)")
+    _choice("data.decode", d.decode, list(DECODERS))
     if d.name == "webdataset":
         _validate_webdataset(cfg)
+    _check(d.decode == "pil" or d.name == "webdataset", f"data.decode=device decodes streamed shards "
+           f"(data.name=webdataset); data.name={d.name} is decoded once (into memory or the folder cache), so leave "
+           "data.decode=pil")
     if d.crop_scale is not None:
         _check(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
                f"data.crop_scale: {d.crop_scale} must be [min, max] with 0 < min <= max <= 1")
@@ -453,6 +459,9 @@ def _validate_webdataset(cfg: Config) -> None:
            "shard; leave data.val_fraction unset")
     _check(d.task == "classification", f"data.task={d.task}: the geometric tasks build their images in memory and "
            "do not stream from shards; use data.name=folder or fashion-mnist")
+    _check(d.decode == "pil" or not cfg.method.randaug, f"data.decode=device with method.randaug={cfg.method.randaug}: "
+           "RandAugment runs on host images before the batch crop; set data.decode=pil (decoding in the workers) or "
+           "method.randaug=null")
 
 
 def validate_distill(cfg: Config) -> None:

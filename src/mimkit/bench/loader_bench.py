@@ -35,7 +35,8 @@ def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
     seconds = time_steps(next_batch, steps, warmup, device)
     images = last["images"]
     results = {
-        "config": {"data": cfg.data.name, "img_size": cfg.data.img_size, "batch": batch,
+        "config": {"data": cfg.data.name, "decode": cfg.data.decode, "num_workers": cfg.data.num_workers,
+                   "decode_size": cfg.data.decode_size, "img_size": cfg.data.img_size, "batch": batch,
                    "train_images": len(data.train), "method": cfg.method.name},
         "device": device_name(device),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,

@@ -92,7 +92,7 @@ class TrainStream:
 def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on `device`; on CUDA through pinned memory and a non-blocking copy, so the training loop never
     waits for a transfer (a copy from pageable memory would synchronise)."""
-    if device.type != "cuda":
+    if device.type != "cuda" or tensor.device.type == "cuda":  # (already on a GPU: decoded there)
         return tensor.to(device)
     return tensor.pin_memory().to(device, non_blocking=True)
 

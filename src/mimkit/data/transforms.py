@@ -101,37 +101,95 @@ class RandAugmentBatch:
     and magnitudes are drawn from Python's and numpy's RNGs seeded by its sample key, so the result is reproducible
     and the same whether it runs here or, with `workers` > 0, split over that many persistent processes (fine-tuning
     at 224 px needs them: one core does a few hundred images a second). `submit` starts a batch in the workers and
-    returns a handle for `collect`, so the stream can prepare the next batch while this one trains."""
+    returns a handle for `collect`, so the stream can prepare the next batch while this one trains. The pixels go
+    to the workers and come back through two shared-memory slots (Linux), not through the pool's pipes."""
+
+    SLOTS = 2  # batches in flight: the one being collected and the one started ahead of it
 
     def __init__(self, spec: str, mean: list[float], workers: int = 0):
-        from mimkit.data.workers import start_pool, stop_pool
+        from mimkit.data.workers import start_pool
 
         self.spec = spec
         self.fill = tuple(round(255 * m) for m in mean)
         self.pool = start_pool(workers)
         self.workers = workers
-        self._finalizer = weakref.finalize(self, stop_pool, self.pool) if self.pool is not None else None
+        self._slots: Any = None  # made at the first submit, before the pool forks its workers
+        self._made: list[Any] = []  # the slots, for the finalizer (which must not hold self)
+        self._started = False
+        self._busy: dict[int, list] = {}  # slot key -> the work writing into it
+        self._turn = 0
+        self._finalizer = weakref.finalize(self, _stop_rand_augment, self.pool, self._made) \
+            if self.pool is not None else None
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return self.collect(self.submit(images, keys))
 
+    def _slot(self, arrays: np.ndarray) -> int | None:
+        """A free shared slot for this batch, or None (no fork, or a batch larger than the first one)."""
+        from mimkit.data.workers import SHARED_SLOTS, SharedSlots
+
+        if not self._started:
+            self._started = True
+            if SHARED_SLOTS:
+                self._slots = SharedSlots(self.SLOTS, arrays.nbytes)
+                self._made.append(self._slots)
+                self._row_shape = arrays.shape[1:]
+        if self._slots is None or arrays.shape[1:] != self._row_shape or arrays.nbytes > self._slots.nbytes:
+            return None
+        key = self._slots.key(self._turn)
+        self._turn += 1
+        for future in self._busy.pop(key, []):  # a batch dropped without collect (a jump) may still write here
+            future.exception()
+        return key
+
     def submit(self, images: torch.Tensor, keys: torch.Tensor) -> Any:
+        from mimkit.data.workers import slot_array, split_evenly
+
         arrays, key_list = images.numpy(), keys.tolist()
         if self.pool is None:
             return _rand_augment_here(self.spec, self.fill, arrays, key_list)
-        from mimkit.data.workers import split_evenly
-
-        return [self.pool.submit(rand_augment_arrays, self.spec, self.fill, arrays[i:j], key_list[i:j])
-                for i, j in split_evenly(len(key_list), self.workers)]
+        parts = split_evenly(len(key_list), self.workers)
+        slot = self._slot(arrays)
+        if slot is None:
+            return [self.pool.submit(rand_augment_arrays, self.spec, self.fill, arrays[i:j], key_list[i:j])
+                    for i, j in parts]
+        rows = slot_array(slot, self._row_shape)[:len(arrays)]
+        rows[...] = arrays
+        futures = [self.pool.submit(rand_augment_slot, self.spec, self.fill, slot, self._row_shape, i, j,
+                                    key_list[i:j]) for i, j in parts]
+        self._busy[slot] = futures
+        return rows, futures
 
     def collect(self, handle: Any) -> torch.Tensor:
         if isinstance(handle, np.ndarray):
             return torch.from_numpy(handle)
+        if isinstance(handle, tuple):  # augmented in place in a shared slot
+            rows, futures = handle
+            for future in futures:
+                future.result()
+            return torch.from_numpy(rows.copy())
         return torch.from_numpy(np.concatenate([future.result() for future in handle]))
 
     def close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
+
+
+def _stop_rand_augment(pool: Any, slots: list[Any]) -> None:
+    from mimkit.data.workers import stop_pool
+
+    stop_pool(pool)
+    for made in slots:
+        made.close()
+
+
+def rand_augment_slot(spec: str, fill: tuple[int, ...], slot: int, row_shape: tuple[int, ...], start: int, stop: int,
+                      keys: list[int]) -> None:
+    """rand_augment_arrays on rows start..stop of shared slot `slot`, in place (in a worker)."""
+    from mimkit.data.workers import slot_array
+
+    rows = slot_array(slot, row_shape)[start:stop]
+    rows[...] = rand_augment_arrays(spec, fill, rows, keys)
 
 
 _TRANSFORMS: dict[tuple[str, tuple[int, ...]], Any] = {}

@@ -31,11 +31,11 @@ import numpy as np
 import torch
 
 from mimkit.config import ConfigError
-from mimkit.data import fashion_mnist, folder
+from mimkit.data import device_decode, fashion_mnist, folder
 from mimkit.data.datasets import DataBundle, ImageSet
 from mimkit.data.loader import augmented_batch, to_device
 from mimkit.data.transforms import BatchAugment
-from mimkit.data.workers import split_evenly, start_pool, stop_pool
+from mimkit.data.workers import SHARED_SLOTS, SharedSlots, slot_array, split_evenly, start_pool, stop_pool
 from mimkit.engine.atomic import atomic_write_bytes
 
 IMAGE_EXTENSIONS = {ext.lstrip(".") for ext in folder.EXTENSIONS}
@@ -186,15 +186,12 @@ def index_shards(paths: list[Path], workers: int = 0, log: Callable = print) -> 
 Member = tuple[str, int, int]  # (shard path, byte offset, size) of one image
 
 
-def decode_members(members: Sequence[Member], size: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 (n, C, size, size), readable (n,) bool): images read straight out of their shards by offset and
-    decoded by folder.decode_image; an unreadable image is a False, never an exception."""
-    mode = "L" if channels == 1 else "RGB"
-    images = np.zeros((len(members), channels, size, size), dtype=np.uint8)
-    readable = np.zeros(len(members), dtype=bool)
+def read_payloads(members: Sequence[Member]) -> list[bytes]:
+    """The stored bytes of each image, read straight out of its shard by offset."""
+    payloads: list[bytes] = []
     handles: dict[str, Any] = {}
     try:
-        for i, (path, offset, length) in enumerate(members):
+        for path, offset, length in members:
             if path not in handles:
                 try:
                     handles[path] = open(path, "rb")
@@ -202,14 +199,38 @@ def decode_members(members: Sequence[Member], size: int, channels: int) -> tuple
                     raise ShardError(f"shard '{path}' cannot be read any more ({err.strerror}); was it moved or "
                                      "deleted during the run?") from None
             handles[path].seek(offset)
-            array = folder.decode_image(io.BytesIO(handles[path].read(length)), size, mode)
-            if array is not None:
-                images[i] = array.transpose(2, 0, 1)
-                readable[i] = True
+            payloads.append(handles[path].read(length))
     finally:
         for handle in handles.values():
             handle.close()
+    return payloads
+
+
+def decode_members(members: Sequence[Member], size: int, channels: int,
+                   out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(uint8 (n, C, size, size), readable (n,) bool): images read out of their shards and decoded by
+    folder.decode_image (`data.decode=pil`), into `out` when given; an unreadable image is a False (and zeros),
+    never an exception."""
+    mode = "L" if channels == 1 else "RGB"
+    images = np.zeros((len(members), channels, size, size), dtype=np.uint8) if out is None else out
+    readable = np.zeros(len(members), dtype=bool)
+    for i, payload in enumerate(read_payloads(members)):
+        array = folder.decode_image(io.BytesIO(payload), size, mode)
+        readable[i] = array is not None
+        images[i] = array.transpose(2, 0, 1) if array is not None else 0
     return images, readable
+
+
+def decode_members_into(members: Sequence[Member], size: int, channels: int, slot: int, row: int) -> np.ndarray:
+    """decode_members in a worker, writing the images into rows row.. of shared slot `slot`; returns only
+    `readable`, so no pixels travel through the pool's pipe."""
+    rows = slot_array(slot, (channels, size, size))[row:row + len(members)]
+    return decode_members(members, size, channels, out=rows)[1]
+
+
+def read_members(members: Sequence[Member], size: int, channels: int) -> device_decode.ReadBatch:
+    """`data.decode=device`: the JPEGs' bytes for the device, everything else decoded here by PIL."""
+    return device_decode.sort_payloads(read_payloads(members), size, channels)
 
 
 def _chunks(members: Sequence[Member], parts: int) -> list[Sequence[Member]]:
@@ -253,9 +274,10 @@ class ShardSet:
     targets = None  # geometric tasks are not streamed
 
     def __init__(self, shards: list[ShardIndex], decode_size: int, channels: int, num_workers: int = 0,
-                 shuffle_buffer: int = 1000):
+                 shuffle_buffer: int = 1000, decode: str = "pil"):
         self.shards = shards
         self.decode_size, self.channels = decode_size, channels
+        self.decode_on_device = decode == "device"  # data.decode=device: streamed JPEGs decoded by the device
         self.num_workers, self.shuffle_buffer = num_workers, shuffle_buffer
         self.counts = np.array([len(s) for s in shards], dtype=np.int64)
         self.starts = np.concatenate([[0], np.cumsum(self.counts)[:-1]]).astype(np.int64)
@@ -353,8 +375,14 @@ class ShardStream:
         self._next_report = 1
         self._orders: dict[int, np.ndarray] = {}
         self._pending: dict[int, list[Future]] = {}
+        # Decoded pixels come back through shared memory, one slot per micro-batch in flight (the current one and
+        # PREFETCH ahead); made before the pool forks its workers at the first submit, so they inherit the slots.
+        shared = data.num_workers > 0 and SHARED_SLOTS and not data.decode_on_device
+        self._row_shape = (data.channels, data.decode_size, data.decode_size)
+        self._slots = SharedSlots(PREFETCH + 1, micro_batch * int(np.prod(self._row_shape))) if shared else None
         self._pool = start_pool(data.num_workers)
-        self._finalizer = weakref.finalize(self, stop_pool, self._pool) if self._pool is not None else None
+        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots) \
+            if self._pool is not None else None
 
     @property
     def images_per_epoch(self) -> int:
@@ -385,22 +413,41 @@ class ShardStream:
     def _submit(self, index: int) -> list[Future]:
         members = self.data.members(self.positions(index))
         size, channels = self.data.decode_size, self.data.channels
-        return [self._pool.submit(decode_members, chunk, size, channels)
-                for chunk in _chunks(members, self.data.num_workers)]
+        parts = split_evenly(len(members), self.data.num_workers)
+        if self._slots is not None:
+            return [self._pool.submit(decode_members_into, members[i:j], size, channels, self._slots.key(index), i)
+                    for i, j in parts]
+        return [self._pool.submit(self._work, members[i:j], size, channels) for i, j in parts]
 
-    def _decoded(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Micro-batch `index` decoded, and the next PREFETCH ones queued behind it."""
+    @property
+    def _work(self) -> Callable:
+        """What the workers do with a chunk of members: decode it, or read it for the device (data.decode)."""
+        return read_members if self.data.decode_on_device else decode_members
+
+    def _decoded(self, index: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
+        """Micro-batch `index` decoded (uint8 on the host, or on the device with data.decode=device), and the next
+        PREFETCH ones queued behind it."""
+        d = self.data
+        if self._slots is not None and self._pool is not None:
+            readable = np.concatenate(self._read(index))
+            return self._slots.array(index, self._row_shape)[:len(readable)], readable
+        if not d.decode_on_device:
+            return _join(self._read(index))
+        batch = device_decode.join(self._read(index))
+        return device_decode.decode_batch(batch, d.decode_size, d.channels, self.device)
+
+    def _read(self, index: int) -> list[Any]:
+        """The workers' parts of micro-batch `index` (decoded, or read for the device), prefetching behind it."""
         if self._pool is None:
-            return decode_members(self.data.members(self.positions(index)), self.data.decode_size,
-                                  self.data.channels)
-        current = self._pending.pop(index, None) or self._submit(index)
+            return [self._work(self.data.members(self.positions(index)), self.data.decode_size, self.data.channels)]
+        current = self._pending.pop(index, None)
         for stale in [k for k in self._pending if not index < k <= index + PREFETCH]:
-            for future in self._pending.pop(stale):
-                future.cancel()
+            _drop(self._pending.pop(stale))  # (a jump: resume) before its slot is handed out again
+        current = current or self._submit(index)
         for ahead in range(index + 1, index + 1 + PREFETCH):
             if ahead not in self._pending:
                 self._pending[ahead] = self._submit(ahead)
-        return _join([future.result() for future in current])
+        return [future.result() for future in current]
 
     def _stand_ins(self, readable: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Row i of the batch takes decoded row take[i]: an unreadable image is replaced by the readable images of
@@ -429,7 +476,9 @@ class ShardStream:
         images, readable = self._decoded(index)
         take = self._stand_ins(readable, positions)
         positions = positions[take]
-        batch = augmented_batch(torch.from_numpy(images[take]), self.data.ids(positions),
+        images = images[torch.from_numpy(take).to(images.device)] if torch.is_tensor(images) else \
+            torch.from_numpy(images[take])
+        batch = augmented_batch(images, self.data.ids(positions),
                                 index // self.batches_per_epoch, self.augment, self.device, self.pre_augment,
                                 self.views)
         if self.data.labels is not None:
@@ -442,6 +491,8 @@ class ShardStream:
             for future in futures:
                 future.cancel()
         self._pending.clear()
+        if self._slots is not None:
+            self._slots.close()
         if self._finalizer is not None:
             self._finalizer()
         close = getattr(self.pre_augment, "close", None)
@@ -453,6 +504,19 @@ class ShardStream:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _drop(futures: list[Future]) -> None:
+    """Cancel queued work; wait out work already running (it writes into a shared slot about to be reused)."""
+    for future in futures:
+        if not future.cancel():
+            future.exception()
+
+
+def _shut_down(pool: Any, slots: SharedSlots | None) -> None:
+    stop_pool(pool)
+    if slots is not None:
+        slots.close()
 
 
 # ---------------------------------------------------------------------------------------------------- build_data
@@ -473,11 +537,11 @@ def build_webdataset(cfg: Any, log: Callable = print) -> DataBundle:
     d = cfg.data
     train_paths, held_paths, source = _split_heldout(shard_paths(d.root), cfg)
 
-    def shard_set(paths: list[Path]) -> ShardSet:
+    def shard_set(paths: list[Path], decode: str = "pil") -> ShardSet:
         return ShardSet(index_shards(paths, d.num_workers, log), d.decode_size, d.in_chans, d.num_workers,
-                        d.shuffle_buffer)
+                        d.shuffle_buffer, decode)
 
-    train, held = shard_set(train_paths), shard_set(held_paths)
+    train, held = shard_set(train_paths, d.decode), shard_set(held_paths)
     for name, shards in (("training", train), ("held-out", held)):
         if len(shards) == 0:
             raise ShardError(f"the {name} shards hold no images (members named KEY.jpg/.jpeg/.png/.webp/.bmp)")
@@ -518,11 +582,27 @@ def _add_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
     tar.addfile(info, io.BytesIO(payload))
 
 
-def write_shards(images: np.ndarray | Sequence[str | Path], labels: Sequence[int] | np.ndarray | None,
+_MAGIC_EXTENSIONS = {device_decode.JPEG_MAGIC: "jpg", b"\x89PNG": "png"}
+
+
+def _image_member(item: np.ndarray | str | Path | bytes) -> tuple[str, bytes]:
+    """(extension, payload) of one image given to write_shards."""
+    if isinstance(item, (str, Path)):
+        return Path(item).suffix.lower().lstrip("."), Path(item).read_bytes()
+    if isinstance(item, bytes):
+        ext = next((e for magic, e in _MAGIC_EXTENSIONS.items() if item.startswith(magic)), None)
+        if ext is None:
+            raise ValueError("write_shards takes encoded images as JPEG or PNG bytes")
+        return ext, item
+    return "png", _encode_png(item)
+
+
+def write_shards(images: np.ndarray | Sequence[str | Path | bytes], labels: Sequence[int] | np.ndarray | None,
                  out_dir: str | Path, per_shard: int = 1000, prefix: str = "shard") -> list[Path]:
     """Write `prefix-000000.tar`, ... with `per_shard` samples each, keys numbered in input order (shuffle first
     if the order is sorted by class: the held-out shard is the last one). `images`: uint8 (N, H, W) or
-    (N, H, W, C) arrays, stored as PNG, or image files, whose bytes are copied as they are. Returns the paths."""
+    (N, H, W, C) arrays, stored as PNG; image files, whose bytes are copied as they are; or encoded JPEG / PNG
+    bytes. Returns the paths."""
     if per_shard < 1:
         raise ValueError(f"per_shard: {per_shard} must be >= 1")
     n = len(images)
@@ -535,11 +615,9 @@ def write_shards(images: np.ndarray | Sequence[str | Path], labels: Sequence[int
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
             for i in range(start, min(n, start + per_shard)):
-                item, key = images[i], f"{i:0{width}d}"
-                if isinstance(item, (str, Path)):
-                    _add_member(tar, f"{key}.{Path(item).suffix.lower().lstrip('.')}", Path(item).read_bytes())
-                else:
-                    _add_member(tar, f"{key}.png", _encode_png(item))
+                key = f"{i:0{width}d}"
+                ext, payload = _image_member(images[i])
+                _add_member(tar, f"{key}.{ext}", payload)
                 if labels is not None:
                     _add_member(tar, f"{key}.{LABEL_EXTENSION}", str(int(labels[i])).encode())
         path = out_dir / f"{prefix}-{number:06d}.tar"
@@ -560,3 +638,32 @@ def write_shards_from(source: str, out_dir: str | Path, per_shard: int = 1000, s
     order = np.random.default_rng(0).permutation(len(index.files))
     labels = [index.labels[i] for i in order] if index.labels is not None else None
     return write_shards([index.files[i] for i in order], labels, out_dir, per_shard, prefix or "shard")
+
+
+def synthetic_jpegs(count: int, width: int, height: int, quality: int = 90, seed: int = 0) -> list[bytes]:
+    """`count` JPEGs of smooth random colour fields with pixel noise: ImageNet-like sizes in bytes (about 75 KB at
+    500x375) and decode cost, for benchmarking the input pipeline without a data set."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (max(1, height // 32), max(1, width // 32), 3), dtype=np.uint8))
+        field = np.asarray(coarse.resize((width, height), Image.Resampling.BICUBIC), dtype=np.int16)
+        noisy = np.clip(field + rng.integers(-20, 21, field.shape, dtype=np.int16), 0, 255).astype(np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(noisy).save(buffer, format="JPEG", quality=quality)
+        out.append(buffer.getvalue())
+    return out
+
+
+def write_synthetic_shards(out_dir: str | Path, count: int, width: int = 500, height: int = 375,
+                           per_shard: int = 1000, distinct: int = 256, classes: int = 1000,
+                           prefix: str = "synthetic") -> list[Path]:
+    """`count` samples of `distinct` synthetic JPEGs (reused in turn: decoding costs the same) with seeded random
+    labels: shards shaped like ImageNet's for `mimkit bench loader` on any machine."""
+    if count < 1 or distinct < 1:
+        raise ValueError(f"count ({count}) and distinct ({distinct}) must be >= 1")
+    images = synthetic_jpegs(min(distinct, count), width, height)
+    labels = np.random.default_rng(1).integers(0, classes, count)
+    return write_shards([images[i % len(images)] for i in range(count)], labels, out_dir, per_shard, prefix)

@@ -151,6 +151,21 @@ def test_workers_read_for_the_device_and_the_batch_is_the_same(tmp_path):
     assert sorted(joined.host) == [4] and len(joined) == 6
 
 
+def test_worker_jpegs_come_back_through_shared_memory_and_an_oversize_one_through_the_pipe(tmp_path, monkeypatch):
+    small = synthetic_jpegs(6, 40, 30)
+    large = synthetic_jpegs(1, 160, 120, seed=9)[0]
+    monkeypatch.setattr(device_decode, "PAYLOAD_ROOM", max(map(len, small)))  # forked workers inherit it
+    assert len(large) > 4 * device_decode.PAYLOAD_ROOM  # more than a whole worker's share of the slot
+    payloads = [*small[:3], large, *small[3:]]
+    expected, _ = _decoded(_data(tmp_path, payloads, decode="device"), 7)
+    data = _data(tmp_path, payloads, decode="device", workers=2)
+    with _stream(data, 7) as stream:
+        parts = [future.result() for future in stream._submit(0)]
+        assert sum(len(part.spans) for part in parts) == 6
+        assert [len(p) for part in parts for p in part.payloads if p is not None] == [len(large)]
+    assert torch.equal(_decoded(data, 7)[0], expected)
+
+
 @pytest.mark.parametrize("extra, message", [
     (["data.decode=device"], "data.decode=device decodes streamed shards"),
     (["data.decode=gpu"], "data.decode: 'gpu' is not one of pil, device"),

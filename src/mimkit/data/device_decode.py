@@ -29,6 +29,7 @@ from mimkit.data import folder
 JPEG_MAGIC = b"\xff\xd8\xff"
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("L", "RGB")  # what a JPEG decodes to on the device (a YCbCr JPEG opens as RGB in PIL)
+PAYLOAD_ROOM = 256 * 1024  # shared-memory bytes per image for JPEGs read by workers (ImageNet's average is ~110 KB)
 RESIZE_CHUNK = 64  # images resized in one call: bounds the int32 copies of large originals
 FIXED_POINT = 1 << 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
 
@@ -38,12 +39,21 @@ class ReadBatch:
     """One micro-batch (or a worker's part of it) as read from the shards: the JPEGs the device will decode, the
     images PIL already decoded on the host, and which images are unreadable."""
 
-    payloads: list[bytes | None]  # JPEG bytes for the device; None where `host` holds the image or it is unreadable
+    payloads: list[bytes | memoryview | None]  # JPEG bytes for the device; None where `host` or `spans` hold it,
+    # or it is unreadable
     host: dict[int, np.ndarray] = field(default_factory=dict)  # row -> (C, S, S) uint8 decoded by PIL
     readable: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
+    spans: dict[int, tuple[int, int]] = field(default_factory=dict)  # row -> (offset, length) in a shared slot
 
     def __len__(self) -> int:
         return len(self.payloads)
+
+    def take_spans(self, buffer: memoryview) -> None:
+        """Point the rows a worker left in shared memory at their bytes in `buffer` (no copy: decode them before
+        the slot is reused)."""
+        for row, (offset, length) in self.spans.items():
+            self.payloads[row] = buffer[offset:offset + length]
+        self.spans = {}
 
 
 def device_decodable(payload: bytes) -> bool:
@@ -84,18 +94,19 @@ def join(parts: Sequence[ReadBatch]) -> ReadBatch:
     out = ReadBatch([], {}, np.concatenate([p.readable for p in parts]) if parts else np.zeros(0, dtype=bool))
     for part in parts:
         out.host.update({len(out.payloads) + row: array for row, array in part.host.items()})
+        out.spans.update({len(out.payloads) + row: span for row, span in part.spans.items()})
         out.payloads.extend(part.payloads)
     return out
 
 
-def decode_jpegs(payloads: Sequence[bytes], device: torch.device) -> list[torch.Tensor | None]:
+def decode_jpegs(payloads: Sequence[bytes | memoryview], device: torch.device) -> list[torch.Tensor | None]:
     """(3, H, W) uint8 RGB images on `device` (a gray JPEG comes out replicated, as PIL's convert("RGB") gives it),
     one batched call (nvjpeg on CUDA); when the batch fails, image by image, with None for those the decoder
     rejects."""
     from torchvision.io import ImageReadMode, decode_jpeg
 
     mode = ImageReadMode.RGB
-    data = [torch.frombuffer(bytearray(p), dtype=torch.uint8) for p in payloads]
+    data = [torch.frombuffer(p if isinstance(p, memoryview) else bytearray(p), dtype=torch.uint8) for p in payloads]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision >= 0.29 points to TorchCodec
         try:

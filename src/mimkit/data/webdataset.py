@@ -233,6 +233,22 @@ def read_members(members: Sequence[Member], size: int, channels: int) -> device_
     return device_decode.sort_payloads(read_payloads(members), size, channels)
 
 
+def read_members_into(members: Sequence[Member], size: int, channels: int, slot: int,
+                      row: int) -> device_decode.ReadBatch:
+    """read_members in a worker, with the JPEG bytes written into rows row.. of shared slot `slot` (rows of
+    PAYLOAD_ROOM bytes, shared by the chunk: a large JPEG may use a small one's room) and sent back as spans; a
+    JPEG that does not fit goes through the pipe."""
+    batch = read_members(members, size, channels)
+    arena = slot_array(slot, (device_decode.PAYLOAD_ROOM,)).reshape(-1)
+    cursor, end = row * device_decode.PAYLOAD_ROOM, (row + len(members)) * device_decode.PAYLOAD_ROOM
+    for i, payload in enumerate(batch.payloads):
+        if payload is not None and cursor + len(payload) <= end:
+            arena[cursor:cursor + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+            batch.spans[i], batch.payloads[i] = (cursor, len(payload)), None
+            cursor += len(payload)
+    return batch
+
+
 def _chunks(members: Sequence[Member], parts: int) -> list[Sequence[Member]]:
     return [members[i:j] for i, j in split_evenly(len(members), parts)]
 
@@ -375,10 +391,12 @@ class ShardStream:
         self._next_report = 1
         self._orders: dict[int, np.ndarray] = {}
         self._pending: dict[int, list[Future]] = {}
-        # Decoded pixels come back through shared memory, one slot per micro-batch in flight (the current one and
-        # PREFETCH ahead); made before the pool forks its workers at the first submit, so they inherit the slots.
-        shared = data.num_workers > 0 and SHARED_SLOTS and not data.decode_on_device
-        self._row_shape = (data.channels, data.decode_size, data.decode_size)
+        # Decoded pixels (or, with data.decode=device, the JPEG bytes) come back through shared memory, one slot
+        # per micro-batch in flight (the current one and PREFETCH ahead); made before the pool forks its workers at
+        # the first submit, so they inherit the slots.
+        shared = data.num_workers > 0 and SHARED_SLOTS
+        self._row_shape = (device_decode.PAYLOAD_ROOM,) if data.decode_on_device else \
+            (data.channels, data.decode_size, data.decode_size)
         self._slots = SharedSlots(PREFETCH + 1, micro_batch * int(np.prod(self._row_shape))) if shared else None
         self._pool = start_pool(data.num_workers)
         self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots) \
@@ -415,25 +433,29 @@ class ShardStream:
         size, channels = self.data.decode_size, self.data.channels
         parts = split_evenly(len(members), self.data.num_workers)
         if self._slots is not None:
-            return [self._pool.submit(decode_members_into, members[i:j], size, channels, self._slots.key(index), i)
+            into = read_members_into if self.data.decode_on_device else decode_members_into
+            return [self._pool.submit(into, members[i:j], size, channels, self._slots.key(index), i)
                     for i, j in parts]
         return [self._pool.submit(self._work, members[i:j], size, channels) for i, j in parts]
 
     @property
     def _work(self) -> Callable:
-        """What the workers do with a chunk of members: decode it, or read it for the device (data.decode)."""
+        """What is done with a chunk of members: decode it, or read it for the device (data.decode)."""
         return read_members if self.data.decode_on_device else decode_members
 
     def _decoded(self, index: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
         """Micro-batch `index` decoded (uint8 on the host, or on the device with data.decode=device), and the next
         PREFETCH ones queued behind it."""
-        d = self.data
-        if self._slots is not None and self._pool is not None:
-            readable = np.concatenate(self._read(index))
-            return self._slots.array(index, self._row_shape)[:len(readable)], readable
+        d, parts = self.data, self._read(index)
+        shared = self._slots is not None and self._pool is not None
         if not d.decode_on_device:
-            return _join(self._read(index))
-        batch = device_decode.join(self._read(index))
+            if not shared:
+                return _join(parts)
+            readable = np.concatenate(parts)
+            return self._slots.array(index, self._row_shape)[:len(readable)], readable
+        batch = device_decode.join(parts)
+        if shared:
+            batch.take_spans(self._slots.buffer(index))
         return device_decode.decode_batch(batch, d.decode_size, d.channels, self.device)
 
     def _read(self, index: int) -> list[Any]:

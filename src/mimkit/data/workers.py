@@ -71,6 +71,10 @@ class SharedSlots:
         """The slot of batch `index` (batches in flight at once must be fewer than the slots)."""
         return self.keys[index % len(self.keys)]
 
+    def buffer(self, index: int) -> memoryview:
+        """Batch `index`'s slot as raw bytes (no copy)."""
+        return memoryview(_SLOTS[self.key(index)])
+
     def array(self, index: int, row_shape: tuple[int, ...]) -> np.ndarray:
         """Batch `index`'s slot as uint8 rows of `row_shape` (no copy)."""
         return slot_array(self.key(index), row_shape)

@@ -166,6 +166,19 @@ def test_worker_jpegs_come_back_through_shared_memory_and_an_oversize_one_throug
     assert torch.equal(_decoded(data, 7)[0], expected)
 
 
+def test_the_decode_thread_works_a_batch_ahead_and_jumps_get_the_right_batch(tmp_path):
+    payloads = synthetic_jpegs(12, 40, 30)
+    pooled, alone = _data(tmp_path, payloads, decode="device", workers=1), _data(tmp_path, payloads, decode="device")
+    with _stream(pooled, 3) as stream:
+        for step in (0, 1, 5, 2, 3):  # 4 micro-batches per epoch: 5 is in the second
+            got = stream.get(step, 0)
+            assert stream._ahead_job[0] == step + 1  # the next one is already being decoded
+            with _stream(alone, 3) as fresh:
+                want = fresh.get(step, 0)
+            assert torch.equal(got["ids"], want["ids"]) and torch.equal(got["images"], want["images"]), step
+    assert stream._ahead_job is None and stream._ahead._shutdown
+
+
 @pytest.mark.parametrize("extra, message", [
     (["data.decode=device"], "data.decode=device decodes streamed shards"),
     (["data.decode=gpu"], "data.decode: 'gpu' is not one of pil, device"),

@@ -401,6 +401,11 @@ class ShardStream:
         self._pool = start_pool(data.num_workers)
         self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots) \
             if self._pool is not None else None
+        # data.decode=device decodes in this process, and building a batch on a GPU waits for the queued training
+        # step (host-to-device index copies, nvjpeg): one thread decodes the next micro-batch meanwhile, so only it
+        # waits. It alone touches the worker queue (_pending).
+        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="mimkit-decode") if data.decode_on_device else None
+        self._ahead_job: tuple[int, Future] | None = None
 
     @property
     def images_per_epoch(self) -> int:
@@ -444,8 +449,20 @@ class ShardStream:
         return read_members if self.data.decode_on_device else decode_members
 
     def _decoded(self, index: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
-        """Micro-batch `index` decoded (uint8 on the host, or on the device with data.decode=device), and the next
-        PREFETCH ones queued behind it."""
+        """Micro-batch `index` decoded (uint8 on the host, or on the device with data.decode=device, where the
+        decode thread then starts on the next one), and the next PREFETCH ones queued in the workers."""
+        if self._ahead is None:
+            return self._decode_now(index)
+        job = self._ahead_job
+        if job is None or job[0] != index:  # the first batch, or a jump (resume)
+            if job is not None:
+                job[1].exception()  # let it finish: it uses the worker queue and a shared slot
+            job = (index, self._ahead.submit(self._decode_now, index))
+        result = job[1].result()
+        self._ahead_job = (index + 1, self._ahead.submit(self._decode_now, index + 1))
+        return result
+
+    def _decode_now(self, index: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
         d, parts = self.data, self._read(index)
         shared = self._slots is not None and self._pool is not None
         if not d.decode_on_device:
@@ -509,6 +526,9 @@ class ShardStream:
 
     def close(self) -> None:
         """Stop the decode workers and RandAugment's (also done at exit and when the stream is garbage-collected)."""
+        if self._ahead is not None:
+            self._ahead.shutdown(wait=True, cancel_futures=True)  # before the queue it uses is cleared
+            self._ahead_job = None
         for futures in self._pending.values():
             for future in futures:
                 future.cancel()

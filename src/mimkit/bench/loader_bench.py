@@ -32,7 +32,10 @@ def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
         last["images"] = stream.get(last["step"], 0)["images"]
         last["step"] += 1
 
-    seconds = time_steps(next_batch, steps, warmup, device)
+    try:
+        seconds = time_steps(next_batch, steps, warmup, device)
+    finally:
+        stream.close()  # its worker processes and decode thread
     images = last["images"]
     results = {
         "config": {"data": cfg.data.name, "decode": cfg.data.decode, "num_workers": cfg.data.num_workers,

@@ -123,18 +123,30 @@ def test_what_the_device_cannot_take_is_decoded_by_pil_exactly(tmp_path):
     assert torch.equal(device, host)  # the rotated JPEG came out upright, as PIL's exif_transpose turns it
 
 
+def _bogus_huffman_table(jpeg: bytes) -> bytes:
+    """A whole JPEG whose first Huffman table counts are impossible: its header parses, the decoders fail."""
+    data = bytearray(jpeg)
+    table = data.find(b"\xff\xc4")
+    data[table + 5:table + 21] = b"\xff" * 16
+    return bytes(data)
+
+
 def test_a_corrupt_jpeg_is_skipped_and_counted_like_the_pil_path(tmp_path):
-    good = synthetic_jpegs(4, 40, 30)
-    truncated = good[0][:len(good[0]) * 2 // 3]  # a valid header: it reaches the device decoder, which fails on it
-    payloads = [good[1], truncated, good[2], good[3]]
-    assert device_decode.device_decodable(truncated)
+    """The corrupt JPEG reaches the device decoder (batched call fails, then that image alone), falls back to PIL,
+    which fails too: skipped and counted, its slot filled by a batch-mate, as on the PIL path. A truncated JPEG
+    (no end marker) never goes to the device: PIL decides, as it does with data.decode=pil."""
+    good = synthetic_jpegs(5, 40, 30)
+    corrupt, truncated = _bogus_huffman_table(good[0]), good[4][:len(good[4]) * 2 // 3]
+    assert device_decode.device_decodable(corrupt) and not device_decode.device_decodable(truncated)
+    assert device_decode.decode_jpegs([good[1], corrupt], CPU)[1] is None
+    payloads = [good[1], corrupt, good[2], truncated, good[3]]
     batches = {}
     for decode in ("pil", "device"):
-        with _stream(_data(tmp_path, payloads, decode=decode), 4) as stream:
+        with _stream(_data(tmp_path, payloads, decode=decode), 5) as stream:
             batches[decode] = stream.get(0, 0)
-            assert stream.skipped == 1
-    assert torch.equal(batches["pil"]["ids"], batches["device"]["ids"])  # the same stand-in fills the slot
-    assert batches["device"]["images"].shape == (4, 3, 16, 16)
+            assert stream.skipped == 2
+    assert torch.equal(batches["pil"]["ids"], batches["device"]["ids"])  # the same stand-ins fill the slots
+    assert batches["device"]["images"].shape == (5, 3, 16, 16)
     assert torch.allclose(batches["pil"]["images"], batches["device"]["images"])
 
 
@@ -166,16 +178,18 @@ def test_worker_jpegs_come_back_through_shared_memory_and_an_oversize_one_throug
     assert torch.equal(_decoded(data, 7)[0], expected)
 
 
-def test_the_decode_thread_works_a_batch_ahead_and_jumps_get_the_right_batch(tmp_path):
+def test_the_decode_thread_works_a_batch_ahead_and_jumps_get_the_right_batch(tmp_path, monkeypatch):
     payloads = synthetic_jpegs(12, 40, 30)
     pooled, alone = _data(tmp_path, payloads, decode="device", workers=1), _data(tmp_path, payloads, decode="device")
     with _stream(pooled, 3) as stream:
         for step in (0, 1, 5, 2, 3):  # 4 micro-batches per epoch: 5 is in the second
             got = stream.get(step, 0)
-            assert stream._ahead_job[0] == step + 1  # the next one is already being decoded
             with _stream(alone, 3) as fresh:
                 want = fresh.get(step, 0)
             assert torch.equal(got["ids"], want["ids"]) and torch.equal(got["images"], want["images"]), step
+        stream._ahead_job[1].result()  # step 4 was decoded by the thread while the caller went on
+        monkeypatch.setattr(stream, "_decode_now", lambda index: pytest.fail("decoded again on demand"))
+        assert stream.get(4, 0)["images"].shape == (3, 3, 16, 16)
     assert stream._ahead_job is None and stream._ahead._shutdown
 
 
@@ -200,10 +214,13 @@ def test_shards_cli_writes_synthetic_jpeg_shards(tmp_path, capsys):
         image = Image.open(tar.extractfile(names[0]))
         assert names[:2] == ["000000.jpg", "000000.cls"] and image.format == "JPEG" and image.size == (40, 30)
     assert main(["shards", "--data", "synthetic", "--image-size", "40by30", "--out", str(out)]) == 2
+    assert main(["shards", "--data", "synthetic", "--per-shard", "0", "--out", str(out)]) == 2
 
 
 @pytest.mark.gpu
 def test_nvjpeg_decodes_close_to_libjpeg_and_stays_on_the_gpu(tmp_path):
+    assert device_decode.decode_jpegs([_bogus_huffman_table(synthetic_jpegs(1, 40, 30)[0])],
+                                      torch.device("cuda")) == [None]  # nvjpeg rejects it too
     payloads = [synthetic_jpegs(1, w, h, seed=w)[0] for w, h in [*EXACT_SHAPES, (50, 75)]]
     host, _ = _decoded(_data(tmp_path, payloads), len(payloads))
     sorted_batch = device_decode.sort_payloads(payloads, SIZE, 3)

@@ -153,6 +153,25 @@ def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
         fast.close()
 
 
+def test_randaugment_waits_for_a_dropped_batch_before_reusing_its_slot():
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mimkit.data.transforms import RandAugmentBatch
+
+    images = (torch.rand(4, 1, 16, 16) * 255).to(torch.uint8)
+    ra = RandAugmentBatch("rand-m9-mstd0.5-inc1", [0.5], workers=1)
+    try:
+        ra(images, torch.arange(4))  # makes the slots
+        done: list[int] = []
+        with ThreadPoolExecutor(1) as pool:  # stands in for a worker still writing the next slot
+            ra._busy[ra._slots.key(ra._turn)] = [pool.submit(lambda: (time.sleep(0.3), done.append(1)))]
+            ra._slot(images.numpy())
+            assert done == [1]
+    finally:
+        ra.close()
+
+
 def test_mismatched_checkpoint_names_the_keys(tmp_path, mae_run):
     cfg = resolved(tiny_config("model.name=mim_vit_pico"))
     from mimkit.models.encoder import create_encoder

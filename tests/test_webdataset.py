@@ -212,6 +212,23 @@ def test_decode_workers_hand_pixels_back_through_shared_slots_and_jumps_are_safe
             assert _same(pooled.get(step, 0), expected[step]), step
 
 
+def test_dropping_stale_work_waits_for_what_is_already_running():
+    """A jump drops the prefetched batches: queued work is cancelled, running work (writing into a shared slot
+    that is about to be handed out again) is waited for."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mimkit.data.webdataset import _drop
+
+    done: list[int] = []
+    with ThreadPoolExecutor(1) as pool:
+        running = pool.submit(lambda: (time.sleep(0.3), done.append(1)))
+        queued = pool.submit(done.append, 2)
+        time.sleep(0.05)
+        _drop([running, queued])
+        assert done == [1] and queued.cancelled()
+
+
 def test_two_ranks_see_disjoint_samples_and_the_same_number_of_batches(shard_dir):
     data = _shard_set(shard_dir)
     ranks = [_stream(data, rank=r, world=2) for r in range(2)]

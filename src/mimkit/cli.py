@@ -225,10 +225,13 @@ def cmd_import(args: argparse.Namespace) -> int:
 def cmd_shards(args: argparse.Namespace) -> int:
     from mimkit.data.webdataset import write_shards_from, write_synthetic_shards
 
+    if args.per_shard < 1:
+        print(f"mimkit: error: --per-shard ({args.per_shard}) must be positive", file=sys.stderr)
+        return 2
     if args.data == "synthetic":
         width, _, height = args.image_size.partition("x")
         if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0) or args.count < 1:
-            print(f"error: --image-size '{args.image_size}' must be WIDTHxHEIGHT (e.g. 500x375) and --count "
+            print(f"mimkit: error: --image-size '{args.image_size}' must be WIDTHxHEIGHT (e.g. 500x375) and --count "
                   f"({args.count}) positive", file=sys.stderr)
             return 2
         paths = write_synthetic_shards(args.out, args.count, int(width), int(height), args.per_shard,

@@ -27,10 +27,11 @@ import torch
 from mimkit.data import folder
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+JPEG_END = b"\xff\xd9"
 EXIF_ORIENTATION = 0x0112
 DEVICE_MODES = ("L", "RGB")  # what a JPEG decodes to on the device (a YCbCr JPEG opens as RGB in PIL)
 PAYLOAD_ROOM = 256 * 1024  # shared-memory bytes per image for JPEGs read by workers (ImageNet's average is ~110 KB)
-RESIZE_CHUNK = 64  # images resized in one call: bounds the int32 copies of large originals
+RESIZE_PIXELS = 1 << 26  # values resized in one call: bounds the int32 copies of large originals (256 MB)
 FIXED_POINT = 1 << 22  # Pillow's PRECISION_BITS for 8-bit images (32 - 8 - 2)
 
 
@@ -57,8 +58,10 @@ class ReadBatch:
 
 
 def device_decodable(payload: bytes) -> bool:
-    """A plain L/RGB JPEG without EXIF rotation. Only the header is parsed (PIL opens lazily)."""
-    if not payload.startswith(JPEG_MAGIC):
+    """A whole (ends with the EOI marker) plain L/RGB JPEG without EXIF rotation. Only the header is parsed (PIL
+    opens lazily). A truncated JPEG goes to PIL, which decides whether it is readable, as with data.decode=pil:
+    nvjpeg might decode part of it without an error."""
+    if not payload.startswith(JPEG_MAGIC) or not payload.rstrip(b"\x00").endswith(JPEG_END):
         return False
     from PIL import Image
 
@@ -111,12 +114,16 @@ def decode_jpegs(payloads: Sequence[bytes | memoryview], device: torch.device) -
         warnings.simplefilter("ignore", DeprecationWarning)  # torchvision >= 0.29 points to TorchCodec
         try:
             return list(decode_jpeg(data, mode=mode, device=device)) if data else []
+        except torch.cuda.OutOfMemoryError:
+            raise  # not a bad image: falling back would hide it
         except RuntimeError:
             pass
         decoded: list[torch.Tensor | None] = []
         for one in data:
             try:
                 decoded.append(decode_jpeg(one, mode=mode, device=device))
+            except torch.cuda.OutOfMemoryError:
+                raise
             except RuntimeError:
                 decoded.append(None)
         return decoded
@@ -152,8 +159,10 @@ def _pil_taps(in_size: int, start: float, stop: float, out_size: int) -> tuple[n
     for out in range(out_size):
         center = start + (out + 0.5) * scale
         lo, hi = max(0, int(center - support + 0.5)), min(in_size, int(center + support + 0.5))
-        w = _bicubic((np.arange(lo, hi) - center + 0.5) / filterscale)
-        total = w.sum()
+        w = _bicubic((np.arange(lo, hi) - center + 0.5) * (1.0 / filterscale))
+        total = 0.0
+        for value in w:  # in Pillow's order: a pairwise sum could round differently
+            total += value
         first[out] = min(lo, in_size - window) if in_size >= window else 0
         taps[out, lo - first[out]:hi - first[out]] = w / total if total != 0.0 else w
     return first, np.sign(taps) * np.floor(np.abs(taps) * FIXED_POINT + 0.5) / FIXED_POINT
@@ -188,8 +197,9 @@ def fit_square(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     for (height, width), rows in by_shape.items():
         side = min(height, width)
         left, top = (width - side) * 0.5, (height - side) * 0.5
-        for start in range(0, len(rows), RESIZE_CHUNK):
-            chunk = rows[start:start + RESIZE_CHUNK]
+        per_call = max(1, RESIZE_PIXELS // (first.shape[0] * height * width))
+        for start in range(0, len(rows), per_call):
+            chunk = rows[start:start + per_call]
             x = torch.stack([images[r] for r in chunk]).permute(3, 0, 1, 2).to(torch.int32).contiguous()  # W,n,C,H
             x = _resample(x, width, left, left + side, size).permute(3, 1, 2, 0).contiguous()  # (H, n, C, size)
             x = _resample(x, height, top, top + side, size)  # (size rows, n, C, size columns)

@@ -20,6 +20,7 @@ import os
 import posixpath
 import re
 import tarfile
+import threading
 import zipfile
 import weakref
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -390,6 +391,7 @@ class ShardStream:
         self.skipped = 0  # unreadable images met so far (each replaced in its batch)
         self._next_report = 1
         self._orders: dict[int, np.ndarray] = {}
+        self._orders_lock = threading.Lock()
         self._pending: dict[int, list[Future]] = {}
         # Decoded pixels (or, with data.decode=device, the JPEG bytes) come back through shared memory, one slot
         # per micro-batch in flight (the current one and PREFETCH ahead); made before the pool forks its workers at
@@ -398,13 +400,13 @@ class ShardStream:
         self._row_shape = (device_decode.PAYLOAD_ROOM,) if data.decode_on_device else \
             (data.channels, data.decode_size, data.decode_size)
         self._slots = SharedSlots(PREFETCH + 1, micro_batch * int(np.prod(self._row_shape))) if shared else None
-        self._pool = start_pool(data.num_workers)
+        self._pool = start_pool(data.num_workers, launch=True)  # forked now, from this thread, with the slots
         self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots) \
             if self._pool is not None else None
         # data.decode=device decodes in this process, and building a batch on a GPU waits for the queued training
         # step (host-to-device index copies, nvjpeg): one thread decodes the next micro-batch meanwhile, so only it
         # waits. It alone touches the worker queue (_pending).
-        self._ahead = ThreadPoolExecutor(1, thread_name_prefix="mimkit-decode") if data.decode_on_device else None
+        self._ahead = ThreadPoolExecutor(1, "mimkit-decode", *_on_device(device)) if data.decode_on_device else None
         self._ahead_job: tuple[int, Future] | None = None
 
     @property
@@ -415,7 +417,12 @@ class ShardStream:
         return (step * self.accum_steps) // self.batches_per_epoch
 
     def epoch_order(self, epoch: int) -> np.ndarray:
-        """This rank's sample positions (in the ShardSet) for `epoch`, in training order."""
+        """This rank's sample positions (in the ShardSet) for `epoch`, in training order. (The decode thread asks
+        too: one at a time.)"""
+        with self._orders_lock:
+            return self._epoch_order(epoch)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
         if epoch not in self._orders:
             while len(self._orders) >= 2:  # the current epoch and the next (prefetching across the boundary)
                 self._orders.pop(min(self._orders))
@@ -515,8 +522,10 @@ class ShardStream:
         images, readable = self._decoded(index)
         take = self._stand_ins(readable, positions)
         positions = positions[take]
-        images = images[torch.from_numpy(take).to(images.device)] if torch.is_tensor(images) else \
-            torch.from_numpy(images[take])
+        if not torch.is_tensor(images):
+            images = torch.from_numpy(images[take])  # a copy: the shared slot is reused
+        elif not (take == np.arange(len(take))).all():  # (on a GPU, without waiting for the queued step)
+            images = images[to_device(torch.from_numpy(take), images.device)]
         batch = augmented_batch(images, self.data.ids(positions),
                                 index // self.batches_per_epoch, self.augment, self.device, self.pre_augment,
                                 self.views)
@@ -548,11 +557,15 @@ class ShardStream:
         self.close()
 
 
+def _on_device(device: torch.device) -> tuple:
+    """(initializer, initargs) making `device` the decode thread's current CUDA device (each DDP rank its own)."""
+    return (torch.cuda.set_device, (device,)) if device.type == "cuda" else (None, ())
+
+
 def _drop(futures: list[Future]) -> None:
-    """Cancel queued work; wait out work already running (it writes into a shared slot about to be reused)."""
-    for future in futures:
-        if not future.cancel():
-            future.exception()
+    """Cancel queued work, then wait out work already running (it writes into a shared slot about to be reused)."""
+    for future in [f for f in futures if not f.cancel()]:
+        future.exception()
 
 
 def _shut_down(pool: Any, slots: SharedSlots | None) -> None:

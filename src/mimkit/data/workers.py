@@ -29,14 +29,18 @@ def _worker_init(parent: int) -> None:
         os._exit(0)
 
 
-def start_pool(workers: int) -> ProcessPoolExecutor | None:
+def start_pool(workers: int, launch: bool = False) -> ProcessPoolExecutor | None:
     """`workers` persistent processes (forked on Linux: nothing to re-import), None for 0. Work sent to them must
-    not run torch kernels: a forked child cannot use the parent's OpenMP thread pool."""
+    not run torch kernels: a forked child cannot use the parent's OpenMP thread pool. They are forked at the first
+    submit, or now with `launch` (from the calling thread, with the shared slots that exist now)."""
     if workers <= 0:
         return None
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init,
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init,
                                initargs=(os.getpid(),))
+    if launch:
+        pool.submit(os.getpid).result()
+    return pool
 
 
 def stop_pool(pool: Executor) -> None:

@@ -394,8 +394,8 @@ class ShardStream:
         self._orders_lock = threading.Lock()
         self._pending: dict[int, list[Future]] = {}
         # Decoded pixels (or, with data.decode=device, the JPEG bytes) come back through shared memory, one slot
-        # per micro-batch in flight (the current one and PREFETCH ahead); made before the pool forks its workers at
-        # the first submit, so they inherit the slots.
+        # per micro-batch in flight (the current one and PREFETCH ahead); made before the pool forks its workers,
+        # so they inherit the slots.
         shared = data.num_workers > 0 and SHARED_SLOTS
         self._row_shape = (device_decode.PAYLOAD_ROOM,) if data.decode_on_device else \
             (data.channels, data.decode_size, data.decode_size)

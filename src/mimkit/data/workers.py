@@ -62,8 +62,9 @@ _NEXT_KEY = itertools.count()
 class SharedSlots:
     """`count` buffers of `nbytes` in anonymous shared memory, one per batch in flight, that workers write their
     results into instead of pickling them back through a pipe (about 200 MB/s on the 2-core development machine:
-    a 224 px batch of 256 took 0.25 s to come back). Forked workers see the buffers that exist when the pool
-    starts, which is at its first submit: create the slots before that. Only where SHARED_SLOTS (Linux)."""
+    a 224 px batch of 256 took 0.25 s to come back). Forked workers see the buffers that exist when the pool forks
+    them (at its first submit, or in start_pool with launch=True): create the slots before that. Only where
+    SHARED_SLOTS (Linux)."""
 
     def __init__(self, count: int, nbytes: int):
         self.nbytes = nbytes
@@ -72,7 +73,7 @@ class SharedSlots:
             _SLOTS[key] = mmap.mmap(-1, max(1, nbytes))
 
     def key(self, index: int) -> int:
-        """The slot of batch `index` (batches in flight at once must be fewer than the slots)."""
+        """The slot of batch `index` (at most `count` batches may be in flight at once)."""
         return self.keys[index % len(self.keys)]
 
     def buffer(self, index: int) -> memoryview:

@@ -107,7 +107,7 @@ class RandAugmentBatch:
     SLOTS = 2  # batches in flight: the one being collected and the one started ahead of it
 
     def __init__(self, spec: str, mean: list[float], workers: int = 0):
-        from mimkit.data.workers import start_pool
+        from mimkit.data.workers import start_pool, stop_pool
 
         self.spec = spec
         self.fill = tuple(round(255 * m) for m in mean)
@@ -118,7 +118,7 @@ class RandAugmentBatch:
         self._started = False
         self._busy: dict[int, list] = {}  # slot key -> the work writing into it
         self._turn = 0
-        self._finalizer = weakref.finalize(self, _stop_rand_augment, self.pool, self._made) \
+        self._finalizer = weakref.finalize(self, stop_pool, self.pool, self._made) \
             if self.pool is not None else None
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -173,14 +173,6 @@ class RandAugmentBatch:
     def close(self) -> None:
         if self._finalizer is not None:
             self._finalizer()
-
-
-def _stop_rand_augment(pool: Any, slots: list[Any]) -> None:
-    from mimkit.data.workers import stop_pool
-
-    stop_pool(pool)
-    for made in slots:
-        made.close()
 
 
 def rand_augment_slot(spec: str, fill: tuple[int, ...], slot: int, row_shape: tuple[int, ...], start: int, stop: int,

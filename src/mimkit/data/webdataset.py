@@ -401,7 +401,7 @@ class ShardStream:
             (data.channels, data.decode_size, data.decode_size)
         self._slots = SharedSlots(PREFETCH + 1, micro_batch * int(np.prod(self._row_shape))) if shared else None
         self._pool = start_pool(data.num_workers, launch=True)  # forked now, from this thread, with the slots
-        self._finalizer = weakref.finalize(self, _shut_down, self._pool, self._slots) \
+        self._finalizer = weakref.finalize(self, stop_pool, self._pool, [self._slots] if shared else []) \
             if self._pool is not None else None
         # data.decode=device decodes in this process, and building a batch on a GPU waits for the queued training
         # step (host-to-device index copies, nvjpeg): one thread decodes the next micro-batch meanwhile, so only it
@@ -471,7 +471,7 @@ class ShardStream:
 
     def _decode_now(self, index: int) -> tuple[np.ndarray | torch.Tensor, np.ndarray]:
         d, parts = self.data, self._read(index)
-        shared = self._slots is not None and self._pool is not None
+        shared = self._slots is not None  # (only made for a worker pool)
         if not d.decode_on_device:
             if not shared:
                 return _join(parts)
@@ -566,12 +566,6 @@ def _drop(futures: list[Future]) -> None:
     """Cancel queued work, then wait out work already running (it writes into a shared slot about to be reused)."""
     for future in [f for f in futures if not f.cancel()]:
         future.exception()
-
-
-def _shut_down(pool: Any, slots: SharedSlots | None) -> None:
-    stop_pool(pool)
-    if slots is not None:
-        slots.close()
 
 
 # ---------------------------------------------------------------------------------------------------- build_data

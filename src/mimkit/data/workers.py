@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from concurrent.futures import Executor, ProcessPoolExecutor
+from typing import Iterable
 
 import numpy as np
 
@@ -43,8 +44,11 @@ def start_pool(workers: int, launch: bool = False) -> ProcessPoolExecutor | None
     return pool
 
 
-def stop_pool(pool: Executor) -> None:
+def stop_pool(pool: Executor, slots: Iterable["SharedSlots"] = ()) -> None:
+    """Shut the pool down, then forget the shared slots its workers wrote into (a finalizer's one call)."""
     pool.shutdown(wait=True, cancel_futures=True)
+    for made in slots:
+        made.close()
 
 
 def split_evenly(n: int, parts: int) -> list[tuple[int, int]]:

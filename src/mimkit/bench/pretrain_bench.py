@@ -21,7 +21,8 @@ from mimkit.engine.trainer import resolve_precision
 def _entry(row) -> dict[str, Any]:
     memory = row.peak_memory_gb * 1024 if row.peak_memory_gb is not None else None
     return {"img_per_s": row.img_per_s, "step_ms": row.step_ms, "peak_memory_mb": memory,
-            "gflop_per_img": row.flops_per_img / 1e9 if row.flops_per_img else None}
+            "gflop_per_img": row.flops_per_img / 1e9 if row.flops_per_img else None,
+            "model_gflop_per_img": row.model_flops_per_img / 1e9 if row.model_flops_per_img else None}
 
 
 def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: str | None = None,

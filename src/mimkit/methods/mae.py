@@ -16,6 +16,7 @@ from mimkit.methods.base import Method
 from mimkit.models.encoder import (checkpointed, grid_size, in_chans, init_mae_weights,
                                    init_patch_embed_like_linear, patch_size, patchify, run_blocks, unpatchify)
 from mimkit.models.pos_embed import sincos_2d
+from mimkit.models.row_block import gather_rows, last_block_at_rows, masked_rows
 
 
 @dataclass
@@ -34,6 +35,9 @@ def norm_pix_target(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 class MAE(Method):
     name = "mae"
+    # Training runs the decoder's last block, its norm and the prediction head at the masked tokens only: the loss
+    # reads nothing else (see models/row_block.py). False runs them on every token, as the reference code does.
+    loss_rows_only = True
 
     def __init__(self, encoder: nn.Module, decoder_dim: int, decoder_depth: int, decoder_heads: int,
                  mlp_ratio: float, mask_generator: MaskGenerator, norm_pix: bool = True, norm_eps: float = 1e-6,
@@ -103,7 +107,9 @@ class MAE(Method):
         x = run_blocks(enc, x)
         return enc.norm(x), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:
+    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor,
+                        rows: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, L, p*p*C) predictions for every patch, or (B, M, p*p*C) for the patch indices `rows` (B, M) only."""
         x = self.decoder_embed(latent)
         b, n_vis, dim = x.shape
         num_masked = ids_restore.shape[1] + 1 - n_vis
@@ -111,17 +117,35 @@ class MAE(Method):
         tokens = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
         tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
         x = torch.cat([x[:, :1, :], tokens], dim=1) + self.decoder_pos_embed
-        x = checkpointed(self.decoder_blocks, x, getattr(self.encoder, "grad_checkpointing", False))
+        grad_checkpointing = getattr(self.encoder, "grad_checkpointing", False)
+        if rows is not None:
+            x = last_block_at_rows(self.decoder_blocks, x, rows + 1, grad_checkpointing)
+            return self.decoder_pred(self.decoder_norm(x))
+        x = checkpointed(self.decoder_blocks, x, grad_checkpointing)
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:, :]
 
+    def target_patches(self, imgs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """What the decoder predicts: (B, L, p*p*C) patches, normalised per patch with `norm_pix`; with `rows`
+        only those patches."""
+        target = self.patchify(imgs)
+        if rows is not None:
+            target = gather_rows(target, rows)
+        return norm_pix_target(target) if self.norm_pix else target
+
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-patch MSE averaged over masked patches only."""
-        target = self.patchify(imgs)
-        if self.norm_pix:
-            target = norm_pix_target(target)
-        per_patch = ((pred.float() - target.float()) ** 2).mean(dim=-1)
+        per_patch = ((pred.float() - self.target_patches(imgs).float()) ** 2).mean(dim=-1)
         return (per_patch * mask).sum() / mask.sum()
+
+    def training_loss(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """`forward_mim(imgs, noise).loss`, computing the decoder's tail at the masked patches only."""
+        if not self.loss_rows_only:
+            return self.forward_mim(imgs, noise).loss
+        latent, mask, ids_restore = self.forward_encoder(imgs, noise)
+        rows = masked_rows(mask.bool(), self.mask_generator.num_masked)
+        pred = self.forward_decoder(latent, ids_restore, rows)
+        return ((pred.float() - self.target_patches(imgs, rows).float()) ** 2).mean()
 
     def forward_mim(self, imgs: torch.Tensor, noise: torch.Tensor | None = None) -> MIMOutput:
         """Model-level API (HF ViTMAE-like): optional `noise` (B, L) fixes the mask from outside."""
@@ -133,8 +157,7 @@ class MAE(Method):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         noise = self.mask_generator.noise(batch["keys"], self.seed).to(batch["images"].device)
-        out = self.forward_mim(batch["images"], noise)
-        return {"loss": out.loss}
+        return {"loss": self.training_loss(batch["images"], noise)}
 
     @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:

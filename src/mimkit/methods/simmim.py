@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimkit.data.keyed_random import sample_keys
@@ -13,6 +14,7 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
 from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size, run_blocks
+from mimkit.models.row_block import gather_rows, last_block_at_rows, masked_rows
 from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 
 
@@ -29,8 +31,19 @@ def masked_pixel_l1(imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, p
     return (l1 * m).sum() / (m.sum() + 1e-5) / chans
 
 
+def channel_major_patches(imgs: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, C*p*p) in the (channel, row, col) order that PixelShuffle reads a 1x1 conv's
+    output channels in."""
+    b, c, h, w = imgs.shape
+    x = imgs.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
 class SimMIM(Method):
     name = "simmim"
+    # Training runs a ViT encoder's last block, its norm and the 1x1-conv head at the masked patches only: the
+    # loss reads nothing else (see models/row_block.py). False runs them on every token, as the reference code does.
+    loss_rows_only = True
 
     def __init__(self, encoder: nn.Module, mask_generator: MaskGenerator, seed: int = 0):
         super().__init__()
@@ -66,9 +79,25 @@ class SimMIM(Method):
         rec = self.decoder(self.forward_encoder(imgs, mask))
         return MIMOutput(self.forward_loss(imgs, rec, mask), rec, mask.bool())
 
+    def training_loss(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """`forward_mim(imgs, mask).loss` for a mask with `mask_generator.num_masked` masked patches per image;
+        a ViT's last block and the head run at the masked patches only."""
+        enc = self.encoder
+        if not self.loss_rows_only or is_swin_encoder(enc):
+            return self.forward_mim(imgs, mask).loss
+        mask = mask.to(imgs.device)
+        rows = masked_rows(mask, self.mask_generator.num_masked)
+        x = embed_tokens(enc, imgs, mask, self.mask_token)
+        checkpointing = getattr(enc, "grad_checkpointing", False)
+        x = last_block_at_rows(enc.blocks, x, rows + enc.num_prefix_tokens, checkpointing)
+        conv = self.decoder[0]
+        pred = F.linear(enc.norm(x), conv.weight.flatten(1), conv.bias)
+        target = gather_rows(channel_major_patches(imgs, self.patch), rows)
+        return (pred.float() - target.float()).abs().mean()
+
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mask = self.mask_generator(batch["keys"], self.seed)
-        return {"loss": self.forward_mim(batch["images"], mask).loss}
+        return {"loss": self.training_loss(batch["images"], mask)}
 
     @torch.no_grad()
     def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:

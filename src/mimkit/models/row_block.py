@@ -1,0 +1,74 @@
+"""The last transformer block, run only for the tokens the loss reads.
+
+A MIM loss reads the last block's output at the masked tokens alone. In a pre-norm block a token's output depends on
+the other tokens only through attention's keys and values, so the last block can compute keys and values for every
+token but queries, the output projection and the MLP for the masked tokens only. The loss and its gradients are
+the same (up to float rounding); the work of that block falls by about the visible share of tokens.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Attention, Block
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from mimkit.models.encoder import checkpointed
+
+
+def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """(B, N, C) tokens, (B, M) indices -> (B, M, C)."""
+    return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def masked_rows(mask: torch.Tensor, num_masked: int, offset: int = 0) -> torch.Tensor:
+    """(B, L) bool mask with `num_masked` True per row -> (B, num_masked) token indices of the masked ones, in
+    ascending order, shifted by `offset` (the prefix tokens). No host synchronisation: the count is known."""
+    order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
+    return order[:, :num_masked].sort(dim=1).values + offset
+
+
+def runs_on_rows(block: nn.Module) -> bool:
+    """True for the plain timm pre-norm Block this module mirrors, with no hooks that a partial run would skip."""
+    attn = getattr(block, "attn", None)
+    if type(block) is not Block or type(attn) is not Attention or getattr(attn, "gate", None) is not None:
+        return False
+    return not any(m._forward_hooks or m._forward_pre_hooks for m in (block, attn))
+
+
+def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """A timm Block's output at token `rows` (B, M) of its input `x` (B, N, C): what `block(x)` gathers there."""
+    attn = block.attn
+    b, n, _ = x.shape
+    m = rows.shape[1]
+    dim, heads, head_dim = attn.attn_dim, attn.num_heads, attn.head_dim
+    h = block.norm1(x)
+    weight, bias = attn.qkv.weight, attn.qkv.bias
+    q = F.linear(gather_rows(h, rows), weight[:dim], None if bias is None else bias[:dim])
+    kv = F.linear(h, weight[dim:], None if bias is None else bias[dim:])
+    q = q.view(b, m, heads, head_dim).transpose(1, 2)
+    k, v = kv.view(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    if attn.fused_attn:
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=attn.attn_drop.p if attn.training else 0.0)
+    else:
+        weights = attn.attn_drop((q * attn.scale @ k.transpose(-2, -1)).softmax(dim=-1))
+        out = weights @ v
+    out = attn.proj_drop(attn.proj(attn.norm(out.transpose(1, 2).reshape(b, m, dim))))
+    y = gather_rows(x, rows) + block.drop_path1(block.ls1(out))
+    return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
+
+
+def last_block_at_rows(blocks: nn.ModuleList | list, x: torch.Tensor, rows: torch.Tensor,
+                       grad_checkpointing: bool) -> torch.Tensor:
+    """Run every block but the last on all tokens and the last at `rows` only (all of it at all tokens, then
+    gathered, when the last block is not a plain timm Block)."""
+    if len(blocks) == 0:
+        return gather_rows(x, rows)
+    x = checkpointed(blocks[:-1], x, grad_checkpointing)
+    last = blocks[-1]
+    if not runs_on_rows(last):
+        return gather_rows(checkpointed([last], x, grad_checkpointing), rows)
+    if grad_checkpointing and torch.is_grad_enabled():
+        return checkpoint(block_at_rows, last, x, rows, use_reentrant=False)
+    return block_at_rows(last, x, rows)

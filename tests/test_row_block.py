@@ -1,0 +1,89 @@
+"""The last block at the masked tokens only: the same outputs, loss and gradients as the full computation."""
+from __future__ import annotations
+
+import pytest
+import torch
+from timm.models.vision_transformer import Block
+
+from conftest import tiny_config
+from mimkit.config import resolved
+from mimkit.methods import build_method
+from mimkit.models.row_block import block_at_rows, gather_rows, last_block_at_rows, masked_rows, runs_on_rows
+
+
+def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("options", [dict(qkv_bias=True), dict(qkv_bias=False, qk_norm=True, init_values=0.1)])
+@pytest.mark.parametrize("fused", [True, False])
+def test_block_at_rows_is_the_full_block_gathered(options, fused):
+    torch.manual_seed(0)
+    block = Block(24, 3, **options).train()
+    block.attn.fused_attn = fused
+    x = torch.randn(3, 9, 24, requires_grad=True)
+    rows = torch.tensor([[0, 4, 8], [1, 2, 3], [8, 5, 6]])
+    weight = torch.randn(3, 3, 24)  # a loss that weighs every output differently
+
+    (gather_rows(block(x), rows) * weight).sum().backward()
+    full_x, full = x.grad.clone(), _grads(block)
+    x.grad = None
+    block.zero_grad()
+    out = block_at_rows(block, x, rows)
+    (out * weight).sum().backward()
+
+    torch.testing.assert_close(out, gather_rows(block(x), rows))
+    torch.testing.assert_close(x.grad, full_x)
+    assert full.keys() == _grads(block).keys()
+    for name, grad in _grads(block).items():
+        torch.testing.assert_close(grad, full[name], msg=name)
+
+
+def test_masked_rows_lists_the_masked_tokens_in_order_without_counting_them():
+    mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
+    assert masked_rows(mask, 2).tolist() == [[0, 2], [2, 3]]
+    assert masked_rows(mask, 2, offset=1).tolist() == [[1, 3], [3, 4]]
+
+
+def test_a_hooked_or_foreign_last_block_runs_whole_and_is_then_gathered():
+    torch.manual_seed(0)
+    blocks = torch.nn.ModuleList([Block(16, 2), Block(16, 2)])
+    x, rows = torch.randn(2, 5, 16), torch.tensor([[1, 3], [0, 4]])
+    expected = gather_rows(blocks[1](blocks[0](x)), rows)
+    assert runs_on_rows(blocks[1])
+    seen = []
+    handle = blocks[1].register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    assert not runs_on_rows(blocks[1])
+    torch.testing.assert_close(last_block_at_rows(blocks, x, rows, grad_checkpointing=False), expected)
+    assert seen == [(2, 5, 16)]  # the hook saw the whole block run
+    handle.remove()
+    torch.testing.assert_close(last_block_at_rows(blocks, x, rows, grad_checkpointing=True), expected)
+    assert not runs_on_rows(torch.nn.Identity())
+    torch.testing.assert_close(last_block_at_rows([], x, rows, grad_checkpointing=False), gather_rows(x, rows))
+
+
+def _loss_and_grads(method, batch, rows_only: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    method.loss_rows_only = rows_only
+    method.zero_grad()
+    loss = method(batch)["loss"]
+    loss.backward()
+    return loss.item(), _grads(method)
+
+
+@pytest.mark.parametrize("extra", [
+    ("method.name=mae",),
+    ("method.name=mae", "method.norm_pix=false", "train.grad_checkpointing=true"),
+    ("method.name=simmim", "method.mask_patch_size=8"),
+    ("method.name=simmim", "method.mask_patch_size=8", "data.in_chans=3", "train.grad_checkpointing=true"),
+])
+def test_training_loss_and_gradients_equal_the_full_forward(extra):
+    torch.manual_seed(0)
+    method = build_method(resolved(tiny_config(*extra))).train()
+    chans = method.chans
+    batch = {"images": torch.randn(4, chans, 16, 16), "keys": torch.arange(4)}
+    full_loss, full = _loss_and_grads(method, batch, rows_only=False)
+    loss, grads = _loss_and_grads(method, batch, rows_only=True)
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    assert grads.keys() == full.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -43,6 +43,9 @@ def test_masked_rows_lists_the_masked_tokens_in_order_without_counting_them():
     mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
     assert masked_rows(mask, 2).tolist() == [[0, 2], [2, 3]]
     assert masked_rows(mask, 2, offset=1).tolist() == [[1, 3], [3, 4]]
+    half = (torch.arange(300) < 150).expand(8, -1)  # long rows, shuffled per row: ascending as well
+    shuffled = half.gather(1, torch.argsort(torch.rand(8, 300), dim=1))
+    assert torch.equal(masked_rows(shuffled, 150), torch.stack([row.nonzero().flatten() for row in shuffled]))
 
 
 def test_a_hooked_or_foreign_last_block_runs_whole_and_is_then_gathered():
@@ -57,33 +60,79 @@ def test_a_hooked_or_foreign_last_block_runs_whole_and_is_then_gathered():
     torch.testing.assert_close(last_block_at_rows(blocks, x, rows, grad_checkpointing=False), expected)
     assert seen == [(2, 5, 16)]  # the hook saw the whole block run
     handle.remove()
+    handle = blocks[1].attn.qkv.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape))
+    torch.testing.assert_close(last_block_at_rows(blocks, x, rows, grad_checkpointing=False), expected)
+    assert seen[-1] == (2, 5, 16)  # a hook inside the block counts too
+    handle.remove()
+    assert runs_on_rows(blocks[1])
     torch.testing.assert_close(last_block_at_rows(blocks, x, rows, grad_checkpointing=True), expected)
     assert not runs_on_rows(torch.nn.Identity())
     torch.testing.assert_close(last_block_at_rows([], x, rows, grad_checkpointing=False), gather_rows(x, rows))
 
 
-def _loss_and_grads(method, batch, rows_only: bool) -> tuple[float, dict[str, torch.Tensor]]:
+def _loss_and_grads(method, batch, rows_only: bool, runner=None) -> tuple[float, dict[str, torch.Tensor]]:
     method.loss_rows_only = rows_only
     method.zero_grad()
-    loss = method(batch)["loss"]
+    torch.manual_seed(1)  # drop path draws the same numbers in both computations
+    loss = (method if runner is None else runner)(batch)["loss"]
     loss.backward()
     return loss.item(), _grads(method)
 
 
+def _last_block(method) -> torch.nn.Module:
+    return method.decoder_blocks[-1] if hasattr(method, "decoder_blocks") else method.encoder.blocks[-1]
+
+
+def _assert_same(method, batch, runner=None) -> None:
+    full_loss, full = _loss_and_grads(method, batch, rows_only=False, runner=runner)
+    loss, grads = _loss_and_grads(method, batch, rows_only=True, runner=runner)
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    assert grads.keys() == full.keys()
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, full[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
 @pytest.mark.parametrize("extra", [
     ("method.name=mae",),
-    ("method.name=mae", "method.norm_pix=false", "train.grad_checkpointing=true"),
-    ("method.name=simmim", "method.mask_patch_size=8"),
+    ("method.name=mae", "method.norm_pix=false", "train.grad_checkpointing=true", "model.drop_path=0.3"),
+    ("method.name=simmim", "method.mask_patch_size=8", "model.drop_path=0.3"),
     ("method.name=simmim", "method.mask_patch_size=8", "data.in_chans=3", "train.grad_checkpointing=true"),
 ])
 def test_training_loss_and_gradients_equal_the_full_forward(extra):
     torch.manual_seed(0)
     method = build_method(resolved(tiny_config(*extra))).train()
-    chans = method.chans
-    batch = {"images": torch.randn(4, chans, 16, 16), "keys": torch.arange(4)}
-    full_loss, full = _loss_and_grads(method, batch, rows_only=False)
-    loss, grads = _loss_and_grads(method, batch, rows_only=True)
-    assert loss == pytest.approx(full_loss, rel=1e-5)
-    assert grads.keys() == full.keys()
-    for name, grad in grads.items():
-        torch.testing.assert_close(grad, full[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert runs_on_rows(_last_block(method))  # the partial block runs, not its whole-block fallback
+    batch = {"images": torch.randn(4, method.chans, 16, 16), "keys": torch.arange(4)}
+    _assert_same(method, batch)
+    _assert_same(method.eval(), batch)  # held-out losses
+
+
+@pytest.mark.parametrize("name", ["mae", "simmim"])
+def test_compiled_checkpointed_training_loss_equals_the_full_forward(name):
+    """Graph capture (aot_eager: dynamo and AOT autograd, no code generation) through the partial last block,
+    checkpointed."""
+    torch.manual_seed(0)
+    method = build_method(resolved(tiny_config(f"method.name={name}", "method.mask_patch_size=8",
+                                               "train.grad_checkpointing=true"))).train()
+    batch = {"images": torch.randn(4, method.chans, 16, 16), "keys": torch.arange(4)}
+    _assert_same(method, batch, runner=torch.compile(method, backend="aot_eager"))
+
+
+def test_a_hook_on_the_head_or_a_replaced_projection_turns_the_partial_run_off():
+    torch.manual_seed(0)
+    method = build_method(resolved(tiny_config("method.name=mae"))).train()
+    batch = {"images": torch.randn(2, 1, 16, 16), "keys": torch.arange(2)}
+    seen = []
+    handle = method.decoder_pred.register_forward_hook(lambda module, args, out: seen.append(out.shape[1]))
+    method(batch)
+    assert seen == [17]  # the class token and every patch, as without the partial run
+    handle.remove()
+
+    class LoRALinear(torch.nn.Linear):  # a projection whose forward does more than its weight says
+        pass
+
+    block = _last_block(method)
+    assert runs_on_rows(block)
+    qkv = block.attn.qkv
+    block.attn.qkv = LoRALinear(qkv.in_features, qkv.out_features)
+    assert not runs_on_rows(block)

@@ -16,7 +16,7 @@ from mimkit.methods.base import Method
 from mimkit.models.encoder import (checkpointed, grid_size, in_chans, init_mae_weights,
                                    init_patch_embed_like_linear, patch_size, patchify, run_blocks, unpatchify)
 from mimkit.models.pos_embed import sincos_2d
-from mimkit.models.row_block import gather_rows, last_block_at_rows, masked_rows
+from mimkit.models.row_block import gather_rows, hooked, last_block_at_rows, masked_rows
 
 
 @dataclass
@@ -139,8 +139,9 @@ class MAE(Method):
         return (per_patch * mask).sum() / mask.sum()
 
     def training_loss(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """`forward_mim(imgs, noise).loss`, computing the decoder's tail at the masked patches only."""
-        if not self.loss_rows_only:
+        """`forward_mim(imgs, noise).loss`, computing the decoder's tail at the masked patches only (all of it when a
+        hook on the decoder's norm or head expects every token)."""
+        if not self.loss_rows_only or hooked(self.decoder_norm, self.decoder_pred):
             return self.forward_mim(imgs, noise).loss
         latent, mask, ids_restore = self.forward_encoder(imgs, noise)
         rows = masked_rows(mask.bool(), self.mask_generator.num_masked)

@@ -14,7 +14,7 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
 from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size, run_blocks
-from mimkit.models.row_block import gather_rows, last_block_at_rows, masked_rows
+from mimkit.models.row_block import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 
 
@@ -80,10 +80,12 @@ class SimMIM(Method):
         return MIMOutput(self.forward_loss(imgs, rec, mask), rec, mask.bool())
 
     def training_loss(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`forward_mim(imgs, mask).loss` for a mask with `mask_generator.num_masked` masked patches per image;
-        a ViT's last block and the head run at the masked patches only."""
+        """`forward_mim(imgs, mask).loss`, with a ViT's last block and the head at the masked patches only (all of
+        it for SwinV2, or when a hook on the final norm or the head expects every token). The mask must have
+        `mask_generator.num_masked` masked patches per image, as the generator's masks do: that count is not
+        checked, because checking it would wait for the device."""
         enc = self.encoder
-        if not self.loss_rows_only or is_swin_encoder(enc):
+        if not self.loss_rows_only or is_swin_encoder(enc) or hooked(enc.norm, self.decoder):
             return self.forward_mim(imgs, mask).loss
         mask = mask.to(imgs.device)
         rows = masked_rows(mask, self.mask_generator.num_masked)

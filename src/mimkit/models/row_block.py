@@ -24,16 +24,25 @@ def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
 def masked_rows(mask: torch.Tensor, num_masked: int, offset: int = 0) -> torch.Tensor:
     """(B, L) bool mask with `num_masked` True per row -> (B, num_masked) token indices of the masked ones, in
     ascending order, shifted by `offset` (the prefix tokens). No host synchronisation: the count is known."""
-    order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)
-    return order[:, :num_masked].sort(dim=1).values + offset
+    order = torch.argsort(mask.to(torch.int8), dim=1, descending=True, stable=True)  # stable: True ones ascending
+    return order[:, :num_masked] + offset
+
+
+def hooked(*modules: nn.Module) -> bool:
+    """True when any part of `modules` has a forward or backward hook: a partial run would hide tokens from such a
+    hook, or skip it (the partial block reads the qkv projection's weights and never calls that module). Global
+    module hooks are not looked at: torch's FLOP counter sets them, and they see the partial run as it is."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for module in modules for m in module.modules())
 
 
 def runs_on_rows(block: nn.Module) -> bool:
-    """True for the plain timm pre-norm Block this module mirrors, with no hooks that a partial run would skip."""
+    """True for the plain timm pre-norm Block this module mirrors (an nn.Linear qkv projection: a LoRA or quantised
+    one would lose its extra work), with no hooks."""
     attn = getattr(block, "attn", None)
     if type(block) is not Block or type(attn) is not Attention or getattr(attn, "gate", None) is not None:
         return False
-    return not any(m._forward_hooks or m._forward_pre_hooks for m in (block, attn))
+    return type(attn.qkv) is nn.Linear and not hooked(block)
 
 
 def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -43,9 +52,11 @@ def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torc
     m = rows.shape[1]
     dim, heads, head_dim = attn.attn_dim, attn.num_heads, attn.head_dim
     h = block.norm1(x)
-    weight, bias = attn.qkv.weight, attn.qkv.bias
-    q = F.linear(gather_rows(h, rows), weight[:dim], None if bias is None else bias[:dim])
-    kv = F.linear(h, weight[dim:], None if bias is None else bias[dim:])
+    # split, not slices: its backward is one concatenation, where two slices would each fill a full-size zero grad
+    weight_q, weight_kv = attn.qkv.weight.split([dim, 2 * dim])
+    bias_q, bias_kv = attn.qkv.bias.split([dim, 2 * dim]) if attn.qkv.bias is not None else (None, None)
+    q = F.linear(gather_rows(h, rows), weight_q, bias_q)
+    kv = F.linear(h, weight_kv, bias_kv)
     q = q.view(b, m, heads, head_dim).transpose(1, 2)
     k, v = kv.view(b, n, 2, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)

@@ -6,11 +6,15 @@
 # GPU-marked tests, then the input pipeline alone (scripts/gpu_loader_bench.sh; LOADER=0 skips it). Everything
 # lands in OUT_DIR (bench-suite.json, bench-suite.txt, versions.txt, gpu-tests.txt, bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
+# SUITE=0 skips the suite: a device command may run 10 minutes at most, so a lent machine can take the suite in one
+# call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
 record_versions
-$PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} --out "$OUT/bench-suite.json" \
-  ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
+if [ "${SUITE:-1}" = 1 ]; then
+  $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} \
+    --out "$OUT/bench-suite.json" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
+fi
 if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"
 fi

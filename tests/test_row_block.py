@@ -136,3 +136,17 @@ def test_a_hook_on_the_head_or_a_replaced_projection_turns_the_partial_run_off()
     qkv = block.attn.qkv
     block.attn.qkv = LoRALinear(qkv.in_features, qkv.out_features)
     assert not runs_on_rows(block)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("name", ["mae", "simmim"])
+def test_training_loss_equals_the_full_forward_on_cuda_in_bf16(name):
+    torch.manual_seed(0)
+    method = build_method(resolved(tiny_config(f"method.name={name}", "method.mask_patch_size=8"))).cuda().train()
+    batch = {"images": torch.randn(8, method.chans, 16, 16, device="cuda"), "keys": torch.arange(8, device="cuda")}
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        full_loss, full = _loss_and_grads(method, batch, rows_only=False)
+        loss, grads = _loss_and_grads(method, batch, rows_only=True)
+    assert loss == pytest.approx(full_loss, rel=2e-2)
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, full[key], rtol=5e-2, atol=5e-3, msg=key)

@@ -4,7 +4,8 @@
 # One `mimkit bench suite` (ViT-B/16 at 224 px, bf16: MAE, SimMIM, distillation, fine-tuning, with and without
 # torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
 # GPU-marked tests, then the input pipeline alone (scripts/gpu_loader_bench.sh; LOADER=0 skips it). Everything
-# lands in OUT_DIR (bench-suite.json, bench-suite.txt, versions.txt, gpu-tests.txt, bench-loader-*.json).
+# lands in OUT_DIR (bench-suite.json, bench-suite.md, bench-suite.txt, versions.txt, gpu-tests.txt,
+# bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 # SUITE=0 skips the suite: a device command may run 10 minutes at most, so a lent machine can take the suite in one
 # call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.

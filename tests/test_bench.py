@@ -16,7 +16,7 @@ pytest.importorskip("transformers")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "suite.json"
     result = run_suite("tiny", "cpu", steps=2, warmup=1, batch=4, rounds=2, out=out, log=lambda *_: None)
-    return result, json.loads(out.read_text())
+    return result, json.loads(out.read_text()), out.with_suffix(".md").read_text()
 
 
 def _rows(result):
@@ -24,7 +24,7 @@ def _rows(result):
 
 
 def test_suite_times_every_workload_against_its_references(suite):
-    result, written = suite
+    result, written, _ = suite
     assert written["rows"] == result["rows"] and written["device"] and written["versions"]["torch"]
     assert set(_rows(result)) == {
         ("mae", "mimkit"), ("mae", "mimkit + input pipeline"), ("mae", "input pipeline alone"),
@@ -80,6 +80,22 @@ def test_ratios_and_targets_come_from_the_rows(suite):
     assert target["need"] == 1.2 and target["met"] == (target["got"] >= 1.2)
     table = format_table(result)
     assert "official-style (timm Blocks)" in table and "MFU" in table and "target mae" in table
+
+
+def test_markdown_report_beside_the_json_has_every_row_ratio_and_target(suite):
+    result, _, markdown = suite
+    lines = markdown.splitlines()
+    assert result["device"] in lines[0] and result["date"] in lines[0]
+    table = [line for line in lines if line.startswith("| ")]
+    assert len(table) == 1 + len(result["rows"])  # header + one line per row
+    header = [cell.strip() for cell in table[0].strip("|").split("|")]
+    assert header[-1] == "spread img/s"  # timed in 2 rounds
+    for line, row in zip(table[1:], result["rows"]):
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        assert len(cells) == len(header)
+        assert cells[:2] == [row["group"], row["impl"]] and cells[3] == f"{row['img_per_s']:,.0f}"
+    target = result["targets"][0]
+    assert f"- target {target['what']} >= {target['need']}: {target['got']:.2f}" in markdown
 
 
 def test_compile_modes_add_mimkit_rows(tmp_path):

@@ -260,7 +260,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                            compile_rows=args.compile, batch=args.batch, rounds=args.rounds,
                            compile_modes=tuple(args.compile_mode), out=args.out)
         print(format_table(result))
-        print(f"written to {args.out}")
+        print(f"written to {args.out} (and the Markdown table to {Path(args.out).with_suffix('.md')})")
         return 0
     cfg = load_config(args.config, args.set)
     if args.bench_command == "memory":

@@ -398,6 +398,7 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     result["targets"] = targets(result["ratios"], rows, dev.type, preset)
     if out:
         atomic_write_text(out, json.dumps(result, indent=1))
+        atomic_write_text(Path(out).with_suffix(".md"), markdown_report(result))
         result["written_to"] = str(out)
     return result
 
@@ -476,21 +477,31 @@ def _gflops(row: dict[str, Any]) -> str:
     if not executed:
         return "-"
     if model and abs(model - executed) > 1e-3 * model:
-        return f"{executed / 1e9:.2f} / {model / 1e9:.2f}"
-    return f"{executed / 1e9:.2f}"
+        return f"{executed / 1e9:.4g} / {model / 1e9:.4g}"
+    return f"{executed / 1e9:.4g}"
+
+
+HEADER = ["workload", "implementation", "batch", "img/s", "ms/step", "GFLOP/img", "MFU", "peak GB", "1st step s"]
+
+
+def _cells(row: dict[str, Any]) -> list[str]:
+    return [row["group"], row["impl"], str(row["batch"]), f"{row['img_per_s']:,.0f}", f"{row['step_ms']:.1f}",
+            _gflops(row), f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
+            f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-",
+            f"{row['first_step_s']:.1f}"]
+
+
+def _summary_lines(result: dict[str, Any]) -> list[str]:
+    lines = [f"{group}: " + ", ".join(f"{k} {v:.2f}x" for k, v in entry.items())
+             for group, entry in result["ratios"].items()]
+    return lines + [f"target {t['what']} >= {t['need']}: {t['got']:.2f} {'MET' if t['met'] else 'NOT MET'}"
+                    for t in result["targets"]]
 
 
 def format_table(result: dict[str, Any]) -> str:
-    """The suite as a plain-text table (what the CLI prints; rich draws it when installed)."""
-    header = ["workload", "implementation", "batch", "img/s", "ms/step", "GFLOP/img", "MFU", "peak GB", "1st step s"]
-    lines = [header]
-    for r in result["rows"]:
-        lines.append([r["group"], r["impl"], str(r["batch"]), f"{r['img_per_s']:,.0f}", f"{r['step_ms']:.1f}",
-                      _gflops(r),
-                      f"{100 * r['mfu']:.1f}%" if r["mfu"] is not None else "-",
-                      f"{r['peak_memory_gb']:.1f}" if r["peak_memory_gb"] is not None else "-",
-                      f"{r['first_step_s']:.1f}"])
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    """The suite as a plain-text table (what the CLI prints)."""
+    lines = [HEADER] + [_cells(r) for r in result["rows"]]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
     text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
                                                                        result["versions"].items())]
     for i, line in enumerate(lines):
@@ -498,8 +509,24 @@ def format_table(result: dict[str, Any]) -> str:
                               enumerate(zip(line, widths))))
         if i == 0:
             text.append("  ".join("-" * w for w in widths))
-    for group, entry in result["ratios"].items():
-        text.append(f"{group}: " + ", ".join(f"{k} {v:.2f}x" for k, v in entry.items()))
-    for t in result["targets"]:
-        text.append(f"target {t['what']} >= {t['need']}: {t['got']:.2f} {'MET' if t['met'] else 'NOT MET'}")
-    return "\n".join(text)
+    return "\n".join(text + _summary_lines(result))
+
+
+def markdown_report(result: dict[str, Any]) -> str:
+    """The suite as a Markdown section, ready for docs/performance.md: what was run where, the table (with each
+    row's slowest and fastest pass when timed in rounds), ratios and targets."""
+    versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    spread = result["rounds"] > 1
+    header = HEADER + (["spread img/s"] if spread else [])
+    out = [f"## `mimkit bench suite`: {result['device']}, {result['date']}", "",
+           f"Preset `{result['preset']}`, {result['precision']}, {result['threads']} threads, {result['steps']} timed "
+           f"steps in {result['rounds']} round(s) after {result['warmup']} warm-up steps, load average "
+           f"{result['load_average']:.1f}. {result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} "
+           f"TFLOP/s. Versions: {versions}. GFLOP/img: executed / model where they differ; MFU counts the "
+           "executed FLOPs.", "",
+           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in result["rows"]:
+        cells = _cells(row) + ([f"{row['spread'][0]:,.0f}-{row['spread'][1]:,.0f}" if row["spread"] else ""]
+                               if spread else [])
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out + [""] + [f"- {line}" for line in _summary_lines(result)]) + "\n"

@@ -8,11 +8,21 @@ from timm.models.vision_transformer import Block
 from conftest import tiny_config
 from mimkit.config import resolved
 from mimkit.methods import build_method
-from mimkit.models.row_block import block_at_rows, gather_rows, last_block_at_rows, masked_rows, runs_on_rows
+from mimkit.models.row_block import (block_at_rows, class_token_forward, gather_rows, last_block_at_rows, masked_rows,
+                                     reads_class_token_only, runs_on_rows)
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in module.named_parameters() if p.grad is not None}
+
+
+def _assert_grads_close(grads: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> None:
+    """Equal up to float rounding, measured against each gradient's largest entry (BatchNorm over a few samples, as
+    in MoCo v3's heads, amplifies rounding in the small entries)."""
+    assert grads.keys() == expected.keys()
+    for name, grad in grads.items():
+        scale = expected[name].abs().max().item()
+        assert (grad - expected[name]).abs().max().item() <= 1e-4 * scale + 1e-5, name
 
 
 @pytest.mark.parametrize("options", [dict(qkv_bias=True), dict(qkv_bias=False, qk_norm=True, init_values=0.1)])
@@ -83,7 +93,19 @@ def _last_block(method) -> torch.nn.Module:
     return method.decoder_blocks[-1] if hasattr(method, "decoder_blocks") else method.encoder.blocks[-1]
 
 
+def _step_flops(method, batch) -> int:
+    from mimkit.bench.flops import count_flops
+
+    flops = count_flops(lambda: method(batch)["loss"].backward())
+    method.zero_grad()
+    return flops
+
+
 def _assert_same(method, batch, runner=None) -> None:
+    method.loss_rows_only = True
+    partial_flops = _step_flops(method, batch)
+    method.loss_rows_only = False
+    assert partial_flops < _step_flops(method, batch)  # the switch really changes the computation
     full_loss, full = _loss_and_grads(method, batch, rows_only=False, runner=runner)
     loss, grads = _loss_and_grads(method, batch, rows_only=True, runner=runner)
     assert loss == pytest.approx(full_loss, rel=1e-5)
@@ -150,3 +172,53 @@ def test_training_loss_equals_the_full_forward_on_cuda_in_bf16(name):
     assert loss == pytest.approx(full_loss, rel=2e-2)
     for key, grad in grads.items():
         torch.testing.assert_close(grad, full[key], rtol=5e-2, atol=5e-3, msg=key)
+
+
+def test_class_token_forward_is_the_whole_model_for_a_token_pooled_vit():
+    import timm
+
+    torch.manual_seed(0)
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=5,
+                            global_pool="token", drop_path_rate=0.3).train()
+    x = torch.randn(3, 3, 32, 32)
+    for checkpointing in (False, True):
+        vit.set_grad_checkpointing(checkpointing)
+        outputs, grads = [], []
+        for run in (vit, lambda images: class_token_forward(vit, images)):
+            vit.zero_grad()
+            torch.manual_seed(1)  # drop path draws the same numbers in both
+            out = run(x)
+            out.pow(2).sum().backward()
+            outputs.append(out.detach())
+            grads.append(_grads(vit))
+        torch.testing.assert_close(outputs[1], outputs[0])
+        _assert_grads_close(grads[1], grads[0])
+    assert reads_class_token_only(vit)
+    vit.head.register_forward_hook(lambda *_: None)
+    assert not reads_class_token_only(vit)
+    avg = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, global_pool="avg")
+    assert not reads_class_token_only(avg)
+
+
+@pytest.mark.parametrize("extra", [
+    ("method.name=supervised", "model.global_pool=token", "model.num_classes=4"),
+    ("method.name=mocov3", "method.moco_dim=16", "method.moco_mlp_dim=32"),
+])
+def test_class_token_methods_train_as_with_the_whole_encoder(extra):
+    torch.manual_seed(0)
+    method = build_method(resolved(tiny_config(*extra))).train()
+    assert reads_class_token_only(method.encoder)
+    x = torch.randn(4, 1, 16, 16)
+    batch = {"images": x, "images2": x.flip(-1), "labels": torch.arange(4) % 4, "keys": torch.arange(4)}
+    results = []
+    for rows_only in (True, False):
+        method.loss_rows_only = rows_only
+        method.zero_grad()
+        torch.manual_seed(1)
+        loss = method(batch)["loss"]
+        loss.backward()
+        results.append((loss.item(), _grads(method), _step_flops(method, batch)))
+    (loss, grads, flops), (full_loss, full, full_flops) = results
+    assert loss == pytest.approx(full_loss, rel=1e-5)
+    _assert_grads_close(grads, full)
+    assert flops < 0.95 * full_flops  # the switch really changes the computation

@@ -6,6 +6,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mimkit.models.row_block import class_token_forward
+
 # Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms); SwinV2's
 # attention temperature and continuous position-bias MLP as in timm's no_weight_decay.
 NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token",
@@ -22,6 +24,15 @@ class Method(nn.Module):
 
     name: str = "method"
     encoder: nn.Module
+    # Training computes the last block only where the loss reads it: MAE's and SimMIM's masked tokens, a
+    # class-token-pooled encoder's class token (models/row_block.py). False runs every block at every token, as the
+    # reference code does (bench and sweeps set it to count the model's FLOPs).
+    loss_rows_only: bool = True
+
+    def pooled(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
+        """`encoder(images)`, with the last block at the class token only when that is all the encoder's pooled
+        output reads (see loss_rows_only)."""
+        return class_token_forward(encoder, images) if self.loss_rows_only else encoder(images)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

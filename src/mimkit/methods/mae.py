@@ -35,9 +35,6 @@ def norm_pix_target(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
 
 class MAE(Method):
     name = "mae"
-    # Training runs the decoder's last block, its norm and the prediction head at the masked tokens only: the loss
-    # reads nothing else (see models/row_block.py). False runs them on every token, as the reference code does.
-    loss_rows_only = True
 
     def __init__(self, encoder: nn.Module, decoder_dim: int, decoder_depth: int, decoder_heads: int,
                  mlp_ratio: float, mask_generator: MaskGenerator, norm_pix: bool = True, norm_eps: float = 1e-6,

@@ -76,11 +76,12 @@ class MoCoV3(Method):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         x1, x2 = batch["images"], batch["images2"]
-        q1 = self.predictor(self.projector(self.encoder(x1)))
-        q2 = self.predictor(self.projector(self.encoder(x2)))
+        # the class token is all the loss reads: both encoders run their last block at it only
+        q1 = self.predictor(self.projector(self.pooled(self.encoder, x1)))
+        q2 = self.predictor(self.projector(self.pooled(self.encoder, x2)))
         with torch.no_grad():
-            k1 = self.momentum_projector(self.momentum_encoder(x1))
-            k2 = self.momentum_projector(self.momentum_encoder(x2))
+            k1 = self.momentum_projector(self.pooled(self.momentum_encoder, x1))
+            k2 = self.momentum_projector(self.pooled(self.momentum_encoder, x2))
         # Keys from every rank in training; evaluation scores whole batches locally (see heldout.FixedMaskEvaluator).
         gather = self.training
         loss = (contrastive_loss(q1, k2, self.temperature, gather)

@@ -41,9 +41,6 @@ def channel_major_patches(imgs: torch.Tensor, patch: int) -> torch.Tensor:
 
 class SimMIM(Method):
     name = "simmim"
-    # Training runs a ViT encoder's last block, its norm and the 1x1-conv head at the masked patches only: the
-    # loss reads nothing else (see models/row_block.py). False runs them on every token, as the reference code does.
-    loss_rows_only = True
 
     def __init__(self, encoder: nn.Module, mask_generator: MaskGenerator, seed: int = 0):
         super().__init__()

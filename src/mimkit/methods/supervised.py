@@ -64,7 +64,8 @@ class Supervised(Method):
                                num_classes=encoder.num_classes)
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
-        return self.encoder(images)
+        """The classifier's output; with class-token pooling the last block runs at the class token only."""
+        return self.pooled(self.encoder, images)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images, labels = batch["images"], batch["labels"]

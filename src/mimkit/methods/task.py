@@ -39,7 +39,7 @@ class TaskModel(Method):
 
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
-            feats = self.encoder(images)
+            feats = self.pooled(self.encoder, images)
         out = {}
         if self.box_head is not None:
             out["boxes"] = torch.sigmoid(self.box_head(feats).float())

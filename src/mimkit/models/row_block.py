@@ -1,6 +1,7 @@
 """The last transformer block, run only for the tokens the loss reads.
 
-A MIM loss reads the last block's output at the masked tokens alone. In a pre-norm block a token's output depends on
+A MIM loss reads the last block's output at the masked tokens alone; a class-token-pooled ViT (MoCo v3, DeiT-style
+classification) reads the class token alone. In a pre-norm block a token's output depends on
 the other tokens only through attention's keys and values, so the last block can compute keys and values for every
 token but queries, the output projection and the MLP for the masked tokens only. The loss and its gradients are
 the same (up to float rounding); the work of that block falls by about the visible share of tokens.
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from timm.models.vision_transformer import Attention, Block
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mimkit.models.encoder import checkpointed
+from mimkit.models.encoder import checkpointed, embed_tokens
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -83,3 +84,24 @@ def last_block_at_rows(blocks: nn.ModuleList | list, x: torch.Tensor, rows: torc
     if grad_checkpointing and torch.is_grad_enabled():
         return checkpoint(block_at_rows, last, x, rows, use_reentrant=False)
     return block_at_rows(last, x, rows)
+
+
+def reads_class_token_only(vit: nn.Module) -> bool:
+    """True for a timm VisionTransformer pooled by its class token (global_pool='token'), with no hook on the
+    model itself or on its final norm and head, which would see one token instead of all."""
+    if type(vit) is not VisionTransformer or vit.global_pool != "token" or vit.cls_token is None:
+        return False
+    own_hooks = vit._forward_hooks or vit._forward_pre_hooks or vit._backward_hooks or vit._backward_pre_hooks
+    if getattr(vit, "attn_pool", None) is not None or own_hooks:
+        return False
+    return not hooked(vit.norm, vit.fc_norm, vit.head_drop, vit.head)
+
+
+def class_token_forward(vit: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """`vit(images)` for a class-token-pooled timm ViT, with the last block at the class token only (the pooled
+    output reads nothing else); any other model runs whole."""
+    if not reads_class_token_only(vit):
+        return vit(images)
+    cls_row = torch.zeros(images.shape[0], 1, dtype=torch.long, device=images.device)
+    x = last_block_at_rows(vit.blocks, embed_tokens(vit, images), cls_row, getattr(vit, "grad_checkpointing", False))
+    return vit.forward_head(vit.norm(x))

@@ -174,42 +174,73 @@ def test_training_loss_equals_the_full_forward_on_cuda_in_bf16(name):
         torch.testing.assert_close(grad, full[key], rtol=5e-2, atol=5e-3, msg=key)
 
 
-def test_class_token_forward_is_the_whole_model_for_a_token_pooled_vit():
+@pytest.mark.parametrize("options", [
+    dict(drop_path_rate=0.3),
+    dict(reg_tokens=4, no_embed_class=True, pre_norm=True, patch_drop_rate=0.3, pos_drop_rate=0.1,
+         dynamic_img_size=True, fc_norm=True, init_values=0.1, qk_norm=True),
+])
+@pytest.mark.parametrize("checkpointing", [False, True])
+@pytest.mark.parametrize("train", [True, False])
+def test_class_token_forward_is_the_whole_model_for_a_token_pooled_vit(options, checkpointing, train):
     import timm
+
+    from mimkit.bench.flops import count_flops
 
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=5,
-                            global_pool="token", drop_path_rate=0.3).train()
+                            global_pool="token", **options).train(train)
+    vit.set_grad_checkpointing(checkpointing)
+    assert reads_class_token_only(vit) and runs_on_rows(vit.blocks[-1])
     x = torch.randn(3, 3, 32, 32)
-    for checkpointing in (False, True):
-        vit.set_grad_checkpointing(checkpointing)
-        outputs, grads = [], []
-        for run in (vit, lambda images: class_token_forward(vit, images)):
-            vit.zero_grad()
-            torch.manual_seed(1)  # drop path draws the same numbers in both
-            out = run(x)
-            out.pow(2).sum().backward()
-            outputs.append(out.detach())
-            grads.append(_grads(vit))
-        torch.testing.assert_close(outputs[1], outputs[0])
-        _assert_grads_close(grads[1], grads[0])
-    assert reads_class_token_only(vit)
-    vit.head.register_forward_hook(lambda *_: None)
-    assert not reads_class_token_only(vit)
-    avg = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, global_pool="avg")
-    assert not reads_class_token_only(avg)
+    outputs, grads, flops = [], [], []
+    for run in (vit, lambda images: class_token_forward(vit, images)):
+        vit.zero_grad()
+        torch.manual_seed(1)  # drop path, patch and position dropout draw the same numbers in both
+        out = run(x)
+        out.pow(2).sum().backward()
+        outputs.append(out.detach())
+        grads.append(_grads(vit))
+        flops.append(count_flops(lambda: run(x).sum()))
+    torch.testing.assert_close(outputs[1], outputs[0])
+    _assert_grads_close(grads[1], grads[0])
+    assert flops[1] < 0.9 * flops[0]  # the last block really ran at one token
+
+
+def test_hooks_pooling_and_dropout_that_need_the_whole_model():
+    import timm
+
+    def vit(**options):
+        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=5,
+                                 **{"global_pool": "token", **options})
+
+    for part in ("", "norm", "fc_norm", "head_drop", "head", "blocks"):
+        model = vit()
+        assert reads_class_token_only(model)
+        (model.get_submodule(part) if part else model).register_forward_hook(lambda *_: None)
+        assert not reads_class_token_only(model), part
+    assert not reads_class_token_only(vit(global_pool="avg"))
+    dropout = vit(proj_drop_rate=0.1)  # dropout inside the blocks: the last one runs whole, then is gathered
+    assert reads_class_token_only(dropout) and not runs_on_rows(dropout.blocks[-1])
+    x = torch.randn(2, 3, 32, 32)
+    torch.manual_seed(1)
+    expected = dropout(x)
+    torch.manual_seed(1)
+    torch.testing.assert_close(class_token_forward(dropout, x), expected)
 
 
 @pytest.mark.parametrize("extra", [
     ("method.name=supervised", "model.global_pool=token", "model.num_classes=4"),
     ("method.name=mocov3", "method.moco_dim=16", "method.moco_mlp_dim=32"),
+    ("method.name=task", "data.task=localization", "model.global_pool=token"),
 ])
 def test_class_token_methods_train_as_with_the_whole_encoder(extra):
     torch.manual_seed(0)
     method = build_method(resolved(tiny_config(*extra))).train()
-    assert reads_class_token_only(method.encoder)
+    for encoder in (method.encoder, getattr(method, "momentum_encoder", method.encoder)):
+        assert reads_class_token_only(encoder) and runs_on_rows(encoder.blocks[-1])
     x = torch.randn(4, 1, 16, 16)
-    batch = {"images": x, "images2": x.flip(-1), "labels": torch.arange(4) % 4, "keys": torch.arange(4)}
+    batch = {"images": x, "images2": x.flip(-1), "labels": torch.arange(4) % 4, "keys": torch.arange(4),
+             "targets": torch.rand(4, 4)}
     results = []
     for rows_only in (True, False):
         method.loss_rows_only = rows_only

@@ -24,7 +24,7 @@ class Method(nn.Module):
 
     name: str = "method"
     encoder: nn.Module
-    # Training computes the last block only where the loss reads it: MAE's and SimMIM's masked tokens, a
+    # The forward pass (training and evaluation) computes the last block only where the loss reads it: MAE's and SimMIM's masked tokens, a
     # class-token-pooled encoder's class token (models/row_block.py). False runs every block at every token, as the
     # reference code does (bench and sweeps set it to count the model's FLOPs).
     loss_rows_only: bool = True

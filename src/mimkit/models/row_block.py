@@ -33,17 +33,24 @@ def hooked(*modules: nn.Module) -> bool:
     """True when any part of `modules` has a forward or backward hook: a partial run would hide tokens from such a
     hook, or skip it (the partial block reads the qkv projection's weights and never calls that module). Global
     module hooks are not looked at: torch's FLOP counter sets them, and they see the partial run as it is."""
-    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
-               for module in modules for m in module.modules())
+    return any(own_hooks(m) for module in modules for m in module.modules())
+
+
+def own_hooks(module: nn.Module) -> bool:
+    """Hooks on `module` itself (not its parts): they fire only when the module is called."""
+    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
+                or module._backward_pre_hooks)
 
 
 def runs_on_rows(block: nn.Module) -> bool:
     """True for the plain timm pre-norm Block this module mirrors (an nn.Linear qkv projection: a LoRA or quantised
-    one would lose its extra work), with no hooks."""
+    one would lose its extra work), with no hooks and no active dropout (which would draw other random numbers
+    over fewer rows)."""
     attn = getattr(block, "attn", None)
     if type(block) is not Block or type(attn) is not Attention or getattr(attn, "gate", None) is not None:
         return False
-    return type(attn.qkv) is nn.Linear and not hooked(block)
+    dropout = any(isinstance(m, nn.Dropout) and m.p > 0 for m in block.modules())
+    return type(attn.qkv) is nn.Linear and not dropout and not hooked(block)
 
 
 def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -88,11 +95,10 @@ def last_block_at_rows(blocks: nn.ModuleList | list, x: torch.Tensor, rows: torc
 
 def reads_class_token_only(vit: nn.Module) -> bool:
     """True for a timm VisionTransformer pooled by its class token (global_pool='token'), with no hook on the
-    model itself or on its final norm and head, which would see one token instead of all."""
+    model or its block sequence (not called here) or on its final norm and head (which would see one token)."""
     if type(vit) is not VisionTransformer or vit.global_pool != "token" or vit.cls_token is None:
         return False
-    own_hooks = vit._forward_hooks or vit._forward_pre_hooks or vit._backward_hooks or vit._backward_pre_hooks
-    if getattr(vit, "attn_pool", None) is not None or own_hooks:
+    if getattr(vit, "attn_pool", None) is not None or own_hooks(vit) or own_hooks(vit.blocks):
         return False
     return not hooked(vit.norm, vit.fc_norm, vit.head_drop, vit.head)
 

@@ -78,7 +78,7 @@ class Row:
     kind: str = "mimkit"
     spread: list[float] = field(default_factory=list)  # slowest and fastest pass (img/s) when timed in rounds
     # FLOPs of the model as the references compute it. Less is executed where mimkit skips work the loss does not
-    # read (MAE's and SimMIM's last block at the visible tokens); MFU counts only what is executed.
+    # read (the last block at the tokens nothing reads, Method.loss_rows_only); MFU counts only what is executed.
     model_flops_per_img: float | None = None
 
 

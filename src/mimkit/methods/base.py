@@ -24,9 +24,9 @@ class Method(nn.Module):
 
     name: str = "method"
     encoder: nn.Module
-    # The forward pass (training and evaluation) computes the last block only where the loss reads it: MAE's and SimMIM's masked tokens, a
-    # class-token-pooled encoder's class token (models/row_block.py). False runs every block at every token, as the
-    # reference code does (bench and sweeps set it to count the model's FLOPs).
+    # The forward pass (training and evaluation) computes the last block only where the loss reads it: MAE's and
+    # SimMIM's masked tokens, a class-token-pooled encoder's class token (models/row_block.py). False runs every
+    # block at every token, as the reference code does (bench and sweeps set it to count the model's FLOPs).
     loss_rows_only: bool = True
 
     def pooled(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:

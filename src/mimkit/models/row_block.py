@@ -1,10 +1,10 @@
 """The last transformer block, run only for the tokens the loss reads.
 
 A MIM loss reads the last block's output at the masked tokens alone; a class-token-pooled ViT (MoCo v3, DeiT-style
-classification) reads the class token alone. In a pre-norm block a token's output depends on
-the other tokens only through attention's keys and values, so the last block can compute keys and values for every
-token but queries, the output projection and the MLP for the masked tokens only. The loss and its gradients are
-the same (up to float rounding); the work of that block falls by about the visible share of tokens.
+classification) reads the class token alone. In a pre-norm block a token's output depends on the other tokens only
+through attention's keys and values, so the last block can compute keys and values for every token but queries,
+the output projection and the MLP only for the tokens that are read. The loss and its gradients are the same (up
+to float rounding); the work of that block falls by about the share of tokens left unread.
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torc
 def last_block_at_rows(blocks: nn.ModuleList | list, x: torch.Tensor, rows: torch.Tensor,
                        grad_checkpointing: bool) -> torch.Tensor:
     """Run every block but the last on all tokens and the last at `rows` only (all of it at all tokens, then
-    gathered, when the last block is not a plain timm Block)."""
+    gathered, when `runs_on_rows` refuses the last block)."""
     if len(blocks) == 0:
         return gather_rows(x, rows)
     x = checkpointed(blocks[:-1], x, grad_checkpointing)

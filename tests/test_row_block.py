@@ -1,4 +1,5 @@
-"""The last block at the masked tokens only: the same outputs, loss and gradients as the full computation."""
+"""The last block only where the loss reads it (masked tokens, the class token): the same outputs, loss and gradients
+as the full computation."""
 from __future__ import annotations
 
 import pytest

@@ -72,7 +72,7 @@ def device_decodable(payload: bytes) -> bool:
         return False
 
 
-def _decode_on_host(payload: bytes, size: int, channels: int) -> np.ndarray | None:
+def decode_on_host(payload: bytes, size: int, channels: int) -> np.ndarray | None:
     """(C, S, S) uint8 by the host path (`data.decode=pil`), None when unreadable."""
     array = folder.decode_image(io.BytesIO(payload), size, "L" if channels == 1 else "RGB")
     return None if array is None else array.transpose(2, 0, 1)
@@ -86,7 +86,7 @@ def sort_payloads(payloads: Sequence[bytes], size: int, channels: int) -> ReadBa
         if device_decodable(payload):
             batch.payloads[row], batch.readable[row] = payload, True
             continue
-        array = _decode_on_host(payload, size, channels)
+        array = decode_on_host(payload, size, channels)
         if array is not None:
             batch.host[row], batch.readable[row] = array, True
     return batch
@@ -221,7 +221,7 @@ def decode_batch(batch: ReadBatch, size: int, channels: int, device: torch.devic
     on_device = [(row, image) for row, image in zip(rows, decoded) if image is not None]
     for row, image in zip(rows, decoded):
         if image is None:  # e.g. a JPEG flavour nvjpeg does not take: the host path, as data.decode=pil would
-            array = _decode_on_host(batch.payloads[row], size, channels)
+            array = decode_on_host(batch.payloads[row], size, channels)
             if array is None:
                 readable[row] = False
             else:

@@ -212,13 +212,12 @@ def decode_members(members: Sequence[Member], size: int, channels: int,
     """(uint8 (n, C, size, size), readable (n,) bool): images read out of their shards and decoded by
     folder.decode_image (`data.decode=pil`), into `out` when given; an unreadable image is a False (and zeros),
     never an exception."""
-    mode = "L" if channels == 1 else "RGB"
     images = np.zeros((len(members), channels, size, size), dtype=np.uint8) if out is None else out
     readable = np.zeros(len(members), dtype=bool)
     for i, payload in enumerate(read_payloads(members)):
-        array = folder.decode_image(io.BytesIO(payload), size, mode)
+        array = device_decode.decode_on_host(payload, size, channels)
         readable[i] = array is not None
-        images[i] = array.transpose(2, 0, 1) if array is not None else 0
+        images[i] = array if array is not None else 0
     return images, readable
 
 
@@ -542,9 +541,7 @@ class ShardStream:
             for future in futures:
                 future.cancel()
         self._pending.clear()
-        if self._slots is not None:
-            self._slots.close()
-        if self._finalizer is not None:
+        if self._finalizer is not None:  # stops the pool, then closes the shared slots (made only with a pool)
             self._finalizer()
         close = getattr(self.pre_augment, "close", None)
         if close is not None:

@@ -4,8 +4,8 @@
 # One `mimkit bench suite` (ViT-B/16 at 224 px, bf16: MAE, SimMIM, distillation, fine-tuning, with and without
 # torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
 # GPU-marked tests, then the input pipeline alone (scripts/gpu_loader_bench.sh; LOADER=0 skips it). Everything
-# lands in OUT_DIR (bench-suite.json, bench-suite.md, bench-suite.txt, versions.txt, gpu-tests.txt,
-# bench-loader-*.json).
+# lands in OUT_DIR (bench-suite.json, bench-suite.md, bench-suite.txt, bench-suite-breakdown.png: where each row's
+# time goes, versions.txt, gpu-tests.txt, bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 # SUITE=0 skips the suite: a device command may run 10 minutes at most, so a lent machine can take the suite in one
 # call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.
@@ -14,7 +14,7 @@ source "$(dirname "$0")/gpu_env.sh" "$@"
 record_versions
 if [ "${SUITE:-1}" = 1 ]; then
   $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} \
-    --out "$OUT/bench-suite.json" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 45
+    --out "$OUT/bench-suite.json" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 70
 fi
 if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"

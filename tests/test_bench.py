@@ -1,5 +1,6 @@
 """`mimkit bench suite`: every workload's rows side by side, FLOPs that agree between implementations of the same
-shape (so the references really are the same model), ratios and targets computed from the measured rows."""
+shape (so the references really are the same model), ratios and targets computed from the measured rows, and where
+each row's time goes."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,8 @@ pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "suite.json"
-    result = run_suite("tiny", "cpu", steps=2, warmup=1, batch=4, rounds=2, out=out, log=lambda *_: None)
+    result = run_suite("tiny", "cpu", steps=2, warmup=1, batch=4, rounds=2, breakdown_steps=2, out=out,
+                       log=lambda *_: None)
     return result, json.loads(out.read_text()), out.with_suffix(".md").read_text()
 
 
@@ -86,8 +88,10 @@ def test_markdown_report_beside_the_json_has_every_row_ratio_and_target(suite):
     result, _, markdown = suite
     lines = markdown.splitlines()
     assert result["device"] in lines[0] and result["date"] in lines[0]
-    table = [line for line in lines if line.startswith("| ")]
-    assert len(table) == 1 + len(result["rows"])  # header + one line per row
+    first = lines.index(next(line for line in lines if line.startswith("| ")))
+    table = lines[first:lines.index("", first)]
+    assert len(table) == 2 + len(result["rows"])  # header, rule and one line per row
+    table = [table[0], *table[2:]]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
     assert header[-1] == "spread img/s"  # timed in 2 rounds
     for line, row in zip(table[1:], result["rows"]):
@@ -98,6 +102,46 @@ def test_markdown_report_beside_the_json_has_every_row_ratio_and_target(suite):
     assert f"- target {target['what']} >= {target['need']}: {target['got']:.2f}" in markdown
 
 
+def test_every_model_row_says_where_its_time_goes(suite):
+    result, _, markdown = suite
+    profiled = [r for r in result["rows"] if r["kind"] in ("mimkit", "reference")]
+    assert all(r["breakdown"] is None for r in result["rows"] if r["kind"] in ("loader", "pipeline"))
+    for row in profiled:
+        b = row["breakdown"]
+        assert sum(b["shares"].values()) == pytest.approx(1.0) and sum(b["gap"].values()) == pytest.approx(1.0)
+        assert b["shares"]["matmul"] > 0 and b["shares"]["attention"] > 0, row["impl"]
+        # every counted FLOP of these ViTs is a matmul or attention; the breakdown's are the row's, per step
+        assert sum(b["flops_per_step"].values()) == pytest.approx(row["flops_per_img"] * row["batch"])
+        assert b["gap"]["useful"] == pytest.approx(
+            sum(min(b["flops_per_step"].get(k, 0) / result["peak_flops"], b["seconds_per_step"].get(k, 0))
+                for k in ("matmul", "attention")) / max(b["step_seconds"], sum(b["seconds_per_step"].values())))
+    lines = markdown.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| workload | implementation | matmul"))
+    assert len(lines[first + 2:]) == len(profiled)
+    assert result["breakdown_figure"].endswith("suite-breakdown.png")
+    from pathlib import Path
+
+    assert Path(result["breakdown_figure"]).stat().st_size > 10_000
+    assert "Where the time goes" in format_table(result)
+
+
+def test_a_failing_profiler_keeps_the_timed_row(monkeypatch):
+    import torch
+
+    from mimkit.bench import suite as bench_suite
+    from mimkit.bench.suite import Case, Timed, time_group
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("CUPTI unavailable")
+
+    monkeypatch.setattr(bench_suite, "profile_step", broken)
+    case = Case("noop", "mimkit", lambda: Timed(lambda: None, None), note="a note")
+    for rounds in (1, 2):
+        (row,) = time_group("g", [case], 4, 2, 0, rounds, torch.device("cpu"), 1e9, breakdown_steps=2)
+        assert row.img_per_s > 0 and row.breakdown is None
+        assert row.note == "a note; breakdown failed: RuntimeError: CUPTI unavailable"
+
+
 def test_compile_modes_add_mimkit_rows(tmp_path):
     import torch
 
@@ -105,6 +149,7 @@ def test_compile_modes_add_mimkit_rows(tmp_path):
 
     _, cases = suite_cases("tiny", "simmim", torch.device("cpu"), False, tmp_path, 4, ("reduce-overhead",))
     assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", "mimkit compiled (reduce-overhead)"]
+    assert [c.profiled for c in cases if c.kind == "mimkit"] == [True, False]  # no profiler on CUDA-graph replays
     _, cases = suite_cases("tiny", "finetune", torch.device("cpu"), True, tmp_path, 4, ("reduce-overhead",))
     assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", "mimkit compiled"]
 

@@ -65,6 +65,36 @@ def test_nonfinite_step_is_skipped_on_the_device():
     assert torch.equal(p.detach(), moved) and float(opt.state[p]["step"]) == 1.0
 
 
+@pytest.mark.parametrize("fused", [True, False])
+@pytest.mark.parametrize("max_norm", [0.05, 1e6, None])
+def test_clipping_folded_into_the_fused_step_matches_torch_clipping(fused, max_norm):
+    """clip_gradients + skip_if_nonfinite_step (the fused step divides by the clip factor) give the weights of
+    torch's clip_grad_norm_ followed by the step, over three steps of AdamW."""
+    torch.manual_seed(0)
+    ref = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    mine = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    mine.load_state_dict(ref.state_dict())
+    opts = [torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.05, fused=fused) for m in (ref, mine)]
+    for step in range(3):
+        x = torch.randn(32, 8)
+        for m in (ref, mine):
+            m(x).square().mean().mul(100).backward()
+        want = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm if max_norm is not None else float("inf"))
+        opts[0].step()
+        norm, scale = trainer.clip_gradients(opts[1], list(mine.parameters()), max_norm)
+        assert torch.allclose(norm, want)
+        if fused and max_norm is not None:  # left to the step, which divides by it
+            assert scale is not None and (scale > 1).item() == (max_norm < 1)
+        else:
+            assert scale is None
+        trainer.skip_if_nonfinite_step(opts[1], torch.tensor(True), scale)
+        assert not hasattr(opts[1], "grad_scale")  # nothing left behind for the next step
+        for o in opts:
+            o.zero_grad(set_to_none=True)
+        for a, b in zip(ref.parameters(), mine.parameters()):
+            assert torch.allclose(a, b, rtol=1e-5, atol=1e-7), (step, fused, max_norm)
+
+
 @pytest.mark.parametrize("method", ["mae", "simmim"])
 def test_activation_checkpointing_same_gradients_blocks_recomputed(method):
     grads, calls = {}, {}

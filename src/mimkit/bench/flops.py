@@ -13,12 +13,17 @@ def count_flops(fn: Callable[[], None]) -> int:
     """FLOPs `fn` executes (forward and backward when it calls .backward()), counted by torch.utils.flop_counter.
     Attention runs the math kernel here: the counter has no formula for the fused CPU kernels, which would drop
     q k^T and attn v from the count."""
+    return int(sum(count_flops_by_op(fn).values()))
+
+
+def count_flops_by_op(fn: Callable[[], None]) -> dict[str, int]:
+    """`count_flops` per operator ('aten.mm', 'aten.bmm', ...), so the FLOPs can be split by kind of work."""
     from torch.nn.attention import SDPBackend, sdpa_kernel
     from torch.utils.flop_counter import FlopCounterMode
 
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
         fn()
-    return int(counter.get_total_flops())
+    return {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
 
 
 def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from mimkit.bench import references as refs
-from mimkit.bench.flops import count_flops, matmul_peak_flops
+from mimkit.bench.breakdown import KIND_NOTES, KINDS, Breakdown, flops_by_kind, profile_step
+from mimkit.bench.flops import count_flops_by_op, matmul_peak_flops
 from mimkit.bench.timing import sync, time_steps
 from mimkit.config import COMPILE_MODES, Config, ConfigError, load_config, resolved
 from mimkit.engine.atomic import atomic_write_text
@@ -80,6 +81,8 @@ class Row:
     # FLOPs of the model as the references compute it. Less is executed where mimkit skips work the loss does not
     # read (the last block at the tokens nothing reads, Method.loss_rows_only); MFU counts only what is executed.
     model_flops_per_img: float | None = None
+    # where a profiled step's time goes, per kind of work (mimkit.bench.breakdown.Breakdown.as_dict)
+    breakdown: dict[str, Any] | None = None
 
 
 @dataclass
@@ -90,6 +93,7 @@ class Timed:
     keep: list[Any] = field(default_factory=list)
     release: Callable[[], None] | None = None  # undo what the case changed outside itself (hooks)
     model_flops_per_img: float | None = None  # when the executed FLOPs are fewer than the model's (Row)
+    flops_by_kind: dict[str, float] = field(default_factory=dict)  # executed FLOPs per image, per kind of work
 
     def close(self) -> None:
         if self.release is not None:
@@ -103,6 +107,7 @@ class Case:
     kind: str  # mimkit | pipeline (mimkit fed by its input pipeline) | loader (no model) | reference
     build: Callable[[], Timed]
     note: str = ""
+    profiled: bool = True  # gets a time breakdown (not the loader rows, nor CUDA-graph replays)
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -162,12 +167,13 @@ class FixedBatchStream:
 
 
 def _flops_per_image(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
-                     labels: torch.Tensor, params: list[nn.Parameter]) -> float:
+                     labels: torch.Tensor, params: list[nn.Parameter]) -> tuple[float, dict[str, float]]:
+    """FLOPs per image of a forward and backward pass, in all and per kind of work (counted on two images)."""
     n = 2
-    flops = count_flops(lambda: loss(images[:n], labels[:n]).backward())
+    by_op = count_flops_by_op(lambda: loss(images[:n], labels[:n]).backward())
     for p in params:
         p.grad = None
-    return flops / n
+    return sum(by_op.values()) / n, {k: v / n for k, v in flops_by_kind(by_op).items()}
 
 
 def pipeline_stream(cfg: Config, env: DistEnv) -> Any:
@@ -209,10 +215,11 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
         return _flops_per_image(lambda x, y: method({"images": x, "labels": y, "keys": fixed.keys[:len(x)]})["loss"],
                                 fixed.images, fixed.labels, list(method.parameters()))
 
-    flops = model_flops = count()
+    flops, by_kind = count()
+    model_flops = flops
     if getattr(method, "loss_rows_only", False):  # the same model's FLOPs with the last block at every token
         method.loss_rows_only = False
-        model_flops = count()
+        model_flops = count()[0]
         method.loss_rows_only = True
     engine = Engine(cfg, run_dir, method, env, stream, {})
     counter = {"step": 0}
@@ -221,7 +228,7 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
         engine._train_step(counter["step"])
         counter["step"] += 1
 
-    return Timed(step, flops, [engine, method], model_flops_per_img=model_flops)
+    return Timed(step, flops, [engine, method], model_flops_per_img=model_flops, flops_by_kind=by_kind)
 
 
 def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compiled: bool) -> Timed:
@@ -229,8 +236,8 @@ def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compi
     AdamW, zero grads."""
     model = ref.model.to(device).train()
     fixed = FixedBatchStream(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_steps=1)), device)
-    flops = _flops_per_image(lambda x, y: ref.loss(model, x, y), fixed.images, fixed.labels,
-                             list(model.parameters()))
+    flops, by_kind = _flops_per_image(lambda x, y: ref.loss(model, x, y), fixed.images, fixed.labels,
+                                      list(model.parameters()))
     runner = compile_model(model, compiled, device)
     amp = resolve_precision(cfg.train.precision, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
@@ -243,7 +250,7 @@ def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compi
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    return Timed(step, flops, [model, opt], getattr(model, "close", None))
+    return Timed(step, flops, [model, opt], getattr(model, "close", None), flops_by_kind=by_kind)
 
 
 def _build_and_warm(case: Case, warmup: int, device: torch.device) -> tuple[Timed, float]:
@@ -257,22 +264,54 @@ def _build_and_warm(case: Case, warmup: int, device: torch.device) -> tuple[Time
     return timed, first
 
 
+class _Profiles:
+    """Each case's time breakdown, kept from the fastest of its profiled windows (a slow spell of a shared machine
+    only ever slows a window down), or why it has none."""
+
+    def __init__(self, batch: int, steps: int, device: torch.device, peak: float):
+        self.batch, self.steps, self.device, self.peak = batch, steps, device, peak
+        self.best: dict[str, Breakdown] = {}
+        self.failed: dict[str, str] = {}
+
+    def window(self, case: Case, timed: Timed) -> None:
+        if self.steps <= 0 or not case.profiled or case.impl in self.failed:
+            return
+        try:
+            found = profile_step(timed.step, self.steps, self.device)
+        except Exception as err:  # a profiler that fails must not cost the timed row
+            self.failed[case.impl] = f"breakdown failed: {type(err).__name__}: {err}"
+            return
+        kept = self.best.get(case.impl)
+        if kept is None or found.step_seconds < kept.step_seconds:
+            found.flops = {k: v * self.batch for k, v in timed.flops_by_kind.items()}
+            self.best[case.impl] = found
+
+    def of(self, case: Case) -> tuple[dict[str, Any] | None, str]:
+        found = self.best.get(case.impl)
+        return (found.as_dict(self.peak) if found else None), self.failed.get(case.impl, "")
+
+
 def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: int, rounds: int,
-               device: torch.device, peak: float) -> list[Row]:
+               device: torch.device, peak: float, breakdown_steps: int = 0) -> list[Row]:
     """Time a workload's cases. rounds == 1: each case is built, timed and released in turn, so its peak memory is
     its own (the GPU default). rounds > 1: all cases are built, then timed in `rounds` interleaved passes of
     steps / rounds; a row's img/s is the median pass, so slow spells of a shared machine hit every implementation
-    alike (the CPU default)."""
+    alike (the CPU default). breakdown_steps > 0: after timing, each case runs that many steps under the profiler
+    for its time breakdown (mimkit.bench.breakdown); in rounds, that many steps spread over the interleaved passes
+    (at least one each), the fastest window kept."""
     rows: list[Row] = []
 
     def row(case: Case, timed: Timed, first: float, speeds: list[float], memory: float | None) -> Row:
         img_per_s = float(sorted(speeds)[len(speeds) // 2])
         flops = timed.flops_per_img
+        found, failed = profiles.of(case)
+        note = "; ".join(n for n in (case.note, failed) if n)
         return Row(group, case.impl, batch, img_per_s, 1000 * batch / img_per_s, flops,
-                   flops * img_per_s / peak if flops else None, memory, first, case.note, case.kind,
-                   [min(speeds), max(speeds)], timed.model_flops_per_img or flops)
+                   flops * img_per_s / peak if flops else None, memory, first, note, case.kind,
+                   [min(speeds), max(speeds)], timed.model_flops_per_img or flops, found)
 
     if rounds <= 1:
+        profiles = _Profiles(batch, breakdown_steps, device, peak)
         for case in cases:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -280,6 +319,7 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
             timed, first = _build_and_warm(case, warmup, device)
             speed = steps * batch / time_steps(timed.step, steps, 0, device)
             memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+            profiles.window(case, timed)
             rows.append(row(case, timed, first, [speed], memory))
             timed.close()
             _release(device)
@@ -290,6 +330,10 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
     for _ in range(rounds):
         for case, timed, _first in built:
             speeds[case.impl].append(chunk * batch / time_steps(timed.step, chunk, 0, device))
+    profiles = _Profiles(batch, max(1, breakdown_steps // rounds) if breakdown_steps else 0, device, peak)
+    for _ in range(rounds if breakdown_steps else 0):
+        for case, timed, _first in built:
+            profiles.window(case, timed)
     rows = [row(case, timed, first, speeds[case.impl], None) for case, timed, first in built]
     for _, timed, _ in built:
         timed.close()
@@ -322,11 +366,12 @@ def suite_cases(preset: str, group: str, device: torch.device, compile_rows: boo
     if compile_rows and group != "memory":
         cases.append(Case("mimkit compiled", "mimkit", mine(True), note))
     if group in ("mae", "simmim"):
-        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note) for mode in compile_modes]
+        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode != "reduce-overhead")
+                  for mode in compile_modes]
     if group == "mae":
         cases += [Case("mimkit + input pipeline", "pipeline", mine(compile_rows, True),
-                       "uint8 images -> batched crop/flip/normalise on the device"),
-                  Case("input pipeline alone", "loader", lambda: loader_case(cfg, device), "no model"),
+                       "uint8 images -> batched crop/flip/normalise on the device", profiled=False),
+                  Case("input pipeline alone", "loader", lambda: loader_case(cfg, device), "no model", profiled=False),
                   Case("HF ViTMAEForPreTraining", "reference", other(lambda: _hf(refs.hf_mae, cfg))),
                   Case("official-style (timm Blocks)", "reference", other(lambda: refs.official_mae(cfg)))]
         if compile_rows:
@@ -355,13 +400,16 @@ def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Refere
 
 def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, warmup: int = 3,
               groups: list[str] | None = None, compile_rows: bool | None = None, batch: int | None = None,
-              rounds: int | None = None, compile_modes: tuple[str, ...] = (),
+              rounds: int | None = None, compile_modes: tuple[str, ...] = (), breakdown_steps: int = 3,
               out: str | Path | None = "bench-suite.json", log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Time every workload of `preset` side by side; returns (and writes) the table, ratios and targets."""
+    """Time every workload of `preset` side by side; returns (and writes) the table, ratios, targets and, from
+    `breakdown_steps` profiled steps per row (0: none), where each row's time goes."""
     dev = pick_device(device)
     preset = preset or ("vit-b16" if dev.type == "cuda" else "tiny")
     if preset not in PRESETS:
         raise ConfigError(f"unknown bench preset '{preset}' ({', '.join(PRESETS)})")
+    if breakdown_steps < 0:
+        raise ConfigError(f"--breakdown-steps must be 0 (no breakdown) or more, got {breakdown_steps}")
     bad_modes = set(compile_modes) - set(COMPILE_MODES)
     if bad_modes:
         raise ConfigError(f"unknown compile mode(s) {sorted(bad_modes)}: choose from {', '.join(COMPILE_MODES)}")
@@ -384,7 +432,8 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
             group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch,
                                              tuple(compile_modes))
             n_steps, n_rounds = (min(steps, 3), 1) if group == "memory" else (steps, rounds)
-            for row in time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak):
+            for row in time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak,
+                                  breakdown_steps):
                 rows.append(row)
                 log(f"[bench] {group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
                     + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
@@ -400,6 +449,11 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
         atomic_write_text(out, json.dumps(result, indent=1))
         atomic_write_text(Path(out).with_suffix(".md"), markdown_report(result))
         result["written_to"] = str(out)
+        if any(r["breakdown"] for r in result["rows"]):
+            from mimkit.viz.time_breakdown import plot_time_breakdown
+
+            result["breakdown_figure"] = str(plot_time_breakdown(result, Path(out).with_name(
+                Path(out).stem + "-breakdown.png")))
     return result
 
 
@@ -498,17 +552,46 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
                     for t in result["targets"]]
 
 
-def format_table(result: dict[str, Any]) -> str:
-    """The suite as a plain-text table (what the CLI prints)."""
-    lines = [HEADER] + [_cells(r) for r in result["rows"]]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADER))]
-    text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
-                                                                       result["versions"].items())]
+def breakdown_table(result: dict[str, Any]) -> list[list[str]]:
+    """Header and one line per profiled row: each kind's share of the step (matmul and attention with their
+    FLOP/s as a fraction of the peak after the @), and the profiled step's MFU. Empty when nothing was profiled."""
+    rows = [r for r in result["rows"] if r.get("breakdown")]
+    if not rows:
+        return []
+    kinds = [k for k in KINDS if k != "communication" or any(r["breakdown"]["shares"][k] for r in rows)]
+    lines = [["workload", "implementation", *kinds, "MFU (profiled)"]]
+    for r in rows:
+        b = r["breakdown"]
+        cells = [f"{100 * b['shares'][k]:.1f}%" + (f" @{100 * b['efficiency'][k]:.0f}%" if k in b["efficiency"]
+                                                     else "") for k in kinds]
+        lines.append([r["group"], r["impl"], *cells, f"{100 * b['gap']['useful']:.1f}%"])
+    return lines
+
+
+def _aligned(lines: list[list[str]]) -> list[str]:
+    widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
+    text = []
     for i, line in enumerate(lines):
         text.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in
                               enumerate(zip(line, widths))))
         if i == 0:
             text.append("  ".join("-" * w for w in widths))
+    return text
+
+
+BREAKDOWN_NOTE = ("Where the time goes: each kind of work's share of a profiled step; @ is that kind's FLOP/s as a "
+                  "fraction of the matmul peak. What keeps MFU from 100%: matmul and attention below the peak, and "
+                  "all the time of the other kinds.")
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """The suite as a plain-text table (what the CLI prints), then the time breakdown."""
+    text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
+                                                                       result["versions"].items())]
+    text += _aligned([HEADER] + [_cells(r) for r in result["rows"]])
+    parts = breakdown_table(result)
+    if parts:
+        text += ["", BREAKDOWN_NOTE] + _aligned(parts)
     return "\n".join(text + _summary_lines(result))
 
 
@@ -529,4 +612,10 @@ def markdown_report(result: dict[str, Any]) -> str:
         cells = _cells(row) + ([f"{row['spread'][0]:,.0f}-{row['spread'][1]:,.0f}" if row["spread"] else ""]
                                if spread else [])
         out.append("| " + " | ".join(cells) + " |")
-    return "\n".join(out + [""] + [f"- {line}" for line in _summary_lines(result)]) + "\n"
+    out += [""] + [f"- {line}" for line in _summary_lines(result)]
+    parts = breakdown_table(result)
+    if parts:
+        out += ["", BREAKDOWN_NOTE + " Kinds: " + "; ".join(f"*{k}*: {v}" for k, v in KIND_NOTES.items()) + ".",
+                "", "| " + " | ".join(parts[0]) + " |", "|" + "---|" * len(parts[0])]
+        out += ["| " + " | ".join(line) + " |" for line in parts[1:]]
+    return "\n".join(out) + "\n"

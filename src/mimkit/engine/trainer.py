@@ -327,8 +327,9 @@ class Engine:
                     parts[key] = parts.get(key, 0.0) + value.detach().float() / t.accum_steps
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
-        max_norm = t.clip_grad if t.clip_grad is not None else float("inf")
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm).float()
+        # fp16's GradScaler passes its own grad_scale to a fused step, so there the gradients are clipped in place
+        grad_norm, clip_scale = clip_gradients(self.optimizer, params, t.clip_grad,
+                                               fold=not self.scaler.is_enabled())
         loss_finite = all_ranks_true(torch.isfinite(total_loss), self.env)
         if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself; an overflow is no failure
             self.scaler.step(self.optimizer)
@@ -336,7 +337,7 @@ class Engine:
             grad_norm = torch.where(torch.isfinite(grad_norm), grad_norm, torch.zeros_like(grad_norm))
         else:
             finite = loss_finite & torch.isfinite(grad_norm)  # the norm of all-reduced gradients: same on every rank
-            skip_if_nonfinite_step(self.optimizer, finite)
+            skip_if_nonfinite_step(self.optimizer, finite, clip_scale)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         hook = getattr(self.method, "after_optimizer_step", None)
@@ -374,14 +375,36 @@ class _Interval:
             self.parts[key] = self.parts.get(key, 0.0) + value
 
 
-def skip_if_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor) -> None:
+def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float | None,
+                   fold: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The total gradient norm (fp32), and the gradients clipped to `max_norm` by torch's clip_grad_norm_ rule
+    (scaled by max_norm / (norm + 1e-6) where that is below 1; None: no clipping). With `fold` and a fused
+    optimizer the clipping is left to the step: the second value is the divisor for the step's grad_scale input,
+    which the fused kernel applies as it reads each gradient, saving a pass over all of them. Otherwise the
+    gradients are scaled here and the second value is None."""
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads).float()
+    if max_norm is None:
+        return norm, None
+    if fold and optimizer.defaults.get("fused") and getattr(optimizer, "_step_supports_amp_scaling", False):
+        return norm, torch.clamp((norm + 1e-6) / max_norm, min=1.0)
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return norm, None
+
+
+def skip_if_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor,
+                           grad_scale: torch.Tensor | None = None) -> None:
     """optimizer.step() that leaves parameters and state untouched when `finite` is False. Fused AdamW reads the
-    decision on the device (its found_inf input, as GradScaler uses it); other optimizers need it on the host."""
+    decision on the device (its found_inf input, as GradScaler uses it); other optimizers need it on the host.
+    `grad_scale` (fused only): the step divides every gradient by it (clip_gradients' folded clipping)."""
     if optimizer.defaults.get("fused"):
         optimizer.found_inf = (~finite).float()
+        if grad_scale is not None:
+            optimizer.grad_scale = grad_scale
         try:
             optimizer.step()
         finally:
             del optimizer.found_inf
+            optimizer.__dict__.pop("grad_scale", None)
     elif bool(finite):
         optimizer.step()

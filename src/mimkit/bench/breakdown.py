@@ -1,0 +1,160 @@
+"""Where a training step's time goes, and so why its MFU is what it is.
+
+torch.profiler times every operator of a few steps; each operator is sorted into a kind of work (weight matmuls,
+attention, elementwise and norms, copies, optimizer, communication, other), and the time no operator covers is
+`idle`: on a CPU the Python and framework overhead between operators, on a GPU the device waiting for the host.
+The same kinds split the step's counted FLOPs, so each kind's time compares with what it would take at the
+measured matmul peak. Because the kinds add up to the whole step, the gap between MFU and 100% splits into named
+causes: matmuls below the peak, attention below the peak, and the time of work that counts no FLOPs."""
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from mimkit.bench.timing import sync
+
+KINDS = ("matmul", "attention", "elementwise", "copies", "optimizer", "communication", "other", "idle")
+# What each kind holds (the docs and reports print these).
+KIND_NOTES = {
+    "matmul": "weight matmuls and convolutions (linear layers, patch embedding)",
+    "attention": "fused attention kernels, and batched matmuls (q k^T, attn v, relation matrices)",
+    "elementwise": "norms, activations, residual adds, reductions, losses, inductor's fused kernels",
+    "copies": "copies, casts, concatenations, gathers and scatters, fills: data movement without arithmetic",
+    "optimizer": "AdamW, gradient clipping and zeroing",
+    "communication": "all-reduce and other collectives",
+    "other": "tensor bookkeeping (views, allocation) and the autograd engine",
+    "idle": "covered by no operator: Python and framework overhead (CPU), the device waiting for the host (GPU)",
+}
+
+# First match wins, so the order matters: `_foreach_norm` is clipping, not a norm layer; inductor's fused kernels
+# are elementwise whatever ops they fused; `bmm` is attention, not a weight matmul.
+_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(pattern)) for kind, pattern in (
+    ("communication", r"nccl|all_?reduce|all_?gather|reduce_?scatter|gloo|c10d|\bbroadcast\b"),
+    ("optimizer", r"adam|\bsgd\b|\blamb\b|optimizer|_foreach_|multi_tensor|clip_grad"),
+    ("other", r"^autograd::|backward0$|^profilerstep"),
+    ("attention", r"attention|flash|fmha|sdpa|\bbmm\b|baddbmm"),
+    ("matmul", r"\b(mm|addmm|_addmm_activation|matmul|linear|addmv|mv|dot)\b|conv|gemm|xmma|cutlass|nvjet|"
+               r"cublas|triton_tem"),
+    ("elementwise", r"triton_(poi|per|red)"),
+    ("copies", r"copy|\bcat\b|stack|clone|contiguous|gather|scatter|index|memcpy|memset|fill|zero|\bpad\b|roll|"
+               r"repeat|im2col|col2im"),
+    ("other", r"::(empty\w*|as_strided\w*|view\w*|t|reshape|_reshape_alias|detach\w*|expand\w*|transpose|permute|"
+              r"unsqueeze|squeeze|select|slice|split\w*|unbind|chunk|alias|_unsafe_view|resolve_\w+|lift\w*|"
+              r"result_type|item|_local_scalar_dense|numpy_t|movedim|unflatten|flatten|narrow|set_|"
+              r"requires_grad_|is_\w+)$"),
+    ("elementwise", r"gelu|relu|silu|sigmoid|tanh|norm|softmax|add|sub|mul|div|exp|log|pow|sqrt|sum|mean|var|"
+                    r"std|max|min|where|clamp|lerp|abs|neg|erf|dropout|bernoulli|elementwise|vectorized|reduce|"
+                    r"loss|entropy|masked|\b(lt|gt|eq|ne|ge|le)\b"),
+))
+
+
+def kind_of(name: str) -> str:
+    """The kind of work an operator or kernel name stands for (aten ops, CUDA kernels, inductor kernels)."""
+    lowered = name.lower()
+    for kind, pattern in _RULES:
+        if pattern.search(lowered):
+            return kind
+    return "other"
+
+
+def flops_by_kind(flops_by_op: dict[str, float]) -> dict[str, float]:
+    """Counted FLOPs (torch.utils.flop_counter's per-op totals, keyed like 'aten.mm') summed per kind."""
+    out: dict[str, float] = defaultdict(float)
+    for op, flops in flops_by_op.items():
+        out[kind_of(op)] += flops
+    return dict(out)
+
+
+def _cpu_seconds(prof: torch.profiler.profile) -> dict[str, float]:
+    """Self CPU time of every operator, summed per kind (a CPU device: the operators are the work)."""
+    out: dict[str, float] = defaultdict(float)
+    for evt in prof.events():
+        if evt.device_type == torch.autograd.DeviceType.CPU and not evt.is_async:
+            out[kind_of(evt.name)] += evt.self_cpu_time_total / 1e6
+    return dict(out)
+
+
+def _device_seconds(prof: torch.profiler.profile) -> dict[str, float]:
+    """Kernel time on the device, summed per kind. A kernel counts under the operator that launched it; kernels
+    no operator launched (inductor's, CUDA-graph replays) count under their own names."""
+    out: dict[str, float] = defaultdict(float)
+    per_kernel: dict[str, float] = defaultdict(float)  # every kernel's time, by name
+    attributed: dict[str, float] = defaultdict(float)
+    for evt in prof.events():
+        if evt.is_async:
+            continue
+        if evt.device_type == torch.autograd.DeviceType.CPU:
+            for kernel in evt.kernels:
+                kind = kind_of(evt.name)
+                out[kind if kind != "other" else kind_of(kernel.name)] += kernel.duration / 1e6
+                attributed[kernel.name] += kernel.duration / 1e6
+        else:
+            per_kernel[evt.name] += evt.time_range.elapsed_us() / 1e6
+    for name, seconds in per_kernel.items():
+        rest = seconds - attributed.get(name, 0.0)
+        if rest > 1e-9:
+            out[kind_of(name)] += rest
+    return dict(out)
+
+
+@dataclass
+class Breakdown:
+    """Seconds per step of each kind of work, the profiled step's wall time, and the FLOPs per step per kind."""
+    seconds: dict[str, float]
+    step_seconds: float
+    flops: dict[str, float] = field(default_factory=dict)
+
+    def shares(self) -> dict[str, float]:
+        """Each kind's fraction of the step; they add up to 1 (when operators overlap, as a CPU's threads may,
+        against their own total)."""
+        total = max(self.step_seconds, sum(self.seconds.values()))
+        return {k: self.seconds.get(k, 0.0) / total for k in KINDS}
+
+    def efficiency(self, peak: float) -> dict[str, float]:
+        """FLOP/s of each kind that counts FLOPs, as a fraction of the peak."""
+        return {k: self.flops[k] / self.seconds[k] / peak for k in ("matmul", "attention")
+                if self.flops.get(k) and self.seconds.get(k)}
+
+    def gap(self, peak: float) -> dict[str, float]:
+        """The step split into `useful` (the counted FLOPs at the peak, i.e. the profiled step's MFU) and what
+        keeps it from 100%: for matmul and attention their time beyond their FLOPs at the peak, for the other
+        kinds all of their time. The parts add up to 1."""
+        share = self.shares()
+        total = max(self.step_seconds, sum(self.seconds.values()))
+        out = {"useful": 0.0}
+        for kind in KINDS:
+            ideal = min(self.flops.get(kind, 0.0) / peak, self.seconds.get(kind, 0.0)) / total
+            out["useful"] += ideal
+            out[kind] = share[kind] - ideal
+        return out
+
+    def as_dict(self, peak: float) -> dict:
+        return {"seconds_per_step": dict(self.seconds), "step_seconds": self.step_seconds,
+                "flops_per_step": dict(self.flops), "shares": self.shares(), "efficiency": self.efficiency(peak),
+                "gap": self.gap(peak)}
+
+
+def profile_step(step: Callable[[], None], steps: int, device: torch.device) -> Breakdown:
+    """Profile `steps` calls of an already warmed-up `step`; the kinds' seconds and the wall time, per step.
+    Profiled steps run a little slower than timed ones (the profiler's own overhead), so shares are of the
+    profiled step."""
+    import time
+
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    sync(device)
+    with profile(activities=activities) as prof:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            step()
+        sync(device)
+        wall = time.perf_counter() - t0
+    busy = _device_seconds(prof) if device.type == "cuda" else _cpu_seconds(prof)
+    seconds = {k: v / steps for k, v in busy.items() if v > 0}
+    seconds["idle"] = max(0.0, wall / steps - sum(seconds.values()))
+    return Breakdown(seconds, wall / steps)

@@ -1,0 +1,124 @@
+"""Where a step's time goes (mimkit.bench.breakdown): operator and kernel names sorted into kinds of work, the
+arithmetic that turns seconds and FLOPs into shares, efficiencies and the gap to the peak, and a real profile of a
+small ViT training step."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mimkit.bench.breakdown import KINDS, Breakdown, flops_by_kind, kind_of, profile_step
+from mimkit.bench.flops import count_flops_by_op
+
+NAMES = {
+    # CPU operators, as the profiler names them
+    "aten::mm": "matmul", "aten::addmm": "matmul", "aten::linear": "matmul", "aten::convolution_backward": "matmul",
+    "aten::mkldnn_convolution": "matmul", "aten::bmm": "attention", "aten::baddbmm": "attention",
+    "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
+    "aten::_efficient_attention_backward": "attention",
+    "aten::gelu_backward": "elementwise", "aten::native_layer_norm": "elementwise", "aten::add_": "elementwise",
+    "aten::sum": "elementwise", "aten::mse_loss": "elementwise", "aten::_softmax": "elementwise",
+    "aten::copy_": "copies", "aten::cat": "copies", "aten::fill_": "copies", "aten::gather": "copies",
+    "aten::scatter_add_": "copies", "aten::_to_copy": "copies", "aten::index_select": "copies",
+    "aten::_fused_adamw_": "optimizer", "aten::_foreach_norm": "optimizer", "Optimizer.step#AdamW.step": "optimizer",
+    "aten::view": "other", "aten::t": "other", "aten::expand": "other", "aten::empty_strided": "other",
+    "aten::broadcast_tensors": "other", "autograd::engine::evaluate_function: AddmmBackward0": "other",
+    "c10d::allreduce_": "communication",
+    # CUDA kernels (names as H100 traces show them) and inductor's kernels
+    "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
+    "__5x_cublas": "matmul",
+    "nvjet_hsh_128x256_64x4_2x1_v_bz_coopB_TNT": "matmul",
+    "void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>": "matmul",
+    "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4, false, false, "
+    "cutlass::bfloat16_t>, false, false, false, false, true, true, false, false>(FLASH_NAMESPACE::Flash_fwd_params)":
+        "attention",
+    "fmha_cutlassB_bf16_aligned_64x64_k64_sm80": "attention",
+    "cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x64_4x1x1_kernel0_0": "attention",
+    "triton_poi_fused_add_native_layer_norm_0": "elementwise", "triton_red_fused_cat_sum_3": "elementwise",
+    "triton_tem_fused_mm_1": "matmul",
+    "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&, "
+    "at::native::GeluType)::{lambda()#2}::operator()() const::{lambda(float)#1}, std::array<char*, 2ul> >":
+        "elementwise",
+    "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_"
+    "cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda(float)#7}>>": "copies",
+    "Memcpy HtoD (Pageable -> Device)": "copies", "Memset (Device)": "copies",
+    "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
+    "TensorListMetadata<5>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 5>>": "optimizer",
+    "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)": "communication",
+    # flop-counter keys
+    "aten.mm": "matmul", "aten.addmm": "matmul", "aten.convolution": "matmul", "aten.bmm": "attention",
+    "aten._scaled_dot_product_efficient_attention": "attention",
+}
+
+
+@pytest.mark.parametrize("name", list(NAMES))
+def test_names_sort_into_their_kind(name):
+    assert kind_of(name) == NAMES[name]
+
+
+def test_shares_efficiency_and_gap_add_up():
+    peak = 100.0  # FLOP/s
+    b = Breakdown({"matmul": 4.0, "attention": 1.0, "elementwise": 2.0, "copies": 1.0, "idle": 2.0}, 10.0,
+                  {"matmul": 300.0, "attention": 20.0})
+    shares = b.shares()
+    assert set(shares) == set(KINDS) and sum(shares.values()) == pytest.approx(1.0)
+    assert shares["matmul"] == pytest.approx(0.4) and shares["optimizer"] == 0.0
+    assert b.efficiency(peak) == pytest.approx({"matmul": 0.75, "attention": 0.2})
+    gap = b.gap(peak)
+    assert sum(gap.values()) == pytest.approx(1.0)
+    assert gap["useful"] == pytest.approx(0.32)  # 320 FLOPs at 100 FLOP/s = 3.2 s of a 10 s step
+    assert gap["matmul"] == pytest.approx(0.1) and gap["attention"] == pytest.approx(0.08)
+    assert gap["elementwise"] == pytest.approx(0.2) and gap["idle"] == pytest.approx(0.2)
+    # FLOPs a kind could not have run in its time (a noisy peak) never count more than that kind's time
+    fast = Breakdown({"matmul": 1.0}, 2.0, {"matmul": 500.0}).gap(peak)
+    assert fast["useful"] == pytest.approx(0.5) and fast["matmul"] == 0.0
+
+
+def test_flops_split_by_kind_of_a_vit():
+    import timm
+
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
+    x = torch.randn(2, 3, 32, 32)
+    by_op = count_flops_by_op(lambda: model(x).sum().backward())
+    kinds = flops_by_kind(by_op)
+    assert set(kinds) == {"matmul", "attention"} and sum(kinds.values()) == sum(by_op.values())
+    # attention: q k^T and attn v over 17 tokens, 192 wide, forward (2 matmuls) and backward (4), 2 blocks
+    assert kinds["attention"] == 2 * 2 * 6 * 2 * 17 * 17 * 192
+
+
+def test_profile_of_a_training_step_covers_the_step():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=2)
+    opt = torch.optim.AdamW(model.parameters(), fused=True)
+    x = torch.randn(16, 3, 32, 32)
+
+    def step():
+        model(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    step()
+    found = profile_step(step, 2, torch.device("cpu"))
+    for kind in ("matmul", "attention", "elementwise", "optimizer"):
+        assert found.seconds[kind] > 0, kind
+    # the operators cover most of the step: what is left (Python between them) is small
+    assert 0 <= found.seconds["idle"] < 0.5 * found.step_seconds
+    assert sum(found.seconds.values()) == pytest.approx(found.step_seconds, rel=0.05)
+    assert found.seconds["matmul"] > found.seconds["optimizer"]
+
+
+@pytest.mark.gpu
+def test_profile_on_cuda_attributes_kernels():
+    device = torch.device("cuda")
+    w = torch.randn(1024, 1024, device=device, requires_grad=True)
+    q = torch.randn(8, 8, 256, 64, device=device, dtype=torch.bfloat16)
+
+    def step():
+        (torch.randn(4096, 1024, device=device) @ w).relu().sum().backward()
+        torch.nn.functional.scaled_dot_product_attention(q, q, q)
+
+    step()
+    found = profile_step(step, 3, device)
+    assert found.seconds["matmul"] > 0 and found.seconds["attention"] > 0 and found.seconds["elementwise"] > 0
+    assert sum(found.seconds.values()) == pytest.approx(found.step_seconds, rel=0.05)

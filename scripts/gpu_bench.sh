@@ -5,7 +5,8 @@
 # torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
 # GPU-marked tests, then the input pipeline alone (scripts/gpu_loader_bench.sh; LOADER=0 skips it). Everything
 # lands in OUT_DIR (bench-suite.json, bench-suite.md, bench-suite.txt, bench-suite-breakdown.png: where each row's
-# time goes, versions.txt, gpu-tests.txt, bench-loader-*.json).
+# time goes, bench-traces.tar: Chrome traces of mimkit's profiled steps, versions.txt, gpu-tests.txt,
+# bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 # SUITE=0 skips the suite: a device command may run 10 minutes at most, so a lent machine can take the suite in one
 # call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.
@@ -14,7 +15,15 @@ source "$(dirname "$0")/gpu_env.sh" "$@"
 record_versions
 if [ "${SUITE:-1}" = 1 ]; then
   $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} \
-    --out "$OUT/bench-suite.json" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 70
+    --out "$OUT/bench-suite.json" --trace-dir "$OUT/traces" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 70
+  # the machine returns at most 8 files of 16 MiB: the traces travel as one tar, MAE's alone if all are too big
+  if [ -d "$OUT/traces" ]; then
+    tar -C "$OUT" -cf "$OUT/bench-traces.tar" traces
+    if [ "$(stat -c %s "$OUT/bench-traces.tar")" -gt 15000000 ]; then
+      tar -C "$OUT" -cf "$OUT/bench-traces.tar" $(cd "$OUT" && ls traces/mae-*)
+    fi
+    rm -rf "$OUT/traces"
+  fi
 fi
 if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"

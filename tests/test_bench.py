@@ -8,6 +8,7 @@ import json
 import pytest
 
 from conftest import cli_error
+from mimkit.bench.breakdown import KINDS
 from mimkit.bench.suite import format_table, run_suite
 
 pytest.importorskip("transformers")
@@ -17,7 +18,7 @@ pytest.importorskip("transformers")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "suite.json"
     result = run_suite("tiny", "cpu", steps=2, warmup=1, batch=4, rounds=2, breakdown_steps=2, out=out,
-                       log=lambda *_: None)
+                       trace_dir=out.parent / "traces", log=lambda *_: None)
     return result, json.loads(out.read_text()), out.with_suffix(".md").read_text()
 
 
@@ -123,6 +124,27 @@ def test_every_model_row_says_where_its_time_goes(suite):
 
     assert Path(result["breakdown_figure"]).stat().st_size > 10_000
     assert "Where the time goes" in format_table(result)
+    for row in profiled:  # the operators that took the most time, the largest first
+        top = row["breakdown"]["top"]
+        assert len(top) == 15 and [t[2] for t in top] == sorted((t[2] for t in top), reverse=True)
+        assert {t[1] for t in top} <= set(KINDS) and "matmul" in [t[1] for t in top[:5]], top[:5]
+
+
+def test_trace_dir_keeps_a_chrome_trace_per_mimkit_row(suite):
+    import gzip
+    from pathlib import Path
+
+    traces = Path(suite[0]["written_to"]).parent / "traces"
+    mine = [r for r in suite[0]["rows"] if r["kind"] == "mimkit"]
+    files = sorted(p.name for p in traces.iterdir())
+    assert len(files) == len(mine) and "mae-mimkit.json.gz" in files  # no leftover windows, no references
+    events = json.loads(gzip.decompress((traces / "mae-mimkit.json.gz").read_bytes()))["traceEvents"]
+    assert any(e.get("name") == "aten::mm" for e in events)
+
+
+def test_trace_dir_needs_the_profiler(capsys):
+    err = cli_error(capsys, "bench", "suite", "--device", "cpu", "--breakdown-steps", "0", "--trace-dir", "t")
+    assert "--trace-dir" in err and "--breakdown-steps" in err
 
 
 def test_a_failing_profiler_keeps_the_timed_row(monkeypatch):

@@ -259,7 +259,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = run_suite(args.preset, args.device, steps=args.steps, warmup=args.warmup, groups=groups,
                            compile_rows=args.compile, batch=args.batch, rounds=args.rounds,
                            compile_modes=tuple(args.compile_mode), breakdown_steps=args.breakdown_steps,
-                           out=args.out)
+                           trace_dir=args.trace_dir, out=args.out)
         print(format_table(result))
         print(f"written to {args.out} (and the Markdown table to {Path(args.out).with_suffix('.md')}"
               + (f", the time breakdown figure to {result['breakdown_figure']}" if "breakdown_figure" in result
@@ -489,6 +489,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--breakdown-steps", type=int, default=3, metavar="N",
                    help="profiled steps per row after timing, for where its time goes (matmul, attention, "
                         "elementwise, copies, optimizer, idle; 0: no breakdown)")
+    b.add_argument("--trace-dir", default=None, metavar="DIR",
+                   help="also keep each mimkit row's profiled window as a gzip'd Chrome trace in DIR (Perfetto, "
+                        "chrome://tracing)")
     b.add_argument("--out", default="bench-suite.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("memory", help="estimate training memory (weights, gradients, AdamW, activations saved for "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -69,19 +70,19 @@ def flops_by_kind(flops_by_op: dict[str, float]) -> dict[str, float]:
     return dict(out)
 
 
-def _cpu_seconds(prof: torch.profiler.profile) -> dict[str, float]:
-    """Self CPU time of every operator, summed per kind (a CPU device: the operators are the work)."""
-    out: dict[str, float] = defaultdict(float)
+def _cpu_entries(prof: torch.profiler.profile) -> dict[tuple[str, str], float]:
+    """(kind, operator) -> self CPU seconds (a CPU device: the operators are the work)."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
     for evt in prof.events():
         if evt.device_type == torch.autograd.DeviceType.CPU and not evt.is_async:
-            out[kind_of(evt.name)] += evt.self_cpu_time_total / 1e6
+            out[(kind_of(evt.name), evt.name)] += evt.self_cpu_time_total / 1e6
     return dict(out)
 
 
-def _device_seconds(prof: torch.profiler.profile) -> dict[str, float]:
-    """Kernel time on the device, summed per kind. A kernel counts under the operator that launched it; kernels
-    no operator launched (inductor's, CUDA-graph replays) count under their own names."""
-    out: dict[str, float] = defaultdict(float)
+def _device_entries(prof: torch.profiler.profile) -> dict[tuple[str, str], float]:
+    """(kind, 'operator > kernel') -> kernel seconds on the device. A kernel counts under the operator that
+    launched it; kernels no operator launched (inductor's, CUDA-graph replays) count under their own names."""
+    out: dict[tuple[str, str], float] = defaultdict(float)
     per_kernel: dict[str, float] = defaultdict(float)  # every kernel's time, by name
     attributed: dict[str, float] = defaultdict(float)
     for evt in prof.events():
@@ -90,14 +91,15 @@ def _device_seconds(prof: torch.profiler.profile) -> dict[str, float]:
         if evt.device_type == torch.autograd.DeviceType.CPU:
             for kernel in evt.kernels:
                 kind = kind_of(evt.name)
-                out[kind if kind != "other" else kind_of(kernel.name)] += kernel.duration / 1e6
+                kind = kind if kind != "other" else kind_of(kernel.name)
+                out[(kind, f"{evt.name} > {kernel.name}")] += kernel.duration / 1e6
                 attributed[kernel.name] += kernel.duration / 1e6
         else:
             per_kernel[evt.name] += evt.time_range.elapsed_us() / 1e6
     for name, seconds in per_kernel.items():
         rest = seconds - attributed.get(name, 0.0)
         if rest > 1e-9:
-            out[kind_of(name)] += rest
+            out[(kind_of(name), name)] += rest
     return dict(out)
 
 
@@ -107,6 +109,7 @@ class Breakdown:
     seconds: dict[str, float]
     step_seconds: float
     flops: dict[str, float] = field(default_factory=dict)
+    top: list[tuple[str, str, float]] = field(default_factory=list)  # (operator or kernel, kind, seconds per step)
 
     def shares(self) -> dict[str, float]:
         """Each kind's fraction of the step; they add up to 1 (when operators overlap, as a CPU's threads may,
@@ -135,13 +138,15 @@ class Breakdown:
     def as_dict(self, peak: float) -> dict:
         return {"seconds_per_step": dict(self.seconds), "step_seconds": self.step_seconds,
                 "flops_per_step": dict(self.flops), "shares": self.shares(), "efficiency": self.efficiency(peak),
-                "gap": self.gap(peak)}
+                "gap": self.gap(peak), "top": [list(entry) for entry in self.top]}
 
 
-def profile_step(step: Callable[[], None], steps: int, device: torch.device) -> Breakdown:
-    """Profile `steps` calls of an already warmed-up `step`; the kinds' seconds and the wall time, per step.
-    Profiled steps run a little slower than timed ones (the profiler's own overhead), so shares are of the
-    profiled step."""
+def profile_step(step: Callable[[], None], steps: int, device: torch.device, top: int = 15,
+                 trace: str | Path | None = None) -> Breakdown:
+    """Profile `steps` calls of an already warmed-up `step`; the kinds' seconds and the wall time, per step, and
+    the `top` operators (CPU) or kernels (GPU) by time. Profiled steps run a little slower than timed ones (the
+    profiler's own overhead), so shares are of the profiled step. `trace`: also write the Chrome trace there
+    (gzip-compressed; chrome://tracing and Perfetto open it)."""
     import time
 
     from torch.profiler import ProfilerActivity, profile
@@ -154,7 +159,28 @@ def profile_step(step: Callable[[], None], steps: int, device: torch.device) -> 
             step()
         sync(device)
         wall = time.perf_counter() - t0
-    busy = _device_seconds(prof) if device.type == "cuda" else _cpu_seconds(prof)
-    seconds = {k: v / steps for k, v in busy.items() if v > 0}
+    entries = _device_entries(prof) if device.type == "cuda" else _cpu_entries(prof)
+    seconds: dict[str, float] = defaultdict(float)
+    for (kind, _), spent in entries.items():
+        seconds[kind] += spent / steps
+    seconds = {k: v for k, v in seconds.items() if v > 0}
     seconds["idle"] = max(0.0, wall / steps - sum(seconds.values()))
-    return Breakdown(seconds, wall / steps)
+    ranked = sorted(entries.items(), key=lambda item: -item[1])[:top]
+    if trace is not None:
+        _write_trace(prof, Path(trace))
+    return Breakdown(seconds, wall / steps, top=[(name[:160], kind, spent / steps) for (kind, name), spent in ranked])
+
+
+def _write_trace(prof: torch.profiler.profile, path: Path) -> None:
+    import gzip
+    import os
+    import shutil
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        raw = Path(tmp) / "trace.json"
+        prof.export_chrome_trace(str(raw))
+        with open(raw, "rb") as src, gzip.open(f"{path}.part", "wb") as dst:
+            shutil.copyfileobj(src, dst)
+    os.replace(f"{path}.part", path)

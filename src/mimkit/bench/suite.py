@@ -12,6 +12,7 @@ import gc
 import json
 import os
 import platform
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -268,16 +269,27 @@ class _Profiles:
     """Each case's time breakdown, kept from the fastest of its profiled windows (a slow spell of a shared machine
     only ever slows a window down), or why it has none."""
 
-    def __init__(self, batch: int, steps: int, device: torch.device, peak: float):
+    def __init__(self, batch: int, steps: int, device: torch.device, peak: float,
+                 trace_dir: Path | None = None, group: str = ""):
         self.batch, self.steps, self.device, self.peak = batch, steps, device, peak
+        self.trace_dir, self.group = trace_dir, group
         self.best: dict[str, Breakdown] = {}
         self.failed: dict[str, str] = {}
+
+    def trace_path(self, case: Case) -> Path | None:
+        """Where the kept window's Chrome trace of a mimkit row goes (the references' are left out)."""
+        if self.trace_dir is None or case.kind != "mimkit":
+            return None
+        slug = re.sub(r"[^A-Za-z0-9]+", "-", f"{self.group} {case.impl}").strip("-").lower()
+        return self.trace_dir / f"{slug}.json.gz"
 
     def window(self, case: Case, timed: Timed) -> None:
         if self.steps <= 0 or not case.profiled or case.impl in self.failed:
             return
+        final = self.trace_path(case)
+        trial = final.with_name(final.name + ".window") if final is not None else None
         try:
-            found = profile_step(timed.step, self.steps, self.device)
+            found = profile_step(timed.step, self.steps, self.device, trace=trial)
         except Exception as err:  # a profiler that fails must not cost the timed row
             self.failed[case.impl] = f"breakdown failed: {type(err).__name__}: {err}"
             return
@@ -285,6 +297,10 @@ class _Profiles:
         if kept is None or found.step_seconds < kept.step_seconds:
             found.flops = {k: v * self.batch for k, v in timed.flops_by_kind.items()}
             self.best[case.impl] = found
+            if trial is not None:
+                os.replace(trial, final)
+        elif trial is not None:
+            trial.unlink()
 
     def of(self, case: Case) -> tuple[dict[str, Any] | None, str]:
         found = self.best.get(case.impl)
@@ -292,13 +308,14 @@ class _Profiles:
 
 
 def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: int, rounds: int,
-               device: torch.device, peak: float, breakdown_steps: int = 0) -> list[Row]:
+               device: torch.device, peak: float, breakdown_steps: int = 0,
+               trace_dir: Path | None = None) -> list[Row]:
     """Time a workload's cases. rounds == 1: each case is built, timed and released in turn, so its peak memory is
     its own (the GPU default). rounds > 1: all cases are built, then timed in `rounds` interleaved passes of
     steps / rounds; a row's img/s is the median pass, so slow spells of a shared machine hit every implementation
     alike (the CPU default). breakdown_steps > 0: after timing, each case runs that many steps under the profiler
     for its time breakdown (mimkit.bench.breakdown); in rounds, that many steps spread over the interleaved passes
-    (at least one each), the fastest window kept."""
+    (at least one each), the fastest window kept. trace_dir: the kept windows' Chrome traces of mimkit's rows."""
     rows: list[Row] = []
 
     def row(case: Case, timed: Timed, first: float, speeds: list[float], memory: float | None) -> Row:
@@ -311,7 +328,7 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
                    [min(speeds), max(speeds)], timed.model_flops_per_img or flops, found)
 
     if rounds <= 1:
-        profiles = _Profiles(batch, breakdown_steps, device, peak)
+        profiles = _Profiles(batch, breakdown_steps, device, peak, trace_dir, group)
         for case in cases:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
@@ -330,7 +347,8 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
     for _ in range(rounds):
         for case, timed, _first in built:
             speeds[case.impl].append(chunk * batch / time_steps(timed.step, chunk, 0, device))
-    profiles = _Profiles(batch, max(1, breakdown_steps // rounds) if breakdown_steps else 0, device, peak)
+    profiles = _Profiles(batch, max(1, breakdown_steps // rounds) if breakdown_steps else 0, device, peak,
+                         trace_dir, group)
     for _ in range(rounds if breakdown_steps else 0):
         for case, timed, _first in built:
             profiles.window(case, timed)
@@ -401,15 +419,19 @@ def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Refere
 def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, warmup: int = 3,
               groups: list[str] | None = None, compile_rows: bool | None = None, batch: int | None = None,
               rounds: int | None = None, compile_modes: tuple[str, ...] = (), breakdown_steps: int = 3,
-              out: str | Path | None = "bench-suite.json", log: Callable[[str], None] = print) -> dict[str, Any]:
+              trace_dir: str | Path | None = None, out: str | Path | None = "bench-suite.json",
+              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every workload of `preset` side by side; returns (and writes) the table, ratios, targets and, from
-    `breakdown_steps` profiled steps per row (0: none), where each row's time goes."""
+    `breakdown_steps` profiled steps per row (0: none), where each row's time goes; `trace_dir` keeps the
+    profiled windows of mimkit's rows as Chrome traces."""
     dev = pick_device(device)
     preset = preset or ("vit-b16" if dev.type == "cuda" else "tiny")
     if preset not in PRESETS:
         raise ConfigError(f"unknown bench preset '{preset}' ({', '.join(PRESETS)})")
     if breakdown_steps < 0:
         raise ConfigError(f"--breakdown-steps must be 0 (no breakdown) or more, got {breakdown_steps}")
+    if trace_dir is not None and breakdown_steps == 0:
+        raise ConfigError("--trace-dir keeps the profiled windows: it needs --breakdown-steps of 1 or more")
     bad_modes = set(compile_modes) - set(COMPILE_MODES)
     if bad_modes:
         raise ConfigError(f"unknown compile mode(s) {sorted(bad_modes)}: choose from {', '.join(COMPILE_MODES)}")
@@ -433,7 +455,7 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
                                              tuple(compile_modes))
             n_steps, n_rounds = (min(steps, 3), 1) if group == "memory" else (steps, rounds)
             for row in time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak,
-                                  breakdown_steps):
+                                  breakdown_steps, Path(trace_dir) if trace_dir is not None else None):
                 rows.append(row)
                 log(f"[bench] {group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
                     + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")

@@ -104,6 +104,18 @@ def test_bench_pretrain_compares_with_hf(tmp_path):
     assert result["mimkit"]["img_per_s"] > 0 and result["hf"]["img_per_s"] > 0
     assert result["ratio_mimkit_over_hf"] == pytest.approx(result["mimkit"]["img_per_s"] / result["hf"]["img_per_s"])
     assert "ratio_mimkit_over_hf" in proc.stdout
+    for impl in ("mimkit", "hf"):  # MFU against the measured peak, and where the time goes
+        entry = result[impl]
+        assert entry["mfu"] == pytest.approx(entry["gflop_per_img"] * 1e9 * entry["img_per_s"] / result["peak_flops"])
+        assert sum(entry["breakdown"]["shares"].values()) == pytest.approx(1.0)
+    assert "Where the time goes" in proc.stdout and "pretrain  hf" in proc.stdout
+
+
+def test_bench_pretrain_refuses_what_it_cannot_time(capsys):
+    assert "MAE config" in cli_error(capsys, "bench", "pretrain", "--config", "simmim_fmnist_tiny", "--compare", "hf",
+                                     "--set", "device=cpu")
+    assert "--breakdown-steps" in cli_error(capsys, "bench", "pretrain", "--config", "mae_fmnist_tiny",
+                                            "--breakdown-steps", "-1", "--set", "device=cpu")
 
 
 def test_bench_loader_times_the_training_stream(tmp_path):

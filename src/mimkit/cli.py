@@ -284,8 +284,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     from mimkit.bench.pretrain_bench import run_pretrain_bench
 
-    result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare, out=args.out)
+    from mimkit.bench.suite import BREAKDOWN_NOTE, aligned, breakdown_table
+
+    result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare,
+                                breakdown_steps=args.breakdown_steps, out=args.out)
     print(json.dumps(result, indent=1))
+    parts = breakdown_table({"rows": [{"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
+                                      for impl in ("mimkit", "hf") if impl in result]})
+    if parts:
+        print("\n".join(["", BREAKDOWN_NOTE, *aligned(parts)]))
     return 0
 
 
@@ -466,6 +473,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=20, help="timed steps")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
+    b.add_argument("--breakdown-steps", type=int, default=3, metavar="N",
+                   help="profiled steps after timing, for MFU and where the time goes (0: neither)")
     b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("suite", help="the whole performance table: MAE, SimMIM, distillation, fine-tuning and a "

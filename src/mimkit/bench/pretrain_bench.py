@@ -1,6 +1,7 @@
-"""`mimkit bench pretrain`: img/s and peak memory of the Engine's training step for any config, on synthetic
-batches already on the device; `--compare hf` times HuggingFace ViTMAEForPreTraining of the same shape in the same
-process, so the ratio is measured on one machine in one run. (`mimkit bench suite` is the whole table.)"""
+"""`mimkit bench pretrain`: img/s, peak memory and where the time goes (mimkit.bench.breakdown) of the Engine's
+training step for any config, on synthetic batches already on the device; `--compare hf` times HuggingFace
+ViTMAEForPreTraining of the same shape in the same process, so the ratio is measured on one machine in one run.
+(`mimkit bench suite` is the whole table.)"""
 from __future__ import annotations
 
 import json
@@ -10,26 +11,34 @@ from typing import Any
 
 import torch
 
+from mimkit.bench.flops import matmul_peak_flops
 from mimkit.bench.references import hf_mae
 from mimkit.bench.suite import Case, device_name, mimkit_case, reference_case, time_group
-from mimkit.config import Config, resolved
+from mimkit.config import Config, ConfigError, resolved
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import pick_device
 from mimkit.engine.trainer import resolve_precision
 
 
-def _entry(row) -> dict[str, Any]:
+def _entry(row, measured_peak: bool) -> dict[str, Any]:
     memory = row.peak_memory_gb * 1024 if row.peak_memory_gb is not None else None
-    return {"img_per_s": row.img_per_s, "step_ms": row.step_ms, "peak_memory_mb": memory,
-            "gflop_per_img": row.flops_per_img / 1e9 if row.flops_per_img else None,
-            "model_gflop_per_img": row.model_flops_per_img / 1e9 if row.model_flops_per_img else None}
+    entry = {"img_per_s": row.img_per_s, "step_ms": row.step_ms, "peak_memory_mb": memory,
+             "gflop_per_img": row.flops_per_img / 1e9 if row.flops_per_img else None,
+             "model_gflop_per_img": row.model_flops_per_img / 1e9 if row.model_flops_per_img else None}
+    if measured_peak:
+        entry.update(mfu=row.mfu, breakdown=row.breakdown)
+    return entry
 
 
 def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: str | None = None,
-                       out: str | Path | None = "bench-pretrain.json") -> dict[str, Any]:
+                       breakdown_steps: int = 3, out: str | Path | None = "bench-pretrain.json") -> dict[str, Any]:
+    """Time the config's training step (and HF's with compare='hf'); with breakdown_steps > 0 also measure the
+    matmul peak and profile that many steps, for MFU and where the time goes."""
+    if breakdown_steps < 0:
+        raise ConfigError(f"--breakdown-steps must be 0 (no breakdown) or more, got {breakdown_steps}")
     cfg = resolved(cfg)
     if compare == "hf" and cfg.method.name != "mae":
-        raise ValueError("--compare hf times ViTMAEForPreTraining: use an MAE config")
+        raise ConfigError("--compare hf times ViTMAEForPreTraining: use an MAE config (method.name=mae)")
     device = pick_device(cfg.device)
     amp = resolve_precision(cfg.train.precision, device)
     batch = cfg.train.batch_size
@@ -40,15 +49,17 @@ def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: s
         "device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
         "steps": steps, "warmup": warmup,
     }
-    peak = float("inf")  # no MFU here: `mimkit bench suite` measures the peak
+    peak = matmul_peak_flops(device, amp or torch.float32) if breakdown_steps else float("inf")  # inf: no MFU
+    if breakdown_steps:
+        results["peak_flops"] = peak
     with tempfile.TemporaryDirectory(prefix="mimkit-bench-") as tmp:
         cases = [Case("mimkit", "mimkit", lambda: mimkit_case(cfg, device, cfg.train.compile, False, Path(tmp)))]
         if compare == "hf":
             cases.append(Case("hf", "reference", lambda: reference_case(hf_mae(cfg), cfg, device, False)))
-        rows = time_group("pretrain", cases, batch, steps, warmup, 1, device, peak)
-    results["mimkit"] = _entry(rows[0])
+        rows = time_group("pretrain", cases, batch, steps, warmup, 1, device, peak, breakdown_steps)
+    results["mimkit"] = _entry(rows[0], bool(breakdown_steps))
     if compare == "hf":
-        results["hf"] = _entry(rows[1])
+        results["hf"] = _entry(rows[1], bool(breakdown_steps))
         results["ratio_mimkit_over_hf"] = results["mimkit"]["img_per_s"] / results["hf"]["img_per_s"]
     if out:
         atomic_write_text(out, json.dumps(results, indent=1))

@@ -590,7 +590,7 @@ def breakdown_table(result: dict[str, Any]) -> list[list[str]]:
     return lines
 
 
-def _aligned(lines: list[list[str]]) -> list[str]:
+def aligned(lines: list[list[str]]) -> list[str]:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = []
     for i, line in enumerate(lines):
@@ -610,10 +610,10 @@ def format_table(result: dict[str, Any]) -> str:
     """The suite as a plain-text table (what the CLI prints), then the time breakdown."""
     text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
                                                                        result["versions"].items())]
-    text += _aligned([HEADER] + [_cells(r) for r in result["rows"]])
+    text += aligned([HEADER] + [_cells(r) for r in result["rows"]])
     parts = breakdown_table(result)
     if parts:
-        text += ["", BREAKDOWN_NOTE] + _aligned(parts)
+        text += ["", BREAKDOWN_NOTE] + aligned(parts)
     return "\n".join(text + _summary_lines(result))
 
 

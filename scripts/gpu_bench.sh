@@ -8,24 +8,30 @@
 # time goes, bench-traces.tar: Chrome traces of mimkit's profiled steps, versions.txt, gpu-tests.txt,
 # bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
-# SUITE=0 skips the suite: a device command may run 10 minutes at most, so a lent machine can take the suite in one
-# call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.
+# SUITE=0 skips the suite, TESTS=0 the GPU tests: a device command may run 10 minutes at most (the suite is stopped
+# at SUITE_LIMIT, default 540 s, so its files still return), so a lent machine takes `LOADER=0 TESTS=0 bash
+# scripts/gpu_bench.sh OUT` in one call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
 record_versions
 if [ "${SUITE:-1}" = 1 ]; then
-  $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} \
-    --out "$OUT/bench-suite.json" --trace-dir "$OUT/traces" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 70
-  # the machine returns at most 8 files of 16 MiB: the traces travel as one tar, MAE's alone if all are too big
-  if [ -d "$OUT/traces" ]; then
-    tar -C "$OUT" -cf "$OUT/bench-traces.tar" traces
+  # traces go outside OUT until the end: a command killed at its limit must not leave a dozen files there
+  TRACES=$(mktemp -d)
+  timeout ${SUITE_LIMIT:-540} $PY -m mimkit bench suite --preset vit-b16 --steps ${STEPS:-15} --warmup ${WARMUP:-5} \
+    --out "$OUT/bench-suite.json" --trace-dir "$TRACES/traces" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 70
+  # a lent machine returns at most 8 files of 16 MiB: the traces travel as one tar, MAE's alone if all are too big
+  if [ -d "$TRACES/traces" ]; then
+    tar -C "$TRACES" -cf "$OUT/bench-traces.tar" traces
     if [ "$(stat -c %s "$OUT/bench-traces.tar")" -gt 15000000 ]; then
-      tar -C "$OUT" -cf "$OUT/bench-traces.tar" $(cd "$OUT" && ls traces/mae-*)
+      rm -f "$OUT/bench-traces.tar"
+      (cd "$TRACES" && ls traces/mae-*.json.gz >/dev/null 2>&1 && tar -cf "$OUT/bench-traces.tar" traces/mae-*.json.gz)
+      [ -f "$OUT/bench-traces.tar" ] && [ "$(stat -c %s "$OUT/bench-traces.tar")" -gt 15000000 ] \
+        && rm -f "$OUT/bench-traces.tar"
     fi
-    rm -rf "$OUT/traces"
   fi
+  rm -rf "$TRACES"
 fi
-if [ -z "${EXTRA:-}" ] && $PY -c "import pytest" 2>/dev/null; then
+if [ -z "${EXTRA:-}" ] && [ "${TESTS:-1}" = 1 ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"
 fi
 if [ -z "${EXTRA:-}" ] && [ "${LOADER:-1}" = 1 ]; then

@@ -4,6 +4,7 @@
 OUT=${1:?usage: $(basename "$0") OUT_DIR [FMNIST_PARENT_DIR]}
 mkdir -p "$OUT"
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONUNBUFFERED=1  # rows reach OUT/*.txt as they are printed, also from a command killed at its limit
 [ -n "${2:-}" ] && export MIMKIT_DATA=$2
 PY=${PYTHON:-python3}
 $PY -c "import yaml" 2>/dev/null || export PYTHONPATH=$PYTHONPATH:$PWD/runs/pylib

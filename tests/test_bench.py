@@ -164,14 +164,36 @@ def test_a_failing_profiler_keeps_the_timed_row(monkeypatch):
         assert row.note == "a note; breakdown failed: RuntimeError: CUPTI unavailable"
 
 
+def test_rows_are_reported_as_soon_as_they_are_final():
+    """On a GPU (one round) each row is reported before the next is built, so a run killed midway has printed the
+    rows it finished; with rounds, after the last round."""
+    import torch
+
+    from mimkit.bench.suite import Case, Timed, time_group
+
+    for rounds in (1, 2):
+        seen, built = [], []
+
+        def case(name):
+            return Case(name, "mimkit", lambda: built.append(name) or Timed(lambda: None, None))
+
+        def report(row):
+            seen.append((row.impl, list(built)))
+
+        time_group("g", [case("a"), case("b")], 4, 2, 0, rounds, torch.device("cpu"), 1e9, on_row=report)
+        assert seen == ([("a", ["a"]), ("b", ["a", "b"])] if rounds == 1 else [("a", ["a", "b"]), ("b", ["a", "b"])])
+
+
 def test_compile_modes_add_mimkit_rows(tmp_path):
     import torch
 
     from mimkit.bench.suite import suite_cases
 
-    _, cases = suite_cases("tiny", "simmim", torch.device("cpu"), False, tmp_path, 4, ("reduce-overhead",))
-    assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", "mimkit compiled (reduce-overhead)"]
-    assert [c.profiled for c in cases if c.kind == "mimkit"] == [True, False]  # no profiler on CUDA-graph replays
+    modes = ("reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+    _, cases = suite_cases("tiny", "simmim", torch.device("cpu"), False, tmp_path, 4, modes)
+    assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", *(f"mimkit compiled ({m})" for m in modes)]
+    # no profiler on CUDA-graph replays (both modes that capture graphs)
+    assert [c.profiled for c in cases if c.kind == "mimkit"] == [True, False, False, True]
     _, cases = suite_cases("tiny", "finetune", torch.device("cpu"), True, tmp_path, 4, ("reduce-overhead",))
     assert [c.impl for c in cases if c.kind == "mimkit"] == ["mimkit", "mimkit compiled"]
 

@@ -65,18 +65,19 @@ def test_nonfinite_step_is_skipped_on_the_device():
     assert torch.equal(p.detach(), moved) and float(opt.state[p]["step"]) == 1.0
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("max_norm", [0.05, 1e6, None])
-def test_clipping_folded_into_the_fused_step_matches_torch_clipping(fused, max_norm):
+def test_clipping_folded_into_the_fused_step_matches_torch_clipping(fused, max_norm, device):
     """clip_gradients + skip_if_nonfinite_step (the fused step divides by the clip factor) give the weights of
     torch's clip_grad_norm_ followed by the step, over three steps of AdamW."""
     torch.manual_seed(0)
-    ref = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
-    mine = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4))
+    ref = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(device)
+    mine = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.GELU(), torch.nn.Linear(16, 4)).to(device)
     mine.load_state_dict(ref.state_dict())
     opts = [torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0.05, fused=fused) for m in (ref, mine)]
     for step in range(3):
-        x = torch.randn(32, 8)
+        x = torch.randn(32, 8, device=device)
         for m in (ref, mine):
             m(x).square().mean().mul(100).backward()
         want = torch.nn.utils.clip_grad_norm_(ref.parameters(), max_norm if max_norm is not None else float("inf"))
@@ -87,7 +88,7 @@ def test_clipping_folded_into_the_fused_step_matches_torch_clipping(fused, max_n
             assert scale is not None and (scale > 1).item() == (max_norm < 1)
         else:
             assert scale is None
-        trainer.skip_if_nonfinite_step(opts[1], torch.tensor(True), scale)
+        trainer.skip_if_nonfinite_step(opts[1], torch.tensor(True, device=device), scale)
         assert not hasattr(opts[1], "grad_scale")  # nothing left behind for the next step
         for o in opts:
             o.zero_grad(set_to_none=True)

@@ -24,7 +24,7 @@ KIND_NOTES = {
     "matmul": "weight matmuls and convolutions (linear layers, patch embedding)",
     "attention": "fused attention kernels, and batched matmuls (q k^T, attn v, relation matrices)",
     "elementwise": "norms, activations, residual adds, reductions, losses, inductor's fused kernels",
-    "copies": "copies, casts, concatenations, gathers and scatters, fills: data movement without arithmetic",
+    "copies": "copies, casts, concatenations, gathers and scatters, fills, sorts: data movement without arithmetic",
     "optimizer": "AdamW, gradient clipping and zeroing",
     "communication": "all-reduce and other collectives",
     "other": "tensor bookkeeping (views, allocation) and the autograd engine",
@@ -32,17 +32,19 @@ KIND_NOTES = {
 }
 
 # First match wins, so the order matters: `_foreach_norm` is clipping, not a norm layer; inductor's fused kernels
-# are elementwise whatever ops they fused; `bmm` is attention, not a weight matmul.
+# (triton_poi/per/red_fused_<ops>) are elementwise whatever ops they fused, its templates (triton_tem) matmuls;
+# `bmm` is attention, not a weight matmul.
 _RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(pattern)) for kind, pattern in (
     ("communication", r"nccl|all_?reduce|all_?gather|reduce_?scatter|gloo|c10d|\bbroadcast\b"),
     ("optimizer", r"adam|\bsgd\b|\blamb\b|optimizer|_foreach_|multi_tensor|clip_grad"),
+    ("matmul", r"^triton_tem"),
+    ("elementwise", r"^triton_"),
     ("other", r"^autograd::|backward0$|^profilerstep"),
     ("attention", r"attention|flash|fmha|sdpa|\bbmm\b|baddbmm"),
-    ("matmul", r"\b(mm|addmm|_addmm_activation|matmul|linear|addmv|mv|dot)\b|conv|gemm|xmma|cutlass|nvjet|"
-               r"cublas|triton_tem"),
-    ("elementwise", r"triton_(poi|per|red)"),
+    ("matmul", r"\b(mm|addmm|_addmm_activation|matmul|linear|addmv|mv|dot)\b|conv(?!ert)|gemm|xmma|cutlass|"
+               r"nvjet|cublas"),
     ("copies", r"copy|\bcat\b|stack|clone|contiguous|gather|scatter|index|memcpy|memset|fill|zero|\bpad\b|roll|"
-               r"repeat|im2col|col2im"),
+               r"repeat|im2col|col2im|\b(sort|argsort|topk)\b|radixsort"),
     ("other", r"::(empty\w*|as_strided\w*|view\w*|t|reshape|_reshape_alias|detach\w*|expand\w*|transpose|permute|"
               r"unsqueeze|squeeze|select|slice|split\w*|unbind|chunk|alias|_unsafe_view|resolve_\w+|lift\w*|"
               r"result_type|item|_local_scalar_dense|numpy_t|movedim|unflatten|flatten|narrow|set_|"
@@ -81,25 +83,35 @@ def _cpu_entries(prof: torch.profiler.profile) -> dict[tuple[str, str], float]:
 
 def _device_entries(prof: torch.profiler.profile) -> dict[tuple[str, str], float]:
     """(kind, 'operator > kernel') -> kernel seconds on the device. A kernel counts under the operator that
-    launched it; kernels no operator launched (inductor's, CUDA-graph replays) count under their own names."""
-    out: dict[tuple[str, str], float] = defaultdict(float)
+    launched it; kernels no operator launched (inductor's, CUDA-graph replays) count under their own names.
+    The kernel events are the totals; the operators only name them. Annotation spans (record_function regions
+    such as `Optimizer.step`, inductor's `## Call CompiledFxGraph ##`) are no kernels and are left out, as
+    torch's own device totals leave them out."""
     per_kernel: dict[str, float] = defaultdict(float)  # every kernel's time, by name
-    attributed: dict[str, float] = defaultdict(float)
+    named: dict[str, dict[tuple[str, str], float]] = defaultdict(lambda: defaultdict(float))
     for evt in prof.events():
-        if evt.is_async:
+        if evt.is_async or getattr(evt, "is_user_annotation", False):
             continue
+        if getattr(evt, "is_legacy", False) and evt.kernels:
+            raise RuntimeError("the profiler fell back to legacy CUDA event timing (no CUPTI): kernels unseen")
         if evt.device_type == torch.autograd.DeviceType.CPU:
+            kind = kind_of(evt.name)
             for kernel in evt.kernels:
-                kind = kind_of(evt.name)
-                kind = kind if kind != "other" else kind_of(kernel.name)
-                out[(kind, f"{evt.name} > {kernel.name}")] += kernel.duration / 1e6
-                attributed[kernel.name] += kernel.duration / 1e6
+                key = (kind if kind != "other" else kind_of(kernel.name), f"{evt.name} > {kernel.name}")
+                named[kernel.name][key] += kernel.duration / 1e6
         else:
             per_kernel[evt.name] += evt.time_range.elapsed_us() / 1e6
+    out: dict[tuple[str, str], float] = defaultdict(float)
     for name, seconds in per_kernel.items():
-        rest = seconds - attributed.get(name, 0.0)
-        if rest > 1e-9:
-            out[(kind_of(name), name)] += rest
+        owners = named.get(name, {})
+        attributed = sum(owners.values())
+        # never more than the kernels' own time: a runtime event's id can collide with an operator's and hand
+        # that operator kernels twice
+        scale = min(1.0, seconds / attributed) if attributed > 0 else 0.0
+        for key, spent in owners.items():
+            out[key] += spent * scale
+        if seconds - attributed * scale > 1e-9:
+            out[(kind_of(name), name)] += seconds - attributed * scale
     return dict(out)
 
 
@@ -178,9 +190,13 @@ def _write_trace(prof: torch.profiler.profile, path: Path) -> None:
     import tempfile
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "trace.json"
-        prof.export_chrome_trace(str(raw))
-        with open(raw, "rb") as src, gzip.open(f"{path}.part", "wb") as dst:
-            shutil.copyfileobj(src, dst)
-    os.replace(f"{path}.part", path)
+    part = Path(f"{path}.part")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            raw = Path(tmp) / "trace.json"
+            prof.export_chrome_trace(str(raw))
+            with open(raw, "rb") as src, gzip.open(part, "wb", compresslevel=6) as dst:
+                shutil.copyfileobj(src, dst)
+        os.replace(part, path)
+    finally:
+        part.unlink(missing_ok=True)

@@ -111,6 +111,10 @@ class Case:
     profiled: bool = True  # gets a time breakdown (not the loader rows, nor CUDA-graph replays)
 
 
+# inductor modes that replay CUDA graphs (torch._inductor.list_mode_options: triton.cudagraphs): not profiled
+CUDA_GRAPHS = ("reduce-overhead", "max-autotune")
+
+
 # ----------------------------------------------------------------------------------------------- configs
 def group_config(preset: str, group: str, device: str, batch: int | None = None) -> tuple[Config, Config | None]:
     """The resolved config of one workload, and for distillation the teacher's."""
@@ -303,19 +307,22 @@ class _Profiles:
             trial.unlink()
 
     def of(self, case: Case) -> tuple[dict[str, Any] | None, str]:
+        """The kept breakdown, or None and why (a failure after a kept window leaves that window)."""
         found = self.best.get(case.impl)
-        return (found.as_dict(self.peak) if found else None), self.failed.get(case.impl, "")
+        return (found.as_dict(self.peak), "") if found else (None, self.failed.get(case.impl, ""))
 
 
 def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: int, rounds: int,
                device: torch.device, peak: float, breakdown_steps: int = 0,
-               trace_dir: Path | None = None) -> list[Row]:
+               trace_dir: Path | None = None, on_row: Callable[[Row], None] = lambda row: None) -> list[Row]:
     """Time a workload's cases. rounds == 1: each case is built, timed and released in turn, so its peak memory is
     its own (the GPU default). rounds > 1: all cases are built, then timed in `rounds` interleaved passes of
     steps / rounds; a row's img/s is the median pass, so slow spells of a shared machine hit every implementation
     alike (the CPU default). breakdown_steps > 0: after timing, each case runs that many steps under the profiler
     for its time breakdown (mimkit.bench.breakdown); in rounds, that many steps spread over the interleaved passes
-    (at least one each), the fastest window kept. trace_dir: the kept windows' Chrome traces of mimkit's rows."""
+    (at least one each), the fastest window kept. trace_dir: the kept windows' Chrome traces of mimkit's rows.
+    on_row sees each row as soon as it is final: one by one without rounds (a run killed midway has printed the
+    rows it finished), all at the end with them."""
     rows: list[Row] = []
 
     def row(case: Case, timed: Timed, first: float, speeds: list[float], memory: float | None) -> Row:
@@ -338,6 +345,7 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
             memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             profiles.window(case, timed)
             rows.append(row(case, timed, first, [speed], memory))
+            on_row(rows[-1])
             timed.close()
             _release(device)
         return rows
@@ -353,6 +361,8 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
         for case, timed, _first in built:
             profiles.window(case, timed)
     rows = [row(case, timed, first, speeds[case.impl], None) for case, timed, first in built]
+    for finished in rows:
+        on_row(finished)
     for _, timed, _ in built:
         timed.close()
     _release(device)
@@ -384,7 +394,7 @@ def suite_cases(preset: str, group: str, device: torch.device, compile_rows: boo
     if compile_rows and group != "memory":
         cases.append(Case("mimkit compiled", "mimkit", mine(True), note))
     if group in ("mae", "simmim"):
-        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode != "reduce-overhead")
+        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode not in CUDA_GRAPHS)
                   for mode in compile_modes]
     if group == "mae":
         cases += [Case("mimkit + input pipeline", "pipeline", mine(compile_rows, True),
@@ -454,12 +464,11 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
             group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch,
                                              tuple(compile_modes))
             n_steps, n_rounds = (min(steps, 3), 1) if group == "memory" else (steps, rounds)
-            for row in time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak,
-                                  breakdown_steps, Path(trace_dir) if trace_dir is not None else None):
-                rows.append(row)
-                log(f"[bench] {group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
-                    + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
-                    + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else ""))
+            rows += time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak, breakdown_steps,
+                               Path(trace_dir) if trace_dir is not None else None, on_row=lambda row: log(
+                                   f"[bench] {row.group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
+                                   + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
+                                   + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else "")))
     result = {"preset": preset, "device": device_name(dev), "versions": _versions(),
               "date": time.strftime("%Y-%m-%d"), "precision": str(amp or "fp32"), "threads": torch.get_num_threads(),
               "load_average": load, "steps": steps, "rounds": rounds, "warmup": warmup, "peak_flops": peak,

@@ -380,8 +380,9 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     """The total gradient norm (fp32), and the gradients clipped to `max_norm` by torch's clip_grad_norm_ rule
     (scaled by max_norm / (norm + 1e-6) where that is below 1; None: no clipping). With `fold` and a fused
     optimizer the clipping is left to the step: the second value is the divisor for the step's grad_scale input,
-    which the fused kernel applies as it reads each gradient, saving a pass over all of them. Otherwise the
-    gradients are scaled here and the second value is None."""
+    which the fused kernel applies as it reads each gradient (it writes the divided gradient back), saving the
+    separate multiply's read of every gradient. Otherwise the gradients are scaled here and the second value is
+    None."""
     grads = [p.grad for p in params if p.grad is not None]
     norm = torch.nn.utils.get_total_norm(grads).float()
     if max_norm is None:

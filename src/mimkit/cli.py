@@ -495,9 +495,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compile-mode", action="append", default=[], metavar="MODE",
                    help="one more compiled mimkit row for MAE and SimMIM per inductor mode: reduce-overhead (CUDA "
                         "graphs), max-autotune, max-autotune-no-cudagraphs; repeatable")
-    b.add_argument("--breakdown-steps", type=int, default=3, metavar="N",
+    b.add_argument("--breakdown-steps", type=int, default=None, metavar="N",
                    help="profiled steps per row after timing, for where its time goes (matmul, attention, "
-                        "elementwise, copies, optimizer, idle; 0: no breakdown)")
+                        "elementwise, copies, optimizer, idle; 0: no breakdown; default 1 on a GPU, 3 on a CPU, "
+                        "spread over the rounds)")
     b.add_argument("--trace-dir", default=None, metavar="DIR",
                    help="also keep each mimkit row's profiled window as a gzip'd Chrome trace in DIR (Perfetto, "
                         "chrome://tracing)")

@@ -428,16 +428,19 @@ def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Refere
 
 def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, warmup: int = 3,
               groups: list[str] | None = None, compile_rows: bool | None = None, batch: int | None = None,
-              rounds: int | None = None, compile_modes: tuple[str, ...] = (), breakdown_steps: int = 3,
+              rounds: int | None = None, compile_modes: tuple[str, ...] = (), breakdown_steps: int | None = None,
               trace_dir: str | Path | None = None, out: str | Path | None = "bench-suite.json",
               log: Callable[[str], None] = print) -> dict[str, Any]:
     """Time every workload of `preset` side by side; returns (and writes) the table, ratios, targets and, from
-    `breakdown_steps` profiled steps per row (0: none), where each row's time goes; `trace_dir` keeps the
-    profiled windows of mimkit's rows as Chrome traces."""
+    `breakdown_steps` profiled steps per row (0: none; default 1 on CUDA, where a row's window is undisturbed and
+    the profiler's processing costs seconds per step, 3 elsewhere), where each row's time goes; `trace_dir` keeps
+    the profiled windows of mimkit's rows as Chrome traces."""
     dev = pick_device(device)
     preset = preset or ("vit-b16" if dev.type == "cuda" else "tiny")
     if preset not in PRESETS:
         raise ConfigError(f"unknown bench preset '{preset}' ({', '.join(PRESETS)})")
+    if breakdown_steps is None:
+        breakdown_steps = 1 if dev.type == "cuda" else 3
     if breakdown_steps < 0:
         raise ConfigError(f"--breakdown-steps must be 0 (no breakdown) or more, got {breakdown_steps}")
     if trace_dir is not None and breakdown_steps == 0:

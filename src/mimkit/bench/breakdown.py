@@ -8,7 +8,12 @@ measured matmul peak. Because the kinds add up to the whole step, the gap betwee
 causes: matmuls below the peak, attention below the peak, and the time of work that counts no FLOPs."""
 from __future__ import annotations
 
+import gzip
+import os
 import re
+import shutil
+import tempfile
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,8 +164,6 @@ def profile_step(step: Callable[[], None], steps: int, device: torch.device, top
     the `top` operators (CPU) or kernels (GPU) by time. Profiled steps run a little slower than timed ones (the
     profiler's own overhead), so shares are of the profiled step. `trace`: also write the Chrome trace there
     (gzip-compressed; chrome://tracing and Perfetto open it)."""
-    import time
-
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -184,11 +187,7 @@ def profile_step(step: Callable[[], None], steps: int, device: torch.device, top
 
 
 def _write_trace(prof: torch.profiler.profile, path: Path) -> None:
-    import gzip
-    import os
-    import shutil
-    import tempfile
-
+    """The profile as a gzip'd Chrome trace, written whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
     part = Path(f"{path}.part")
     try:

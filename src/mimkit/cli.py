@@ -284,15 +284,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 0
     from mimkit.bench.pretrain_bench import run_pretrain_bench
 
-    from mimkit.bench.suite import BREAKDOWN_NOTE, aligned, breakdown_table
+    from mimkit.bench.suite import breakdown_lines
 
     result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare,
                                 breakdown_steps=args.breakdown_steps, out=args.out)
     print(json.dumps(result, indent=1))
-    parts = breakdown_table({"rows": [{"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
+    lines = breakdown_lines({"rows": [{"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
                                       for impl in ("mimkit", "hf") if impl in result]})
-    if parts:
-        print("\n".join(["", BREAKDOWN_NOTE, *aligned(parts)]))
+    if lines:
+        print("\n".join(lines))
     return 0
 
 

@@ -24,6 +24,7 @@ import torch
 from mimkit.bench.timing import sync
 
 KINDS = ("matmul", "attention", "elementwise", "copies", "optimizer", "communication", "other", "idle")
+FLOP_KINDS = ("matmul", "attention")  # the kinds that count FLOPs: set against the peak
 # What each kind holds (the docs and reports print these).
 KIND_NOTES = {
     "matmul": "weight matmuls and convolutions (linear layers, patch embedding)",
@@ -128,23 +129,24 @@ class Breakdown:
     flops: dict[str, float] = field(default_factory=dict)
     top: list[tuple[str, str, float]] = field(default_factory=list)  # (operator or kernel, kind, seconds per step)
 
+    def _total(self) -> float:
+        """The step, or the kinds' own total where operators overlap (as a CPU's threads may)."""
+        return max(self.step_seconds, sum(self.seconds.values()))
+
     def shares(self) -> dict[str, float]:
-        """Each kind's fraction of the step; they add up to 1 (when operators overlap, as a CPU's threads may,
-        against their own total)."""
-        total = max(self.step_seconds, sum(self.seconds.values()))
-        return {k: self.seconds.get(k, 0.0) / total for k in KINDS}
+        """Each kind's fraction of the step; they add up to 1."""
+        return {k: self.seconds.get(k, 0.0) / self._total() for k in KINDS}
 
     def efficiency(self, peak: float) -> dict[str, float]:
         """FLOP/s of each kind that counts FLOPs, as a fraction of the peak."""
-        return {k: self.flops[k] / self.seconds[k] / peak for k in ("matmul", "attention")
+        return {k: self.flops[k] / self.seconds[k] / peak for k in FLOP_KINDS
                 if self.flops.get(k) and self.seconds.get(k)}
 
     def gap(self, peak: float) -> dict[str, float]:
         """The step split into `useful` (the counted FLOPs at the peak, i.e. the profiled step's MFU) and what
         keeps it from 100%: for matmul and attention their time beyond their FLOPs at the peak, for the other
         kinds all of their time. The parts add up to 1."""
-        share = self.shares()
-        total = max(self.step_seconds, sum(self.seconds.values()))
+        share, total = self.shares(), self._total()
         out = {"useful": 0.0}
         for kind in KINDS:
             ideal = min(self.flops.get(kind, 0.0) / peak, self.seconds.get(kind, 0.0)) / total

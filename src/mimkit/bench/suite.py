@@ -216,7 +216,7 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
     stream = pipeline_stream(cfg, env) if pipeline else fixed
     method.to(device)
 
-    def count() -> float:
+    def count() -> tuple[float, dict[str, float]]:
         return _flops_per_image(lambda x, y: method({"images": x, "labels": y, "keys": fixed.keys[:len(x)]})["loss"],
                                 fixed.images, fixed.labels, list(method.parameters()))
 
@@ -623,10 +623,13 @@ def format_table(result: dict[str, Any]) -> str:
     text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
                                                                        result["versions"].items())]
     text += aligned([HEADER] + [_cells(r) for r in result["rows"]])
+    return "\n".join(text + breakdown_lines(result) + _summary_lines(result))
+
+
+def breakdown_lines(result: dict[str, Any]) -> list[str]:
+    """The time breakdown as plain-text lines after a blank one (none when nothing was profiled)."""
     parts = breakdown_table(result)
-    if parts:
-        text += ["", BREAKDOWN_NOTE] + aligned(parts)
-    return "\n".join(text + _summary_lines(result))
+    return ["", BREAKDOWN_NOTE, *aligned(parts)] if parts else []
 
 
 def markdown_report(result: dict[str, Any]) -> str:

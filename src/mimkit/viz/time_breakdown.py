@@ -11,11 +11,10 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mimkit.bench.breakdown import KINDS  # noqa: E402
+from mimkit.bench.breakdown import FLOP_KINDS, KINDS  # noqa: E402
 
 COLORS = {"matmul": "tab:blue", "attention": "tab:orange", "elementwise": "tab:green", "copies": "tab:red",
           "optimizer": "tab:purple", "communication": "tab:brown", "other": "tab:pink", "idle": "0.45"}
-FLOP_KINDS = ("matmul", "attention")
 
 
 def plot_time_breakdown(result: dict[str, Any], out: str | Path) -> Path:

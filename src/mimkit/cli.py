@@ -6,6 +6,9 @@ import json
 import sys
 from pathlib import Path
 
+from mimkit.engine.host_malloc import tune_host_malloc
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     from mimkit.config import ConfigError
     from mimkit.data.fashion_mnist import DataNotFoundError
@@ -522,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_host_malloc()  # before the first large tensor: see engine/host_malloc.py
     try:
         return args.func(args)
     except _user_errors() as err:

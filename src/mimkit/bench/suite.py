@@ -29,6 +29,7 @@ from mimkit.bench.timing import sync, time_steps
 from mimkit.config import COMPILE_MODES, Config, ConfigError, load_config, resolved
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
+from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.engine.trainer import Engine, compile_model, resolve_precision
 
 GROUPS = ("mae", "simmim", "distill", "finetune", "memory")
@@ -452,6 +453,7 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     if unknown:
         raise ConfigError(f"unknown bench group(s) {sorted(unknown)}: choose from {', '.join(GROUPS)}")
     compile_rows = dev.type == "cuda" if compile_rows is None else compile_rows
+    host_malloc = tune_host_malloc()  # as in training, for every row alike
     rounds = rounds or (1 if dev.type == "cuda" else 5)
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
@@ -475,7 +477,7 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     result = {"preset": preset, "device": device_name(dev), "versions": _versions(),
               "date": time.strftime("%Y-%m-%d"), "precision": str(amp or "fp32"), "threads": torch.get_num_threads(),
               "load_average": load, "steps": steps, "rounds": rounds, "warmup": warmup, "peak_flops": peak,
-              "peak_dtype": str(peak_dtype),
+              "peak_dtype": str(peak_dtype), "host_malloc": host_malloc,
               "rows": [dataclasses.asdict(r) for r in rows]}
     result["ratios"] = ratios(rows)
     result["targets"] = targets(result["ratios"], rows, dev.type, preset)
@@ -641,7 +643,7 @@ def markdown_report(result: dict[str, Any]) -> str:
     out = [f"## `mimkit bench suite`: {result['device']}, {result['date']}", "",
            f"Preset `{result['preset']}`, {result['precision']}, {result['threads']} threads, {result['steps']} timed "
            f"steps in {result['rounds']} round(s) after {result['warmup']} warm-up steps, load average "
-           f"{result['load_average']:.1f}. {result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} "
+           f"{result['load_average']:.1f}, host malloc {result.get('host_malloc', 'default')}. {result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} "
            f"TFLOP/s. Versions: {versions}. GFLOP/img: executed / model where they differ; MFU counts the "
            "executed FLOPs.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

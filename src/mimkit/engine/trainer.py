@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.distributed import DistEnv, all_ranks_true, all_reduce_sum, barrier, broadcast_flag
+from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.engine.metrics import MetricsLogger, Progress, read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
 
@@ -78,6 +79,7 @@ class Engine:
                  evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
                  best_metric: tuple[str, str, str] = ("heldout", "loss", "min")):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream
+        self.host_malloc = tune_host_malloc()  # reuse freed host memory: no page faults on every step's tensors
         self.t = cfg.train
         self.method = method.to(env.device)
         self.evaluators = evaluators

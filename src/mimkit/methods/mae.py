@@ -16,7 +16,9 @@ from mimkit.methods.base import Method
 from mimkit.models.encoder import (checkpointed, grid_size, in_chans, init_mae_weights,
                                    init_patch_embed_like_linear, patch_size, patchify, run_blocks, unpatchify)
 from mimkit.models.pos_embed import sincos_2d
+from mimkit.methods.pixel_losses import norm_pix_target, patch_mean_var, patch_mse
 from mimkit.models.row_block import gather_rows, hooked, last_block_at_rows, masked_rows
+from mimkit.models.visible_embed import embed_patches_at, embeds_patches_alone
 
 
 @dataclass
@@ -24,13 +26,6 @@ class MIMOutput:
     loss: torch.Tensor
     pred: torch.Tensor  # MAE: (B, L, p*p*C) patch predictions; SimMIM: (B, C, H, W) image
     mask: torch.Tensor  # (B, L) bool, True = masked
-
-
-def norm_pix_target(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Each patch standardised by its own mean and (unbiased) variance."""
-    mean = target.mean(dim=-1, keepdim=True)
-    var = target.var(dim=-1, keepdim=True)
-    return (target - mean) / (var + eps) ** 0.5
 
 
 class MAE(Method):
@@ -78,26 +73,36 @@ class MAE(Method):
     def unpatchify(self, x: torch.Tensor) -> torch.Tensor:
         return unpatchify(x, self.patch, self.chans, self.grid[0], self.grid[1])
 
-    def random_masking(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]:
-        """Keep the tokens with the lowest noise. Returns visible tokens, mask (1 = removed), ids_restore."""
-        b, length, dim = x.shape
+    def masking_indices(self, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keep the patches with the lowest noise. Returns the kept patch indices (B, L_keep), the mask (B, L;
+        1 = removed) and ids_restore (B, L)."""
+        b, length = noise.shape
         len_keep = length - self.mask_generator.num_masked
         ids_shuffle = torch.argsort(noise, dim=1)
         ids_restore = torch.argsort(ids_shuffle, dim=1)
-        ids_keep = ids_shuffle[:, :len_keep]
-        x_visible = torch.gather(x, 1, ids_keep.unsqueeze(-1).expand(-1, -1, dim))
-        mask = torch.ones(b, length, device=x.device)
+        mask = torch.ones(b, length, device=noise.device)
         mask[:, :len_keep] = 0
-        mask = torch.gather(mask, 1, ids_restore)
-        return x_visible, mask, ids_restore
+        return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
-    def forward_encoder(self, imgs: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                               torch.Tensor]:
+    def random_masking(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
+                                                                          torch.Tensor]:
+        """Keep the tokens with the lowest noise. Returns visible tokens, mask (1 = removed), ids_restore."""
+        ids_keep, mask, ids_restore = self.masking_indices(noise)
+        return gather_rows(x, ids_keep), mask, ids_restore
+
+    def forward_encoder(self, imgs: torch.Tensor, noise: torch.Tensor, visible_only: bool = False
+                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Latent (B, 1 + L_keep, D), mask, ids_restore. `visible_only` embeds the visible patches alone (the
+        training fast path; `models/visible_embed.py`) where the patch embedding allows it."""
         enc = self.encoder
-        x = enc.patch_embed(imgs)
-        x = x + enc.pos_embed[:, 1:, :]
-        x, mask, ids_restore = self.random_masking(x, noise)
+        if visible_only and embeds_patches_alone(enc, imgs):
+            ids_keep, mask, ids_restore = self.masking_indices(noise)
+            pos = enc.pos_embed[:, 1:, :].expand(imgs.shape[0], -1, -1)
+            x = embed_patches_at(enc, imgs, ids_keep) + gather_rows(pos, ids_keep)
+        else:
+            x = enc.patch_embed(imgs)
+            x = x + enc.pos_embed[:, 1:, :]
+            x, mask, ids_restore = self.random_masking(x, noise)
         cls = (enc.cls_token + enc.pos_embed[:, :1, :]).expand(x.shape[0], -1, -1)
         x = torch.cat([cls, x], dim=1)
         x = enc.norm_pre(x)
@@ -136,14 +141,14 @@ class MAE(Method):
         return (per_patch * mask).sum() / mask.sum()
 
     def training_loss(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """`forward_mim(imgs, noise).loss`, computing the decoder's tail at the masked patches only (all of it when a
-        hook on the decoder's norm or head expects every token)."""
+        """`forward_mim(imgs, noise).loss`, embedding the visible patches only and computing the decoder's tail at
+        the masked patches only (all of it when a hook on the decoder's norm or head expects every token)."""
         if not self.loss_rows_only or hooked(self.decoder_norm, self.decoder_pred):
             return self.forward_mim(imgs, noise).loss
-        latent, mask, ids_restore = self.forward_encoder(imgs, noise)
+        latent, mask, ids_restore = self.forward_encoder(imgs, noise, visible_only=True)
         rows = masked_rows(mask.bool(), self.mask_generator.num_masked)
         pred = self.forward_decoder(latent, ids_restore, rows)
-        return ((pred.float() - self.target_patches(imgs, rows).float()) ** 2).mean()
+        return patch_mse(pred, gather_rows(self.patchify(imgs), rows), self.norm_pix)
 
     def forward_mim(self, imgs: torch.Tensor, noise: torch.Tensor | None = None) -> MIMOutput:
         """Model-level API (HF ViTMAE-like): optional `noise` (B, L) fixes the mask from outside."""
@@ -165,9 +170,7 @@ class MAE(Method):
         out = self.forward_mim(imgs, noise)
         pred = out.pred.float()
         if self.norm_pix:
-            target = self.patchify(imgs)
-            mean = target.mean(dim=-1, keepdim=True)
-            var = target.var(dim=-1, keepdim=True)
+            mean, var = patch_mean_var(self.patchify(imgs))
             pred = pred * (var + 1e-6) ** 0.5 + mean
         return paste_visible(imgs, self.unpatchify(pred), out.mask, self.patch, self.grid)
 

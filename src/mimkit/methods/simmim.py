@@ -13,7 +13,8 @@ from mimkit.data.keyed_random import sample_keys
 from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
-from mimkit.models.encoder import embed_tokens, grid_size, in_chans, patch_size, run_blocks
+from mimkit.methods.pixel_losses import patch_l1
+from mimkit.models.encoder import channel_major_patches, embed_tokens, grid_size, in_chans, patch_size, run_blocks
 from mimkit.models.row_block import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 
@@ -29,14 +30,6 @@ def masked_pixel_l1(imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, p
     m = token_mask_to_pixels(mask, patch, grid)
     l1 = (rec.float() - imgs.float()).abs()
     return (l1 * m).sum() / (m.sum() + 1e-5) / chans
-
-
-def channel_major_patches(imgs: torch.Tensor, patch: int) -> torch.Tensor:
-    """(B, C, H, W) -> (B, L, C*p*p) in the (channel, row, col) order that PixelShuffle reads a 1x1 conv's
-    output channels in."""
-    b, c, h, w = imgs.shape
-    x = imgs.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
-    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
 
 
 class SimMIM(Method):
@@ -91,8 +84,7 @@ class SimMIM(Method):
         x = last_block_at_rows(enc.blocks, x, rows + enc.num_prefix_tokens, checkpointing)
         conv = self.decoder[0]
         pred = F.linear(enc.norm(x), conv.weight.flatten(1), conv.bias)
-        target = gather_rows(channel_major_patches(imgs, self.patch), rows)
-        return (pred.float() - target.float()).abs().mean()
+        return patch_l1(pred, gather_rows(channel_major_patches(imgs, self.patch), rows))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mask = self.mask_generator(batch["keys"], self.seed)

@@ -105,6 +105,14 @@ def patchify(imgs: torch.Tensor, p: int) -> torch.Tensor:
     return x.reshape(b, (h // p) * (w // p), p * p * c)
 
 
+def channel_major_patches(imgs: torch.Tensor, patch: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, L, C*p*p) in the (channel, row, col) order of a patch-embedding conv's flattened weight
+    and of the channels that PixelShuffle reads a 1x1 conv's output in."""
+    b, c, h, w = imgs.shape
+    x = imgs.reshape(b, c, h // patch, patch, w // patch, patch).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // patch) * (w // patch), c * patch * patch)
+
+
 def unpatchify(x: torch.Tensor, p: int, c: int, h: int, w: int | None = None) -> torch.Tensor:
     """Inverse of `patchify`; h and w are in patches."""
     w = h if w is None else w

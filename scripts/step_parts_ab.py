@@ -4,9 +4,11 @@ preset's and ViT-B/16's shapes, in interleaved passes on this machine:
 - loss: the fused pixel losses (`mimkit.methods.pixel_losses`) against the plain tensor code they replace
   (torch.var, a division, autograd), and against that plain code under torch.compile;
 - embed: MAE's patch embedding at the visible patches only (`mimkit.models.visible_embed`) against embedding
-  every patch and gathering the visible ones (the official code's and HuggingFace's order).
+  every patch and gathering the visible ones (the official code's and HuggingFace's order);
+- gather: `gather_rows` (index_select on the flattened batch) against torch.gather with the index expanded over
+  the channels, at the token gathers of MAE's decoder.
 
-    python scripts/step_parts_ab.py loss|embed [--passes 7] [--reps 20] [--no-compile]
+    python scripts/step_parts_ab.py loss|embed|gather [--passes 7] [--reps 20] [--no-compile]
 """
 from __future__ import annotations
 
@@ -46,6 +48,12 @@ SHAPES = {"mae": [("tiny preset", (128, 48, 16)), ("ViT-B/16, batch 32", (32, 14
 EMBED_SHAPES = [("tiny preset", 128, 1, 32, 4, 96, 16), ("ViT-B/16, batch 32", 32, 3, 224, 16, 768, 49)]
 
 
+# (name, tokens (B, N, C), rows kept per image)
+GATHER_SHAPES = [("tiny MAE decoder, last block's masked rows", (128, 65, 64), 48),
+                 ("tiny MAE decoder, unshuffle", (128, 64, 64), 64),
+                 ("ViT-B/16 MAE decoder, last block's masked rows, batch 32", (32, 197, 512), 147)]
+
+
 def time_passes(steps: dict[str, Callable[[], None]], passes: int, reps: int) -> dict[str, list[float]]:
     """Milliseconds per call of each step, one list entry per interleaved pass."""
     times: dict[str, list[float]] = {name: [] for name in steps}
@@ -83,14 +91,27 @@ def embed_steps(batch: int, chans: int, size: int, patch: int, width: int, keep:
             "visible patches only": lambda: embed_patches_at(holder, images, ids).sum().backward()}
 
 
+def gather_steps(shape: tuple[int, int, int], keep: int) -> dict[str, Callable[[], None]]:
+    x = torch.randn(shape, requires_grad=True)
+    rows = torch.argsort(torch.rand(shape[0], shape[1]), dim=1)[:, :keep]
+    grad = torch.randn(shape[0], keep, shape[2])
+    expanded = rows.unsqueeze(-1).expand(-1, -1, shape[2])
+    return {"torch.gather": lambda: torch.gather(x, 1, expanded).backward(grad),
+            "gather_rows": lambda: gather_rows(x, rows).backward(grad)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["loss", "embed"])
+    parser.add_argument("part", choices=["loss", "embed", "gather"])
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--no-compile", action="store_true", help="loss: skip the compiled plain loss")
     args = parser.parse_args()
     torch.manual_seed(0)
+    if args.part == "gather":
+        for label, shape, keep in GATHER_SHAPES:
+            report(f"{label} {shape} -> {keep}", time_passes(gather_steps(shape, keep), args.passes, args.reps))
+        return
     if args.part == "embed":
         for label, *shape in EMBED_SHAPES:
             report(f"MAE patch embedding, {label}", time_passes(embed_steps(*shape), args.passes, args.reps))

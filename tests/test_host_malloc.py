@@ -13,8 +13,9 @@ from mimkit.engine import host_malloc
 
 GLIBC = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
 
-# Forward and backward of a small MLP stack, like a training step: its activations (6 MiB each) are allocated,
-# read back and freed every round. Prints the minor page faults per round.
+# Forward and backward of a small MLP stack, like a training step: its activations (up to 12 MiB) are allocated,
+# read back and freed every round. Prints the minor page faults of each of 20 rounds, once the heap has grown to its
+# working size.
 FAULTS = textwrap.dedent("""
     import json, resource
     import torch
@@ -23,14 +24,16 @@ FAULTS = textwrap.dedent("""
     state = tune_host_malloc()
     model = nn.Sequential(*[nn.Sequential(nn.LayerNorm(96), nn.Linear(96, 384), nn.GELU(), nn.Linear(384, 96))
                             for _ in range(3)])
-    x = torch.randn(4096, 96)
-    def rounds(n):
-        for _ in range(n):
-            model(x).square().mean().backward()
-    rounds(3)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    rounds(10)
-    faults = (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10
+    x = torch.randn(8192, 96)
+    def one_round():
+        model(x).square().mean().backward()
+    for _ in range(10):
+        one_round()
+    faults = []
+    for _ in range(20):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        one_round()
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
     print(json.dumps({"state": state, "faults": faults}))
 """)
 
@@ -49,8 +52,11 @@ def test_tuned_process_reuses_freed_pages():
     default = _faults("0")
     tuned = _faults(None)
     assert default["state"] == "off" and tuned["state"] == "tuned"
-    assert default["faults"] > 200, default  # glibc's default: the activations land on fresh pages every round
-    assert tuned["faults"] < 0.05 * default["faults"], (tuned, default)
+    # glibc's defaults: the activations land on fresh pages in many rounds (measured: 7-20 of 20, ~2,000-5,000
+    # faults a round on average)
+    assert sum(f > 0 for f in default["faults"]) >= 5 and sum(default["faults"]) >= 300 * 20, default
+    # tuned: the same pages every round; the heap may still grow once in a while
+    assert sum(f > 0 for f in tuned["faults"]) <= 3, tuned
 
 
 def test_off_switch_and_answer_is_remembered(monkeypatch):

@@ -50,6 +50,24 @@ def test_block_at_rows_is_the_full_block_gathered(options, fused):
         torch.testing.assert_close(grad, full[name], msg=name)
 
 
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_gather_rows_is_torch_gather(contiguous):
+    torch.manual_seed(0)
+    x = torch.randn(3, 9, 5, requires_grad=True)
+    source = x if contiguous else x.transpose(0, 1).contiguous().transpose(0, 1)  # same values, other strides
+    assert source.is_contiguous() == contiguous
+    rows = torch.tensor([[0, 4, 8, 1], [8, 7, 2, 3], [5, 5, 6, 0]])  # a repeated index sums its gradients
+    weight = torch.randn(3, 4, 5)
+    expected = torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, 5))
+    (expected * weight).sum().backward()
+    expected_grad = x.grad.clone()
+    x.grad = None
+    out = gather_rows(source, rows)
+    (out * weight).sum().backward()
+    torch.testing.assert_close(out, expected)
+    torch.testing.assert_close(x.grad, expected_grad)
+
+
 def test_masked_rows_lists_the_masked_tokens_in_order_without_counting_them():
     mask = torch.tensor([[True, False, True, False], [False, False, True, True]])
     assert masked_rows(mask, 2).tolist() == [[0, 2], [2, 3]]

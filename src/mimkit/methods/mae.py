@@ -97,8 +97,7 @@ class MAE(Method):
         enc = self.encoder
         if visible_only and embeds_patches_alone(enc, imgs):
             ids_keep, mask, ids_restore = self.masking_indices(noise)
-            pos = enc.pos_embed[:, 1:, :].expand(imgs.shape[0], -1, -1)
-            x = embed_patches_at(enc, imgs, ids_keep) + gather_rows(pos, ids_keep)
+            x = embed_patches_at(enc, imgs, ids_keep) + enc.pos_embed[0, 1:, :][ids_keep]
         else:
             x = enc.patch_embed(imgs)
             x = x + enc.pos_embed[:, 1:, :]
@@ -117,7 +116,7 @@ class MAE(Method):
         num_masked = ids_restore.shape[1] + 1 - n_vis
         mask_tokens = self.mask_token.expand(b, num_masked, -1)
         tokens = torch.cat([x[:, 1:, :], mask_tokens], dim=1)
-        tokens = torch.gather(tokens, 1, ids_restore.unsqueeze(-1).expand(-1, -1, dim))
+        tokens = gather_rows(tokens, ids_restore)
         x = torch.cat([x[:, :1, :], tokens], dim=1) + self.decoder_pos_embed
         grad_checkpointing = getattr(self.encoder, "grad_checkpointing", False)
         if rows is not None:

@@ -39,7 +39,9 @@ FAULTS = textwrap.dedent("""
 
 
 def _faults(env_value: str | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MIMKIT_HOST_MALLOC"}
+    # glibc's own defaults on both sides: no malloc tunables or preloaded allocator from the caller's environment
+    env = {k: v for k, v in os.environ.items() if k not in ("MIMKIT_HOST_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
+           and not k.startswith("MALLOC_")}
     if env_value is not None:
         env["MIMKIT_HOST_MALLOC"] = env_value
     out = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, timeout=120,
@@ -69,6 +71,7 @@ def test_off_switch_and_answer_is_remembered(monkeypatch):
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt tuning is glibc's")
 def test_applies_on_glibc(monkeypatch):
+    """Tunes this pytest process for good, as every in-process CLI test does."""
     monkeypatch.setattr(host_malloc, "_state", None)
     monkeypatch.delenv("MIMKIT_HOST_MALLOC", raising=False)
     assert host_malloc.tune_host_malloc() == "tuned"

@@ -1,6 +1,8 @@
 """The hand-fused pixel losses equal the plain tensor code they replace: values and gradients."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -19,7 +21,8 @@ def plain_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (pred.float() - target.float()).abs().mean()
 
 
-def _value_and_grad(loss_fn, pred: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _value_and_grad(loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], pred: torch.Tensor,
+                    target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     pred = pred.detach().clone().requires_grad_()
     loss = loss_fn(pred, target)
     loss.backward()

@@ -1,10 +1,10 @@
-"""The pixel losses of MAE and SimMIM's training step, fused by hand: one saved tensor, one backward kernel.
+"""The pixel losses of MAE and SimMIM's training step, fused by hand: one saved tensor, one backward expression.
 
 Why: written as plain tensor code, MAE's normalised-pixel MSE runs about ten elementwise kernels forward and five
 backward, and torch's CPU `var` over a patch's few values is slow (1.7 ms for (128, 48, 16) patches, where `mean`
-takes 0.05 ms). Both losses only need the difference `pred - target` for their gradient, so each is an autograd
-Function that keeps that difference and computes the gradient from it in one expression. Measured forward and
-backward on the 2-core CPU: 4.3x (tiny preset) and 2.7-3.2x (ViT-B/16 shapes) for MAE's loss, 1.3-1.6x for SimMIM's
+takes 0.05 ms). Both losses only need the difference `pred - target` for their gradient, so one autograd Function
+keeps that difference and computes either gradient from it in one expression. Measured forward and backward on
+the 2-core CPU: 5.4-5.8x (tiny preset) and 4.5-4.8x (ViT-B/16 shapes) for MAE's loss, 1.2-1.7x for SimMIM's
 (scripts/step_parts_ab.py; docs/performance.md). The results equal the plain code's up to float rounding (tested).
 """
 from __future__ import annotations
@@ -32,52 +32,41 @@ def norm_pix_target(target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return centred * torch.rsqrt(var + eps)
 
 
-class _PatchMSE(torch.autograd.Function):
-    """mean((pred - target)^2) with target = the patches, standardised per patch when `norm_pix`."""
+class _MeanOfDiff(torch.autograd.Function):
+    """mean((pred - target)^2), or mean(|pred - target|), differentiable in `pred`: it saves the difference alone,
+    and the gradient is one expression of it. First derivatives only: a gradient penalty needs the plain code."""
 
     @staticmethod
-    def forward(ctx, pred: torch.Tensor, patches: torch.Tensor, norm_pix: bool, eps: float) -> torch.Tensor:
-        target = patches.float()
-        diff = pred.float() - (norm_pix_target(target, eps) if norm_pix else target)
+    def forward(ctx, pred: torch.Tensor, target: torch.Tensor, squared: bool) -> torch.Tensor:
+        diff = pred.float() - target
         ctx.save_for_backward(diff)
-        ctx.pred_dtype = pred.dtype
-        return diff.square().mean()
+        ctx.pred_dtype, ctx.squared = pred.dtype, squared
+        return diff.square().mean() if squared else diff.abs().mean()
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor):
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (diff,) = ctx.saved_tensors
-        return (diff * (2.0 * grad / diff.numel())).to(ctx.pred_dtype), None, None, None
+        scale = grad / diff.numel()
+        local = diff * (2.0 * scale) if ctx.squared else diff.sign() * scale
+        return local.to(ctx.pred_dtype), None, None
 
 
-class _L1(torch.autograd.Function):
-    """mean(|pred - target|)."""
-
-    @staticmethod
-    def forward(ctx, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        diff = pred.float() - target.float()
-        ctx.save_for_backward(diff)
-        ctx.pred_dtype = pred.dtype
-        return diff.abs().mean()
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (diff,) = ctx.saved_tensors
-        return (diff.sign() * (grad / diff.numel())).to(ctx.pred_dtype), None
+def _mean_of_diff(pred: torch.Tensor, target: torch.Tensor, squared: bool) -> torch.Tensor:
+    """fp32 whatever `pred`'s dtype; a target that needs a gradient takes the plain (autograd) path."""
+    target = target.float()
+    if target.requires_grad:
+        diff = pred.float() - target
+        return diff.square().mean() if squared else diff.abs().mean()
+    return _MeanOfDiff.apply(pred, target, squared)
 
 
 def patch_mse(pred: torch.Tensor, patches: torch.Tensor, norm_pix: bool = True, eps: float = 1e-6) -> torch.Tensor:
     """MAE's loss over already-gathered patches: mean squared error against the patches, each standardised by
-    its own mean and variance with `norm_pix`. fp32 whatever `pred`'s dtype. Differentiable in `pred` only; a
-    target that needs a gradient takes the plain path."""
-    if patches.requires_grad:
-        target = norm_pix_target(patches.float(), eps) if norm_pix else patches.float()
-        return (pred.float() - target).square().mean()
-    return _PatchMSE.apply(pred, patches, norm_pix, eps)
+    its own mean and variance with `norm_pix`."""
+    target = norm_pix_target(patches.float(), eps) if norm_pix else patches
+    return _mean_of_diff(pred, target, squared=True)
 
 
 def patch_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """SimMIM's loss over already-gathered patches: mean absolute error, fp32. Differentiable in `pred` only; a
-    target that needs a gradient takes the plain path."""
-    if target.requires_grad:
-        return (pred.float() - target.float()).abs().mean()
-    return _L1.apply(pred, target)
+    """SimMIM's loss over already-gathered patches: mean absolute error."""
+    return _mean_of_diff(pred, target, squared=False)

@@ -19,16 +19,16 @@ from mimkit.models.row_block import gather_rows, hooked
 
 
 def embeds_patches_alone(vit: nn.Module, images: torch.Tensor) -> bool:
-    """True for timm's plain PatchEmbed: a conv with kernel = stride = a square patch, no padding, at the model's image size,
-    flattened to tokens, with no hook anywhere in it (a hook expects to see every patch)."""
+    """True for timm's plain PatchEmbed: a conv with kernel = stride = a square patch, no padding, at the model's
+    image size, flattened to tokens, with no hook anywhere in it (a hook expects to see every patch)."""
     embed = getattr(vit, "patch_embed", None)
-    if type(embed) is not PatchEmbed or hooked(embed):
+    if type(embed) is not PatchEmbed or hooked(embed) or embed.grid_size is None:
         return False
     conv = embed.proj
     patch = tuple(embed.patch_size)
-    return (patch[0] == patch[1] and type(conv) is nn.Conv2d and tuple(conv.kernel_size) == patch and tuple(conv.stride) == patch
-            and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1) and conv.groups == 1
-            and embed.flatten and not embed.dynamic_img_pad
+    return (patch[0] == patch[1] and type(conv) is nn.Conv2d and tuple(conv.kernel_size) == patch
+            and tuple(conv.stride) == patch and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1)
+            and conv.groups == 1 and embed.flatten and not embed.dynamic_img_pad
             and tuple(images.shape[-2:]) == tuple(g * p for g, p in zip(embed.grid_size, patch)))
 
 

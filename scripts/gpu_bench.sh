@@ -3,14 +3,16 @@
 #   bash scripts/gpu_bench.sh OUT_DIR
 # One `mimkit bench suite` (ViT-B/16 at 224 px, bf16: MAE, SimMIM, distillation, fine-tuning, with and without
 # torch.compile, against HuggingFace and official-style timm code; MAE ViT-L/16 batch 256 for memory), then the
-# GPU-marked tests, then the input pipeline alone (scripts/gpu_loader_bench.sh; LOADER=0 skips it). Everything
-# lands in OUT_DIR (bench-suite.json, bench-suite.md, bench-suite.txt, bench-suite-breakdown.png: where each row's
-# time goes, bench-traces.tar: Chrome traces of mimkit's profiled steps, versions.txt, gpu-tests.txt,
-# bench-loader-*.json).
+# GPU-marked tests, then the fused loss, visible-patch embedding and row gathers against the plain code
+# (scripts/step_parts_ab.py; PARTS=0 skips it), then the input pipeline alone (scripts/gpu_loader_bench.sh;
+# LOADER=0 skips it). Everything lands in OUT_DIR (bench-suite.json, bench-suite.md, bench-suite.txt,
+# bench-suite-breakdown.png: where each row's time goes, bench-traces.tar: Chrome traces of mimkit's profiled
+# steps, versions.txt, gpu-tests.txt, step-parts.txt, bench-loader-*.json).
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 # SUITE=0 skips the suite, TESTS=0 the GPU tests: a device command may run 10 minutes at most (the suite is stopped
-# at SUITE_LIMIT, default 540 s, so its files still return), so a lent machine takes `LOADER=0 TESTS=0 bash
-# scripts/gpu_bench.sh OUT` in one call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests + loader) in a second.
+# at SUITE_LIMIT, default 540 s, so its files still return), so a lent machine takes `LOADER=0 TESTS=0 PARTS=0
+# bash scripts/gpu_bench.sh OUT` in one call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests, parts, loader) in a
+# second.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
 record_versions
@@ -33,6 +35,10 @@ if [ "${SUITE:-1}" = 1 ]; then
 fi
 if [ -z "${EXTRA:-}" ] && [ "${TESTS:-1}" = 1 ] && $PY -c "import pytest" 2>/dev/null; then
   $PY -m pytest -q -p no:cacheprovider -m gpu tests 2>&1 | tail -n 5 | tee "$OUT/gpu-tests.txt"
+fi
+if [ -z "${EXTRA:-}" ] && [ "${PARTS:-1}" = 1 ]; then
+  timeout ${PARTS_LIMIT:-150} $PY "$(dirname "$0")/step_parts_ab.py" all --device cuda --passes 5 2>&1 \
+    | grep -v Warning | tee "$OUT/step-parts.txt"
 fi
 if [ -z "${EXTRA:-}" ] && [ "${LOADER:-1}" = 1 ]; then
   bash "$(dirname "$0")/gpu_loader_bench.sh" "$OUT"

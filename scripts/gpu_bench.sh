@@ -11,8 +11,8 @@
 # EXTRA adds suite arguments (a dry run on a CPU: EXTRA="--device cpu --batch 2 --only mae --rounds 1").
 # SUITE=0 skips the suite, TESTS=0 the GPU tests: a device command may run 10 minutes at most (the suite is stopped
 # at SUITE_LIMIT, default 540 s, so its files still return), so a lent machine takes `LOADER=0 TESTS=0 PARTS=0
-# bash scripts/gpu_bench.sh OUT` in one call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests, parts, loader) in a
-# second.
+# bash scripts/gpu_bench.sh OUT` in one call and `SUITE=0 bash scripts/gpu_bench.sh OUT2` (GPU tests, parts,
+# loader) in a second.
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
 record_versions

@@ -644,8 +644,8 @@ def markdown_report(result: dict[str, Any]) -> str:
            f"Preset `{result['preset']}`, {result['precision']}, {result['threads']} threads, {result['steps']} timed "
            f"steps in {result['rounds']} round(s) after {result['warmup']} warm-up steps, load average "
            f"{result['load_average']:.1f}, host malloc {result.get('host_malloc', 'default')}. "
-           f"{result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} TFLOP/s. Versions: {versions}. GFLOP/img: executed / model where they differ; MFU counts the "
-           "executed FLOPs.", "",
+           f"{result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} TFLOP/s. Versions: {versions}. "
+           "GFLOP/img: executed / model where they differ; MFU counts the executed FLOPs.", "",
            "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in result["rows"]:
         cells = _cells(row) + ([f"{row['spread'][0]:,.0f}-{row['spread'][1]:,.0f}" if row["spread"] else ""]

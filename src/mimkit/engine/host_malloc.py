@@ -4,8 +4,8 @@ Why: PyTorch allocates CPU tensors with glibc's malloc. With glibc's defaults, l
 free gives them back to the OS (or trims the heap), so the next step's activations land on fresh pages, and the
 kernel faults in and zeroes each 4 KiB page on first touch. A tiny-preset MAE step on a 2-core CPU took
 7,000-13,000 page faults and 12-40 ms of system time (summed over its threads) per step that way, about 100 and
-1 ms tuned (docs/performance.md). Raising the mmap
-threshold to its maximum and never trimming the heap makes a training loop reuse the same pages every step.
+1 ms tuned (docs/performance.md). Raising the mmap threshold to its maximum and never trimming the heap makes a
+training loop reuse the same pages every step.
 
 Process-wide and glibc only: a no-op elsewhere (macOS, musl), and off with MIMKIT_HOST_MALLOC=0. The cost is that
 the process keeps its peak heap until it exits, which is what a training loop reuses anyway.

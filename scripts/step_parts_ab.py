@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -90,20 +89,15 @@ def embed_steps(batch: int, chans: int, size: int, patch: int, width: int, keep:
     images = torch.randn(batch, chans, size, size, device=device)
     ids = torch.argsort(torch.rand(batch, (size // patch) ** 2, device=device), dim=1)[:, :keep]
 
-    def autocast() -> Any:
-        return torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    def step(embed: Callable[[], torch.Tensor]) -> Callable[[], None]:
+        def run() -> None:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+                out = embed()
+            out.float().sum().backward()
+        return run
 
-    def every_patch() -> None:
-        with autocast():
-            out = gather_rows(holder.patch_embed(images), ids)
-        out.float().sum().backward()
-
-    def visible_only() -> None:
-        with autocast():
-            out = embed_patches_at(holder, images, ids)
-        out.float().sum().backward()
-
-    return {"every patch, then gather": every_patch, "visible patches only": visible_only}
+    return {"every patch, then gather": step(lambda: gather_rows(holder.patch_embed(images), ids)),
+            "visible patches only": step(lambda: embed_patches_at(holder, images, ids))}
 
 
 def gather_steps(shape: tuple[int, int, int], keep: int, device: torch.device) -> dict[str, Callable[[], None]]:

@@ -79,7 +79,7 @@ class Engine:
                  evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
                  best_metric: tuple[str, str, str] = ("heldout", "loss", "min")):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream
-        self.host_malloc = tune_host_malloc()  # reuse freed host memory: no page faults on every step's tensors
+        tune_host_malloc()  # reuse freed host memory: no page faults on every step's tensors
         self.t = cfg.train
         self.method = method.to(env.device)
         self.evaluators = evaluators

@@ -126,12 +126,10 @@ class MAE(Method):
         x = self.decoder_pred(self.decoder_norm(x))
         return x[:, 1:, :]
 
-    def target_patches(self, imgs: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor:
-        """What the decoder predicts: (B, L, p*p*C) patches, normalised per patch with `norm_pix`; with `rows`
-        only those patches."""
+    def target_patches(self, imgs: torch.Tensor) -> torch.Tensor:
+        """What the decoder predicts: (B, L, p*p*C) patches, normalised per patch with `norm_pix` (the training
+        fast path normalises only the masked ones, inside `patch_mse`)."""
         target = self.patchify(imgs)
-        if rows is not None:
-            target = gather_rows(target, rows)
         return norm_pix_target(target) if self.norm_pix else target
 
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

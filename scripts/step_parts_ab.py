@@ -5,15 +5,20 @@ preset's and ViT-B/16's shapes, in interleaved passes on this machine:
   (torch.var, a division, autograd), and against that plain code under torch.compile;
 - embed: MAE's patch embedding at the visible patches only (`mimkit.models.visible_embed`) against embedding
   every patch and gathering the visible ones (the official code's and HuggingFace's order);
-- gather: `gather_rows` (index_select on the flattened batch) against torch.gather with the index expanded over
-  the channels, at the token gathers of MAE's decoder.
+- gather: index_select on the flattened batch (`index_select_rows`, what `gather_rows` runs on the CPU) against
+  torch.gather with the index expanded over the channels (what it runs on CUDA), at the token gathers of MAE's
+  decoder;
+- attention: torch's scaled_dot_product_attention, forward and backward in bf16 (fp32 on a CPU), with each
+  backend torch offers here (cuDNN, flash, memory-efficient, math) and torch's own pick, at MAE ViT-B/16's
+  encoder (50 tokens, 12 heads of 64) and decoder (197 tokens, 16 heads of 32) shapes.
 
-    python scripts/step_parts_ab.py loss|embed|gather|all [--device cuda] [--vit-batch N] [--passes 7] [--reps 20]
+    python scripts/step_parts_ab.py loss|embed|gather|attention|all [--device cuda] [--vit-batch N] [--passes 7] [--reps 20]
         [--no-compile]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 from collections.abc import Callable
 
@@ -24,7 +29,7 @@ from torch import nn
 
 from mimkit.bench.timing import time_steps
 from mimkit.methods.pixel_losses import patch_l1, patch_mse
-from mimkit.models.row_block import gather_rows
+from mimkit.models.row_block import gather_rows, index_select_rows
 from mimkit.models.visible_embed import embed_patches_at
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -43,11 +48,13 @@ def plain_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 def shapes(part: str, vit_batch: int) -> list[tuple]:
     """The tiny preset's shape and ViT-B/16's (224 px) at `vit_batch` for each part: loss (name, (batch, masked
     patches, values per patch)) per method; embed (name, batch, channels, image size, patch, width, visible
-    patches); gather (name, tokens (B, N, C), rows kept)."""
+    patches); gather (name, tokens (B, N, C), rows kept); attention (name, (batch, heads, tokens, head width))."""
     vit = f"ViT-B/16, batch {vit_batch}"
     return {"mae": [("tiny preset", (128, 48, 16)), (vit, (vit_batch, 147, 768))],
             "simmim": [("tiny preset", (128, 38, 16)), (vit, (vit_batch, 118, 768))],
             "embed": [("tiny preset", 128, 1, 32, 4, 96, 16), (vit, vit_batch, 3, 224, 16, 768, 49)],
+            "attention": [(f"{vit} MAE encoder", (vit_batch, 12, 50, 64)),
+                          (f"{vit} MAE decoder", (vit_batch, 16, 197, 32))],
             "gather": [("tiny MAE decoder, last block's masked rows", (128, 65, 64), 48),
                        ("tiny MAE decoder, unshuffle", (128, 64, 64), 64),
                        (f"{vit} MAE decoder, last block's masked rows", (vit_batch, 197, 512), 147)]}[part]
@@ -106,12 +113,40 @@ def gather_steps(shape: tuple[int, int, int], keep: int, device: torch.device) -
     grad = torch.randn(shape[0], keep, shape[2], device=device)
     expanded = rows.unsqueeze(-1).expand(-1, -1, shape[2])
     return {"torch.gather": lambda: torch.gather(x, 1, expanded).backward(grad),
-            "gather_rows": lambda: gather_rows(x, rows).backward(grad)}
+            "index_select_rows": lambda: index_select_rows(x, rows).backward(grad)}
+
+
+def attention_steps(shape: tuple[int, int, int, int], device: torch.device) -> dict[str, Callable[[], None]]:
+    """One step per SDPA backend that runs this shape here (torch's own pick first); a backend that refuses the
+    shape or the device is left out."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    q, k, v = (torch.randn(shape, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    grad = torch.randn(shape, device=device, dtype=dtype)
+
+    def step(backend: SDPBackend | None) -> Callable[[], None]:
+        def run() -> None:
+            with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
+                torch.nn.functional.scaled_dot_product_attention(q, k, v).backward(grad)
+        return run
+
+    steps: dict[str, Callable[[], None]] = {"torch's pick": step(None)}
+    for name in ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"):
+        backend = getattr(SDPBackend, name, None)
+        if backend is None:
+            continue
+        try:
+            step(backend)()
+        except RuntimeError:  # "No available kernel": not for this device, dtype or shape
+            continue
+        steps[name.lower()] = step(backend)
+    return steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("part", choices=["loss", "embed", "gather", "all"])
+    parser.add_argument("part", choices=["loss", "embed", "gather", "attention", "all"])
     parser.add_argument("--device", default="cpu", help="cpu | cuda")
     parser.add_argument("--vit-batch", type=int, default=None, help="ViT-B/16 shapes' batch (32 on a CPU, 256 on CUDA)")
     parser.add_argument("--passes", type=int, default=7)
@@ -123,7 +158,7 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"# {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
           + f", torch {torch.__version__}, {args.passes} interleaved passes of {args.reps} calls", flush=True)
-    parts = ["loss", "embed", "gather"] if args.part == "all" else [args.part]
+    parts = ["loss", "embed", "gather", "attention"] if args.part == "all" else [args.part]
     if "loss" in parts:
         for method, (plain, fused) in {"mae": (plain_mse, patch_mse), "simmim": (plain_l1, patch_l1)}.items():
             for label, shape in shapes(method, vit_batch):
@@ -137,6 +172,10 @@ def main() -> None:
         for label, shape, keep in shapes("gather", vit_batch):
             report(f"{label} {shape} -> {keep}",
                    time_passes(gather_steps(shape, keep, device), args.passes, args.reps, device))
+    if "attention" in parts:
+        for label, shape in shapes("attention", vit_batch):
+            report(f"attention forward and backward, {label} {shape}",
+                   time_passes(attention_steps(shape, device), args.passes, args.reps, device))
 
 
 if __name__ == "__main__":

@@ -211,3 +211,63 @@ def test_device_name_reads_the_gpu_name(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert device_name(torch.device("cuda", 0)) == "NVIDIA H100 80GB HBM3"
     assert device_name(torch.device("cpu"))
+
+
+def test_a_failing_case_is_reported_and_the_others_still_run(monkeypatch, tmp_path):
+    """A row that cannot be built (an incompatible library version, out of memory) costs that row only: the suite
+    logs it, lists it under `failed` in the JSON and the Markdown, and times the rest."""
+    from mimkit.bench import references as refs
+
+    def broken(cfg):
+        raise RuntimeError("this transformers has no ViTMAEForPreTraining")
+
+    monkeypatch.setattr(refs, "hf_mae", broken)
+    out, lines = tmp_path / "suite.json", []
+    result = run_suite("tiny", "cpu", steps=1, warmup=0, batch=2, rounds=1, breakdown_steps=0, groups=["mae"],
+                       out=out, log=lines.append)
+    impls = {r["impl"] for r in result["rows"]}
+    assert "HF ViTMAEForPreTraining" not in impls and {"mimkit", "official-style (timm Blocks)"} <= impls
+    assert result["failed"] == [{"group": "mae", "impl": "HF ViTMAEForPreTraining",
+                                 "error": "RuntimeError: this transformers has no ViTMAEForPreTraining"}]
+    assert any("HF ViTMAEForPreTraining" in line and "FAILED" in line for line in lines)
+    assert "FAILED mae HF ViTMAEForPreTraining" in out.with_suffix(".md").read_text()
+    assert json.loads(out.read_text())["failed"] == result["failed"]
+
+
+def test_without_a_failure_handler_a_failing_case_raises():
+    import torch
+
+    from mimkit.bench.suite import Case, time_group
+
+    def build():
+        raise ValueError("bad case")
+
+    for rounds in (1, 2):
+        with pytest.raises(ValueError, match="bad case"):
+            time_group("g", [Case("x", "mimkit", build)], 4, 1, 0, rounds, torch.device("cpu"), 1e9)
+
+
+def test_compiled_rows_run_after_the_eager_ones(tmp_path):
+    """A GPU run stopped at its time limit while compiling keeps every eager row and the compiled references."""
+    import torch
+
+    from mimkit.bench.suite import suite_cases
+
+    _, cases = suite_cases("tiny", "mae", torch.device("cpu"), True, tmp_path, 4, ("reduce-overhead",))
+    order = [c.impl for c in cases]
+    compiled = [c.impl for c in cases if c.compiled]
+    assert order[-len(compiled):] == compiled and order[-1] == "mimkit + input pipeline"
+    assert "official-style compiled" in compiled and "HF ViTMAEForPreTraining" not in compiled
+
+
+def test_bench_pretrain_times_the_step_fed_by_the_input_pipeline(tmp_path):
+    from mimkit.bench.pretrain_bench import run_pretrain_bench
+    from mimkit.config import load_config
+
+    cfg = load_config("mae_fmnist_tiny", ["data.name=synthetic", "data.synthetic_size=64", "train.batch_size=8",
+                                          "data.num_workers=0", "device=cpu"])
+    result = run_pretrain_bench(cfg, steps=2, warmup=1, breakdown_steps=0, pipeline=True, out=tmp_path / "b.json")
+    assert result["pipeline"]["img_per_s"] > 0 and result["pipeline"]["data"]["name"] == "synthetic"
+    assert result["ratio_pipeline_over_synthetic"] == pytest.approx(
+        result["pipeline"]["img_per_s"] / result["mimkit"]["img_per_s"])
+    assert json.loads((tmp_path / "b.json").read_text())["ratio_pipeline_over_synthetic"] > 0

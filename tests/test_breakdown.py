@@ -171,3 +171,36 @@ def test_profile_on_cuda_attributes_kernels():
         assert found.seconds[kind] > 0, kind
     # the kernels never add up to more than the step (annotation spans are no kernels)
     assert sum(v for k, v in found.seconds.items() if k != "idle") <= found.step_seconds * 1.02
+
+
+def test_gpu_breakdown_set_against_the_timed_step():
+    """The profiler slows the host, not the kernels: set against the timed step, the profiled window's extra wall
+    time is no longer counted as the device idling."""
+    from mimkit.bench.breakdown import Breakdown
+
+    profiled = Breakdown({"matmul": 0.030, "elementwise": 0.010, "idle": 0.030}, 0.070, {"matmul": 1e12})
+    timed = profiled.on_timed_step(0.050)
+    assert timed.step_seconds == 0.050 and timed.profiled_seconds == 0.070
+    assert timed.seconds["idle"] == pytest.approx(0.010) and timed.seconds["matmul"] == 0.030
+    assert sum(timed.shares().values()) == pytest.approx(1.0)
+    assert timed.gap(1e15)["useful"] == pytest.approx(1e12 / 1e15 / 0.050)
+    assert timed.as_dict(1e15)["profiled_step_seconds"] == 0.070
+    faster = profiled.on_timed_step(0.035)  # kernels add up to more than the timed step (noise): no idle
+    assert faster.seconds["idle"] == 0.0 and sum(faster.shares().values()) == pytest.approx(1.0)
+
+
+def test_suite_sets_only_gpu_breakdowns_against_the_timed_step(monkeypatch):
+    import torch
+
+    from mimkit.bench import suite as bench_suite
+    from mimkit.bench.breakdown import Breakdown
+    from mimkit.bench.suite import Case, Timed, _Profiles
+
+    monkeypatch.setattr(bench_suite, "profile_step",
+                        lambda *a, **k: Breakdown({"matmul": 0.02, "idle": 0.02}, 0.04))
+    case = Case("x", "mimkit", lambda: Timed(lambda: None, None))
+    for device, idle in (("cpu", 0.02), ("cuda", 0.005)):
+        profiles = _Profiles(4, 1, torch.device(device), 1e12)
+        profiles.window(case, Timed(lambda: None, None))
+        found, _ = profiles.of(case, 0.025)
+        assert found["seconds_per_step"]["idle"] == pytest.approx(idle)

@@ -158,6 +158,9 @@ def test_cuda_step_loop_never_synchronises(tmp_path, method):
 
 @pytest.mark.gpu
 def test_cuda_compiled_and_checkpointed_training_runs(tmp_path):
+    """Failed once on an H200 after the other GPU-marked tests and passed alone (its message was lost): dynamo's
+    caches are reset first so that the compiled functions of earlier tests cannot leak into this one."""
+    torch._dynamo.reset()
     for extra in (["train.compile=true"], ["train.grad_checkpointing=true"]):
         engine, method = tiny_engine(tmp_path / extra[0], "device=cuda", "train.steps=4", *extra)
         engine.fit()

@@ -290,7 +290,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mimkit.bench.suite import breakdown_lines
 
     result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare,
-                                breakdown_steps=args.breakdown_steps, out=args.out)
+                                breakdown_steps=args.breakdown_steps, pipeline=args.pipeline, out=args.out)
     print(json.dumps(result, indent=1))
     lines = breakdown_lines({"rows": [{"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
                                       for impl in ("mimkit", "hf") if impl in result]})
@@ -478,6 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
     b.add_argument("--breakdown-steps", type=int, default=3, metavar="N",
                    help="profiled steps after timing, for MFU and where the time goes (0: neither)")
+    b.add_argument("--pipeline", action="store_true",
+                   help="also time the step fed by the config's data through mimkit's input pipeline (e.g. "
+                        "--set data.name=webdataset --set data.decode=device) and report its ratio to the step alone")
     b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("suite", help="the whole performance table: MAE, SimMIM, distillation, fine-tuning and a "

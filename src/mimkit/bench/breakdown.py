@@ -128,6 +128,7 @@ class Breakdown:
     step_seconds: float
     flops: dict[str, float] = field(default_factory=dict)
     top: list[tuple[str, str, float]] = field(default_factory=list)  # (operator or kernel, kind, seconds per step)
+    profiled_seconds: float | None = None  # the profiled window's wall time per step, where step_seconds is timed
 
     def _total(self) -> float:
         """The step, or the kinds' own total where operators overlap (as a CPU's threads may)."""
@@ -154,8 +155,21 @@ class Breakdown:
             out[kind] = share[kind] - ideal
         return out
 
+    def on_timed_step(self, step_seconds: float) -> "Breakdown":
+        """The same kernels' times against the timed (unprofiled) step: on a GPU the profiler slows the host, not
+        the kernels, so a profiled window's extra wall time is the profiler's, not the step's. Idle becomes what the
+        timed step leaves uncovered by kernels (none when they add up to more, as they may within the noise).
+        docs/performance.md (the H200 run) shows a compiled row where this turned a third of the step from idle to
+        the profiler's."""
+        busy = sum(v for k, v in self.seconds.items() if k != "idle")
+        seconds = {k: v for k, v in self.seconds.items() if k != "idle"}
+        seconds["idle"] = max(0.0, step_seconds - busy)
+        return Breakdown(seconds, step_seconds, dict(self.flops), list(self.top),
+                         profiled_seconds=self.profiled_seconds or self.step_seconds)
+
     def as_dict(self, peak: float) -> dict:
         return {"seconds_per_step": dict(self.seconds), "step_seconds": self.step_seconds,
+                "profiled_step_seconds": self.profiled_seconds or self.step_seconds,
                 "flops_per_step": dict(self.flops), "shares": self.shares(), "efficiency": self.efficiency(peak),
                 "gap": self.gap(peak), "top": [list(entry) for entry in self.top]}
 

@@ -110,6 +110,7 @@ class Case:
     build: Callable[[], Timed]
     note: str = ""
     profiled: bool = True  # gets a time breakdown (not the loader rows, nor CUDA-graph replays)
+    compiled: bool = False  # timed after the eager rows of its workload (compiling is the slow part of a run)
 
 
 # inductor modes that replay CUDA graphs (torch._inductor.list_mode_options: triton.cudagraphs): not profiled
@@ -307,15 +308,22 @@ class _Profiles:
         elif trial is not None:
             trial.unlink()
 
-    def of(self, case: Case) -> tuple[dict[str, Any] | None, str]:
-        """The kept breakdown, or None and why (a failure after a kept window leaves that window)."""
+    def of(self, case: Case, timed_step_seconds: float) -> tuple[dict[str, Any] | None, str]:
+        """The kept breakdown, or None and why (a failure after a kept window leaves that window). On a GPU the
+        kernels' times are set against the timed step (Breakdown.on_timed_step): the profiler's own host time
+        would otherwise show as the device idling."""
         found = self.best.get(case.impl)
-        return (found.as_dict(self.peak), "") if found else (None, self.failed.get(case.impl, ""))
+        if found is None:
+            return None, self.failed.get(case.impl, "")
+        if self.device.type == "cuda":
+            found = found.on_timed_step(timed_step_seconds)
+        return found.as_dict(self.peak), ""
 
 
 def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: int, rounds: int,
                device: torch.device, peak: float, breakdown_steps: int = 0,
-               trace_dir: Path | None = None, on_row: Callable[[Row], None] = lambda row: None) -> list[Row]:
+               trace_dir: Path | None = None, on_row: Callable[[Row], None] = lambda row: None,
+               on_fail: Callable[[Case, Exception], None] | None = None) -> list[Row]:
     """Time a workload's cases. rounds == 1: each case is built, timed and released in turn, so its peak memory is
     its own (the GPU default). rounds > 1: all cases are built, then timed in `rounds` interleaved passes of
     steps / rounds; a row's img/s is the median pass, so slow spells of a shared machine hit every implementation
@@ -323,13 +331,17 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
     for its time breakdown (mimkit.bench.breakdown); in rounds, that many steps spread over the interleaved passes
     (at least one each), the fastest window kept. trace_dir: the kept windows' Chrome traces of mimkit's rows.
     on_row sees each row as soon as it is final: one by one without rounds (a run killed midway has printed the
-    rows it finished), all at the end with them."""
+    rows it finished), all at the end with them. A case that fails to build or step goes to on_fail and the others
+    still run; without on_fail the error is raised."""
     rows: list[Row] = []
+    if on_fail is None:
+        def on_fail(case: Case, err: Exception) -> None:
+            raise err
 
     def row(case: Case, timed: Timed, first: float, speeds: list[float], memory: float | None) -> Row:
         img_per_s = float(sorted(speeds)[len(speeds) // 2])
         flops = timed.flops_per_img
-        found, failed = profiles.of(case)
+        found, failed = profiles.of(case, batch / img_per_s)
         note = "; ".join(n for n in (case.note, failed) if n)
         return Row(group, case.impl, batch, img_per_s, 1000 * batch / img_per_s, flops,
                    flops * img_per_s / peak if flops else None, memory, first, note, case.kind,
@@ -341,8 +353,13 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats(device)
-            timed, first = _build_and_warm(case, warmup, device)
-            speed = steps * batch / time_steps(timed.step, steps, 0, device)
+            try:
+                timed, first = _build_and_warm(case, warmup, device)
+                speed = steps * batch / time_steps(timed.step, steps, 0, device)
+            except Exception as err:  # one broken row (a library version, out of memory) must not cost the rest
+                on_fail(case, err)
+                _release(device)
+                continue
             memory = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
             profiles.window(case, timed)
             rows.append(row(case, timed, first, [speed], memory))
@@ -350,7 +367,13 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
             timed.close()
             _release(device)
         return rows
-    built = [(case, *_build_and_warm(case, warmup, device)) for case in cases]
+    built = []
+    for case in cases:
+        try:
+            built.append((case, *_build_and_warm(case, warmup, device)))
+        except Exception as err:
+            on_fail(case, err)
+    cases = [case for case, _, _ in built]
     chunk = max(1, steps // rounds)
     speeds: dict[str, list[float]] = {case.impl: [] for case in cases}
     for _ in range(rounds):
@@ -393,18 +416,21 @@ def suite_cases(preset: str, group: str, device: torch.device, compile_rows: boo
 
     cases = [Case("mimkit", "mimkit", mine(False), note)]
     if compile_rows and group != "memory":
-        cases.append(Case("mimkit compiled", "mimkit", mine(True), note))
+        cases.append(Case("mimkit compiled", "mimkit", mine(True), note, compiled=True))
     if group in ("mae", "simmim"):
-        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode not in CUDA_GRAPHS)
+        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode not in CUDA_GRAPHS,
+                           compiled=True)
                   for mode in compile_modes]
     if group == "mae":
         cases += [Case("mimkit + input pipeline", "pipeline", mine(compile_rows, True),
-                       "uint8 images -> batched crop/flip/normalise on the device", profiled=False),
+                       "uint8 images -> batched crop/flip/normalise on the device", profiled=False,
+                       compiled=compile_rows),
                   Case("input pipeline alone", "loader", lambda: loader_case(cfg, device), "no model", profiled=False),
                   Case("HF ViTMAEForPreTraining", "reference", other(lambda: _hf(refs.hf_mae, cfg))),
                   Case("official-style (timm Blocks)", "reference", other(lambda: refs.official_mae(cfg)))]
         if compile_rows:
-            cases.append(Case("official-style compiled", "reference", other(lambda: refs.official_mae(cfg), True)))
+            cases.append(Case("official-style compiled", "reference", other(lambda: refs.official_mae(cfg), True),
+                               compiled=True))
     elif group == "simmim":
         cases += [Case("HF ViTForMaskedImageModeling", "reference", other(lambda: _hf(refs.hf_simmim, cfg))),
                   Case("official-style (timm ViT)", "reference", other(lambda: refs.official_simmim(cfg)))]
@@ -417,7 +443,9 @@ def suite_cases(preset: str, group: str, device: torch.device, compile_rows: boo
         ckpt = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_checkpointing=True))
         cases.append(Case("mimkit + activation checkpointing", "mimkit", mine(False, config=ckpt),
                           "train.grad_checkpointing=true"))
-    return cfg.train.batch_size, cases
+    # eager rows first, the pipeline row last: a run stopped at its time limit while compiling keeps the rows the
+    # targets are stated in
+    return cfg.train.batch_size, sorted(cases, key=lambda case: (case.compiled, case.kind == "pipeline"))
 
 
 def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Reference:
@@ -464,6 +492,12 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     peak = matmul_peak_flops(dev, peak_dtype)
     log(f"[bench] {device_name(dev)}: {peak_dtype} matmul peak {peak / 1e12:.1f} TFLOP/s")
     rows: list[Row] = []
+    failed: list[dict[str, str]] = []
+
+    def on_fail(group: str, case: Case, err: Exception) -> None:
+        failed.append({"group": group, "impl": case.impl, "error": f"{type(err).__name__}: {err}"[:500]})
+        log(f"[bench] {group:8s} {case.impl:34s} FAILED: {failed[-1]['error']}")
+
     with tempfile.TemporaryDirectory(prefix="mimkit-bench-") as tmp:
         for group in groups or list(GROUPS):
             group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch,
@@ -473,12 +507,13 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
                                Path(trace_dir) if trace_dir is not None else None, on_row=lambda row: log(
                                    f"[bench] {row.group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
                                    + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
-                                   + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else "")))
+                                   + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else "")),
+                               on_fail=lambda case, err, group=group: on_fail(group, case, err))
     result = {"preset": preset, "device": device_name(dev), "versions": _versions(),
               "date": time.strftime("%Y-%m-%d"), "precision": str(amp or "fp32"), "threads": torch.get_num_threads(),
               "load_average": load, "steps": steps, "rounds": rounds, "warmup": warmup, "peak_flops": peak,
               "peak_dtype": str(peak_dtype), "host_malloc": host_malloc,
-              "rows": [dataclasses.asdict(r) for r in rows]}
+              "rows": [dataclasses.asdict(r) for r in rows], "failed": failed}
     result["ratios"] = ratios(rows)
     result["targets"] = targets(result["ratios"], rows, dev.type, preset)
     if out:
@@ -585,7 +620,8 @@ def _summary_lines(result: dict[str, Any]) -> list[str]:
     lines = [f"{group}: " + ", ".join(f"{k} {v:.2f}x" for k, v in entry.items())
              for group, entry in result["ratios"].items()]
     return lines + [f"target {t['what']} >= {t['need']}: {t['got']:.2f} {'MET' if t['met'] else 'NOT MET'}"
-                    for t in result["targets"]]
+                    for t in result["targets"]] + [f"FAILED {f['group']} {f['impl']}: {f['error']}"
+                                                   for f in result.get("failed", [])]
 
 
 def breakdown_table(result: dict[str, Any]) -> list[list[str]]:
@@ -615,7 +651,8 @@ def aligned(lines: list[list[str]]) -> list[str]:
     return text
 
 
-BREAKDOWN_NOTE = ("Where the time goes: each kind of work's share of a profiled step; @ is that kind's FLOP/s as a "
+BREAKDOWN_NOTE = ("Where the time goes: each kind of work's share of a profiled step (on a GPU, the kernels' times "
+                  "set against the timed step, since the profiler slows the host only); @ is that kind's FLOP/s as a "
                   "fraction of the matmul peak. What keeps MFU from 100%: matmul and attention below the peak, and "
                   "all the time of the other kinds.")
 

@@ -18,15 +18,22 @@ from mimkit.models.encoder import checkpointed, embed_tokens
 
 
 def gather_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """(B, N, C) tokens, (B, M) indices in [0, N) -> (B, M, C). One index per row, on the flattened batch
-    (index_select): forward and backward 1.6-2.2x faster than torch.gather with the index expanded over the
-    channels on the CPU, which reads an index per value. The indices must be in range: a flattened index is only
-    checked against B * N. A non-contiguous `x` (an expanded table) takes torch.gather."""
+    """(B, N, C) tokens, (B, M) indices in [0, N) -> (B, M, C). On the CPU, one index per row on the flattened
+    batch (index_select), faster there than torch.gather with the index expanded over the channels, which reads an
+    index per value; on CUDA torch.gather, which was the faster of the two there (docs/performance.md, "H200").
+    The indices must be in range: a flattened index is only checked against B * N. A non-contiguous `x` (an
+    expanded table) takes torch.gather."""
     b, n, c = x.shape
     if rows.shape[0] != b:
         raise ValueError(f"gather_rows: {rows.shape[0]} rows of indices for {b} sequences")
-    if not x.is_contiguous():
+    if not x.is_contiguous() or x.device.type == "cuda":
         return torch.gather(x, 1, rows.unsqueeze(-1).expand(-1, -1, c))
+    return index_select_rows(x, rows)
+
+
+def index_select_rows(x: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """gather_rows as one index_select over the flattened batch (contiguous `x`, indices in range)."""
+    b, n, c = x.shape
     flat = (rows + n * torch.arange(b, device=rows.device).unsqueeze(1)).reshape(-1)
     return x.reshape(b * n, c).index_select(0, flat).view(b, rows.shape[1], c)
 

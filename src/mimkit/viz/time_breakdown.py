@@ -41,7 +41,7 @@ def plot_time_breakdown(result: dict[str, Any], out: str | Path) -> Path:
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)
-    ax.set_xlabel("% of a profiled training step (solid matmul and attention: their FLOPs at the peak = MFU)")
+    ax.set_xlabel("% of a training step (solid matmul and attention: their FLOPs at the peak = MFU)")
     ax.set_title(f"Where the time goes: {result['device']}, {result['precision']}, {result['date']}", fontsize=9)
     ax.grid(axis="x", alpha=0.3)
     fig.savefig(out, bbox_inches="tight")

@@ -688,8 +688,10 @@ def jitter_images(n=6, chans=1, seed=0):
 def test_color_jitter_is_keyed_by_sample():
     x, keys = jitter_images(), torch.arange(6)
     a = color_jitter(x, keys, 0.4, MEAN, STD, seed=0)
-    assert torch.equal(a, color_jitter(x, keys, 0.4, MEAN, STD, seed=0))
-    assert torch.equal(a[2:4], color_jitter(x[2:4], keys[2:4], 0.4, MEAN, STD, seed=0))  # per sample, not per batch
+    assert torch.equal(a, color_jitter(x, keys, 0.4, MEAN, STD, seed=0))  # same call, same process: bit-exact
+    # per sample, not per batch; a tolerance, since a per-image mean over a smaller batch may be split over threads
+    # differently, which moves its rounding
+    torch.testing.assert_close(a[2:4], color_jitter(x[2:4], keys[2:4], 0.4, MEAN, STD, seed=0), rtol=1e-6, atol=1e-6)
     b = color_jitter(x, keys + 1000, 0.4, MEAN, STD, seed=0)
     c = color_jitter(x, keys, 0.4, MEAN, STD, seed=1)
     for other in (b, c):

@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/demo-mae-fmnist
 
-.PHONY: setup demo test clean
+.PHONY: setup demo lint test clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,7 +26,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m mimkit.demo --out $(RUN)
 
-test: setup
+# ruff, configured in pyproject.toml: pycodestyle, pyflakes and import order over src, tests and scripts
+lint: setup
+	$(VENV)/bin/ruff check .
+
+test: setup lint
 	$(PY) -m pytest -q
 
 clean:

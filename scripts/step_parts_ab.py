@@ -12,8 +12,8 @@ preset's and ViT-B/16's shapes, in interleaved passes on this machine:
   backend torch offers here (cuDNN, flash, memory-efficient, math) and torch's own pick, at MAE ViT-B/16's
   encoder (50 tokens, 12 heads of 64) and decoder (197 tokens, 16 heads of 32) shapes.
 
-    python scripts/step_parts_ab.py loss|embed|gather|attention|all [--device cuda] [--vit-batch N] [--passes 7] [--reps 20]
-        [--no-compile]
+    python scripts/step_parts_ab.py loss|embed|gather|attention|all [--device cuda] [--vit-batch N] [--passes 7]
+        [--reps 20] [--no-compile]
 """
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ import statistics
 from collections.abc import Callable
 
 import torch
-
 from timm.layers import PatchEmbed
 from torch import nn
 

@@ -30,6 +30,7 @@ def tiny_config(*extra: str):
 def tiny_engine(run_dir, *extra: str):
     """(Engine, Method) on the tiny synthetic config, no evaluators: what `mimkit pretrain` builds, minus the CLI."""
     import torch
+
     from mimkit.config import resolved
     from mimkit.engine.distributed import DistEnv
     from mimkit.engine.trainer import Engine

@@ -16,9 +16,20 @@ import torch
 from torch import nn
 
 from conftest import cli_error, run_cli, sets, tiny_config
-from mimkit.analysis import (AttentionCapture, AttentionMaps, AttentionStats, MinibatchCKA, ViTGeometry,
-                             attention_distance, attention_entropy, capture_attention, head_kl_divergence,
-                             linear_cka, pairwise_head_kl, unbiased_hsic)
+from mimkit.analysis import (
+    AttentionCapture,
+    AttentionMaps,
+    AttentionStats,
+    MinibatchCKA,
+    ViTGeometry,
+    attention_distance,
+    attention_entropy,
+    capture_attention,
+    head_kl_divergence,
+    linear_cka,
+    pairwise_head_kl,
+    unbiased_hsic,
+)
 from mimkit.analysis.cka import gram
 from mimkit.cli import main
 from mimkit.config import ConfigError
@@ -246,7 +257,7 @@ def test_linear_cka_of_rows_with_different_counts_raises():
         linear_cka(_features(5, 2, 0), _features(6, 2, 0))
 
 
-def hsic_u_statistic(k: list[list[float]], l: list[list[float]]) -> float:
+def hsic_u_statistic(k: list[list[float]], l: list[list[float]]) -> float:  # noqa: E741 (K, L as in the papers)
     """Unbiased HSIC as the U-statistic over distinct ordered index quadruples (i, j, q, r):
     E[k_ij l_ij] + E[k_ij] E[l_qr] - 2 E[k_ij l_iq], each expectation over distinct indices."""
     n = len(k)
@@ -257,7 +268,7 @@ def hsic_u_statistic(k: list[list[float]], l: list[list[float]]) -> float:
     return total / count
 
 
-def hsic_song_formula(k: list[list[float]], l: list[list[float]]) -> float:
+def hsic_song_formula(k: list[list[float]], l: list[list[float]]) -> float:  # noqa: E741
     """Song et al. (2012), eq. 5, written out with loops over K~, L~ (zero diagonals)."""
     n = len(k)
     kt = [[0.0 if i == j else k[i][j] for j in range(n)] for i in range(n)]

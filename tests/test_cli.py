@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import cli_error, sets, TINY, run_cli, tiny_config
+from conftest import TINY, cli_error, run_cli, sets, tiny_config
 from mimkit import load
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -29,7 +29,7 @@ def test_pretrain_fashion_mnist_end_to_end(tmp_path, method):
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["train_images"] == 1200  # 2% of 60k, class-balanced
     assert results["heldout_images"] == 10000
-    records = [json.loads(l) for l in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     heldout = [r["loss"] for r in records if r.get("split") == "heldout"]
     assert len(heldout) == 4 and heldout[-1] < heldout[0]  # learning shows on held-out data with fixed masks
     assert {r["split"] for r in records} >= {"train", "heldout", "train_fixed"}

@@ -24,11 +24,11 @@ from mimkit.config import (
     validate,
 )
 
-SHIPPED = ["distill_fmnist_tiny", "finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k", "mae_fmnist_tiny",
-           "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny", "simmim_swinv2_base_in1k",
-           "simmim_swinv2_giant_in1k", "simmim_swinv2_huge_in1k", "simmim_swinv2_large_in1k", "simmim_swinv2_small_in1k",
-           "simmim_vit_base_in1k",
-           "supervised_fmnist_tiny", "tinymim_vit_base_in1k", "tinymim_vit_small_in1k"]
+SHIPPED = ["distill_fmnist_tiny", "finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k",
+           "mae_fmnist_tiny", "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny",
+           "simmim_swinv2_base_in1k", "simmim_swinv2_giant_in1k", "simmim_swinv2_huge_in1k", "simmim_swinv2_large_in1k",
+           "simmim_swinv2_small_in1k", "simmim_vit_base_in1k", "supervised_fmnist_tiny", "tinymim_vit_base_in1k",
+           "tinymim_vit_small_in1k"]
 
 
 def _error(*overrides: str, recipe: str | None = None) -> str:

@@ -167,7 +167,7 @@ def test_build_data_fashion_mnist_missing_is_data_not_found(nowhere):
         build_data(cfg, log=_quiet)
 
 
-# ---------------------------------------------------------------------------------------------------- real Fashion-MNIST
+# ------------------------------------------------------------------------------------------------- real Fashion-MNIST
 real_fmnist = pytest.mark.skipif(not fashion_mnist._has_all(fashion_mnist.DEBIAN_DIR),
                                  reason=f"Fashion-MNIST not installed in {fashion_mnist.DEBIAN_DIR}")
 

@@ -7,7 +7,7 @@ import sys
 import torch
 from safetensors.torch import load_file
 
-from conftest import sets, ROOT, TINY, cli_env, run_cli
+from conftest import ROOT, TINY, cli_env, run_cli, sets
 from mimkit.engine import checkpoint as ckpt
 
 DDP_RUN = [*TINY, "train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.ckpt_every=3"]
@@ -46,8 +46,8 @@ def test_two_process_gloo_matches_one_process(tmp_path):
     # metrics are written once (rank 0 only), held-out loss reduced over both ranks equals the 1-process value
     import json
 
-    h1 = [json.loads(l) for l in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
-    h2 = [json.loads(l) for l in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
+    h1 = [json.loads(line) for line in (tmp_path / "one/metrics.jsonl").read_text().splitlines()]
+    h2 = [json.loads(line) for line in (tmp_path / "two/metrics.jsonl").read_text().splitlines()]
     e1 = [(r["step"], r["loss"]) for r in h1 if r.get("split") == "heldout"]
     e2 = [(r["step"], r["loss"]) for r in h2 if r.get("split") == "heldout"]
     assert [s for s, _ in e1] == [s for s, _ in e2]
@@ -74,8 +74,11 @@ def test_mocov3_gathers_keys_across_two_processes(tmp_path):
     single = run_cli("pretrain", "--config", "mocov3_fmnist_tiny", "--out", str(tmp_path / "one"), *sets(moco),
                      check=True)
     assert single.returncode == 0
-    first_eval = lambda run: next(json.loads(l)["loss"] for l in (tmp_path / run / "metrics.jsonl").read_text()  # noqa: E731
-                                  .splitlines() if '"heldout"' in l)
+
+    def first_eval(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return next(json.loads(line)["loss"] for line in lines if '"heldout"' in line)
+
     assert abs(first_eval("moco") - first_eval("one")) < 1e-5  # step-0 held-out loss: same on 1 or 2 processes
 
 

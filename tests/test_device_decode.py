@@ -16,7 +16,7 @@ from mimkit.cli import main
 from mimkit.config import ConfigError, load_config, resolved
 from mimkit.data import device_decode
 from mimkit.data.transforms import BatchAugment
-from mimkit.data.webdataset import (ShardSet, ShardStream, load_index, synthetic_jpegs, write_shards)
+from mimkit.data.webdataset import ShardSet, ShardStream, load_index, synthetic_jpegs, write_shards
 
 CPU = torch.device("cpu")
 SIZE = 24  # decode size

@@ -750,7 +750,8 @@ def test_a_config_listing_stages_runs_a_chain(teacher, tmp_path):
 
     out = tmp_path / "from-config"
     args = ["distill", "--teacher", str(teacher), "--out", str(out),
-            *sets([*TINY, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2", "distill.chain=[mim_vit_femto]"])]
+            *sets([*TINY, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2",
+                   "distill.chain=[mim_vit_femto]"])]
     assert main(args) == 0
     assert [s["student"] for s in read_chain(out)["stages"]] == ["mim_vit_femto"]
     assert (out / "stage1-mim_vit_femto" / "results.json").is_file()

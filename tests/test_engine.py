@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import sets, ROOT, TINY, cli_env, cli_error, run_cli, tiny_engine
+from conftest import ROOT, TINY, cli_env, cli_error, run_cli, sets, tiny_engine
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.metrics import read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor

@@ -96,7 +96,7 @@ def test_supervised_baseline_trains_from_scratch_with_mixup_and_randaug(tmp_path
                       "method.randaug=rand-m9-mstd0.5-inc1", "train.steps=4")
     results = pretrain(cfg, tmp_path / "sup")
     assert results["init"] == "random initialisation" and math.isfinite(results["final_heldout_loss"])
-    records = [json.loads(l) for l in (tmp_path / "sup/metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / "sup/metrics.jsonl").read_text().splitlines()]
     assert any("top1" in r for r in records if r.get("split") == "heldout")
 
 

@@ -35,11 +35,11 @@ def test_mae_loss_matches_written_out_formula():
     patches = patchify(imgs, 4)
     total, count = 0.0, 0
     for n in range(3):
-        for l in range(16):
-            if out.mask[n, l]:
-                t = patches[n, l]
+        for p in range(16):
+            if out.mask[n, p]:
+                t = patches[n, p]
                 t = (t - t.mean()) / math.sqrt(t.var(unbiased=True).item() + 1e-6)
-                total += ((out.pred[n, l] - t) ** 2).mean().item()
+                total += ((out.pred[n, p] - t) ** 2).mean().item()
                 count += 1
     assert count == 3 * (16 - int(16 * 0.25))
     assert out.loss.item() == pytest.approx(total / count, rel=1e-5)

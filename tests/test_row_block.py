@@ -9,8 +9,15 @@ from timm.models.vision_transformer import Block
 from conftest import tiny_config
 from mimkit.config import resolved
 from mimkit.methods import build_method
-from mimkit.models.row_block import (block_at_rows, class_token_forward, gather_rows, last_block_at_rows, masked_rows,
-                                     reads_class_token_only, runs_on_rows)
+from mimkit.models.row_block import (
+    block_at_rows,
+    class_token_forward,
+    gather_rows,
+    last_block_at_rows,
+    masked_rows,
+    reads_class_token_only,
+    runs_on_rows,
+)
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -551,7 +551,8 @@ def test_compute_frontier_keeps_one_cell_per_compute_and_only_improvements():
     assert [p.model for p in compute_frontier(cells)] == ["b", "d"]
 
 
-@pytest.mark.parametrize("name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_fmnist_swin", "scaling_swinv2_in1k"])
+@pytest.mark.parametrize("name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_fmnist_swin",
+                                  "scaling_swinv2_in1k"])
 def test_every_shipped_sweep_expands_and_validates(name, tmp_path):
     from mimkit.scaling.grid import sweep_names
 

@@ -94,7 +94,7 @@ def _task_run(tmp_path, name, *extra):
     cfg = tiny_config("method.name=task", "init=scratch", "model.global_pool=avg", "train.steps=4",
                       "train.eval_every=2", *extra)
     results = pretrain(cfg, tmp_path / name)
-    records = [json.loads(l) for l in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     return results, records
 
 

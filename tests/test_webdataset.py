@@ -20,9 +20,21 @@ from mimkit.config import ConfigError, load_config, resolved
 from mimkit.data.datasets import build_data
 from mimkit.data.folder import FolderError
 from mimkit.data.transforms import BatchAugment
-from mimkit.data.webdataset import (HELDOUT_ID_OFFSET, ID_STRIDE, ShardError, ShardSet, ShardStream, expand_braces,
-                                    index_shards, load_index, require_in_memory, shard_paths,
-                                    shuffle_buffer_order, write_shards, write_shards_from)
+from mimkit.data.webdataset import (
+    HELDOUT_ID_OFFSET,
+    ID_STRIDE,
+    ShardError,
+    ShardSet,
+    ShardStream,
+    expand_braces,
+    index_shards,
+    load_index,
+    require_in_memory,
+    shard_paths,
+    shuffle_buffer_order,
+    write_shards,
+    write_shards_from,
+)
 from mimkit.eval.probe_common import probe_setup
 
 PER_SHARD = 10

@@ -171,10 +171,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from mimkit.config import load_config, resolved
-    from mimkit.methods import build_method
     import torch
 
+    from mimkit.config import load_config, resolved
+    from mimkit.methods import build_method
     from mimkit.models.presets import PRESETS
     from mimkit.models.swin import SWIN_PRESETS
 
@@ -286,7 +286,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=1))
         return 0
     from mimkit.bench.pretrain_bench import run_pretrain_bench
-
     from mimkit.bench.suite import breakdown_lines
 
     result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare,
@@ -311,8 +310,8 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     from mimkit.scaling.analyze import analyze_table, summary_lines
 
     if args.scaling_command == "collect":
-        from mimkit.scaling.sweep import collect
         from mimkit.scaling.grid import load_sweep
+        from mimkit.scaling.sweep import collect
 
         path = collect(load_sweep(args.config, args.dir))
         print(path if path else f"no finished run in {args.dir} yet")
@@ -335,7 +334,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     for name, func, default, what in (
-            ("finetune", cmd_finetune, "finetune_fmnist_tiny", "fine-tune an encoder (layer decay, mixup, RandAugment)"),
+            ("finetune", cmd_finetune, "finetune_fmnist_tiny",
+             "fine-tune an encoder (layer decay, mixup, RandAugment)"),
             ("linprobe", cmd_linprobe, "probe_fmnist", "linear probe on frozen features (cached)"),
             ("knn", cmd_knn, "probe_fmnist", "cosine kNN on frozen features (k=20, T=0.07)")):
         p = sub.add_parser(name, help=what)

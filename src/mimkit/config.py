@@ -437,7 +437,8 @@ def validate(cfg: Config) -> None:
     _check(t.warmup_epochs is None or t.epochs is None or 0 <= t.warmup_epochs <= t.epochs,
            f"train.warmup_epochs: {t.warmup_epochs} must be in [0, train.epochs] (it applies only with train.epochs)")
     _check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
-    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: {t.betas} must be two values in [0, 1)")
+    _check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
+           f"train.betas: {t.betas} must be two values in [0, 1)")
     _check(t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad: {t.clip_grad} must be positive or null")
     _choice("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
     _check(t.compile in (True, False, "auto", *COMPILE_MODES),

@@ -48,7 +48,8 @@ class ShardedEvaluator:
         was_training = method.training
         method.eval()
         shard = self.shard and self.env.enabled
-        mine = torch.arange(self.env.rank, len(self.data), self.env.world_size) if shard else torch.arange(len(self.data))
+        n = len(self.data)
+        mine = torch.arange(self.env.rank, n, self.env.world_size) if shard else torch.arange(n)
         totals = [0.0] * self.num_sums
         for start in range(0, len(mine), self.batch_size):
             sums = self.batch_sums(method, mine[start:start + self.batch_size])

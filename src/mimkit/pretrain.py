@@ -20,8 +20,8 @@ from mimkit.engine.checkpoint import CheckpointError
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
 from mimkit.eval.accuracy import AccuracyEvaluator
-from mimkit.eval.task_eval import BEST_METRIC, TaskEvaluator
 from mimkit.eval.sources import Source, adopt_source, load_encoder_weights, resolve_source
+from mimkit.eval.task_eval import BEST_METRIC, TaskEvaluator
 from mimkit.heldout import FixedMaskEvaluator
 from mimkit.methods import build_method
 

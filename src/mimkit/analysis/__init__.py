@@ -6,8 +6,13 @@ tensor averaged over the batch and the patch queries; `linear_cka` takes two (sa
 """
 from mimkit.analysis.capture import AttentionCapture, attention_from_input, capture_attention
 from mimkit.analysis.cka import MinibatchCKA, linear_cka, unbiased_hsic
-from mimkit.analysis.metrics import (attention_distance, attention_entropy, head_kl_divergence, pairwise_head_kl,
-                                     patch_distances)
+from mimkit.analysis.metrics import (
+                                     attention_distance,
+                                     attention_entropy,
+                                     head_kl_divergence,
+                                     pairwise_head_kl,
+                                     patch_distances,
+)
 from mimkit.analysis.stats import AttentionMaps, AttentionStats, ViTGeometry
 
 __all__ = ["AttentionCapture", "AttentionMaps", "AttentionStats", "MinibatchCKA", "ViTGeometry",

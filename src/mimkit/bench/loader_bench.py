@@ -9,9 +9,9 @@ from typing import Any
 
 import torch
 
-from mimkit.config import Config
 from mimkit.bench.suite import device_name
 from mimkit.bench.timing import time_steps
+from mimkit.config import Config
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 

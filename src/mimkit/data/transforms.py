@@ -237,8 +237,8 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
 def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: list[float], std: list[float],
                  seed: int) -> torch.Tensor:
     """Brightness, contrast and saturation jitter (factors uniform in [1 - s, 1 + s], like torchvision's
-    ColorJitter(s, s, s) without hue, but always in this order) on a normalised batch; per-sample factors are keyed by sample,
-    so they are reproducible. Saturation leaves gray images unchanged."""
+    ColorJitter(s, s, s) without hue, but always in this order) on a normalised batch; per-sample factors are keyed
+    by sample, so they are reproducible. Saturation leaves gray images unchanged."""
     from mimkit.data.keyed_random import STREAM_JITTER, keyed_uniform
 
     if strength <= 0:

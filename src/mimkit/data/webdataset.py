@@ -21,8 +21,8 @@ import posixpath
 import re
 import tarfile
 import threading
-import zipfile
 import weakref
+import zipfile
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path

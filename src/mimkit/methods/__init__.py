@@ -7,13 +7,14 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.distill import Distill, build_distill
 from mimkit.methods.mae import MAE, build_mae
-from mimkit.methods.simmim import SimMIM, build_simmim
 from mimkit.methods.mocov3 import MoCoV3, build_mocov3
+from mimkit.methods.simmim import SimMIM, build_simmim
 from mimkit.methods.supervised import Supervised, build_supervised
 from mimkit.methods.task import TaskModel, build_task
 from mimkit.models.encoder import create_encoder
 
-__all__ = ["Method", "Distill", "MAE", "SimMIM", "Supervised", "MoCoV3", "TaskModel", "build_method", "build_mask_generator"]
+__all__ = ["Method", "Distill", "MAE", "SimMIM", "Supervised", "MoCoV3", "TaskModel", "build_method",
+           "build_mask_generator"]
 
 
 def build_mask_generator(cfg: Any) -> MaskGenerator:

@@ -26,8 +26,15 @@ from mimkit.distill.targets import parse_targets, regression_loss
 from mimkit.distill.vit_blocks import block_index, block_qkv, final_tokens
 from mimkit.methods.base import Method
 from mimkit.methods.simmim import linear_pixel_head, masked_pixel_l1
-from mimkit.models.encoder import (embed_tokens, grid_size, in_chans, init_mae_weights, init_patch_embed_like_linear,
-                                   patch_size, run_blocks)
+from mimkit.models.encoder import (
+    embed_tokens,
+    grid_size,
+    in_chans,
+    init_mae_weights,
+    init_patch_embed_like_linear,
+    patch_size,
+    run_blocks,
+)
 
 
 def check_head_split(width: int, heads: int, who: str, other: str) -> None:

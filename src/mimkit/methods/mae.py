@@ -14,8 +14,17 @@ from mimkit.data.keyed_random import sample_keys
 from mimkit.data.masks import MaskGenerator
 from mimkit.methods.base import Method
 from mimkit.methods.pixel_losses import norm_pix_target, patch_mean_var, patch_mse
-from mimkit.models.encoder import (checkpointed, grid_size, in_chans, init_mae_weights,
-                                   init_patch_embed_like_linear, patch_size, patchify, run_blocks, unpatchify)
+from mimkit.models.encoder import (
+    checkpointed,
+    grid_size,
+    in_chans,
+    init_mae_weights,
+    init_patch_embed_like_linear,
+    patch_size,
+    patchify,
+    run_blocks,
+    unpatchify,
+)
 from mimkit.models.pos_embed import sincos_2d
 from mimkit.models.row_block import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.models.visible_embed import embed_patches_at, embeds_patches_alone

@@ -2,8 +2,8 @@
 
 SimMIM on Swin replaces masked patch embeddings by a mask token right after the patch embedding (before any
 window attention), runs the hierarchical stages, and predicts pixels from the final-stride feature map. Presets
-`mim_swinv2_*` are small enough for CPU studies on 32 px images (patch 4, three stages, window 4, final stride 16); the paper's
-S/B/L/H/giant sizes are recipes (simmim_swinv2_*_in1k).
+`mim_swinv2_*` are small enough for CPU studies on 32 px images (patch 4, three stages, window 4, final stride
+16); the paper's S/B/L/H/giant sizes are recipes (simmim_swinv2_*_in1k).
 """
 from __future__ import annotations
 

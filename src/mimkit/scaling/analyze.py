@@ -150,7 +150,8 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
                      f"changes held-out loss by {100 * s['relative_change']:+.2f}%")
     c = result["correlation"]["overall"]
     if c.get("pearson") is not None:
-        lines.append(f"loss vs fine-tune top-1 (n={c['n']}): Pearson {c['pearson']:+.3f}, Spearman {c['spearman']:+.3f}")
+        lines.append(f"loss vs fine-tune top-1 (n={c['n']}): Pearson {c['pearson']:+.3f}, "
+                     f"Spearman {c['spearman']:+.3f}")
     for axis in ("params", "data"):
         for f in result["fits"][axis]:
             if "alpha" in f:

@@ -19,7 +19,6 @@ from mimkit.engine.metrics import read_metrics
 from mimkit.scaling.table import SWEEP_COLUMNS as COLUMNS
 
 
-
 def training_flops_per_image(cfg: Config) -> float:
     """FLOPs of one training step (forward + backward) per image, counted by torch.utils.flop_counter on a batch
     of two; the optimizer step is left out (it scales with parameters, not images)."""

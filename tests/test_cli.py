@@ -151,3 +151,20 @@ def test_bf16_autocast_training_on_gpu(tmp_path):
 def test_batch_larger_than_the_data_subset_is_a_clear_error(capsys, tmp_path):
     assert "fewer than one batch" in cli_error(capsys, "pretrain", "--config", "mae_fmnist_tiny", "--out",
                                                str(tmp_path / "run"), *sets([*TINY, "data.synthetic_size=8"]))
+
+
+def test_every_error_a_user_can_fix_is_one_user_error():
+    """The CLI and the demo catch UserError alone: each fixable error derives from it and keeps its standard base
+    (callers that catch ValueError or FileNotFoundError still do)."""
+    from mimkit.config import ConfigError as from_config
+    from mimkit.data.fashion_mnist import DataNotFoundError
+    from mimkit.data.folder import FolderError
+    from mimkit.data.webdataset import ShardError
+    from mimkit.engine.checkpoint import CheckpointError
+    from mimkit.errors import ConfigError, UserError
+    from mimkit.interop.imports import ImportError_
+
+    assert from_config is ConfigError
+    for cls, base in ((ConfigError, ValueError), (DataNotFoundError, FileNotFoundError), (FolderError, ValueError),
+                      (ShardError, ValueError), (CheckpointError, RuntimeError), (ImportError_, ValueError)):
+        assert issubclass(cls, UserError) and issubclass(cls, base), cls

@@ -7,16 +7,7 @@ import sys
 from pathlib import Path
 
 from mimkit.engine.host_malloc import tune_host_malloc
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from mimkit.config import ConfigError
-    from mimkit.data.fashion_mnist import DataNotFoundError
-    from mimkit.data.folder import FolderError
-    from mimkit.engine.checkpoint import CheckpointError
-    from mimkit.interop.imports import ImportError_
-
-    return (ConfigError, DataNotFoundError, FolderError, CheckpointError, ImportError_)
+from mimkit.errors import UserError
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -531,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     tune_host_malloc()  # before the first large tensor: see engine/host_malloc.py
     try:
         return args.func(args)
-    except _user_errors() as err:
+    except UserError as err:  # config, data, checkpoint, import: one line, no traceback
         print(f"mimkit: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,11 +16,9 @@ from typing import Any
 
 import yaml
 
+from mimkit.errors import ConfigError  # noqa: F401 (re-exported: `from mimkit.config import ConfigError`)
+
 RECIPES_DIR = Path(__file__).parent / "recipes"
-
-
-class ConfigError(ValueError):
-    """A config problem the user can fix; the CLI prints it without a traceback and exits with code 2."""
 
 
 @dataclass

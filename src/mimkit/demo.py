@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from mimkit.cli import _user_errors
 from mimkit.config import load_config
 from mimkit.engine.metrics import read_metrics
+from mimkit.errors import UserError
 from mimkit.pretrain import pretrain
 
 
@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config("mae_fmnist_tiny", ["device=cpu", *args.set])
         results = pretrain(cfg, args.out)
-    except _user_errors() as err:
+    except UserError as err:
         print(f"mimkit: error: {err}", file=sys.stderr)
         return 2
     heldout = [r for r in read_metrics(f"{args.out}/metrics.jsonl") if r.get("split") == "heldout"]

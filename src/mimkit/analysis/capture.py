@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mimkit.config import ConfigError
+from mimkit.errors import ConfigError
 
 AttentionCallback = Callable[[int, torch.Tensor], None]
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mimkit.errors import UserError
+
 FILES = {
     "train_images": "train-images-idx3-ubyte.gz",
     "train_labels": "train-labels-idx1-ubyte.gz",
@@ -32,7 +34,7 @@ EXPECTED_COUNTS = {"train": 60000, "test": 10000}
 CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
-class DataNotFoundError(FileNotFoundError):
+class DataNotFoundError(UserError, FileNotFoundError):
     """Raised with instructions on how to get the data."""
 
 

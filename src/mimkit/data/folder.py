@@ -17,10 +17,12 @@ from typing import IO
 import numpy as np
 from PIL import Image, ImageOps
 
+from mimkit.errors import UserError
+
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
-class FolderError(ValueError):
+class FolderError(UserError, ValueError):
     """A missing or empty image folder: a user error with a clear message."""
 
 

@@ -31,13 +31,13 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
-from mimkit.config import ConfigError
 from mimkit.data import device_decode, fashion_mnist, folder
 from mimkit.data.datasets import DataBundle, ImageSet
 from mimkit.data.loader import augmented_batch, to_device
 from mimkit.data.transforms import BatchAugment
 from mimkit.data.workers import SHARED_SLOTS, SharedSlots, slot_array, split_evenly, start_pool, stop_pool
 from mimkit.engine.atomic import atomic_write_bytes
+from mimkit.errors import ConfigError
 
 IMAGE_EXTENSIONS = {ext.lstrip(".") for ext in folder.EXTENSIONS}
 LABEL_EXTENSION = "cls"

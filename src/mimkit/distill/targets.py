@@ -10,7 +10,7 @@ TARGETS = ("cls", "feature", "qk", "vv")
 def parse_targets(text: str) -> dict[str, float]:
     """'qk+vv' -> {'qk': 1.0, 'vv': 1.0}; 'qk:1+vv:0.5+cls:2' gives weights. Unknown names and non-positive
     weights are config errors."""
-    from mimkit.config import ConfigError
+    from mimkit.errors import ConfigError
 
     out: dict[str, float] = {}
     for part in [p.strip() for p in str(text).split("+") if p.strip()]:

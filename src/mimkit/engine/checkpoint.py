@@ -18,13 +18,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mimkit.engine.atomic import atomic_symlink, atomic_torch_save, atomic_write_text, fsync_dir
+from mimkit.errors import UserError
 
 MODEL_FILE = "model.safetensors"
 STATE_FILE = "state.pt"
 META_FILE = "meta.json"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """A missing or unreadable checkpoint; the message names the path and what to do."""
 
 

@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 
 from mimkit.config import Config, config_from_dict, resolved, save_config
 from mimkit.engine import checkpoint as ckpt
+from mimkit.errors import UserError
 from mimkit.methods import build_method
 
 # HF layer names, in transformers 4 files, transformers 5 files and transformers 5 modules.
@@ -41,7 +42,7 @@ _HF_FIXED = {
 }
 
 
-class ImportError_(ValueError):
+class ImportError_(UserError, ValueError):
     """An input that is not a supported checkpoint (message says what was expected)."""
 
 

@@ -18,12 +18,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from mimkit.config import ConfigError
 from mimkit.data.masks import MaskGenerator
 from mimkit.data.transforms import color_jitter
 from mimkit.distill.relations import relation_losses
 from mimkit.distill.targets import parse_targets, regression_loss
 from mimkit.distill.vit_blocks import block_index, block_qkv, final_tokens
+from mimkit.errors import ConfigError
 from mimkit.methods.base import Method
 from mimkit.methods.simmim import linear_pixel_head, masked_pixel_l1
 from mimkit.models.encoder import (

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from mimkit.config import ConfigError
+from mimkit.errors import ConfigError
 
 # The timm architecture every preset is built from; presets only change its sizes, so exported weights load into
 # `timm.create_model(PRESET_TIMM_NAME, **kwargs)` with the kwargs mimkit prints.

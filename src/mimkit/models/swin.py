@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mimkit.config import ConfigError
+from mimkit.errors import ConfigError
 
 SWIN_TIMM_NAME = "swinv2_base_window12_192"  # the timm architecture the presets (and H/giant) are built from
 

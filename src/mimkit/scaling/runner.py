@@ -12,8 +12,8 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Callable
 
-from mimkit.config import ConfigError
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.errors import ConfigError
 from mimkit.scaling.grid import Sweep, SweepRun
 
 LAUNCHERS = ("local", "slurm", "submitit-local")

@@ -6,8 +6,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
 
-from mimkit.config import ConfigError
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.errors import ConfigError
 from mimkit.scaling.grid import Sweep, load_sweep
 from mimkit.scaling.record import run_record, write_results
 from mimkit.scaling.runner import LAUNCHERS, pending_commands, run_local, run_status, run_submitit, shell_line

@@ -17,7 +17,7 @@ from pathlib import Path
 from statistics import mean, pstdev
 from typing import Any
 
-from mimkit.config import ConfigError
+from mimkit.errors import ConfigError
 
 REQUIRED = ("model", "params", "data", "iterations", "heldout_loss")
 OPTIONAL_NUMBERS = ("finetune_top1", "train_loss", "data_images", "compute")

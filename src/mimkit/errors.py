@@ -1,0 +1,12 @@
+"""The errors a user can fix: bad config, missing data, a corrupt checkpoint, an unreadable import. Each is a
+UserError, which the CLI and the demo report in one line, without a traceback, exiting with code 2. They live apart
+from the config module so that data, models, methods and distillation can raise them without importing the config
+that validates them."""
+
+
+class UserError(Exception):
+    """Base of every error the user can fix (mixed into the standard exception each one also is)."""
+
+
+class ConfigError(UserError, ValueError):
+    """A config problem the user can fix; the CLI prints it without a traceback and exits with code 2."""

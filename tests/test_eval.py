@@ -61,7 +61,7 @@ def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
                 assert group["weight_decay"] == (0.0 if p.ndim <= 1 or "token" in name or "pos_embed" in name
                                                  else cfg.train.weight_decay)
                 seen.add(name)
-        engine._train_step(step)
+        engine.train_step(step)
     assert len(seen) == len([n for n, p in method.named_parameters() if p.requires_grad])
 
 

@@ -34,7 +34,7 @@ def test_no_host_sync_inside_the_step_loop(tmp_path, monkeypatch, method):
 
         monkeypatch.setattr(torch.Tensor, name, counting)
     in_steps = []
-    original_step = engine._train_step
+    original_step = engine.train_step
 
     def step(index):
         before = reads["n"]
@@ -44,7 +44,7 @@ def test_no_host_sync_inside_the_step_loop(tmp_path, monkeypatch, method):
 
     settles = []
     original_settle = engine._settle
-    monkeypatch.setattr(engine, "_train_step", step)
+    monkeypatch.setattr(engine, "train_step", step)
     monkeypatch.setattr(engine, "_settle", lambda pending, interval: (settles.append(len(pending)),
                                                                       original_settle(pending, interval)))
     engine.fit()
@@ -146,12 +146,12 @@ def test_cuda_step_loop_never_synchronises(tmp_path, method):
     """torch's sync debug mode turns any device-to-host wait inside a training step into an error."""
     engine, _ = tiny_engine(tmp_path, "device=cuda", f"method.name={method}", "train.precision=bf16",
                             "train.clip_grad=1.0", "train.steps=6", "train.log_every=3")
-    engine._train_step(0)  # first step: lazy optimizer state and cuBLAS handles
+    engine.train_step(0)  # first step: lazy optimizer state and cuBLAS handles
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
         for step in range(1, 4):
-            engine._train_step(step)
+            engine.train_step(step)
     finally:
         torch.cuda.set_sync_debug_mode("default")
 

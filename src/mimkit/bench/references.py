@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from mimkit.compat import vit_pos_embed
 from mimkit.config import Config
 from mimkit.models.encoder import patchify
 
@@ -147,7 +148,7 @@ class OfficialStyleSimMIM(nn.Module):
         mask = _random_cell_mask(images, *self.cells)
         x = v.patch_embed(images)
         w = mask.flatten(1).unsqueeze(-1).to(x.dtype)
-        x = v._pos_embed(x * (1 - w) + self.mask_token.to(x.dtype) * w)
+        x = vit_pos_embed(v, x * (1 - w) + self.mask_token.to(x.dtype) * w)
         x = v.norm(v.blocks(x))[:, v.num_prefix_tokens:]
         b, length, dim = x.shape
         side = int(length**0.5)

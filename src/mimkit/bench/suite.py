@@ -232,7 +232,7 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
     counter = {"step": 0}
 
     def step() -> None:
-        engine._train_step(counter["step"])
+        engine.train_step(counter["step"])
         counter["step"] += 1
 
     return Timed(step, flops, [engine, method], model_flops_per_img=model_flops, flops_by_kind=by_kind)

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from mimkit.compat import fused_step, fused_step_divides_gradients
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.distributed import DistEnv, all_ranks_true, all_reduce_sum, barrier, broadcast_flag
 from mimkit.engine.host_malloc import tune_host_malloc
@@ -227,7 +228,7 @@ class Engine:
                 random.seed(seed)
                 epoch = self.stream.epoch_of(step)
                 done = step + 1
-                pending.append((done, epoch, self._train_step(step)))
+                pending.append((done, epoch, self.train_step(step)))
                 at_log = done % t.log_every == 0 or done == t.steps
                 at_eval = done % t.eval_every == 0 or done == t.steps
                 at_ckpt = done % t.ckpt_every == 0 or done == t.steps
@@ -308,9 +309,10 @@ class Engine:
                          "time": time.time()})
         progress.update(done, mean_loss, img_per_s, lr)
 
-    def _train_step(self, step: int) -> "StepStats":
-        """Forward/backward over accum micro-batches, clip, optimizer step; a non-finite step is skipped on the
-        device (the fused AdamW's found_inf), so nothing here waits for the GPU."""
+    def train_step(self, step: int) -> "StepStats":
+        """One optimizer step, exactly as `fit` runs it (public: the bench times it): forward/backward over accum
+        micro-batches, clip, optimizer step; a non-finite step is skipped on the device (the fused AdamW's
+        found_inf), so nothing here waits for the GPU."""
         t = self.t
         total_loss = torch.zeros((), device=self.env.device)
         parts: dict[str, torch.Tensor] = {}
@@ -389,7 +391,7 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     norm = torch.nn.utils.get_total_norm(grads).float()
     if max_norm is None:
         return norm, None
-    if fold and optimizer.defaults.get("fused") and getattr(optimizer, "_step_supports_amp_scaling", False):
+    if fold and fused_step_divides_gradients(optimizer):
         return norm, torch.clamp((norm + 1e-6) / max_norm, min=1.0)
     torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
     return norm, None
@@ -400,14 +402,7 @@ def skip_if_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tenso
     """optimizer.step() that leaves parameters and state untouched when `finite` is False. Fused AdamW reads the
     decision on the device (its found_inf input, as GradScaler uses it); other optimizers need it on the host.
     `grad_scale` (fused only): the step divides every gradient by it (clip_gradients' folded clipping)."""
-    if optimizer.defaults.get("fused"):
-        optimizer.found_inf = (~finite).float()
-        if grad_scale is not None:
-            optimizer.grad_scale = grad_scale
-        try:
-            optimizer.step()
-        finally:
-            del optimizer.found_inf
-            optimizer.__dict__.pop("grad_scale", None)
+    if fused_step_divides_gradients(optimizer):
+        fused_step(optimizer, (~finite).float(), grad_scale)
     elif bool(finite):
         optimizer.step()

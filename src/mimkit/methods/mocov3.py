@@ -13,6 +13,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from mimkit.compat import foreach_lerp_
 from mimkit.methods.base import Method
 
 
@@ -94,8 +95,7 @@ class MoCoV3(Method):
         self.momentum = momentum_at(step + 1, total_steps, self.base_momentum)
         online = [*self.encoder.parameters(), *self.projector.parameters()]
         target = [*self.momentum_encoder.parameters(), *self.momentum_projector.parameters()]
-        torch._foreach_mul_(target, self.momentum)
-        torch._foreach_add_(target, online, alpha=1.0 - self.momentum)
+        foreach_lerp_(target, online, self.momentum)
 
 
 def build_mocov3(cfg: Any, encoder: nn.Module) -> MoCoV3:

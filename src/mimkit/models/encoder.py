@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mimkit.compat import vit_pos_embed
 from mimkit.models.pos_embed import sincos_2d
 from mimkit.models.presets import resolve_model_spec, timm_kwargs
 
@@ -49,7 +50,7 @@ def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None
     if mask is not None:
         w = mask.unsqueeze(-1).to(x.dtype)
         x = x * (1 - w) + mask_token.to(x.dtype) * w
-    x = vit._pos_embed(x)
+    x = vit_pos_embed(vit, x)
     x = vit.patch_drop(x)
     return vit.norm_pre(x)
 

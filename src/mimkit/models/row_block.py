@@ -14,6 +14,7 @@ from timm.models.vision_transformer import Attention, Block, VisionTransformer
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from mimkit.compat import has_own_hooks
 from mimkit.models.encoder import checkpointed, embed_tokens
 
 
@@ -54,8 +55,7 @@ def hooked(*modules: nn.Module) -> bool:
 
 def own_hooks(module: nn.Module) -> bool:
     """Hooks on `module` itself (not its parts): they fire only when the module is called."""
-    return bool(module._forward_hooks or module._forward_pre_hooks or module._backward_hooks
-                or module._backward_pre_hooks)
+    return has_own_hooks(module)
 
 
 def runs_on_rows(block: nn.Module) -> bool:

@@ -12,6 +12,7 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Callable
 
+from mimkit.compat import live_worker_processes
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.errors import ConfigError
 from mimkit.scaling.grid import Sweep, SweepRun
@@ -168,7 +169,7 @@ def _completed(futures: dict, pool, stop_file: Path):
     except KeyboardInterrupt:
         stop_file.parent.mkdir(parents=True, exist_ok=True)
         stop_file.touch()
-        processes = [p for p in getattr(pool, "_processes", {}).values() if p.is_alive()]
+        processes = live_worker_processes(pool)
         for process in processes:
             process.terminate()
         pool.shutdown(wait=False, cancel_futures=True)

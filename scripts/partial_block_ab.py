@@ -1,4 +1,4 @@
-"""A/B timing of the partial last block, `Method.loss_rows_only` on and off, timed in interleaved passes on this
+"""A/B timing of the partial last block, `Method.fast_path` on and off, timed in interleaved passes on this
 machine. mae and simmim: the Engine's training step on the bench suite's tiny preset. mocov3: forward and backward
 (no optimizer) of the `mocov3_fmnist_tiny` recipe at batch 128. Also prints the counted FLOPs per image of each.
 
@@ -24,7 +24,7 @@ from mimkit.methods import build_method
 def engine_step(group: str, rows_only: bool) -> tuple[Callable[[], None], float, int]:
     cfg, _ = group_config("tiny", group, "cpu")
     case = mimkit_case(cfg, torch.device("cpu"), False, False, Path(tempfile.mkdtemp()))
-    case.keep[1].loss_rows_only = rows_only  # keep = [engine, method]
+    case.keep[1].fast_path = rows_only  # keep = [engine, method]
     # the case counted FLOPs with the partial block on; model_flops_per_img is the whole one
     return case.step, case.flops_per_img if rows_only else case.model_flops_per_img, cfg.train.batch_size
 
@@ -33,7 +33,7 @@ def mocov3_step(rows_only: bool, batch: int = 128) -> tuple[Callable[[], None], 
     cfg = resolved(load_config("mocov3_fmnist_tiny", ["device=cpu"]))
     torch.manual_seed(0)
     method = build_method(cfg).train()
-    method.loss_rows_only = rows_only
+    method.fast_path = rows_only
     images = torch.randn(batch, cfg.data.in_chans, cfg.data.img_size, cfg.data.img_size)
     data = {"images": images, "images2": images.flip(-1), "keys": torch.arange(batch)}
 

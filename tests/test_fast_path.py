@@ -192,3 +192,84 @@ def test_bench_memory_estimates_a_config(capsys):
     assert est["total_gb"] == pytest.approx(est["state_gb"] + est["fixed_saved_gb"]
                                             + 64 * est["activations_gb_per_image"])
     assert "GB" in out.splitlines()[-1]
+
+
+# ----------------------------------------------------------------------------------------------- train.fast_path
+def _tiny_method(name: str, *extra: str):
+    torch.manual_seed(0)
+    return build_method(resolved(tiny_config(f"method.name={name}", "method.mask_patch_size=8", *extra))).eval()
+
+
+def _batch(method) -> dict:
+    gen = torch.Generator().manual_seed(1)
+    return {"images": torch.randn(4, method.chans, 16, 16, generator=gen), "keys": torch.arange(4)}
+
+
+def _plain_loss(method, batch) -> torch.Tensor:
+    """The loss as forward_mim / forward_loss compute it, for the batch's own masks."""
+    if method.name == "mae":
+        return method.forward_mim(batch["images"], method.mask_generator.noise(batch["keys"], method.seed)).loss
+    return method.forward_mim(batch["images"], method.mask_generator(batch["keys"], method.seed)).loss
+
+
+@pytest.mark.parametrize("name", ["mae", "simmim", "mocov3"])
+def test_train_fast_path_reaches_the_method_and_plain_path_restores_it(name):
+    assert _tiny_method(name).fast_path is True
+    method = _tiny_method(name, "train.fast_path=false")
+    assert method.fast_path is False
+    method.fast_path = True
+    with method.plain_path() as same:
+        assert same is method and method.fast_path is False
+    assert method.fast_path is True
+    with pytest.raises(ConfigError, match="train.fast_path"):
+        resolved(tiny_config("train.fast_path=sometimes"))
+
+
+@pytest.mark.parametrize("name", ["mae", "simmim"])
+def test_both_paths_train_on_the_loss_forward_loss_defines(name):
+    method = _tiny_method(name)
+    batch = _batch(method)
+    fast = method(batch)["loss"]
+    with method.plain_path():
+        plain = method(batch)["loss"]
+    torch.testing.assert_close(fast, plain, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(plain, _plain_loss(method, batch), rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["mae", "simmim"])
+def test_an_edited_forward_loss_is_the_loss_that_trains(name):
+    """A researcher who changes forward_loss changes training: the fast path, which computes the original loss
+    fused, steps aside for a subclass that replaces it."""
+    method = _tiny_method(name)
+    batch = _batch(method)
+    original = method(batch)["loss"]
+    base = type(method)
+
+    class Edited(base):
+        def forward_loss(self, imgs, pred, mask):
+            return 3.0 * base.forward_loss(self, imgs, pred, mask) + 1.0
+
+    method.__class__ = Edited
+    assert method.fast_path  # the switch is on, yet the edited loss trains
+    torch.testing.assert_close(method(batch)["loss"], 3.0 * original + 1.0, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(method(batch)["loss"], _plain_loss(method, batch))
+
+
+def test_a_simmim_head_the_fast_path_does_not_assume_trains_as_written():
+    """The fast path runs SimMIM's head as the linear layer a 1x1 conv is; any other head gets the plain code."""
+    from mimkit.methods.simmim import is_linear_pixel_head
+
+    method = _tiny_method("simmim")
+    assert is_linear_pixel_head(method.decoder)
+    conv = method.decoder[0]
+    torch.manual_seed(3)
+    method.decoder = torch.nn.Sequential(torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1),
+                                         torch.nn.PixelShuffle(method.patch))
+    assert not is_linear_pixel_head(method.decoder)
+    batch = _batch(method)
+    torch.testing.assert_close(method(batch)["loss"], _plain_loss(method, batch))
+    for changed in (torch.nn.Sequential(conv), torch.nn.Sequential(torch.nn.Conv2d(conv.in_channels,
+                                                                                    conv.out_channels, 1, bias=False,
+                                                                                    groups=1, stride=2),
+                                                                    torch.nn.PixelShuffle(method.patch))):
+        assert not is_linear_pixel_head(changed)

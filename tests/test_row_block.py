@@ -107,7 +107,7 @@ def test_a_hooked_or_foreign_last_block_runs_whole_and_is_then_gathered():
 
 
 def _loss_and_grads(method, batch, rows_only: bool, runner=None) -> tuple[float, dict[str, torch.Tensor]]:
-    method.loss_rows_only = rows_only
+    method.fast_path = rows_only
     method.zero_grad()
     torch.manual_seed(1)  # drop path draws the same numbers in both computations
     loss = (method if runner is None else runner)(batch)["loss"]
@@ -128,9 +128,9 @@ def _step_flops(method, batch) -> int:
 
 
 def _assert_same(method, batch, runner=None) -> None:
-    method.loss_rows_only = True
+    method.fast_path = True
     partial_flops = _step_flops(method, batch)
-    method.loss_rows_only = False
+    method.fast_path = False
     assert partial_flops < _step_flops(method, batch)  # the switch really changes the computation
     full_loss, full = _loss_and_grads(method, batch, rows_only=False, runner=runner)
     loss, grads = _loss_and_grads(method, batch, rows_only=True, runner=runner)
@@ -269,7 +269,7 @@ def test_class_token_methods_train_as_with_the_whole_encoder(extra):
              "targets": torch.rand(4, 4)}
     results = []
     for rows_only in (True, False):
-        method.loss_rows_only = rows_only
+        method.fast_path = rows_only
         method.zero_grad()
         torch.manual_seed(1)
         loss = method(batch)["loss"]

@@ -147,6 +147,10 @@ class TrainConfig:
     # graphs, max-autotune, max-autotune-no-cudagraphs)
     compile: bool | str = False
     grad_checkpointing: bool = False  # recompute block activations in backward: less memory, ~1/3 more compute
+    # the training step's speed-ups (docs/performance.md, "The fast path"): the last block only where the loss reads
+    # it, MAE's visible-patch embedding, the fused pixel losses. Same loss and gradients; false runs every method's
+    # plain code (forward_mim / forward_loss), e.g. to check a change against it
+    fast_path: bool = True
     eval_every: int = 100
     eval_samples: int = 512  # size of the fixed held-out and fixed train subsets
     eval_batch_size: int = 256

@@ -81,7 +81,7 @@ class Row:
     kind: str = "mimkit"
     spread: list[float] = field(default_factory=list)  # slowest and fastest pass (img/s) when timed in rounds
     # FLOPs of the model as the references compute it. Less is executed where mimkit skips work the loss does not
-    # read (the last block at the tokens nothing reads, Method.loss_rows_only); MFU counts only what is executed.
+    # read (the last block at the tokens nothing reads: Method.fast_path); MFU counts only what is executed.
     model_flops_per_img: float | None = None
     # where a profiled step's time goes, per kind of work (mimkit.bench.breakdown.Breakdown.as_dict)
     breakdown: dict[str, Any] | None = None
@@ -224,10 +224,9 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
 
     flops, by_kind = count()
     model_flops = flops
-    if getattr(method, "loss_rows_only", False):  # the same model's FLOPs with the last block at every token
-        method.loss_rows_only = False
-        model_flops = count()[0]
-        method.loss_rows_only = True
+    if method.fast_path:  # the same model's FLOPs on the plain path (the last block at every token)
+        with method.plain_path():
+            model_flops = count()[0]
     engine = Engine(cfg, run_dir, method, env, stream, {})
     counter = {"step": 0}
 

@@ -24,7 +24,13 @@ def build_mask_generator(cfg: Any) -> MaskGenerator:
 
 
 def build_method(cfg: Any) -> Method:
-    """A fresh Method for a resolved config (see config.resolved)."""
+    """A fresh Method for a resolved config (see config.resolved), on the fast path unless train.fast_path=false."""
+    method = _build(cfg)
+    method.fast_path = cfg.train.fast_path
+    return method
+
+
+def _build(cfg: Any) -> Method:
     if cfg.method.name == "supervised":
         if cfg.model.num_classes is None:
             raise ValueError("model.num_classes is unknown: build the data first (it sets it) or set it")

@@ -1,7 +1,8 @@
 """The Method side of the Method + Engine seam: an nn.Module whose forward turns a batch into {'loss': ..., ...}."""
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from typing import Any, Iterator
 
 import torch
 from torch import nn
@@ -24,15 +25,31 @@ class Method(nn.Module):
 
     name: str = "method"
     encoder: nn.Module
-    # The forward pass (training and evaluation) computes the last block only where the loss reads it: MAE's and
-    # SimMIM's masked tokens, a class-token-pooled encoder's class token (models/row_block.py). False runs every
-    # block at every token, as the reference code does (bench and sweeps set it to count the model's FLOPs).
-    loss_rows_only: bool = True
+    # `train.fast_path`: the forward pass (training and evaluation) takes the speed-ups that give the same loss and
+    # gradients: the last block only where the loss reads it (MAE's and SimMIM's masked tokens, a class-token-pooled
+    # encoder's class token; models/row_block.py), MAE's visible-patch embedding, the fused pixel losses. False runs
+    # the plain code, as the reference implementations do (see plain_path). A method falls back to its plain code
+    # by itself where a subclass has replaced what the fast path computes for it (see overrides).
+    fast_path: bool = True
+
+    @contextlib.contextmanager
+    def plain_path(self) -> Iterator["Method"]:
+        """The plain code for the duration, e.g. to count the model's FLOPs as the papers count compute."""
+        saved, self.fast_path = self.fast_path, False
+        try:
+            yield self
+        finally:
+            self.fast_path = saved
+
+    def overrides(self, base: type, *names: str) -> bool:
+        """Whether this object's class replaces any of `base`'s methods `names`: the fast path computes what those
+        methods define, so a subclass that changes one of them must get the plain code, which calls it."""
+        return any(getattr(type(self), name) is not getattr(base, name) for name in names)
 
     def pooled(self, encoder: nn.Module, images: torch.Tensor) -> torch.Tensor:
         """`encoder(images)`, with the last block at the class token only when that is all the encoder's pooled
-        output reads (see loss_rows_only)."""
-        return class_token_forward(encoder, images) if self.loss_rows_only else encoder(images)
+        output reads (see fast_path)."""
+        return class_token_forward(encoder, images) if self.fast_path else encoder(images)
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -147,9 +147,12 @@ class MAE(Method):
         return (per_patch * mask).sum() / mask.sum()
 
     def training_loss(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """`forward_mim(imgs, noise).loss`, embedding the visible patches only and computing the decoder's tail at
-        the masked patches only (all of it when a hook on the decoder's norm or head expects every token)."""
-        if not self.loss_rows_only or hooked(self.decoder_norm, self.decoder_pred):
+        """`forward_mim(imgs, noise).loss`, the loss `forward_loss` defines. With `fast_path`: the visible patches
+        alone embedded, the decoder's tail at the masked patches only and the loss fused (methods/pixel_losses.py),
+        which gives the same number; the plain code runs instead when a subclass replaces forward_loss or the
+        target, or a hook on the decoder's norm or head expects every token."""
+        if (not self.fast_path or self.overrides(MAE, "forward_loss", "target_patches", "patchify")
+                or hooked(self.decoder_norm, self.decoder_pred)):
             return self.forward_mim(imgs, noise).loss
         latent, mask, ids_restore = self.forward_encoder(imgs, noise, visible_only=True)
         rows = masked_rows(mask.bool(), self.mask_generator.num_masked)

@@ -24,6 +24,17 @@ def linear_pixel_head(dim: int, patch: int, chans: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(dim, patch**2 * chans, kernel_size=1), nn.PixelShuffle(patch))
 
 
+def is_linear_pixel_head(head: nn.Module) -> bool:
+    """Whether `head` is exactly linear_pixel_head's 1x1 conv + pixel shuffle, which the fast path runs as a linear
+    layer on the masked tokens."""
+    if not (isinstance(head, nn.Sequential) and len(head) == 2 and type(head[1]) is nn.PixelShuffle):
+        return False
+    conv = head[0]
+    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
+            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
+            and conv.padding_mode == "zeros")
+
+
 def masked_pixel_l1(imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, patch: int, grid: tuple[int, int],
                     chans: int) -> torch.Tensor:
     """L1 over masked pixels, averaged per masked pixel and channel."""
@@ -70,12 +81,15 @@ class SimMIM(Method):
         return MIMOutput(self.forward_loss(imgs, rec, mask), rec, mask.bool())
 
     def training_loss(self, imgs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """`forward_mim(imgs, mask).loss`, with a ViT's last block and the head at the masked patches only (all of
-        it for SwinV2, or when a hook on the final norm or the head expects every token). The mask must have
+        """`forward_mim(imgs, mask).loss`, the loss `forward_loss` defines. With `fast_path`, a ViT's last block and
+        the head run at the masked patches only, the head as the linear layer it is; the plain code runs instead for
+        SwinV2, for a head other than `linear_pixel_head`'s, when a subclass replaces forward_loss or
+        forward_encoder, or when a hook on the final norm or the head expects every token. The mask must have
         `mask_generator.num_masked` masked patches per image, as the generator's masks do: that count is not
         checked, because checking it would wait for the device."""
         enc = self.encoder
-        if not self.loss_rows_only or is_swin_encoder(enc) or hooked(enc.norm, self.decoder):
+        if (not self.fast_path or is_swin_encoder(enc) or not is_linear_pixel_head(self.decoder)
+                or self.overrides(SimMIM, "forward_loss", "forward_encoder") or hooked(enc.norm, self.decoder)):
             return self.forward_mim(imgs, mask).loss
         mask = mask.to(imgs.device)
         rows = masked_rows(mask, self.mask_generator.num_masked)

@@ -36,13 +36,13 @@ def _flops_cached(config_text: str) -> float:
     cfg = config_from_dict(yaml.safe_load(config_text))  # defaults for the rest (seed, train) do not change FLOPs
     torch.manual_seed(0)
     method = build_method(cfg).train()
-    method.loss_rows_only = False  # the model's FLOPs, as the papers count compute, not the ones mimkit skips
     d = cfg.data
     images = torch.randn(2, d.in_chans, d.img_size, d.img_size)
     batch = {"images": images, "keys": sample_keys(torch.arange(2), 0), "labels": torch.zeros(2, dtype=torch.long)}
     if cfg.method.name == "mocov3":
         batch["images2"] = images.flip(-1)
-    return count_flops(lambda: method(batch)["loss"].backward()) / 2
+    with method.plain_path():  # the model's FLOPs, as the papers count compute, not the ones mimkit skips
+        return count_flops(lambda: method(batch)["loss"].backward()) / 2
 
 
 def encoder_params(cfg: Config) -> int:

@@ -8,7 +8,8 @@
 #   tests     the GPU-marked tests; TESTS_LIMIT (default 150 s)
 #   pipeline  MAE ViT-B/16 fed from JPEG tar shards through mimkit's own input pipeline (WebDataset, JPEGs decoded
 #             by nvjpeg: data.decode=device) next to the same step on batches already on the device
-#             (`mimkit bench pretrain --pipeline`), compiled (PIPE_COMPILE, default true); PIPELINE_LIMIT (150 s)
+#             (`mimkit bench pretrain --pipeline`), compiled (PIPE_COMPILE, default true), both profiled for where
+#             the time goes (PIPE_BREAKDOWN steps, default 1); PIPELINE_LIMIT (150 s)
 #   graphs    the same MAE step with CUDA graphs (train.compile=reduce-overhead) next to plain compile;
 #             GRAPHS_LIMIT (180 s)
 #   parts     fused losses, visible-patch embedding and row gathers against the plain code
@@ -69,7 +70,7 @@ if has pipeline; then
   {
     $PY -m mimkit shards --data synthetic --count $SHARD_COUNT --per-shard ${PER_SHARD:-256} --image-size 500x375 --out "$SHARDS"
     timeout ${PIPELINE_LIMIT:-150} bash -c "$(declare -f mae_bench); PY=$PY DEV=$DEV BATCH=$BATCH STEPS=$STEPS \
-      mae_bench --pipeline --breakdown-steps 0 --set train.compile=${PIPE_COMPILE:-true} --set data.name=webdataset \
+      mae_bench --pipeline --breakdown-steps ${PIPE_BREAKDOWN:-1} --set train.compile=${PIPE_COMPILE:-true} --set data.name=webdataset \
       --set data.root=$SHARDS --set data.decode=${DECODE:-device} $PIPE_SETS --out $OUT/bench-pipeline.json"
   } 2>&1 | grep -v Warning | tail -n 40 | tee "$OUT/bench-pipeline.txt"
   rm -rf "$SHARDS"

@@ -29,7 +29,7 @@ from mimkit.bench.timing import sync, time_steps
 from mimkit.config import COMPILE_MODES, Config, ConfigError, load_config, resolved
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
-from mimkit.engine.host_malloc import tune_host_malloc
+from mimkit.engine.host_malloc import host_malloc_state
 from mimkit.engine.trainer import Engine, compile_model, resolve_precision
 
 GROUPS = ("mae", "simmim", "distill", "finetune", "memory")
@@ -401,8 +401,9 @@ def _release(device: torch.device) -> None:
 # ----------------------------------------------------------------------------------------------- the suite
 def suite_cases(preset: str, group: str, device: torch.device, compile_rows: bool, run_dir: Path,
                 batch: int | None = None, compile_modes: tuple[str, ...] = ()) -> tuple[int, list[Case]]:
-    """(batch, cases) of one workload: mimkit's rows first (one more per inductor mode in `compile_modes` for MAE
-    and SimMIM, e.g. reduce-overhead = CUDA graphs), then the references."""
+    """(batch, cases) of one workload: the eager rows (mimkit's, then the references), then the compiled ones (one
+    more per inductor mode in `compile_modes` for MAE and SimMIM, e.g. reduce-overhead = CUDA graphs), the input
+    pipeline row last."""
     cfg, teacher_cfg = group_config(preset, group, device.type, batch)
     teacher = build_teacher(teacher_cfg, device) if teacher_cfg is not None else None
     note = f"teacher {teacher_cfg.model.name} (frozen, random), qk+vv" if teacher_cfg is not None else ""
@@ -480,7 +481,7 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     if unknown:
         raise ConfigError(f"unknown bench group(s) {sorted(unknown)}: choose from {', '.join(GROUPS)}")
     compile_rows = dev.type == "cuda" if compile_rows is None else compile_rows
-    host_malloc = tune_host_malloc()  # as in training, for every row alike
+    host_malloc = host_malloc_state()  # set by the CLI for every row alike ('default' from the Python API)
     rounds = rounds or (1 if dev.type == "cuda" else 5)
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):

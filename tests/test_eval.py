@@ -98,6 +98,9 @@ def test_supervised_baseline_trains_from_scratch_with_mixup_and_randaug(tmp_path
     assert results["init"] == "random initialisation" and math.isfinite(results["final_heldout_loss"])
     records = [json.loads(line) for line in (tmp_path / "sup/metrics.jsonl").read_text().splitlines()]
     assert any("top1" in r for r in records if r.get("split") == "heldout")
+    assert not (tmp_path / "sup/figures/reconstructions.png").exists()  # Method.reconstructs is False
+    bad = run_cli("reconstruct", str(tmp_path / "sup"))
+    assert bad.returncode == 2 and "does not reconstruct" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_randaugment_is_keyed_per_image():

@@ -57,8 +57,12 @@ def test_tuned_process_reuses_freed_pages():
     # glibc's defaults: the activations land on fresh pages in many rounds (measured: 7-20 of 20, ~2,000-5,000
     # faults a round on average)
     assert sum(f > 0 for f in default["faults"]) >= 5 and sum(default["faults"]) >= 300 * 20, default
-    # tuned: the same pages every round; the heap may still grow once in a while
-    assert sum(f > 0 for f in tuned["faults"]) <= 3, tuned
+    # tuned: the same pages every round; the heap may still grow once in a while. A round's activations span up to
+    # 3,072 pages; rounds with a handful of stray faults (the interpreter's own heap, a thread's stack: 1 fault
+    # seen in 1-4 rounds of 20 on this machine, with or without tuning) are not the activations, so only rounds
+    # that fault in more than 256 pages (1 MiB) count
+    assert sum(f > 256 for f in tuned["faults"]) <= 3, tuned
+    assert sum(f > 256 for f in default["faults"]) >= 5, default  # the same measure separates the two
 
 
 def test_off_switch_and_answer_is_remembered(monkeypatch):
@@ -82,3 +86,28 @@ def test_not_linux_is_a_no_op(monkeypatch):
     monkeypatch.delenv("MIMKIT_HOST_MALLOC", raising=False)
     monkeypatch.setattr(host_malloc.sys, "platform", "darwin")
     assert host_malloc.tune_host_malloc() == "not glibc"
+
+
+def test_only_the_cli_tunes_the_process():
+    """Process-wide settings belong to the program, not the library: importing mimkit and building an Engine leaves
+    malloc alone; the CLI's entry tunes it, and the bench reports what it finds."""
+    code = textwrap.dedent("""
+        import json
+        from conftest import tiny_engine
+        from mimkit.engine import host_malloc
+        import tempfile, pathlib
+        tiny_engine(pathlib.Path(tempfile.mkdtemp()))
+        print(json.dumps(host_malloc.host_malloc_state()))
+    """)
+    tests_dir = os.path.dirname(__file__)
+    env = {k: v for k, v in os.environ.items() if k != "MIMKIT_HOST_MALLOC"}  # the default: tune
+    env["PYTHONPATH"] = os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == "default"
+    code = "import json, io, contextlib\nfrom mimkit.cli import main\nfrom mimkit.engine import host_malloc\n" \
+           "with contextlib.redirect_stdout(io.StringIO()):\n    main(['recipes'])\n" \
+           "print(json.dumps(host_malloc.host_malloc_state()))"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
+                         check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ("tuned" if GLIBC else "not glibc")

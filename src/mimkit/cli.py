@@ -189,10 +189,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     from mimkit.api import load
     from mimkit.data.datasets import build_data
+    from mimkit.errors import ConfigError
     from mimkit.viz.reconstructions import reconstruction_figure
 
     method = load(args.run, device="cuda" if torch.cuda.is_available() else "cpu")
     cfg = method.config
+    if not method.reconstructs:
+        raise ConfigError(f"{args.run} was trained with method.name={cfg.method.name}, which does not reconstruct "
+                          "images: reconstructions need an MAE or SimMIM run")
     data = build_data(cfg)
     out = args.out or Path(args.run) / "figures" / "reconstructions.png"
     path = reconstruction_figure(method, data.train, data.heldout, cfg, out, n=args.n,

@@ -5,6 +5,7 @@ import argparse
 import sys
 
 from mimkit.config import load_config
+from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.engine.metrics import read_metrics
 from mimkit.errors import UserError
 from mimkit.pretrain import pretrain
@@ -15,6 +16,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/demo-mae-fmnist")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
+    tune_host_malloc()  # a program entry, like the CLI: process-wide settings are set here, not by the library
     try:
         cfg = load_config("mae_fmnist_tiny", ["device=cpu", *args.set])
         results = pretrain(cfg, args.out)

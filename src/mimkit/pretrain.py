@@ -184,7 +184,7 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
 
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
         results["loss_curve"] = str(plot_loss_curves(run_dir))
-        if cfg.train.reconstruct and hasattr(method, "reconstruct"):  # MIM methods only
+        if cfg.train.reconstruct and method.reconstructs:  # MIM methods only
             from mimkit.viz.reconstructions import reconstruction_figure
 
             results["reconstructions"] = str(reconstruction_figure(

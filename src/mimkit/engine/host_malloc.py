@@ -8,7 +8,9 @@ kernel faults in and zeroes each 4 KiB page on first touch. A tiny-preset MAE st
 training loop reuse the same pages every step.
 
 Process-wide and glibc only: a no-op elsewhere (macOS, musl), and off with MIMKIT_HOST_MALLOC=0. The cost is that
-the process keeps its peak heap until it exits, which is what a training loop reuses anyway.
+the process keeps its peak heap until it exits, which is what a training loop reuses anyway. Being process-wide, it
+is the CLI's to set (`mimkit.cli.main`), never a library call's: a Python program that trains through the API calls
+tune_host_malloc() itself if it wants it.
 """
 from __future__ import annotations
 
@@ -36,6 +38,11 @@ def tune_host_malloc() -> str:
     if _state is None:
         _state = _apply()
     return _state
+
+
+def host_malloc_state() -> str:
+    """What tune_host_malloc did in this process, without doing it: its answer, or 'default' (never called)."""
+    return _state or "default"
 
 
 def _apply() -> str:

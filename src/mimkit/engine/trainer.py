@@ -13,7 +13,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -23,9 +23,11 @@ from torch.nn.parallel import DistributedDataParallel
 from mimkit.compat import fused_step, fused_step_divides_gradients
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.distributed import DistEnv, all_ranks_true, all_reduce_sum, barrier, broadcast_flag
-from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.engine.metrics import MetricsLogger, Progress, read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
+
+if TYPE_CHECKING:  # the Engine knows the Method interface, not any method
+    from mimkit.methods.base import Method
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,11 +78,10 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class Engine:
-    def __init__(self, cfg: Any, run_dir: Path, method: nn.Module, env: DistEnv, stream: Any,
+    def __init__(self, cfg: Any, run_dir: Path, method: Method, env: DistEnv, stream: Any,
                  evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
                  best_metric: tuple[str, str, str] = ("heldout", "loss", "min")):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream
-        tune_host_malloc()  # reuse freed host memory: no page faults on every step's tensors
         self.t = cfg.train
         self.method = method.to(env.device)
         self.evaluators = evaluators
@@ -101,8 +102,7 @@ class Engine:
         if env.enabled:
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.model = DistributedDataParallel(  # distillation may leave the student's last parts unused
-                self.method, device_ids=ids, find_unused_parameters=getattr(self.method, "find_unused_parameters",
-                                                                            False))
+                self.method, device_ids=ids, find_unused_parameters=self.method.find_unused_parameters)
         self.forward_model = compile_model(self.model, self.t.compile, env.device)
         self.logger = MetricsLogger(run_dir, env.is_main, tensorboard=self.t.tensorboard)
         self.start_step = 0
@@ -344,9 +344,7 @@ class Engine:
             skip_if_nonfinite_step(self.optimizer, finite, clip_scale)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
-        hook = getattr(self.method, "after_optimizer_step", None)
-        if hook is not None:  # e.g. MoCo v3's momentum-encoder update
-            hook(step, self.t.steps)
+        self.method.after_optimizer_step(step, self.t.steps)  # e.g. MoCo v3's momentum-encoder update
         with warnings.catch_warnings():  # a skipped first step makes torch warn about the call order
             warnings.simplefilter("ignore", UserWarning)
             self.scheduler.step()

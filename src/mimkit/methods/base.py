@@ -21,10 +21,14 @@ def no_weight_decay(name: str, param: torch.Tensor) -> bool:
 
 
 class Method(nn.Module):
-    """An objective over a timm encoder. The Engine only calls `forward(batch)` and `param_groups`."""
+    """An objective over a timm encoder. The Engine calls `forward(batch)`, `param_groups` and the hooks below,
+    which do nothing unless a method overrides them."""
 
     name: str = "method"
     encoder: nn.Module
+    # DDP's find_unused_parameters: true for an objective whose loss leaves some parameters without a gradient
+    # in a step (TinyMIM's relation-only targets never reach the student's later blocks)
+    find_unused_parameters: bool = False
     # `train.fast_path`: the forward pass (training and evaluation) takes the speed-ups that give the same loss and
     # gradients: the last block only where the loss reads it (MAE's and SimMIM's masked tokens, a class-token-pooled
     # encoder's class token; models/row_block.py), MAE's visible-patch embedding, the fused pixel losses. False runs
@@ -53,6 +57,19 @@ class Method(nn.Module):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def after_optimizer_step(self, step: int, total_steps: int) -> None:
+        """Called by the Engine after every optimizer step (MoCo v3 updates its momentum encoder here)."""
+
+    def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:
+        """Masked inputs and their reconstructions for the figure (MIM methods): {'original', 'masked',
+        'reconstruction', 'pixel_mask'}, the masks keyed by sample id and epoch as in training."""
+        raise NotImplementedError(f"{type(self).__name__} does not reconstruct images")
+
+    @property
+    def reconstructs(self) -> bool:
+        """Whether this method draws reconstructions (it overrides `reconstruct`)."""
+        return type(self).reconstruct is not Method.reconstruct
 
     def param_groups(self, weight_decay: float) -> list[dict[str, Any]]:
         """Two AdamW groups: decayed weight matrices, and undecayed biases / norms / tokens / position embeddings."""

@@ -793,3 +793,24 @@ def test_download_verifies_checksums_and_never_leaves_bad_files(tmp_path, monkey
         fm.download(tmp_path / "bad", mirror=mirror.as_uri() + "/")
     assert not (tmp_path / "bad" / "t10k-images-idx3-ubyte.gz").exists()
     assert not list((tmp_path / "bad").glob("*.part"))
+
+
+def test_every_stream_is_a_stream(tmp_path):
+    """The Engine's one data interface (mimkit.data.stream.Stream): the in-memory stream, the tar-shard stream and
+    the bench's fixed batches all provide get, epoch_of and close."""
+    import inspect
+
+    from mimkit.bench.suite import FixedBatchStream
+    from mimkit.data.loader import TrainStream
+    from mimkit.data.stream import Stream
+    from mimkit.data.webdataset import ShardStream
+
+    for cls in (TrainStream, ShardStream, FixedBatchStream):
+        for name in ("get", "epoch_of", "close"):
+            assert callable(getattr(cls, name, None)), (cls, name)
+        assert list(inspect.signature(cls.get).parameters) == ["self", "step", "micro"], cls
+    from conftest import tiny_config
+
+    fixed = FixedBatchStream(resolved(tiny_config()), torch.device("cpu"))
+    assert isinstance(fixed, Stream) and fixed.get(1, 0)["images"].shape[0] == 16
+    assert not isinstance(object(), Stream)

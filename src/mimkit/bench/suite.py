@@ -27,6 +27,7 @@ from mimkit.bench.breakdown import KIND_NOTES, KINDS, Breakdown, flops_by_kind, 
 from mimkit.bench.flops import count_flops_by_op, matmul_peak_flops
 from mimkit.bench.timing import sync, time_steps
 from mimkit.config import COMPILE_MODES, Config, ConfigError, load_config, resolved
+from mimkit.data.stream import Stream
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 from mimkit.engine.host_malloc import host_malloc_state
@@ -172,6 +173,9 @@ class FixedBatchStream:
     def epoch_of(self, step: int) -> int:
         return 0
 
+    def close(self) -> None:
+        """Nothing to stop: one tensor on the device."""
+
 
 def _flops_per_image(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
                      labels: torch.Tensor, params: list[nn.Parameter]) -> tuple[float, dict[str, float]]:
@@ -183,7 +187,7 @@ def _flops_per_image(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     return sum(by_op.values()) / n, {k: v / n for k, v in flops_by_kind(by_op).items()}
 
 
-def pipeline_stream(cfg: Config, env: DistEnv) -> Any:
+def pipeline_stream(cfg: Config, env: DistEnv) -> Stream:
     """The TrainStream `mimkit pretrain` would train from (synthetic uint8 images at data.decode_size)."""
     from mimkit.data.datasets import build_data
     from mimkit.pretrain import build_stream

@@ -27,6 +27,7 @@ from mimkit.engine.metrics import MetricsLogger, Progress, read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
 
 if TYPE_CHECKING:  # the Engine knows the Method interface, not any method
+    from mimkit.data.stream import Stream
     from mimkit.methods.base import Method
 
 
@@ -78,7 +79,7 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class Engine:
-    def __init__(self, cfg: Any, run_dir: Path, method: Method, env: DistEnv, stream: Any,
+    def __init__(self, cfg: Any, run_dir: Path, method: Method, env: DistEnv, stream: Stream,
                  evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
                  best_metric: tuple[str, str, str] = ("heldout", "loss", "min")):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream

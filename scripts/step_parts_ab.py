@@ -1,9 +1,9 @@
 """A/B timing of two parts of MAE's and SimMIM's training step in isolation, forward and backward, at the tiny
 preset's and ViT-B/16's shapes, in interleaved passes on this machine:
 
-- loss: the fused pixel losses (`mimkit.methods.pixel_losses`) against the plain tensor code they replace
+- loss: the fused pixel losses (`mimkit.fast.pixel_losses`) against the plain tensor code they replace
   (torch.var, a division, autograd), and against that plain code under torch.compile;
-- embed: MAE's patch embedding at the visible patches only (`mimkit.models.visible_embed`) against embedding
+- embed: MAE's patch embedding at the visible patches only (`mimkit.fast.visible_embed`) against embedding
   every patch and gathering the visible ones (the official code's and HuggingFace's order);
 - gather: index_select on the flattened batch (`index_select_rows`, what `gather_rows` runs on the CPU) against
   torch.gather with the index expanded over the channels (what it runs on CUDA), at the token gathers of MAE's
@@ -27,9 +27,9 @@ from timm.layers import PatchEmbed
 from torch import nn
 
 from mimkit.bench.timing import time_steps
-from mimkit.methods.pixel_losses import patch_l1, patch_mse
-from mimkit.models.row_block import gather_rows, index_select_rows
-from mimkit.models.visible_embed import embed_patches_at
+from mimkit.fast.pixel_losses import patch_l1, patch_mse
+from mimkit.fast.rows import gather_rows, index_select_rows
+from mimkit.fast.visible_embed import embed_patches_at
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

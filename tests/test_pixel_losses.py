@@ -6,7 +6,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from mimkit.methods.pixel_losses import norm_pix_target, patch_l1, patch_mean_var, patch_mse
+from mimkit.fast.pixel_losses import norm_pix_target, patch_l1, patch_mean_var, patch_mse
 
 
 def plain_mse(pred: torch.Tensor, patches: torch.Tensor, norm_pix: bool) -> torch.Tensor:

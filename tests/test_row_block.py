@@ -8,8 +8,7 @@ from timm.models.vision_transformer import Block
 
 from conftest import tiny_config
 from mimkit.config import resolved
-from mimkit.methods import build_method
-from mimkit.models.row_block import (
+from mimkit.fast.rows import (
     block_at_rows,
     class_token_forward,
     gather_rows,
@@ -18,6 +17,7 @@ from mimkit.models.row_block import (
     reads_class_token_only,
     runs_on_rows,
 )
+from mimkit.methods import build_method
 
 
 def _grads(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -8,9 +8,9 @@ from timm.layers import PatchEmbed
 from conftest import tiny_config
 from mimkit.bench.flops import count_flops
 from mimkit.config import resolved
+from mimkit.fast.rows import gather_rows
+from mimkit.fast.visible_embed import embed_patches_at, embeds_patches_alone
 from mimkit.methods import build_method
-from mimkit.models.row_block import gather_rows
-from mimkit.models.visible_embed import embed_patches_at, embeds_patches_alone
 
 
 class _Holder(torch.nn.Module):

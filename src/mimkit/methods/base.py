@@ -7,7 +7,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from mimkit.models.row_block import class_token_forward
+from mimkit.fast.rows import class_token_forward
 
 # Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms); SwinV2's
 # attention temperature and continuous position-bias MLP as in timm's no_weight_decay.
@@ -31,7 +31,7 @@ class Method(nn.Module):
     find_unused_parameters: bool = False
     # `train.fast_path`: the forward pass (training and evaluation) takes the speed-ups that give the same loss and
     # gradients: the last block only where the loss reads it (MAE's and SimMIM's masked tokens, a class-token-pooled
-    # encoder's class token; models/row_block.py), MAE's visible-patch embedding, the fused pixel losses. False runs
+    # encoder's class token; fast/rows.py), MAE's visible-patch embedding, the fused pixel losses. False runs
     # the plain code, as the reference implementations do (see plain_path). A method falls back to its plain code
     # by itself where a subclass has replaced what the fast path computes for it (see overrides).
     fast_path: bool = True

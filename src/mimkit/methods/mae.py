@@ -12,8 +12,10 @@ from torch import nn
 
 from mimkit.data.keyed_random import sample_keys
 from mimkit.data.masks import MaskGenerator
+from mimkit.fast.pixel_losses import norm_pix_target, patch_mean_var, patch_mse
+from mimkit.fast.rows import gather_rows, hooked, last_block_at_rows, masked_rows
+from mimkit.fast.visible_embed import embed_patches_at, embeds_patches_alone
 from mimkit.methods.base import Method
-from mimkit.methods.pixel_losses import norm_pix_target, patch_mean_var, patch_mse
 from mimkit.models.encoder import (
     checkpointed,
     grid_size,
@@ -26,8 +28,6 @@ from mimkit.models.encoder import (
     unpatchify,
 )
 from mimkit.models.pos_embed import sincos_2d
-from mimkit.models.row_block import gather_rows, hooked, last_block_at_rows, masked_rows
-from mimkit.models.visible_embed import embed_patches_at, embeds_patches_alone
 
 
 @dataclass
@@ -102,7 +102,7 @@ class MAE(Method):
     def forward_encoder(self, imgs: torch.Tensor, noise: torch.Tensor, visible_only: bool = False
                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent (B, 1 + L_keep, D), mask, ids_restore. `visible_only` embeds the visible patches alone (the
-        training fast path; `models/visible_embed.py`) where the patch embedding allows it."""
+        training fast path; `fast/visible_embed.py`) where the patch embedding allows it."""
         enc = self.encoder
         if visible_only and embeds_patches_alone(enc, imgs):
             ids_keep, mask, ids_restore = self.masking_indices(noise)
@@ -148,7 +148,7 @@ class MAE(Method):
 
     def training_loss(self, imgs: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """`forward_mim(imgs, noise).loss`, the loss `forward_loss` defines. With `fast_path`: the visible patches
-        alone embedded, the decoder's tail at the masked patches only and the loss fused (methods/pixel_losses.py),
+        alone embedded, the decoder's tail at the masked patches only and the loss fused (fast/pixel_losses.py),
         which gives the same number; the plain code runs instead when a subclass replaces forward_loss or the
         target, or a hook on the decoder's norm or head expects every token."""
         if (not self.fast_path or self.overrides(MAE, "forward_loss", "target_patches", "patchify")

@@ -14,8 +14,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from torch import nn
 
+from mimkit.fast.rows import gather_rows, hooked
 from mimkit.models.encoder import channel_major_patches
-from mimkit.models.row_block import gather_rows, hooked
 
 
 def embeds_patches_alone(vit: nn.Module, images: torch.Tensor) -> bool:

@@ -1,11 +1,10 @@
 """The pixel losses of MAE and SimMIM's training step, fused by hand: one saved tensor, one backward expression.
 
 Why: written as plain tensor code, MAE's normalised-pixel MSE runs about ten elementwise kernels forward and five
-backward, and torch's CPU `var` over a patch's few values is slow (1.7 ms for (128, 48, 16) patches, where `mean`
-takes 0.05 ms). Both losses only need the difference `pred - target` for their gradient, so one autograd Function
-keeps that difference and computes either gradient from it in one expression. Measured forward and backward on
-the 2-core CPU: 5.4-5.8x (tiny preset) and 4.5-4.8x (ViT-B/16 shapes) for MAE's loss, 1.2-1.7x for SimMIM's
-(scripts/step_parts_ab.py; docs/performance.md). The results equal the plain code's up to float rounding (tested).
+backward, and torch's CPU `var` over a patch's few values is far slower than a mean. Both losses only need the
+difference `pred - target` for their gradient, so one autograd Function keeps that difference and computes either
+gradient from it in one expression. What it gains, on the CPU and on a GPU, is in docs/performance.md ("The fast
+path"; scripts/step_parts_ab.py measures it). The results equal the plain code's up to float rounding (tested).
 """
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ import torch
 
 def _centred_var(patches: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each patch's mean, the patches minus it, and the unbiased variance, over the last dimension, in two passes:
-    torch.var's CPU kernel is ~30x slower than a mean over a short last dimension."""
+    torch.var's CPU kernel is much slower than a mean over a short last dimension."""
     mean = patches.mean(dim=-1, keepdim=True)
     centred = patches - mean
     return mean, centred, centred.square().sum(dim=-1, keepdim=True) / (patches.shape[-1] - 1)

@@ -50,12 +50,7 @@ def hooked(*modules: nn.Module) -> bool:
     """True when any part of `modules` has a forward or backward hook: a partial run would hide tokens from such a
     hook, or skip it (the partial block reads the qkv projection's weights and never calls that module). Global
     module hooks are not looked at: torch's FLOP counter sets them, and they see the partial run as it is."""
-    return any(own_hooks(m) for module in modules for m in module.modules())
-
-
-def own_hooks(module: nn.Module) -> bool:
-    """Hooks on `module` itself (not its parts): they fire only when the module is called."""
-    return has_own_hooks(module)
+    return any(has_own_hooks(m) for module in modules for m in module.modules())
 
 
 def runs_on_rows(block: nn.Module) -> bool:
@@ -114,7 +109,7 @@ def reads_class_token_only(vit: nn.Module) -> bool:
     model or its block sequence (not called here) or on its final norm and head (which would see one token)."""
     if type(vit) is not VisionTransformer or vit.global_pool != "token" or vit.cls_token is None:
         return False
-    if getattr(vit, "attn_pool", None) is not None or own_hooks(vit) or own_hooks(vit.blocks):
+    if getattr(vit, "attn_pool", None) is not None or has_own_hooks(vit) or has_own_hooks(vit.blocks):
         return False
     return not hooked(vit.norm, vit.fc_norm, vit.head_drop, vit.head)
 

@@ -18,10 +18,10 @@ from conftest import TINY, cli_error, run_cli, sets, tiny_config
 from mimkit.config import ConfigError, load_config, resolved
 from mimkit.data.keyed_random import STREAM_JITTER, keyed_uniform
 from mimkit.data.transforms import color_jitter
-from mimkit.distill.relations import relation_losses, split_heads
-from mimkit.distill.targets import parse_targets
-from mimkit.distill.vit_blocks import block_index
 from mimkit.methods import Distill, build_method
+from mimkit.methods.distill.relations import relation_losses, split_heads
+from mimkit.methods.distill.targets import parse_targets
+from mimkit.methods.distill.vit_blocks import block_index
 
 # The architecture of the tiny teacher (mim_vit_pico), as prepare_teacher records it.
 PICO = ["distill.teacher_embed_dim=96", "distill.teacher_num_heads=3", "distill.teacher_depth=6"]
@@ -43,7 +43,7 @@ def teacher(tmp_path_factory):
 @pytest.fixture(scope="module")
 def teacher_encoder(teacher):
     """The teacher run's encoder, frozen, as a distillation run loads it."""
-    from mimkit.distill.teacher import load_teacher, prepare_teacher
+    from mimkit.methods.distill.teacher import load_teacher, prepare_teacher
 
     cfg, source = prepare_teacher(resolved(tiny_config("method.name=distill", f"distill.teacher={teacher}")))
     return load_teacher(cfg, source, torch.device("cpu"))
@@ -90,7 +90,7 @@ def capture_relations(monkeypatch):
         calls.append([t.detach().clone() for t in tensors])
         return relation_losses(*tensors)
 
-    monkeypatch.setattr("mimkit.methods.distill.relation_losses", spy)
+    monkeypatch.setattr("mimkit.methods.distill.model.relation_losses", spy)
     return calls
 
 
@@ -387,7 +387,7 @@ def test_layer_zero_is_rejected():
 
 
 def test_prepare_teacher_records_the_teachers_architecture(teacher):
-    from mimkit.distill.teacher import prepare_teacher
+    from mimkit.methods.distill.teacher import prepare_teacher
 
     cfg, source = prepare_teacher(resolved(tiny_config("method.name=distill", f"distill.teacher={teacher}")))
     dis = cfg.distill
@@ -400,7 +400,7 @@ def test_prepare_teacher_records_the_teachers_architecture(teacher):
 
 
 def test_prepare_teacher_checks_the_teacher_layer_against_the_real_teacher(teacher):
-    from mimkit.distill.teacher import prepare_teacher
+    from mimkit.methods.distill.teacher import prepare_teacher
 
     with pytest.raises(ConfigError, match="distill.teacher_layer=7 is out of range for a model with 6 blocks"):
         prepare_teacher(resolved(tiny_config("method.name=distill", f"distill.teacher={teacher}",
@@ -421,7 +421,7 @@ def six_head_run(teacher, tmp_path_factory):
 
 
 def test_a_distilled_teacher_is_read_with_the_head_count_it_was_distilled_with(six_head_run):
-    from mimkit.distill.teacher import prepare_teacher
+    from mimkit.methods.distill.teacher import prepare_teacher
 
     base = ["method.name=distill", f"distill.teacher={six_head_run}"]
     cfg, _ = prepare_teacher(resolved(tiny_config(*base)))

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import cli_error, run_cli, tiny_config
+from conftest import TINY, cli_error, run_cli, tiny_config
 from mimkit.config import ConfigError, load_config
 from mimkit.scaling.analyze import analyze_table, find_overfitting, summary_lines
 from mimkit.scaling.fits import fit_power_law
@@ -573,13 +573,32 @@ def test_auto_form_keeps_the_pure_law_at_four_points_and_forced_saturating_fits_
 
 
 def test_a_stopping_sweep_starts_no_new_command(tmp_path):
+    from mimkit.scaling.grid import TrainStep
     from mimkit.scaling.runner import execute
 
     stop = tmp_path / ".stopping"
     log = tmp_path / "run.log"
-    assert execute([["recipes"]], str(log), stop_file=str(stop))["ok"]  # no stop file: the command runs
-    assert "$ mimkit recipes" in log.read_text()
+    step = TrainStep("pretrain", "mae_fmnist_tiny", tmp_path / "run", (*TINY, "train.steps=2"))
+    assert execute([step], str(log), stop_file=str(stop))["ok"]  # no stop file: the training runs
+    assert "$ mimkit pretrain --config mae_fmnist_tiny" in log.read_text()
+    assert (tmp_path / "run" / "results.json").is_file()
     stop.touch()
-    outcome = execute([["recipes"]], str(tmp_path / "second.log"), stop_file=str(stop))
+    outcome = execute([step], str(tmp_path / "second.log"), stop_file=str(stop))
     assert not outcome["ok"] and outcome["returncode"] == 143 and "sweep stopped" in outcome["failed"]
     assert not (tmp_path / "second.log").exists() or "$ mimkit" not in (tmp_path / "second.log").read_text()
+
+
+def test_a_sweep_step_reports_a_bad_config_in_one_line_and_stops_there(tmp_path):
+    """The runner calls the training API, not the CLI: a config error is still exit code 2 and one line in the
+    run's log, and the steps after it do not start."""
+    from mimkit.scaling.grid import TrainStep
+    from mimkit.scaling.runner import execute
+
+    bad = TrainStep("pretrain", "mae_fmnist_tiny", tmp_path / "bad", (*TINY, "train.steps=0"))
+    after = TrainStep("finetune", "finetune_fmnist_tiny", tmp_path / "ft", TINY, init=str(tmp_path / "bad"))
+    outcome = execute([bad, after], str(tmp_path / "run.log"))
+    assert not outcome["ok"] and outcome["returncode"] == 2
+    assert outcome["failed"].startswith("mimkit pretrain --config mae_fmnist_tiny --out")
+    text = (tmp_path / "run.log").read_text()
+    assert "mimkit: error: train.steps: 0 must be positive" in text and "Traceback" not in text
+    assert "$ mimkit finetune" not in text and not (tmp_path / "ft").exists()

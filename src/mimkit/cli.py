@@ -8,6 +8,7 @@ from pathlib import Path
 
 from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.errors import UserError
+from mimkit.outcome import training_exit_code
 
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
@@ -15,26 +16,8 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.pretrain import pretrain
 
     cfg = load_config(args.config, args.set)
-    return run_training(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
+    return training_exit_code(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
                         "resume with the same command")
-
-
-def run_training(train, resume_hint: str) -> int:
-    """Run a training callable and turn its outcome into an exit code: 0 (results printed as JSON), the signal's
-    code after a checkpointed interruption, 3 after too many non-finite steps."""
-    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
-
-    try:
-        results = train()
-    except Interrupted as stop:
-        print(f"mimkit: {stop}; {resume_hint}", file=sys.stderr)
-        return stop.exit_code
-    except NonFiniteLossError as err:
-        print(f"mimkit: {err}", file=sys.stderr)
-        return 3
-    if results:
-        print(json.dumps(results, indent=1))
-    return 0
 
 
 def data_overrides(data: str | None) -> list[str]:
@@ -127,13 +110,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if students is None:
         from mimkit.pretrain import pretrain
 
-        return run_training(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
+        return training_exit_code(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
                             "resume with the same command")
-    from mimkit.distill.chain import run_chain
+    from mimkit.methods.distill.chain import run_chain
 
     if args.resume and not Path(args.out, "chain.json").is_file():
         raise ConfigError(f"--resume: '{args.out}' has no chain.json to resume from")
-    return run_training(lambda: run_chain(cfg, students, args.out), "re-run the same command to resume the chain")
+    return training_exit_code(lambda: run_chain(cfg, students, args.out), "re-run the same command to resume the chain")
 
 
 def _first_comment(text: str) -> str:
@@ -158,6 +141,16 @@ def cmd_recipes(args: argparse.Namespace) -> int:
     for name in sweep_names():
         first = _first_comment((SWEEPS_DIR / f"{name}.yaml").read_text())
         print(f"{name:24s} {'sweep (mimkit sweep --config ' + name + ')':48s} {first}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from mimkit.methods import registry
+
+    for spec in registry.specs():
+        options = ", ".join(f"{f.name}={f.default}" for f in spec.option_fields())
+        print(f"{spec.name:11s} {spec.summary}" + (f"\n{'':11s} method.* options: {options}" if options else ""))
+    print("shared method.* keys: name, mask_ratio, mask_type, mask_patch_size (docs/guide.md, 'Add a method')")
     return 0
 
 
@@ -431,6 +424,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("recipes", help="list shipped recipes")
     p.set_defaults(func=cmd_recipes)
+    p = sub.add_parser("methods", help="list training methods (the registry) and their method.* options")
+    p.set_defaults(func=cmd_methods)
     p = sub.add_parser("models", help="list model presets")
     p.set_defaults(func=cmd_models)
 

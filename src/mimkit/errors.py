@@ -10,3 +10,15 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
     """A config problem the user can fix; the CLI prints it without a traceback and exits with code 2."""
+
+
+def check(cond: bool, message: str) -> None:
+    """Validation: raise ConfigError(message) unless `cond` holds."""
+    if not cond:
+        raise ConfigError(message)
+
+
+def one_of(key: str, value: object, choices: list) -> None:
+    """Validation: `value` of config key `key` must be one of `choices`."""
+    if value not in choices:
+        raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}")

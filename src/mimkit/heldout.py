@@ -85,3 +85,12 @@ class FixedMaskEvaluator(ShardedEvaluator):
 
     def summarize(self, sums: list[float]) -> dict[str, float]:
         return {"loss": sums[0] / max(sums[1], 1.0)}
+
+
+def loss_evaluators(cfg: Any, data: Any, env: DistEnv, autocast, two_views=None) -> tuple[dict[str, Any], tuple]:
+    """The pretraining objectives' evaluators: the fixed-mask loss on the held-out split and on a fixed train subset
+    (best = lowest held-out loss); `two_views` as in FixedMaskEvaluator."""
+    n = cfg.train.eval_samples
+    evaluators = {"heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast, two_views),
+                  "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast, two_views)}
+    return evaluators, ("heldout", "loss", "min")

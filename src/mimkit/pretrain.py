@@ -13,17 +13,15 @@ import torch
 from mimkit.config import Config, ConfigError, load_config, resolve_epochs, resolved, save_config
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.data.loader import TrainStream
-from mimkit.data.transforms import BatchAugment, RandAugmentBatch
+from mimkit.data.transforms import RandAugmentBatch, train_augment
 from mimkit.data.webdataset import ShardSet, ShardStream
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.checkpoint import CheckpointError
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
-from mimkit.eval.accuracy import AccuracyEvaluator
 from mimkit.eval.sources import Source, adopt_source, load_encoder_weights, resolve_source
-from mimkit.eval.task_eval import BEST_METRIC, TaskEvaluator
-from mimkit.heldout import FixedMaskEvaluator
-from mimkit.methods import build_method
+from mimkit.heldout import loss_evaluators
+from mimkit.methods import build_method, method_spec
 
 
 def versions() -> dict[str, str]:
@@ -32,22 +30,17 @@ def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "timm": timm.__version__, "python": platform.python_version()}
 
 
-def make_augment(cfg: Config) -> BatchAugment:
-    d = cfg.data
-    return BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)
-
-
 def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream | ShardStream:
     d, t = cfg.data, cfg.train
     if t.batch_size % (t.accum_steps * env.world_size):
         raise ValueError(f"train.batch_size {t.batch_size} must be divisible by train.accum_steps ({t.accum_steps})"
                          f" x processes ({env.world_size})")
-    augment = make_augment(cfg)
+    augment = train_augment(cfg)
     micro = t.batch_size // (t.accum_steps * env.world_size)
     pre = RandAugmentBatch(cfg.method.randaug, d.mean, d.num_workers) if cfg.method.randaug else None
     stream = ShardStream if isinstance(data.train, ShardSet) else TrainStream  # webdataset: streamed from shards
     return stream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
-                  pre_augment=pre, views=2 if cfg.method.name == "mocov3" else 1)
+                  pre_augment=pre, views=method_spec(cfg).views)
 
 
 def epoch_size(train: Any, world_size: int) -> int:
@@ -88,16 +81,17 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
     source = resolve_source(cfg.init, cfg)
     if source.kind != "scratch":
         cfg = adopt_source(cfg, source)
-    if cfg.method.name == "distill":
-        from mimkit.distill.teacher import prepare_teacher
+    if method_spec(cfg).needs_teacher:
+        from mimkit.methods.distill.teacher import prepare_teacher
 
         cfg, teacher = prepare_teacher(cfg)
         source = dataclasses.replace(source, teacher=teacher)
     data = load_data_once(cfg, env, log)
     if cfg.model.num_classes is None and data.classes:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(data.classes)))
-    if cfg.method.name == "supervised" and data.train.labels is None:
-        raise ConfigError(f"method.name=supervised needs labels: '{cfg.data.root}' is not a class-folder tree")
+    if method_spec(cfg).needs_labels and data.train.labels is None:
+        raise ConfigError(f"method.name={cfg.method.name} needs labels: '{cfg.data.root}' is not a class-folder "
+                          "tree")
     if cfg.train.epochs is not None:
         images = epoch_size(data.train, env.world_size)
         cfg = resolve_epochs(cfg, images)
@@ -107,23 +101,9 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
 
 
 def build_evaluators(cfg: Config, data: DataBundle, env: DistEnv, autocast) -> tuple[dict[str, Any], tuple]:
-    """MIM: fixed-mask loss on held-out and train subsets (best = lowest held-out loss); MoCo v3: the contrastive
-    loss between two fixed augmented views. Supervised: top-1/top-5 on the whole held-out split and on a fixed
-    train subset (best = highest held-out top-1)."""
-    n = cfg.train.eval_samples
-    if cfg.method.name == "task":
-        key, mode = BEST_METRIC[cfg.data.task]
-        evaluators = {"heldout": TaskEvaluator(data.heldout, n, cfg, env, autocast),
-                      "train_fixed": TaskEvaluator(data.train, n, cfg, env, autocast)}
-        return evaluators, ("heldout", key, mode)
-    if cfg.method.name == "supervised":
-        evaluators = {"heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
-                      "train_fixed": AccuracyEvaluator(data.train, n, cfg, env, autocast)}
-        return evaluators, ("heldout", "top1", "max")
-    views = make_augment(cfg) if cfg.method.name == "mocov3" else None
-    evaluators = {"heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast, views),
-                  "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast, views)}
-    return evaluators, ("heldout", "loss", "min")
+    """The method's evaluators (its registry entry's; the held-out loss by default) and the metric that picks the
+    best checkpoint: (split, key, 'min' | 'max')."""
+    return (method_spec(cfg).evaluators or loss_evaluators)(cfg, data, env, autocast)
 
 
 def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False) -> dict[str, Any]:
@@ -147,15 +127,10 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
         loaded = load_encoder_weights(method.encoder, source.state, f"init '{cfg.init}'")
         log(f"[init] {source.description}; fresh: {', '.join(loaded['fresh']) or 'none'}; "
             f"unused: {', '.join(loaded['unused']) or 'none'}")
-    if cfg.method.name == "distill":
-        from mimkit.distill.teacher import load_teacher
+    if method_spec(cfg).needs_teacher:
+        from mimkit.methods.distill.teacher import attach_teacher
 
-        method.attach_teacher(load_teacher(cfg, source.teacher, torch.device("cpu")))
-        dis = cfg.distill
-        log(f"[distill] teacher {source.teacher.description}: {dis.teacher_depth} blocks x "
-            f"{dis.teacher_num_heads} heads, width {dis.teacher_embed_dim}; layer {method.t_index + 1} -> student "
-            f"layer {method.s_index + 1}; targets {dis.targets}; relations with {dis.relation_heads} heads "
-            f"({dis.head_match})")
+        attach_teacher(method, cfg, source.teacher, log)
     n_params = sum(p.numel() for p in method.encoder.parameters())
     log(f"[model] {cfg.method.name} on {cfg.model.name}: encoder {n_params / 1e6:.2f}M params, "
         f"{sum(p.numel() for p in method.parameters()) / 1e6:.2f}M total; device {env.device}, "

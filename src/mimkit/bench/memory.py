@@ -61,10 +61,10 @@ def run_memory_estimate(cfg, batch: int | None = None, probe_batch: int = 4) -> 
     """`mimkit bench memory`: the estimate for a config's method at `batch` (default train.batch_size per process)
     in the precision the config trains with on a GPU (train.precision; auto = bf16)."""
     from mimkit.config import ConfigError, resolved
-    from mimkit.methods import build_method
+    from mimkit.methods import build_method, method_spec
 
     cfg = resolved(cfg)
-    if cfg.method.name == "distill":
+    if method_spec(cfg).needs_teacher:
         raise ConfigError("bench memory: distillation needs its teacher; estimate the student as a finetune config")
     batch = batch or cfg.train.batch_size // cfg.train.accum_steps
     from mimkit.engine.trainer import resolve_precision

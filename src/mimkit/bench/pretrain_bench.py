@@ -19,6 +19,9 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import pick_device
 from mimkit.engine.trainer import resolve_precision
 
+# the methods `--compare hf` can time against HuggingFace: method.name -> the reference model's builder
+HF_REFERENCES = {"mae": hf_mae}
+
 
 def _entry(row, measured_peak: bool) -> dict[str, Any]:
     memory = row.peak_memory_gb * 1024 if row.peak_memory_gb is not None else None
@@ -40,8 +43,10 @@ def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: s
     if breakdown_steps < 0:
         raise ConfigError(f"--breakdown-steps must be 0 (no breakdown) or more, got {breakdown_steps}")
     cfg = resolved(cfg)
-    if compare == "hf" and cfg.method.name != "mae":
-        raise ConfigError("--compare hf times ViTMAEForPreTraining: use an MAE config (method.name=mae)")
+    hf_reference = HF_REFERENCES.get(cfg.method.name)
+    if compare == "hf" and hf_reference is None:
+        raise ConfigError(f"--compare hf times HuggingFace's model of {', '.join(HF_REFERENCES)}; method.name="
+                          f"{cfg.method.name} has none (use an MAE config)")
     device = pick_device(cfg.device)
     amp = resolve_precision(cfg.train.precision, device)
     batch = cfg.train.batch_size
@@ -62,7 +67,7 @@ def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: s
             cases.append(Case("pipeline", "pipeline", lambda: mimkit_case(cfg, device, cfg.train.compile, True,
                                                                           Path(tmp))))
         if compare == "hf":
-            cases.append(Case("hf", "reference", lambda: reference_case(hf_mae(cfg), cfg, device, False)))
+            cases.append(Case("hf", "reference", lambda: reference_case(hf_reference(cfg), cfg, device, False)))
         rows = time_group("pretrain", cases, batch, steps, warmup, 1, device, peak, breakdown_steps)
     for case, row in zip(cases, rows):
         results[case.impl] = _entry(row, bool(breakdown_steps) and case.profiled)

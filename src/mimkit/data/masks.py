@@ -109,3 +109,15 @@ def blockwise_mask(grid: int, num_masked: int, rng: random.Random, min_block: in
         pick = rng.sample(list(free), num_masked - count)
         mask.reshape(-1)[pick] = True
     return mask
+
+
+def default_mask_patch_size(img_size: int, patch_size: int) -> int:
+    """SimMIM masks 32-px cells at ImageNet sizes; small images get the largest multiple of the patch size that
+    divides the image and leaves at least a 4x4 grid of cells."""
+    if img_size % 32 == 0 and 32 % patch_size == 0 and img_size // 32 >= 4:
+        return 32
+    best = patch_size
+    for size in range(patch_size, img_size + 1, patch_size):
+        if img_size % size == 0 and img_size // size >= 4:
+            best = size
+    return best

@@ -254,3 +254,9 @@ def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: lis
     g = luminance(img)
     img = ((img - g) * factors[:, 2].view(-1, 1, 1, 1) + g).clamp(0, 1)
     return ((img - m) / s).to(x.dtype)
+
+
+def train_augment(cfg: Any) -> BatchAugment:
+    """The training crop, flip and normalisation of a resolved config (data.*)."""
+    d = cfg.data
+    return BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)

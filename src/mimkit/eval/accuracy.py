@@ -1,6 +1,8 @@
 """Top-1 / top-5 accuracy and cross-entropy of a classifier on a split (all ranks share the work)."""
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -34,3 +36,11 @@ class AccuracyEvaluator(ShardedEvaluator):
         loss, top1, top5, count = sums
         count = max(count, 1.0)
         return {"loss": loss / count, "top1": 100 * top1 / count, "top5": 100 * top5 / count}
+
+
+def accuracy_evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any], tuple]:
+    """Classification: top-1/top-5 on the whole held-out split and on a fixed train subset (best = highest
+    held-out top-1)."""
+    evaluators = {"heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
+                  "train_fixed": AccuracyEvaluator(data.train, cfg.train.eval_samples, cfg, env, autocast)}
+    return evaluators, ("heldout", "top1", "max")

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from mimkit.config import Config, ConfigError, resolved
+from mimkit.methods.registry import method_spec
 from mimkit.models.presets import resolve_model_spec
 from mimkit.models.swin import swin_arch
 
@@ -46,8 +47,7 @@ def _from_run(path: Path) -> Source:
     method = load(path)
     cfg = method.config
     arch = {k: getattr(cfg.model, k) for k in ARCH_KEYS}
-    if cfg.method.name == "supervised":
-        arch["global_pool"] = cfg.model.global_pool
+    arch.update({key: getattr(cfg.model, key) for key in method_spec(cfg).adopts})  # e.g. a classifier's pooling
     return Source("run", f"{cfg.method.name} run {path}", _without_head(method.encoder_state_dict()), arch,
                   {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans})
 

@@ -45,3 +45,12 @@ class TaskEvaluator:
             metrics["top1"] = 100 * float((pred["logits"].argmax(1) == self.data.labels).float().mean())
             metrics["ap50"] = detection_ap50(pred["boxes"], self.data.targets, pred["logits"], self.data.labels)
         return metrics
+
+
+def task_evaluators(cfg: Any, data: Any, env: DistEnv, autocast) -> tuple[dict[str, Any], tuple]:
+    """The geometric tasks: their metrics on the held-out split and a fixed train subset (best per BEST_METRIC)."""
+    key, mode = BEST_METRIC[cfg.data.task]
+    n = cfg.train.eval_samples
+    evaluators = {"heldout": TaskEvaluator(data.heldout, n, cfg, env, autocast),
+                  "train_fixed": TaskEvaluator(data.train, n, cfg, env, autocast)}
+    return evaluators, ("heldout", key, mode)

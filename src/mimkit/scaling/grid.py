@@ -34,6 +34,28 @@ class AxisValue:
     overrides: tuple[tuple[str, Any], ...]
 
 
+@dataclass(frozen=True)
+class TrainStep:
+    """One training of a sweep run, as data: the runner runs it in process through mimkit's training API; `argv`
+    is the same training as the `mimkit` command line a user could type (logs, --dry-run)."""
+
+    command: str  # pretrain | finetune (supervised training from `init`)
+    config: str  # recipe, YAML file or run directory
+    out: Path
+    overrides: tuple[str, ...]
+    init: str | None = None  # finetune: the pretrained run
+
+    def argv(self) -> list[str]:
+        start = ["--init", self.init] if self.init is not None else []
+        return [self.command, *start, "--config", self.config, "--out", str(self.out), *_set_flags(self.overrides)]
+
+    def config_overrides(self) -> list[str]:
+        """The overrides `mimkit COMMAND` applies: a fine-tune is supervised training started from `init`."""
+        if self.command == "finetune":
+            return [f"init={self.init}", "method.name=supervised", *self.overrides]
+        return list(self.overrides)
+
+
 @dataclass
 class SweepRun:
     """One grid point: `pretrain --config base --set ...` in `run_dir`, then optionally a fine-tune."""
@@ -44,8 +66,8 @@ class SweepRun:
     run_dir: Path
     finetune_dir: Path | None = None
 
-    def pretrain_args(self, base: str) -> list[str]:
-        return ["pretrain", "--config", base, "--out", str(self.run_dir), *_set_flags(self.overrides)]
+    def pretrain_step(self, base: str) -> TrainStep:
+        return TrainStep("pretrain", base, self.run_dir, tuple(self.overrides))
 
 
 @dataclass
@@ -53,9 +75,8 @@ class FinetuneSpec:
     config: str = "finetune_fmnist_tiny"
     overrides: list[str] = field(default_factory=list)
 
-    def args(self, run: SweepRun) -> list[str]:
-        return ["finetune", "--init", str(run.run_dir), "--config", self.config, "--out", str(run.finetune_dir),
-                *_set_flags(self.overrides)]
+    def step(self, run: SweepRun) -> TrainStep:
+        return TrainStep("finetune", self.config, run.finetune_dir, tuple(self.overrides), init=str(run.run_dir))
 
 
 @dataclass
@@ -67,12 +88,16 @@ class Sweep:
     slurm: dict[str, Any]
     out: Path
 
-    def commands(self, run: SweepRun) -> list[list[str]]:
-        """mimkit argument lists for this run, in order (pretraining, then the fine-tune if asked)."""
-        commands = [run.pretrain_args(self.base)]
+    def steps(self, run: SweepRun) -> list[TrainStep]:
+        """This run's trainings, in order (pretraining, then the fine-tune if asked)."""
+        steps = [run.pretrain_step(self.base)]
         if self.finetune is not None:
-            commands.append(self.finetune.args(run))
-        return commands
+            steps.append(self.finetune.step(run))
+        return steps
+
+    def commands(self, run: SweepRun) -> list[list[str]]:
+        """The same trainings as `mimkit` argument lists."""
+        return [step.argv() for step in self.steps(run)]
 
 
 def _set_flags(overrides: list[str]) -> list[str]:

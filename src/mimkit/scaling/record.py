@@ -31,7 +31,7 @@ def training_flops_per_image(cfg: Config) -> float:
 @lru_cache(maxsize=32)
 def _flops_cached(config_text: str) -> float:
     from mimkit.data.keyed_random import sample_keys
-    from mimkit.methods import build_method
+    from mimkit.methods import build_method, method_spec
 
     cfg = config_from_dict(yaml.safe_load(config_text))  # defaults for the rest (seed, train) do not change FLOPs
     torch.manual_seed(0)
@@ -39,7 +39,7 @@ def _flops_cached(config_text: str) -> float:
     d = cfg.data
     images = torch.randn(2, d.in_chans, d.img_size, d.img_size)
     batch = {"images": images, "keys": sample_keys(torch.arange(2), 0), "labels": torch.zeros(2, dtype=torch.long)}
-    if cfg.method.name == "mocov3":
+    if method_spec(cfg).views == 2:  # a contrastive method reads a second view
         batch["images2"] = images.flip(-1)
     with method.plain_path():  # the model's FLOPs, as the papers count compute, not the ones mimkit skips
         return count_flops(lambda: method(batch)["loss"].backward()) / 2

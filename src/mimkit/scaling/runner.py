@@ -1,12 +1,14 @@
-"""Run a sweep's runs: here one after another or N at once, or as SLURM jobs through submitit. Each run is the same
-`mimkit pretrain` (+ `mimkit finetune`) command a user could type, so a finished run is skipped, an interrupted one
-resumes from its checkpoint, and a failed one is reported with its log without stopping the others.
+"""Run a sweep's runs: here one after another or N at once, or as SLURM jobs through submitit. Each run is the
+training `mimkit pretrain` (+ `mimkit finetune`) would do, called through the training API in the worker process
+(the command line is written to the run's log and printed by --dry-run), so a finished run is skipped, an
+interrupted one resumes from its checkpoint, and a failed one is reported with its log without stopping the others.
 """
 from __future__ import annotations
 
 import json
 import os
 import shlex
+import sys
 import time
 from concurrent.futures import as_completed
 from pathlib import Path
@@ -15,7 +17,7 @@ from typing import Any, Callable
 from mimkit.compat import live_worker_processes
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.errors import ConfigError
-from mimkit.scaling.grid import Sweep, SweepRun
+from mimkit.scaling.grid import Sweep, SweepRun, TrainStep
 
 LAUNCHERS = ("local", "slurm", "submitit-local")
 
@@ -30,52 +32,71 @@ def run_status(run: SweepRun) -> str:
     return "resume" if (run.run_dir / "checkpoints").is_dir() else "new"
 
 
-def pending_commands(sweep: Sweep, run: SweepRun) -> list[list[str]]:
+def pending_steps(sweep: Sweep, run: SweepRun) -> list[TrainStep]:
     """What is left to do for this run: nothing when done, only the fine-tune once pretrained."""
-    status = run_status(run)
-    commands = sweep.commands(run)
-    return {"done": [], "finetune": commands[1:]}.get(status, commands)
+    steps = sweep.steps(run)
+    return {"done": [], "finetune": steps[1:]}.get(run_status(run), steps)
+
+
+def pending_commands(sweep: Sweep, run: SweepRun) -> list[list[str]]:
+    """pending_steps as `mimkit` argument lists."""
+    return [step.argv() for step in pending_steps(sweep, run)]
 
 
 def shell_line(args: list[str]) -> str:
     return shlex.join(["mimkit", *args])
 
 
-def execute(commands: list[list[str]], log_path: str, threads: int | None = None,
+def run_step(step: TrainStep) -> int:
+    """One training, in this process, through the API; its exit code as `mimkit COMMAND` would give it."""
+    from mimkit.config import load_config
+    from mimkit.outcome import training_exit_code
+    from mimkit.pretrain import pretrain
+
+    def train() -> dict[str, Any]:
+        return pretrain(load_config(step.config, step.config_overrides()), step.out)
+
+    return training_exit_code(train, "run the sweep again to resume", catch_user_errors=True)
+
+
+def execute(steps: list[TrainStep], log_path: str, threads: int | None = None,
             stop_file: str | None = None) -> dict[str, Any]:
-    """Run mimkit commands in order in this process, their output appended to `log_path`; stop at the first
-    failure. Returns {ok, seconds, failed (the command line), returncode}. Runs inside a worker process (local
-    launcher) or a submitit job, so importing torch and timm is paid once per worker, not once per command."""
+    """Run trainings in order in this process, their output appended to `log_path`; stop at the first failure.
+    Returns {ok, seconds, failed (the command line), returncode}. Runs inside a worker process (local launcher) or
+    a submitit job, so importing torch and timm is paid once per worker, not once per training."""
     import contextlib
     import traceback
 
-    from mimkit.cli import main
+    from mimkit.engine.host_malloc import tune_host_malloc
 
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+    tune_host_malloc()  # this worker is a mimkit program, as the CLI is: see engine/host_malloc.py
     rank = _export_submitit_distributed()
     if rank:
         log_path = f"{log_path}.rank{rank}"  # every task of a multi-task job runs the commands (DDP)
     t0 = time.time()
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a", buffering=1) as log:
-        for args in commands:
+        for step in steps:
+            line = shell_line(step.argv())
             if stop_file and Path(stop_file).exists():  # the sweep is stopping: start nothing new
-                return {"ok": False, "seconds": time.time() - t0, "failed": "sweep stopped before "
-                        + shell_line(args), "returncode": 143}
-            log.write(f"\n$ {shell_line(args)}\n")
+                return {"ok": False, "seconds": time.time() - t0, "failed": "sweep stopped before " + line,
+                        "returncode": 143}
+            log.write(f"\n$ {line}\n")
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 try:
-                    code = main(args)
-                except SystemExit as stop:
-                    code = stop.code if isinstance(stop.code, int) else 1
+                    code = run_step(step)
+                except KeyboardInterrupt:
+                    print("mimkit: interrupted", file=sys.stderr)
+                    code = 130
                 except Exception:  # noqa: BLE001 - a crashed run is reported and the sweep goes on
                     traceback.print_exc()
                     code = 1
             if code != 0:
-                return {"ok": False, "seconds": time.time() - t0, "failed": shell_line(args), "returncode": code}
+                return {"ok": False, "seconds": time.time() - t0, "failed": line, "returncode": code}
     return {"ok": True, "seconds": time.time() - t0}
 
 
@@ -116,7 +137,7 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
     while left:
         broken = False
         with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(execute, pending_commands(sweep, run), _log_path(run), threads, str(stop_file)):
+            futures = {pool.submit(execute, pending_steps(sweep, run), _log_path(run), threads, str(stop_file)):
                        run for run in left}
             for future in _completed(futures, pool, stop_file):
                 run = futures[future]
@@ -254,7 +275,7 @@ def run_submitit(sweep: Sweep, todo: list[SweepRun], launcher: str, wait: bool,
     jobs = {}
     sweep.out.mkdir(parents=True, exist_ok=True)
     for run in todo:
-        job = executor.submit(execute, pending_commands(sweep, run), _log_path(run))
+        job = executor.submit(execute, pending_steps(sweep, run), _log_path(run))
         jobs[run.run_id] = job
         recorded[run.run_id] = str(job.job_id)
         atomic_write_text(path, json.dumps(recorded, indent=1))  # after each: a failed submit loses no job id

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimkit.methods.base import Method
-from mimkit.methods.supervised import layer_decay_groups
+from mimkit.methods.supervised.model import layer_decay_groups
 
 
 class TaskModel(Method):

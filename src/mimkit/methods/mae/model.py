@@ -2,7 +2,6 @@
 normalised-pixel MSE on masked patches. Named steps mirror the paper so each is testable alone."""
 from __future__ import annotations
 
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -16,6 +15,7 @@ from mimkit.fast.pixel_losses import norm_pix_target, patch_mean_var, patch_mse
 from mimkit.fast.rows import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.fast.visible_embed import embed_patches_at, embeds_patches_alone
 from mimkit.methods.base import Method
+from mimkit.methods.mim import MIMOutput, paste_visible
 from mimkit.models.encoder import (
     checkpointed,
     grid_size,
@@ -28,13 +28,6 @@ from mimkit.models.encoder import (
     unpatchify,
 )
 from mimkit.models.pos_embed import sincos_2d
-
-
-@dataclass
-class MIMOutput:
-    loss: torch.Tensor
-    pred: torch.Tensor  # MAE: (B, L, p*p*C) patch predictions; SimMIM: (B, C, H, W) image
-    mask: torch.Tensor  # (B, L) bool, True = masked
 
 
 class MAE(Method):
@@ -182,19 +175,6 @@ class MAE(Method):
             mean, var = patch_mean_var(self.patchify(imgs))
             pred = pred * (var + 1e-6) ** 0.5 + mean
         return paste_visible(imgs, self.unpatchify(pred), out.mask, self.patch, self.grid)
-
-
-def token_mask_to_pixels(mask: torch.Tensor, patch: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, L) token mask -> (B, 1, H, W) pixel mask."""
-    m = mask.float().view(-1, grid[0], grid[1])
-    return m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
-
-
-def paste_visible(imgs: torch.Tensor, pred_imgs: torch.Tensor, mask: torch.Tensor, patch: int,
-                  grid: tuple[int, int]) -> dict[str, torch.Tensor]:
-    m = token_mask_to_pixels(mask, patch, grid).to(imgs.dtype)
-    return {"original": imgs, "masked": imgs * (1 - m), "reconstruction": imgs * (1 - m) + pred_imgs * m,
-            "pixel_mask": m}
 
 
 def build_mae(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> MAE:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -12,6 +13,9 @@ from torch import nn
 from mimkit.config import Config, ConfigError, load_config, resolved
 from mimkit.eval.features import frozen_encoder
 from mimkit.eval.sources import Source, adopt_source, resolve_source
+from mimkit.methods.distill.model import relation_heads
+from mimkit.methods.distill.vit_blocks import block_index
+from mimkit.methods.registry import method_spec
 
 
 def distilled_relation_heads(source: Source, spec: str, teacher_index: int) -> int | None:
@@ -26,10 +30,8 @@ def distilled_relation_heads(source: Source, spec: str, teacher_index: int) -> i
         return None
     old = resolved(load_config(str(config)))
     dis = old.distill
-    if old.method.name != "distill" or dis.head_match != "reshape_student" or dis.relation_heads is None:
+    if not method_spec(old).needs_teacher or dis.head_match != "reshape_student" or dis.relation_heads is None:
         return None
-    from mimkit.distill.vit_blocks import block_index
-
     student_index = block_index(dis.student_layer, old.model.depth, "distill.student_layer")
     return dis.relation_heads if student_index == teacher_index else None
 
@@ -37,9 +39,6 @@ def distilled_relation_heads(source: Source, spec: str, teacher_index: int) -> i
 def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
     """Resolve `distill.teacher`, check that it reads the student's images into the same tokens, and record its
     architecture and the relation head counts in `cfg.distill`."""
-    from mimkit.distill.vit_blocks import block_index
-    from mimkit.methods.distill import relation_heads
-
     dis = cfg.distill
     if dis.teacher is None:
         raise ConfigError("distill.teacher: distillation needs a teacher (mimkit distill --teacher SOURCE)")
@@ -77,3 +76,12 @@ def load_teacher(cfg: Config, source: Source, device: torch.device) -> nn.Module
     """The teacher encoder, frozen and in eval mode, with its own architecture."""
     teacher_cfg = adopt_source(cfg, source)
     return frozen_encoder(teacher_cfg, source, device, what=f"distill.teacher '{cfg.distill.teacher}'")
+
+
+def attach_teacher(method: Any, cfg: Config, source: Source, log: Callable = print) -> None:
+    """Load the teacher on the CPU (the Engine moves the method) and give it to the distillation method."""
+    method.attach_teacher(load_teacher(cfg, source, torch.device("cpu")))
+    dis = cfg.distill
+    log(f"[distill] teacher {source.description}: {dis.teacher_depth} blocks x {dis.teacher_num_heads} heads, width "
+        f"{dis.teacher_embed_dim}; layer {method.t_index + 1} -> student layer {method.s_index + 1}; targets "
+        f"{dis.targets}; relations with {dis.relation_heads} heads ({dis.head_match})")

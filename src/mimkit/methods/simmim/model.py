@@ -14,7 +14,7 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.fast.pixel_losses import patch_l1
 from mimkit.fast.rows import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.methods.base import Method
-from mimkit.methods.mae import MIMOutput, paste_visible, token_mask_to_pixels
+from mimkit.methods.mim import MIMOutput, paste_visible, token_mask_to_pixels
 from mimkit.models.encoder import channel_major_patches, embed_tokens, grid_size, in_chans, patch_size, run_blocks
 from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mimkit.distill.relations import split_heads
 from mimkit.errors import ConfigError
+from mimkit.methods.distill.relations import split_heads
 
 
 def block_index(layer: int | None, depth: int, what: str) -> int:

@@ -20,12 +20,12 @@ from torch import nn
 
 from mimkit.data.masks import MaskGenerator
 from mimkit.data.transforms import color_jitter
-from mimkit.distill.relations import relation_losses
-from mimkit.distill.targets import parse_targets, regression_loss
-from mimkit.distill.vit_blocks import block_index, block_qkv, final_tokens
 from mimkit.errors import ConfigError
 from mimkit.methods.base import Method
-from mimkit.methods.simmim import linear_pixel_head, masked_pixel_l1
+from mimkit.methods.distill.relations import relation_losses
+from mimkit.methods.distill.targets import parse_targets, regression_loss
+from mimkit.methods.distill.vit_blocks import block_index, block_qkv, final_tokens
+from mimkit.methods.simmim.model import linear_pixel_head, masked_pixel_l1
 from mimkit.models.encoder import (
     embed_tokens,
     grid_size,

@@ -1,0 +1,32 @@
+"""The `probe:` config section (frozen-encoder evaluation: linear probe and kNN) and its checks."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mimkit.errors import check, one_of
+
+
+@dataclass
+class ProbeConfig:
+    """Frozen-encoder evaluation: linear probe (MAE protocol) and kNN (DINO protocol)."""
+
+    pool: str = "token"  # token (class token) | avg (mean of patch tokens)
+    epochs: int = 100
+    optimizer: str = "lars"  # lars | sgd
+    base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    weight_decay: float = 0.0
+    batch_size: int = 1024
+    warmup_epochs: int = 10
+    knn_k: int = 20
+    knn_temperature: float = 0.07
+    feature_batch_size: int = 512
+
+
+def validate_probe(cfg: Any) -> None:
+    p = cfg.probe
+    one_of("probe.pool", p.pool, ["token", "avg"])
+    one_of("probe.optimizer", p.optimizer, ["lars", "sgd"])
+    for key in ("epochs", "base_lr", "batch_size", "knn_k", "knn_temperature", "feature_batch_size"):
+        check(getattr(p, key) > 0, f"probe.{key}: {getattr(p, key)} must be positive")
+    check(0 <= p.warmup_epochs <= p.epochs, f"probe.warmup_epochs: {p.warmup_epochs} must be in [0, probe.epochs]")

@@ -1,0 +1,50 @@
+"""TinyMIM distillation's own config section, `distill:` (method.name=distill), and its validation."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mimkit.errors import check, one_of
+from mimkit.methods.distill.targets import parse_targets
+from mimkit.methods.spec import check_mask_counts
+
+
+@dataclass
+class DistillConfig:
+    """TinyMIM distillation (method.name=distill): model.* is the student, `teacher` the frozen encoder."""
+
+    teacher: str | None = None  # run dir / checkpoint (any method), exported .safetensors, timm:NAME[@FILE]
+    targets: str = "qk+vv"  # '+'-joined cls, feature, qk, vv, each optionally NAME:WEIGHT (qk:1+vv:0.5)
+    teacher_layer: int | None = None  # 1-based block (18 of 24 for ViT-L), negative from the end; None: last
+    student_layer: int | None = None  # None: last
+    head_match: str = "reshape_student"  # reshape_student (TinyMIM) | resplit_teacher
+    cls_loss: str = "smooth_l1"  # smooth_l1 | mse | cosine
+    feature_loss: str = "smooth_l1"  # smooth_l1 | mse | cosine
+    mask_ratio: float = 0.0  # > 0: the student sees masked input (mask tokens; method.mask_type cells)
+    mim_weight: float = 0.0  # > 0: auxiliary SimMIM pixel loss on the student's masked patches
+    color_jitter: float = 0.4  # brightness/contrast/saturation strength, on the student's view only
+    chain: list[str] | None = None  # sequential distillation: student model names in order (mimkit distill --chain)
+    # Filled in from the teacher when the run starts (recorded so the run reloads without the teacher):
+    teacher_embed_dim: int | None = None
+    teacher_num_heads: int | None = None
+    teacher_depth: int | None = None
+    relation_heads: int | None = None  # the head count both relations are computed with
+    teacher_relation_heads: int | None = None  # how the teacher's block is split (a distilled teacher's own count)
+
+
+def validate(cfg: Any, model: Any) -> None:
+    """The `distill:` section of a distillation run; `model` is the student's resolved preset (models.presets)."""
+    dis = cfg.distill
+    parse_targets(dis.targets)
+    one_of("distill.head_match", dis.head_match, ["reshape_student", "resplit_teacher"])
+    one_of("distill.cls_loss", dis.cls_loss, ["smooth_l1", "mse", "cosine"])
+    one_of("distill.feature_loss", dis.feature_loss, ["smooth_l1", "mse", "cosine"])
+    check(0.0 <= dis.mask_ratio < 1.0, f"distill.mask_ratio: {dis.mask_ratio} must be in [0, 1)")
+    check(dis.mim_weight >= 0, f"distill.mim_weight: {dis.mim_weight} must be >= 0")
+    check(dis.mim_weight == 0 or dis.mask_ratio > 0,
+          "distill.mim_weight > 0 needs masked student input: set distill.mask_ratio (e.g. 0.6)")
+    check(dis.color_jitter >= 0, f"distill.color_jitter: {dis.color_jitter} must be >= 0")
+    for key in ("teacher_layer", "student_layer"):
+        check(getattr(dis, key) != 0, f"distill.{key}: layers count from 1 (or -1 from the end); 0 is not a layer")
+    if dis.mask_ratio > 0:  # only a masked-input distillation masks anything
+        check_mask_counts(cfg, model.patch_size, dis.mask_ratio, cfg.method.mask_type or "simmim", "distill.mask_ratio")

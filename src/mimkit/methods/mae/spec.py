@@ -1,0 +1,20 @@
+"""MAE's registry entry: a ViT encoder with fixed 2-D sin-cos position embeddings, random masking of 75%."""
+from __future__ import annotations
+
+from typing import Any
+
+from mimkit.heldout import loss_evaluators
+from mimkit.methods.mae.model import MAE, build_mae
+from mimkit.methods.mae.options import MAEOptions
+from mimkit.methods.spec import Masking, MethodSpec, mask_generator
+from mimkit.models.encoder import create_encoder
+
+
+def build(cfg: Any) -> MAE:
+    return build_mae(cfg, create_encoder(cfg, fixed_sincos=True), mask_generator(cfg))
+
+
+SPEC = MethodSpec(
+    name="mae", summary="MAE: visible-patch encoder, light decoder, normalised-pixel MSE on masked patches",
+    build=build, options=MAEOptions, evaluators=loss_evaluators, masking=Masking(0.75, "random"),
+    crop_scale=(0.2, 1.0))

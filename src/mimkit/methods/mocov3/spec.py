@@ -1,0 +1,25 @@
+"""MoCo v3's registry entry: two augmented views per image; evaluated by the contrastive loss between two fixed
+views."""
+from __future__ import annotations
+
+from typing import Any
+
+from mimkit.data.transforms import train_augment
+from mimkit.heldout import loss_evaluators
+from mimkit.methods.mocov3.model import MoCoV3, build_mocov3
+from mimkit.methods.mocov3.options import MoCoV3Options, check_options
+from mimkit.methods.spec import MethodSpec
+from mimkit.models.encoder import create_encoder
+
+
+def build(cfg: Any) -> MoCoV3:
+    return build_mocov3(cfg, create_encoder(cfg, fixed_sincos=False))
+
+
+def evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any], tuple]:
+    return loss_evaluators(cfg, data, env, autocast, two_views=train_augment(cfg))
+
+
+SPEC = MethodSpec(
+    name="mocov3", summary="MoCo v3: the contrastive baseline (momentum encoder, projector and predictor MLPs)",
+    build=build, options=MoCoV3Options, check_options=check_options, evaluators=evaluators, views=2)

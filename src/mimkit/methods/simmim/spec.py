@@ -1,0 +1,18 @@
+"""SimMIM's registry entry: a ViT (learned position embeddings) or SwinV2 encoder, 32-px cells masked at 60%."""
+from __future__ import annotations
+
+from typing import Any
+
+from mimkit.heldout import loss_evaluators
+from mimkit.methods.simmim.model import SimMIM, build_simmim
+from mimkit.methods.spec import Masking, MethodSpec, mask_generator
+from mimkit.models.encoder import create_encoder
+
+
+def build(cfg: Any) -> SimMIM:
+    return build_simmim(cfg, create_encoder(cfg, fixed_sincos=False), mask_generator(cfg))
+
+
+SPEC = MethodSpec(
+    name="simmim", summary="SimMIM: mask tokens in the encoder, linear pixel head, L1 on masked pixels",
+    build=build, evaluators=loss_evaluators, masking=Masking(0.6, "simmim"), crop_scale=(0.67, 1.0), swin=True)

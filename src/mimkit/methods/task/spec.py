@@ -1,0 +1,24 @@
+"""The geometric tasks' registry entry (localisation, rotation, combined): heads on a pretrained or fresh encoder."""
+from __future__ import annotations
+
+from typing import Any
+
+from mimkit.errors import check
+from mimkit.eval.task_eval import task_evaluators
+from mimkit.methods.spec import MethodSpec
+from mimkit.methods.task.model import TaskModel, build_task
+from mimkit.models.encoder import create_encoder
+
+
+def build(cfg: Any) -> TaskModel:
+    return build_task(cfg, create_encoder(cfg, fixed_sincos=False, global_pool=cfg.model.global_pool))
+
+
+def validate(cfg: Any, model: Any) -> None:
+    check(cfg.data.task != "classification", "method.name=task trains the geometric heads: set data.task to "
+          "localization, rotation or combined (classification is method.name=supervised)")
+
+
+SPEC = MethodSpec(
+    name="task", summary="geometric task heads: box (localization), angle (rotation), class + box (combined)",
+    build=build, validate=validate, evaluators=task_evaluators)

@@ -14,8 +14,8 @@ from mimkit.engine.schedule import warmup_cosine_factor
 from mimkit.eval.features import cached_features, extract_features, frozen_encoder
 from mimkit.eval.knn import knn_predict
 from mimkit.eval.lars import LARS
-from mimkit.eval.sources import load_encoder_weights, resolve_source
 from mimkit.methods.supervised import layer_id
+from mimkit.weights import load_encoder_weights, resolve_source
 
 SUP = [*TINY, "method.name=supervised", "model.global_pool=avg"]
 

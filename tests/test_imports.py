@@ -1,6 +1,5 @@
 """The import graph of src/mimkit, read statically: no cycle among the imports that run when a module is loaded,
-and no new cycle among the lazy ones (imports inside functions) beyond those listed here, which are being taken
-apart (issue 17): each listed group may only shrink."""
+nor among all imports, those inside functions included."""
 from __future__ import annotations
 
 import ast
@@ -10,15 +9,6 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "mimkit"
 
-# Groups of modules that still import each other, lazily (inside functions). A cycle found by the test must lie
-# inside one of these groups; when a refactor breaks a group apart, shrink or delete its entry.
-KNOWN_LAZY_CYCLES: list[set[str]] = [
-    # data sources, the loader and the shard stream call into each other to build streams
-    {"mimkit.data.datasets", "mimkit.data.tasks", "mimkit.data.webdataset", "mimkit.data.loader",
-     "mimkit.data.device_decode"},
-    # model presets and the SwinV2 builder look each other up by name
-    {"mimkit.models.presets", "mimkit.models.swin"},
-]
 
 
 def module_name(path: Path) -> str:
@@ -135,11 +125,9 @@ def test_no_import_cycle_when_modules_load():
     assert cycles(import_graph(load_time_only=True)) == []
 
 
-def test_no_new_lazy_import_cycle():
-    for group in cycles(import_graph(load_time_only=False)):
-        assert any(group <= known for known in KNOWN_LAZY_CYCLES), (
-            f"a new import cycle: {sorted(group)}; break it (move the shared piece into its own module) rather "
-            "than listing it in KNOWN_LAZY_CYCLES")
+def test_no_import_cycle_at_all():
+    """Also none among the imports inside functions: a lazy import is for start-up time, never to hide a cycle."""
+    assert cycles(import_graph(load_time_only=False)) == []
 
 
 # Modules under methods/ that run distillations rather than define one: they read other runs' configs, so they

@@ -230,7 +230,7 @@ def test_dropping_stale_work_waits_for_what_is_already_running():
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from mimkit.data.webdataset import _drop
+    from mimkit.data.webdataset.stream import _drop
 
     done: list[int] = []
     with ThreadPoolExecutor(1) as pool:

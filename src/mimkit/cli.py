@@ -214,7 +214,7 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_shards(args: argparse.Namespace) -> int:
-    from mimkit.data.webdataset import write_shards_from, write_synthetic_shards
+    from mimkit.data.webdataset.write import write_shards_from, write_synthetic_shards
 
     if args.per_shard < 1:
         print(f"mimkit: error: --per-shard ({args.per_shard}) must be positive", file=sys.stderr)

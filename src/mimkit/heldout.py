@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mimkit.data.datasets import ImageSet
+from mimkit.data.imageset import ImageSet
 from mimkit.data.keyed_random import sample_keys, second_view_keys
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv, all_reduce_sum

@@ -14,14 +14,15 @@ from mimkit.config import Config, ConfigError, load_config, resolve_epochs, reso
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.data.loader import TrainStream
 from mimkit.data.transforms import RandAugmentBatch, train_augment
-from mimkit.data.webdataset import ShardSet, ShardStream
+from mimkit.data.webdataset.shardset import ShardSet
+from mimkit.data.webdataset.stream import ShardStream
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.checkpoint import CheckpointError
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
 from mimkit.engine.trainer import Engine
-from mimkit.eval.sources import Source, adopt_source, load_encoder_weights, resolve_source
 from mimkit.heldout import loss_evaluators
 from mimkit.methods import build_method, method_spec
+from mimkit.weights import Source, adopt_source, load_encoder_weights, resolve_source
 
 
 def versions() -> dict[str, str]:

@@ -12,7 +12,7 @@ from mimkit.config import Config, ConfigError, resolved
 from mimkit.data.transforms import eval_transform, luminance
 from mimkit.eval.compare import model_name, source_of
 from mimkit.eval.features import frozen_encoder
-from mimkit.eval.sources import adopt_source, resolve_source
+from mimkit.weights import adopt_source, resolve_source
 
 
 @dataclass

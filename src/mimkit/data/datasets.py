@@ -6,13 +6,15 @@ A data set here is just `ImageSet(images uint8 (N, C, S, S), labels, ids)`; `ids
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from mimkit.data import fashion_mnist, folder
+from mimkit.data.imageset import DataBundle, ImageSet
+from mimkit.data.tasks import make_localization, make_rotation
+from mimkit.data.webdataset.build import build_webdataset
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -32,42 +34,6 @@ def default_normalization(name: str, in_chans: int) -> tuple[list[float], list[f
     if in_chans == 1 and len(mean) == 3:
         mean, std = [float(np.mean(mean))], [float(np.mean(std))]
     return list(mean), list(std)
-
-
-@dataclass
-class ImageSet:
-    images: torch.Tensor  # (N, C, S, S) uint8 (CPU; may be memmap-backed)
-    labels: torch.Tensor | None  # (N,) int64
-    ids: torch.Tensor  # (N,) int64, stable sample identities
-    targets: torch.Tensor | None = None  # geometric tasks: (N, 4) boxes or (N, 1) angles
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def subset(self, positions: torch.Tensor | np.ndarray) -> "ImageSet":
-        pos = torch.as_tensor(positions, dtype=torch.int64)
-        images = self.images[pos]
-        labels = self.labels[pos] if self.labels is not None else None
-        targets = self.targets[pos] if self.targets is not None else None
-        return ImageSet(images, labels, self.ids[pos], targets)
-
-    def batch(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(uint8 images, sample ids) for these positions."""
-        return self.images[positions], self.ids[positions]
-
-
-@dataclass
-class DataBundle:
-    train: ImageSet
-    heldout: ImageSet
-    heldout_source: str  # 'test split', 'val_root', or 'x% of train'
-    classes: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-
-    def describe(self) -> str:
-        extra = f", {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""
-        return (f"train {len(self.train)} images, held-out {len(self.heldout)} ({self.heldout_source})"
-                f"{', ' + str(len(self.classes)) + ' classes' if self.classes else ''}{extra}")
 
 
 def nested_subset(labels: torch.Tensor | None, n: int, fraction: float, seed: int) -> torch.Tensor:
@@ -150,11 +116,9 @@ def _align_labels(labels: torch.Tensor | None, own: list[str], reference: list[s
 
 def build_data(cfg: Any, log: Callable = print) -> DataBundle:
     """Train set (nested `data.fraction` subset) and held-out set, as the config asks. For data.name=webdataset
-    the train set is a ShardSet, streamed from tar shards (see data/webdataset.py)."""
+    the train set is a ShardSet, streamed from tar shards (see data/webdataset/)."""
     d = cfg.data
     if d.name == "webdataset":
-        from mimkit.data.webdataset import build_webdataset
-
         return build_webdataset(cfg, log)
     classes: list[str] = []
     skipped: list[str] = []
@@ -188,8 +152,6 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
 
 def as_task(data: ImageSet, cfg: Any) -> ImageSet:
     """The geometric version of a labelled set: localisation canvases at the network size, or rotations."""
-    from mimkit.data.tasks import make_localization, make_rotation
-
     d = cfg.data
     if d.task == "rotation":
         task = make_rotation(data, d.rotation_max, cfg.seed)

@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.data import DistributedSampler
 
-from mimkit.data.datasets import ImageSet
+from mimkit.data.imageset import ImageSet
 from mimkit.data.keyed_random import sample_keys, second_view_keys
 from mimkit.data.transforms import BatchAugment
 from mimkit.errors import ConfigError

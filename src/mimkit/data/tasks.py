@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from mimkit.data.datasets import ImageSet
+from mimkit.data.imageset import ImageSet
 from mimkit.data.keyed_random import keyed_uniform, sample_keys
 
 STREAM_TASK = 11

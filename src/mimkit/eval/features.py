@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from mimkit.data.datasets import ImageSet
+from mimkit.data.imageset import ImageSet
 from mimkit.data.transforms import eval_transform
-from mimkit.eval.sources import Source, load_encoder_weights
 from mimkit.models.encoder import create_encoder
+from mimkit.weights import Source, load_encoder_weights
 
 
 def frozen_encoder(cfg: Any, source: Source, device: torch.device, what: str | None = None) -> nn.Module:

@@ -9,10 +9,10 @@ import torch
 
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.data.datasets import DataBundle, build_data
-from mimkit.data.webdataset import require_in_memory
+from mimkit.data.webdataset.build import require_in_memory
 from mimkit.engine.distributed import pick_device
 from mimkit.eval.features import cached_features, frozen_encoder, weights_digest
-from mimkit.eval.sources import Source, adopt_source, resolve_source
+from mimkit.weights import Source, adopt_source, resolve_source
 
 
 @dataclass

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mimkit.data.datasets import ImageSet
+from mimkit.data.imageset import ImageSet
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv
 from mimkit.eval.task_metrics import angle_error, detection_ap50, localization_metrics

@@ -2,39 +2,16 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from mimkit.errors import ConfigError
+from mimkit.models.arch import ModelSpec
+from mimkit.models.swin import is_swin_name, resolve_swin_spec, swin_timm_kwargs
 
 # The timm architecture every preset is built from; presets only change its sizes, so exported weights load into
 # `timm.create_model(PRESET_TIMM_NAME, **kwargs)` with the kwargs mimkit prints.
 PRESET_TIMM_NAME = "vit_tiny_patch16_224"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Everything needed to build encoder + MAE decoder; `timm_name` is the timm architecture to instantiate."""
-
-    timm_name: str
-    patch_size: int
-    embed_dim: int
-    depth: int
-    num_heads: int
-    mlp_ratio: float
-    decoder_dim: int
-    decoder_depth: int
-    decoder_heads: int
-    # SwinV2 only (None for ViTs): per-stage depths and heads, attention window; `depth` is then the total number
-    # of blocks and `num_heads` / `embed_dim` those of the first stage.
-    stage_depths: tuple[int, ...] | None = None
-    stage_heads: tuple[int, ...] | None = None
-    window_size: int | None = None
-
-    @property
-    def is_swin(self) -> bool:
-        return self.stage_depths is not None
 
 
 def _preset(embed_dim: int, depth: int, heads: int, dec_dim: int, dec_depth: int, dec_heads: int) -> ModelSpec:
@@ -86,8 +63,6 @@ def _timm_arch(name: str) -> dict[str, Any]:
 
 def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
     """Preset or timm defaults, then the config's explicit overrides (patch_size, embed_dim, ...)."""
-    from mimkit.models.swin import is_swin_name, resolve_swin_spec
-
     name = model_cfg.name
     if is_swin_name(name):
         return resolve_swin_spec(model_cfg, img_size)
@@ -114,8 +89,6 @@ def timm_kwargs(cfg: Any) -> dict[str, Any]:
     """The `timm.create_model` keyword arguments that rebuild this run's encoder (no classifier head)."""
     m, d = cfg.model, cfg.data
     if getattr(m, "stage_depths", None) is not None:
-        from mimkit.models.swin import swin_timm_kwargs
-
         return swin_timm_kwargs(cfg)
     return dict(img_size=d.img_size, patch_size=m.patch_size, in_chans=d.in_chans, embed_dim=m.embed_dim,
                 depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, num_classes=0)

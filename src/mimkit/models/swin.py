@@ -15,13 +15,12 @@ import torch
 from torch import nn
 
 from mimkit.errors import ConfigError
+from mimkit.models.arch import ModelSpec
 
 SWIN_TIMM_NAME = "swinv2_base_window12_192"  # the timm architecture the presets (and H/giant) are built from
 
 
 def _swin(embed_dim: int, depths: tuple[int, ...], heads: tuple[int, ...], patch: int = 4, window: int = 4):
-    from mimkit.models.presets import ModelSpec
-
     return ModelSpec(SWIN_TIMM_NAME, patch, embed_dim, sum(depths), heads[0], 4.0, None, None, None, depths, heads,
                      window)  # no MAE decoder: SimMIM's linear head
 
@@ -61,8 +60,6 @@ def _timm_swin_arch(name: str) -> dict[str, Any]:
 
 def resolve_swin_spec(model_cfg: Any, img_size: int):
     """A SwinV2 preset or timm name with the config's overrides; checks that the image divides into the stages."""
-    from mimkit.models.presets import ModelSpec
-
     name = model_cfg.name
     if name in SWIN_PRESETS:
         spec = SWIN_PRESETS[name]

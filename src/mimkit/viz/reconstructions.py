@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from mimkit.data.datasets import ImageSet  # noqa: E402
+from mimkit.data.imageset import ImageSet  # noqa: E402
 from mimkit.data.transforms import denormalize, eval_transform  # noqa: E402
 from mimkit.heldout import FIXED_EPOCH, fixed_subset  # noqa: E402
 

@@ -12,10 +12,10 @@ from torch import nn
 
 from mimkit.config import Config, ConfigError, load_config, resolved
 from mimkit.eval.features import frozen_encoder
-from mimkit.eval.sources import Source, adopt_source, resolve_source
 from mimkit.methods.distill.model import relation_heads
 from mimkit.methods.distill.vit_blocks import block_index
 from mimkit.methods.registry import method_spec
+from mimkit.weights import Source, adopt_source, resolve_source
 
 
 def distilled_relation_heads(source: Source, spec: str, teacher_index: int) -> int | None:

@@ -1,4 +1,4 @@
-"""Where evaluation weights come from: `--init SOURCE` for finetune, linprobe and knn.
+"""Where weights come from: `init` (finetune, linprobe, knn, any training) and `distill.teacher`.
 
 SOURCE is a mimkit run directory or checkpoint folder (any method), an exported encoder `.safetensors` (with its
 `.json` sidecar), `timm:NAME` (timm's pretrained weights, when they are available locally; `timm:NAME@FILE` reads
@@ -141,30 +141,3 @@ def adopt_source(cfg: Config, source: Source) -> Config:
         data = dataclasses.replace(data, mean=cfg.data.mean if cfg.data.in_chans == data.in_chans else None,
                                    std=cfg.data.std if cfg.data.in_chans == data.in_chans else None)
     return resolved(dataclasses.replace(cfg, model=model, data=data))
-
-
-# Keys a classifier or probe may lack in the source (fresh head / pooling norm) or may not use.
-_MAY_BE_MISSING = ("head.", "fc_norm.")
-_MAY_BE_UNUSED = ("norm.", "fc_norm.")
-
-
-def load_encoder_weights(encoder: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> dict[str, list]:
-    """Load `state` into a timm ViT, allowing only a fresh head / pooling norm; anything else is a clear error
-    naming the mismatched keys."""
-    own = encoder.state_dict()
-    shape_mismatch = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                      for k, v in state.items() if k in own and own[k].shape != v.shape]
-    missing = [k for k in own if k not in state and not k.startswith(_MAY_BE_MISSING)]
-    unexpected = [k for k in state if k not in own and not k.startswith(_MAY_BE_UNUSED)]
-    if shape_mismatch or missing or unexpected:
-        parts = []
-        if shape_mismatch:
-            parts.append("shape mismatch: " + "; ".join(shape_mismatch[:6]))
-        if missing:
-            parts.append("missing from the checkpoint: " + ", ".join(missing[:8]))
-        if unexpected:
-            parts.append("not in the model: " + ", ".join(unexpected[:8]))
-        raise ConfigError(f"{what} does not match the requested model ({' | '.join(parts)}). Use the source's own "
-                          "architecture (leave model.* unset) or a matching checkpoint")
-    result = encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
-    return {"fresh": list(result.missing_keys), "unused": [k for k in state if k not in own]}

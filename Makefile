@@ -26,9 +26,11 @@ setup: $(VENV)/.installed
 demo: setup
 	$(PY) -m mimkit.demo --out $(RUN)
 
-# ruff, configured in pyproject.toml: pycodestyle, pyflakes and import order over src, tests and scripts
+# ruff, configured in pyproject.toml: pycodestyle, pyflakes and import order over src, tests and scripts, and the
+# formatting (`ruff format .` fixes it)
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test: setup lint
 	$(PY) -m pytest -q

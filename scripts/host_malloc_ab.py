@@ -5,6 +5,7 @@ and the CPU time (all threads; system time apart) per step.
 
     python scripts/host_malloc_ab.py mae|simmim [--pairs 5] [--steps 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,9 @@ print(json.dumps({"state": state, "step_ms": 1e3 * seconds, "faults": (after.ru_
 
 def run(workload: str, steps: int, tuned: bool) -> dict:
     env = {**os.environ, "MIMKIT_HOST_MALLOC": "1" if tuned else "0"}
-    out = subprocess.run([sys.executable, "-c", CHILD, workload, str(steps)], env=env, capture_output=True,
-                         text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, workload, str(steps)], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -55,12 +57,16 @@ def main() -> None:
         wall.append(default["step_ms"] / tuned["step_ms"])
         cpu.append(default["cpu_ms"] / tuned["cpu_ms"])
         for name, r in (("glibc default", default), ("tuned", tuned)):
-            print(f"pair {pair + 1} {name:13s} ({r['state']:5s}) {r['step_ms']:7.1f} ms/step  "
-                  f"{r['faults']:8.0f} page faults/step  CPU time {r['cpu_ms']:6.1f} ms/step, "
-                  f"{r['sys_ms']:5.1f} of it system")
+            print(
+                f"pair {pair + 1} {name:13s} ({r['state']:5s}) {r['step_ms']:7.1f} ms/step  "
+                f"{r['faults']:8.0f} page faults/step  CPU time {r['cpu_ms']:6.1f} ms/step, "
+                f"{r['sys_ms']:5.1f} of it system"
+            )
     for name, ratios in (("wall time", wall), ("CPU time", cpu)):
-        print(f"{args.workload} {name}: tuned is {statistics.median(ratios):.2f}x glibc's default (median of "
-              f"{args.pairs} pairs; pairs {min(ratios):.2f}-{max(ratios):.2f}x)")
+        print(
+            f"{args.workload} {name}: tuned is {statistics.median(ratios):.2f}x glibc's default (median of "
+            f"{args.pairs} pairs; pairs {min(ratios):.2f}-{max(ratios):.2f}x)"
+        )
 
 
 if __name__ == "__main__":

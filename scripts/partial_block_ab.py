@@ -4,6 +4,7 @@ machine. mae and simmim: the Engine's training step on the bench suite's tiny pr
 
     python scripts/partial_block_ab.py mae|simmim|mocov3 [--passes 7] [--steps 4]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,8 +54,11 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=7)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
-    build = (lambda flag: mocov3_step(flag)) if args.workload == "mocov3" else (
-        lambda flag: engine_step(args.workload, flag))
+    build = (
+        (lambda flag: mocov3_step(flag))
+        if args.workload == "mocov3"
+        else (lambda flag: engine_step(args.workload, flag))
+    )
     cases = {flag: build(flag) for flag in (True, False)}
     speeds: dict[bool, list[float]] = {True: [], False: []}
     for step, _, _ in cases.values():
@@ -63,8 +67,10 @@ def main() -> None:
         for flag, (step, _, batch) in cases.items():
             speeds[flag].append(args.steps * batch / time_steps(step, args.steps, 0, torch.device("cpu")))
     for flag, name in ((True, "partial last block"), (False, "whole last block")):
-        print(f"{name:20s} {cases[flag][1] / 1e6:9.1f} MFLOP/img; img/s per pass: "
-              + ", ".join(f"{s:.0f}" for s in sorted(speeds[flag])))
+        print(
+            f"{name:20s} {cases[flag][1] / 1e6:9.1f} MFLOP/img; img/s per pass: "
+            + ", ".join(f"{s:.0f}" for s in sorted(speeds[flag]))
+        )
     ratio = statistics.median(speeds[True]) / statistics.median(speeds[False])
     print(f"{args.workload}: median partial / whole = {ratio:.2f}x")
 

@@ -1,5 +1,6 @@
 """Bar chart of the Fashion-MNIST distillation study: kNN (frozen) and fine-tuned top-1 per student.
-    python scripts/plot_distill_study.py docs/results/fmnist-distill.csv docs/results/fmnist-distill.png"""
+python scripts/plot_distill_study.py docs/results/fmnist-distill.csv docs/results/fmnist-distill.png"""
+
 import csv
 import sys
 
@@ -10,8 +11,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 rows = list(csv.DictReader(open(sys.argv[1])))
-SHORT = {"qk+vv, masked input (50%)": "qk+vv\nmasked 50%", "qk+vv, sequential small -> tiny -> pico":
-         "qk+vv\nsequential", "MAE-pretrained pico (no teacher)": "MAE pico\n(no teacher)"}
+SHORT = {
+    "qk+vv, masked input (50%)": "qk+vv\nmasked 50%",
+    "qk+vv, sequential small -> tiny -> pico": "qk+vv\nsequential",
+    "MAE-pretrained pico (no teacher)": "MAE pico\n(no teacher)",
+}
 labels = [SHORT.get(r["student"], r["student"]) for r in rows]
 knn = np.array([float(r["knn_top1"]) for r in rows])
 ft = np.array([float(r["finetune_top1"]) for r in rows])

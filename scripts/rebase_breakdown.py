@@ -4,6 +4,7 @@ JSON, the Markdown report and the breakdown figure beside OUT.
 
     python scripts/rebase_breakdown.py bench-suite.json OUT.json
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def rebase(result: dict) -> dict:
         found = row.get("breakdown")
         if not found or "profiled_step_seconds" in found:  # none, or already set against the timed step
             continue
-        kept = Breakdown(found["seconds_per_step"], found["step_seconds"], found["flops_per_step"],
-                         [tuple(t) for t in found["top"]])
+        kept = Breakdown(
+            found["seconds_per_step"], found["step_seconds"], found["flops_per_step"], [tuple(t) for t in found["top"]]
+        )
         row["breakdown"] = kept.on_timed_step(row["step_ms"] / 1e3).as_dict(result["peak_flops"])
     return result
 

@@ -15,6 +15,7 @@ preset's and ViT-B/16's shapes, in interleaved passes on this machine:
     python scripts/step_parts_ab.py loss|embed|gather|attention|all [--device cuda] [--vit-batch N] [--passes 7]
         [--reps 20] [--no-compile]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,18 +50,25 @@ def shapes(part: str, vit_batch: int) -> list[tuple]:
     patches, values per patch)) per method; embed (name, batch, channels, image size, patch, width, visible
     patches); gather (name, tokens (B, N, C), rows kept); attention (name, (batch, heads, tokens, head width))."""
     vit = f"ViT-B/16, batch {vit_batch}"
-    return {"mae": [("tiny preset", (128, 48, 16)), (vit, (vit_batch, 147, 768))],
-            "simmim": [("tiny preset", (128, 38, 16)), (vit, (vit_batch, 118, 768))],
-            "embed": [("tiny preset", 128, 1, 32, 4, 96, 16), (vit, vit_batch, 3, 224, 16, 768, 49)],
-            "attention": [(f"{vit} MAE encoder", (vit_batch, 12, 50, 64)),
-                          (f"{vit} MAE decoder", (vit_batch, 16, 197, 32))],
-            "gather": [("tiny MAE decoder, last block's masked rows", (128, 65, 64), 48),
-                       ("tiny MAE decoder, unshuffle", (128, 64, 64), 64),
-                       (f"{vit} MAE decoder, last block's masked rows", (vit_batch, 197, 512), 147)]}[part]
+    return {
+        "mae": [("tiny preset", (128, 48, 16)), (vit, (vit_batch, 147, 768))],
+        "simmim": [("tiny preset", (128, 38, 16)), (vit, (vit_batch, 118, 768))],
+        "embed": [("tiny preset", 128, 1, 32, 4, 96, 16), (vit, vit_batch, 3, 224, 16, 768, 49)],
+        "attention": [
+            (f"{vit} MAE encoder", (vit_batch, 12, 50, 64)),
+            (f"{vit} MAE decoder", (vit_batch, 16, 197, 32)),
+        ],
+        "gather": [
+            ("tiny MAE decoder, last block's masked rows", (128, 65, 64), 48),
+            ("tiny MAE decoder, unshuffle", (128, 64, 64), 64),
+            (f"{vit} MAE decoder, last block's masked rows", (vit_batch, 197, 512), 147),
+        ],
+    }[part]
 
 
-def time_passes(steps: dict[str, Callable[[], None]], passes: int, reps: int,
-                device: torch.device) -> dict[str, list[float]]:
+def time_passes(
+    steps: dict[str, Callable[[], None]], passes: int, reps: int, device: torch.device
+) -> dict[str, list[float]]:
     """Milliseconds per call of each step, one list entry per interleaved pass."""
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(passes):
@@ -71,12 +79,18 @@ def time_passes(steps: dict[str, Callable[[], None]], passes: int, reps: int,
 
 def report(label: str, times: dict[str, list[float]]) -> None:
     base = statistics.median(next(iter(times.values())))
-    print(f"{label}: " + ", ".join(f"{name} {statistics.median(t):.3f} ms ({base / statistics.median(t):.2f}x)"
-                                   for name, t in times.items()), flush=True)
+    print(
+        f"{label}: "
+        + ", ".join(
+            f"{name} {statistics.median(t):.3f} ms ({base / statistics.median(t):.2f}x)" for name, t in times.items()
+        ),
+        flush=True,
+    )
 
 
-def loss_steps(plain: LossFn, fused: LossFn, shape: tuple[int, ...], compiled: bool,
-               device: torch.device) -> dict[str, Callable[[], None]]:
+def loss_steps(
+    plain: LossFn, fused: LossFn, shape: tuple[int, ...], compiled: bool, device: torch.device
+) -> dict[str, Callable[[], None]]:
     """The prediction in the step's precision: bf16 on CUDA (autocast's output), fp32 on a CPU."""
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     pred = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
@@ -87,8 +101,9 @@ def loss_steps(plain: LossFn, fused: LossFn, shape: tuple[int, ...], compiled: b
     return {name: (lambda fn=fn: fn(pred, target).backward()) for name, fn in fns.items()}
 
 
-def embed_steps(batch: int, chans: int, size: int, patch: int, width: int, keep: int,
-                device: torch.device) -> dict[str, Callable[[], None]]:
+def embed_steps(
+    batch: int, chans: int, size: int, patch: int, width: int, keep: int, device: torch.device
+) -> dict[str, Callable[[], None]]:
     """Under bf16 autocast on CUDA, as in training."""
     holder = nn.Module()
     holder.patch_embed = PatchEmbed(img_size=size, patch_size=patch, in_chans=chans, embed_dim=width).to(device)
@@ -100,10 +115,13 @@ def embed_steps(batch: int, chans: int, size: int, patch: int, width: int, keep:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
                 out = embed()
             out.float().sum().backward()
+
         return run
 
-    return {"every patch, then gather": step(lambda: gather_rows(holder.patch_embed(images), ids)),
-            "visible patches only": step(lambda: embed_patches_at(holder, images, ids))}
+    return {
+        "every patch, then gather": step(lambda: gather_rows(holder.patch_embed(images), ids)),
+        "visible patches only": step(lambda: embed_patches_at(holder, images, ids)),
+    }
 
 
 def gather_steps(shape: tuple[int, int, int], keep: int, device: torch.device) -> dict[str, Callable[[], None]]:
@@ -111,8 +129,10 @@ def gather_steps(shape: tuple[int, int, int], keep: int, device: torch.device) -
     rows = torch.argsort(torch.rand(shape[0], shape[1], device=device), dim=1)[:, :keep]
     grad = torch.randn(shape[0], keep, shape[2], device=device)
     expanded = rows.unsqueeze(-1).expand(-1, -1, shape[2])
-    return {"torch.gather": lambda: torch.gather(x, 1, expanded).backward(grad),
-            "index_select_rows": lambda: index_select_rows(x, rows).backward(grad)}
+    return {
+        "torch.gather": lambda: torch.gather(x, 1, expanded).backward(grad),
+        "index_select_rows": lambda: index_select_rows(x, rows).backward(grad),
+    }
 
 
 def attention_steps(shape: tuple[int, int, int, int], device: torch.device) -> dict[str, Callable[[], None]]:
@@ -128,6 +148,7 @@ def attention_steps(shape: tuple[int, int, int, int], device: torch.device) -> d
         def run() -> None:
             with sdpa_kernel(backend) if backend is not None else contextlib.nullcontext():
                 torch.nn.functional.scaled_dot_product_attention(q, k, v).backward(grad)
+
         return run
 
     steps: dict[str, Callable[[], None]] = {"torch's pick": step(None)}
@@ -155,8 +176,12 @@ def main() -> None:
     device = torch.device(args.device)
     vit_batch = args.vit_batch or (256 if device.type == "cuda" else 32)
     torch.manual_seed(0)
-    print(f"# {device.type}" + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
-          + f", torch {torch.__version__}, {args.passes} interleaved passes of {args.reps} calls", flush=True)
+    print(
+        f"# {device.type}"
+        + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
+        + f", torch {torch.__version__}, {args.passes} interleaved passes of {args.reps} calls",
+        flush=True,
+    )
     parts = ["loss", "embed", "gather", "attention"] if args.part == "all" else [args.part]
     if "loss" in parts:
         for method, (plain, fused) in {"mae": (plain_mse, patch_mse), "simmim": (plain_l1, patch_l1)}.items():
@@ -165,16 +190,22 @@ def main() -> None:
                 report(f"{method} loss, {label} {shape}", time_passes(steps, args.passes, args.reps, device))
     if "embed" in parts:
         for label, *shape in shapes("embed", vit_batch):
-            report(f"MAE patch embedding, {label}",
-                   time_passes(embed_steps(*shape, device), args.passes, args.reps, device))
+            report(
+                f"MAE patch embedding, {label}",
+                time_passes(embed_steps(*shape, device), args.passes, args.reps, device),
+            )
     if "gather" in parts:
         for label, shape, keep in shapes("gather", vit_batch):
-            report(f"{label} {shape} -> {keep}",
-                   time_passes(gather_steps(shape, keep, device), args.passes, args.reps, device))
+            report(
+                f"{label} {shape} -> {keep}",
+                time_passes(gather_steps(shape, keep, device), args.passes, args.reps, device),
+            )
     if "attention" in parts:
         for label, shape in shapes("attention", vit_batch):
-            report(f"attention forward and backward, {label} {shape}",
-                   time_passes(attention_steps(shape, device), args.passes, args.reps, device))
+            report(
+                f"attention forward and backward, {label} {shape}",
+                time_passes(attention_steps(shape, device), args.passes, args.reps, device),
+            )
 
 
 if __name__ == "__main__":

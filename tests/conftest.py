@@ -1,4 +1,5 @@
 """Shared helpers: tiny configs that train in seconds on 2 CPU cores, and a subprocess runner for the CLI."""
+
 from __future__ import annotations
 
 import os
@@ -13,11 +14,26 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # A femto ViT on 16 px synthetic images: a step takes milliseconds.
 TINY = [
-    "device=cpu", "data.name=synthetic", "data.synthetic_size=128", "data.img_size=16", "data.in_chans=1",
-    "model.name=mim_vit_femto", "model.decoder_dim=32", "model.decoder_depth=1", "model.decoder_heads=2",
-    "train.batch_size=16", "train.steps=12", "train.warmup_steps=2", "train.eval_every=4", "train.eval_samples=32",
-    "train.eval_batch_size=16", "train.ckpt_every=4", "train.log_every=2", "train.tensorboard=false",
-    "train.reconstruct=false", "train.base_lr=1e-3",
+    "device=cpu",
+    "data.name=synthetic",
+    "data.synthetic_size=128",
+    "data.img_size=16",
+    "data.in_chans=1",
+    "model.name=mim_vit_femto",
+    "model.decoder_dim=32",
+    "model.decoder_depth=1",
+    "model.decoder_heads=2",
+    "train.batch_size=16",
+    "train.steps=12",
+    "train.warmup_steps=2",
+    "train.eval_every=4",
+    "train.eval_samples=32",
+    "train.eval_batch_size=16",
+    "train.ckpt_every=4",
+    "train.log_every=2",
+    "train.tensorboard=false",
+    "train.reconstruct=false",
+    "train.base_lr=1e-3",
 ]
 
 
@@ -69,8 +85,14 @@ def cli_error(capsys, *args: str) -> str:
 
 
 def run_cli(*args: str, timeout: float = 300, check: bool = False) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "mimkit", *args], capture_output=True, text=True, env=cli_env(),
-                          timeout=timeout, cwd=ROOT)
+    proc = subprocess.run(
+        [sys.executable, "-m", "mimkit", *args],
+        capture_output=True,
+        text=True,
+        env=cli_env(),
+        timeout=timeout,
+        cwd=ROOT,
+    )
     if check and proc.returncode != 0:
         raise AssertionError(f"mimkit {' '.join(args)} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -1,6 +1,7 @@
 """Model analysis: attention metrics against hand-computed answers and brute-force loops, CKA against its defining
 formulas, attention capture against timm's own unfused probabilities, streaming statistics against whole-batch
 computation, and the `mimkit analyze` command end to end."""
+
 from __future__ import annotations
 
 import itertools
@@ -35,15 +36,17 @@ from mimkit.cli import main
 from mimkit.config import ConfigError
 
 FMNIST = Path("/usr/share/datasets/fashion-mnist")
-needs_fmnist = pytest.mark.skipif(not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(),
-                                  reason="Fashion-MNIST is not installed")
+needs_fmnist = pytest.mark.skipif(
+    not (FMNIST / "t10k-images-idx3-ubyte.gz").is_file(), reason="Fashion-MNIST is not installed"
+)
 
 GRID = (3, 4)  # 12 patch tokens
 P = GRID[0] * GRID[1]
 
 
-def random_attention(batch: int, heads: int, patches: int, prefix: int = 1, seed: int = 0,
-                     sharpness: float = 3.0) -> torch.Tensor:
+def random_attention(
+    batch: int, heads: int, patches: int, prefix: int = 1, seed: int = 0, sharpness: float = 3.0
+) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     tokens = prefix + patches
     return (torch.randn(batch, heads, tokens, tokens, generator=g) * sharpness).softmax(-1)
@@ -72,14 +75,16 @@ def mean_pairwise_patch_distance(grid: tuple[int, int], patch: tuple[int, int]) 
 # ----------------------------------------------------------------------------------------------------------------
 # Attention metrics
 
+
 def test_attention_on_self_has_zero_distance_for_every_head():
     rows = torch.eye(P).expand(2, 3, P, P)
     attn = patch_only_attention(rows)
     attn[:, :, 0] = torch.rand(2, 3, P + 1)  # the class-token row plays no part
     for renormalize in (False, True):
         # zero in exact arithmetic; a tolerance, since rounding depends on the CPU's vector width (see below)
-        torch.testing.assert_close(attention_distance(attn, GRID, 5, renormalize=renormalize), torch.zeros(3),
-                                   rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            attention_distance(attn, GRID, 5, renormalize=renormalize), torch.zeros(3), rtol=0, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("patch_size", [5, (5, 3)])
@@ -87,16 +92,18 @@ def test_uniform_attention_distance_is_the_mean_patch_distance(patch_size):
     attn = patch_only_attention(torch.full((2, 3, P, P), 1.0 / P))
     pair = (patch_size, patch_size) if isinstance(patch_size, int) else patch_size
     expected = mean_pairwise_patch_distance(GRID, pair)
-    torch.testing.assert_close(attention_distance(attn, GRID, patch_size), torch.full((3,), expected),
-                               rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        attention_distance(attn, GRID, patch_size), torch.full((3,), expected), rtol=1e-6, atol=1e-5
+    )
 
 
 def test_attention_on_the_class_token_counts_as_no_distance_unless_renormalised():
     attn = patch_only_attention(torch.full((1, 2, P, P), 1.0 / P), prefix_mass=0.5)
     uniform = mean_pairwise_patch_distance(GRID, (5, 5))
     torch.testing.assert_close(attention_distance(attn, GRID, 5), torch.full((2,), uniform / 2), rtol=1e-6, atol=1e-5)
-    torch.testing.assert_close(attention_distance(attn, GRID, 5, renormalize=True), torch.full((2,), uniform),
-                               rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(
+        attention_distance(attn, GRID, 5, renormalize=True), torch.full((2,), uniform), rtol=1e-6, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("prefix_mass", [0.0, 0.3])
@@ -143,8 +150,9 @@ def test_per_head_kl_is_the_mean_over_the_other_heads():
     torch.testing.assert_close(head_kl_divergence(attn), expected)
 
 
-def brute_force_metrics(attn: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int], prefix: int,
-                        renormalize: bool) -> tuple[list[float], list[float], list[float]]:
+def brute_force_metrics(
+    attn: torch.Tensor, grid: tuple[int, int], patch: tuple[int, int], prefix: int, renormalize: bool
+) -> tuple[list[float], list[float], list[float]]:
     """Distance, entropy and head KL per head, one image, head and query at a time, in plain Python."""
     a = attn.double().tolist()
     batch, heads, tokens = len(a), len(a[0]), len(a[0][0])
@@ -179,8 +187,11 @@ def test_vectorised_metrics_match_a_brute_force_loop(prefix, renormalize):
     attn = random_attention(2, 3, P, prefix=prefix, seed=3)
     distance, entropy, kl = brute_force_metrics(attn, GRID, (5, 3), prefix, renormalize)
     kw = dict(num_prefix_tokens=prefix, renormalize=renormalize)
-    for got, expected in ((attention_distance(attn, GRID, (5, 3), **kw), distance),
-                          (attention_entropy(attn, **kw), entropy), (head_kl_divergence(attn, **kw), kl)):
+    for got, expected in (
+        (attention_distance(attn, GRID, (5, 3), **kw), distance),
+        (attention_entropy(attn, **kw), entropy),
+        (head_kl_divergence(attn, **kw), kl),
+    ):
         torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float32), atol=1e-5, rtol=1e-5)
 
 
@@ -193,12 +204,16 @@ METRICS = {
 
 
 @pytest.mark.parametrize("metric", list(METRICS))
-@pytest.mark.parametrize("attn, kw", [
-    (torch.rand(3, 1 + P, 1 + P), {}),  # no batch dimension
-    (torch.rand(2, 3, 1 + P, P), {}),  # not square
-    (torch.rand(2, 3, 1 + P, 1 + P), {"num_prefix_tokens": 1 + P}),  # no patch tokens left
-    (torch.rand(2, 3, 1 + P, 1 + P), {"num_prefix_tokens": -1}),
-], ids=["3d", "not-square", "all-prefix", "negative-prefix"])
+@pytest.mark.parametrize(
+    "attn, kw",
+    [
+        (torch.rand(3, 1 + P, 1 + P), {}),  # no batch dimension
+        (torch.rand(2, 3, 1 + P, P), {}),  # not square
+        (torch.rand(2, 3, 1 + P, 1 + P), {"num_prefix_tokens": 1 + P}),  # no patch tokens left
+        (torch.rand(2, 3, 1 + P, 1 + P), {"num_prefix_tokens": -1}),
+    ],
+    ids=["3d", "not-square", "all-prefix", "negative-prefix"],
+)
 def test_bad_attention_shapes_raise(metric, attn, kw):
     with pytest.raises(ValueError):
         METRICS[metric](attn, **kw)
@@ -212,6 +227,7 @@ def test_grid_that_does_not_match_the_tokens_raises(grid):
 
 # ----------------------------------------------------------------------------------------------------------------
 # CKA
+
 
 def _features(n: int, d: int, seed: int) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
@@ -246,8 +262,7 @@ def test_linear_cka_equals_the_feature_space_formula():
     y[:, :5] += x  # correlated, so the value is not near 0
     xc = x.numpy() - x.numpy().mean(0)
     yc = y.numpy() - y.numpy().mean(0)
-    expected = (np.linalg.norm(yc.T @ xc) ** 2
-                / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc)))
+    expected = np.linalg.norm(yc.T @ xc) ** 2 / (np.linalg.norm(xc.T @ xc) * np.linalg.norm(yc.T @ yc))
     assert linear_cka(x, y).item() == pytest.approx(expected, rel=1e-5)
     assert linear_cka(y, x).item() == pytest.approx(expected, rel=1e-5)
 
@@ -289,8 +304,9 @@ def test_unbiased_hsic_matches_its_definition(reference):
     assert hsic.shape == (2, 3)
     for a in range(2):
         for b in range(3):
-            assert hsic[a, b].item() == pytest.approx(reference(grams_a[a].tolist(), grams_b[b].tolist()),
-                                                      rel=1e-9, abs=1e-9)
+            assert hsic[a, b].item() == pytest.approx(
+                reference(grams_a[a].tolist(), grams_b[b].tolist()), rel=1e-9, abs=1e-9
+            )
 
 
 def test_unbiased_hsic_needs_four_samples():
@@ -306,8 +322,10 @@ def test_minibatch_cka_equals_summed_pairwise_hsic():
     batches, accepted = [], []
     for bi, n in enumerate(sizes):
         base = _features(n, 4, 100 + bi)  # shared signal, so the layers are related
-        feats = [[torch.cat([base, _features(n, d, 1000 * bi + 10 * m + li)], 1)
-                  for li, d in enumerate(ws)] for m, ws in enumerate(widths)]
+        feats = [
+            [torch.cat([base, _features(n, d, 1000 * bi + 10 * m + li)], 1) for li, d in enumerate(ws)]
+            for m, ws in enumerate(widths)
+        ]
         grams = [torch.stack([gram(f) for f in fs]) for fs in feats]
         accepted.append(cka.update(grams))
         if n >= 4:
@@ -319,8 +337,12 @@ def test_minibatch_cka_equals_summed_pairwise_hsic():
         return sum(hsic_u_statistic(b[m][i], b[k][j]) for b in batches)
 
     for m, k in [(0, 0), (1, 1), (0, 1), (1, 0)]:
-        expected = torch.tensor([[summed(m, i, k, j) / math.sqrt(summed(m, i, m, i) * summed(k, j, k, j))
-                                  for j in range(len(widths[k]))] for i in range(len(widths[m]))])
+        expected = torch.tensor(
+            [
+                [summed(m, i, k, j) / math.sqrt(summed(m, i, m, i) * summed(k, j, k, j)) for j in range(len(widths[k]))]
+                for i in range(len(widths[m]))
+            ]
+        )
         torch.testing.assert_close(cka.between(m, k), expected.float(), rtol=1e-5, atol=1e-6)
 
 
@@ -328,8 +350,12 @@ def test_minibatch_cka_matrices_are_consistent():
     cka = MinibatchCKA(num_models=2)
     for bi in range(3):
         x = _features(8, 5, bi)
-        cka.update([torch.stack([gram(x), gram(x ** 2), gram(x[:, :2])]),
-                    torch.stack([gram(x + _features(8, 5, 50 + bi)), gram(x[:, 3:])])])
+        cka.update(
+            [
+                torch.stack([gram(x), gram(x**2), gram(x[:, :2])]),
+                torch.stack([gram(x + _features(8, 5, 50 + bi)), gram(x[:, 3:])]),
+            ]
+        )
     for m in range(2):
         within = cka.within(m)
         torch.testing.assert_close(within.diagonal(), torch.ones(within.shape[0]))
@@ -351,12 +377,14 @@ def test_minibatch_cka_skips_tiny_batches_and_reports_nothing_seen():
 # ----------------------------------------------------------------------------------------------------------------
 # Capture
 
+
 def tiny_vit(seed: int = 0, **kwargs) -> nn.Module:
     """A 3-block timm ViT on 32 px images (8x8 patches of 4 px, 65 tokens) with sharpened attention, so that
     attention is far from uniform and a wrong capture cannot pass by accident."""
     torch.manual_seed(seed)
-    model = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=3, pretrained=False,
-                              **kwargs).eval()
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=4, depth=3, pretrained=False, **kwargs
+    ).eval()
     with torch.no_grad():
         for block in model.blocks:
             block.attn.qkv.weight.mul_(4.0)
@@ -399,8 +427,12 @@ def test_capture_leaves_the_model_as_it_was(mode):
     with torch.no_grad():
         before = model.forward_features(images)
     seen = []
-    with AttentionCapture(model, on_attention=lambda layer, a: seen.append(layer),
-                          on_features=lambda layer, x: seen.append(("features", layer)), mode=mode):
+    with AttentionCapture(
+        model,
+        on_attention=lambda layer, a: seen.append(layer),
+        on_features=lambda layer, x: seen.append(("features", layer)),
+        mode=mode,
+    ):
         assert _hook_count(model) == 6
         if mode == "unfused":
             assert not any(block.attn.fused_attn for block in model.blocks)
@@ -472,8 +504,10 @@ GEOMETRY = ViTGeometry(depth=2, heads=3, grid_size=GRID, patch_size=(5, 3), num_
 
 def _stream(batch_sizes: list[int], seed: int = 7) -> list[list[torch.Tensor]]:
     """Per batch, per layer: random attention of that batch's images."""
-    return [[random_attention(n, GEOMETRY.heads, P, seed=seed + 10 * b + layer) for layer in range(GEOMETRY.depth)]
-            for b, n in enumerate(batch_sizes)]
+    return [
+        [random_attention(n, GEOMETRY.heads, P, seed=seed + 10 * b + layer) for layer in range(GEOMETRY.depth)]
+        for b, n in enumerate(batch_sizes)
+    ]
 
 
 def _state_numel(stats: AttentionStats) -> int:
@@ -496,8 +530,9 @@ def test_streamed_stats_equal_the_metrics_of_all_images_at_once(renormalize):
             "kl": head_kl_divergence(everything),
         }
         per_image = {
-            "distance": torch.stack([attention_distance(a[None], GRID, (5, 3), renormalize=renormalize)
-                                     for a in everything]).mean(0),
+            "distance": torch.stack(
+                [attention_distance(a[None], GRID, (5, 3), renormalize=renormalize) for a in everything]
+            ).mean(0),
             "entropy": torch.stack([attention_entropy(a[None]) for a in everything]).mean(0),
             "kl": torch.stack([head_kl_divergence(a[None]) for a in everything]).mean(0),
         }
@@ -510,8 +545,9 @@ def test_streamed_stats_equal_the_metrics_of_all_images_at_once(renormalize):
     summary = stats.summary()
     assert summary["images"] == 11
     assert np.asarray(summary["distance"]).shape == (2, 3) and np.asarray(summary["kl_pairwise"]).shape == (2, 3, 3)
-    torch.testing.assert_close(torch.tensor(summary["entropy_layer_mean"]),
-                               torch.tensor(summary["entropy"]).mean(1), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        torch.tensor(summary["entropy_layer_mean"]), torch.tensor(summary["entropy"]).mean(1), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_stats_state_does_not_grow_with_the_number_of_images():
@@ -563,8 +599,15 @@ def test_attention_maps_reject_a_query_outside_the_grid(query):
 # ----------------------------------------------------------------------------------------------------------------
 # `mimkit analyze` end to end
 
-ANALYZE = ["--images", "40", "--batch-size", "16", "--data", "fashion-mnist",
-           *sets(["device=cpu", f"data.root={FMNIST}", "model.name=mim_vit_femto", "data.img_size=16"])]
+ANALYZE = [
+    "--images",
+    "40",
+    "--batch-size",
+    "16",
+    "--data",
+    "fashion-mnist",
+    *sets(["device=cpu", f"data.root={FMNIST}", "model.name=mim_vit_femto", "data.img_size=16"]),
+]
 SYNTHETIC = sets(["device=cpu", "data.name=synthetic", "data.img_size=16", "model.name=mim_vit_femto"])
 
 
@@ -581,8 +624,9 @@ def mae_run(tmp_path_factory):
 @pytest.fixture(scope="module")
 def report(mae_run, tmp_path_factory):
     out = tmp_path_factory.mktemp("analysis") / "report"
-    proc = run_cli("analyze", "report", "--model", f"A={mae_run}", "--model", "B=scratch", "--out", str(out),
-                   *ANALYZE, check=True)
+    proc = run_cli(
+        "analyze", "report", "--model", f"A={mae_run}", "--model", "B=scratch", "--out", str(out), *ANALYZE, check=True
+    )
     return proc, out, json.loads((out / "results.json").read_text())
 
 
@@ -644,13 +688,20 @@ def test_report_attention_maps(report):
 @needs_fmnist
 def test_report_writes_figures_and_a_self_contained_page(report):
     proc, out, _ = report
-    for name in ("attention_distance.png", "head_diversity.png", "attention_entropy.png", "cka_within.png",
-                 "cka_between.png", "attention_maps_q0.png", "attention_maps_q1.png"):
+    for name in (
+        "attention_distance.png",
+        "head_diversity.png",
+        "attention_entropy.png",
+        "cka_within.png",
+        "cka_between.png",
+        "attention_maps_q0.png",
+        "attention_maps_q1.png",
+    ):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (out / "report.html").read_text()
     assert str(out / "report.html") in proc.stdout
     assert page.count('src="data:image/png;base64,') == 7
-    assert 'src="http' not in page and "href=\"http" not in page
+    assert 'src="http' not in page and 'href="http' not in page
     assert not re.search(r'src="(?!data:)', page)  # nothing refers to a file beside the page
     assert "<b>A</b>" in page and "<b>B</b>" in page
 
@@ -675,21 +726,39 @@ def test_separate_analyses_into_one_directory_are_merged(tmp_path, capsys):
 def test_exported_encoder_is_analysed_like_its_run(mae_run, tmp_path, capsys):
     export = tmp_path / "enc.safetensors"
     assert main(["export", str(mae_run), "--out", str(export)]) == 0
-    assert main(["analyze", "attention", "--model", f"run={mae_run}", "--model", str(export),
-                 "--out", str(tmp_path / "an"), *ANALYZE]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "attention",
+                "--model",
+                f"run={mae_run}",
+                "--model",
+                str(export),
+                "--out",
+                str(tmp_path / "an"),
+                *ANALYZE,
+            ]
+        )
+        == 0
+    )
     results = json.loads((tmp_path / "an/results.json").read_text())
     assert results["models"]["enc"]["description"].startswith("exported encoder")
     for key in ("distance", "entropy"):  # the same weights: the same numbers
         np.testing.assert_allclose(results["attention"]["enc"][key], results["attention"]["run"][key], rtol=1e-6)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--model", "/nonexistent/run"], "is not a run directory"),
-    (["--model", "scratch", "--query", "1.5,0.2"], "--query 1.5,0.2"),
-    (["--model", "scratch", "--query", "0.5"], "expected Y,X"),
-    (["--model", "scratch", "--batch-size", "2"], "--batch-size 2"),
-    (["--model", "x=scratch", "--model", "x=scratch"], "share the name"),
-], ids=["unknown-source", "query-outside", "query-not-a-pair", "batch-too-small", "duplicate-name"])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model", "/nonexistent/run"], "is not a run directory"),
+        (["--model", "scratch", "--query", "1.5,0.2"], "--query 1.5,0.2"),
+        (["--model", "scratch", "--query", "0.5"], "expected Y,X"),
+        (["--model", "scratch", "--batch-size", "2"], "--batch-size 2"),
+        (["--model", "x=scratch", "--model", "x=scratch"], "share the name"),
+    ],
+    ids=["unknown-source", "query-outside", "query-not-a-pair", "batch-too-small", "duplicate-name"],
+)
 def test_bad_analyze_input_is_a_user_error(tmp_path, capsys, args, message):
     code = main(["analyze", "attention", *args, "--out", str(tmp_path / "out"), *SYNTHETIC])
     err = capsys.readouterr().err
@@ -699,8 +768,18 @@ def test_bad_analyze_input_is_a_user_error(tmp_path, capsys, args, message):
 
 
 def test_bad_analyze_input_exits_2_without_a_traceback(tmp_path, capsys):
-    err = cli_error(capsys, "analyze", "report", "--model", "A=scratch", "--model", "A=scratch", "--out",
-                    str(tmp_path), *sets(["device=cpu", "data.name=synthetic", "model.name=mim_vit_femto"]))
+    err = cli_error(
+        capsys,
+        "analyze",
+        "report",
+        "--model",
+        "A=scratch",
+        "--model",
+        "A=scratch",
+        "--out",
+        str(tmp_path),
+        *sets(["device=cpu", "data.name=synthetic", "model.name=mim_vit_femto"]),
+    )
     assert "share the name ['A']" in err
 
 
@@ -710,8 +789,21 @@ def test_cka_on_fewer_than_four_images_is_a_user_error(tmp_path, capsys):
 
 
 def test_map_images_below_one_is_a_user_error(tmp_path, capsys):
-    code = main(["analyze", "maps", "--model", "scratch", "--images", "8", "--map-images", "0", "--out",
-                 str(tmp_path), *SYNTHETIC])
+    code = main(
+        [
+            "analyze",
+            "maps",
+            "--model",
+            "scratch",
+            "--images",
+            "8",
+            "--map-images",
+            "0",
+            "--out",
+            str(tmp_path),
+            *SYNTHETIC,
+        ]
+    )
     assert code == 2 and "--map-images" in capsys.readouterr().err
 
 
@@ -724,8 +816,9 @@ def test_timm_model_with_weights_from_a_local_file_is_analysed(tmp_path):
     from mimkit.config import load_config
 
     torch.manual_seed(3)
-    reference = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32,
-                                  patch_size=16).eval()
+    reference = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, num_classes=0, img_size=32, patch_size=16
+    ).eval()
     weights = tmp_path / "tiny.safetensors"
     save_file({k: v.contiguous() for k, v in reference.state_dict().items()}, str(weights))
     base = load_config(None, ["device=cpu", "data.name=synthetic", "data.img_size=32", "data.in_chans=3"])

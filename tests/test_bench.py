@@ -1,6 +1,7 @@
 """`mimkit bench suite`: every workload's rows side by side, FLOPs that agree between implementations of the same
 shape (so the references really are the same model), ratios and targets computed from the measured rows, and where
 each row's time goes."""
+
 from __future__ import annotations
 
 import json
@@ -17,8 +18,18 @@ pytest.importorskip("transformers")
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench") / "suite.json"
-    result = run_suite("tiny", "cpu", steps=2, warmup=1, batch=4, rounds=2, breakdown_steps=2, out=out,
-                       trace_dir=out.parent / "traces", log=lambda *_: None)
+    result = run_suite(
+        "tiny",
+        "cpu",
+        steps=2,
+        warmup=1,
+        batch=4,
+        rounds=2,
+        breakdown_steps=2,
+        out=out,
+        trace_dir=out.parent / "traces",
+        log=lambda *_: None,
+    )
     return result, json.loads(out.read_text()), out.with_suffix(".md").read_text()
 
 
@@ -30,12 +41,22 @@ def test_suite_times_every_workload_against_its_references(suite):
     result, written, _ = suite
     assert written["rows"] == result["rows"] and written["device"] and written["versions"]["torch"]
     assert set(_rows(result)) == {
-        ("mae", "mimkit"), ("mae", "mimkit + input pipeline"), ("mae", "input pipeline alone"),
-        ("mae", "HF ViTMAEForPreTraining"), ("mae", "official-style (timm Blocks)"),
-        ("simmim", "mimkit"), ("simmim", "HF ViTForMaskedImageModeling"), ("simmim", "official-style (timm ViT)"),
-        ("distill", "mimkit"), ("distill", "plain timm"),
-        ("finetune", "mimkit"), ("finetune", "HF ViTForImageClassification"), ("finetune", "timm"),
-        ("memory", "mimkit"), ("memory", "mimkit + activation checkpointing")}
+        ("mae", "mimkit"),
+        ("mae", "mimkit + input pipeline"),
+        ("mae", "input pipeline alone"),
+        ("mae", "HF ViTMAEForPreTraining"),
+        ("mae", "official-style (timm Blocks)"),
+        ("simmim", "mimkit"),
+        ("simmim", "HF ViTForMaskedImageModeling"),
+        ("simmim", "official-style (timm ViT)"),
+        ("distill", "mimkit"),
+        ("distill", "plain timm"),
+        ("finetune", "mimkit"),
+        ("finetune", "HF ViTForImageClassification"),
+        ("finetune", "timm"),
+        ("memory", "mimkit"),
+        ("memory", "mimkit + activation checkpointing"),
+    }
     for row in result["rows"]:
         assert row["img_per_s"] > 0 and row["batch"] == 4
         assert row["img_per_s"] == pytest.approx(1000 * 4 / row["step_ms"])
@@ -73,9 +94,11 @@ def test_ratios_and_targets_come_from_the_rows(suite):
     speed = lambda group, impl: rows[(group, impl)]["img_per_s"]  # noqa: E731
     mae = result["ratios"]["mae"]
     assert mae["mimkit / HF ViTMAEForPreTraining"] == pytest.approx(
-        speed("mae", "mimkit") / speed("mae", "HF ViTMAEForPreTraining"))
+        speed("mae", "mimkit") / speed("mae", "HF ViTMAEForPreTraining")
+    )
     assert mae["mimkit + input pipeline / HF ViTMAEForPreTraining"] == pytest.approx(
-        speed("mae", "mimkit + input pipeline") / speed("mae", "HF ViTMAEForPreTraining"))
+        speed("mae", "mimkit + input pipeline") / speed("mae", "HF ViTMAEForPreTraining")
+    )
     assert not any("input pipeline alone" in key for key in mae)  # the loader row is no reference
     assert "memory" not in result["ratios"]
     cpu_targets = {t["what"]: t for t in result["targets"]}
@@ -90,7 +113,7 @@ def test_markdown_report_beside_the_json_has_every_row_ratio_and_target(suite):
     lines = markdown.splitlines()
     assert result["device"] in lines[0] and result["date"] in lines[0]
     first = lines.index(next(line for line in lines if line.startswith("| ")))
-    table = lines[first:lines.index("", first)]
+    table = lines[first : lines.index("", first)]
     assert len(table) == 2 + len(result["rows"])  # header, rule and one line per row
     table = [table[0], *table[2:]]
     header = [cell.strip() for cell in table[0].strip("|").split("|")]
@@ -114,11 +137,15 @@ def test_every_model_row_says_where_its_time_goes(suite):
         # every counted FLOP of these ViTs is a matmul or attention; the breakdown's are the row's, per step
         assert sum(b["flops_per_step"].values()) == pytest.approx(row["flops_per_img"] * row["batch"])
         assert b["gap"]["useful"] == pytest.approx(
-            sum(min(b["flops_per_step"].get(k, 0) / result["peak_flops"], b["seconds_per_step"].get(k, 0))
-                for k in ("matmul", "attention")) / max(b["step_seconds"], sum(b["seconds_per_step"].values())))
+            sum(
+                min(b["flops_per_step"].get(k, 0) / result["peak_flops"], b["seconds_per_step"].get(k, 0))
+                for k in ("matmul", "attention")
+            )
+            / max(b["step_seconds"], sum(b["seconds_per_step"].values()))
+        )
     lines = markdown.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("| workload | implementation | matmul"))
-    assert len(lines[first + 2:]) == len(profiled)
+    assert len(lines[first + 2 :]) == len(profiled)
     assert result["breakdown_figure"].endswith("suite-breakdown.png")
     from pathlib import Path
 
@@ -223,12 +250,27 @@ def test_a_failing_case_is_reported_and_the_others_still_run(monkeypatch, tmp_pa
 
     monkeypatch.setattr(refs, "hf_mae", broken)
     out, lines = tmp_path / "suite.json", []
-    result = run_suite("tiny", "cpu", steps=1, warmup=0, batch=2, rounds=1, breakdown_steps=0, groups=["mae"],
-                       out=out, log=lines.append)
+    result = run_suite(
+        "tiny",
+        "cpu",
+        steps=1,
+        warmup=0,
+        batch=2,
+        rounds=1,
+        breakdown_steps=0,
+        groups=["mae"],
+        out=out,
+        log=lines.append,
+    )
     impls = {r["impl"] for r in result["rows"]}
     assert "HF ViTMAEForPreTraining" not in impls and {"mimkit", "official-style (timm Blocks)"} <= impls
-    assert result["failed"] == [{"group": "mae", "impl": "HF ViTMAEForPreTraining",
-                                 "error": "RuntimeError: this transformers has no ViTMAEForPreTraining"}]
+    assert result["failed"] == [
+        {
+            "group": "mae",
+            "impl": "HF ViTMAEForPreTraining",
+            "error": "RuntimeError: this transformers has no ViTMAEForPreTraining",
+        }
+    ]
     assert any("HF ViTMAEForPreTraining" in line and "FAILED" in line for line in lines)
     assert "FAILED mae HF ViTMAEForPreTraining" in out.with_suffix(".md").read_text()
     assert json.loads(out.read_text())["failed"] == result["failed"]
@@ -256,7 +298,7 @@ def test_compiled_rows_run_after_the_eager_ones(tmp_path):
     _, cases = suite_cases("tiny", "mae", torch.device("cpu"), True, tmp_path, 4, ("reduce-overhead",))
     order = [c.impl for c in cases]
     compiled = [c.impl for c in cases if c.compiled]
-    assert order[-len(compiled):] == compiled and order[-1] == "mimkit + input pipeline"
+    assert order[-len(compiled) :] == compiled and order[-1] == "mimkit + input pipeline"
     assert "official-style compiled" in compiled and "HF ViTMAEForPreTraining" not in compiled
 
 
@@ -264,10 +306,13 @@ def test_bench_pretrain_times_the_step_fed_by_the_input_pipeline(tmp_path):
     from mimkit.bench.pretrain_bench import run_pretrain_bench
     from mimkit.config import load_config
 
-    cfg = load_config("mae_fmnist_tiny", ["data.name=synthetic", "data.synthetic_size=64", "train.batch_size=8",
-                                          "data.num_workers=0", "device=cpu"])
+    cfg = load_config(
+        "mae_fmnist_tiny",
+        ["data.name=synthetic", "data.synthetic_size=64", "train.batch_size=8", "data.num_workers=0", "device=cpu"],
+    )
     result = run_pretrain_bench(cfg, steps=2, warmup=1, breakdown_steps=0, pipeline=True, out=tmp_path / "b.json")
     assert result["pipeline"]["img_per_s"] > 0 and result["pipeline"]["data"]["name"] == "synthetic"
     assert result["ratio_pipeline_over_synthetic"] == pytest.approx(
-        result["pipeline"]["img_per_s"] / result["mimkit"]["img_per_s"])
+        result["pipeline"]["img_per_s"] / result["mimkit"]["img_per_s"]
+    )
     assert json.loads((tmp_path / "b.json").read_text())["ratio_pipeline_over_synthetic"] > 0

@@ -1,6 +1,7 @@
 """Where a step's time goes (mimkit.bench.breakdown): operator and kernel names sorted into kinds of work, the
 arithmetic that turns seconds and FLOPs into shares, efficiencies and the gap to the peak, and a real profile of a
 small ViT training step."""
+
 from __future__ import annotations
 
 import pytest
@@ -11,17 +12,37 @@ from mimkit.bench.flops import count_flops_by_op
 
 NAMES = {
     # CPU operators, as the profiler names them
-    "aten::mm": "matmul", "aten::addmm": "matmul", "aten::linear": "matmul", "aten::convolution_backward": "matmul",
-    "aten::mkldnn_convolution": "matmul", "aten::bmm": "attention", "aten::baddbmm": "attention",
+    "aten::mm": "matmul",
+    "aten::addmm": "matmul",
+    "aten::linear": "matmul",
+    "aten::convolution_backward": "matmul",
+    "aten::mkldnn_convolution": "matmul",
+    "aten::bmm": "attention",
+    "aten::baddbmm": "attention",
     "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention",
     "aten::_efficient_attention_backward": "attention",
-    "aten::gelu_backward": "elementwise", "aten::native_layer_norm": "elementwise", "aten::add_": "elementwise",
-    "aten::sum": "elementwise", "aten::mse_loss": "elementwise", "aten::_softmax": "elementwise",
-    "aten::copy_": "copies", "aten::cat": "copies", "aten::fill_": "copies", "aten::gather": "copies",
-    "aten::scatter_add_": "copies", "aten::_to_copy": "copies", "aten::index_select": "copies",
-    "aten::_fused_adamw_": "optimizer", "aten::_foreach_norm": "optimizer", "Optimizer.step#AdamW.step": "optimizer",
-    "aten::view": "other", "aten::t": "other", "aten::expand": "other", "aten::empty_strided": "other",
-    "aten::broadcast_tensors": "other", "autograd::engine::evaluate_function: AddmmBackward0": "other",
+    "aten::gelu_backward": "elementwise",
+    "aten::native_layer_norm": "elementwise",
+    "aten::add_": "elementwise",
+    "aten::sum": "elementwise",
+    "aten::mse_loss": "elementwise",
+    "aten::_softmax": "elementwise",
+    "aten::copy_": "copies",
+    "aten::cat": "copies",
+    "aten::fill_": "copies",
+    "aten::gather": "copies",
+    "aten::scatter_add_": "copies",
+    "aten::_to_copy": "copies",
+    "aten::index_select": "copies",
+    "aten::_fused_adamw_": "optimizer",
+    "aten::_foreach_norm": "optimizer",
+    "Optimizer.step#AdamW.step": "optimizer",
+    "aten::view": "other",
+    "aten::t": "other",
+    "aten::expand": "other",
+    "aten::empty_strided": "other",
+    "aten::broadcast_tensors": "other",
+    "autograd::engine::evaluate_function: AddmmBackward0": "other",
     "c10d::allreduce_": "communication",
     # CUDA kernels (names as H100 traces show them) and inductor's kernels
     "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64_warpgroupsize1x1x1_execute_segment_k_off_kernel"
@@ -29,23 +50,26 @@ NAMES = {
     "nvjet_hsh_128x256_64x4_2x1_v_bz_coopB_TNT": "matmul",
     "void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>": "matmul",
     "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128, 128, 4, false, false, "
-    "cutlass::bfloat16_t>, false, false, false, false, true, true, false, false>(FLASH_NAMESPACE::Flash_fwd_params)":
-        "attention",
+    "cutlass::bfloat16_t>, false, false, false, false, true, true, false, false>(FLASH_NAMESPACE::Flash_fwd_params)": "attention",  # noqa: E501
     "fmha_cutlassB_bf16_aligned_64x64_k64_sm80": "attention",
     "cudnn_generated_fort_native_sdpa_sm90_knob_7_64x128x64_4x1x1_kernel0_0": "attention",
-    "triton_poi_fused_add_native_layer_norm_0": "elementwise", "triton_red_fused_cat_sum_3": "elementwise",
+    "triton_poi_fused_add_native_layer_norm_0": "elementwise",
+    "triton_red_fused_cat_sum_3": "elementwise",
     "triton_tem_fused_mm_1": "matmul",
     "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl(at::TensorIteratorBase&, "
-    "at::native::GeluType)::{lambda()#2}::operator()() const::{lambda(float)#1}, std::array<char*, 2ul> >":
-        "elementwise",
+    "at::native::GeluType)::{lambda()#2}::operator()() const::{lambda(float)#1}, std::array<char*, 2ul> >": "elementwise",  # noqa: E501
     "void at::native::elementwise_kernel<128, 2, at::native::gpu_kernel_impl_nocast<at::native::direct_copy_kernel_"
     "cuda(at::TensorIteratorBase&)::{lambda()#3}::operator()() const::{lambda(float)#7}>>": "copies",
-    "Memcpy HtoD (Pageable -> Device)": "copies", "Memset (Device)": "copies",
+    "Memcpy HtoD (Pageable -> Device)": "copies",
+    "Memset (Device)": "copies",
     "void at::native::(anonymous namespace)::multi_tensor_apply_kernel<at::native::(anonymous namespace)::"
     "TensorListMetadata<5>, at::native::(anonymous namespace)::FusedAdamMathFunctor<float, 5>>": "optimizer",
     "ncclDevKernel_AllReduce_Sum_f32_RING_LL(ncclDevKernelArgsStorage<4096ul>)": "communication",
     # flop-counter keys
-    "aten.mm": "matmul", "aten.addmm": "matmul", "aten.convolution": "matmul", "aten.bmm": "attention",
+    "aten.mm": "matmul",
+    "aten.addmm": "matmul",
+    "aten.convolution": "matmul",
+    "aten.bmm": "attention",
     "aten._scaled_dot_product_efficient_attention": "attention",
 }
 
@@ -57,8 +81,11 @@ def test_names_sort_into_their_kind(name):
 
 def test_shares_efficiency_and_gap_add_up():
     peak = 100.0  # FLOP/s
-    b = Breakdown({"matmul": 4.0, "attention": 1.0, "elementwise": 2.0, "copies": 1.0, "idle": 2.0}, 10.0,
-                  {"matmul": 300.0, "attention": 20.0})
+    b = Breakdown(
+        {"matmul": 4.0, "attention": 1.0, "elementwise": 2.0, "copies": 1.0, "idle": 2.0},
+        10.0,
+        {"matmul": 300.0, "attention": 20.0},
+    )
     shares = b.shares()
     assert set(shares) == set(KINDS) and sum(shares.values()) == pytest.approx(1.0)
     assert shares["matmul"] == pytest.approx(0.4) and shares["optimizer"] == 0.0
@@ -196,8 +223,7 @@ def test_suite_sets_only_gpu_breakdowns_against_the_timed_step(monkeypatch):
     from mimkit.bench.breakdown import Breakdown
     from mimkit.bench.suite import Case, Timed, _Profiles
 
-    monkeypatch.setattr(bench_suite, "profile_step",
-                        lambda *a, **k: Breakdown({"matmul": 0.02, "idle": 0.02}, 0.04))
+    monkeypatch.setattr(bench_suite, "profile_step", lambda *a, **k: Breakdown({"matmul": 0.02, "idle": 0.02}, 0.04))
     case = Case("x", "mimkit", lambda: Timed(lambda: None, None))
     for device, idle in (("cpu", 0.02), ("cuda", 0.005)):
         profiles = _Profiles(4, 1, torch.device(device), 1e12)

@@ -1,5 +1,6 @@
 """End to end through the command line: pretrain on real Fashion-MNIST and on an image folder, reconstructions,
 `mimkit.load`, recipes, the benchmark, and (on a GPU) bf16 autocast."""
+
 from __future__ import annotations
 
 import json
@@ -16,14 +17,24 @@ from mimkit import load
 FMNIST = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
-
 @pytest.mark.skipif(not FMNIST.exists(), reason="Fashion-MNIST not installed")
 @pytest.mark.parametrize("method", ["mae", "simmim"])
 def test_pretrain_fashion_mnist_end_to_end(tmp_path, method):
     recipe = f"{method}_fmnist_tiny"
-    overrides = ["device=cpu", "data.fraction=0.02", "model.name=mim_vit_femto", "train.steps=30",
-                 "train.warmup_steps=3", "train.batch_size=64", "train.eval_every=10", "train.eval_samples=128",
-                 "train.ckpt_every=10", "train.log_every=10", "train.tensorboard=false", "train.base_lr=1e-3"]
+    overrides = [
+        "device=cpu",
+        "data.fraction=0.02",
+        "model.name=mim_vit_femto",
+        "train.steps=30",
+        "train.warmup_steps=3",
+        "train.batch_size=64",
+        "train.eval_every=10",
+        "train.eval_samples=128",
+        "train.ckpt_every=10",
+        "train.log_every=10",
+        "train.tensorboard=false",
+        "train.base_lr=1e-3",
+    ]
     proc = run_cli("pretrain", "--config", recipe, "--out", str(tmp_path / "run"), *sets(overrides), check=True)
     assert "step 30/30" in proc.stdout and "img/s" in proc.stdout and "eta" in proc.stdout
     results = json.loads((tmp_path / "run/results.json").read_text())
@@ -65,14 +76,25 @@ def test_pretrain_on_image_folder_skips_bad_files(tmp_path, monkeypatch):
     (tmp_path / "imgs/cats/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (tmp_path / "imgs/dogs/empty.png").write_bytes(b"")
     overrides = [o for o in TINY if not o.startswith("data.")] + [
-        "data.name=folder", f"data.root={tmp_path / 'imgs'}", "data.img_size=16", "data.val_fraction=0.1"]
-    proc = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"), *sets(overrides),
-                   check=True)
+        "data.name=folder",
+        f"data.root={tmp_path / 'imgs'}",
+        "data.img_size=16",
+        "data.val_fraction=0.1",
+    ]
+    proc = run_cli(
+        "pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"), *sets(overrides), check=True
+    )
     assert "skipped 2 unreadable image(s)" in proc.stdout
     results = json.loads((tmp_path / "run/results.json").read_text())
     assert results["skipped_images"] == 2 and results["train_images"] + results["heldout_images"] == 40
-    missing = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run2"),
-                      *sets([*overrides, f"data.root={tmp_path / 'nope'}"]))
+    missing = run_cli(
+        "pretrain",
+        "--config",
+        "mae_fmnist_tiny",
+        "--out",
+        str(tmp_path / "run2"),
+        *sets([*overrides, f"data.root={tmp_path / 'nope'}"]),
+    )
     assert missing.returncode == 2 and "does not exist" in missing.stderr and "Traceback" not in missing.stderr
 
 
@@ -98,9 +120,22 @@ def test_recipes_and_models_listed():
 def test_bench_pretrain_compares_with_hf(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "bench.json"
-    proc = run_cli("bench", "pretrain", "--config", "mae_fmnist_tiny", "--steps", "2", "--warmup", "1",
-                   "--compare", "hf", "--out", str(out), *sets(["device=cpu", "model.name=mim_vit_femto",
-                                                                  "train.batch_size=16"]), check=True)
+    proc = run_cli(
+        "bench",
+        "pretrain",
+        "--config",
+        "mae_fmnist_tiny",
+        "--steps",
+        "2",
+        "--warmup",
+        "1",
+        "--compare",
+        "hf",
+        "--out",
+        str(out),
+        *sets(["device=cpu", "model.name=mim_vit_femto", "train.batch_size=16"]),
+        check=True,
+    )
     result = json.loads(out.read_text())
     assert result["mimkit"]["img_per_s"] > 0 and result["hf"]["img_per_s"] > 0
     assert result["ratio_mimkit_over_hf"] == pytest.approx(result["mimkit"]["img_per_s"] / result["hf"]["img_per_s"])
@@ -113,10 +148,12 @@ def test_bench_pretrain_compares_with_hf(tmp_path):
 
 
 def test_bench_pretrain_refuses_what_it_cannot_time(capsys):
-    assert "MAE config" in cli_error(capsys, "bench", "pretrain", "--config", "simmim_fmnist_tiny", "--compare", "hf",
-                                     "--set", "device=cpu")
-    assert "--breakdown-steps" in cli_error(capsys, "bench", "pretrain", "--config", "mae_fmnist_tiny",
-                                            "--breakdown-steps", "-1", "--set", "device=cpu")
+    assert "MAE config" in cli_error(
+        capsys, "bench", "pretrain", "--config", "simmim_fmnist_tiny", "--compare", "hf", "--set", "device=cpu"
+    )
+    assert "--breakdown-steps" in cli_error(
+        capsys, "bench", "pretrain", "--config", "mae_fmnist_tiny", "--breakdown-steps", "-1", "--set", "device=cpu"
+    )
 
 
 def test_bench_loader_times_the_training_stream(tmp_path):
@@ -149,8 +186,15 @@ def test_bf16_autocast_training_on_gpu(tmp_path):
 
 
 def test_batch_larger_than_the_data_subset_is_a_clear_error(capsys, tmp_path):
-    assert "fewer than one batch" in cli_error(capsys, "pretrain", "--config", "mae_fmnist_tiny", "--out",
-                                               str(tmp_path / "run"), *sets([*TINY, "data.synthetic_size=8"]))
+    assert "fewer than one batch" in cli_error(
+        capsys,
+        "pretrain",
+        "--config",
+        "mae_fmnist_tiny",
+        "--out",
+        str(tmp_path / "run"),
+        *sets([*TINY, "data.synthetic_size=8"]),
+    )
 
 
 def test_every_error_a_user_can_fix_is_one_user_error():
@@ -165,6 +209,12 @@ def test_every_error_a_user_can_fix_is_one_user_error():
     from mimkit.interop.imports import ImportError_
 
     assert from_config is ConfigError
-    for cls, base in ((ConfigError, ValueError), (DataNotFoundError, FileNotFoundError), (FolderError, ValueError),
-                      (ShardError, ValueError), (CheckpointError, RuntimeError), (ImportError_, ValueError)):
+    for cls, base in (
+        (ConfigError, ValueError),
+        (DataNotFoundError, FileNotFoundError),
+        (FolderError, ValueError),
+        (ShardError, ValueError),
+        (CheckpointError, RuntimeError),
+        (ImportError_, ValueError),
+    ):
         assert issubclass(cls, UserError) and issubclass(cls, base), cls

@@ -1,5 +1,6 @@
 """Each adapter over a private piece of torch or timm (mimkit.compat), run against the installed versions: when a
 release moves one of them, these tests fail first and say which."""
+
 from __future__ import annotations
 
 import re

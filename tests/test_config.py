@@ -1,4 +1,5 @@
 """Config loading, overrides, validation, derived defaults, round trips, and the CLI's handling of bad configs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -24,11 +25,26 @@ from mimkit.config import (
     validate,
 )
 
-SHIPPED = ["distill_fmnist_tiny", "finetune_fmnist_tiny", "finetune_mae_vit_base_in1k", "finetune_simmim_vit_base_in1k",
-           "mae_fmnist_tiny", "mae_vit_base_in1k", "mocov3_fmnist_tiny", "probe_fmnist", "simmim_fmnist_tiny",
-           "simmim_swinv2_base_in1k", "simmim_swinv2_giant_in1k", "simmim_swinv2_huge_in1k", "simmim_swinv2_large_in1k",
-           "simmim_swinv2_small_in1k", "simmim_vit_base_in1k", "supervised_fmnist_tiny", "tinymim_vit_base_in1k",
-           "tinymim_vit_small_in1k"]
+SHIPPED = [
+    "distill_fmnist_tiny",
+    "finetune_fmnist_tiny",
+    "finetune_mae_vit_base_in1k",
+    "finetune_simmim_vit_base_in1k",
+    "mae_fmnist_tiny",
+    "mae_vit_base_in1k",
+    "mocov3_fmnist_tiny",
+    "probe_fmnist",
+    "simmim_fmnist_tiny",
+    "simmim_swinv2_base_in1k",
+    "simmim_swinv2_giant_in1k",
+    "simmim_swinv2_huge_in1k",
+    "simmim_swinv2_large_in1k",
+    "simmim_swinv2_small_in1k",
+    "simmim_vit_base_in1k",
+    "supervised_fmnist_tiny",
+    "tinymim_vit_base_in1k",
+    "tinymim_vit_small_in1k",
+]
 
 
 def _error(*overrides: str, recipe: str | None = None) -> str:
@@ -46,12 +62,15 @@ def test_unknown_top_level_key_names_key_suggests_and_lists_valid_keys():
         assert valid in msg
 
 
-@pytest.mark.parametrize("override, full_key, suggestion, some_valid", [
-    ("train.lrr=0.1", "train.lrr", "lr", ["base_lr", "warmup_steps", "accum_steps"]),
-    ("method.mask_ratoi=0.5", "method.mask_ratoi", "mask_ratio", ["mask_type", "norm_pix", "mask_patch_size"]),
-    ("data.img_sise=32", "data.img_sise", "img_size", ["crop_scale", "val_root", "fraction"]),
-    ("model.embed_dims=64", "model.embed_dims", "embed_dim", ["patch_size", "decoder_dim"]),
-])
+@pytest.mark.parametrize(
+    "override, full_key, suggestion, some_valid",
+    [
+        ("train.lrr=0.1", "train.lrr", "lr", ["base_lr", "warmup_steps", "accum_steps"]),
+        ("method.mask_ratoi=0.5", "method.mask_ratoi", "mask_ratio", ["mask_type", "norm_pix", "mask_patch_size"]),
+        ("data.img_sise=32", "data.img_sise", "img_size", ["crop_scale", "val_root", "fraction"]),
+        ("model.embed_dims=64", "model.embed_dims", "embed_dim", ["patch_size", "decoder_dim"]),
+    ],
+)
 def test_unknown_nested_key_names_full_dotted_key(override, full_key, suggestion, some_valid):
     msg = _error(override)
     assert f"'{full_key}'" in msg
@@ -76,11 +95,14 @@ def test_unknown_key_in_yaml_file(tmp_path):
         load_config(str(path))
 
 
-@pytest.mark.parametrize("text, message", [
-    ("data: 5\n", "data.*expected a mapping"),  # a section given a scalar
-    ("- a\n- b\n", "expected a mapping"),  # the top level is not a mapping
-    ("train: [1, 2\n", "not valid YAML"),  # broken YAML
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("data: 5\n", "data.*expected a mapping"),  # a section given a scalar
+        ("- a\n- b\n", "expected a mapping"),  # the top level is not a mapping
+        ("train: [1, 2\n", "not valid YAML"),  # broken YAML
+    ],
+)
 def test_malformed_yaml_file_is_a_config_error(tmp_path, text, message):
     path = tmp_path / "cfg.yaml"
     path.write_text(text)
@@ -89,19 +111,22 @@ def test_malformed_yaml_file_is_a_config_error(tmp_path, text, message):
 
 
 # ---------------------------------------------------------------------------------------------------- wrong types
-@pytest.mark.parametrize("override, key, expected", [
-    ("train.steps=abc", "train.steps", "expected an integer"),
-    ("train.steps=1.5", "train.steps", "expected an integer"),
-    ("train.steps=true", "train.steps", "expected an integer"),
-    ("data.hflip=1", "data.hflip", "expected true or false"),
-    ("data.root=123", "data.root", "expected a string"),
-    ("method.mask_ratio=high", "method.mask_ratio", "expected a number"),
-    ("train.lr=true", "train.lr", "expected a number"),
-    ("train.betas=0.9", "train.betas", "expected a list"),
-    ("train.betas=[0.9, x]", "train.betas[1]", "expected a number"),
-    ("data.crop_scale={a: 1}", "data.crop_scale", "expected a list"),
-    ("seed=[1, 2]", "seed", "expected an integer"),
-])
+@pytest.mark.parametrize(
+    "override, key, expected",
+    [
+        ("train.steps=abc", "train.steps", "expected an integer"),
+        ("train.steps=1.5", "train.steps", "expected an integer"),
+        ("train.steps=true", "train.steps", "expected an integer"),
+        ("data.hflip=1", "data.hflip", "expected true or false"),
+        ("data.root=123", "data.root", "expected a string"),
+        ("method.mask_ratio=high", "method.mask_ratio", "expected a number"),
+        ("train.lr=true", "train.lr", "expected a number"),
+        ("train.betas=0.9", "train.betas", "expected a list"),
+        ("train.betas=[0.9, x]", "train.betas[1]", "expected a number"),
+        ("data.crop_scale={a: 1}", "data.crop_scale", "expected a list"),
+        ("seed=[1, 2]", "seed", "expected an integer"),
+    ],
+)
 def test_wrong_types_name_the_key(override, key, expected):
     msg = _error(override)
     assert msg.startswith(f"{key}:"), msg
@@ -227,22 +252,25 @@ def test_mask_patch_size_checked_against_timm_patch():
     assert "patch size 16" in msg
 
 
-@pytest.mark.parametrize("override, key", [
-    ("device=tpu", "device"),
-    ("data.name=imagenet", "data.name"),
-    ("data.in_chans=2", "data.in_chans"),
-    ("data.crop_scale=[0.5, 0.2]", "data.crop_scale"),
-    ("data.crop_scale=[0.2, 1.5]", "data.crop_scale"),
-    ("data.crop_ratio=[1.5, 1.0]", "data.crop_ratio"),
-    ("data.mean=[0.1, 0.2]", "data.mean"),
-    ("train.steps=0", "train.steps"),
-    ("train.lr=0", "train.lr"),
-    ("train.betas=[0.9, 1.0]", "train.betas"),
-    ("train.precision=fp8", "train.precision"),
-    ("train.keep_last=0", "train.keep_last"),
-    ("model.drop_path=1.0", "model.drop_path"),
-    ("model.num_heads=5", "model.num_heads"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("device=tpu", "device"),
+        ("data.name=imagenet", "data.name"),
+        ("data.in_chans=2", "data.in_chans"),
+        ("data.crop_scale=[0.5, 0.2]", "data.crop_scale"),
+        ("data.crop_scale=[0.2, 1.5]", "data.crop_scale"),
+        ("data.crop_ratio=[1.5, 1.0]", "data.crop_ratio"),
+        ("data.mean=[0.1, 0.2]", "data.mean"),
+        ("train.steps=0", "train.steps"),
+        ("train.lr=0", "train.lr"),
+        ("train.betas=[0.9, 1.0]", "train.betas"),
+        ("train.precision=fp8", "train.precision"),
+        ("train.keep_last=0", "train.keep_last"),
+        ("model.drop_path=1.0", "model.drop_path"),
+        ("model.num_heads=5", "model.num_heads"),
+    ],
+)
 def test_other_impossible_values(override, key):
     assert _error(override).startswith(f"{key}:")
 
@@ -261,16 +289,19 @@ def test_validate_on_a_modified_config():
 
 
 # ---------------------------------------------------------------------------------------------------- overrides
-@pytest.mark.parametrize("text, key, value", [
-    ("train.lr=1e-3", "train.lr", "1e-3"),  # YAML 1.1 keeps this a string; the float field parses it
-    ("train.steps=500", "train.steps", 500),
-    ("train.betas=[0.9, 0.999]", "train.betas", [0.9, 0.999]),
-    ("data.root=null", "data.root", None),
-    ("data.root=", "data.root", None),
-    (" train.steps =7", "train.steps", 7),
-    ("data.root=/a=b/c", "data.root", "/a=b/c"),  # only the first '=' splits
-    ("data.hflip=false", "data.hflip", False),
-])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("train.lr=1e-3", "train.lr", "1e-3"),  # YAML 1.1 keeps this a string; the float field parses it
+        ("train.steps=500", "train.steps", 500),
+        ("train.betas=[0.9, 0.999]", "train.betas", [0.9, 0.999]),
+        ("data.root=null", "data.root", None),
+        ("data.root=", "data.root", None),
+        (" train.steps =7", "train.steps", 7),
+        ("data.root=/a=b/c", "data.root", "/a=b/c"),  # only the first '=' splits
+        ("data.hflip=false", "data.hflip", False),
+    ],
+)
 def test_parse_override(text, key, value):
     assert parse_override(text) == (key, value)
 
@@ -281,9 +312,18 @@ def test_parse_override_needs_equals():
 
 
 def test_overrides_apply_floats_lists_and_nulls():
-    cfg = load_config("mae_fmnist_tiny", ["train.lr=1e-3", "train.base_lr=2e-4", "train.betas=[0.8, 0.9]",
-                                          "data.crop_scale=[0.3, 0.9]", "data.crop_scale=null", "train.steps=77",
-                                          "data.mean=[0.5]"])
+    cfg = load_config(
+        "mae_fmnist_tiny",
+        [
+            "train.lr=1e-3",
+            "train.base_lr=2e-4",
+            "train.betas=[0.8, 0.9]",
+            "data.crop_scale=[0.3, 0.9]",
+            "data.crop_scale=null",
+            "train.steps=77",
+            "data.mean=[0.5]",
+        ],
+    )
     assert cfg.train.lr == pytest.approx(1e-3) and isinstance(cfg.train.lr, float)
     assert cfg.train.base_lr == pytest.approx(2e-4)
     assert cfg.train.betas == [0.8, 0.9]
@@ -335,8 +375,11 @@ def test_every_recipe_loads_and_resolves(name):
             if f.name == "num_classes" and r.data.name == "folder":
                 continue  # known only once the folder is scanned
             swin = r.model.stage_depths is not None
-            if f.name in (("decoder_dim", "decoder_depth", "decoder_heads") if swin
-                          else ("stage_depths", "stage_heads", "window_size")):
+            if f.name in (
+                ("decoder_dim", "decoder_depth", "decoder_heads")
+                if swin
+                else ("stage_depths", "stage_heads", "window_size")
+            ):
                 continue  # SwinV2 has no MAE decoder; a ViT no stages or windows
             assert getattr(section, f.name) is not None, f"{name}: {f.name} left unresolved"
     validate(r)
@@ -403,24 +446,38 @@ def test_resolved_simmim_imagenet_mask_patch_is_32():
 
 
 def test_resolved_keeps_explicit_values():
-    r = resolved(load_config(None, ["method.name=simmim", "method.mask_ratio=0.4", "method.mask_type=blockwise",
-                                    "data.crop_scale=[0.5, 0.9]", "train.lr=0.01", "data.in_chans=3"]))
+    r = resolved(
+        load_config(
+            None,
+            [
+                "method.name=simmim",
+                "method.mask_ratio=0.4",
+                "method.mask_type=blockwise",
+                "data.crop_scale=[0.5, 0.9]",
+                "train.lr=0.01",
+                "data.in_chans=3",
+            ],
+        )
+    )
     assert r.method.mask_ratio == 0.4 and r.method.mask_type == "blockwise"
     assert r.data.crop_scale == [0.5, 0.9]
     assert r.train.lr == 0.01
     assert r.data.in_chans == 3 and len(r.data.mean) == 3 and len(r.data.std) == 3
 
 
-@pytest.mark.parametrize("base_lr, batch, expected", [(1.5e-4, 256, 1.5e-4), (1.5e-4, 4096, 2.4e-3),
-                                                      (1e-4, 64, 2.5e-5), (3e-4, 1000, 3e-4 * 1000 / 256)])
+@pytest.mark.parametrize(
+    "base_lr, batch, expected",
+    [(1.5e-4, 256, 1.5e-4), (1.5e-4, 4096, 2.4e-3), (1e-4, 64, 2.5e-5), (3e-4, 1000, 3e-4 * 1000 / 256)],
+)
 def test_resolved_lr_scales_with_batch(base_lr, batch, expected):
     r = resolved(load_config(None, [f"train.base_lr={base_lr}", f"train.batch_size={batch}"]))
     assert r.train.lr == pytest.approx(expected)
 
 
 def test_resolved_folder_defaults_and_model_sizes():
-    r = resolved(load_config(None, ["data.name=folder", "data.root=/nowhere", "data.img_size=64",
-                                    "model.name=mim_vit_pico"]))
+    r = resolved(
+        load_config(None, ["data.name=folder", "data.root=/nowhere", "data.img_size=64", "model.name=mim_vit_pico"])
+    )
     assert r.data.in_chans == 3
     assert r.data.mean == pytest.approx([0.485, 0.456, 0.406])
     assert r.data.decode_size == round(64 * 8 / 7)
@@ -462,22 +519,23 @@ def test_save_config_writes_plain_yaml(tmp_path):
 # ---------------------------------------------------------------------------------------------------- CLI
 def _run_cli(tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, MIMKIT_CACHE=str(tmp_path / "cache"))
-    return subprocess.run([sys.executable, "-m", "mimkit", *args], capture_output=True, text=True, timeout=120,
-                          cwd=tmp_path, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "mimkit", *args], capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env
+    )
 
 
 def test_cli_bad_value_exits_2_without_traceback(capsys, tmp_path):
     out = tmp_path / "run"
-    err = cli_error(capsys, "pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), "--set",
-                    "method.mask_ratio=1.5")
+    err = cli_error(
+        capsys, "pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), "--set", "method.mask_ratio=1.5"
+    )
     assert "method.mask_ratio" in err
     assert not out.exists()  # validated before any work
 
 
 def test_cli_unknown_key_exits_2_without_traceback(tmp_path):
     out = tmp_path / "run"
-    proc = _run_cli(tmp_path, "pretrain", "--config", "mae_fmnist_tiny", "--out", str(out),
-                    "--set", "train.stepz=10")
+    proc = _run_cli(tmp_path, "pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), "--set", "train.stepz=10")
     assert proc.returncode == 2, proc.stderr
     assert "train.stepz" in proc.stderr and "Did you mean 'steps'" in proc.stderr
     assert "Traceback" not in proc.stderr and "Traceback" not in proc.stdout
@@ -503,8 +561,9 @@ def test_cli_main_invalid_yaml_override_is_user_error(tmp_path, capsys):
     from mimkit.cli import main
 
     try:
-        code = main(["pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "r"),
-                     "--set", "train.betas=[0.9, 0.95"])
+        code = main(
+            ["pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "r"), "--set", "train.betas=[0.9, 0.95"]
+        )
     except Exception:  # noqa: BLE001 - an escaping exception is the bug
         code = None
     assert code == 2

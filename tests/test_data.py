@@ -1,5 +1,6 @@
 """Data: idx parsing and Fashion-MNIST lookup, nested subsets and held-out splits, image folders (formats, layouts,
 corrupt files, odd modes, cache), build_data, batched keyed augmentation and keyed random numbers."""
+
 from __future__ import annotations
 
 import gzip
@@ -89,7 +90,7 @@ def test_read_idx_damaged_file_raises_data_not_found(tmp_path, damage):
         _write_gz(path, full[:9])
     elif damage == "gzip_cut":
         raw = gzip.compress(full)
-        path.write_bytes(raw[:len(raw) // 2])
+        path.write_bytes(raw[: len(raw) // 2])
     else:
         path.write_bytes(full)
     with pytest.raises(DataNotFoundError):
@@ -168,8 +169,10 @@ def test_build_data_fashion_mnist_missing_is_data_not_found(nowhere):
 
 
 # ------------------------------------------------------------------------------------------------- real Fashion-MNIST
-real_fmnist = pytest.mark.skipif(not fashion_mnist._has_all(fashion_mnist.DEBIAN_DIR),
-                                 reason=f"Fashion-MNIST not installed in {fashion_mnist.DEBIAN_DIR}")
+real_fmnist = pytest.mark.skipif(
+    not fashion_mnist._has_all(fashion_mnist.DEBIAN_DIR),
+    reason=f"Fashion-MNIST not installed in {fashion_mnist.DEBIAN_DIR}",
+)
 
 
 @real_fmnist
@@ -187,8 +190,11 @@ def test_real_fashion_mnist():
 
 @real_fmnist
 def test_build_data_real_fashion_mnist_fraction():
-    cfg = resolved(load_config("mae_fmnist_tiny", [f"data.root={fashion_mnist.DEBIAN_DIR}", "data.fraction=0.1",
-                                                   "data.download=false"]))
+    cfg = resolved(
+        load_config(
+            "mae_fmnist_tiny", [f"data.root={fashion_mnist.DEBIAN_DIR}", "data.fraction=0.1", "data.download=false"]
+        )
+    )
     data = build_data(cfg, log=_quiet)
     assert len(data.train) == 6000 and len(data.heldout) == 10000
     assert data.heldout_source == "test split"
@@ -332,7 +338,7 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path):
     _save(good_png, Image.fromarray(rng.integers(0, 256, (64, 64, 3), dtype=np.uint8)))
     data = good_png.read_bytes()
     good_png.unlink()
-    (root / "dog" / "truncated.png").write_bytes(data[:len(data) // 2])
+    (root / "dog" / "truncated.png").write_bytes(data[: len(data) // 2])
     (root / "eel" / "empty.png").write_bytes(b"")
     logs = []
     decoded = load_folder(root, 16, 3, log=logs.append)
@@ -393,8 +399,11 @@ def test_odd_modes_decode_to_requested_channels(tmp_path, mode, channels):
         assert arr is not None, f"{name} ({source_mode}) was not decoded"
         assert arr.shape == (12, 12, channels) and arr.dtype == np.uint8, name
         if expected is not None:
-            want = np.array(expected) if channels == 3 else np.array([round(0.299 * expected[0] + 0.587 *
-                                                                            expected[1] + 0.114 * expected[2])])
+            want = (
+                np.array(expected)
+                if channels == 3
+                else np.array([round(0.299 * expected[0] + 0.587 * expected[1] + 0.114 * expected[2])])
+            )
             assert np.abs(arr[6, 6].astype(int) - want).max() <= 6, (name, source_mode, arr[6, 6], want)
 
 
@@ -468,8 +477,11 @@ def _coded_tree(root: Path, per_class: tuple[int, ...] = (12, 8, 20)) -> int:
 
 
 def _folder_cfg(root: Path, *extra: str):
-    return resolved(load_config(None, ["data.name=folder", f"data.root={root}", "data.img_size=16",
-                                       "model.name=mim_vit_femto", *extra]))
+    return resolved(
+        load_config(
+            None, ["data.name=folder", f"data.root={root}", "data.img_size=16", "model.name=mim_vit_femto", *extra]
+        )
+    )
 
 
 def _check_aligned(s: ImageSet, id_offset: int = 0):
@@ -759,15 +771,35 @@ def test_val_root_labels_follow_training_class_numbers(tmp_path, monkeypatch):
     monkeypatch.setenv("MIMKIT_CACHE", str(tmp_path / "cache"))
     _named_class_tree(tmp_path / "train", ["apple", "banana", "cherry"])
     _named_class_tree(tmp_path / "val", ["cherry"])  # the val tree lacks two classes: its only class is #2 in train
-    cfg = resolved(load_config(None, ["data.name=folder", f"data.root={tmp_path / 'train'}",
-                                      f"data.val_root={tmp_path / 'val'}", "data.img_size=8",
-                                      "model.name=mim_vit_femto", "model.patch_size=4"]))
+    cfg = resolved(
+        load_config(
+            None,
+            [
+                "data.name=folder",
+                f"data.root={tmp_path / 'train'}",
+                f"data.val_root={tmp_path / 'val'}",
+                "data.img_size=8",
+                "model.name=mim_vit_femto",
+                "model.patch_size=4",
+            ],
+        )
+    )
     bundle = build_data(cfg, log=lambda *_: None)
     assert bundle.heldout.labels.tolist() == [2, 2, 2]
     _named_class_tree(tmp_path / "val2", ["durian"])
-    cfg2 = resolved(load_config(None, ["data.name=folder", f"data.root={tmp_path / 'train'}",
-                                       f"data.val_root={tmp_path / 'val2'}", "data.img_size=8",
-                                       "model.name=mim_vit_femto", "model.patch_size=4"]))
+    cfg2 = resolved(
+        load_config(
+            None,
+            [
+                "data.name=folder",
+                f"data.root={tmp_path / 'train'}",
+                f"data.val_root={tmp_path / 'val2'}",
+                "data.img_size=8",
+                "model.name=mim_vit_femto",
+                "model.patch_size=4",
+            ],
+        )
+    )
     with pytest.raises(FolderError, match="durian"):
         build_data(cfg2, log=lambda *_: None)
 

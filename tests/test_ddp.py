@@ -1,4 +1,5 @@
 """DDP through torchrun: 2 processes on gloo with per-rank batch B/2 end with the weights of 1 process with B."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,14 +14,26 @@ from mimkit.engine import checkpoint as ckpt
 DDP_RUN = [*TINY, "train.steps=6", "train.batch_size=16", "train.eval_every=3", "train.ckpt_every=3"]
 
 
-
 def test_two_process_gloo_matches_one_process(tmp_path):
-    single = run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "one"), *sets(DDP_RUN),
-                     check=True)
+    single = run_cli(
+        "pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "one"), *sets(DDP_RUN), check=True
+    )
     assert single.returncode == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-           "-m", "mimkit", "pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "two"),
-           *sets(DDP_RUN)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29531",
+        "-m",
+        "mimkit",
+        "pretrain",
+        "--config",
+        "mae_fmnist_tiny",
+        "--out",
+        str(tmp_path / "two"),
+        *sets(DDP_RUN),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
@@ -32,8 +45,8 @@ def test_two_process_gloo_matches_one_process(tmp_path):
             # The key bias has an exactly-zero true gradient (softmax ignores a per-query constant), so its
             # gradient is float noise that Adam rescales to lr-sized steps: compare it only loosely.
             n = a.numel() // 3
-            torch.testing.assert_close(b[n:2 * n], a[n:2 * n], atol=1e-4, rtol=0, msg=key)
-            a, b = torch.cat([a[:n], a[2 * n:]]), torch.cat([b[:n], b[2 * n:]])
+            torch.testing.assert_close(b[n : 2 * n], a[n : 2 * n], atol=1e-4, rtol=0, msg=key)
+            a, b = torch.cat([a[:n], a[2 * n :]]), torch.cat([b[:n], b[2 * n :]])
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=key)
     # and training really moved the weights (the comparison is not between two untouched inits)
     from mimkit.config import load_config, resolved
@@ -58,12 +71,33 @@ def test_two_process_gloo_matches_one_process(tmp_path):
 def test_mocov3_gathers_keys_across_two_processes(tmp_path):
     """Under DDP each rank's queries are contrasted with the keys of both ranks (all_gather), so the 2-process
     loss uses 2x the negatives and differs from 1 process, but stays finite and the run completes."""
-    moco = [*TINY, "method.name=mocov3", "method.moco_dim=16", "method.moco_mlp_dim=32", "train.steps=3",
-            "train.batch_size=16", "train.eval_every=3", "train.ckpt_every=3",
-            "train.eval_samples=33", "train.eval_batch_size=8"]  # uneven shards would hang a gathering evaluation
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29533",
-           "-m", "mimkit", "pretrain", "--config", "mocov3_fmnist_tiny", "--out", str(tmp_path / "moco"),
-           *sets(moco)]
+    moco = [
+        *TINY,
+        "method.name=mocov3",
+        "method.moco_dim=16",
+        "method.moco_mlp_dim=32",
+        "train.steps=3",
+        "train.batch_size=16",
+        "train.eval_every=3",
+        "train.ckpt_every=3",
+        "train.eval_samples=33",
+        "train.eval_batch_size=8",
+    ]  # uneven shards would hang a gathering evaluation
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29533",
+        "-m",
+        "mimkit",
+        "pretrain",
+        "--config",
+        "mocov3_fmnist_tiny",
+        "--out",
+        str(tmp_path / "moco"),
+        *sets(moco),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     import json
@@ -71,8 +105,9 @@ def test_mocov3_gathers_keys_across_two_processes(tmp_path):
 
     results = json.loads((tmp_path / "moco/results.json").read_text())
     assert math.isfinite(results["final_heldout_loss"])
-    single = run_cli("pretrain", "--config", "mocov3_fmnist_tiny", "--out", str(tmp_path / "one"), *sets(moco),
-                     check=True)
+    single = run_cli(
+        "pretrain", "--config", "mocov3_fmnist_tiny", "--out", str(tmp_path / "one"), *sets(moco), check=True
+    )
     assert single.returncode == 0
 
     def first_eval(run):
@@ -88,14 +123,26 @@ def test_distillation_on_two_processes_matches_one(tmp_path):
     from mimkit.config import load_config
     from mimkit.pretrain import pretrain
 
-    pretrain(load_config(None, [*TINY, "method.name=mae", "model.name=mim_vit_pico", "train.steps=2"]),
-             tmp_path / "teacher")
+    pretrain(
+        load_config(None, [*TINY, "method.name=mae", "model.name=mim_vit_pico", "train.steps=2"]), tmp_path / "teacher"
+    )
     # drop path off: its per-rank random masks differ between 1 and 2 processes (colour jitter is keyed by sample)
     run = [*DDP_RUN, "distill.teacher=" + str(tmp_path / "teacher"), "distill.targets=qk+vv", "model.drop_path=0"]
     single = run_cli("distill", "--out", str(tmp_path / "one"), *sets(run), check=True)
     assert single.returncode == 0
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29535",
-           "-m", "mimkit", "distill", "--out", str(tmp_path / "two"), *sets(run)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node=2",
+        "--master_port=29535",
+        "-m",
+        "mimkit",
+        "distill",
+        "--out",
+        str(tmp_path / "two"),
+        *sets(run),
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=cli_env(), cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = load_file(str(ckpt.find_checkpoint(tmp_path / "one") / ckpt.MODEL_FILE))
@@ -105,8 +152,8 @@ def test_distillation_on_two_processes_matches_one(tmp_path):
         a, b = one[key], two[key]
         if key.endswith("attn.qkv.bias"):  # the key bias: zero true gradient (see the MAE test above)
             n = a.numel() // 3
-            torch.testing.assert_close(b[n:2 * n], a[n:2 * n], atol=1e-4, rtol=0, msg=key)
-            a, b = torch.cat([a[:n], a[2 * n:]]), torch.cat([b[:n], b[2 * n:]])
+            torch.testing.assert_close(b[n : 2 * n], a[n : 2 * n], atol=1e-4, rtol=0, msg=key)
+            a, b = torch.cat([a[:n], a[2 * n :]]), torch.cat([b[:n], b[2 * n :]])
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4, msg=key)
 
 

@@ -1,6 +1,7 @@
 """data.decode=device: shard JPEGs decoded by torchvision on the training device and fitted there the way PIL fits
 them on the host (data.decode=pil). On CPU torchvision decodes with libjpeg-turbo, as PIL does, so the two paths
 can be compared pixel for pixel; the GPU-marked test compares nvjpeg against them."""
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,7 @@ def _rotated_jpeg() -> bytes:
     return _encode(np.asarray(Image.open(io.BytesIO(synthetic_jpegs(1, 40, 30, seed=3)[0]))), exif=exif.tobytes())
 
 
-def _data(tmp_path: Path, payloads: list[bytes], channels: int = 3, decode: str = "pil",
-          workers: int = 0) -> ShardSet:
+def _data(tmp_path: Path, payloads: list[bytes], channels: int = 3, decode: str = "pil", workers: int = 0) -> ShardSet:
     """The payloads as one shard (written afresh for each call)."""
     out = tmp_path / f"shards-{len(list(tmp_path.glob('shards-*')))}"
     [path] = write_shards(payloads, np.arange(len(payloads)) % 3, out, per_shard=len(payloads))
@@ -97,15 +97,21 @@ def test_fit_square_keeps_the_fractional_centre_box_of_pil():
     expected = np.asarray(ImageOps.fit(Image.fromarray(array), (SIZE, SIZE), method=Image.Resampling.BICUBIC))
     fitted = device_decode.fit_square([torch.from_numpy(array.transpose(2, 0, 1).copy())], SIZE)[0]
     assert torch.equal(fitted, torch.from_numpy(expected.transpose(2, 0, 1).copy()))
-    whole_pixels = torch.nn.functional.interpolate(torch.from_numpy(array[:, 7:37].transpose(2, 0, 1).copy())[None]
-                                                   .float(), size=(SIZE, SIZE), mode="bicubic", antialias=True)
+    whole_pixels = torch.nn.functional.interpolate(
+        torch.from_numpy(array[:, 7:37].transpose(2, 0, 1).copy())[None].float(),
+        size=(SIZE, SIZE),
+        mode="bicubic",
+        antialias=True,
+    )
     assert (whole_pixels[0].round() - fitted.float()).abs().max() > 2  # a whole-pixel crop would not match
 
 
 def test_fit_square_resizes_mixed_shapes_in_groups_in_the_right_rows():
     rng = np.random.default_rng(1)
-    images = [torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8)) for h, w in
-              [(30, 40), (20, 20), (30, 40), (50, 35), (20, 20), (30, 40)]]
+    images = [
+        torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
+        for h, w in [(30, 40), (20, 20), (30, 40), (50, 35), (20, 20), (30, 40)]
+    ]
     together = device_decode.fit_square(images, 16)
     alone = torch.cat([device_decode.fit_square([image], 16) for image in images])
     assert torch.equal(together, alone)
@@ -127,7 +133,7 @@ def _bogus_huffman_table(jpeg: bytes) -> bytes:
     """A whole JPEG whose first Huffman table counts are impossible: its header parses, the decoders fail."""
     data = bytearray(jpeg)
     table = data.find(b"\xff\xc4")
-    data[table + 5:table + 21] = b"\xff" * 16
+    data[table + 5 : table + 21] = b"\xff" * 16
     return bytes(data)
 
 
@@ -136,7 +142,7 @@ def test_a_corrupt_jpeg_is_skipped_and_counted_like_the_pil_path(tmp_path):
     which fails too: skipped and counted, its slot filled by a batch-mate, as on the PIL path. A truncated JPEG
     (no end marker) never goes to the device: PIL decides, as it does with data.decode=pil."""
     good = synthetic_jpegs(5, 40, 30)
-    corrupt, truncated = _bogus_huffman_table(good[0]), good[4][:len(good[4]) * 2 // 3]
+    corrupt, truncated = _bogus_huffman_table(good[0]), good[4][: len(good[4]) * 2 // 3]
     assert device_decode.device_decodable(corrupt) and not device_decode.device_decodable(truncated)
     assert device_decode.decode_jpegs([good[1], corrupt], CPU)[1] is None
     payloads = [good[1], corrupt, good[2], truncated, good[3]]
@@ -158,8 +164,9 @@ def test_workers_read_for_the_device_and_the_batch_is_the_same(tmp_path):
     alone, _ = _decoded(_data(tmp_path, payloads, decode="device"), 6)
     pooled, _ = _decoded(_data(tmp_path, payloads, decode="device", workers=2), 6)
     assert torch.equal(alone, pooled)
-    joined = device_decode.join([device_decode.sort_payloads(payloads[:3], SIZE, 3),
-                                 device_decode.sort_payloads(payloads[3:], SIZE, 3)])
+    joined = device_decode.join(
+        [device_decode.sort_payloads(payloads[:3], SIZE, 3), device_decode.sort_payloads(payloads[3:], SIZE, 3)]
+    )
     assert sorted(joined.host) == [4] and len(joined) == 6
 
 
@@ -193,12 +200,23 @@ def test_the_decode_thread_works_a_batch_ahead_and_jumps_get_the_right_batch(tmp
     assert stream._ahead_job is None and stream._ahead._shutdown
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["data.decode=device"], "data.decode=device decodes streamed shards"),
-    (["data.decode=gpu"], "data.decode: 'gpu' is not one of pil, device"),
-    (["data.name=webdataset", "data.root=/x", "data.decode=device", "method.name=supervised",
-      "method.randaug=rand-m9-mstd0.5"], "RandAugment runs on host images"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.decode=device"], "data.decode=device decodes streamed shards"),
+        (["data.decode=gpu"], "data.decode: 'gpu' is not one of pil, device"),
+        (
+            [
+                "data.name=webdataset",
+                "data.root=/x",
+                "data.decode=device",
+                "method.name=supervised",
+                "method.randaug=rand-m9-mstd0.5",
+            ],
+            "RandAugment runs on host images",
+        ),
+    ],
+)
 def test_config_errors(extra, message):
     with pytest.raises(ConfigError, match=message):
         resolved(load_config("mae_fmnist_tiny", extra))
@@ -206,8 +224,24 @@ def test_config_errors(extra, message):
 
 def test_shards_cli_writes_synthetic_jpeg_shards(tmp_path, capsys):
     out = tmp_path / "syn"
-    assert main(["shards", "--data", "synthetic", "--count", "12", "--per-shard", "5", "--image-size", "40x30",
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "shards",
+                "--data",
+                "synthetic",
+                "--count",
+                "12",
+                "--per-shard",
+                "5",
+                "--image-size",
+                "40x30",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     assert "synthetic-{000000..000002}.tar" in capsys.readouterr().out
     with tarfile.open(out / "synthetic-000000.tar") as tar:
         names = tar.getnames()
@@ -219,8 +253,9 @@ def test_shards_cli_writes_synthetic_jpeg_shards(tmp_path, capsys):
 
 @pytest.mark.gpu
 def test_nvjpeg_decodes_close_to_libjpeg_and_stays_on_the_gpu(tmp_path):
-    assert device_decode.decode_jpegs([_bogus_huffman_table(synthetic_jpegs(1, 40, 30)[0])],
-                                      torch.device("cuda")) == [None]  # nvjpeg rejects it too
+    assert device_decode.decode_jpegs([_bogus_huffman_table(synthetic_jpegs(1, 40, 30)[0])], torch.device("cuda")) == [
+        None
+    ]  # nvjpeg rejects it too
     payloads = [synthetic_jpegs(1, w, h, seed=w)[0] for w, h in [*EXACT_SHAPES, (50, 75)]]
     host, _ = _decoded(_data(tmp_path, payloads), len(payloads))
     sorted_batch = device_decode.sort_payloads(payloads, SIZE, 3)

@@ -2,6 +2,7 @@
 matching, layer selection, zero loss for a copy of the teacher), end-to-end runs through the CLI (config, metrics,
 reload without the teacher, export, fine-tuning), sequential chains that resume, clear errors, and the colour
 jitter of the student's view."""
+
 from __future__ import annotations
 
 import copy
@@ -183,8 +184,13 @@ def test_split_heads_is_the_standard_head_split():
 def test_targets_parse_weights_and_reject_unknown_names():
     assert parse_targets("qk+vv") == {"qk": 1.0, "vv": 1.0}
     assert parse_targets("qk:1+vv:0.5+cls:2") == {"qk": 1.0, "vv": 0.5, "cls": 2.0}
-    for bad, words in [("qk+attn", "unknown target 'attn'"), ("qk:0", "must be > 0"), ("qk+qk", "listed twice"),
-                       ("", "empty"), ("qk:x", "not a number")]:
+    for bad, words in [
+        ("qk+attn", "unknown target 'attn'"),
+        ("qk:0", "must be > 0"),
+        ("qk+qk", "listed twice"),
+        ("", "empty"),
+        ("qk:x", "not a number"),
+    ]:
         with pytest.raises(ConfigError, match=words):
             parse_targets(bad)
 
@@ -205,8 +211,13 @@ def test_target_weights_scale_the_total_loss(teacher_encoder):
 # --------------------------------------------------------------------------------------------- the method
 @pytest.mark.parametrize("targets", ["qk+vv", "cls+feature"])
 def test_a_student_that_copies_the_teacher_has_zero_loss(targets, teacher_encoder):
-    cfg = distill_config("model.name=mim_vit_pico", f"distill.targets={targets}", "distill.color_jitter=0",
-                         "distill.cls_loss=mse", "distill.feature_loss=mse")
+    cfg = distill_config(
+        "model.name=mim_vit_pico",
+        f"distill.targets={targets}",
+        "distill.color_jitter=0",
+        "distill.cls_loss=mse",
+        "distill.feature_loss=mse",
+    )
     method = build_method(cfg)
     batch = make_batch()
     assert isinstance(getattr(method, "proj", nn.Identity()), nn.Identity)  # same width: no projection
@@ -342,8 +353,9 @@ def test_teacher_layer_selects_the_right_block(layer, index, teacher_encoder, ca
 
 def test_teacher_layer_features_come_from_that_block(teacher_encoder):
     """cls/feature targets of an inner block: that block's output tokens, without the final norm."""
-    method = with_teacher(build_method(distill_config("distill.targets=feature", "distill.teacher_layer=3")),
-                          teacher_encoder).eval()
+    method = with_teacher(
+        build_method(distill_config("distill.targets=feature", "distill.teacher_layer=3")), teacher_encoder
+    ).eval()
     images = make_batch()["images"]
     captured = {}
     handle = method.teacher.blocks[2].register_forward_hook(lambda m, i, o: captured.setdefault("x", o))
@@ -394,8 +406,16 @@ def test_prepare_teacher_records_the_teachers_architecture(teacher):
     assert source.kind == "run"
     assert (dis.teacher_embed_dim, dis.teacher_num_heads, dis.teacher_depth) == (96, 3, 6)
     assert (dis.relation_heads, dis.teacher_relation_heads) == (3, 3)
-    cfg, _ = prepare_teacher(resolved(tiny_config("method.name=distill", f"distill.teacher={teacher}",
-                                                  "model.name=mim_vit_nano", "distill.head_match=resplit_teacher")))
+    cfg, _ = prepare_teacher(
+        resolved(
+            tiny_config(
+                "method.name=distill",
+                f"distill.teacher={teacher}",
+                "model.name=mim_vit_nano",
+                "distill.head_match=resplit_teacher",
+            )
+        )
+    )
     assert (cfg.distill.relation_heads, cfg.distill.teacher_relation_heads) == (4, 3)
 
 
@@ -403,8 +423,9 @@ def test_prepare_teacher_checks_the_teacher_layer_against_the_real_teacher(teach
     from mimkit.methods.distill.teacher import prepare_teacher
 
     with pytest.raises(ConfigError, match="distill.teacher_layer=7 is out of range for a model with 6 blocks"):
-        prepare_teacher(resolved(tiny_config("method.name=distill", f"distill.teacher={teacher}",
-                                             "distill.teacher_layer=7")))
+        prepare_teacher(
+            resolved(tiny_config("method.name=distill", f"distill.teacher={teacher}", "distill.teacher_layer=7"))
+        )
 
 
 # ----------------------------------------------------------------------------------- runs (in process)
@@ -414,9 +435,22 @@ def six_head_run(teacher, tmp_path_factory):
     from mimkit.pretrain import pretrain
 
     out = tmp_path_factory.mktemp("six") / "run"
-    pretrain(load_config(None, [*TINY, "method.name=distill", f"distill.teacher={teacher}", "model.name=mim_vit_pico",
-                                "model.num_heads=6", "train.steps=2", "train.eval_every=2", "train.ckpt_every=2"]),
-             out)
+    pretrain(
+        load_config(
+            None,
+            [
+                *TINY,
+                "method.name=distill",
+                f"distill.teacher={teacher}",
+                "model.name=mim_vit_pico",
+                "model.num_heads=6",
+                "train.steps=2",
+                "train.eval_every=2",
+                "train.ckpt_every=2",
+            ],
+        ),
+        out,
+    )
     return out
 
 
@@ -445,16 +479,30 @@ def test_the_six_head_student_exports_with_its_own_head_count(six_head_run, tmp_
     model.load_state_dict(load_file(str(tmp_path / "enc.safetensors")), strict=True)
     images = make_batch()["images"]
     with torch.no_grad():
-        torch.testing.assert_close(model.eval().forward_features(images),
-                                   load(six_head_run).encoder.forward_features(images))
+        torch.testing.assert_close(
+            model.eval().forward_features(images), load(six_head_run).encoder.forward_features(images)
+        )
 
 
 def test_masked_student_with_mim_loss_logs_it(teacher, tmp_path):
     from mimkit.pretrain import pretrain
 
-    results = pretrain(load_config(None, [*TINY, "method.name=distill", f"distill.teacher={teacher}",
-                                          "distill.mask_ratio=0.5", "distill.mim_weight=1", "train.steps=2",
-                                          "train.eval_every=2", "train.ckpt_every=2"]), tmp_path / "run")
+    results = pretrain(
+        load_config(
+            None,
+            [
+                *TINY,
+                "method.name=distill",
+                f"distill.teacher={teacher}",
+                "distill.mask_ratio=0.5",
+                "distill.mim_weight=1",
+                "train.steps=2",
+                "train.eval_every=2",
+                "train.ckpt_every=2",
+            ],
+        ),
+        tmp_path / "run",
+    )
     records = [json.loads(line) for line in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
     train = [r for r in records if r["event"] == "train"]
     assert train and all({"mim_loss", "qk_loss", "vv_loss"} <= set(r) for r in train)
@@ -484,8 +532,15 @@ def cli_run(teacher, tmp_path_factory):
     teacher_copy = base / "teacher"
     shutil.copytree(teacher, teacher_copy)
     out = base / "run"
-    proc = run_cli("distill", "--teacher", str(teacher_copy), "--out", str(out),
-                   *sets([*TINY, "distill.targets=qk+vv", "train.steps=6"]), check=True)
+    proc = run_cli(
+        "distill",
+        "--teacher",
+        str(teacher_copy),
+        "--out",
+        str(out),
+        *sets([*TINY, "distill.targets=qk+vv", "train.steps=6"]),
+        check=True,
+    )
     shutil.rmtree(teacher_copy)
     return out, proc
 
@@ -555,9 +610,21 @@ def test_cli_finetune_starts_from_the_distilled_student(cli_run, tmp_path, capsy
     from mimkit.cli import main
 
     out, _ = cli_run
-    ft = ["device=cpu", "data.name=synthetic", "data.synthetic_size=128", "data.img_size=16", "data.in_chans=1",
-          "train.epochs=null", "train.steps=2", "train.eval_every=2", "train.ckpt_every=2", "train.tensorboard=false",
-          "train.batch_size=16", "train.eval_samples=32", "train.eval_batch_size=16"]
+    ft = [
+        "device=cpu",
+        "data.name=synthetic",
+        "data.synthetic_size=128",
+        "data.img_size=16",
+        "data.in_chans=1",
+        "train.epochs=null",
+        "train.steps=2",
+        "train.eval_every=2",
+        "train.ckpt_every=2",
+        "train.tensorboard=false",
+        "train.batch_size=16",
+        "train.eval_samples=32",
+        "train.eval_batch_size=16",
+    ]
     assert main(["finetune", "--init", str(out), "--out", str(tmp_path / "ft"), *sets(ft)]) == 0
     assert "fresh: fc_norm.weight, fc_norm.bias, head.weight, head.bias" in capsys.readouterr().out
     results = json.loads((tmp_path / "ft/results.json").read_text())
@@ -566,8 +633,16 @@ def test_cli_finetune_starts_from_the_distilled_student(cli_run, tmp_path, capsy
 
 # ------------------------------------------------------------------------------------------------ chains
 def chain_args(teacher, out):
-    return ["distill", "--teacher", str(teacher), "--chain", "mim_vit_femto,mim_vit_femto", "--out", str(out),
-            *sets([*TINY, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2"])]
+    return [
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--chain",
+        "mim_vit_femto,mim_vit_femto",
+        "--out",
+        str(out),
+        *sets([*TINY, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2"]),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -627,8 +702,15 @@ def test_rerunning_a_chain_redoes_only_the_unfinished_stage(damage, chain, teach
 
 # ------------------------------------------------------------------------------------------- bad input
 def test_unknown_target_exits_2_without_traceback(capsys, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(tmp_path), "--out", str(tmp_path / "out"),
-                    *sets([*TINY, "distill.targets=qk+attn"]))
+    err = cli_error(
+        capsys,
+        "distill",
+        "--teacher",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "out"),
+        *sets([*TINY, "distill.targets=qk+attn"]),
+    )
     assert "unknown target 'attn'" in err
     assert not (tmp_path / "out").exists()
 
@@ -640,38 +722,64 @@ def test_missing_teacher_exits_2_naming_the_path(capsys, tmp_path):
 
 
 def test_teacher_with_another_image_size_exits_2_naming_both(capsys, teacher, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(teacher), "--out", str(tmp_path / "out"),
-                    *sets([*TINY, "data.img_size=32"]))
+    err = cli_error(
+        capsys, "distill", "--teacher", str(teacher), "--out", str(tmp_path / "out"), *sets([*TINY, "data.img_size=32"])
+    )
     assert "16 px" in err and "32 px" in err
 
 
 def test_student_width_not_splittable_into_teacher_heads_exits_2(capsys, teacher, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(teacher), "--student", "mim_vit_nano", "--out",
-                    str(tmp_path / "out"), *sets(NO_MODEL))
+    err = cli_error(
+        capsys,
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--student",
+        "mim_vit_nano",
+        "--out",
+        str(tmp_path / "out"),
+        *sets(NO_MODEL),
+    )
     assert "128" in err and "3 heads" in err
 
 
 def test_a_rejected_student_leaves_no_run_directory(capsys, teacher, tmp_path):
-    cli_error(capsys, "distill", "--teacher", str(teacher), "--student", "mim_vit_nano", "--out",
-              str(tmp_path / "out"), *sets(NO_MODEL))
+    cli_error(
+        capsys,
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--student",
+        "mim_vit_nano",
+        "--out",
+        str(tmp_path / "out"),
+        *sets(NO_MODEL),
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_missing_teacher_message_names_the_teacher_option(capsys, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "out"),
-                    *sets(TINY))
+    err = cli_error(capsys, "distill", "--teacher", str(tmp_path / "nope"), "--out", str(tmp_path / "out"), *sets(TINY))
     assert "teacher" in err and "init:" not in err
 
 
 def test_mim_weight_without_mask_ratio_exits_2(capsys, teacher, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(teacher), "--out", str(tmp_path / "out"),
-                    *sets([*TINY, "distill.mim_weight=1"]))
+    err = cli_error(
+        capsys,
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(tmp_path / "out"),
+        *sets([*TINY, "distill.mim_weight=1"]),
+    )
     assert "distill.mask_ratio" in err
 
 
 def test_chain_without_students_exits_2(capsys, teacher, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(teacher), "--chain", ",", "--out", str(tmp_path / "c"),
-                    *sets(TINY))
+    err = cli_error(
+        capsys, "distill", "--teacher", str(teacher), "--chain", ",", "--out", str(tmp_path / "c"), *sets(TINY)
+    )
     assert "at least one student" in err
 
 
@@ -741,7 +849,7 @@ def test_color_jitter_leaves_gray_rgb_images_gray():
     out = color_jitter(gray.repeat(1, 3, 1, 1), torch.arange(6), 0.4, MEAN * 3, STD * 3, seed=3)
     one = color_jitter(gray, torch.arange(6), 0.4, MEAN, STD, seed=3)
     for c in range(3):
-        torch.testing.assert_close(out[:, c:c + 1], one, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out[:, c : c + 1], one, atol=1e-5, rtol=0)
 
 
 def test_a_config_listing_stages_runs_a_chain(teacher, tmp_path):
@@ -749,9 +857,14 @@ def test_a_config_listing_stages_runs_a_chain(teacher, tmp_path):
     from mimkit.cli import main
 
     out = tmp_path / "from-config"
-    args = ["distill", "--teacher", str(teacher), "--out", str(out),
-            *sets([*TINY, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2",
-                   "distill.chain=[mim_vit_femto]"])]
+    args = [
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(out),
+        *sets([*TINY, "train.steps=2", "train.eval_every=2", "train.ckpt_every=2", "distill.chain=[mim_vit_femto]"]),
+    ]
     assert main(args) == 0
     assert [s["student"] for s in read_chain(out)["stages"]] == ["mim_vit_femto"]
     assert (out / "stage1-mim_vit_femto" / "results.json").is_file()
@@ -763,8 +876,15 @@ def test_distillation_without_a_teacher_is_a_user_error(capsys, tmp_path):
 
 
 def test_a_mask_ratio_that_masks_everything_is_a_config_error(capsys, teacher, tmp_path):
-    err = cli_error(capsys, "distill", "--teacher", str(teacher), "--out", str(tmp_path / "out"),
-                    *sets([*TINY, "distill.mask_ratio=0.99"]))
+    err = cli_error(
+        capsys,
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--out",
+        str(tmp_path / "out"),
+        *sets([*TINY, "distill.mask_ratio=0.99"]),
+    )
     assert "distill.mask_ratio" in err
 
 

@@ -1,5 +1,6 @@
 """The Engine: schedule, checkpoints (atomic, last/best/keep-K, corrupt files), resume after SIGKILL identical to
 an unbroken run, SIGTERM saves and exits, the non-finite guard, metrics."""
+
 from __future__ import annotations
 
 import json
@@ -21,18 +22,38 @@ from mimkit.engine.schedule import warmup_cosine_factor
 from mimkit.engine.trainer import NonFiniteLossError
 
 # Slow enough (tens of ms a step) that a test can kill the process mid-run.
-KILLABLE = [*TINY, "data.img_size=32", "model.name=mim_vit_pico", "train.batch_size=32", "train.steps=40",
-            "train.ckpt_every=5", "train.eval_every=10", "train.keep_last=2"]
+KILLABLE = [
+    *TINY,
+    "data.img_size=32",
+    "model.name=mim_vit_pico",
+    "train.batch_size=32",
+    "train.steps=40",
+    "train.ckpt_every=5",
+    "train.eval_every=10",
+    "train.keep_last=2",
+]
 
 
 def _args(out: Path, overrides: list[str]) -> list[str]:
-    return ["pretrain", "--config", str(ROOT / "src/mimkit/recipes/mae_fmnist_tiny.yaml"), "--out", str(out),
-            *sets(overrides)]
+    return [
+        "pretrain",
+        "--config",
+        str(ROOT / "src/mimkit/recipes/mae_fmnist_tiny.yaml"),
+        "--out",
+        str(out),
+        *sets(overrides),
+    ]
 
 
 def _start(out: Path, overrides: list[str]) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "mimkit", *_args(out, overrides)], env=cli_env(), cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "mimkit", *_args(out, overrides)],
+        env=cli_env(),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -147,8 +168,6 @@ def test_find_checkpoint_falls_back_when_last_link_is_missing(tmp_path):
     assert ckpt.find_checkpoint(tmp_path).name == "step-0000006"
 
 
-
-
 _engine = tiny_engine
 
 
@@ -188,8 +207,9 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
     """accum_steps=2 of 8 images sees the same 16 images per step as one batch of 16, so weights agree."""
     weights = {}
     for accum in (1, 2):
-        engine, method = _engine(tmp_path / f"acc{accum}", f"train.accum_steps={accum}", "train.steps=6",
-                                 "train.batch_size=16")
+        engine, method = _engine(
+            tmp_path / f"acc{accum}", f"train.accum_steps={accum}", "train.steps=6", "train.batch_size=16"
+        )
         engine.fit()
         weights[accum] = {k: v.detach().clone() for k, v in method.state_dict().items()}
     moved = 0
@@ -197,7 +217,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path):
         b = weights[2][key]
         if key.endswith("attn.qkv.bias"):  # key-bias slice: zero true gradient, see test_ddp
             n = a.numel() // 3
-            a, b = torch.cat([a[:n], a[2 * n:]]), torch.cat([b[:n], b[2 * n:]])
+            a, b = torch.cat([a[:n], a[2 * n :]]), torch.cat([b[:n], b[2 * n :]])
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5, msg=key)
     fresh = _engine(tmp_path / "fresh", "train.steps=6")[1].state_dict()
     moved = sum(not torch.allclose(fresh[k], weights[1][k]) for k in fresh)

@@ -1,5 +1,6 @@
 """Evaluation: weight sources, layer-wise lr decay, fine-tuning, frozen features and their cache, linear probe,
 kNN, and clear errors for checkpoints that do not fit."""
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,7 @@ SUP = [*TINY, "method.name=supervised", "model.global_pool=avg"]
 @pytest.fixture(scope="module")
 def mae_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("src") / "mae"
-    run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), *sets([*TINY, "train.steps=6"]),
-            check=True)
+    run_cli("pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), *sets([*TINY, "train.steps=6"]), check=True)
     return out
 
 
@@ -42,8 +42,17 @@ def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
     from mimkit.methods import build_method
     from mimkit.pretrain import build_stream, load_data_once
 
-    cfg = resolved(tiny_config(*SUP[len(TINY):], "method.layer_decay=0.5", "train.steps=8", "train.warmup_steps=3",
-                               "train.min_lr=1e-5", "train.eval_every=100", "train.ckpt_every=100"))
+    cfg = resolved(
+        tiny_config(
+            *SUP[len(TINY) :],
+            "method.layer_decay=0.5",
+            "train.steps=8",
+            "train.warmup_steps=3",
+            "train.min_lr=1e-5",
+            "train.eval_every=100",
+            "train.ckpt_every=100",
+        )
+    )
     env = DistEnv()
     data = load_data_once(cfg, env, lambda *_: None)
     method = build_method(cfg)
@@ -58,17 +67,27 @@ def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
                 name = name_of[id(p)].removeprefix("encoder.")
                 expected = cfg.train.lr * 0.5 ** (depth + 1 - layer_id(name, depth)) * factor
                 assert group["lr"] == pytest.approx(expected, rel=1e-9), (step, name)
-                assert group["weight_decay"] == (0.0 if p.ndim <= 1 or "token" in name or "pos_embed" in name
-                                                 else cfg.train.weight_decay)
+                assert group["weight_decay"] == (
+                    0.0 if p.ndim <= 1 or "token" in name or "pos_embed" in name else cfg.train.weight_decay
+                )
                 seen.add(name)
         engine.train_step(step)
     assert len(seen) == len([n for n, p in method.named_parameters() if p.requires_grad])
 
 
 def test_finetune_from_run_and_from_export(tmp_path, mae_run):
-    ft = ["data.name=synthetic", "train.epochs=null", "train.steps=6", "train.eval_every=3", "train.ckpt_every=3",
-          "train.tensorboard=false", "train.batch_size=16", "train.eval_samples=32", "data.synthetic_size=128",
-          "train.keep_last=5"]
+    ft = [
+        "data.name=synthetic",
+        "train.epochs=null",
+        "train.steps=6",
+        "train.eval_every=3",
+        "train.ckpt_every=3",
+        "train.tensorboard=false",
+        "train.batch_size=16",
+        "train.eval_samples=32",
+        "data.synthetic_size=128",
+        "train.keep_last=5",
+    ]
     proc = run_cli("finetune", "--init", str(mae_run), "--out", str(tmp_path / "ft"), *sets(ft), check=True)
     assert "fresh: fc_norm.weight, fc_norm.bias, head.weight, head.bias" in proc.stdout
     results = json.loads((tmp_path / "ft/results.json").read_text())
@@ -84,16 +103,23 @@ def test_finetune_from_run_and_from_export(tmp_path, mae_run):
     w0 = mae.encoder.blocks[0].attn.qkv.weight
     assert (first["encoder.blocks.0.attn.qkv.weight"] - w0).abs().max() < 0.05  # 3 small steps from the MAE init
     run_cli("export", str(mae_run), "--out", str(tmp_path / "enc.safetensors"), check=True)
-    run_cli("finetune", "--init", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "ft2"), *sets(ft),
-            check=True)
+    run_cli(
+        "finetune", "--init", str(tmp_path / "enc.safetensors"), "--out", str(tmp_path / "ft2"), *sets(ft), check=True
+    )
     assert json.loads((tmp_path / "ft2/results.json").read_text())["init"].startswith("exported encoder")
 
 
 def test_supervised_baseline_trains_from_scratch_with_mixup_and_randaug(tmp_path):
     from mimkit.pretrain import pretrain
 
-    cfg = tiny_config(*SUP[len(TINY):], "init=scratch", "method.mixup=0.8", "method.cutmix=1.0",
-                      "method.randaug=rand-m9-mstd0.5-inc1", "train.steps=4")
+    cfg = tiny_config(
+        *SUP[len(TINY) :],
+        "init=scratch",
+        "method.mixup=0.8",
+        "method.cutmix=1.0",
+        "method.randaug=rand-m9-mstd0.5-inc1",
+        "train.steps=4",
+    )
     results = pretrain(cfg, tmp_path / "sup")
     assert results["init"] == "random initialisation" and math.isfinite(results["final_heldout_loss"])
     records = [json.loads(line) for line in (tmp_path / "sup/metrics.jsonl").read_text().splitlines()]
@@ -143,8 +169,14 @@ def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
         pooled.close()
     streams = {}
     for workers in (0, 2):
-        cfg = resolved(tiny_config("method.name=supervised", "method.randaug=rand-m9-mstd0.5-inc1",
-                                   f"data.num_workers={workers}", "model.num_classes=10"))
+        cfg = resolved(
+            tiny_config(
+                "method.name=supervised",
+                "method.randaug=rand-m9-mstd0.5-inc1",
+                f"data.num_workers={workers}",
+                "model.num_classes=10",
+            )
+        )
         streams[workers] = build_stream(cfg, build_data(cfg, lambda *_: None), DistEnv())
     fast = streams[2]
     try:
@@ -189,8 +221,7 @@ def test_mismatched_checkpoint_names_the_keys(tmp_path, mae_run):
         load_encoder_weights(femto, pruned, "init")
     bad = run_cli("finetune", "--init", str(tmp_path / "nope"), "--out", str(tmp_path / "x"), *sets(TINY))
     assert bad.returncode == 2 and "not a run directory" in bad.stderr and "Traceback" not in bad.stderr
-    offline = run_cli("finetune", "--init", "timm:vit_tiny_patch16_224", "--out", str(tmp_path / "y"),
-                      *sets(TINY))
+    offline = run_cli("finetune", "--init", "timm:vit_tiny_patch16_224", "--out", str(tmp_path / "y"), *sets(TINY))
     assert offline.returncode == 2 and "not available locally" in offline.stderr
 
 
@@ -204,15 +235,18 @@ def test_frozen_encoder_is_unchanged_and_cache_matches_recompute(tmp_path, mae_r
     encoder = frozen_encoder(cfg, source, torch.device("cpu"))
     before = {k: v.clone() for k, v in encoder.state_dict().items()}
     assert not encoder.training and not any(p.requires_grad for p in encoder.parameters())
-    feats, reused = cached_features(encoder, data.train, cfg, "token", tmp_path / "f/train.safetensors",
-                                    torch.device("cpu"))
+    feats, reused = cached_features(
+        encoder, data.train, cfg, "token", tmp_path / "f/train.safetensors", torch.device("cpu")
+    )
     assert not reused
-    again, reused = cached_features(encoder, data.train, cfg, "token", tmp_path / "f/train.safetensors",
-                                    torch.device("cpu"))
+    again, reused = cached_features(
+        encoder, data.train, cfg, "token", tmp_path / "f/train.safetensors", torch.device("cpu")
+    )
     assert reused and torch.equal(feats, again)
     torch.testing.assert_close(feats, extract_features(encoder, data.train, cfg, "token", torch.device("cpu")))
-    avg, reused = cached_features(encoder, data.train, cfg, "avg", tmp_path / "f/train.safetensors",
-                                  torch.device("cpu"))
+    avg, reused = cached_features(
+        encoder, data.train, cfg, "avg", tmp_path / "f/train.safetensors", torch.device("cpu")
+    )
     assert not reused and not torch.allclose(avg, feats)  # another pooling invalidates the cache
     held = extract_features(encoder, data.heldout, cfg, "token", torch.device("cpu"))
     head, history = train_head(feats, data.train.labels, held, data.heldout.labels, 10, cfg)
@@ -259,22 +293,45 @@ def test_lars_scales_weight_updates_by_the_trust_ratio():
 
 
 def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run):
-    args = ["compare", "--init", str(mae_run), "--init", "rand=scratch", "--out", str(tmp_path / "cmp"),
-            "--tasks", "classification,localization",
-            *sets(["data.name=synthetic", "data.synthetic_size=64", "model.name=mim_vit_femto"]),
-            "--set-probe", "probe.epochs=2", "--set-probe", "probe.warmup_epochs=0",
-            "--set-finetune", "train.epochs=null", "--set-finetune", "train.steps=2",
-            "--set-finetune", "train.batch_size=16", "--set-finetune", "train.eval_samples=16"]
+    args = [
+        "compare",
+        "--init",
+        str(mae_run),
+        "--init",
+        "rand=scratch",
+        "--out",
+        str(tmp_path / "cmp"),
+        "--tasks",
+        "classification,localization",
+        *sets(["data.name=synthetic", "data.synthetic_size=64", "model.name=mim_vit_femto"]),
+        "--set-probe",
+        "probe.epochs=2",
+        "--set-probe",
+        "probe.warmup_epochs=0",
+        "--set-finetune",
+        "train.epochs=null",
+        "--set-finetune",
+        "train.steps=2",
+        "--set-finetune",
+        "train.batch_size=16",
+        "--set-finetune",
+        "train.eval_samples=16",
+    ]
     first = run_cli(*args, check=True)
     assert first.stdout.count("running") == 10  # per model: 3 classification cells + 2 localisation (no kNN)
     rows = json.loads((tmp_path / "cmp/results.json").read_text())
     assert {(r["model"], r["protocol"], r["task"]) for r in rows} == {
-        (m, p, t) for m in ("mae", "rand") for t in ("classification", "localization")
-        for p in ("knn", "linprobe", "finetune") if not (t == "localization" and p == "knn")}
+        (m, p, t)
+        for m in ("mae", "rand")
+        for t in ("classification", "localization")
+        for p in ("knn", "linprobe", "finetune")
+        if not (t == "localization" and p == "knn")
+    }
     loc = [r for r in rows if r["task"] == "localization"]
     assert all(r["metric"] == "mean_iou" and 0 <= r["value"] <= 1 for r in loc)
-    frozen = json.loads((tmp_path / "cmp/cells/mae__linprobe__localization/config.yaml").read_text()
-                        .split("freeze: ")[1].split()[0])
+    frozen = json.loads(
+        (tmp_path / "cmp/cells/mae__linprobe__localization/config.yaml").read_text().split("freeze: ")[1].split()[0]
+    )
     assert frozen is True
     table = (tmp_path / "cmp/results.md").read_text()
     assert "| mae |" in table and "| rand |" in table and "# Semantic vs geometric tasks" in table

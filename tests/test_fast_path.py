@@ -1,5 +1,6 @@
 """The fast path of the training loop: no host synchronisation inside the step loop, non-finite steps skipped on
 the device, activation checkpointing (same gradients, blocks recomputed), the torch.compile switch."""
+
 from __future__ import annotations
 
 import os
@@ -21,8 +22,15 @@ HOST_SIDE = os.path.join("torch", "utils", "data", "distributed.py")
 def test_no_host_sync_inside_the_step_loop(tmp_path, monkeypatch, method):
     """Every step reads nothing back from the device; only the log/eval/checkpoint steps do (once each). On CPU every
     tensor is a host tensor, so the sampler's epoch permutation (host-side by construction) is not counted."""
-    engine, _ = tiny_engine(tmp_path, f"method.name={method}", "train.steps=8", "train.log_every=4",
-                            "train.eval_every=100", "train.ckpt_every=100", "train.clip_grad=1.0")
+    engine, _ = tiny_engine(
+        tmp_path,
+        f"method.name={method}",
+        "train.steps=8",
+        "train.log_every=4",
+        "train.eval_every=100",
+        "train.ckpt_every=100",
+        "train.clip_grad=1.0",
+    )
     reads = {"n": 0}
     for name in HOST_READS:
         original = getattr(torch.Tensor, name)
@@ -45,8 +53,9 @@ def test_no_host_sync_inside_the_step_loop(tmp_path, monkeypatch, method):
     settles = []
     original_settle = engine._settle
     monkeypatch.setattr(engine, "train_step", step)
-    monkeypatch.setattr(engine, "_settle", lambda pending, interval: (settles.append(len(pending)),
-                                                                      original_settle(pending, interval)))
+    monkeypatch.setattr(
+        engine, "_settle", lambda pending, interval: (settles.append(len(pending)), original_settle(pending, interval))
+    )
     engine.fit()
     assert in_steps == [0] * 8
     assert settles == [4, 4]  # one transfer per log interval (steps 4 and 8)
@@ -121,8 +130,9 @@ def test_compiled_training_matches_eager(tmp_path, monkeypatch):
     monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")
     weights = {}
     for flag in ("false", "true"):
-        engine, method = tiny_engine(tmp_path / flag, f"train.compile={flag}", "train.steps=3",
-                                     "train.eval_every=100", "train.ckpt_every=100")
+        engine, method = tiny_engine(
+            tmp_path / flag, f"train.compile={flag}", "train.steps=3", "train.eval_every=100", "train.ckpt_every=100"
+        )
         assert (engine.forward_model is not engine.model) == (flag == "true")
         engine.fit()
         weights[flag] = {k: v.detach().clone() for k, v in method.state_dict().items()}
@@ -144,8 +154,15 @@ def test_compile_setting_is_checked(monkeypatch):
 @pytest.mark.parametrize("method", ["mae", "simmim"])
 def test_cuda_step_loop_never_synchronises(tmp_path, method):
     """torch's sync debug mode turns any device-to-host wait inside a training step into an error."""
-    engine, _ = tiny_engine(tmp_path, "device=cuda", f"method.name={method}", "train.precision=bf16",
-                            "train.clip_grad=1.0", "train.steps=6", "train.log_every=3")
+    engine, _ = tiny_engine(
+        tmp_path,
+        "device=cuda",
+        f"method.name={method}",
+        "train.precision=bf16",
+        "train.clip_grad=1.0",
+        "train.steps=6",
+        "train.log_every=3",
+    )
     engine.train_step(0)  # first step: lazy optimizer state and cuBLAS handles
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -172,8 +189,9 @@ def test_checkpointing_keeps_fewer_activations_which_grow_with_the_batch():
 
     saved = {}
     for flag in (False, True):
-        cfg = resolved(tiny_config("method.name=mae", f"train.grad_checkpointing={str(flag).lower()}",
-                                   "model.name=mim_vit_pico"))
+        cfg = resolved(
+            tiny_config("method.name=mae", f"train.grad_checkpointing={str(flag).lower()}", "model.name=mim_vit_pico")
+        )
         model = build_method(cfg).train()
         for batch in (4, 8):
             inputs = {"images": torch.randn(batch, 1, 16, 16), "keys": torch.arange(batch)}
@@ -187,10 +205,11 @@ def test_bench_memory_estimates_a_config(capsys):
 
     assert main(["bench", "memory", "--config", "mae_fmnist_tiny", "--batch", "64", "--set", "device=cpu"]) == 0
     out = capsys.readouterr().out
-    est = __import__("json").loads(out[:out.rindex("}") + 1])
+    est = __import__("json").loads(out[: out.rindex("}") + 1])
     assert est["batch"] == 64 and est["precision"] == "bf16"
-    assert est["total_gb"] == pytest.approx(est["state_gb"] + est["fixed_saved_gb"]
-                                            + 64 * est["activations_gb_per_image"])
+    assert est["total_gb"] == pytest.approx(
+        est["state_gb"] + est["fixed_saved_gb"] + 64 * est["activations_gb_per_image"]
+    )
     assert "GB" in out.splitlines()[-1]
 
 
@@ -263,13 +282,17 @@ def test_a_simmim_head_the_fast_path_does_not_assume_trains_as_written():
     assert is_linear_pixel_head(method.decoder)
     conv = method.decoder[0]
     torch.manual_seed(3)
-    method.decoder = torch.nn.Sequential(torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1),
-                                         torch.nn.PixelShuffle(method.patch))
+    method.decoder = torch.nn.Sequential(
+        torch.nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1), torch.nn.PixelShuffle(method.patch)
+    )
     assert not is_linear_pixel_head(method.decoder)
     batch = _batch(method)
     torch.testing.assert_close(method(batch)["loss"], _plain_loss(method, batch))
-    for changed in (torch.nn.Sequential(conv), torch.nn.Sequential(torch.nn.Conv2d(conv.in_channels,
-                                                                                    conv.out_channels, 1, bias=False,
-                                                                                    groups=1, stride=2),
-                                                                    torch.nn.PixelShuffle(method.patch))):
+    for changed in (
+        torch.nn.Sequential(conv),
+        torch.nn.Sequential(
+            torch.nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=False, groups=1, stride=2),
+            torch.nn.PixelShuffle(method.patch),
+        ),
+    ):
         assert not is_linear_pixel_head(changed)

@@ -1,4 +1,5 @@
 """Host malloc tuning: freed tensor memory is reused, so a training loop stops faulting in fresh pages."""
+
 from __future__ import annotations
 
 import json
@@ -40,12 +41,16 @@ FAULTS = textwrap.dedent("""
 
 def _faults(env_value: str | None) -> dict:
     # glibc's own defaults on both sides: no malloc tunables or preloaded allocator from the caller's environment
-    env = {k: v for k, v in os.environ.items() if k not in ("MIMKIT_HOST_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD")
-           and not k.startswith("MALLOC_")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("MIMKIT_HOST_MALLOC", "GLIBC_TUNABLES", "LD_PRELOAD") and not k.startswith("MALLOC_")
+    }
     if env_value is not None:
         env["MIMKIT_HOST_MALLOC"] = env_value
-    out = subprocess.run([sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, timeout=120,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", FAULTS], env=env, capture_output=True, text=True, timeout=120, check=True
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -102,12 +107,12 @@ def test_only_the_cli_tunes_the_process():
     tests_dir = os.path.dirname(__file__)
     env = {k: v for k, v in os.environ.items() if k != "MIMKIT_HOST_MALLOC"}  # the default: tune
     env["PYTHONPATH"] = os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         check=True)
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == "default"
-    code = "import json, io, contextlib\nfrom mimkit.cli import main\nfrom mimkit.engine import host_malloc\n" \
-           "with contextlib.redirect_stdout(io.StringIO()):\n    main(['recipes'])\n" \
-           "print(json.dumps(host_malloc.host_malloc_state()))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120,
-                         check=True)
+    code = (
+        "import json, io, contextlib\nfrom mimkit.cli import main\nfrom mimkit.engine import host_malloc\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    main(['recipes'])\n"
+        "print(json.dumps(host_malloc.host_malloc_state()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120, check=True)
     assert json.loads(out.stdout.strip().splitlines()[-1]) == ("tuned" if GLIBC else "not glibc")

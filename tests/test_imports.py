@@ -1,5 +1,6 @@
 """The import graph of src/mimkit, read statically: no cycle among the imports that run when a module is loaded,
 nor among all imports, those inside functions included."""
+
 from __future__ import annotations
 
 import ast
@@ -8,7 +9,6 @@ from pathlib import Path
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 PACKAGE = SRC / "mimkit"
-
 
 
 def module_name(path: Path) -> str:
@@ -35,7 +35,7 @@ def _imported(node: ast.AST, path: Path) -> list[str]:
     if node.level:
         here = module_name(path).split(".")
         here = here if path.name == "__init__.py" else here[:-1]
-        base = ".".join(here[:len(here) - (node.level - 1)] + ([node.module] if node.module else []))
+        base = ".".join(here[: len(here) - (node.level - 1)] + ([node.module] if node.module else []))
     found = []
     for alias in node.names:
         full = f"{base}.{alias.name}"
@@ -62,8 +62,9 @@ def import_graph(load_time_only: bool) -> dict[str, set[str]]:
                 node = stack.pop()
                 nodes.append(node)
                 if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-                    stack += [c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt)
-                              and not _is_type_checking(c)]
+                    stack += [
+                        c for c in ast.iter_child_nodes(node) if isinstance(c, ast.stmt) and not _is_type_checking(c)
+                    ]
         else:
             nodes = list(ast.walk(tree))
         graph[name] = {m for node in nodes for m in _imported(node, path) if m != name}
@@ -142,8 +143,20 @@ def test_errors_and_domain_modules_do_not_import_config_or_cli():
     graph = import_graph(load_time_only=False)
     assert graph["mimkit.errors"] == set()
     for name, imported in graph.items():
-        if name.startswith(("mimkit.data.", "mimkit.models.", "mimkit.methods", "mimkit.engine.", "mimkit.fast.",
-                            "mimkit.eval.options", "mimkit.errors")) and name not in RUN_MODULES:
+        if (
+            name.startswith(
+                (
+                    "mimkit.data.",
+                    "mimkit.models.",
+                    "mimkit.methods",
+                    "mimkit.engine.",
+                    "mimkit.fast.",
+                    "mimkit.eval.options",
+                    "mimkit.errors",
+                )
+            )
+            and name not in RUN_MODULES
+        ):
             assert "mimkit.config" not in imported, name
         if name not in ("mimkit.cli", "mimkit.__main__"):
             assert "mimkit.cli" not in imported, name
@@ -154,7 +167,10 @@ def test_no_method_name_branch_outside_the_registry():
     method name to decide anything."""
     pattern = re.compile(r"\b(method|meth)\.name\s*(==|!=|in\b|not\s+in\b)")
     assert pattern.search('if cfg.method.name == "mae":') and pattern.search("x = meth.name in KINDS")
-    found = [f"{path.relative_to(SRC)}:{number}: {line.strip()}"
-             for path in MODULES.values() for number, line in enumerate(path.read_text().splitlines(), 1)
-             if pattern.search(line)]
+    found = [
+        f"{path.relative_to(SRC)}:{number}: {line.strip()}"
+        for path in MODULES.values()
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
     assert found == []

@@ -1,4 +1,5 @@
 """Weights in and out: HF ViTMAE import (same loss and predictions), official MAE .pth import, timm export."""
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,23 @@ from mimkit.interop.imports import ImportError_, import_checkpoint
 def _tiny_hf(norm_pix: bool = True, eps: float = 1e-6):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.ViTMAEConfig(
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=3, intermediate_size=192, decoder_hidden_size=32,
-        decoder_num_hidden_layers=2, decoder_num_attention_heads=4, decoder_intermediate_size=128, image_size=16,
-        patch_size=4, num_channels=3, mask_ratio=0.75, norm_pix_loss=norm_pix, layer_norm_eps=eps,
-        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=3,
+        intermediate_size=192,
+        decoder_hidden_size=32,
+        decoder_num_hidden_layers=2,
+        decoder_num_attention_heads=4,
+        decoder_intermediate_size=128,
+        image_size=16,
+        patch_size=4,
+        num_channels=3,
+        mask_ratio=0.75,
+        norm_pix_loss=norm_pix,
+        layer_norm_eps=eps,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
     torch.manual_seed(0)
     model = transformers.ViTMAEForPreTraining(cfg).eval()
     model.vit.embeddings.initialize_weights()
@@ -69,11 +83,12 @@ def _official_style_pth(path, encoder_only=False):
     state = {}
     for key, value in source.state_dict().items():
         if key.startswith("encoder."):
-            state[key[len("encoder."):]] = value
+            state[key[len("encoder.") :]] = value
         elif not encoder_only:
             state[key] = value
-    args = argparse.Namespace(model="mae_vit_tiny_custom", input_size=16, mask_ratio=0.75, norm_pix_loss=True,
-                              blr=1.5e-4)
+    args = argparse.Namespace(
+        model="mae_vit_tiny_custom", input_size=16, mask_ratio=0.75, norm_pix_loss=True, blr=1.5e-4
+    )
     torch.save({"model": state, "epoch": 799, "args": args, "optimizer": {}}, path)
     return source
 
@@ -114,9 +129,12 @@ def test_export_loads_strictly_in_timm(tmp_path):
     info = json.loads((tmp_path / "enc.safetensors.json").read_text())
     weights = load_file(str(tmp_path / "enc.safetensors"))
     assert not any(k.startswith(("decoder", "mask_token")) for k in weights)
-    model = timm.create_model(info["timm_name"], pretrained=True,
-                              pretrained_cfg_overlay=dict(file=str(tmp_path / "enc.safetensors")),
-                              **info["timm_kwargs"])
+    model = timm.create_model(
+        info["timm_name"],
+        pretrained=True,
+        pretrained_cfg_overlay=dict(file=str(tmp_path / "enc.safetensors")),
+        **info["timm_kwargs"],
+    )
     fresh = timm.create_model(info["timm_name"], pretrained=False, **info["timm_kwargs"])
     result = fresh.load_state_dict(weights, strict=True)  # strict: no missing or unexpected keys
     assert not result.missing_keys and not result.unexpected_keys
@@ -126,5 +144,4 @@ def test_export_loads_strictly_in_timm(tmp_path):
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
         # same weights and eps: timm's own forward equals mimkit's encoder forward (eps differs only if not 1e-6)
-        torch.testing.assert_close(model.forward_features(x), ours.encoder.forward_features(x), atol=1e-5,
-                                   rtol=1e-5)
+        torch.testing.assert_close(model.forward_features(x), ours.encoder.forward_features(x), atol=1e-5, rtol=1e-5)

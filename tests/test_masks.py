@@ -1,4 +1,5 @@
 """Mask generators: exact masked counts, keyed determinism, SimMIM cell structure, block-wise contiguity, noise."""
+
 from __future__ import annotations
 
 import math
@@ -39,13 +40,16 @@ def test_components_helper():
 
 
 # ---------------------------------------------------------------------------------------------------- counts
-@pytest.mark.parametrize("img, patch, ratio, expected", [
-    (32, 4, 0.75, 48),  # 64 tokens, keep int(16) = 16
-    (224, 16, 0.75, 147),  # 196 tokens, keep 49
-    (32, 4, 0.6, 39),  # keep int(25.6) = 25
-    (28, 4, 0.5, 25),  # 49 tokens, keep int(24.5) = 24
-    (64, 8, 0.9, 58),  # keep int(6.4) = 6
-])
+@pytest.mark.parametrize(
+    "img, patch, ratio, expected",
+    [
+        (32, 4, 0.75, 48),  # 64 tokens, keep int(16) = 16
+        (224, 16, 0.75, 147),  # 196 tokens, keep 49
+        (32, 4, 0.6, 39),  # keep int(25.6) = 25
+        (28, 4, 0.5, 25),  # 49 tokens, keep int(24.5) = 24
+        (64, 8, 0.9, 58),  # keep int(6.4) = 6
+    ],
+)
 def test_random_masked_count_is_mae_len_keep_rule(img, patch, ratio, expected):
     gen = MaskGenerator("random", img, patch, ratio, patch)
     L = (img // patch) ** 2
@@ -56,13 +60,16 @@ def test_random_masked_count_is_mae_len_keep_rule(img, patch, ratio, expected):
     assert masks.sum(1).tolist() == [expected] * len(KEYS)
 
 
-@pytest.mark.parametrize("img, patch, ratio, mask_patch, cells_masked", [
-    (192, 16, 0.6, 32, 22),  # 6x6 cells: ceil(21.6) = 22
-    (224, 16, 0.6, 32, 30),  # 7x7 cells: ceil(29.4) = 30
-    (32, 4, 0.6, 8, 10),  # 4x4 cells: ceil(9.6) = 10
-    (32, 4, 0.5, 4, 32),  # cell = patch: 64 cells
-    (32, 4, 0.3, 16, 2),  # 2x2 cells: ceil(1.2) = 2
-])
+@pytest.mark.parametrize(
+    "img, patch, ratio, mask_patch, cells_masked",
+    [
+        (192, 16, 0.6, 32, 22),  # 6x6 cells: ceil(21.6) = 22
+        (224, 16, 0.6, 32, 30),  # 7x7 cells: ceil(29.4) = 30
+        (32, 4, 0.6, 8, 10),  # 4x4 cells: ceil(9.6) = 10
+        (32, 4, 0.5, 4, 32),  # cell = patch: 64 cells
+        (32, 4, 0.3, 16, 2),  # 2x2 cells: ceil(1.2) = 2
+    ],
+)
 def test_simmim_masked_count(img, patch, ratio, mask_patch, cells_masked):
     gen = MaskGenerator("simmim", img, patch, ratio, mask_patch)
     cells = (img // mask_patch) ** 2
@@ -83,8 +90,9 @@ def test_simmim_192px_example_22_of_36_cells():
     assert gen.num_masked == 88
 
 
-@pytest.mark.parametrize("img, patch, ratio", [(224, 16, 0.4), (224, 16, 0.75), (32, 4, 0.5), (32, 4, 0.3),
-                                               (64, 4, 0.6)])
+@pytest.mark.parametrize(
+    "img, patch, ratio", [(224, 16, 0.4), (224, 16, 0.75), (32, 4, 0.5), (32, 4, 0.3), (64, 4, 0.6)]
+)
 def test_blockwise_masked_count(img, patch, ratio):
     gen = MaskGenerator("blockwise", img, patch, ratio, patch)
     L = (img // patch) ** 2
@@ -103,8 +111,10 @@ def test_blockwise_mask_function_exact_count(num_masked):
 
 
 # ---------------------------------------------------------------------------------------------------- keyed determinism
-@pytest.mark.parametrize("kind, img, patch, ratio, mps", [
-    ("random", 32, 4, 0.75, 4), ("simmim", 192, 16, 0.6, 32), ("blockwise", 224, 16, 0.4, 16)])
+@pytest.mark.parametrize(
+    "kind, img, patch, ratio, mps",
+    [("random", 32, 4, 0.75, 4), ("simmim", 192, 16, 0.6, 32), ("blockwise", 224, 16, 0.4, 16)],
+)
 def test_deterministic_and_key_dependent(kind, img, patch, ratio, mps):
     gen = MaskGenerator(kind, img, patch, ratio, mps)
     a = gen(KEYS, 5)
@@ -124,7 +134,7 @@ def test_mask_of_a_sample_does_not_depend_on_the_batch(kind, mps):
     gen = MaskGenerator(kind, 32, 4, 0.6, mps)
     full = gen(KEYS, 1)
     for i in (0, 17, 63):
-        alone = gen(KEYS[i:i + 1], 1)
+        alone = gen(KEYS[i : i + 1], 1)
         assert torch.equal(alone[0], full[i])
     reversed_batch = gen(KEYS.flip(0), 1)
     assert torch.equal(reversed_batch.flip(0), full)
@@ -183,9 +193,17 @@ def test_blockwise_small_grid_has_blocks():
 
 
 # ---------------------------------------------------------------------------------------------------- noise
-@pytest.mark.parametrize("kind, img, patch, ratio, mps", [
-    ("random", 32, 4, 0.75, 4), ("random", 224, 16, 0.75, 16), ("simmim", 192, 16, 0.6, 32),
-    ("simmim", 32, 4, 0.6, 8), ("blockwise", 224, 16, 0.4, 16), ("blockwise", 32, 4, 0.5, 4)])
+@pytest.mark.parametrize(
+    "kind, img, patch, ratio, mps",
+    [
+        ("random", 32, 4, 0.75, 4),
+        ("random", 224, 16, 0.75, 16),
+        ("simmim", 192, 16, 0.6, 32),
+        ("simmim", 32, 4, 0.6, 8),
+        ("blockwise", 224, 16, 0.4, 16),
+        ("blockwise", 32, 4, 0.5, 4),
+    ],
+)
 def test_noise_argsort_keeps_exactly_the_unmasked_tokens(kind, img, patch, ratio, mps):
     gen = MaskGenerator(kind, img, patch, ratio, mps)
     noise = gen.noise(KEYS, 2)
@@ -193,7 +211,7 @@ def test_noise_argsort_keeps_exactly_the_unmasked_tokens(kind, img, patch, ratio
     assert noise.shape == mask.shape and noise.dtype == torch.float32
     assert torch.equal(mask_from_noise(noise, gen.num_masked), mask)
     # MAE's encoder keeps ids_shuffle[:, :len_keep]: exactly the unmasked tokens
-    keep = torch.argsort(noise, dim=1)[:, :gen.num_tokens - gen.num_masked]
+    keep = torch.argsort(noise, dim=1)[:, : gen.num_tokens - gen.num_masked]
     assert (~mask.gather(1, keep)).all()
     if kind != "random":
         assert (noise[mask] >= 1).all() and (noise[~mask] < 1).all()
@@ -225,13 +243,16 @@ def test_invalid_mask_patch_size_raises(img, patch, mps):
         MaskGenerator("simmim", img, patch, 0.6, mps)
 
 
-@pytest.mark.parametrize("kind, ratio, mps", [
-    ("random", 0.99, 4),  # 64 tokens: keep int(0.64) = 0
-    ("simmim", 0.99, 8),  # 16 cells: ceil(15.84) = 16 = everything
-    ("simmim", 0.9, 16),  # 4 cells: ceil(3.6) = 4
-    ("blockwise", 0.005, 4),  # round(0.32) = 0 masked
-    ("blockwise", 0.995, 4),  # round(63.68) = 64
-])
+@pytest.mark.parametrize(
+    "kind, ratio, mps",
+    [
+        ("random", 0.99, 4),  # 64 tokens: keep int(0.64) = 0
+        ("simmim", 0.99, 8),  # 16 cells: ceil(15.84) = 16 = everything
+        ("simmim", 0.9, 16),  # 4 cells: ceil(3.6) = 4
+        ("blockwise", 0.005, 4),  # round(0.32) = 0 masked
+        ("blockwise", 0.995, 4),  # round(63.68) = 64
+    ],
+)
 def test_ratio_masking_all_or_nothing_raises(kind, ratio, mps):
     with pytest.raises(ValueError, match="at least one"):
         MaskGenerator(kind, 32, 4, ratio, mps)

@@ -1,5 +1,6 @@
 """MoCo v3: the symmetric InfoNCE loss against a written-out formula, the momentum schedule and EMA update, and a
 short training run whose checkpoint the evaluation commands accept."""
+
 from __future__ import annotations
 
 import json
@@ -64,10 +65,24 @@ def test_forward_uses_both_views_symmetrically():
 
 
 def test_mocov3_pretrain_then_knn(tmp_path):
-    run_cli("pretrain", "--config", "mocov3_fmnist_tiny", "--out", str(tmp_path / "moco"),
-            *sets([*TINY, *MOCO, "train.steps=4"]), check=True)
+    run_cli(
+        "pretrain",
+        "--config",
+        "mocov3_fmnist_tiny",
+        "--out",
+        str(tmp_path / "moco"),
+        *sets([*TINY, *MOCO, "train.steps=4"]),
+        check=True,
+    )
     res = json.loads((tmp_path / "moco/results.json").read_text())
     assert math.isfinite(res["final_heldout_loss"]) and "reconstructions" not in res
-    run_cli("knn", "--init", str(tmp_path / "moco"), "--out", str(tmp_path / "knn"),
-            *sets(["data.name=synthetic", "data.synthetic_size=64"]), check=True)
+    run_cli(
+        "knn",
+        "--init",
+        str(tmp_path / "moco"),
+        "--out",
+        str(tmp_path / "knn"),
+        *sets(["data.name=synthetic", "data.synthetic_size=64"]),
+        check=True,
+    )
     assert 0 <= json.loads((tmp_path / "knn/results.json").read_text())["top1"] <= 100

@@ -1,4 +1,5 @@
 """Patchify, MAE / SimMIM losses against written-out formulas, the visible-only encoder, SimMIM shapes."""
+
 from __future__ import annotations
 
 import math
@@ -61,7 +62,7 @@ def test_mae_masking_keeps_lowest_noise_and_decoder_restores_order():
     visible, mask, ids_restore = mae.random_masking(x, noise)
     keep = 16 - int(16 * 0.25)
     for n in range(4):
-        lowest = set(torch.argsort(noise[n])[:16 - keep].tolist())
+        lowest = set(torch.argsort(noise[n])[: 16 - keep].tolist())
         assert set(visible[n, :, 0].long().tolist()) == lowest
         assert set(torch.nonzero(mask[n] == 0).flatten().tolist()) == lowest
 
@@ -78,7 +79,7 @@ def test_mae_visible_only_encoder_equals_timm_on_the_visible_tokens():
     tokens = enc.patch_embed(imgs) + enc.pos_embed[:, 1:]
     for n in range(2):
         visible_pos = torch.nonzero(mask[n] == 0).flatten()  # ascending original positions
-        seq = torch.cat([enc.cls_token + enc.pos_embed[:, :1], tokens[n:n + 1, visible_pos]], dim=1)
+        seq = torch.cat([enc.cls_token + enc.pos_embed[:, :1], tokens[n : n + 1, visible_pos]], dim=1)
         ref = enc.norm(enc.blocks(seq))[0]
         order = torch.argsort(noise[n])[:4]  # mimkit's order: by noise
         ours = latent[n, 1:][torch.argsort(order)]  # back to ascending position
@@ -154,8 +155,15 @@ def test_weight_decay_groups_exclude_norms_biases_tokens():
 
 
 def test_timm_model_names_build_with_overrides():
-    cfg = resolved(tiny_config("model.name=vit_small_patch16_224", "model.patch_size=4", "model.depth=1",
-                               "model.embed_dim=32", "model.num_heads=2"))
+    cfg = resolved(
+        tiny_config(
+            "model.name=vit_small_patch16_224",
+            "model.patch_size=4",
+            "model.depth=1",
+            "model.embed_dim=32",
+            "model.num_heads=2",
+        )
+    )
     method = build_method(cfg)
     assert method.encoder.patch_embed.patch_size == (4, 4)
     assert len(method.encoder.blocks) == 1 and method.encoder.embed_dim == 32

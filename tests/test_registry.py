@@ -1,5 +1,6 @@
 """The method registry: a new method is added by one registry entry alone (its options, checks and builder), then
 validates, trains, evaluates, checkpoints and reloads through the same code as the built-in methods."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -46,7 +47,7 @@ class PatchAutoencoder(Method):
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images = batch["images"]
-        tokens = self.encoder.forward_features(images)[:, self.encoder.num_prefix_tokens:]
+        tokens = self.encoder.forward_features(images)[:, self.encoder.num_prefix_tokens :]
         target = patchify(images, self.patch)
         error = F.mse_loss if self.loss == "mse" else F.l1_loss
         return {"loss": self.weight * error(self.head(tokens), target)}
@@ -56,9 +57,13 @@ def build_autoencoder(cfg: Any) -> PatchAutoencoder:
     return PatchAutoencoder(create_encoder(cfg, fixed_sincos=False), cfg.method.ae_loss, cfg.method.ae_weight)
 
 
-AUTOENCODER = MethodSpec(name="autoencoder", summary="toy: each patch token reconstructs its own pixels",
-                         build=build_autoencoder, options=AutoencoderOptions,
-                         check_options=check_autoencoder_options)
+AUTOENCODER = MethodSpec(
+    name="autoencoder",
+    summary="toy: each patch token reconstructs its own pixels",
+    build=build_autoencoder,
+    options=AutoencoderOptions,
+    check_options=check_autoencoder_options,
+)
 
 
 @pytest.fixture
@@ -100,8 +105,7 @@ def test_a_registered_method_validates_its_options(autoencoder):
 def test_the_registry_is_what_the_config_knows(autoencoder):
     assert "autoencoder" in registry.names()
     fields = [f.name for f in dataclasses.fields(registry.method_config_class())]
-    assert fields[:4] == [f.name for f in dataclasses.fields(MethodConfig)] and fields[-2:] == ["ae_loss",
-                                                                                                  "ae_weight"]
+    assert fields[:4] == [f.name for f in dataclasses.fields(MethodConfig)] and fields[-2:] == ["ae_loss", "ae_weight"]
     registry.unregister("autoencoder")
     with pytest.raises(ConfigError, match="method.name: 'autoencoder' is not one of mae, simmim, supervised"):
         tiny_config("method.name=autoencoder")

@@ -1,5 +1,6 @@
 """The last block only where the loss reads it (masked tokens, the class token): the same outputs, loss and gradients
 as the full computation."""
+
 from __future__ import annotations
 
 import pytest
@@ -140,12 +141,15 @@ def _assert_same(method, batch, runner=None) -> None:
         torch.testing.assert_close(grad, full[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
-@pytest.mark.parametrize("extra", [
-    ("method.name=mae",),
-    ("method.name=mae", "method.norm_pix=false", "train.grad_checkpointing=true", "model.drop_path=0.3"),
-    ("method.name=simmim", "method.mask_patch_size=8", "model.drop_path=0.3"),
-    ("method.name=simmim", "method.mask_patch_size=8", "data.in_chans=3", "train.grad_checkpointing=true"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("method.name=mae",),
+        ("method.name=mae", "method.norm_pix=false", "train.grad_checkpointing=true", "model.drop_path=0.3"),
+        ("method.name=simmim", "method.mask_patch_size=8", "model.drop_path=0.3"),
+        ("method.name=simmim", "method.mask_patch_size=8", "data.in_chans=3", "train.grad_checkpointing=true"),
+    ],
+)
 def test_training_loss_and_gradients_equal_the_full_forward(extra):
     torch.manual_seed(0)
     method = build_method(resolved(tiny_config(*extra))).train()
@@ -160,8 +164,9 @@ def test_compiled_checkpointed_training_loss_equals_the_full_forward(name):
     """Graph capture (aot_eager: dynamo and AOT autograd, no code generation) through the partial last block,
     checkpointed."""
     torch.manual_seed(0)
-    method = build_method(resolved(tiny_config(f"method.name={name}", "method.mask_patch_size=8",
-                                               "train.grad_checkpointing=true"))).train()
+    method = build_method(
+        resolved(tiny_config(f"method.name={name}", "method.mask_patch_size=8", "train.grad_checkpointing=true"))
+    ).train()
     batch = {"images": torch.randn(4, method.chans, 16, 16), "keys": torch.arange(4)}
     _assert_same(method, batch, runner=torch.compile(method, backend="aot_eager"))
 
@@ -200,11 +205,23 @@ def test_training_loss_equals_the_full_forward_on_cuda_in_bf16(name):
         torch.testing.assert_close(grad, full[key], rtol=5e-2, atol=5e-3, msg=key)
 
 
-@pytest.mark.parametrize("options", [
-    dict(drop_path_rate=0.3),
-    dict(reg_tokens=4, no_embed_class=True, pre_norm=True, patch_drop_rate=0.3, pos_drop_rate=0.1,
-         dynamic_img_size=True, fc_norm=True, init_values=0.1, qk_norm=True),
-])
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(drop_path_rate=0.3),
+        dict(
+            reg_tokens=4,
+            no_embed_class=True,
+            pre_norm=True,
+            patch_drop_rate=0.3,
+            pos_drop_rate=0.1,
+            dynamic_img_size=True,
+            fc_norm=True,
+            init_values=0.1,
+            qk_norm=True,
+        ),
+    ],
+)
 @pytest.mark.parametrize("checkpointing", [False, True])
 @pytest.mark.parametrize("train", [True, False])
 def test_class_token_forward_is_the_whole_model_for_a_token_pooled_vit(options, checkpointing, train):
@@ -213,8 +230,9 @@ def test_class_token_forward_is_the_whole_model_for_a_token_pooled_vit(options, 
     from mimkit.bench.flops import count_flops
 
     torch.manual_seed(0)
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=5,
-                            global_pool="token", **options).train(train)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=3, num_classes=5, global_pool="token", **options
+    ).train(train)
     vit.set_grad_checkpointing(checkpointing)
     assert reads_class_token_only(vit) and runs_on_rows(vit.blocks[-1])
     x = torch.randn(3, 3, 32, 32)
@@ -236,8 +254,14 @@ def test_hooks_pooling_and_dropout_that_need_the_whole_model():
     import timm
 
     def vit(**options):
-        return timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2, num_classes=5,
-                                 **{"global_pool": "token", **options})
+        return timm.create_model(
+            "vit_tiny_patch16_224",
+            img_size=32,
+            patch_size=8,
+            depth=2,
+            num_classes=5,
+            **{"global_pool": "token", **options},
+        )
 
     for part in ("", "norm", "fc_norm", "head_drop", "head", "blocks"):
         model = vit()
@@ -254,19 +278,27 @@ def test_hooks_pooling_and_dropout_that_need_the_whole_model():
     torch.testing.assert_close(class_token_forward(dropout, x), expected)
 
 
-@pytest.mark.parametrize("extra", [
-    ("method.name=supervised", "model.global_pool=token", "model.num_classes=4"),
-    ("method.name=mocov3", "method.moco_dim=16", "method.moco_mlp_dim=32"),
-    ("method.name=task", "data.task=localization", "model.global_pool=token"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("method.name=supervised", "model.global_pool=token", "model.num_classes=4"),
+        ("method.name=mocov3", "method.moco_dim=16", "method.moco_mlp_dim=32"),
+        ("method.name=task", "data.task=localization", "model.global_pool=token"),
+    ],
+)
 def test_class_token_methods_train_as_with_the_whole_encoder(extra):
     torch.manual_seed(0)
     method = build_method(resolved(tiny_config(*extra))).train()
     for encoder in (method.encoder, getattr(method, "momentum_encoder", method.encoder)):
         assert reads_class_token_only(encoder) and runs_on_rows(encoder.blocks[-1])
     x = torch.randn(4, 1, 16, 16)
-    batch = {"images": x, "images2": x.flip(-1), "labels": torch.arange(4) % 4, "keys": torch.arange(4),
-             "targets": torch.rand(4, 4)}
+    batch = {
+        "images": x,
+        "images2": x.flip(-1),
+        "labels": torch.arange(4) % 4,
+        "keys": torch.arange(4),
+        "targets": torch.rand(4, 4),
+    }
     results = []
     for rows_only in (True, False):
         method.fast_path = rows_only

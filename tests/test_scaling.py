@@ -1,6 +1,7 @@
 """Data-scaling studies: sweep grids (expansion, validation, the shipped sweep), running a tiny sweep (records,
 skipping finished runs, resuming an interrupted one, the missing fine-tune, --dry-run, submitit's local executor),
 power-law fits, and the analysis of a results table (over-fitting, saturation, loss vs accuracy, figures)."""
+
 from __future__ import annotations
 
 import csv
@@ -25,9 +26,20 @@ from mimkit.scaling.sweep import run_sweep
 from mimkit.scaling.table import aggregate, parse_number, read_table
 
 # The fine-tune of the tiny sweep: 2 steps on the same synthetic 16 px images.
-TINY_FINETUNE = ["device=cpu", "data.name=synthetic", "data.synthetic_size=128", "data.img_size=16", "data.in_chans=1",
-                 "train.epochs=null", "train.steps=2", "train.batch_size=16", "train.eval_every=2",
-                 "train.eval_samples=16", "train.tensorboard=false", "train.reconstruct=false"]
+TINY_FINETUNE = [
+    "device=cpu",
+    "data.name=synthetic",
+    "data.synthetic_size=128",
+    "data.img_size=16",
+    "data.in_chans=1",
+    "train.epochs=null",
+    "train.steps=2",
+    "train.batch_size=16",
+    "train.eval_every=2",
+    "train.eval_samples=16",
+    "train.tensorboard=false",
+    "train.reconstruct=false",
+]
 
 
 def write_base(folder: Path) -> Path:
@@ -51,8 +63,13 @@ def read_csv(path: Path) -> list[dict[str, str]]:
 # ------------------------------------------------------------------------------------------------ grid expansion
 def test_grid_expands_to_the_cartesian_product(tmp_path):
     base = write_base(tmp_path)
-    axes = {"model": ["mim_vit_femto", "mim_vit_pico"], "data": [0.25, 1.0], "steps": [4, 8, 12], "seed": [0, 1],
-            "method.mask_ratio": [0.5, 0.75]}
+    axes = {
+        "model": ["mim_vit_femto", "mim_vit_pico"],
+        "data": [0.25, 1.0],
+        "steps": [4, 8, 12],
+        "seed": [0, 1],
+        "method.mask_ratio": [0.5, 0.75],
+    }
     path = write_sweep(tmp_path, {"base": base.name, "set": {"train.eval_every": 4}, "grid": axes, "parallel": 3})
     sweep = load_sweep(path, tmp_path / "out")
     assert sweep.base == str(base)  # a relative base is found next to the sweep file
@@ -72,15 +89,21 @@ def test_grid_expands_to_the_cartesian_product(tmp_path):
 
     run = find(model="mim_vit_pico", data="0.25", iterations="8", seed="1", method__mask_ratio="0.75")
     assert run.overrides[0] == "train.eval_every=4"  # the common `set` first, then the axes
-    for item in ("model.name=mim_vit_pico", "data.fraction=0.25", "train.steps=8", "seed=1",
-                 "method.mask_ratio=0.75"):
+    for item in ("model.name=mim_vit_pico", "data.fraction=0.25", "train.steps=8", "seed=1", "method.mask_ratio=0.75"):
         assert item in run.overrides
     cfg = load_config(sweep.base, run.overrides)
-    assert (cfg.model.name, cfg.data.fraction, cfg.train.steps, cfg.seed, cfg.method.mask_ratio,
-            cfg.train.eval_every) == ("mim_vit_pico", 0.25, 8, 1, 0.75, 4)
+    assert (
+        cfg.model.name,
+        cfg.data.fraction,
+        cfg.train.steps,
+        cfg.seed,
+        cfg.method.mask_ratio,
+        cfg.train.eval_every,
+    ) == ("mim_vit_pico", 0.25, 8, 1, 0.75, 4)
     other = find(model="mim_vit_femto", data="1.0", iterations="12", seed="0", method__mask_ratio="0.5")
     assert {"data.fraction=1.0", "train.steps=12", "model.name=mim_vit_femto", "method.mask_ratio=0.5"} <= set(
-        other.overrides)
+        other.overrides
+    )
     assert "data.fraction=0.25" not in other.overrides
     (args,) = sweep.commands(other)
     assert args[:5] == ["pretrain", "--config", sweep.base, "--out", str(other.run_dir)]
@@ -89,9 +112,13 @@ def test_grid_expands_to_the_cartesian_product(tmp_path):
 
 def test_grid_named_bundle_axis(tmp_path):
     base = write_base(tmp_path)
-    grid = {"size": {"small": {"model.name": "mim_vit_femto", "model.decoder_dim": 32},
-                     "big": {"model.name": "mim_vit_pico", "model.decoder_dim": 64}},
-            "data": [0.5]}
+    grid = {
+        "size": {
+            "small": {"model.name": "mim_vit_femto", "model.decoder_dim": 32},
+            "big": {"model.name": "mim_vit_pico", "model.decoder_dim": 64},
+        },
+        "data": [0.5],
+    }
     sweep = load_sweep(write_sweep(tmp_path, {"base": str(base), "grid": grid}), tmp_path / "out")
     assert len(sweep.runs) == 2 and len({r.run_dir for r in sweep.runs}) == 2
     by_size = {run.axes["size"]: run for run in sweep.runs}
@@ -104,22 +131,25 @@ def test_grid_named_bundle_axis(tmp_path):
         assert (cfg.model.name, cfg.model.decoder_dim) == (bundle["model.name"], bundle["model.decoder_dim"])
 
 
-@pytest.mark.parametrize("change, needles", [
-    ({"grdi": {"seed": [0]}}, ["unknown sweep key", "grdi"]),
-    ({"grid": {"model": ["mim_vit_femto"], "train.stepz": [4]}}, ["run ", "train.stepz"]),
-    ({"base": None}, ["'base'", "required"]),
-    ({"grid": {"data": []}}, ["grid.data", "no values"]),
-    ({"grid": {"data": {}}}, ["grid.data", "no values"]),
-    ({"grid": {"data": [0.1, 0.5, 0.1]}}, ["grid.data", "repeated value"]),
-    ({"grid": {}}, ["'grid'"]),
-    ({"parallel": 0}, ["parallel", "0"]),
-    ({"parallel": -2}, ["parallel", "-2"]),
-    ({"parallel": "two"}, ["parallel", "two"]),
-    ({"parallel": True}, ["parallel", "True"]),
-    ({"parallel": 1.5}, ["parallel", "1.5"]),
-    ({"finetune": {"config": "finetune_fmnist_tiny", "set": {"train.nope": 1}}}, ["finetune", "train.nope"]),
-    ({"finetune": {"configs": "x"}}, ["finetune", "configs"]),
-])
+@pytest.mark.parametrize(
+    "change, needles",
+    [
+        ({"grdi": {"seed": [0]}}, ["unknown sweep key", "grdi"]),
+        ({"grid": {"model": ["mim_vit_femto"], "train.stepz": [4]}}, ["run ", "train.stepz"]),
+        ({"base": None}, ["'base'", "required"]),
+        ({"grid": {"data": []}}, ["grid.data", "no values"]),
+        ({"grid": {"data": {}}}, ["grid.data", "no values"]),
+        ({"grid": {"data": [0.1, 0.5, 0.1]}}, ["grid.data", "repeated value"]),
+        ({"grid": {}}, ["'grid'"]),
+        ({"parallel": 0}, ["parallel", "0"]),
+        ({"parallel": -2}, ["parallel", "-2"]),
+        ({"parallel": "two"}, ["parallel", "two"]),
+        ({"parallel": True}, ["parallel", "True"]),
+        ({"parallel": 1.5}, ["parallel", "1.5"]),
+        ({"finetune": {"config": "finetune_fmnist_tiny", "set": {"train.nope": 1}}}, ["finetune", "train.nope"]),
+        ({"finetune": {"configs": "x"}}, ["finetune", "configs"]),
+    ],
+)
 def test_sweep_file_errors_name_the_problem(tmp_path, change, needles):
     tree = {"base": str(write_base(tmp_path)), "grid": {"model": ["mim_vit_femto"], "steps": [4, 8]}}
     tree.update(change)
@@ -171,9 +201,15 @@ def tiny_sweep(tmp_path_factory):
     """Two runs (4 and 8 steps) of a femto SimMIM on synthetic images, each fine-tuned for 2 steps."""
     folder = tmp_path_factory.mktemp("sweep")
     write_base(folder)
-    path = write_sweep(folder, {"base": "tiny_base.yaml", "grid": {"model": ["mim_vit_femto"], "data": [0.5],
-                                                                    "steps": [4, 8], "seed": [0]},
-                                "parallel": 2, "finetune": {"config": "finetune_fmnist_tiny", "set": TINY_FINETUNE}})
+    path = write_sweep(
+        folder,
+        {
+            "base": "tiny_base.yaml",
+            "grid": {"model": ["mim_vit_femto"], "data": [0.5], "steps": [4, 8], "seed": [0]},
+            "parallel": 2,
+            "finetune": {"config": "finetune_fmnist_tiny", "set": TINY_FINETUNE},
+        },
+    )
     out = folder / "out"
     messages: list[str] = []
     result = run_sweep(str(path), str(out), say=messages.append)
@@ -198,7 +234,8 @@ def test_sweep_records_every_run_and_skips_finished_ones(tiny_sweep):
         assert int(row["images_seen"]) == int(row["iterations"]) * batch
         assert float(row["compute"]) == pytest.approx(float(row["flops_per_image"]) * int(row["images_seen"]))
         assert 0 < int(row["data_images"]) < 128 and float(row["epochs"]) == pytest.approx(
-            int(row["images_seen"]) / int(row["data_images"]))
+            int(row["images_seen"]) / int(row["data_images"])
+        )
         assert math.isfinite(float(row["heldout_loss"]))
         assert float(row["heldout_loss"]) == pytest.approx(results["final_heldout_loss"])
         assert math.isfinite(float(row["train_loss"]))
@@ -220,8 +257,11 @@ def test_sweep_records_every_run_and_skips_finished_ones(tiny_sweep):
     assert set(recorded["runs"]) == set(rows)
 
     # again: nothing is re-run, results.csv is rebuilt from the run directories
-    stamps = {p: p.stat().st_mtime_ns for run in sweep.runs
-              for p in (run.run_dir / "metrics.jsonl", run.run_dir / "results.json", run.finetune_dir / "results.json")}
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for run in sweep.runs
+        for p in (run.run_dir / "metrics.jsonl", run.run_dir / "results.json", run.finetune_dir / "results.json")
+    }
     messages: list[str] = []
     again = run_sweep(tiny_sweep["config"], str(out), say=messages.append)
     assert again["done"] == 2 and again["failed"] == []
@@ -229,7 +269,8 @@ def test_sweep_records_every_run_and_skips_finished_ones(tiny_sweep):
     assert not any("finished in" in m for m in messages)
     assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
     assert {row["run"]: row["heldout_loss"] for row in read_csv(out / "results.csv")} == {
-        k: v["heldout_loss"] for k, v in rows.items()}
+        k: v["heldout_loss"] for k, v in rows.items()
+    }
 
     # the sweep's own table goes through the analysis (one model, one data size: fits say why they are missing)
     analysis = analyze_table(out / "results.csv", out / "analysis")
@@ -379,22 +420,29 @@ def synthetic_table(path: Path) -> dict[tuple, float]:
     200 to 400 iterations. Fine-tune top-1 falls with loss. Returns (model, data, iterations) -> loss."""
     rng = np.random.default_rng(0)
     losses, rows = {}, []
-    for (model, params), (data, fraction), iterations in itertools.product(MODELS.items(), DATA.items(),
-                                                                         ITERATIONS):
+    for (model, params), (data, fraction), iterations in itertools.product(MODELS.items(), DATA.items(), ITERATIONS):
         loss = law(params, fraction, iterations)
         if (model, data) == OVERFIT and iterations == 400:
             loss = law(params, fraction, 200) + RISE
         losses[(model, data, iterations)] = loss
-        row = {"model": model, "params": f"{params / 1e6:g}M", "data": data, "iterations": iterations,
-               "heldout_loss": loss, "train_loss": loss - 0.02 * iterations / 100,
-               "finetune_top1": 95 - 20 * loss + 0.1 * rng.standard_normal(), "compute": 6 * params * iterations * 64,
-               "seed": 0}
+        row = {
+            "model": model,
+            "params": f"{params / 1e6:g}M",
+            "data": data,
+            "iterations": iterations,
+            "heldout_loss": loss,
+            "train_loss": loss - 0.02 * iterations / 100,
+            "finetune_top1": 95 - 20 * loss + 0.1 * rng.standard_normal(),
+            "compute": 6 * params * iterations * 64,
+            "seed": 0,
+        }
         if (model, data, iterations) == ("m_small", "30%", 100):  # two seeds, averaged into one cell
             rows.append({**row, "heldout_loss": loss - 0.01, "seed": 0})
             row = {**row, "heldout_loss": loss + 0.01, "seed": 1}
         rows.append(row)
-    rows.append({"model": "m_small", "params": "1M", "data": "10%", "iterations": 800, "heldout_loss": "",
-                 "seed": 0})  # an unfinished run: dropped
+    rows.append(
+        {"model": "m_small", "params": "1M", "data": "10%", "iterations": 800, "heldout_loss": "", "seed": 0}
+    )  # an unfinished run: dropped
     with open(path, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -455,8 +503,14 @@ def test_analysis_finds_overfitting_saturation_and_correlation(tmp_path):
     assert saved["overfit"]["flagged"] == result["overfit"]["flagged"]
     assert saved["fits"]["excluded_overfit"] == 1
     names = {Path(f).name for f in result["figures"]}
-    assert {"loss_vs_data.png", "loss_vs_iterations.png", "loss_vs_params.png", "loss_vs_compute.png",
-            "loss_vs_finetune.png", "train_heldout_gap.png"} <= names
+    assert {
+        "loss_vs_data.png",
+        "loss_vs_iterations.png",
+        "loss_vs_params.png",
+        "loss_vs_compute.png",
+        "loss_vs_finetune.png",
+        "train_heldout_gap.png",
+    } <= names
     assert "heldout_curves.png" not in names  # no curves.json beside the table
     assert all(Path(f).is_file() and Path(f).stat().st_size > 1000 for f in result["figures"])
     summary = "\n".join(summary_lines(result))
@@ -490,8 +544,10 @@ def test_numbers_with_suffixes_and_percentages(tmp_path):
     with pytest.raises(ConfigError, match=r"line 7, column 'params'.*'lots'"):
         parse_number("lots", "params", 7)
     table = tmp_path / "t.csv"
-    table.write_text("model,params,data,iterations,heldout_loss,data_images\n"
-                     "vit_b,88M,10%,125K,0.5,\nvit_b,88M,IN-22K,125K,0.4,14.2M\n")
+    table.write_text(
+        "model,params,data,iterations,heldout_loss,data_images\n"
+        "vit_b,88M,10%,125K,0.5,\nvit_b,88M,IN-22K,125K,0.4,14.2M\n"
+    )
     first, second = read_table(table)
     assert (first["params"], first["iterations"], first["data_size"]) == (88e6, 125e3, pytest.approx(0.1))
     assert second["data"] == "IN-22K" and second["data_size"] == pytest.approx(14.2e6)  # a name sized by data_images
@@ -506,8 +562,10 @@ def test_table_rejects_surplus_cells_and_splits_extra_axes_into_variants(tmp_pat
     with pytest.raises(ConfigError, match="line 2: 6 cells but the header has 5"):
         read_table(bad)
     table = tmp_path / "variants.csv"
-    table.write_text("model,params,data,iterations,heldout_loss,seed,method.mask_ratio\n"
-                     "m,1M,0.1,100,0.50,0,0.5\nm,1M,0.1,100,0.70,0,0.75\nm,1M,0.1,100,0.54,1,0.5\n")
+    table.write_text(
+        "model,params,data,iterations,heldout_loss,seed,method.mask_ratio\n"
+        "m,1M,0.1,100,0.50,0,0.5\nm,1M,0.1,100,0.70,0,0.75\nm,1M,0.1,100,0.54,1,0.5\n"
+    )
     points = {p.model: p for p in aggregate(read_table(table))}
     assert set(points) == {"m [method.mask_ratio=0.5]", "m [method.mask_ratio=0.75]"}
     assert points["m [method.mask_ratio=0.5]"].n == 2  # seeds are averaged, the other axis is not
@@ -546,13 +604,20 @@ def test_compute_frontier_keeps_one_cell_per_compute_and_only_improvements():
     def cell(model, compute, loss):
         return Point(model, 1.0, "d", 1.0, compute, loss, extra={"compute": compute})
 
-    cells = [cell("a", 10, 0.9), cell("b", 10, 0.8), cell("c", 20, 0.85), cell("d", 30, 0.7), cell("e", 30, 0.75),
-             cell("f", 40, 0.72)]
+    cells = [
+        cell("a", 10, 0.9),
+        cell("b", 10, 0.8),
+        cell("c", 20, 0.85),
+        cell("d", 30, 0.7),
+        cell("e", 30, 0.75),
+        cell("f", 40, 0.72),
+    ]
     assert [p.model for p in compute_frontier(cells)] == ["b", "d"]
 
 
-@pytest.mark.parametrize("name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_fmnist_swin",
-                                  "scaling_swinv2_in1k"])
+@pytest.mark.parametrize(
+    "name", ["scaling_fmnist", "scaling_fmnist_overfit", "scaling_fmnist_swin", "scaling_swinv2_in1k"]
+)
 def test_every_shipped_sweep_expands_and_validates(name, tmp_path):
     from mimkit.scaling.grid import sweep_names
 

@@ -1,4 +1,5 @@
 """The measurement scripts still run: they are what a lent GPU machine executes, with no chance to fix them there."""
+
 from __future__ import annotations
 
 import subprocess
@@ -13,9 +14,25 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def test_step_parts_ab_times_every_part():
-    out = subprocess.run([sys.executable, str(SCRIPTS / "step_parts_ab.py"), "all", "--no-compile", "--passes", "1",
-                          "--reps", "1", "--vit-batch", "2"], env=cli_env(), capture_output=True, text=True,
-                         timeout=300, check=True).stdout
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPTS / "step_parts_ab.py"),
+            "all",
+            "--no-compile",
+            "--passes",
+            "1",
+            "--reps",
+            "1",
+            "--vit-batch",
+            "2",
+        ],
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
     rows = [line for line in out.splitlines() if not line.startswith("#")]
     # loss: 2 methods x 2 shapes; embed: 2 shapes; gather: 3 shapes; attention: 2 shapes
     assert len(rows) == 4 + 2 + 3 + 2, out

@@ -1,5 +1,6 @@
 """Geometric task data (boxes inside the canvas and tight around the item, rotations by the stated angle) and the
 task metrics against hand-computed cases."""
+
 from __future__ import annotations
 
 import math
@@ -91,8 +92,9 @@ def _task_run(tmp_path, name, *extra):
     from conftest import tiny_config
     from mimkit.pretrain import pretrain
 
-    cfg = tiny_config("method.name=task", "init=scratch", "model.global_pool=avg", "train.steps=4",
-                      "train.eval_every=2", *extra)
+    cfg = tiny_config(
+        "method.name=task", "init=scratch", "model.global_pool=avg", "train.steps=4", "train.eval_every=2", *extra
+    )
     results = pretrain(cfg, tmp_path / name)
     records = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
     return results, records
@@ -120,8 +122,9 @@ def test_frozen_rotation_head_leaves_the_encoder_untouched(tmp_path):
     from mimkit.config import resolved
     from mimkit.methods import build_method
 
-    fresh = build_method(resolved(tiny_config("method.name=task", "data.task=rotation", "model.global_pool=avg",
-                                              "model.freeze=true")))
+    fresh = build_method(
+        resolved(tiny_config("method.name=task", "data.task=rotation", "model.global_pool=avg", "model.freeze=true"))
+    )
     for key, value in fresh.encoder.state_dict().items():
         assert torch.equal(model.encoder.state_dict()[key], value), key
     assert not torch.equal(model.angle_head.weight, fresh.angle_head.weight)  # the head did train

@@ -1,4 +1,5 @@
 """MAE's patch embedding at the visible patches only: the tokens and gradients of embedding every patch, gathered."""
+
 from __future__ import annotations
 
 import pytest
@@ -22,8 +23,11 @@ class _Holder(torch.nn.Module):
 @pytest.mark.parametrize("chans, norm", [(1, False), (3, True)])
 def test_embedding_the_visible_patches_equals_embedding_all_then_gathering(chans, norm):
     torch.manual_seed(0)
-    vit = _Holder(PatchEmbed(img_size=16, patch_size=4, in_chans=chans, embed_dim=8,
-                             norm_layer=torch.nn.LayerNorm if norm else None))
+    vit = _Holder(
+        PatchEmbed(
+            img_size=16, patch_size=4, in_chans=chans, embed_dim=8, norm_layer=torch.nn.LayerNorm if norm else None
+        )
+    )
     images = torch.randn(3, chans, 16, 16, requires_grad=True)
     ids = torch.stack([torch.randperm(16)[:5] for _ in range(3)])
     weight = torch.randn(3, 5, 8)  # a loss that weighs every output differently
@@ -56,8 +60,9 @@ def test_patch_embeddings_that_must_run_whole():
     overlapping = PatchEmbed(img_size=16, patch_size=4, in_chans=1, embed_dim=8)
     overlapping.proj = torch.nn.Conv2d(1, 8, kernel_size=4, stride=2)
     assert not embeds_patches_alone(_Holder(overlapping), images)
-    assert not embeds_patches_alone(_Holder(PatchEmbed(img_size=16, patch_size=4, in_chans=1, embed_dim=8,
-                                                       dynamic_img_pad=True)), images)
+    assert not embeds_patches_alone(
+        _Holder(PatchEmbed(img_size=16, patch_size=4, in_chans=1, embed_dim=8, dynamic_img_pad=True)), images
+    )
     assert not embeds_patches_alone(torch.nn.Module(), images)
 
 

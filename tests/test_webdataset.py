@@ -1,6 +1,7 @@
 """data.name=webdataset: shard patterns and their errors, the tar index and its cache, the shuffle buffer, batches as a
 pure function of (seed, epoch, rank, world size, step) (determinism, resume, ranks, decode processes), unreadable
 images, labels, held-out shards, config errors and an end-to-end `mimkit pretrain` on tiny shards."""
+
 from __future__ import annotations
 
 import io
@@ -67,8 +68,9 @@ def _shard_set(root, workers: int = 0, buffer: int = 8) -> ShardSet:
     return ShardSet(index_shards(shard_paths(str(root)), log=_quiet), 18, 1, workers, buffer)
 
 
-def _stream(data: ShardSet, rank: int = 0, world: int = 1, micro: int = 4, accum: int = 1, seed: int = 0,
-            log=_quiet) -> ShardStream:
+def _stream(
+    data: ShardSet, rank: int = 0, world: int = 1, micro: int = 4, accum: int = 1, seed: int = 0, log=_quiet
+) -> ShardStream:
     augment = BatchAugment(16, (0.2, 1.0), (3 / 4, 4 / 3), True, [0.5], [0.25], seed)
     return ShardStream(data, augment, micro, accum, rank, world, seed, CPU, log=log)
 
@@ -130,10 +132,19 @@ def _png(value: int, size: int = 16) -> bytes:
 
 
 def test_index_groups_members_by_key_and_is_cached(tmp_path):
-    path = _tar(tmp_path / "s.tar", [("a/001.jpg", _png(10)), ("a/001.cls", b" 3\n"), ("a/001.json", b"{}"),
-                                     ("002.json", b"{}"),  # no image: not a sample
-                                     ("003.seg.png", _png(20)), ("003.PNG", _png(30)),  # seg.png: another field
-                                     ("003.jpg", _png(35)), ("004.webp", _png(40))])  # the first image wins
+    path = _tar(
+        tmp_path / "s.tar",
+        [
+            ("a/001.jpg", _png(10)),
+            ("a/001.cls", b" 3\n"),
+            ("a/001.json", b"{}"),
+            ("002.json", b"{}"),  # no image: not a sample
+            ("003.seg.png", _png(20)),
+            ("003.PNG", _png(30)),  # seg.png: another field
+            ("003.jpg", _png(35)),
+            ("004.webp", _png(40)),
+        ],
+    )  # the first image wins
     index, cached = load_index(path)
     assert not cached and len(index) == 3
     assert index.labels.tolist() == [3, -1, -1]
@@ -345,12 +356,15 @@ def test_build_data_val_root_keeps_every_training_shard(shard_dir, tmp_path):
     assert subset.ids.tolist() == [2 * ID_STRIDE, 7 * ID_STRIDE + 9] and subset.images.shape == (2, 1, 18, 18)
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["data.fraction=0.5"], "data.fraction.*whole training set"),
-    (["data.val_fraction=0.1"], "val_fraction"),
-    (["data.task=rotation", "method.name=task"], "data.task=rotation"),
-    (["data.shuffle_buffer=0"], "shuffle_buffer"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["data.fraction=0.5"], "data.fraction.*whole training set"),
+        (["data.val_fraction=0.1"], "val_fraction"),
+        (["data.task=rotation", "method.name=task"], "data.task=rotation"),
+        (["data.shuffle_buffer=0"], "shuffle_buffer"),
+    ],
+)
 def test_config_errors_for_what_shards_cannot_do(extra, message, shard_dir):
     with pytest.raises(ConfigError, match=message):
         tiny_config("data.name=webdataset", f"data.root={shard_dir}", *extra)
@@ -372,8 +386,15 @@ def test_linprobe_and_knn_refuse_streamed_shards(shard_dir, tmp_path):
 # ---------------------------------------------------------------------------------------------------- end to end
 def test_cli_pretrain_on_shards_writes_a_checkpoint(shard_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    overrides = [*TINY, "data.name=webdataset", f"data.root={shard_dir}", "data.num_workers=1", "train.steps=4",
-                 "train.batch_size=8", "train.eval_samples=8"]
+    overrides = [
+        *TINY,
+        "data.name=webdataset",
+        f"data.root={shard_dir}",
+        "data.num_workers=1",
+        "train.steps=4",
+        "train.batch_size=8",
+        "train.eval_samples=8",
+    ]
     assert main(["pretrain", "--config", "mae_fmnist_tiny", "--out", str(out), *sets(overrides)]) == 0
     assert (out / "checkpoints" / "last").exists()
     saved = json.loads((out / "results.json").read_text())
@@ -382,7 +403,15 @@ def test_cli_pretrain_on_shards_writes_a_checkpoint(shard_dir, tmp_path, capsys)
 
 
 def test_cli_missing_shards_exit_2(tmp_path, capsys):
-    code = main(["pretrain", "--config", "mae_fmnist_tiny", "--out", str(tmp_path / "run"),
-                 *sets([*TINY, "data.name=webdataset", f"data.root={tmp_path}/missing-{{000..003}}.tar"])])
+    code = main(
+        [
+            "pretrain",
+            "--config",
+            "mae_fmnist_tiny",
+            "--out",
+            str(tmp_path / "run"),
+            *sets([*TINY, "data.name=webdataset", f"data.root={tmp_path}/missing-{{000..003}}.tar"]),
+        ]
+    )
     assert code == 2
     assert "missing-000.tar" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """mimkit: masked image modeling research toolkit (SimMIM and MAE pretraining, analysis, distillation)."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -1,4 +1,5 @@
 """Python API: `mimkit.load(RUN_DIR_or_checkpoint)` returns the trained Method module (eval mode)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """`mimkit` command line: parse, load the config, call one function per command. User errors exit 2, no traceback."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,8 +17,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.pretrain import pretrain
 
     cfg = load_config(args.config, args.set)
-    return training_exit_code(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
-                        "resume with the same command")
+    return training_exit_code(
+        lambda: pretrain(cfg, args.out, require_checkpoint=args.resume), "resume with the same command"
+    )
 
 
 def data_overrides(data: str | None) -> list[str]:
@@ -57,8 +59,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mimkit.eval.compare import compare
 
     protocol_sets = {"finetune": args.set_finetune, "linprobe": args.set_probe, "knn": args.set_probe}
-    rows = compare(args.init, args.out, args.protocols.split(","), [*data_overrides(args.data), *args.set],
-                   protocol_sets, args.tasks.split(","))
+    rows = compare(
+        args.init,
+        args.out,
+        args.protocols.split(","),
+        [*data_overrides(args.data), *args.set],
+        protocol_sets,
+        args.tasks.split(","),
+    )
     print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
     print(open(f"{args.out}/results.md").read())
     return 0
@@ -81,12 +89,19 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         try:
             y, x = (float(v) for v in text.split(","))
         except ValueError:
-            raise ConfigError(f"--query {text}: expected Y,X as fractions of the image height and width, "
-                              "e.g. 0.5,0.5 for the centre") from None
+            raise ConfigError(
+                f"--query {text}: expected Y,X as fractions of the image height and width, e.g. 0.5,0.5 for the centre"
+            ) from None
         queries.append((y, x))
-    options = AnalysisOptions(images=args.images, batch_size=args.batch_size, capture=args.capture,
-                              renormalize_distance=args.renormalize_distance, cka_tokens=args.cka_tokens,
-                              queries=queries, map_images=args.map_images)
+    options = AnalysisOptions(
+        images=args.images,
+        batch_size=args.batch_size,
+        capture=args.capture,
+        renormalize_distance=args.renormalize_distance,
+        cka_tokens=args.cka_tokens,
+        queries=queries,
+        map_images=args.map_images,
+    )
     analyses = set(ANALYSES) if args.analysis == "report" else {args.analysis}
     results = run_analysis(cfg, args.model, analyses, args.out, options)
     if args.analysis == "report":
@@ -105,13 +120,13 @@ def cmd_distill(args: argparse.Namespace) -> int:
     # --teacher / --student win over --set (they are the more specific way to say it)
     overrides = ["method.name=distill", *data_overrides(args.data), *args.set, *flags]
     cfg = load_config(args.config, overrides)
-    students = [s.strip() for s in args.chain.split(",") if s.strip()] if args.chain is not None \
-        else cfg.distill.chain
+    students = [s.strip() for s in args.chain.split(",") if s.strip()] if args.chain is not None else cfg.distill.chain
     if students is None:
         from mimkit.pretrain import pretrain
 
-        return training_exit_code(lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
-                            "resume with the same command")
+        return training_exit_code(
+            lambda: pretrain(cfg, args.out, require_checkpoint=args.resume), "resume with the same command"
+        )
     from mimkit.methods.distill.chain import run_chain
 
     if args.resume and not Path(args.out, "chain.json").is_file():
@@ -133,8 +148,10 @@ def cmd_recipes(args: argparse.Namespace) -> int:
         text = (RECIPES_DIR / f"{name}.yaml").read_text()
         first = _first_comment(text)
         tree = yaml.safe_load(text) or {}
-        summary = (f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', '?')} / "
-                   f"{tree.get('data', {}).get('name', 'fashion-mnist')}")
+        summary = (
+            f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', '?')} / "
+            f"{tree.get('data', {}).get('name', 'fashion-mnist')}"
+        )
         print(f"{name:24s} {summary:48s} {first}")
     from mimkit.scaling.grid import SWEEPS_DIR, sweep_names
 
@@ -164,16 +181,24 @@ def cmd_models(args: argparse.Namespace) -> int:
 
     for name, spec in {**PRESETS, **SWIN_PRESETS}.items():
         img = 192 if spec.patch_size == 4 and spec.is_swin else 32
-        cfg = resolved(load_config(None, [f"model.name={name}", f"data.img_size={img}",
-                                          f"method.name={'simmim' if spec.is_swin else 'mae'}"]))
+        cfg = resolved(
+            load_config(
+                None,
+                [f"model.name={name}", f"data.img_size={img}", f"method.name={'simmim' if spec.is_swin else 'mae'}"],
+            )
+        )
         with torch.device("meta"):
             n = sum(p.numel() for p in build_method(cfg).encoder.parameters())
         depth = "-".join(map(str, spec.stage_depths)) if spec.is_swin else str(spec.depth)
         heads = "-".join(map(str, spec.stage_heads)) if spec.is_swin else str(spec.num_heads)
-        print(f"{name:17s} dim {spec.embed_dim:4d} depth {depth:>9s} heads {heads:>11s} patch {spec.patch_size}"
-              f"{f'  window {spec.window_size}' if spec.is_swin else '':11s} encoder {n / 1e6:8.2f}M params")
-    print("...or any timm ViT name (timm.list_models('vit_*')) or SwinV2 (timm.list_models('swinv2_*')), with "
-          "model.patch_size/embed_dim/stage_depths/... overrides")
+        print(
+            f"{name:17s} dim {spec.embed_dim:4d} depth {depth:>9s} heads {heads:>11s} patch {spec.patch_size}"
+            f"{f'  window {spec.window_size}' if spec.is_swin else '':11s} encoder {n / 1e6:8.2f}M params"
+        )
+    print(
+        "...or any timm ViT name (timm.list_models('vit_*')) or SwinV2 (timm.list_models('swinv2_*')), with "
+        "model.patch_size/embed_dim/stage_depths/... overrides"
+    )
     return 0
 
 
@@ -188,12 +213,15 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     method = load(args.run, device="cuda" if torch.cuda.is_available() else "cpu")
     cfg = method.config
     if not method.reconstructs:
-        raise ConfigError(f"{args.run} was trained with method.name={cfg.method.name}, which does not reconstruct "
-                          "images: reconstructions need an MAE or SimMIM run")
+        raise ConfigError(
+            f"{args.run} was trained with method.name={cfg.method.name}, which does not reconstruct "
+            "images: reconstructions need an MAE or SimMIM run"
+        )
     data = build_data(cfg)
     out = args.out or Path(args.run) / "figures" / "reconstructions.png"
-    path = reconstruction_figure(method, data.train, data.heldout, cfg, out, n=args.n,
-                                 device=next(method.parameters()).device)
+    path = reconstruction_figure(
+        method, data.train, data.heldout, cfg, out, n=args.n, device=next(method.parameters()).device
+    )
     print(path)
     return 0
 
@@ -222,11 +250,15 @@ def cmd_shards(args: argparse.Namespace) -> int:
     if args.data == "synthetic":
         width, _, height = args.image_size.partition("x")
         if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0) or args.count < 1:
-            print(f"mimkit: error: --image-size '{args.image_size}' must be WIDTHxHEIGHT (e.g. 500x375) and --count "
-                  f"({args.count}) positive", file=sys.stderr)
+            print(
+                f"mimkit: error: --image-size '{args.image_size}' must be WIDTHxHEIGHT (e.g. 500x375) and --count "
+                f"({args.count}) positive",
+                file=sys.stderr,
+            )
             return 2
-        paths = write_synthetic_shards(args.out, args.count, int(width), int(height), args.per_shard,
-                                       prefix=args.prefix or "synthetic")
+        paths = write_synthetic_shards(
+            args.out, args.count, int(width), int(height), args.per_shard, prefix=args.prefix or "synthetic"
+        )
     else:
         paths = write_shards_from(args.data, args.out, args.per_shard, args.split, args.prefix)
     if not paths:
@@ -235,8 +267,9 @@ def cmd_shards(args: argparse.Namespace) -> int:
     first, last = paths[0].name, paths[-1].name
     stem = first.rsplit("-", 1)[0]
     pattern = f"{paths[0].parent}/{stem}-{{{first.rsplit('-', 1)[1][:-4]}..{last.rsplit('-', 1)[1][:-4]}}}.tar"
-    print(f"wrote {len(paths)} shard(s) to {args.out}; train with --set data.name=webdataset "
-          f"--set data.root='{pattern}'")
+    print(
+        f"wrote {len(paths)} shard(s) to {args.out}; train with --set data.name=webdataset --set data.root='{pattern}'"
+    )
     return 0
 
 
@@ -247,14 +280,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from mimkit.bench.suite import format_table, run_suite
 
         groups = args.only.split(",") if args.only else None
-        result = run_suite(args.preset, args.device, steps=args.steps, warmup=args.warmup, groups=groups,
-                           compile_rows=args.compile, batch=args.batch, rounds=args.rounds,
-                           compile_modes=tuple(args.compile_mode), breakdown_steps=args.breakdown_steps,
-                           trace_dir=args.trace_dir, out=args.out)
+        result = run_suite(
+            args.preset,
+            args.device,
+            steps=args.steps,
+            warmup=args.warmup,
+            groups=groups,
+            compile_rows=args.compile,
+            batch=args.batch,
+            rounds=args.rounds,
+            compile_modes=tuple(args.compile_mode),
+            breakdown_steps=args.breakdown_steps,
+            trace_dir=args.trace_dir,
+            out=args.out,
+        )
         print(format_table(result))
-        print(f"written to {args.out} (and the Markdown table to {Path(args.out).with_suffix('.md')}"
-              + (f", the time breakdown figure to {result['breakdown_figure']}" if "breakdown_figure" in result
-                 else "") + ")")
+        print(
+            f"written to {args.out} (and the Markdown table to {Path(args.out).with_suffix('.md')}"
+            + (f", the time breakdown figure to {result['breakdown_figure']}" if "breakdown_figure" in result else "")
+            + ")"
+        )
         return 0
     cfg = load_config(args.config, args.set)
     if args.bench_command == "memory":
@@ -262,10 +307,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         est = run_memory_estimate(cfg, args.batch)
         print(json.dumps(est, indent=1))
-        print(f"{est['method']} {est['model']} at {est['img_size']} px, batch {est['batch']}, {est['precision']}: "
-              f"about {est['total_gb']:.1f} GB ({est['state_gb']:.1f} GB weights + gradients + AdamW, "
-              f"{est['activations_gb_per_image'] * est['batch']:.1f} GB activations and {est['fixed_saved_gb']:.1f} GB "
-              "other tensors saved for backward; add the CUDA context and allocator slack)")
+        print(
+            f"{est['method']} {est['model']} at {est['img_size']} px, batch {est['batch']}, {est['precision']}: "
+            f"about {est['total_gb']:.1f} GB ({est['state_gb']:.1f} GB weights + gradients + AdamW, "
+            f"{est['activations_gb_per_image'] * est['batch']:.1f} GB activations and {est['fixed_saved_gb']:.1f} GB "
+            "other tensors saved for backward; add the CUDA context and allocator slack)"
+        )
         return 0
     if args.bench_command == "loader":
         from mimkit.bench.loader_bench import run_loader_bench
@@ -276,11 +323,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from mimkit.bench.pretrain_bench import run_pretrain_bench
     from mimkit.bench.suite import breakdown_lines
 
-    result = run_pretrain_bench(cfg, steps=args.steps, warmup=args.warmup, compare=args.compare,
-                                breakdown_steps=args.breakdown_steps, pipeline=args.pipeline, out=args.out)
+    result = run_pretrain_bench(
+        cfg,
+        steps=args.steps,
+        warmup=args.warmup,
+        compare=args.compare,
+        breakdown_steps=args.breakdown_steps,
+        pipeline=args.pipeline,
+        out=args.out,
+    )
     print(json.dumps(result, indent=1))
-    lines = breakdown_lines({"rows": [{"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
-                                      for impl in ("mimkit", "hf") if impl in result]})
+    lines = breakdown_lines(
+        {
+            "rows": [
+                {"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
+                for impl in ("mimkit", "hf")
+                if impl in result
+            ]
+        }
+    )
     if lines:
         print("\n".join(lines))
     return 0
@@ -289,8 +350,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     from mimkit.scaling.sweep import run_sweep
 
-    result = run_sweep(args.config, args.out, parallel=args.parallel, launcher=args.launcher, dry_run=args.dry_run,
-                       finetune=False if args.no_finetune else None, wait=not args.no_wait)
+    result = run_sweep(
+        args.config,
+        args.out,
+        parallel=args.parallel,
+        launcher=args.launcher,
+        dry_run=args.dry_run,
+        finetune=False if args.no_finetune else None,
+        wait=not args.no_wait,
+    )
     return 1 if result.get("failed") else 0
 
 
@@ -322,13 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pretrain)
 
     for name, func, default, what in (
-            ("finetune", cmd_finetune, "finetune_fmnist_tiny",
-             "fine-tune an encoder (layer decay, mixup, RandAugment)"),
-            ("linprobe", cmd_linprobe, "probe_fmnist", "linear probe on frozen features (cached)"),
-            ("knn", cmd_knn, "probe_fmnist", "cosine kNN on frozen features (k=20, T=0.07)")):
+        ("finetune", cmd_finetune, "finetune_fmnist_tiny", "fine-tune an encoder (layer decay, mixup, RandAugment)"),
+        ("linprobe", cmd_linprobe, "probe_fmnist", "linear probe on frozen features (cached)"),
+        ("knn", cmd_knn, "probe_fmnist", "cosine kNN on frozen features (k=20, T=0.07)"),
+    ):
         p = sub.add_parser(name, help=what)
-        p.add_argument("--init", required=True,
-                       help="run dir or checkpoint, exported .safetensors, timm:NAME, or scratch")
+        p.add_argument(
+            "--init", required=True, help="run dir or checkpoint, exported .safetensors, timm:NAME, or scratch"
+        )
         p.add_argument("--config", default=default, help=f"recipe, YAML or run directory (default {default})")
         p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
         p.add_argument("--out", required=True, help="run directory")
@@ -338,17 +407,27 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(func=func)
 
     p = sub.add_parser("distill", help="TinyMIM distillation: relations (qk, vv), features or CLS of a teacher")
-    p.add_argument("--teacher", default=None,
-                   help="run dir or checkpoint (any method), exported .safetensors or timm:NAME[@FILE]")
+    p.add_argument(
+        "--teacher", default=None, help="run dir or checkpoint (any method), exported .safetensors or timm:NAME[@FILE]"
+    )
     p.add_argument("--student", default=None, help="student model: a mimkit preset or timm vit_* name")
-    p.add_argument("--chain", default=None, metavar="NAME,NAME,...",
-                   help="sequential distillation: students in order, each the next one's teacher (OUT/stageK-NAME); "
-                        "a recipe can list them as distill.chain")
+    p.add_argument(
+        "--chain",
+        default=None,
+        metavar="NAME,NAME,...",
+        help="sequential distillation: students in order, each the next one's teacher (OUT/stageK-NAME); "
+        "a recipe can list them as distill.chain",
+    )
     p.add_argument("--config", default="distill_fmnist_tiny", help="recipe, YAML or run directory")
     p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
     p.add_argument("--out", required=True, help="run directory (the chain's parent directory with --chain)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="e.g. distill.targets=qk+vv, distill.teacher_layer=18, distill.mask_ratio=0.6")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="e.g. distill.targets=qk+vv, distill.teacher_layer=18, distill.mask_ratio=0.6",
+    )
     p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
     p.set_defaults(func=cmd_distill)
 
@@ -356,8 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")
     p.add_argument("--out", required=True)
     p.add_argument("--protocols", default="knn,linprobe,finetune")
-    p.add_argument("--tasks", default="classification",
-                   help="comma-separated: classification, localization, rotation, combined")
+    p.add_argument(
+        "--tasks", default="classification", help="comma-separated: classification, localization, rotation, combined"
+    )
     p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
@@ -365,40 +445,73 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("analyze", help="attention distance, head diversity, CKA and attention maps of ViTs")
-    p.add_argument("analysis", choices=["attention", "diversity", "cka", "maps", "report", "replot"],
-                   help="attention: distance + entropy per head; diversity: KL between heads; cka: layer "
-                        "similarity; maps: attention overlays; report: all of them and one HTML page; replot: "
-                        "redraw the figures and report of --out from its results.json")
-    p.add_argument("--model", action="append", default=[], metavar="[NAME=]SOURCE",
-                   help="run dir or checkpoint (any method), exported .safetensors, timm:NAME or scratch; repeat")
+    p.add_argument(
+        "analysis",
+        choices=["attention", "diversity", "cka", "maps", "report", "replot"],
+        help="attention: distance + entropy per head; diversity: KL between heads; cka: layer "
+        "similarity; maps: attention overlays; report: all of them and one HTML page; replot: "
+        "redraw the figures and report of --out from its results.json",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="[NAME=]SOURCE",
+        help="run dir or checkpoint (any method), exported .safetensors, timm:NAME or scratch; repeat",
+    )
     p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path (held-out split is used)")
     p.add_argument("--images", type=int, default=1000, help="held-out images to analyse (seeded sample)")
     p.add_argument("--out", required=True, help="directory for results.json, figures and report.html")
     p.add_argument("--config", default="probe_fmnist", help="recipe or YAML for data settings (default probe_fmnist)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.img_size=224")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--capture", choices=["recompute", "unfused"], default="recompute",
-                   help="recompute attention from each block's qkv (default) or read timm's with fused attention off")
-    p.add_argument("--renormalize-distance", action="store_true",
-                   help="rescale patch-to-patch attention rows to sum to 1 after dropping prefix tokens")
-    p.add_argument("--cka-tokens", choices=["all", "patch", "cls", "mean"], default="all",
-                   help="per-image representation for CKA: all tokens flattened (default), patch tokens, class "
-                        "token, or patch mean")
-    p.add_argument("--query", action="append", metavar="Y,X",
-                   help="attention-map query position as fractions of height and width (default 0.5,0.5 and "
-                        "0.2,0.2); repeat")
+    p.add_argument(
+        "--capture",
+        choices=["recompute", "unfused"],
+        default="recompute",
+        help="recompute attention from each block's qkv (default) or read timm's with fused attention off",
+    )
+    p.add_argument(
+        "--renormalize-distance",
+        action="store_true",
+        help="rescale patch-to-patch attention rows to sum to 1 after dropping prefix tokens",
+    )
+    p.add_argument(
+        "--cka-tokens",
+        choices=["all", "patch", "cls", "mean"],
+        default="all",
+        help="per-image representation for CKA: all tokens flattened (default), patch tokens, class "
+        "token, or patch mean",
+    )
+    p.add_argument(
+        "--query",
+        action="append",
+        metavar="Y,X",
+        help="attention-map query position as fractions of height and width (default 0.5,0.5 and 0.2,0.2); repeat",
+    )
     p.add_argument("--map-images", type=int, default=4, help="images in the attention-map figures")
     p.set_defaults(func=cmd_analyze)
 
-    p = sub.add_parser("sweep", help="run a grid of pretraining runs (models x data x lengths x seeds), "
-                                     "skipping finished runs and resuming interrupted ones")
+    p = sub.add_parser(
+        "sweep",
+        help="run a grid of pretraining runs (models x data x lengths x seeds), "
+        "skipping finished runs and resuming interrupted ones",
+    )
     p.add_argument("--config", required=True, help="sweep YAML (base, set, grid, finetune, parallel, slurm)")
     p.add_argument("--out", required=True, help="sweep directory: runs/, results.csv, curves.json")
-    p.add_argument("--parallel", type=int, default=None, help="runs at once on this machine (default: the "
-                   "sweep's `parallel`, else 1); CPU threads are split between them")
-    p.add_argument("--launcher", choices=["local", "slurm", "submitit-local"], default="local",
-                   help="local: child processes here; slurm: one submitit job per run; submitit-local: submitit's "
-                        "local executor")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=None,
+        help="runs at once on this machine (default: the "
+        "sweep's `parallel`, else 1); CPU threads are split between them",
+    )
+    p.add_argument(
+        "--launcher",
+        choices=["local", "slurm", "submitit-local"],
+        default="local",
+        help="local: child processes here; slurm: one submitit job per run; submitit-local: submitit's local executor",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the commands that are left, run nothing")
     p.add_argument("--no-finetune", action="store_true", help="skip the sweep's fine-tunes")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (re-run later to collect)")
@@ -407,15 +520,29 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("scaling", help="analyse a scaling table: over-fitting, saturation, loss vs accuracy, fits")
     scaling = p.add_subparsers(dest="scaling_command", required=True)
     s = scaling.add_parser("analyze", help="RESULTS.csv -> scaling.json and figures")
-    s.add_argument("results", help="a sweep's results.csv or any CSV with model, params, data, iterations, "
-                                   "heldout_loss (+ finetune_top1, train_loss, data_images, compute)")
+    s.add_argument(
+        "results",
+        help="a sweep's results.csv or any CSV with model, params, data, iterations, "
+        "heldout_loss (+ finetune_top1, train_loss, data_images, compute)",
+    )
     s.add_argument("--out", required=True, help="directory for scaling.json and the figures")
-    s.add_argument("--tolerance", type=float, default=0.0,
-                   help="relative rise of held-out loss that counts as over-fitting (default 0: any rise)")
-    s.add_argument("--form", choices=["auto", "pure", "saturating"], default="auto",
-                   help="power law A*x^-alpha (pure), E + A*x^-alpha (saturating) or the better by AIC (auto)")
-    s.add_argument("--curves", default=None, help="curves.json for the training-curve figure (default: next to "
-                                                  "the CSV, when there)")
+    s.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.0,
+        help="relative rise of held-out loss that counts as over-fitting (default 0: any rise)",
+    )
+    s.add_argument(
+        "--form",
+        choices=["auto", "pure", "saturating"],
+        default="auto",
+        help="power law A*x^-alpha (pure), E + A*x^-alpha (saturating) or the better by AIC (auto)",
+    )
+    s.add_argument(
+        "--curves",
+        default=None,
+        help="curves.json for the training-curve figure (default: next to the CSV, when there)",
+    )
     s.set_defaults(func=cmd_scaling)
     s = scaling.add_parser("collect", help="rebuild a sweep's results.csv from its run directories")
     s.add_argument("--config", required=True, help="the sweep YAML")
@@ -446,10 +573,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=["auto", "hf", "mae-pth"], default="auto")
     p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("shards", help="write WebDataset tar shards (data.name=webdataset) from Fashion-MNIST or an "
-                       "image folder")
-    p.add_argument("--data", required=True, help="fashion-mnist, an image folder (class folders become labels), or "
-                   "synthetic (JPEGs shaped like ImageNet's, random labels: for `mimkit bench loader`)")
+    p = sub.add_parser(
+        "shards", help="write WebDataset tar shards (data.name=webdataset) from Fashion-MNIST or an image folder"
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="fashion-mnist, an image folder (class folders become labels), or "
+        "synthetic (JPEGs shaped like ImageNet's, random labels: for `mimkit bench loader`)",
+    )
     p.add_argument("--out", required=True, help="directory for the .tar shards")
     p.add_argument("--per-shard", type=int, default=1000, help="samples per shard")
     p.add_argument("--count", type=int, default=4096, help="synthetic: number of samples")
@@ -466,42 +598,80 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--steps", type=int, default=20, help="timed steps")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
-    b.add_argument("--breakdown-steps", type=int, default=3, metavar="N",
-                   help="profiled steps after timing, for MFU and where the time goes (0: neither)")
-    b.add_argument("--pipeline", action="store_true",
-                   help="also time the step fed by the config's data through mimkit's input pipeline (e.g. "
-                        "--set data.name=webdataset --set data.decode=device) and report its ratio to the step alone")
+    b.add_argument(
+        "--breakdown-steps",
+        type=int,
+        default=3,
+        metavar="N",
+        help="profiled steps after timing, for MFU and where the time goes (0: neither)",
+    )
+    b.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="also time the step fed by the config's data through mimkit's input pipeline (e.g. "
+        "--set data.name=webdataset --set data.decode=device) and report its ratio to the step alone",
+    )
     b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
-    b = bench.add_parser("suite", help="the whole performance table: MAE, SimMIM, distillation, fine-tuning and a "
-                         "memory check, mimkit against HuggingFace and plain timm in one process")
-    b.add_argument("--preset", choices=["tiny", "vit-b16"], default=None,
-                   help="shapes: tiny (CPU-sized) or vit-b16 (ViT-B/16 at 224 px; ViT-L/16 for memory); default "
-                        "vit-b16 on a GPU, tiny otherwise")
+    b = bench.add_parser(
+        "suite",
+        help="the whole performance table: MAE, SimMIM, distillation, fine-tuning and a "
+        "memory check, mimkit against HuggingFace and plain timm in one process",
+    )
+    b.add_argument(
+        "--preset",
+        choices=["tiny", "vit-b16"],
+        default=None,
+        help="shapes: tiny (CPU-sized) or vit-b16 (ViT-B/16 at 224 px; ViT-L/16 for memory); default "
+        "vit-b16 on a GPU, tiny otherwise",
+    )
     b.add_argument("--device", default="auto", help="auto | cpu | cuda")
     b.add_argument("--only", default=None, help="comma-separated workloads: mae,simmim,distill,finetune,memory")
     b.add_argument("--steps", type=int, default=10, help="timed steps per row (the memory rows run 3)")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps per row first (compilation happens here)")
     b.add_argument("--batch", type=int, default=None, help="override every workload's batch")
-    b.add_argument("--rounds", type=int, default=None,
-                   help="interleaved timing passes per workload, median reported (default: 5 on CPU, where the "
-                        "machine may be shared; 1 on a GPU, rows timed one after another with their own memory)")
-    b.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                   help="add torch.compile rows (default: on CUDA only)")
-    b.add_argument("--compile-mode", action="append", default=[], metavar="MODE",
-                   help="one more compiled mimkit row for MAE and SimMIM per inductor mode: reduce-overhead (CUDA "
-                        "graphs), max-autotune, max-autotune-no-cudagraphs; repeatable")
-    b.add_argument("--breakdown-steps", type=int, default=None, metavar="N",
-                   help="profiled steps per row after timing, for where its time goes (matmul, attention, "
-                        "elementwise, copies, optimizer, idle; 0: no breakdown; default 1 on a GPU, 3 on a CPU, "
-                        "spread over the rounds)")
-    b.add_argument("--trace-dir", default=None, metavar="DIR",
-                   help="also keep each mimkit row's profiled window as a gzip'd Chrome trace in DIR (Perfetto, "
-                        "chrome://tracing)")
+    b.add_argument(
+        "--rounds",
+        type=int,
+        default=None,
+        help="interleaved timing passes per workload, median reported (default: 5 on CPU, where the "
+        "machine may be shared; 1 on a GPU, rows timed one after another with their own memory)",
+    )
+    b.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add torch.compile rows (default: on CUDA only)",
+    )
+    b.add_argument(
+        "--compile-mode",
+        action="append",
+        default=[],
+        metavar="MODE",
+        help="one more compiled mimkit row for MAE and SimMIM per inductor mode: reduce-overhead (CUDA "
+        "graphs), max-autotune, max-autotune-no-cudagraphs; repeatable",
+    )
+    b.add_argument(
+        "--breakdown-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="profiled steps per row after timing, for where its time goes (matmul, attention, "
+        "elementwise, copies, optimizer, idle; 0: no breakdown; default 1 on a GPU, 3 on a CPU, "
+        "spread over the rounds)",
+    )
+    b.add_argument(
+        "--trace-dir",
+        default=None,
+        metavar="DIR",
+        help="also keep each mimkit row's profiled window as a gzip'd Chrome trace in DIR (Perfetto, chrome://tracing)",
+    )
     b.add_argument("--out", default="bench-suite.json", help="JSON result path")
     b.set_defaults(func=cmd_bench)
-    b = bench.add_parser("memory", help="estimate training memory (weights, gradients, AdamW, activations saved for "
-                         "backward) without a GPU")
+    b = bench.add_parser(
+        "memory",
+        help="estimate training memory (weights, gradients, AdamW, activations saved for backward) without a GPU",
+    )
     b.add_argument("--config", required=True)
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     b.add_argument("--batch", type=int, default=None, help="batch per process (default: the config's)")

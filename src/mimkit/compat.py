@@ -3,6 +3,7 @@ one small adapter here. An adapter checks that its private piece is there and, w
 it, fails with a message naming the library, its version and what mimkit needs, instead of an AttributeError deep
 in a training step. tests/test_compat.py runs every adapter against the installed versions, so a library change
 fails there first. The supported timm range is pinned in pyproject.toml (TIMM_RANGE repeats it for messages)."""
+
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -54,8 +55,9 @@ def fused_step_divides_gradients(optimizer: torch.optim.Optimizer) -> bool:
     return bool(optimizer.defaults.get("fused")) and bool(getattr(optimizer, "_step_supports_amp_scaling", False))
 
 
-def fused_step(optimizer: torch.optim.Optimizer, found_inf: torch.Tensor,
-               grad_scale: torch.Tensor | None = None) -> None:
+def fused_step(
+    optimizer: torch.optim.Optimizer, found_inf: torch.Tensor, grad_scale: torch.Tensor | None = None
+) -> None:
     """optimizer.step() with GradScaler's inputs to a fused step: found_inf (1.0 skips the update, on the device)
     and grad_scale (every gradient is divided by it as it is read). Both are attributes on the optimizer, set
     only for this step and removed afterwards, also when the step raises."""

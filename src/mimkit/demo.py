@@ -1,4 +1,5 @@
 """`make demo`: MAE on Fashion-MNIST with a small ViT on the CPU (a few minutes), then where to look."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,11 @@ def main(argv: list[str] | None = None) -> int:
         first, last = heldout[0]["loss"], heldout[-1]["loss"]
         verdict = "went down" if last < first else "did NOT go down"
         print(f"held-out loss {verdict}: {first:.4f} -> {last:.4f} ({(last - first) / first:+.1%})")
-    print(f"\nrun directory:  {args.out}\nloss curve:     {results.get('loss_curve')}\n"
-          f"reconstructions: {results.get('reconstructions')}\n"
-          f"resume/extend:  mimkit pretrain --config {args.out} --out {args.out} --set train.steps=2000")
+    print(
+        f"\nrun directory:  {args.out}\nloss curve:     {results.get('loss_curve')}\n"
+        f"reconstructions: {results.get('reconstructions')}\n"
+        f"resume/extend:  mimkit pretrain --config {args.out} --out {args.out} --set train.steps=2000"
+    )
     return 0
 
 

@@ -4,6 +4,7 @@ The subset (first `n` of a seeded permutation) and every mask (keyed by sample i
 only on the seed, so the number is comparable across evaluations, checkpoints and runs. The same measure on a fixed
 train subset makes the train/held-out gap, i.e. over-fitting, visible.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,7 +22,7 @@ FIXED_EPOCH = -1  # the "epoch" that keys evaluation masks: never used by traini
 
 def fixed_subset(data: ImageSet, n: int, seed: int) -> ImageSet:
     gen = torch.Generator().manual_seed(seed + 4242)
-    positions = torch.randperm(len(data), generator=gen)[:min(n, len(data))]
+    positions = torch.randperm(len(data), generator=gen)[: min(n, len(data))]
     return data.subset(torch.sort(positions).values)
 
 
@@ -52,7 +53,7 @@ class ShardedEvaluator:
         mine = torch.arange(self.env.rank, n, self.env.world_size) if shard else torch.arange(n)
         totals = [0.0] * self.num_sums
         for start in range(0, len(mine), self.batch_size):
-            sums = self.batch_sums(method, mine[start:start + self.batch_size])
+            sums = self.batch_sums(method, mine[start : start + self.batch_size])
             totals = [a + b for a, b in zip(totals, sums)]
         if shard:
             totals = all_reduce_sum(totals, self.env)
@@ -91,6 +92,8 @@ def loss_evaluators(cfg: Any, data: Any, env: DistEnv, autocast, two_views=None)
     """The pretraining objectives' evaluators: the fixed-mask loss on the held-out split and on a fixed train subset
     (best = lowest held-out loss); `two_views` as in FixedMaskEvaluator."""
     n = cfg.train.eval_samples
-    evaluators = {"heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast, two_views),
-                  "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast, two_views)}
+    evaluators = {
+        "heldout": FixedMaskEvaluator(data.heldout, n, cfg, env, autocast, two_views),
+        "train_fixed": FixedMaskEvaluator(data.train, n, cfg, env, autocast, two_views),
+    }
     return evaluators, ("heldout", "loss", "min")

@@ -1,6 +1,7 @@
 """How a training ends, as a process exit code: the CLI's commands and the sweep runner's steps report the same
 way (0 and the results as JSON; after a checkpointed interruption the signal's code and how to resume; 3 after too
 many non-finite steps; 2 and one line for an error the user can fix)."""
+
 from __future__ import annotations
 
 import json
@@ -10,8 +11,9 @@ from typing import Any, Callable
 from mimkit.errors import UserError
 
 
-def training_exit_code(train: Callable[[], dict[str, Any] | None], resume_hint: str,
-                       catch_user_errors: bool = False) -> int:
+def training_exit_code(
+    train: Callable[[], dict[str, Any] | None], resume_hint: str, catch_user_errors: bool = False
+) -> int:
     """Run `train` and turn its outcome into an exit code (see the module docstring). The CLI reports UserError
     itself (catch_user_errors=False); the sweep runner, which runs many trainings in one process, asks for it."""
     from mimkit.engine.trainer import Interrupted, NonFiniteLossError

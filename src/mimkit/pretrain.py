@@ -1,4 +1,5 @@
 """`mimkit pretrain`: build data, method and Engine from a config, train, then draw curves and reconstructions."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -34,14 +35,26 @@ def versions() -> dict[str, str]:
 def build_stream(cfg: Config, data: DataBundle, env: DistEnv) -> TrainStream | ShardStream:
     d, t = cfg.data, cfg.train
     if t.batch_size % (t.accum_steps * env.world_size):
-        raise ValueError(f"train.batch_size {t.batch_size} must be divisible by train.accum_steps ({t.accum_steps})"
-                         f" x processes ({env.world_size})")
+        raise ValueError(
+            f"train.batch_size {t.batch_size} must be divisible by train.accum_steps ({t.accum_steps})"
+            f" x processes ({env.world_size})"
+        )
     augment = train_augment(cfg)
     micro = t.batch_size // (t.accum_steps * env.world_size)
     pre = RandAugmentBatch(cfg.method.randaug, d.mean, d.num_workers) if cfg.method.randaug else None
     stream = ShardStream if isinstance(data.train, ShardSet) else TrainStream  # webdataset: streamed from shards
-    return stream(data.train, augment, micro, t.accum_steps, env.rank, env.world_size, cfg.seed, env.device,
-                  pre_augment=pre, views=method_spec(cfg).views)
+    return stream(
+        data.train,
+        augment,
+        micro,
+        t.accum_steps,
+        env.rank,
+        env.world_size,
+        cfg.seed,
+        env.device,
+        pre_augment=pre,
+        views=method_spec(cfg).views,
+    )
 
 
 def epoch_size(train: Any, world_size: int) -> int:
@@ -67,12 +80,16 @@ def check_same_model(cfg: Config, run_dir: Path) -> None:
     old = resolved(load_config(str(old_path)))
     for section in ("model", "method", "distill"):
         if getattr(old, section) != getattr(cfg, section):
-            raise ConfigError(f"'{run_dir}' holds a run with a different {section} config ({getattr(old, section)}); "
-                              "use a new --out directory, or pass --config with that run directory to resume it")
+            raise ConfigError(
+                f"'{run_dir}' holds a run with a different {section} config ({getattr(old, section)}); "
+                "use a new --out directory, or pass --config with that run directory to resume it"
+            )
     for key in ("img_size", "in_chans"):
         if getattr(old.data, key) != getattr(cfg.data, key):
-            raise ConfigError(f"'{run_dir}' was trained with data.{key}={getattr(old.data, key)}, not "
-                              f"{getattr(cfg.data, key)}; use a new --out directory")
+            raise ConfigError(
+                f"'{run_dir}' was trained with data.{key}={getattr(old.data, key)}, not "
+                f"{getattr(cfg.data, key)}; use a new --out directory"
+            )
 
 
 def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, Source]:
@@ -91,13 +108,14 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
     if cfg.model.num_classes is None and data.classes:
         cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, num_classes=len(data.classes)))
     if method_spec(cfg).needs_labels and data.train.labels is None:
-        raise ConfigError(f"method.name={cfg.method.name} needs labels: '{cfg.data.root}' is not a class-folder "
-                          "tree")
+        raise ConfigError(f"method.name={cfg.method.name} needs labels: '{cfg.data.root}' is not a class-folder tree")
     if cfg.train.epochs is not None:
         images = epoch_size(data.train, env.world_size)
         cfg = resolve_epochs(cfg, images)
-        log(f"[train] {cfg.train.epochs:g} epochs of {images} images = {cfg.train.steps} steps "
-            f"(train.epochs wins over train.steps; set train.epochs=null to count in steps)")
+        log(
+            f"[train] {cfg.train.epochs:g} epochs of {images} images = {cfg.train.steps} steps "
+            f"(train.epochs wins over train.steps; set train.epochs=null to count in steps)"
+        )
     return cfg, data, source
 
 
@@ -114,8 +132,10 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     env = init_distributed(cfg.device)
     log = print if env.is_main else (lambda *_: None)
     if require_checkpoint and not (run_dir / "checkpoints").is_dir():
-        raise CheckpointError(f"--resume: '{run_dir}' has no checkpoints/ to resume from; check the path, or drop "
-                              "--resume to start a new run there")
+        raise CheckpointError(
+            f"--resume: '{run_dir}' has no checkpoints/ to resume from; check the path, or drop "
+            "--resume to start a new run there"
+        )
     cfg, data, source = prepare_config(cfg, env, log)
     torch.manual_seed(cfg.seed)
     if env.is_main:
@@ -126,19 +146,29 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     method = build_method(cfg)
     if source.state is not None:
         loaded = load_encoder_weights(method.encoder, source.state, f"init '{cfg.init}'")
-        log(f"[init] {source.description}; fresh: {', '.join(loaded['fresh']) or 'none'}; "
-            f"unused: {', '.join(loaded['unused']) or 'none'}")
+        log(
+            f"[init] {source.description}; fresh: {', '.join(loaded['fresh']) or 'none'}; "
+            f"unused: {', '.join(loaded['unused']) or 'none'}"
+        )
     if method_spec(cfg).needs_teacher:
         from mimkit.methods.distill.teacher import attach_teacher
 
         attach_teacher(method, cfg, source.teacher, log)
     n_params = sum(p.numel() for p in method.encoder.parameters())
-    log(f"[model] {cfg.method.name} on {cfg.model.name}: encoder {n_params / 1e6:.2f}M params, "
+    log(
+        f"[model] {cfg.method.name} on {cfg.model.name}: encoder {n_params / 1e6:.2f}M params, "
         f"{sum(p.numel() for p in method.parameters()) / 1e6:.2f}M total; device {env.device}, "
-        f"{env.world_size} process(es)")
+        f"{env.world_size} process(es)"
+    )
     stream = build_stream(cfg, data, env)
-    meta = {"method": cfg.method.name, "model": cfg.model.name, "encoder_params": n_params,
-            "versions": versions(), "world_size": env.world_size, "init": source.description}
+    meta = {
+        "method": cfg.method.name,
+        "model": cfg.model.name,
+        "encoder_params": n_params,
+        "versions": versions(),
+        "world_size": env.world_size,
+        "init": source.description,
+    }
     if source.teacher is not None:
         meta["teacher"] = source.teacher.description
     engine = Engine(cfg, run_dir, method, env, stream, {}, meta)
@@ -149,10 +179,17 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     finally:
         stream.close()  # worker processes (shard decoding, RandAugment) end with the run, also on errors
     split, key, _ = engine.best_metric
-    results = {"step": fit.step, "init": source.description, f"best_{split}_{key}": fit.best,
-               "train_images": len(data.train), "heldout_images": len(data.heldout),
-               "images_per_epoch": stream.images_per_epoch, "epochs": fit.step * cfg.train.batch_size
-               / max(1, len(data.train)), "skipped_images": len(data.skipped), "seconds": time.time() - t0}
+    results = {
+        "step": fit.step,
+        "init": source.description,
+        f"best_{split}_{key}": fit.best,
+        "train_images": len(data.train),
+        "heldout_images": len(data.heldout),
+        "images_per_epoch": stream.images_per_epoch,
+        "epochs": fit.step * cfg.train.batch_size / max(1, len(data.train)),
+        "skipped_images": len(data.skipped),
+        "seconds": time.time() - t0,
+    }
     for split_name, metrics in fit.final.items():
         results.update({f"final_{split_name}_{k}": v for k, v in metrics.items()})
     if env.is_main:
@@ -163,8 +200,15 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
         if cfg.train.reconstruct and method.reconstructs:  # MIM methods only
             from mimkit.viz.reconstructions import reconstruction_figure
 
-            results["reconstructions"] = str(reconstruction_figure(
-                method, data.train, data.heldout, cfg, run_dir / "figures" / "reconstructions.png",
-                device=env.device))
+            results["reconstructions"] = str(
+                reconstruction_figure(
+                    method,
+                    data.train,
+                    data.heldout,
+                    cfg,
+                    run_dir / "figures" / "reconstructions.png",
+                    device=env.device,
+                )
+            )
     barrier(env)
     return results

@@ -4,17 +4,31 @@ head diversity per (layer, head), layer-by-layer CKA, and attention maps, for an
 Metric functions take softmax attention probabilities of shape (batch, heads, tokens, tokens) and return a (heads,)
 tensor averaged over the batch and the patch queries; `linear_cka` takes two (samples, features) matrices.
 """
+
 from mimkit.analysis.capture import AttentionCapture, attention_from_input, capture_attention
 from mimkit.analysis.cka import MinibatchCKA, linear_cka, unbiased_hsic
 from mimkit.analysis.metrics import (
-                                     attention_distance,
-                                     attention_entropy,
-                                     head_kl_divergence,
-                                     pairwise_head_kl,
-                                     patch_distances,
+    attention_distance,
+    attention_entropy,
+    head_kl_divergence,
+    pairwise_head_kl,
+    patch_distances,
 )
 from mimkit.analysis.stats import AttentionMaps, AttentionStats, ViTGeometry
 
-__all__ = ["AttentionCapture", "AttentionMaps", "AttentionStats", "MinibatchCKA", "ViTGeometry",
-           "attention_distance", "attention_entropy", "attention_from_input", "capture_attention",
-           "head_kl_divergence", "linear_cka", "pairwise_head_kl", "patch_distances", "unbiased_hsic"]
+__all__ = [
+    "AttentionCapture",
+    "AttentionMaps",
+    "AttentionStats",
+    "MinibatchCKA",
+    "ViTGeometry",
+    "attention_distance",
+    "attention_entropy",
+    "attention_from_input",
+    "capture_attention",
+    "head_kl_divergence",
+    "linear_cka",
+    "pairwise_head_kl",
+    "patch_distances",
+    "unbiased_hsic",
+]

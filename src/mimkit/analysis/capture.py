@@ -9,6 +9,7 @@ computes (the output of `attn_drop`); tests check that the two agree.
 Each layer's tensor is handed to a callback as soon as it exists and is not kept, so memory holds one layer's
 attention at a time, never all layers of all images.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -30,8 +31,10 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     for i, block in enumerate(blocks):
         attn = getattr(block, "attn", None)
         if attn is None or not isinstance(getattr(attn, "qkv", None), nn.Linear) or not hasattr(attn, "num_heads"):
-            raise ConfigError(f"block {i} of {type(model).__name__} has no timm attention with a fused qkv "
-                              f"projection ({type(attn).__name__}); mimkit analyses timm ViT blocks")
+            raise ConfigError(
+                f"block {i} of {type(model).__name__} has no timm attention with a fused qkv "
+                f"projection ({type(attn).__name__}); mimkit analyses timm ViT blocks"
+            )
     return list(blocks)
 
 
@@ -43,7 +46,7 @@ def attention_from_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
     head_dim = qkv.shape[-1] // 3 // heads
     q, k, _ = qkv.reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
     q, k = attn.q_norm(q), attn.k_norm(k)
-    scale = getattr(attn, "scale", head_dim ** -0.5)
+    scale = getattr(attn, "scale", head_dim**-0.5)
     return ((q.float() * scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
 
 
@@ -55,8 +58,13 @@ class AttentionCapture:
             vit.forward_features(images)
     """
 
-    def __init__(self, model: nn.Module, on_attention: AttentionCallback | None = None,
-                 on_features: AttentionCallback | None = None, mode: str = "recompute"):
+    def __init__(
+        self,
+        model: nn.Module,
+        on_attention: AttentionCallback | None = None,
+        on_features: AttentionCallback | None = None,
+        mode: str = "recompute",
+    ):
         if mode not in ("recompute", "unfused"):
             raise ValueError(f"capture mode '{mode}': use 'recompute' or 'unfused'")
         self.blocks = vit_blocks(model)
@@ -66,16 +74,20 @@ class AttentionCapture:
 
     def _attention_hook(self, layer: int):
         if self.mode == "recompute":
+
             def hook(module, args, output):
                 self.on_attention(layer, attention_from_input(module, args[0]))
         else:
+
             def hook(module, args, output):
                 self.on_attention(layer, output.float())
+
         return hook
 
     def _feature_hook(self, layer: int):
         def hook(module, args, output):
             self.on_features(layer, output)
+
         return hook
 
     def __enter__(self) -> "AttentionCapture":

@@ -6,6 +6,7 @@ it forms each layer's linear Gram matrix, adds up the unbiased HSIC estimator (S
 layers, and reports CKA = sum HSIC(K, L) / sqrt(sum HSIC(K, K) * sum HSIC(L, L)). Memory is then a few
 (batch, batch) matrices per layer, whatever the number of images.
 """
+
 from __future__ import annotations
 
 import torch

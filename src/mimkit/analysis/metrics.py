@@ -7,6 +7,7 @@ order, and returns one value per head, averaged over the batch and over the patc
 are always dropped (prefix tokens have no position in the image); `renormalize` decides whether each patch query's
 attention over the patch keys is rescaled to sum to one afterwards.
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,27 +35,36 @@ def patch_attention(attn: torch.Tensor, num_prefix_tokens: int = 1, renormalize:
     return a
 
 
-def patch_distances(grid_size: int | tuple[int, int], patch_size: int | tuple[int, int],
-                    device: torch.device | str | None = None) -> torch.Tensor:
+def patch_distances(
+    grid_size: int | tuple[int, int], patch_size: int | tuple[int, int], device: torch.device | str | None = None
+) -> torch.Tensor:
     """(patches, patches) Euclidean distances in pixels between patch centres, patches in row-major order."""
     gh, gw = _pair(grid_size)
     ph, pw = _pair(patch_size)
-    rows, cols = torch.meshgrid(torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64),
-                                indexing="ij")
+    rows, cols = torch.meshgrid(
+        torch.arange(gh, dtype=torch.float64), torch.arange(gw, dtype=torch.float64), indexing="ij"
+    )
     centres = torch.stack([rows.flatten() * ph, cols.flatten() * pw], dim=1)
     return torch.cdist(centres, centres).float().to(device)
 
 
-def attention_distance(attn: torch.Tensor, grid_size: int | tuple[int, int], patch_size: int | tuple[int, int],
-                       num_prefix_tokens: int = 1, renormalize: bool = False) -> torch.Tensor:
+def attention_distance(
+    attn: torch.Tensor,
+    grid_size: int | tuple[int, int],
+    patch_size: int | tuple[int, int],
+    num_prefix_tokens: int = 1,
+    renormalize: bool = False,
+) -> torch.Tensor:
     """(heads,) mean attention distance in pixels: sum_j A_ij * ||p_i - p_j|| averaged over queries i and the
     batch. Default as in the ViT paper: prefix tokens dropped, rows not renormalised, so attention a query spends
     on the class token counts as no distance at all."""
     a = patch_attention(attn, num_prefix_tokens, renormalize)
     dist = patch_distances(grid_size, patch_size, a.device)
     if dist.shape[0] != a.shape[-1]:
-        raise ValueError(f"grid {_pair(grid_size)} has {dist.shape[0]} patches but the attention has "
-                         f"{a.shape[-1]} patch tokens (num_prefix_tokens={num_prefix_tokens})")
+        raise ValueError(
+            f"grid {_pair(grid_size)} has {dist.shape[0]} patches but the attention has "
+            f"{a.shape[-1]} patch tokens (num_prefix_tokens={num_prefix_tokens})"
+        )
     return (a * dist).sum(-1).mean(dim=(0, 2))
 
 
@@ -74,8 +84,8 @@ def pairwise_head_kl(attn: torch.Tensor, num_prefix_tokens: int = 1, renormalize
     heads = a.shape[1]
     out = torch.empty(heads, heads, device=a.device)
     for h in range(heads):
-        cross = (a[:, h:h + 1] * log_a).sum(-1)  # sum_j A_h log A_g for every g: (batch, heads, queries)
-        out[h] = (plogp[:, h:h + 1] - cross).mean(dim=(0, 2))
+        cross = (a[:, h : h + 1] * log_a).sum(-1)  # sum_j A_h log A_g for every g: (batch, heads, queries)
+        out[h] = (plogp[:, h : h + 1] - cross).mean(dim=(0, 2))
     return out
 
 

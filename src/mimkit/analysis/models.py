@@ -1,5 +1,6 @@
 """The models an analysis looks at: `[NAME=]SOURCE` specs (run directories of any method, exported encoders,
 timm:NAME, scratch) loaded as frozen timm ViTs, each with its own input size and normalisation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -31,11 +32,20 @@ class AnalysedModel:
 
     def info(self) -> dict:
         g, m = self.geometry, self.cfg.model
-        return {"source": self.source, "description": self.description, "model": m.name,
-                "embed_dim": m.embed_dim, "depth": g.depth, "heads": g.heads, "patch_size": list(g.patch_size),
-                "grid_size": list(g.grid_size), "num_prefix_tokens": g.num_prefix_tokens,
-                "img_size": self.cfg.data.img_size, "in_chans": self.cfg.data.in_chans,
-                "params": sum(p.numel() for p in self.encoder.parameters())}
+        return {
+            "source": self.source,
+            "description": self.description,
+            "model": m.name,
+            "embed_dim": m.embed_dim,
+            "depth": g.depth,
+            "heads": g.heads,
+            "patch_size": list(g.patch_size),
+            "grid_size": list(g.grid_size),
+            "num_prefix_tokens": g.num_prefix_tokens,
+            "img_size": self.cfg.data.img_size,
+            "in_chans": self.cfg.data.in_chans,
+            "params": sum(p.numel() for p in self.encoder.parameters()),
+        }
 
 
 def match_channels(images: torch.Tensor, in_chans: int) -> torch.Tensor:
@@ -55,18 +65,22 @@ def geometry_of(encoder: nn.Module) -> ViTGeometry:
     patch_embed = getattr(encoder, "patch_embed", None)
     if blocks is None or patch_embed is None:
         raise ConfigError(f"analysis needs a timm VisionTransformer; got {type(encoder).__name__}")
-    return ViTGeometry(depth=len(blocks), heads=int(blocks[0].attn.num_heads),
-                       grid_size=tuple(int(v) for v in patch_embed.grid_size),
-                       patch_size=tuple(int(v) for v in patch_embed.patch_size),
-                       num_prefix_tokens=int(getattr(encoder, "num_prefix_tokens", 1)))
+    return ViTGeometry(
+        depth=len(blocks),
+        heads=int(blocks[0].attn.num_heads),
+        grid_size=tuple(int(v) for v in patch_embed.grid_size),
+        patch_size=tuple(int(v) for v in patch_embed.patch_size),
+        num_prefix_tokens=int(getattr(encoder, "num_prefix_tokens", 1)),
+    )
 
 
 def load_model(spec: str, base: Config, device: torch.device) -> AnalysedModel:
     """`[NAME=]SOURCE` -> a frozen encoder in eval mode on `device`."""
     source = resolve_source(source_of(spec), base)
     if source.arch.get("stage_depths"):
-        raise ConfigError(f"--model {spec}: attention analysis reads ViT blocks; SwinV2 (window attention) is not "
-                          "supported")
+        raise ConfigError(
+            f"--model {spec}: attention analysis reads ViT blocks; SwinV2 (window attention) is not supported"
+        )
     cfg = adopt_source(base, source) if source.kind != "scratch" else resolved(base)
     torch.manual_seed(cfg.seed)  # `scratch` is the same random network every time
     encoder = frozen_encoder(cfg, source, device)

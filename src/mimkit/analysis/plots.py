@@ -1,5 +1,6 @@
 """Figures of an analysis, drawn from the numbers in results.json: per-head dots against layer with the layer mean
 as a line (the Dark Secrets figure style), CKA heat maps, and attention maps over real images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -41,8 +42,15 @@ def plot_head_metric(results: dict[str, Any], metric: str, out: Path) -> Path:
         values = np.asarray(per_model[label][metric])  # (layers, heads)
         layers = np.arange(1, values.shape[0] + 1)
         jitter = rng.uniform(-0.12, 0.12, size=values.shape)
-        ax.scatter((layers[:, None] + jitter).ravel(), values.ravel(), s=10, alpha=0.55, color=colour,
-                   edgecolors="none", label="heads")
+        ax.scatter(
+            (layers[:, None] + jitter).ravel(),
+            values.ravel(),
+            s=10,
+            alpha=0.55,
+            color=colour,
+            edgecolors="none",
+            label="heads",
+        )
         ax.plot(layers, values.mean(1), color=colour, lw=2, marker="o", ms=4, label="layer mean")
         ax.set_title(label, fontsize=10)
         ax.set_xlabel("layer")
@@ -53,8 +61,15 @@ def plot_head_metric(results: dict[str, Any], metric: str, out: Path) -> Path:
         for i, label in enumerate(labels):
             values = np.asarray(per_model[label][metric])
             depth = values.shape[0]
-            ax.plot(np.arange(1, depth + 1), values.mean(1), color=COLOURS[i % len(COLOURS)], lw=2, marker="o",
-                    ms=3, label=label)
+            ax.plot(
+                np.arange(1, depth + 1),
+                values.mean(1),
+                color=COLOURS[i % len(COLOURS)],
+                lw=2,
+                marker="o",
+                ms=3,
+                label=label,
+            )
         ax.set_title("layer means", fontsize=10)
         ax.set_xlabel("layer")
         ax.grid(alpha=0.3)
@@ -66,8 +81,14 @@ def plot_head_metric(results: dict[str, Any], metric: str, out: Path) -> Path:
 
 
 def _heatmap(ax, matrix: np.ndarray, title: str, xlabel: str, ylabel: str):
-    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="magma", origin="lower",
-                      extent=(0.5, matrix.shape[1] + 0.5, 0.5, matrix.shape[0] + 0.5))
+    image = ax.imshow(
+        matrix,
+        vmin=0,
+        vmax=1,
+        cmap="magma",
+        origin="lower",
+        extent=(0.5, matrix.shape[1] + 0.5, 0.5, matrix.shape[0] + 0.5),
+    )
     ax.set_title(title, fontsize=10)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -92,17 +113,23 @@ def plot_cka(cka: dict[str, Any], out_dir: Path) -> list[Path]:
         pairs = list(between)
         same = {p: np.diag(np.asarray(m)) for p, m in between.items() if len(m) == len(m[0])}
         cols = len(pairs) + (1 if same else 0)
-        fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols + 0.8, 3.4), dpi=120, squeeze=False,
-                                 layout="constrained")
+        fig, axes = plt.subplots(1, cols, figsize=(3.6 * cols + 0.8, 3.4), dpi=120, squeeze=False, layout="constrained")
         for ax, pair in zip(axes[0], pairs):
             a, b = pair.split(" vs ")
             image = _heatmap(ax, np.asarray(between[pair]), pair, f"{b} layer", f"{a} layer")
-        fig.colorbar(image, ax=axes[0, :len(pairs)].tolist(), shrink=0.85, label="linear CKA")
+        fig.colorbar(image, ax=axes[0, : len(pairs)].tolist(), shrink=0.85, label="linear CKA")
         if same:
             ax = axes[0, -1]
             for i, (pair, diag) in enumerate(same.items()):
-                ax.plot(np.arange(1, len(diag) + 1), diag, marker="o", ms=3, lw=1.6, label=pair,
-                        color=COLOURS[i % len(COLOURS)])
+                ax.plot(
+                    np.arange(1, len(diag) + 1),
+                    diag,
+                    marker="o",
+                    ms=3,
+                    lw=1.6,
+                    label=pair,
+                    color=COLOURS[i % len(COLOURS)],
+                )
             ax.set_ylim(0, 1.02)
             ax.set_xlabel("layer")
             ax.set_ylabel("CKA, same layer")
@@ -123,11 +150,18 @@ def plot_attention_maps(maps: dict[str, Any], images: np.ndarray, out_dir: Path)
     for qi, query in enumerate(maps["queries"]):
         rows = [(label, i) for label in labels for i in range(len(images))]
         depth = max(len(maps[label]["rows"]) for label in labels)
-        relative = {label: np.asarray(maps[label]["rows"])[:, :, qi] * np.prod(maps[label]["grid_size"])
-                    for label in labels}  # (layers, images, patches), 1 = uniform
+        relative = {
+            label: np.asarray(maps[label]["rows"])[:, :, qi] * np.prod(maps[label]["grid_size"]) for label in labels
+        }  # (layers, images, patches), 1 = uniform
         vmax = max(2.0, float(np.percentile(np.concatenate([r.ravel() for r in relative.values()]), 99.5)))
-        fig, axes = plt.subplots(len(rows), depth + 1, figsize=(1.25 * (depth + 1) + 0.9, 1.3 * len(rows) + 0.5),
-                                 dpi=120, squeeze=False, layout="constrained")
+        fig, axes = plt.subplots(
+            len(rows),
+            depth + 1,
+            figsize=(1.25 * (depth + 1) + 0.9, 1.3 * len(rows) + 0.5),
+            dpi=120,
+            squeeze=False,
+            layout="constrained",
+        )
         shown = None
         for r, (label, i) in enumerate(rows):
             entry = maps[label]
@@ -147,18 +181,32 @@ def plot_attention_maps(maps: dict[str, Any], images: np.ndarray, out_dir: Path)
                     ax.axis("off")
                     continue
                 ax.imshow(image, cmap="gray" if image.ndim == 2 else None)
-                shown = ax.imshow(relative[label][layer - 1, i].reshape(gh, gw), cmap="inferno", alpha=0.65,
-                                  vmin=0, vmax=vmax, extent=(-0.5, w - 0.5, h - 0.5, -0.5), interpolation="nearest")
+                shown = ax.imshow(
+                    relative[label][layer - 1, i].reshape(gh, gw),
+                    cmap="inferno",
+                    alpha=0.65,
+                    vmin=0,
+                    vmax=vmax,
+                    extent=(-0.5, w - 0.5, h - 0.5, -0.5),
+                    interpolation="nearest",
+                )
                 cell_h, cell_w = h / gh, w / gw
-                ax.add_patch(plt.Rectangle((qc * cell_w - 0.5, qr * cell_h - 0.5), cell_w, cell_h, fill=False,
-                                           edgecolor="cyan", lw=1.0))
+                ax.add_patch(
+                    plt.Rectangle(
+                        (qc * cell_w - 0.5, qr * cell_h - 0.5), cell_w, cell_h, fill=False, edgecolor="cyan", lw=1.0
+                    )
+                )
                 if r == 0:
                     ax.set_title(f"layer {layer}", fontsize=8)
         if shown is not None:
-            fig.colorbar(shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.5, aspect=40,
-                         label="attention x patches (1 = uniform)")
-        fig.suptitle(f"attention of the query patch at ({query[0]:.2f}, {query[1]:.2f}) of the image height/width, "
-                     "mean over heads", fontsize=9)
+            fig.colorbar(
+                shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.5, aspect=40, label="attention x patches (1 = uniform)"
+            )
+        fig.suptitle(
+            f"attention of the query patch at ({query[0]:.2f}, {query[1]:.2f}) of the image height/width, "
+            "mean over heads",
+            fontsize=9,
+        )
         paths.append(_save(fig, out_dir / f"attention_maps_q{qi}.png"))
     return paths
 

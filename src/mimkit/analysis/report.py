@@ -1,5 +1,6 @@
 """`mimkit analyze report`: one self-contained HTML page (figures embedded as base64 PNG) with a short table per
 model, readable offline in any browser and easy to attach to a message."""
+
 from __future__ import annotations
 
 import base64
@@ -12,14 +13,23 @@ import numpy as np
 from mimkit.engine.atomic import atomic_write_text
 
 FIGURES = [
-    ("attention_distance.png", "Mean attention distance",
-     "Pixels between a query patch and the patches it attends to, weighted by attention; one dot per head, the line "
-     "is the layer mean. Local attention gives small values."),
-    ("head_diversity.png", "Head diversity",
-     "Mean KL divergence from each head's attention to the other heads of its layer. Near zero: the heads of "
-     "that layer attend alike (collapsed)."),
-    ("attention_entropy.png", "Attention entropy",
-     "Entropy of each query's attention over the patches; log(patches) means uniform attention."),
+    (
+        "attention_distance.png",
+        "Mean attention distance",
+        "Pixels between a query patch and the patches it attends to, weighted by attention; one dot per head, the line "
+        "is the layer mean. Local attention gives small values.",
+    ),
+    (
+        "head_diversity.png",
+        "Head diversity",
+        "Mean KL divergence from each head's attention to the other heads of its layer. Near zero: the heads of "
+        "that layer attend alike (collapsed).",
+    ),
+    (
+        "attention_entropy.png",
+        "Attention entropy",
+        "Entropy of each query's attention over the patches; log(patches) means uniform attention.",
+    ),
     ("cka_within.png", "CKA between layers", "Linear CKA between every pair of layers of each model."),
     ("cka_between.png", "CKA between models", "Linear CKA between the layers of two models on the same images."),
 ]
@@ -38,9 +48,13 @@ def model_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
     """A summary per model: size, and first/last-layer means of each metric."""
     rows = []
     for label, info in results.get("models", {}).items():
-        row = {"model": label, "source": info["description"], "params": info["params"],
-               "shape": f"{info['depth']} layers x {info['heads']} heads, dim {info['embed_dim']}, "
-                        f"{info['img_size']} px / patch {info['patch_size'][0]}"}
+        row = {
+            "model": label,
+            "source": info["description"],
+            "params": info["params"],
+            "shape": f"{info['depth']} layers x {info['heads']} heads, dim {info['embed_dim']}, "
+            f"{info['img_size']} px / patch {info['patch_size'][0]}",
+        }
         att = results.get("attention", {}).get(label)
         div = results.get("diversity", {}).get(label)
         if att:
@@ -58,26 +72,34 @@ def model_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
 
 def write_report(results: dict[str, Any], out_dir: Path, title: str = "mimkit model analysis") -> Path:
     rows = model_rows(results)
-    header = ("<tr><th>model</th><th>source</th><th>architecture</th><th>params</th>"
-              "<th>attention distance, first → last layer (px)</th><th>head KL, first → last</th>"
-              "<th>entropy, first → last</th><th>mean CKA between layers</th></tr>")
+    header = (
+        "<tr><th>model</th><th>source</th><th>architecture</th><th>params</th>"
+        "<th>attention distance, first → last layer (px)</th><th>head KL, first → last</th>"
+        "<th>entropy, first → last</th><th>mean CKA between layers</th></tr>"
+    )
     body = []
     for r in rows:
-        pair = lambda key: (f"{_fmt(r[key][0])} → {_fmt(r[key][1])}" if key in r else "–")  # noqa: E731
-        body.append(f"<tr><td><b>{html.escape(r['model'])}</b></td><td>{html.escape(r['source'])}</td>"
-                    f"<td>{html.escape(r['shape'])}</td><td>{r['params'] / 1e6:.2f}M</td><td>{pair('distance')}</td>"
-                    f"<td>{pair('kl')}</td><td>{pair('entropy')}</td><td>{_fmt(r.get('cka_offdiag'))}</td></tr>")
+        pair = lambda key: f"{_fmt(r[key][0])} → {_fmt(r[key][1])}" if key in r else "–"  # noqa: E731
+        body.append(
+            f"<tr><td><b>{html.escape(r['model'])}</b></td><td>{html.escape(r['source'])}</td>"
+            f"<td>{html.escape(r['shape'])}</td><td>{r['params'] / 1e6:.2f}M</td><td>{pair('distance')}</td>"
+            f"<td>{pair('kl')}</td><td>{pair('entropy')}</td><td>{_fmt(r.get('cka_offdiag'))}</td></tr>"
+        )
     sections = []
     for name, heading, caption in FIGURES:
         if (out_dir / name).is_file():
             sections.append(f"<h2>{heading}</h2><p>{caption}</p>{_embed(out_dir / name)}")
     for path in sorted(out_dir.glob("attention_maps_q*.png")):
-        sections.append(f"<h2>Attention maps ({path.stem.split('_')[-1]})</h2><p>Head-averaged attention of one "
-                        f"query patch (outlined) in every layer, over held-out images.</p>{_embed(path)}")
-    settings = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
-                       for k, v in results.get("settings", {}).get("attention",
-                                                                   next(iter(results.get("settings", {}).values()),
-                                                                        {})).items())
+        sections.append(
+            f"<h2>Attention maps ({path.stem.split('_')[-1]})</h2><p>Head-averaged attention of one "
+            f"query patch (outlined) in every layer, over held-out images.</p>{_embed(path)}"
+        )
+    settings = "".join(
+        f"<li><b>{html.escape(k)}</b>: {html.escape(str(v))}</li>"
+        for k, v in results.get("settings", {})
+        .get("attention", next(iter(results.get("settings", {}).values()), {}))
+        .items()
+    )
     page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -90,8 +112,8 @@ p {{ max-width: 60em; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <ul>{settings}</ul>
-<table>{header}{''.join(body)}</table>
-{''.join(sections)}
+<table>{header}{"".join(body)}</table>
+{"".join(sections)}
 <p style="color:#777">Every number behind these figures is in results.json beside this page.</p>
 </body></html>
 """

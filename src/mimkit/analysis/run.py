@@ -1,5 +1,6 @@
 """One pass over held-out images that feeds every requested analysis of every model, then results.json and the
 figures. Models see the same images in the same minibatches, which is what cross-model CKA needs."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,9 @@ class AnalysisOptions:
         if self.images < 1:
             raise ConfigError(f"--images {self.images}: analyse at least 1 image")
         if self.batch_size < 4:
-            raise ConfigError(f"--batch-size {self.batch_size}: CKA's unbiased estimator needs at least 4 images "
-                              "per minibatch")
+            raise ConfigError(
+                f"--batch-size {self.batch_size}: CKA's unbiased estimator needs at least 4 images per minibatch"
+            )
         if self.cka_tokens not in CKA_TOKENS:
             raise ConfigError(f"--cka-tokens {self.cka_tokens}: use one of {', '.join(CKA_TOKENS)}")
         if self.map_images < 1:
@@ -50,8 +52,9 @@ class AnalysisOptions:
             raise ConfigError(f"--capture {self.capture}: use recompute or unfused")
         for y, x in self.queries:
             if not (0 <= y < 1 and 0 <= x < 1):
-                raise ConfigError(f"--query {y},{x}: give the position as fractions of the image height and "
-                                  "width, each in [0, 1)")
+                raise ConfigError(
+                    f"--query {y},{x}: give the position as fractions of the image height and width, each in [0, 1)"
+                )
 
 
 def cka_representation(tokens: torch.Tensor, how: str, num_prefix_tokens: int) -> torch.Tensor:
@@ -87,12 +90,16 @@ class _ModelPass:
 
     def __init__(self, model: AnalysedModel, analyses: set[str], options: AnalysisOptions):
         g = model.geometry
-        metrics = (("distance", "entropy") if "attention" in analyses else ()) + \
-                  (("kl",) if "diversity" in analyses else ())
+        metrics = (("distance", "entropy") if "attention" in analyses else ()) + (
+            ("kl",) if "diversity" in analyses else ()
+        )
         self.model, self.options = model, options
         self.stats = AttentionStats(g, metrics, options.renormalize_distance) if metrics else None
-        self.maps = AttentionMaps(g, [query_patch(q, g.grid_size) for q in options.queries],
-                                  options.map_images) if "maps" in analyses else None
+        self.maps = (
+            AttentionMaps(g, [query_patch(q, g.grid_size) for q in options.queries], options.map_images)
+            if "maps" in analyses
+            else None
+        )
         self.want_cka = "cka" in analyses
         self.grams: list[torch.Tensor | None] = [None] * g.depth
 
@@ -110,14 +117,24 @@ class _ModelPass:
     def forward(self, raw: torch.Tensor) -> torch.Tensor | None:
         """Run the model on a uint8 batch; returns this batch's (layers, n, n) Gram stack when CKA is on."""
         wants_attention = self.stats is not None or self.maps is not None
-        with AttentionCapture(self.model.encoder, self.on_attention if wants_attention else None,
-                              self.on_features if self.want_cka else None, mode=self.options.capture):
+        with AttentionCapture(
+            self.model.encoder,
+            self.on_attention if wants_attention else None,
+            self.on_features if self.want_cka else None,
+            mode=self.options.capture,
+        ):
             self.model.encoder.forward_features(self.model.prepare(raw))
         return torch.stack(self.grams) if self.want_cka else None
 
 
-def run_analysis(cfg: Config, specs: list[str], analyses: set[str], out: str | Path,
-                 options: AnalysisOptions | None = None, log: Callable = print) -> dict[str, Any]:
+def run_analysis(
+    cfg: Config,
+    specs: list[str],
+    analyses: set[str],
+    out: str | Path,
+    options: AnalysisOptions | None = None,
+    log: Callable = print,
+) -> dict[str, Any]:
     """Analyse every model in `specs` on the same held-out images; merge the sections into OUT/results.json (so
     separate commands can share a directory) and draw the figures."""
     options = options or AnalysisOptions()
@@ -131,18 +148,20 @@ def run_analysis(cfg: Config, specs: list[str], analyses: set[str], out: str | P
     models = load_models(specs, cfg, device)
     images, where = analysis_images(cfg, options.images, log)
     if "cka" in analyses and len(images) < 4:
-        raise ConfigError(f"cka needs at least 4 images (its unbiased estimator is undefined below that); "
-                          f"{len(images)} available. Raise --images or use a larger held-out split")
+        raise ConfigError(
+            f"cka needs at least 4 images (its unbiased estimator is undefined below that); "
+            f"{len(images)} available. Raise --images or use a larger held-out split"
+        )
     passes = [_ModelPass(m, analyses, options) for m in models]
     cka = MinibatchCKA(len(models)) if "cka" in analyses else None
     n = len(images)
-    log(f"[analyze] {', '.join(sorted(analyses))} of {len(models)} model(s) on {n} held-out images "
-        f"({where})")
-    progress = Progress(total=n, start=0, enabled=True, every=max(1, options.batch_size * 4), label="analyze",
-                        unit="images")
+    log(f"[analyze] {', '.join(sorted(analyses))} of {len(models)} model(s) on {n} held-out images ({where})")
+    progress = Progress(
+        total=n, start=0, enabled=True, every=max(1, options.batch_size * 4), label="analyze", unit="images"
+    )
     t0 = time.time()
     for start in range(0, n, options.batch_size):
-        raw = images.images[start:start + options.batch_size].to(device)
+        raw = images.images[start : start + options.batch_size].to(device)
         grams = [p.forward(raw) for p in passes]
         if cka is not None:
             cka.update(grams)
@@ -161,16 +180,24 @@ def run_analysis(cfg: Config, specs: list[str], analyses: set[str], out: str | P
     return merged
 
 
-def collect(passes: list[_ModelPass], cka: MinibatchCKA | None, options: AnalysisOptions, images: ImageSet,
-            cfg: Config) -> dict[str, Any]:
+def collect(
+    passes: list[_ModelPass], cka: MinibatchCKA | None, options: AnalysisOptions, images: ImageSet, cfg: Config
+) -> dict[str, Any]:
     """The results sections of this pass: settings, models, attention, diversity, cka, maps."""
     labels = [p.model.label for p in passes]
-    settings = {"images": len(images), "data": cfg.data.name, "data_root": cfg.data.root, "seed": cfg.seed,
-                "batch_size": options.batch_size, "capture": options.capture,
-                "prefix_tokens": "dropped; distance rows " + ("renormalised" if options.renormalize_distance
-                                                               else "not renormalised")
-                                 + "; entropy and KL rows renormalised",
-                "cka_tokens": options.cka_tokens, "cka_estimator": "minibatch unbiased HSIC (Nguyen et al.)"}
+    settings = {
+        "images": len(images),
+        "data": cfg.data.name,
+        "data_root": cfg.data.root,
+        "seed": cfg.seed,
+        "batch_size": options.batch_size,
+        "capture": options.capture,
+        "prefix_tokens": "dropped; distance rows "
+        + ("renormalised" if options.renormalize_distance else "not renormalised")
+        + "; entropy and KL rows renormalised",
+        "cka_tokens": options.cka_tokens,
+        "cka_estimator": "minibatch unbiased HSIC (Nguyen et al.)",
+    }
     results: dict[str, Any] = {"settings": settings, "models": {p.model.label: p.model.info() for p in passes}}
     for p in passes:
         if p.stats is None:
@@ -178,22 +205,34 @@ def collect(passes: list[_ModelPass], cka: MinibatchCKA | None, options: Analysi
         summary = p.stats.summary()
         if "distance" in p.stats.metrics:
             results.setdefault("attention", {})[p.model.label] = {
-                k: summary[k] for k in ("distance", "distance_layer_mean", "entropy", "entropy_layer_mean", "images")}
+                k: summary[k] for k in ("distance", "distance_layer_mean", "entropy", "entropy_layer_mean", "images")
+            }
         if "kl" in p.stats.metrics:
             results.setdefault("diversity", {})[p.model.label] = {
-                k: summary[k] for k in ("kl", "kl_layer_mean", "kl_pairwise", "images")}
+                k: summary[k] for k in ("kl", "kl_layer_mean", "kl_pairwise", "images")
+            }
     if cka is not None:
-        results["cka"] = {"within": {label: cka.within(i).tolist() for i, label in enumerate(labels)},
-                          "between": {f"{labels[i]} vs {labels[j]}": cka.between(i, j).tolist()
-                                      for i in range(len(labels)) for j in range(i + 1, len(labels))},
-                          "images": cka.images, "minibatches": cka.batches}
+        results["cka"] = {
+            "within": {label: cka.within(i).tolist() for i, label in enumerate(labels)},
+            "between": {
+                f"{labels[i]} vs {labels[j]}": cka.between(i, j).tolist()
+                for i in range(len(labels))
+                for j in range(i + 1, len(labels))
+            },
+            "images": cka.images,
+            "minibatches": cka.batches,
+        }
     if passes and passes[0].maps is not None:
-        maps: dict[str, Any] = {"queries": [list(q) for q in options.queries],
-                                "image_ids": images.ids[:options.map_images].tolist()}
+        maps: dict[str, Any] = {
+            "queries": [list(q) for q in options.queries],
+            "image_ids": images.ids[: options.map_images].tolist(),
+        }
         for p in passes:
-            maps[p.model.label] = {"grid_size": list(p.model.geometry.grid_size),
-                                   "query_patches": [list(q) for q in p.maps.queries],
-                                   "rows": p.maps.tensor().tolist()}
+            maps[p.model.label] = {
+                "grid_size": list(p.model.geometry.grid_size),
+                "query_patches": [list(q) for q in p.maps.queries],
+                "rows": p.maps.tensor().tolist(),
+            }
         results["maps"] = maps
     return results
 
@@ -241,8 +280,10 @@ def replot(cfg: Config, out: str | Path, log: Callable = print) -> dict[str, Any
         wanted = results["maps"]["image_ids"]
         missing = [i for i in wanted if i not in position]
         if missing:
-            raise ConfigError(f"replot: attention-map images {missing[:5]} are not in the held-out split of "
-                              f"{cfg.data.name}; pass the --data/--set the analysis used")
+            raise ConfigError(
+                f"replot: attention-map images {missing[:5]} are not in the held-out split of "
+                f"{cfg.data.name}; pass the --data/--set the analysis used"
+            )
         map_images = _display_images(heldout.subset([position[i] for i in wanted]), len(wanted))
     figures = plot_all(results, out, map_images)
     log(f"[analyze] redrew {len(figures)} figure(s) in {out}")

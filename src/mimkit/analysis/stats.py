@@ -1,5 +1,6 @@
 """Streaming accumulators: per-(layer, head) attention statistics and attention-map rows, updated batch by batch
 so that nothing per image is kept."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,8 +56,10 @@ class AttentionStats:
     def update(self, layer: int, attn: torch.Tensor) -> None:
         g, b = self.geometry, attn.shape[0]
         if attn.shape[-1] != g.num_patches + g.num_prefix_tokens:
-            raise ValueError(f"layer {layer}: attention over {attn.shape[-1]} tokens, expected "
-                             f"{g.num_patches} patches + {g.num_prefix_tokens} prefix tokens")
+            raise ValueError(
+                f"layer {layer}: attention over {attn.shape[-1]} tokens, expected "
+                f"{g.num_patches} patches + {g.num_prefix_tokens} prefix tokens"
+            )
         if "distance" in self.metrics:
             d = attention_distance(attn, g.grid_size, g.patch_size, g.num_prefix_tokens, self.renormalize_distance)
             self.sums["distance"][layer] += d.double().cpu() * b

@@ -6,6 +6,7 @@ attention, elementwise and norms, copies, optimizer, communication, other), and 
 The same kinds split the step's counted FLOPs, so each kind's time compares with what it would take at the
 measured matmul peak. Because the kinds add up to the whole step, the gap between MFU and 100% splits into named
 causes: matmuls below the peak, attention below the peak, and the time of work that counts no FLOPs."""
+
 from __future__ import annotations
 
 import gzip
@@ -40,25 +41,40 @@ KIND_NOTES = {
 # First match wins, so the order matters: `_foreach_norm` is clipping, not a norm layer; inductor's fused kernels
 # (triton_poi/per/red_fused_<ops>) are elementwise whatever ops they fused, its templates (triton_tem) matmuls;
 # `bmm` is attention, not a weight matmul.
-_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple((kind, re.compile(pattern)) for kind, pattern in (
-    ("communication", r"nccl|all_?reduce|all_?gather|reduce_?scatter|gloo|c10d|\bbroadcast\b"),
-    ("optimizer", r"adam|\bsgd\b|\blamb\b|optimizer|_foreach_|multi_tensor|clip_grad"),
-    ("matmul", r"^triton_tem"),
-    ("elementwise", r"^triton_"),
-    ("other", r"^autograd::|backward0$|^profilerstep"),
-    ("attention", r"attention|flash|fmha|sdpa|\bbmm\b|baddbmm"),
-    ("matmul", r"\b(mm|addmm|_addmm_activation|matmul|linear|addmv|mv|dot)\b|conv(?!ert)|gemm|xmma|cutlass|"
-               r"nvjet|cublas"),
-    ("copies", r"copy|\bcat\b|stack|clone|contiguous|gather|scatter|index|memcpy|memset|fill|zero|\bpad\b|roll|"
-               r"repeat|im2col|col2im|\b(sort|argsort|topk)\b|radixsort"),
-    ("other", r"::(empty\w*|as_strided\w*|view\w*|t|reshape|_reshape_alias|detach\w*|expand\w*|transpose|permute|"
-              r"unsqueeze|squeeze|select|slice|split\w*|unbind|chunk|alias|_unsafe_view|resolve_\w+|lift\w*|"
-              r"result_type|item|_local_scalar_dense|numpy_t|movedim|unflatten|flatten|narrow|set_|"
-              r"requires_grad_|is_\w+)$"),
-    ("elementwise", r"gelu|relu|silu|sigmoid|tanh|norm|softmax|add|sub|mul|div|exp|log|pow|sqrt|sum|mean|var|"
-                    r"std|max|min|where|clamp|lerp|abs|neg|erf|dropout|bernoulli|elementwise|vectorized|reduce|"
-                    r"loss|entropy|masked|\b(lt|gt|eq|ne|ge|le)\b"),
-))
+_RULES: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (kind, re.compile(pattern))
+    for kind, pattern in (
+        ("communication", r"nccl|all_?reduce|all_?gather|reduce_?scatter|gloo|c10d|\bbroadcast\b"),
+        ("optimizer", r"adam|\bsgd\b|\blamb\b|optimizer|_foreach_|multi_tensor|clip_grad"),
+        ("matmul", r"^triton_tem"),
+        ("elementwise", r"^triton_"),
+        ("other", r"^autograd::|backward0$|^profilerstep"),
+        ("attention", r"attention|flash|fmha|sdpa|\bbmm\b|baddbmm"),
+        (
+            "matmul",
+            r"\b(mm|addmm|_addmm_activation|matmul|linear|addmv|mv|dot)\b|conv(?!ert)|gemm|xmma|cutlass|"
+            r"nvjet|cublas",
+        ),
+        (
+            "copies",
+            r"copy|\bcat\b|stack|clone|contiguous|gather|scatter|index|memcpy|memset|fill|zero|\bpad\b|roll|"
+            r"repeat|im2col|col2im|\b(sort|argsort|topk)\b|radixsort",
+        ),
+        (
+            "other",
+            r"::(empty\w*|as_strided\w*|view\w*|t|reshape|_reshape_alias|detach\w*|expand\w*|transpose|permute|"
+            r"unsqueeze|squeeze|select|slice|split\w*|unbind|chunk|alias|_unsafe_view|resolve_\w+|lift\w*|"
+            r"result_type|item|_local_scalar_dense|numpy_t|movedim|unflatten|flatten|narrow|set_|"
+            r"requires_grad_|is_\w+)$",
+        ),
+        (
+            "elementwise",
+            r"gelu|relu|silu|sigmoid|tanh|norm|softmax|add|sub|mul|div|exp|log|pow|sqrt|sum|mean|var|"
+            r"std|max|min|where|clamp|lerp|abs|neg|erf|dropout|bernoulli|elementwise|vectorized|reduce|"
+            r"loss|entropy|masked|\b(lt|gt|eq|ne|ge|le)\b",
+        ),
+    )
+)
 
 
 def kind_of(name: str) -> str:
@@ -124,6 +140,7 @@ def _device_entries(prof: torch.profiler.profile) -> dict[tuple[str, str], float
 @dataclass
 class Breakdown:
     """Seconds per step of each kind of work, the profiled step's wall time, and the FLOPs per step per kind."""
+
     seconds: dict[str, float]
     step_seconds: float
     flops: dict[str, float] = field(default_factory=dict)
@@ -140,8 +157,9 @@ class Breakdown:
 
     def efficiency(self, peak: float) -> dict[str, float]:
         """FLOP/s of each kind that counts FLOPs, as a fraction of the peak."""
-        return {k: self.flops[k] / self.seconds[k] / peak for k in FLOP_KINDS
-                if self.flops.get(k) and self.seconds.get(k)}
+        return {
+            k: self.flops[k] / self.seconds[k] / peak for k in FLOP_KINDS if self.flops.get(k) and self.seconds.get(k)
+        }
 
     def gap(self, peak: float) -> dict[str, float]:
         """The step split into `useful` (the counted FLOPs at the peak, i.e. the profiled step's MFU) and what
@@ -164,18 +182,30 @@ class Breakdown:
         busy = sum(v for k, v in self.seconds.items() if k != "idle")
         seconds = {k: v for k, v in self.seconds.items() if k != "idle"}
         seconds["idle"] = max(0.0, step_seconds - busy)
-        return Breakdown(seconds, step_seconds, dict(self.flops), list(self.top),
-                         profiled_seconds=self.profiled_seconds or self.step_seconds)
+        return Breakdown(
+            seconds,
+            step_seconds,
+            dict(self.flops),
+            list(self.top),
+            profiled_seconds=self.profiled_seconds or self.step_seconds,
+        )
 
     def as_dict(self, peak: float) -> dict:
-        return {"seconds_per_step": dict(self.seconds), "step_seconds": self.step_seconds,
-                "profiled_step_seconds": self.profiled_seconds or self.step_seconds,
-                "flops_per_step": dict(self.flops), "shares": self.shares(), "efficiency": self.efficiency(peak),
-                "gap": self.gap(peak), "top": [list(entry) for entry in self.top]}
+        return {
+            "seconds_per_step": dict(self.seconds),
+            "step_seconds": self.step_seconds,
+            "profiled_step_seconds": self.profiled_seconds or self.step_seconds,
+            "flops_per_step": dict(self.flops),
+            "shares": self.shares(),
+            "efficiency": self.efficiency(peak),
+            "gap": self.gap(peak),
+            "top": [list(entry) for entry in self.top],
+        }
 
 
-def profile_step(step: Callable[[], None], steps: int, device: torch.device, top: int = 15,
-                 trace: str | Path | None = None) -> Breakdown:
+def profile_step(
+    step: Callable[[], None], steps: int, device: torch.device, top: int = 15, trace: str | Path | None = None
+) -> Breakdown:
     """Profile `steps` calls of an already warmed-up `step`; the kinds' seconds and the wall time, per step, and
     the `top` operators (CPU) or kernels (GPU) by time. Profiled steps run a little slower than timed ones (the
     profiler's own overhead), so shares are of the profiled step. `trace`: also write the Chrome trace there

@@ -1,4 +1,5 @@
 """FLOPs of a training step and the device's measured matmul peak: the two halves of model-FLOPs utilisation."""
+
 from __future__ import annotations
 
 import time
@@ -26,8 +27,13 @@ def count_flops_by_op(fn: Callable[[], None]) -> dict[str, int]:
     return {str(op): int(n) for op, n in counter.get_flop_counts().get("Global", {}).items()}
 
 
-def matmul_peak_flops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
-                      seconds: float = 1.0, windows: int = 3) -> float:
+def matmul_peak_flops(
+    device: torch.device,
+    dtype: torch.dtype = torch.bfloat16,
+    size: int | None = None,
+    seconds: float = 1.0,
+    windows: int = 3,
+) -> float:
     """FLOP/s of a large square matmul in `dtype` on `device`: the practical peak MFU is measured against. The
     best of `windows` timing windows sharing `seconds`: a busy spell of a shared machine (or clocks still ramping
     up) only ever slows a window down, and a low peak would overstate every MFU."""

@@ -1,6 +1,7 @@
 """`mimkit bench loader`: img/s of mimkit's input pipeline alone (the TrainStream the Engine trains from: decoded
 uint8 images, batched random-resized-crop, flip and normalise on the run's device), so one can see whether the
 input keeps up with a training step measured by `mimkit bench pretrain`."""
+
 from __future__ import annotations
 
 import json
@@ -16,8 +17,9 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 
 
-def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
-                     out: str | Path | None = "bench-loader.json") -> dict[str, Any]:
+def run_loader_bench(
+    cfg: Config, steps: int = 20, warmup: int = 3, out: str | Path | None = "bench-loader.json"
+) -> dict[str, Any]:
     """Time `steps` batches (after `warmup` untimed ones) of the run's train stream, device synchronised."""
     from mimkit.pretrain import build_stream, prepare_config
 
@@ -38,12 +40,23 @@ def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3,
         stream.close()  # its worker processes and decode thread
     images = last["images"]
     results = {
-        "config": {"data": cfg.data.name, "decode": cfg.data.decode, "num_workers": cfg.data.num_workers,
-                   "decode_size": cfg.data.decode_size, "img_size": cfg.data.img_size, "batch": batch,
-                   "train_images": len(data.train), "method": cfg.method.name},
+        "config": {
+            "data": cfg.data.name,
+            "decode": cfg.data.decode,
+            "num_workers": cfg.data.num_workers,
+            "decode_size": cfg.data.decode_size,
+            "img_size": cfg.data.img_size,
+            "batch": batch,
+            "train_images": len(data.train),
+            "method": cfg.method.name,
+        },
         "device": device_name(device),
-        "torch": torch.__version__, "threads": torch.get_num_threads(), "steps": steps, "warmup": warmup,
-        "img_per_s": steps * batch / seconds, "batch_ms": 1000 * seconds / steps,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "warmup": warmup,
+        "img_per_s": steps * batch / seconds,
+        "batch_ms": 1000 * seconds / steps,
         "batch_shape": list(images.shape),
     }
     if out:

@@ -2,6 +2,7 @@
 on any device, plus weights, gradients and AdamW state. Saved bytes are linear in the batch: measured at two small
 batches they split into a per-image part (activations) and a fixed part (e.g. autocast's bf16 weight copies), so
 a CPU can estimate what a large batch needs on a GPU."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -38,8 +39,9 @@ class MemoryEstimate:
         return (self.state_bytes + self.fixed_saved_bytes + self.activation_bytes_per_image * batch) / 2**30
 
 
-def estimate_training_memory(model: nn.Module, loss: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor,
-                             amp: torch.dtype | None) -> MemoryEstimate:
+def estimate_training_memory(
+    model: nn.Module, loss: Callable[[torch.Tensor], torch.Tensor], images: torch.Tensor, amp: torch.dtype | None
+) -> MemoryEstimate:
     """Weights, gradients and AdamW moments (4 fp32 copies of every trainable parameter, frozen ones once) and the
     bytes saved for backward, measured under `amp` autocast on `images` and on its first half (an even batch of at
     least 2), split into per-image and fixed parts."""
@@ -78,12 +80,18 @@ def run_memory_estimate(cfg, batch: int | None = None, probe_batch: int = 4) -> 
     labels = torch.zeros(probe_batch, dtype=torch.long)
 
     def loss(x: torch.Tensor) -> torch.Tensor:
-        return method({"images": x, "keys": torch.arange(len(x)), "labels": labels[:len(x)]})["loss"]
+        return method({"images": x, "keys": torch.arange(len(x)), "labels": labels[: len(x)]})["loss"]
 
     estimate = estimate_training_memory(method, loss, images, amp)
-    return {"model": cfg.model.name, "method": cfg.method.name, "img_size": d.img_size, "batch": batch,
-            "precision": precision, "grad_checkpointing": cfg.train.grad_checkpointing,
-            "state_gb": estimate.state_bytes / 2**30,
-            "activations_gb_per_image": estimate.activation_bytes_per_image / 2**30,
-            "fixed_saved_gb": estimate.fixed_saved_bytes / 2**30,
-            "total_gb": estimate.total_gb(batch)}
+    return {
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "img_size": d.img_size,
+        "batch": batch,
+        "precision": precision,
+        "grad_checkpointing": cfg.train.grad_checkpointing,
+        "state_gb": estimate.state_bytes / 2**30,
+        "activations_gb_per_image": estimate.activation_bytes_per_image / 2**30,
+        "fixed_saved_gb": estimate.fixed_saved_bytes / 2**30,
+        "total_gb": estimate.total_gb(batch),
+    }

@@ -2,6 +2,7 @@
 training step for any config, on synthetic batches already on the device; `--compare hf` times HuggingFace
 ViTMAEForPreTraining of the same shape in the same process, so the ratio is measured on one machine in one run.
 (`mimkit bench suite` is the whole table.)"""
+
 from __future__ import annotations
 
 import json
@@ -25,17 +26,27 @@ HF_REFERENCES = {"mae": hf_mae}
 
 def _entry(row, measured_peak: bool) -> dict[str, Any]:
     memory = row.peak_memory_gb * 1024 if row.peak_memory_gb is not None else None
-    entry = {"img_per_s": row.img_per_s, "step_ms": row.step_ms, "peak_memory_mb": memory,
-             "gflop_per_img": row.flops_per_img / 1e9 if row.flops_per_img else None,
-             "model_gflop_per_img": row.model_flops_per_img / 1e9 if row.model_flops_per_img else None}
+    entry = {
+        "img_per_s": row.img_per_s,
+        "step_ms": row.step_ms,
+        "peak_memory_mb": memory,
+        "gflop_per_img": row.flops_per_img / 1e9 if row.flops_per_img else None,
+        "model_gflop_per_img": row.model_flops_per_img / 1e9 if row.model_flops_per_img else None,
+    }
     if measured_peak:
         entry.update(mfu=row.mfu, breakdown=row.breakdown)
     return entry
 
 
-def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: str | None = None,
-                       breakdown_steps: int = 3, pipeline: bool = False,
-                       out: str | Path | None = "bench-pretrain.json") -> dict[str, Any]:
+def run_pretrain_bench(
+    cfg: Config,
+    steps: int = 20,
+    warmup: int = 3,
+    compare: str | None = None,
+    breakdown_steps: int = 3,
+    pipeline: bool = False,
+    out: str | Path | None = "bench-pretrain.json",
+) -> dict[str, Any]:
     """Time the config's training step (and HF's with compare='hf'); with breakdown_steps > 0 also measure the
     matmul peak and profile that many steps, for MFU and where the time goes. pipeline=True also times the same
     step fed by the config's own data (`data.name`, e.g. WebDataset shards with `data.decode=device`) through
@@ -45,17 +56,28 @@ def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: s
     cfg = resolved(cfg)
     hf_reference = HF_REFERENCES.get(cfg.method.name)
     if compare == "hf" and hf_reference is None:
-        raise ConfigError(f"--compare hf times HuggingFace's model of {', '.join(HF_REFERENCES)}; method.name="
-                          f"{cfg.method.name} has none (use an MAE config)")
+        raise ConfigError(
+            f"--compare hf times HuggingFace's model of {', '.join(HF_REFERENCES)}; method.name="
+            f"{cfg.method.name} has none (use an MAE config)"
+        )
     device = pick_device(cfg.device)
     amp = resolve_precision(cfg.train.precision, device)
     batch = cfg.train.batch_size
     results: dict[str, Any] = {
-        "config": {"method": cfg.method.name, "model": cfg.model.name, "img_size": cfg.data.img_size,
-                   "patch_size": cfg.model.patch_size, "batch": batch, "precision": str(amp or "fp32"),
-                   "compile": cfg.train.compile},
-        "device": device_name(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "steps": steps, "warmup": warmup,
+        "config": {
+            "method": cfg.method.name,
+            "model": cfg.model.name,
+            "img_size": cfg.data.img_size,
+            "patch_size": cfg.model.patch_size,
+            "batch": batch,
+            "precision": str(amp or "fp32"),
+            "compile": cfg.train.compile,
+        },
+        "device": device_name(device),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "steps": steps,
+        "warmup": warmup,
     }
     peak = matmul_peak_flops(device, amp or torch.float32) if breakdown_steps else float("inf")  # inf: no MFU
     if breakdown_steps:
@@ -64,16 +86,20 @@ def run_pretrain_bench(cfg: Config, steps: int = 20, warmup: int = 3, compare: s
         cases = [Case("mimkit", "mimkit", lambda: mimkit_case(cfg, device, cfg.train.compile, False, Path(tmp)))]
         if pipeline:
             # profiled too: the breakdown shows the decoding kernels and the device waiting for the next batch
-            cases.append(Case("pipeline", "pipeline", lambda: mimkit_case(cfg, device, cfg.train.compile, True,
-                                                                          Path(tmp))))
+            cases.append(
+                Case("pipeline", "pipeline", lambda: mimkit_case(cfg, device, cfg.train.compile, True, Path(tmp)))
+            )
         if compare == "hf":
             cases.append(Case("hf", "reference", lambda: reference_case(hf_reference(cfg), cfg, device, False)))
         rows = time_group("pretrain", cases, batch, steps, warmup, 1, device, peak, breakdown_steps)
     for case, row in zip(cases, rows):
         results[case.impl] = _entry(row, bool(breakdown_steps) and case.profiled)
     if pipeline:
-        results["pipeline"]["data"] = {"name": cfg.data.name, "decode": cfg.data.decode,
-                                       "num_workers": cfg.data.num_workers}
+        results["pipeline"]["data"] = {
+            "name": cfg.data.name,
+            "decode": cfg.data.decode,
+            "num_workers": cfg.data.num_workers,
+        }
         results["ratio_pipeline_over_synthetic"] = results["pipeline"]["img_per_s"] / results["mimkit"]["img_per_s"]
     if compare == "hf":
         results["ratio_mimkit_over_hf"] = results["mimkit"]["img_per_s"] / results["hf"]["img_per_s"]

@@ -4,6 +4,7 @@ the way the papers' official repositories are (visible-only MAE encoder, SimMIM 
 classifier with cross-entropy, relation distillation from a frozen teacher). Each builder returns the module and a
 `loss(module, images, labels)` callable (the module passed in may be a torch.compile wrapper of `model`); the bench
 times forward, backward and a fused AdamW step around it."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -39,20 +40,34 @@ def _hf_build(cls: type, hf_cfg) -> nn.Module:
 
 def _hf_vit_kwargs(cfg: Config) -> dict:
     m, d = cfg.model, cfg.data
-    return dict(hidden_size=m.embed_dim, num_hidden_layers=m.depth, num_attention_heads=m.num_heads,
-                intermediate_size=int(m.embed_dim * m.mlp_ratio), image_size=d.img_size, patch_size=m.patch_size,
-                num_channels=d.in_chans, layer_norm_eps=m.norm_eps, qkv_bias=True, hidden_dropout_prob=0.0,
-                attention_probs_dropout_prob=0.0)
+    return dict(
+        hidden_size=m.embed_dim,
+        num_hidden_layers=m.depth,
+        num_attention_heads=m.num_heads,
+        intermediate_size=int(m.embed_dim * m.mlp_ratio),
+        image_size=d.img_size,
+        patch_size=m.patch_size,
+        num_channels=d.in_chans,
+        layer_norm_eps=m.norm_eps,
+        qkv_bias=True,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 def hf_mae(cfg: Config) -> Reference:
     from transformers import ViTMAEConfig, ViTMAEForPreTraining
 
     m = cfg.model
-    hf_cfg = ViTMAEConfig(**_hf_vit_kwargs(cfg), decoder_hidden_size=m.decoder_dim,
-                          decoder_num_hidden_layers=m.decoder_depth, decoder_num_attention_heads=m.decoder_heads,
-                          decoder_intermediate_size=int(m.decoder_dim * m.mlp_ratio),
-                          mask_ratio=cfg.method.mask_ratio, norm_pix_loss=cfg.method.norm_pix)
+    hf_cfg = ViTMAEConfig(
+        **_hf_vit_kwargs(cfg),
+        decoder_hidden_size=m.decoder_dim,
+        decoder_num_hidden_layers=m.decoder_depth,
+        decoder_num_attention_heads=m.decoder_heads,
+        decoder_intermediate_size=int(m.decoder_dim * m.mlp_ratio),
+        mask_ratio=cfg.method.mask_ratio,
+        norm_pix_loss=cfg.method.norm_pix,
+    )
     model = _hf_build(ViTMAEForPreTraining, hf_cfg)
     return Reference(model, lambda m, images, labels: m(pixel_values=images).loss)
 
@@ -81,10 +96,20 @@ def hf_classifier(cfg: Config) -> Reference:
 # ------------------------------------------------------------------------------------------- plain timm code
 def _timm_vit(cfg: Config, num_classes: int = 0, **extra) -> nn.Module:
     m, d = cfg.model, cfg.data
-    return timm.create_model("vit_base_patch16_224", pretrained=False, img_size=d.img_size, patch_size=m.patch_size,
-                             in_chans=d.in_chans, embed_dim=m.embed_dim, depth=m.depth, num_heads=m.num_heads,
-                             mlp_ratio=m.mlp_ratio, num_classes=num_classes,
-                             norm_layer=partial(nn.LayerNorm, eps=m.norm_eps), **extra)
+    return timm.create_model(
+        "vit_base_patch16_224",
+        pretrained=False,
+        img_size=d.img_size,
+        patch_size=m.patch_size,
+        in_chans=d.in_chans,
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        num_classes=num_classes,
+        norm_layer=partial(nn.LayerNorm, eps=m.norm_eps),
+        **extra,
+    )
 
 
 class OfficialStyleMAE(nn.Module):
@@ -101,8 +126,12 @@ class OfficialStyleMAE(nn.Module):
         self.decoder_embed = nn.Linear(m.embed_dim, m.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, m.decoder_dim))
         self.decoder_pos = nn.Parameter(torch.zeros(1, length + 1, m.decoder_dim), requires_grad=False)
-        self.decoder = nn.Sequential(*[Block(m.decoder_dim, m.decoder_heads, m.mlp_ratio, qkv_bias=True,
-                                             norm_layer=norm) for _ in range(m.decoder_depth)])
+        self.decoder = nn.Sequential(
+            *[
+                Block(m.decoder_dim, m.decoder_heads, m.mlp_ratio, qkv_bias=True, norm_layer=norm)
+                for _ in range(m.decoder_depth)
+            ]
+        )
         self.decoder_norm = norm(m.decoder_dim)
         self.decoder_pred = nn.Linear(m.decoder_dim, m.patch_size**2 * cfg.data.in_chans)
 
@@ -140,8 +169,9 @@ class OfficialStyleSimMIM(nn.Module):
         self.vit = _timm_vit(cfg)
         self.patch, self.cells = cfg.model.patch_size, _simmim_cells(cfg)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.model.embed_dim))
-        self.head = nn.Sequential(nn.Conv2d(cfg.model.embed_dim, self.patch**2 * cfg.data.in_chans, 1),
-                                  nn.PixelShuffle(self.patch))
+        self.head = nn.Sequential(
+            nn.Conv2d(cfg.model.embed_dim, self.patch**2 * cfg.data.in_chans, 1), nn.PixelShuffle(self.patch)
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         v = self.vit
@@ -149,7 +179,7 @@ class OfficialStyleSimMIM(nn.Module):
         x = v.patch_embed(images)
         w = mask.flatten(1).unsqueeze(-1).to(x.dtype)
         x = vit_pos_embed(v, x * (1 - w) + self.mask_token.to(x.dtype) * w)
-        x = v.norm(v.blocks(x))[:, v.num_prefix_tokens:]
+        x = v.norm(v.blocks(x))[:, v.num_prefix_tokens :]
         b, length, dim = x.shape
         side = int(length**0.5)
         rec = self.head(x.transpose(1, 2).reshape(b, dim, side, side))
@@ -172,8 +202,9 @@ def timm_classifier(cfg: Config) -> Reference:
     """The DeiT/MAE fine-tuning step without extras: timm ViT (average pool + fc_norm) and label-smoothed CE."""
     model = _timm_vit(cfg, num_classes=cfg.model.num_classes, global_pool="avg")
     smoothing = cfg.method.label_smoothing
-    return Reference(model, lambda m, images, labels: F.cross_entropy(m(images).float(), labels,
-                                                                      label_smoothing=smoothing))
+    return Reference(
+        model, lambda m, images, labels: F.cross_entropy(m(images).float(), labels, label_smoothing=smoothing)
+    )
 
 
 class PlainRelationDistill(nn.Module):
@@ -185,8 +216,10 @@ class PlainRelationDistill(nn.Module):
         self.student, self.heads = student, heads
         object.__setattr__(self, "teacher", teacher)  # not a parameter owner of this module: frozen
         self._qkv: dict[str, torch.Tensor] = {}
-        self._hooks = [vit.blocks[-1].attn.qkv.register_forward_hook(partial(self._keep, name))
-                       for name, vit in (("s", student), ("t", teacher))]
+        self._hooks = [
+            vit.blocks[-1].attn.qkv.register_forward_hook(partial(self._keep, name))
+            for name, vit in (("s", student), ("t", teacher))
+        ]
 
     def close(self) -> None:
         """Remove the hooks: the teacher is shared with other bench rows."""
@@ -205,8 +238,10 @@ class PlainRelationDistill(nn.Module):
         b, n, three_dim = qkv.shape
         q, k, v = qkv.reshape(b, n, 3, self.heads, three_dim // (3 * self.heads)).permute(2, 0, 3, 1, 4)
         scale = q.shape[-1] ** -0.5
-        return (F.log_softmax((q @ k.transpose(-2, -1)).float() * scale, dim=-1),
-                F.log_softmax((v @ v.transpose(-2, -1)).float() * scale, dim=-1))
+        return (
+            F.log_softmax((q @ k.transpose(-2, -1)).float() * scale, dim=-1),
+            F.log_softmax((v @ v.transpose(-2, -1)).float() * scale, dim=-1),
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -4,6 +4,7 @@ SimMIM pretraining, TinyMIM-style distillation, fine-tuning, and a memory check)
 batches already on the device and on batches from mimkit's input pipeline) next to HuggingFace and plain timm
 implementations of the same shape, and reports img/s, model-FLOPs utilisation against a measured matmul peak,
 peak memory and the ratios the performance targets are stated in."""
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,16 @@ from mimkit.engine.trainer import Engine, compile_model, resolve_precision
 
 GROUPS = ("mae", "simmim", "distill", "finetune", "memory")
 
-_COMMON = ["data.name=synthetic", "data.synthetic_size=512", "train.tensorboard=false", "train.log_every=1000000",
-           "train.eval_every=1000000", "train.ckpt_every=1000000", "train.steps=1000000", "train.warmup_steps=0"]
+_COMMON = [
+    "data.name=synthetic",
+    "data.synthetic_size=512",
+    "train.tensorboard=false",
+    "train.log_every=1000000",
+    "train.eval_every=1000000",
+    "train.ckpt_every=1000000",
+    "train.steps=1000000",
+    "train.warmup_steps=0",
+]
 # What each workload trains, whatever the preset.
 WORKLOADS: dict[str, list[str]] = {
     "mae": ["method.name=mae", "method.mask_ratio=0.75", "method.norm_pix=true"],
@@ -56,9 +65,16 @@ PRESETS: dict[str, dict[str, list[str]]] = {
         "memory": ["model.name=mim_vit_nano"],
     },
     "vit-b16": {
-        "common": ["data.img_size=224", "data.in_chans=3", "data.decode_size=256", "model.name=vit_base_patch16_224",
-                   "model.decoder_dim=512", "model.decoder_depth=8", "model.decoder_heads=16",
-                   "train.batch_size=256"],
+        "common": [
+            "data.img_size=224",
+            "data.in_chans=3",
+            "data.decode_size=256",
+            "model.name=vit_base_patch16_224",
+            "model.decoder_dim=512",
+            "model.decoder_depth=8",
+            "model.decoder_heads=16",
+            "train.batch_size=256",
+        ],
         "simmim": ["method.mask_patch_size=32"],
         "distill": ["model.name=vit_small_patch16_224", "teacher=vit_base_patch16_224"],
         "finetune": ["model.num_classes=1000"],
@@ -91,6 +107,7 @@ class Row:
 @dataclass
 class Timed:
     """A ready-to-time training step and what to release afterwards."""
+
     step: Callable[[], None]
     flops_per_img: float | None
     keep: list[Any] = field(default_factory=list)
@@ -137,14 +154,22 @@ def _with_teacher(cfg: Config, teacher: str) -> tuple[Config, Config]:
     """TinyMIM's qk+vv setting with the teacher's architecture filled in (the teacher here is random: speed only)."""
     from mimkit.methods.distill import relation_heads
 
-    plain = dataclasses.replace(cfg.model, name=teacher, embed_dim=None, depth=None, num_heads=None,
-                                patch_size=None, mlp_ratio=None)
+    plain = dataclasses.replace(
+        cfg.model, name=teacher, embed_dim=None, depth=None, num_heads=None, patch_size=None, mlp_ratio=None
+    )
     t_cfg = resolved(dataclasses.replace(cfg, model=plain, method=dataclasses.replace(cfg.method, name="mae")))
     m, t = cfg.model, t_cfg.model
     rel = relation_heads("reshape_student", m.embed_dim, m.num_heads, t.embed_dim, t.num_heads)
-    dis = dataclasses.replace(cfg.distill, targets="qk+vv", head_match="reshape_student",
-                              teacher_embed_dim=t.embed_dim, teacher_num_heads=t.num_heads, teacher_depth=t.depth,
-                              teacher_relation_heads=t.num_heads, relation_heads=rel)
+    dis = dataclasses.replace(
+        cfg.distill,
+        targets="qk+vv",
+        head_match="reshape_student",
+        teacher_embed_dim=t.embed_dim,
+        teacher_num_heads=t.num_heads,
+        teacher_depth=t.depth,
+        teacher_relation_heads=t.num_heads,
+        relation_heads=rel,
+    )
     return dataclasses.replace(cfg, distill=dis), t_cfg
 
 
@@ -177,8 +202,12 @@ class FixedBatchStream:
         """Nothing to stop: one tensor on the device."""
 
 
-def _flops_per_image(loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], images: torch.Tensor,
-                     labels: torch.Tensor, params: list[nn.Parameter]) -> tuple[float, dict[str, float]]:
+def _flops_per_image(
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    params: list[nn.Parameter],
+) -> tuple[float, dict[str, float]]:
     """FLOPs per image of a forward and backward pass, in all and per kind of work (counted on two images)."""
     n = 2
     by_op = count_flops_by_op(lambda: loss(images[:n], labels[:n]).backward())
@@ -207,8 +236,14 @@ def loader_case(cfg: Config, device: torch.device) -> Timed:
     return Timed(step, None, [stream])
 
 
-def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipeline: bool, run_dir: Path,
-                teacher: nn.Module | None = None) -> Timed:
+def mimkit_case(
+    cfg: Config,
+    device: torch.device,
+    compiled: bool | str,
+    pipeline: bool,
+    run_dir: Path,
+    teacher: nn.Module | None = None,
+) -> Timed:
     """The Engine's own training step on this config (all accumulation micro-batches of one optimizer step)."""
     from mimkit.methods import build_method
 
@@ -223,8 +258,12 @@ def mimkit_case(cfg: Config, device: torch.device, compiled: bool | str, pipelin
     method.to(device)
 
     def count() -> tuple[float, dict[str, float]]:
-        return _flops_per_image(lambda x, y: method({"images": x, "labels": y, "keys": fixed.keys[:len(x)]})["loss"],
-                                fixed.images, fixed.labels, list(method.parameters()))
+        return _flops_per_image(
+            lambda x, y: method({"images": x, "labels": y, "keys": fixed.keys[: len(x)]})["loss"],
+            fixed.images,
+            fixed.labels,
+            list(method.parameters()),
+        )
 
     flops, by_kind = count()
     model_flops = flops
@@ -246,8 +285,9 @@ def reference_case(ref: refs.Reference, cfg: Config, device: torch.device, compi
     AdamW, zero grads."""
     model = ref.model.to(device).train()
     fixed = FixedBatchStream(dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, accum_steps=1)), device)
-    flops, by_kind = _flops_per_image(lambda x, y: ref.loss(model, x, y), fixed.images, fixed.labels,
-                                      list(model.parameters()))
+    flops, by_kind = _flops_per_image(
+        lambda x, y: ref.loss(model, x, y), fixed.images, fixed.labels, list(model.parameters())
+    )
     runner = compile_model(model, compiled, device)
     amp = resolve_precision(cfg.train.precision, device)
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
@@ -278,8 +318,9 @@ class _Profiles:
     """Each case's time breakdown, kept from the fastest of its profiled windows (a slow spell of a shared machine
     only ever slows a window down), or why it has none."""
 
-    def __init__(self, batch: int, steps: int, device: torch.device, peak: float,
-                 trace_dir: Path | None = None, group: str = ""):
+    def __init__(
+        self, batch: int, steps: int, device: torch.device, peak: float, trace_dir: Path | None = None, group: str = ""
+    ):
         self.batch, self.steps, self.device, self.peak = batch, steps, device, peak
         self.trace_dir, self.group = trace_dir, group
         self.best: dict[str, Breakdown] = {}
@@ -323,10 +364,20 @@ class _Profiles:
         return found.as_dict(self.peak), ""
 
 
-def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: int, rounds: int,
-               device: torch.device, peak: float, breakdown_steps: int = 0,
-               trace_dir: Path | None = None, on_row: Callable[[Row], None] = lambda row: None,
-               on_fail: Callable[[Case, Exception], None] | None = None) -> list[Row]:
+def time_group(
+    group: str,
+    cases: list[Case],
+    batch: int,
+    steps: int,
+    warmup: int,
+    rounds: int,
+    device: torch.device,
+    peak: float,
+    breakdown_steps: int = 0,
+    trace_dir: Path | None = None,
+    on_row: Callable[[Row], None] = lambda row: None,
+    on_fail: Callable[[Case, Exception], None] | None = None,
+) -> list[Row]:
     """Time a workload's cases. rounds == 1: each case is built, timed and released in turn, so its peak memory is
     its own (the GPU default). rounds > 1: all cases are built, then timed in `rounds` interleaved passes of
     steps / rounds; a row's img/s is the median pass, so slow spells of a shared machine hit every implementation
@@ -338,6 +389,7 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
     still run; without on_fail the error is raised."""
     rows: list[Row] = []
     if on_fail is None:
+
         def on_fail(case: Case, err: Exception) -> None:
             raise err
 
@@ -346,9 +398,22 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
         flops = timed.flops_per_img
         found, failed = profiles.of(case, batch / img_per_s)
         note = "; ".join(n for n in (case.note, failed) if n)
-        return Row(group, case.impl, batch, img_per_s, 1000 * batch / img_per_s, flops,
-                   flops * img_per_s / peak if flops else None, memory, first, note, case.kind,
-                   [min(speeds), max(speeds)], timed.model_flops_per_img or flops, found)
+        return Row(
+            group,
+            case.impl,
+            batch,
+            img_per_s,
+            1000 * batch / img_per_s,
+            flops,
+            flops * img_per_s / peak if flops else None,
+            memory,
+            first,
+            note,
+            case.kind,
+            [min(speeds), max(speeds)],
+            timed.model_flops_per_img or flops,
+            found,
+        )
 
     if rounds <= 1:
         profiles = _Profiles(batch, breakdown_steps, device, peak, trace_dir, group)
@@ -382,8 +447,9 @@ def time_group(group: str, cases: list[Case], batch: int, steps: int, warmup: in
     for _ in range(rounds):
         for case, timed, _first in built:
             speeds[case.impl].append(chunk * batch / time_steps(timed.step, chunk, 0, device))
-    profiles = _Profiles(batch, max(1, breakdown_steps // rounds) if breakdown_steps else 0, device, peak,
-                         trace_dir, group)
+    profiles = _Profiles(
+        batch, max(1, breakdown_steps // rounds) if breakdown_steps else 0, device, peak, trace_dir, group
+    )
     for _ in range(rounds if breakdown_steps else 0):
         for case, timed, _first in built:
             profiles.window(case, timed)
@@ -403,8 +469,15 @@ def _release(device: torch.device) -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the suite
-def suite_cases(preset: str, group: str, device: torch.device, compile_rows: bool, run_dir: Path,
-                batch: int | None = None, compile_modes: tuple[str, ...] = ()) -> tuple[int, list[Case]]:
+def suite_cases(
+    preset: str,
+    group: str,
+    device: torch.device,
+    compile_rows: bool,
+    run_dir: Path,
+    batch: int | None = None,
+    compile_modes: tuple[str, ...] = (),
+) -> tuple[int, list[Case]]:
     """(batch, cases) of one workload: the eager rows (mimkit's, then the references), then the compiled ones (one
     more per inductor mode in `compile_modes` for MAE and SimMIM, e.g. reduce-overhead = CUDA graphs), the input
     pipeline row last."""
@@ -422,31 +495,49 @@ def suite_cases(preset: str, group: str, device: torch.device, compile_rows: boo
     if compile_rows and group != "memory":
         cases.append(Case("mimkit compiled", "mimkit", mine(True), note, compiled=True))
     if group in ("mae", "simmim"):
-        cases += [Case(f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode not in CUDA_GRAPHS,
-                           compiled=True)
-                  for mode in compile_modes]
+        cases += [
+            Case(
+                f"mimkit compiled ({mode})", "mimkit", mine(mode), note, profiled=mode not in CUDA_GRAPHS, compiled=True
+            )
+            for mode in compile_modes
+        ]
     if group == "mae":
-        cases += [Case("mimkit + input pipeline", "pipeline", mine(compile_rows, True),
-                       "uint8 images -> batched crop/flip/normalise on the device", profiled=False,
-                       compiled=compile_rows),
-                  Case("input pipeline alone", "loader", lambda: loader_case(cfg, device), "no model", profiled=False),
-                  Case("HF ViTMAEForPreTraining", "reference", other(lambda: _hf(refs.hf_mae, cfg))),
-                  Case("official-style (timm Blocks)", "reference", other(lambda: refs.official_mae(cfg)))]
+        cases += [
+            Case(
+                "mimkit + input pipeline",
+                "pipeline",
+                mine(compile_rows, True),
+                "uint8 images -> batched crop/flip/normalise on the device",
+                profiled=False,
+                compiled=compile_rows,
+            ),
+            Case("input pipeline alone", "loader", lambda: loader_case(cfg, device), "no model", profiled=False),
+            Case("HF ViTMAEForPreTraining", "reference", other(lambda: _hf(refs.hf_mae, cfg))),
+            Case("official-style (timm Blocks)", "reference", other(lambda: refs.official_mae(cfg))),
+        ]
         if compile_rows:
-            cases.append(Case("official-style compiled", "reference", other(lambda: refs.official_mae(cfg), True),
-                               compiled=True))
+            cases.append(
+                Case("official-style compiled", "reference", other(lambda: refs.official_mae(cfg), True), compiled=True)
+            )
     elif group == "simmim":
-        cases += [Case("HF ViTForMaskedImageModeling", "reference", other(lambda: _hf(refs.hf_simmim, cfg))),
-                  Case("official-style (timm ViT)", "reference", other(lambda: refs.official_simmim(cfg)))]
+        cases += [
+            Case("HF ViTForMaskedImageModeling", "reference", other(lambda: _hf(refs.hf_simmim, cfg))),
+            Case("official-style (timm ViT)", "reference", other(lambda: refs.official_simmim(cfg))),
+        ]
     elif group == "distill":
         cases.append(Case("plain timm", "reference", other(lambda: refs.plain_distill(cfg, teacher)), note))
     elif group == "finetune":
-        cases += [Case("HF ViTForImageClassification", "reference", other(lambda: _hf(refs.hf_classifier, cfg))),
-                  Case("timm", "reference", other(lambda: refs.timm_classifier(cfg)))]
+        cases += [
+            Case("HF ViTForImageClassification", "reference", other(lambda: _hf(refs.hf_classifier, cfg))),
+            Case("timm", "reference", other(lambda: refs.timm_classifier(cfg))),
+        ]
     elif group == "memory":
         ckpt = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, grad_checkpointing=True))
-        cases.append(Case("mimkit + activation checkpointing", "mimkit", mine(False, config=ckpt),
-                          "train.grad_checkpointing=true"))
+        cases.append(
+            Case(
+                "mimkit + activation checkpointing", "mimkit", mine(False, config=ckpt), "train.grad_checkpointing=true"
+            )
+        )
     # eager rows first, the pipeline row last: a run stopped at its time limit while compiling keeps the rows the
     # targets are stated in
     return cfg.train.batch_size, sorted(cases, key=lambda case: (case.compiled, case.kind == "pipeline"))
@@ -459,11 +550,21 @@ def _hf(builder: Callable[[Config], refs.Reference], cfg: Config) -> refs.Refere
         raise RuntimeError("the HuggingFace rows need transformers (pip install transformers)") from err
 
 
-def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, warmup: int = 3,
-              groups: list[str] | None = None, compile_rows: bool | None = None, batch: int | None = None,
-              rounds: int | None = None, compile_modes: tuple[str, ...] = (), breakdown_steps: int | None = None,
-              trace_dir: str | Path | None = None, out: str | Path | None = "bench-suite.json",
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_suite(
+    preset: str | None = None,
+    device: str = "auto",
+    steps: int = 10,
+    warmup: int = 3,
+    groups: list[str] | None = None,
+    compile_rows: bool | None = None,
+    batch: int | None = None,
+    rounds: int | None = None,
+    compile_modes: tuple[str, ...] = (),
+    breakdown_steps: int | None = None,
+    trace_dir: str | Path | None = None,
+    out: str | Path | None = "bench-suite.json",
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Time every workload of `preset` side by side; returns (and writes) the table, ratios, targets and, from
     `breakdown_steps` profiled steps per row (0: none; default 1 on CUDA, where a row's window is undisturbed and
     the profiler's processing costs seconds per step, 3 elsewhere), where each row's time goes; `trace_dir` keeps
@@ -489,8 +590,10 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
     rounds = rounds or (1 if dev.type == "cuda" else 5)
     load = os.getloadavg()[0]
     if load > 0.5 * (os.cpu_count() or 1):
-        log(f"[bench] warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores); other "
-            "processes competing for the cores make CPU numbers noisy, ratios too")
+        log(
+            f"[bench] warning: the machine is busy (load average {load:.1f} on {os.cpu_count()} cores); other "
+            "processes competing for the cores make CPU numbers noisy, ratios too"
+        )
     amp = resolve_precision("auto", dev)
     peak_dtype = amp or torch.float32
     peak = matmul_peak_flops(dev, peak_dtype)
@@ -504,20 +607,45 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
 
     with tempfile.TemporaryDirectory(prefix="mimkit-bench-") as tmp:
         for group in groups or list(GROUPS):
-            group_batch, cases = suite_cases(preset, group, dev, compile_rows, Path(tmp) / group, batch,
-                                             tuple(compile_modes))
+            group_batch, cases = suite_cases(
+                preset, group, dev, compile_rows, Path(tmp) / group, batch, tuple(compile_modes)
+            )
             n_steps, n_rounds = (min(steps, 3), 1) if group == "memory" else (steps, rounds)
-            rows += time_group(group, cases, group_batch, n_steps, warmup, n_rounds, dev, peak, breakdown_steps,
-                               Path(trace_dir) if trace_dir is not None else None, on_row=lambda row: log(
-                                   f"[bench] {row.group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
-                                   + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
-                                   + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else "")),
-                               on_fail=lambda case, err, group=group: on_fail(group, case, err))
-    result = {"preset": preset, "device": device_name(dev), "versions": _versions(),
-              "date": time.strftime("%Y-%m-%d"), "precision": str(amp or "fp32"), "threads": torch.get_num_threads(),
-              "load_average": load, "steps": steps, "rounds": rounds, "warmup": warmup, "peak_flops": peak,
-              "peak_dtype": str(peak_dtype), "host_malloc": host_malloc,
-              "rows": [dataclasses.asdict(r) for r in rows], "failed": failed}
+            rows += time_group(
+                group,
+                cases,
+                group_batch,
+                n_steps,
+                warmup,
+                n_rounds,
+                dev,
+                peak,
+                breakdown_steps,
+                Path(trace_dir) if trace_dir is not None else None,
+                on_row=lambda row: log(
+                    f"[bench] {row.group:8s} {row.impl:34s} {row.img_per_s:10,.0f} img/s"
+                    + (f"  MFU {100 * row.mfu:.1f}%" if row.mfu is not None else "")
+                    + (f"  {row.peak_memory_gb:.1f} GB" if row.peak_memory_gb is not None else "")
+                ),
+                on_fail=lambda case, err, group=group: on_fail(group, case, err),
+            )
+    result = {
+        "preset": preset,
+        "device": device_name(dev),
+        "versions": _versions(),
+        "date": time.strftime("%Y-%m-%d"),
+        "precision": str(amp or "fp32"),
+        "threads": torch.get_num_threads(),
+        "load_average": load,
+        "steps": steps,
+        "rounds": rounds,
+        "warmup": warmup,
+        "peak_flops": peak,
+        "peak_dtype": str(peak_dtype),
+        "host_malloc": host_malloc,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "failed": failed,
+    }
     result["ratios"] = ratios(rows)
     result["targets"] = targets(result["ratios"], rows, dev.type, preset)
     if out:
@@ -527,8 +655,9 @@ def run_suite(preset: str | None = None, device: str = "auto", steps: int = 10, 
         if any(r["breakdown"] for r in result["rows"]):
             from mimkit.viz.time_breakdown import plot_time_breakdown
 
-            result["breakdown_figure"] = str(plot_time_breakdown(result, Path(out).with_name(
-                Path(out).stem + "-breakdown.png")))
+            result["breakdown_figure"] = str(
+                plot_time_breakdown(result, Path(out).with_name(Path(out).stem + "-breakdown.png"))
+            )
     return result
 
 
@@ -552,21 +681,24 @@ def ratios(rows: list[Row]) -> dict[str, dict[str, float]]:
     return out
 
 
-def targets(ratio: dict[str, dict[str, float]], rows: list[Row], device_type: str,
-            preset: str) -> list[dict[str, Any]]:
+def targets(ratio: dict[str, dict[str, float]], rows: list[Row], device_type: str, preset: str) -> list[dict[str, Any]]:
     """The performance issue's targets, checked against this run: the ViT-B/16 ones on CUDA, the tiny-preset one
     on a CPU (other combinations have none)."""
     wanted: list[tuple[str, str, float]] = []
     if (device_type == "cuda") != (preset == "vit-b16"):
         return []
     if device_type == "cuda":
-        wanted = [("mae", "mimkit / HF ViTMAEForPreTraining", 2.0),
-                  ("mae", "mimkit / official-style compiled", 1.4),
-                  ("mae", "mimkit + input pipeline / HF ViTMAEForPreTraining", 2.0),
-                  ("simmim", "mimkit / HF ViTForMaskedImageModeling", 1.5)]
+        wanted = [
+            ("mae", "mimkit / HF ViTMAEForPreTraining", 2.0),
+            ("mae", "mimkit / official-style compiled", 1.4),
+            ("mae", "mimkit + input pipeline / HF ViTMAEForPreTraining", 2.0),
+            ("simmim", "mimkit / HF ViTForMaskedImageModeling", 1.5),
+        ]
     else:
-        wanted = [("mae", "mimkit / HF ViTMAEForPreTraining", 1.2),
-                  ("simmim", "mimkit / HF ViTForMaskedImageModeling", 1.2)]
+        wanted = [
+            ("mae", "mimkit / HF ViTMAEForPreTraining", 1.2),
+            ("simmim", "mimkit / HF ViTForMaskedImageModeling", 1.2),
+        ]
     out = []
     for group, key, need in wanted:
         got = ratio.get(group, {}).get(key)
@@ -574,8 +706,7 @@ def targets(ratio: dict[str, dict[str, float]], rows: list[Row], device_type: st
             out.append({"what": f"{group}: {key}", "need": need, "got": got, "met": got >= need})
     mae = _best(rows, "mae")
     if device_type == "cuda" and mae is not None and mae.mfu is not None:
-        out.append({"what": "mae: mimkit model-FLOPs utilisation", "need": 0.5, "got": mae.mfu,
-                    "met": mae.mfu >= 0.5})
+        out.append({"what": "mae: mimkit model-FLOPs utilisation", "need": 0.5, "got": mae.mfu, "met": mae.mfu >= 0.5})
     return out
 
 
@@ -614,18 +745,31 @@ HEADER = ["workload", "implementation", "batch", "img/s", "ms/step", "GFLOP/img"
 
 
 def _cells(row: dict[str, Any]) -> list[str]:
-    return [row["group"], row["impl"], str(row["batch"]), f"{row['img_per_s']:,.0f}", f"{row['step_ms']:.1f}",
-            _gflops(row), f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
-            f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-",
-            f"{row['first_step_s']:.1f}"]
+    return [
+        row["group"],
+        row["impl"],
+        str(row["batch"]),
+        f"{row['img_per_s']:,.0f}",
+        f"{row['step_ms']:.1f}",
+        _gflops(row),
+        f"{100 * row['mfu']:.1f}%" if row["mfu"] is not None else "-",
+        f"{row['peak_memory_gb']:.1f}" if row["peak_memory_gb"] is not None else "-",
+        f"{row['first_step_s']:.1f}",
+    ]
 
 
 def _summary_lines(result: dict[str, Any]) -> list[str]:
-    lines = [f"{group}: " + ", ".join(f"{k} {v:.2f}x" for k, v in entry.items())
-             for group, entry in result["ratios"].items()]
-    return lines + [f"target {t['what']} >= {t['need']}: {t['got']:.2f} {'MET' if t['met'] else 'NOT MET'}"
-                    for t in result["targets"]] + [f"FAILED {f['group']} {f['impl']}: {f['error']}"
-                                                   for f in result.get("failed", [])]
+    lines = [
+        f"{group}: " + ", ".join(f"{k} {v:.2f}x" for k, v in entry.items()) for group, entry in result["ratios"].items()
+    ]
+    return (
+        lines
+        + [
+            f"target {t['what']} >= {t['need']}: {t['got']:.2f} {'MET' if t['met'] else 'NOT MET'}"
+            for t in result["targets"]
+        ]
+        + [f"FAILED {f['group']} {f['impl']}: {f['error']}" for f in result.get("failed", [])]
+    )
 
 
 def breakdown_table(result: dict[str, Any]) -> list[list[str]]:
@@ -638,8 +782,10 @@ def breakdown_table(result: dict[str, Any]) -> list[list[str]]:
     lines = [["workload", "implementation", *kinds, "MFU (profiled)"]]
     for r in rows:
         b = r["breakdown"]
-        cells = [f"{100 * b['shares'][k]:.1f}%" + (f" @{100 * b['efficiency'][k]:.0f}%" if k in b["efficiency"]
-                                                     else "") for k in kinds]
+        cells = [
+            f"{100 * b['shares'][k]:.1f}%" + (f" @{100 * b['efficiency'][k]:.0f}%" if k in b["efficiency"] else "")
+            for k in kinds
+        ]
         lines.append([r["group"], r["impl"], *cells, f"{100 * b['gap']['useful']:.1f}%"])
     return lines
 
@@ -648,23 +794,27 @@ def aligned(lines: list[list[str]]) -> list[str]:
     widths = [max(len(line[i]) for line in lines) for i in range(len(lines[0]))]
     text = []
     for i, line in enumerate(lines):
-        text.append("  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in
-                              enumerate(zip(line, widths))))
+        text.append(
+            "  ".join(cell.ljust(w) if j < 2 else cell.rjust(w) for j, (cell, w) in enumerate(zip(line, widths)))
+        )
         if i == 0:
             text.append("  ".join("-" * w for w in widths))
     return text
 
 
-BREAKDOWN_NOTE = ("Where the time goes: each kind of work's share of a profiled step (on a GPU, the kernels' times "
-                  "set against the timed step, since the profiler slows the host only); @ is that kind's FLOP/s as a "
-                  "fraction of the matmul peak. What keeps MFU from 100%: matmul and attention below the peak, and "
-                  "all the time of the other kinds.")
+BREAKDOWN_NOTE = (
+    "Where the time goes: each kind of work's share of a profiled step (on a GPU, the kernels' times "
+    "set against the timed step, since the profiler slows the host only); @ is that kind's FLOP/s as a "
+    "fraction of the matmul peak. What keeps MFU from 100%: matmul and attention below the peak, and "
+    "all the time of the other kinds."
+)
 
 
 def format_table(result: dict[str, Any]) -> str:
     """The suite as a plain-text table (what the CLI prints), then the time breakdown."""
-    text = [f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in
-                                                                       result["versions"].items())]
+    text = [
+        f"{result['device']} | {result['precision']} | " + ", ".join(f"{k} {v}" for k, v in result["versions"].items())
+    ]
     text += aligned([HEADER] + [_cells(r) for r in result["rows"]])
     return "\n".join(text + breakdown_lines(result) + _summary_lines(result))
 
@@ -681,21 +831,32 @@ def markdown_report(result: dict[str, Any]) -> str:
     versions = ", ".join(f"{k} {v}" for k, v in result["versions"].items())
     spread = result["rounds"] > 1
     header = HEADER + (["spread img/s"] if spread else [])
-    out = [f"## `mimkit bench suite`: {result['device']}, {result['date']}", "",
-           f"Preset `{result['preset']}`, {result['precision']}, {result['threads']} threads, {result['steps']} timed "
-           f"steps in {result['rounds']} round(s) after {result['warmup']} warm-up steps, load average "
-           f"{result['load_average']:.1f}, host malloc {result.get('host_malloc', 'default')}. "
-           f"{result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} TFLOP/s. Versions: {versions}. "
-           "GFLOP/img: executed / model where they differ; MFU counts the executed FLOPs.", "",
-           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    out = [
+        f"## `mimkit bench suite`: {result['device']}, {result['date']}",
+        "",
+        f"Preset `{result['preset']}`, {result['precision']}, {result['threads']} threads, {result['steps']} timed "
+        f"steps in {result['rounds']} round(s) after {result['warmup']} warm-up steps, load average "
+        f"{result['load_average']:.1f}, host malloc {result.get('host_malloc', 'default')}. "
+        f"{result['peak_dtype']} matmul peak {result['peak_flops'] / 1e12:.3g} TFLOP/s. Versions: {versions}. "
+        "GFLOP/img: executed / model where they differ; MFU counts the executed FLOPs.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+    ]
     for row in result["rows"]:
-        cells = _cells(row) + ([f"{row['spread'][0]:,.0f}-{row['spread'][1]:,.0f}" if row["spread"] else ""]
-                               if spread else [])
+        cells = _cells(row) + (
+            [f"{row['spread'][0]:,.0f}-{row['spread'][1]:,.0f}" if row["spread"] else ""] if spread else []
+        )
         out.append("| " + " | ".join(cells) + " |")
     out += [""] + [f"- {line}" for line in _summary_lines(result)]
     parts = breakdown_table(result)
     if parts:
-        out += ["", BREAKDOWN_NOTE + " Kinds: " + "; ".join(f"*{k}*: {v}" for k, v in KIND_NOTES.items()) + ".",
-                "", "| " + " | ".join(parts[0]) + " |", "|" + "---|" * len(parts[0])]
+        out += [
+            "",
+            BREAKDOWN_NOTE + " Kinds: " + "; ".join(f"*{k}*: {v}" for k, v in KIND_NOTES.items()) + ".",
+            "",
+            "| " + " | ".join(parts[0]) + " |",
+            "|" + "---|" * len(parts[0]),
+        ]
         out += ["| " + " | ".join(line) + " |" for line in parts[1:]]
     return "\n".join(out) + "\n"

@@ -1,4 +1,5 @@
 """Wall-clock timing of device work: synchronise before reading the clock, so queued GPU kernels are counted."""
+
 from __future__ import annotations
 
 import time

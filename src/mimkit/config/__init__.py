@@ -5,6 +5,7 @@ naming the key and the valid choices, instead of surfacing as a traceback an hou
 schema.py (the root Config and where each section lives), coerce.py (YAML values and overrides -> typed fields),
 load.py (recipes, files, run directories), checks.py (validation and derived defaults, section by section).
 """
+
 from mimkit.config.checks import resolved, validate
 from mimkit.config.coerce import parse_override
 from mimkit.config.load import RECIPES_DIR, config_from_dict, load_config, recipe_names, resolve_recipe, save_config
@@ -18,7 +19,26 @@ from mimkit.methods.distill.options import DistillConfig
 from mimkit.methods.spec import MethodConfig
 from mimkit.models.options import ModelConfig
 
-__all__ = ["COMPILE_MODES", "DECODERS", "RECIPES_DIR", "Config", "ConfigError", "DataConfig", "DistillConfig",
-           "MethodConfig", "ModelConfig", "ProbeConfig", "TrainConfig", "config_from_dict", "default_mask_patch_size",
-           "load_config", "parse_override", "recipe_names", "resolve_epochs", "resolve_recipe", "resolved",
-           "save_config", "validate"]
+__all__ = [
+    "COMPILE_MODES",
+    "DECODERS",
+    "RECIPES_DIR",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "DistillConfig",
+    "MethodConfig",
+    "ModelConfig",
+    "ProbeConfig",
+    "TrainConfig",
+    "config_from_dict",
+    "default_mask_patch_size",
+    "load_config",
+    "parse_override",
+    "recipe_names",
+    "resolve_epochs",
+    "resolve_recipe",
+    "resolved",
+    "save_config",
+    "validate",
+]

@@ -1,6 +1,7 @@
 """Validation and derived defaults of a whole Config: each domain checks and resolves its own section (see
 schema.py for where each lives); this module only calls them, in an order where every check can read what it
 depends on."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -1,5 +1,6 @@
 """YAML values -> typed dataclass fields, and dotted `--set key=value` overrides: unknown keys and values of the
 wrong type fail here, naming the key (and the closest valid key)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -73,8 +74,9 @@ def _unknown_key(key: str, valid: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key '{key}'.{hint} Valid keys here: {', '.join(sorted(valid))}")
 
 
-def build_dataclass(cls: type, raw: dict[str, Any], prefix: str = "", replace_types: dict[type, type] | None = None
-                    ) -> Any:
+def build_dataclass(
+    cls: type, raw: dict[str, Any], prefix: str = "", replace_types: dict[type, type] | None = None
+) -> Any:
     """A (nested) dataclass from a YAML mapping: every key must be a field, every value coerces to its type.
     `replace_types` builds a declared section type as another (the `method:` section as the registry's class)."""
     replace_types = replace_types or {}
@@ -114,6 +116,8 @@ def parse_override(text: str) -> tuple[str, Any]:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as err:
         problem = str(err).splitlines()[0]
-        raise ConfigError(f"--set {key.strip()}: '{raw}' is not a valid YAML value ({problem}); quote strings "
-                          "and close lists, e.g. train.betas=[0.9,0.95]") from None
+        raise ConfigError(
+            f"--set {key.strip()}: '{raw}' is not a valid YAML value ({problem}); quote strings "
+            "and close lists, e.g. train.betas=[0.9,0.95]"
+        ) from None
     return key.strip(), value

@@ -1,4 +1,5 @@
 """Recipes, YAML files and run directories -> a validated Config; a Config -> config.yaml."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -10,6 +10,7 @@ checks and derived defaults live with the domain that reads them:
 | `probe:` | mimkit/eval/options.py |
 | `distill:` | mimkit/methods/distill/options.py |
 """
+
 from __future__ import annotations
 
 import dataclasses

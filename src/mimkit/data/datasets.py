@@ -3,6 +3,7 @@
 A data set here is just `ImageSet(images uint8 (N, C, S, S), labels, ids)`; `ids` are stable sample identities
 (position in the full training set) that key every random choice about a sample (see keyed_random).
 """
+
 from __future__ import annotations
 
 import warnings
@@ -44,17 +45,16 @@ def nested_subset(labels: torch.Tensor | None, n: int, fraction: float, seed: in
     gen = torch.Generator().manual_seed(seed * 1_000_003 + 17)
     if labels is None:
         order = torch.randperm(n, generator=gen)
-        return torch.sort(order[:max(1, round(n * fraction))]).values
+        return torch.sort(order[: max(1, round(n * fraction))]).values
     picked = []
     for cls in torch.unique(labels).tolist():
         members = torch.nonzero(labels == cls).flatten()
         order = members[torch.randperm(len(members), generator=gen)]
-        picked.append(order[:max(1, round(len(members) * fraction))])
+        picked.append(order[: max(1, round(len(members) * fraction))])
     return torch.sort(torch.cat(picked)).values
 
 
-def split_heldout(labels: torch.Tensor | None, n: int, fraction: float, seed: int) -> tuple[torch.Tensor,
-                                                                                           torch.Tensor]:
+def split_heldout(labels: torch.Tensor | None, n: int, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(train positions, held-out positions): a seeded class-balanced `fraction` of train, fixed per seed."""
     held = nested_subset(labels, n, fraction, seed + 7919)
     keep = torch.ones(n, dtype=torch.bool)
@@ -108,8 +108,9 @@ def _align_labels(labels: torch.Tensor | None, own: list[str], reference: list[s
         return None if not reference else labels
     unknown = sorted(set(own) - set(reference))
     if unknown:
-        raise folder.FolderError(f"data.val_root '{root}' has class folders the training set lacks: "
-                                 f"{', '.join(unknown[:5])}")
+        raise folder.FolderError(
+            f"data.val_root '{root}' has class folders the training set lacks: {', '.join(unknown[:5])}"
+        )
     mapping = torch.tensor([reference.index(name) for name in own], dtype=torch.int64)
     return mapping[labels]
 

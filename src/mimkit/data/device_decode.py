@@ -12,6 +12,7 @@ shorter side (on a half pixel when PIL's box is), resampled with Pillow's bicubi
 fixed-point integer arithmetic, so a CPU run gives the host path's pixels (see fit_square for the one exception).
 Images of the same shape are resized together.
 """
+
 from __future__ import annotations
 
 import functools
@@ -53,7 +54,7 @@ class ReadBatch:
         """Point the rows a worker left in shared memory at their bytes in `buffer` (no copy: decode them before
         the slot is reused)."""
         for row, (offset, length) in self.spans.items():
-            self.payloads[row] = buffer[offset:offset + length]
+            self.payloads[row] = buffer[offset : offset + length]
         self.spans = {}
 
 
@@ -164,7 +165,7 @@ def _pil_taps(in_size: int, start: float, stop: float, out_size: int) -> tuple[n
         for value in w:  # in Pillow's order: a pairwise sum could round differently
             total += value
         first[out] = min(lo, in_size - window) if in_size >= window else 0
-        taps[out, lo - first[out]:hi - first[out]] = w / total if total != 0.0 else w
+        taps[out, lo - first[out] : hi - first[out]] = w / total if total != 0.0 else w
     return first, np.sign(taps) * np.floor(np.abs(taps) * FIXED_POINT + 0.5) / FIXED_POINT
 
 
@@ -199,7 +200,7 @@ def fit_square(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
         left, top = (width - side) * 0.5, (height - side) * 0.5
         per_call = max(1, RESIZE_PIXELS // (first.shape[0] * height * width))
         for start in range(0, len(rows), per_call):
-            chunk = rows[start:start + per_call]
+            chunk = rows[start : start + per_call]
             x = torch.stack([images[r] for r in chunk]).permute(3, 0, 1, 2).to(torch.int32).contiguous()  # W,n,C,H
             x = _resample(x, width, left, left + side, size).permute(3, 1, 2, 0).contiguous()  # (H, n, C, size)
             x = _resample(x, height, top, top + side, size)  # (size rows, n, C, size columns)
@@ -207,8 +208,7 @@ def fit_square(images: Sequence[torch.Tensor], size: int) -> torch.Tensor:
     return out
 
 
-def decode_batch(batch: ReadBatch, size: int, channels: int, device: torch.device) -> tuple[torch.Tensor,
-                                                                                           np.ndarray]:
+def decode_batch(batch: ReadBatch, size: int, channels: int, device: torch.device) -> tuple[torch.Tensor, np.ndarray]:
     """(uint8 (n, C, size, size) on `device`, readable (n,) bool): the device decodes the JPEGs, a JPEG it rejects
     falls back to PIL here, and the host-decoded images are copied in. Unreadable rows are zeros."""
     from mimkit.data.loader import to_device
@@ -231,6 +231,7 @@ def decode_batch(batch: ReadBatch, size: int, channels: int, device: torch.devic
         images[torch.tensor([row for row, _ in on_device], device=device)] = fit_square(pixels, size)
     if host:
         order = sorted(host)
-        images[torch.tensor(order, device=device)] = to_device(torch.from_numpy(np.stack([host[r] for r in order])),
-                                                               device)
+        images[torch.tensor(order, device=device)] = to_device(
+            torch.from_numpy(np.stack([host[r] for r in order])), device
+        )
     return images, readable

@@ -1,4 +1,5 @@
 """Fashion-MNIST from its four idx `.gz` files: local copies first, then a verified download."""
+
 from __future__ import annotations
 
 import gzip
@@ -95,8 +96,11 @@ def locate(root: str | None, allow_download: bool = True) -> Path:
         except (OSError, DataNotFoundError) as err:
             errors = f" Download failed: {err}."
     raise DataNotFoundError(
-        "Fashion-MNIST not found (looked in " + ", ".join(map(str, searched)) + ")." + errors +
-        " Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four idx .gz files "
+        "Fashion-MNIST not found (looked in "
+        + ", ".join(map(str, searched))
+        + ")."
+        + errors
+        + " Get it with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or put the four idx .gz files "
         "in a directory and pass --set data.root=DIR (or set MIMKIT_DATA=PARENT with a fashion-mnist/ folder)."
     )
 
@@ -113,7 +117,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         raise DataNotFoundError(f"{path} has a truncated idx header; re-download it")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise DataNotFoundError(f"{path} is truncated: header says {shape}, found {body.size} bytes")
@@ -125,6 +129,8 @@ def load_split(directory: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     images = read_idx(directory / FILES[f"{split}_images"])
     labels = read_idx(directory / FILES[f"{split}_labels"]).astype(np.int64)
     if images.shape[0] != labels.shape[0] or images.shape[0] != EXPECTED_COUNTS[split]:
-        raise DataNotFoundError(f"Fashion-MNIST {split} split in {directory} has {images.shape[0]} images and "
-                                f"{labels.shape[0]} labels, expected {EXPECTED_COUNTS[split]}")
+        raise DataNotFoundError(
+            f"Fashion-MNIST {split} split in {directory} has {images.shape[0]} images and "
+            f"{labels.shape[0]} labels, expected {EXPECTED_COUNTS[split]}"
+        )
     return images, labels

@@ -4,6 +4,7 @@ Decoding happens in a pool of processes; each image is resized (shorter side) an
 `decode_size` and stored in a numpy memmap under the cache directory, so every later epoch, run and process reads
 raw uint8 pixels. Unreadable files are skipped, counted and reported, never a crash.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -40,8 +41,9 @@ def scan(root: str | Path) -> FolderIndex:
         raise FolderError(f"image folder '{root}' does not exist (set data.root to a directory of images)")
     files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
     if not files:
-        raise FolderError(f"image folder '{root}' has no images ({', '.join(sorted(EXTENSIONS))}, searched "
-                          "recursively)")
+        raise FolderError(
+            f"image folder '{root}' has no images ({', '.join(sorted(EXTENSIONS))}, searched recursively)"
+        )
     top_level = [p for p in files if p.parent == root]
     if top_level:
         return FolderIndex(files, None)
@@ -130,11 +132,12 @@ def load_folder(root: str | Path, size: int, channels: int, workers: int = 0, lo
     return DecodedFolder(images, labels, index.classes, meta["skipped"])
 
 
-def _decode_all(index: FolderIndex, size: int, mode: str, channels: int, workers: int, data_path: Path,
-                meta_path: Path, log) -> dict:
+def _decode_all(
+    index: FolderIndex, size: int, mode: str, channels: int, workers: int, data_path: Path, meta_path: Path, log
+) -> dict:
     log(f"[data] decoding {len(index.files)} images to {size}x{size} {mode} (once; cached in {data_path.parent})")
     chunk = 256
-    jobs = [([str(p) for p in index.files[i:i + chunk]], size, mode) for i in range(0, len(index.files), chunk)]
+    jobs = [([str(p) for p in index.files[i : i + chunk]], size, mode) for i in range(0, len(index.files), chunk)]
     tmp_path = data_path.with_suffix(f".{os.getpid()}.part")
     kept_labels: list[int] = []
     skipped: list[str] = []

@@ -1,5 +1,6 @@
 """The in-memory data types every source produces and every consumer reads: ImageSet (uint8 images, labels,
 stable sample ids, task targets) and DataBundle (train and held-out sets, classes, skipped files)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -40,5 +41,7 @@ class DataBundle:
 
     def describe(self) -> str:
         extra = f", {len(self.skipped)} unreadable file(s) skipped" if self.skipped else ""
-        return (f"train {len(self.train)} images, held-out {len(self.heldout)} ({self.heldout_source})"
-                f"{', ' + str(len(self.classes)) + ' classes' if self.classes else ''}{extra}")
+        return (
+            f"train {len(self.train)} images, held-out {len(self.heldout)} ({self.heldout_source})"
+            f"{', ' + str(len(self.classes)) + ' classes' if self.classes else ''}{extra}"
+        )

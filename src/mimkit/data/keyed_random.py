@@ -4,6 +4,7 @@ This is why a run is reproducible without replaying RNG state: a sample's crop, 
 seed, the epoch and the sample's index. The same sample gets the same augmentation on one process or on N DDP
 ranks, after a resume, on CPU or GPU; held-out masks are fixed by construction.
 """
+
 from __future__ import annotations
 
 import torch

@@ -4,6 +4,7 @@ Order comes from torch's DistributedSampler (seeded per epoch with set_epoch), s
 b see, at every step, exactly the samples one process with batch N*b sees. Augmentation is keyed by sample and
 epoch (see keyed_random), so those samples are also augmented identically.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,8 +19,19 @@ from mimkit.errors import ConfigError
 
 
 class TrainStream:
-    def __init__(self, data: ImageSet, augment: BatchAugment, micro_batch: int, accum_steps: int, rank: int,
-                 world_size: int, seed: int, device: torch.device, pre_augment=None, views: int = 1):
+    def __init__(
+        self,
+        data: ImageSet,
+        augment: BatchAugment,
+        micro_batch: int,
+        accum_steps: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device: torch.device,
+        pre_augment=None,
+        views: int = 1,
+    ):
         self.data = data
         self.augment = augment
         self.views = views
@@ -27,13 +39,16 @@ class TrainStream:
         self.micro_batch = micro_batch
         self.accum_steps = accum_steps
         self.device = device
-        self.sampler = DistributedSampler(range(len(data)), num_replicas=world_size, rank=rank, shuffle=True,
-                                          seed=seed, drop_last=False)
+        self.sampler = DistributedSampler(
+            range(len(data)), num_replicas=world_size, rank=rank, shuffle=True, seed=seed, drop_last=False
+        )
         self.batches_per_epoch = len(self.sampler) // micro_batch
         if self.batches_per_epoch == 0:
-            raise ConfigError(f"the training set has {len(data)} images, fewer than one batch per process "
-                              f"({micro_batch} x {world_size} processes): lower train.batch_size or raise "
-                              "data.fraction")
+            raise ConfigError(
+                f"the training set has {len(data)} images, fewer than one batch per process "
+                f"({micro_batch} x {world_size} processes): lower train.batch_size or raise "
+                "data.fraction"
+            )
         self._epoch = -1
         self._order: torch.Tensor | None = None
         self._pending: dict[int, Any] = {}  # index -> (host batch, RandAugment handle) started in the workers
@@ -55,7 +70,7 @@ class TrainStream:
     def _host_batch(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
         """uint8 images, ids, epoch and positions of micro-batch `index` (global count) of this process."""
         epoch, offset = divmod(index, self.batches_per_epoch)
-        positions = self._epoch_order(epoch)[offset * self.micro_batch:(offset + 1) * self.micro_batch]
+        positions = self._epoch_order(epoch)[offset * self.micro_batch : (offset + 1) * self.micro_batch]
         images, ids = self.data.batch(positions)
         return images, ids, epoch, positions
 
@@ -97,8 +112,15 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
     return tensor.pin_memory().to(device, non_blocking=True)
 
 
-def augmented_batch(images: torch.Tensor, ids: torch.Tensor, epoch: int, augment: BatchAugment, device: torch.device,
-                    pre_augment=None, views: int = 1) -> dict[str, Any]:
+def augmented_batch(
+    images: torch.Tensor,
+    ids: torch.Tensor,
+    epoch: int,
+    augment: BatchAugment,
+    device: torch.device,
+    pre_augment=None,
+    views: int = 1,
+) -> dict[str, Any]:
     """uint8 CPU images + sample ids -> the batch the methods train on: keyed by (id, epoch), copied to `device`
     (pinned, asynchronously, on CUDA) and augmented there. Shared by every training stream."""
     epoch_keys = sample_keys(ids, epoch)

@@ -3,6 +3,7 @@
 Each returns a bool tensor (batch, tokens), True = masked, with the SAME number of masked tokens for every sample,
 so MAE's visible-only encoder can batch and losses average the same way on any number of processes.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,10 @@ class MaskGenerator:
             self.num_masked = self.num_tokens - int(self.num_tokens * (1 - mask_ratio))  # MAE's len_keep rule
         elif kind == "simmim":
             if mask_patch_size % patch_size or img_size % mask_patch_size:
-                raise ValueError(f"mask patch size {mask_patch_size} must be a multiple of the patch size "
-                                 f"{patch_size} and divide the image size {img_size}")
+                raise ValueError(
+                    f"mask patch size {mask_patch_size} must be a multiple of the patch size "
+                    f"{patch_size} and divide the image size {img_size}"
+                )
             self.cell_grid = img_size // mask_patch_size
             self.cell_scale = mask_patch_size // patch_size
             self.num_cells_masked = math.ceil(self.cell_grid**2 * mask_ratio)
@@ -39,8 +42,10 @@ class MaskGenerator:
         else:
             raise ValueError(f"unknown mask type '{kind}' (random, simmim, blockwise)")
         if not 0 < self.num_masked < self.num_tokens:
-            raise ValueError(f"mask ratio {mask_ratio} masks {self.num_masked} of {self.num_tokens} tokens; "
-                             "at least one must be masked and one visible")
+            raise ValueError(
+                f"mask ratio {mask_ratio} masks {self.num_masked} of {self.num_tokens} tokens; "
+                "at least one must be masked and one visible"
+            )
 
     def noise(self, keys: torch.Tensor, seed: int) -> torch.Tensor:
         """MAE-style noise: argsort keeps the lowest values. Masked tokens get noise >= 1."""
@@ -62,8 +67,10 @@ class MaskGenerator:
         return tokens.reshape(len(keys), self.num_tokens)
 
     def _blockwise(self, keys: torch.Tensor, seed: int) -> torch.Tensor:
-        masks = [blockwise_mask(self.grid, self.num_masked, random.Random(int(k) ^ (seed << 32)))
-                 for k in keys.cpu().tolist()]
+        masks = [
+            blockwise_mask(self.grid, self.num_masked, random.Random(int(k) ^ (seed << 32)))
+            for k in keys.cpu().tolist()
+        ]
         return torch.from_numpy(np.stack(masks)).reshape(len(keys), -1).to(keys.device)
 
 
@@ -77,8 +84,9 @@ def mask_from_noise(noise: torch.Tensor, num_masked: int) -> torch.Tensor:
     return torch.gather(mask, 1, ids_restore)
 
 
-def blockwise_mask(grid: int, num_masked: int, rng: random.Random, min_block: int = 4,
-                   aspect: tuple[float, float] = (0.3, 1 / 0.3)) -> np.ndarray:
+def blockwise_mask(
+    grid: int, num_masked: int, rng: random.Random, min_block: int = 4, aspect: tuple[float, float] = (0.3, 1 / 0.3)
+) -> np.ndarray:
     """BEiT's block-wise masking: add random rectangles of tokens until `num_masked` are covered, then (BEiT stops
     short when no block fits) top up with random single tokens so every sample masks exactly `num_masked`."""
     mask = np.zeros((grid, grid), dtype=bool)
@@ -95,7 +103,7 @@ def blockwise_mask(grid: int, num_masked: int, rng: random.Random, min_block: in
             w = int(round(math.sqrt(area / ratio)))
             if 0 < h < grid and 0 < w < grid:
                 top, left = rng.randint(0, grid - h), rng.randint(0, grid - w)
-                window = mask[top:top + h, left:left + w]
+                window = mask[top : top + h, left : left + w]
                 new = h * w - int(window.sum())
                 if 0 < new <= budget:
                     window[:] = True

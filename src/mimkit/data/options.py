@@ -1,4 +1,5 @@
 """The `data:` config section: its keys, their checks and their derived defaults."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -41,8 +42,10 @@ def validate_data(cfg: Any) -> None:
     d = cfg.data
     one_of("data.name", d.name, list(DATA_SETS))
     check(0.0 < d.fraction <= 1.0, f"data.fraction: {d.fraction} must be in (0, 1]")
-    check(d.val_fraction is None or 0.0 < d.val_fraction < 1.0,
-          f"data.val_fraction: {d.val_fraction} must be in (0, 1) or null")
+    check(
+        d.val_fraction is None or 0.0 < d.val_fraction < 1.0,
+        f"data.val_fraction: {d.val_fraction} must be in (0, 1) or null",
+    )
     check(d.img_size > 0, f"data.img_size: {d.img_size} must be positive")
     check(d.in_chans in (None, 1, 3), f"data.in_chans: {d.in_chans} must be 1 or 3")
     if d.name == "folder":
@@ -50,42 +53,68 @@ def validate_data(cfg: Any) -> None:
     one_of("data.decode", d.decode, list(DECODERS))
     if d.name == "webdataset":
         _validate_webdataset(cfg)
-    check(d.decode == "pil" or d.name == "webdataset", f"data.decode=device decodes streamed shards "
-          f"(data.name=webdataset); data.name={d.name} is decoded once (into memory or the folder cache), so leave "
-          "data.decode=pil")
+    check(
+        d.decode == "pil" or d.name == "webdataset",
+        f"data.decode=device decodes streamed shards "
+        f"(data.name=webdataset); data.name={d.name} is decoded once (into memory or the folder cache), so leave "
+        "data.decode=pil",
+    )
     if d.crop_scale is not None:
-        check(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
-              f"data.crop_scale: {d.crop_scale} must be [min, max] with 0 < min <= max <= 1")
-    check(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
-          f"data.crop_ratio: {d.crop_ratio} must be [min, max] with 0 < min <= max")
+        check(
+            len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1,
+            f"data.crop_scale: {d.crop_scale} must be [min, max] with 0 < min <= max <= 1",
+        )
+    check(
+        len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1],
+        f"data.crop_ratio: {d.crop_ratio} must be [min, max] with 0 < min <= max",
+    )
     chans = d.in_chans or default_in_chans(d.name)
     for key in ("mean", "std"):
         value = getattr(d, key)
         check(value is None or len(value) in (1, 3), f"data.{key}: {value} must have 1 or 3 entries")
-        check(value is None or len(value) == chans,
-              f"data.{key}: {value} has {len(value or [])} entries but the images have {chans} channel(s)")
+        check(
+            value is None or len(value) == chans,
+            f"data.{key}: {value} has {len(value or [])} entries but the images have {chans} channel(s)",
+        )
     check(d.num_workers >= 0, "data.num_workers must be >= 0")
     one_of("data.task", d.task, list(TASKS))
-    check(len(d.task_scale) == 2 and 0 < d.task_scale[0] <= d.task_scale[1] <= 1,
-          f"data.task_scale: {d.task_scale} must be [min, max] with 0 < min <= max <= 1")
+    check(
+        len(d.task_scale) == 2 and 0 < d.task_scale[0] <= d.task_scale[1] <= 1,
+        f"data.task_scale: {d.task_scale} must be [min, max] with 0 < min <= max <= 1",
+    )
     check(0 < d.rotation_max <= 180, f"data.rotation_max: {d.rotation_max} must be in (0, 180]")
 
 
 def _validate_webdataset(cfg: Any) -> None:
     """Shards are streamed, never held in memory: options that need the whole training set are refused here."""
     d = cfg.data
-    check(d.root is not None, "data.root: webdataset needs its shards: a directory of .tar files, a glob or a brace "
-          "pattern such as /data/train-{000000..000099}.tar (--set data.root=PATH)")
+    check(
+        d.root is not None,
+        "data.root: webdataset needs its shards: a directory of .tar files, a glob or a brace "
+        "pattern such as /data/train-{000000..000099}.tar (--set data.root=PATH)",
+    )
     check(d.shuffle_buffer >= 1, f"data.shuffle_buffer: {d.shuffle_buffer} must be >= 1")
-    check(d.fraction == 1.0, f"data.fraction: {d.fraction} needs the whole training set in memory; with webdataset "
-          "train on fewer shards instead (a brace pattern such as train-{000000..000009}.tar)")
-    check(d.val_fraction is None, "data.val_fraction: webdataset holds out data.val_root, or else the last training "
-          "shard; leave data.val_fraction unset")
-    check(d.task == "classification", f"data.task={d.task}: the geometric tasks build their images in memory and "
-          "do not stream from shards; use data.name=folder or fashion-mnist")
-    check(d.decode == "pil" or not cfg.method.randaug, f"data.decode=device with method.randaug={cfg.method.randaug}: "
-          "RandAugment runs on host images before the batch crop; set data.decode=pil (decoding in the workers) or "
-          "method.randaug=null")
+    check(
+        d.fraction == 1.0,
+        f"data.fraction: {d.fraction} needs the whole training set in memory; with webdataset "
+        "train on fewer shards instead (a brace pattern such as train-{000000..000009}.tar)",
+    )
+    check(
+        d.val_fraction is None,
+        "data.val_fraction: webdataset holds out data.val_root, or else the last training "
+        "shard; leave data.val_fraction unset",
+    )
+    check(
+        d.task == "classification",
+        f"data.task={d.task}: the geometric tasks build their images in memory and "
+        "do not stream from shards; use data.name=folder or fashion-mnist",
+    )
+    check(
+        d.decode == "pil" or not cfg.method.randaug,
+        f"data.decode=device with method.randaug={cfg.method.randaug}: "
+        "RandAugment runs on host images before the batch crop; set data.decode=pil (decoding in the workers) or "
+        "method.randaug=null",
+    )
 
 
 def default_in_chans(name: str) -> int:

@@ -1,5 +1,6 @@
 """The one interface between data and training: what the Engine asks a stream for. In-memory data
 (`data.loader.TrainStream`), tar shards (`data.webdataset.ShardStream`) and the bench's fixed batches implement it."""
+
 from __future__ import annotations
 
 from typing import Any, Protocol, runtime_checkable

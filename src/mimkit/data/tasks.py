@@ -6,6 +6,7 @@
 
 Every draw is keyed by (seed, sample id), so a task set is identical on every run, process and device.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,8 +36,7 @@ def tight_box(mask: torch.Tensor) -> torch.Tensor:
     return torch.tensor([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], dtype=torch.float32)
 
 
-def make_localization(data: ImageSet, canvas: int, scale: tuple[float, float] = (0.3, 0.8),
-                      seed: int = 0) -> TaskSet:
+def make_localization(data: ImageSet, canvas: int, scale: tuple[float, float] = (0.3, 0.8), seed: int = 0) -> TaskSet:
     """Paste each item, resized to a random side of `scale` x canvas, at a random position inside the canvas."""
     n, c, size, _ = data.images.shape
     u = keyed_uniform(sample_keys(data.ids, 0), 3, seed, STREAM_TASK)
@@ -45,11 +45,17 @@ def make_localization(data: ImageSet, canvas: int, scale: tuple[float, float] = 
     for i in range(n):
         side = int(round(canvas * (scale[0] + u[i, 0].item() * (scale[1] - scale[0]))))
         side = max(4, min(side, canvas))
-        item = F.interpolate(data.images[i:i + 1].float(), size=(side, side), mode="bilinear", align_corners=False,
-                             antialias=True).round().clamp(0, 255).to(torch.uint8)[0]
+        item = (
+            F.interpolate(
+                data.images[i : i + 1].float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True
+            )
+            .round()
+            .clamp(0, 255)
+            .to(torch.uint8)[0]
+        )
         top = int(u[i, 1].item() * (canvas - side + 1))
         left = int(u[i, 2].item() * (canvas - side + 1))
-        out[i, :, top:top + side, left:left + side] = item
+        out[i, :, top : top + side, left : left + side] = item
         box = tight_box(item.amax(0) > 0)
         boxes[i] = (box + torch.tensor([left, top, left, top])) / canvas
     labels = data.labels.clone() if data.labels is not None else None

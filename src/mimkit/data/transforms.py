@@ -4,6 +4,7 @@ RandomResizedCrop + horizontal flip + normalisation for a whole batch at once: c
 keyed random numbers (torchvision's sampling rule: 10 tries of area and log-aspect, then a centre-crop fallback) and
 resampled with `roi_align`, which crops and bilinearly resizes every box of a batch in one call.
 """
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,16 @@ def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.
 class BatchAugment:
     """uint8 (B, C, S, S) + sample keys -> normalised float (B, C, out, out)."""
 
-    def __init__(self, out_size: int, scale: tuple[float, float], ratio: tuple[float, float], hflip: bool,
-                 mean: list[float], std: list[float], seed: int):
+    def __init__(
+        self,
+        out_size: int,
+        scale: tuple[float, float],
+        ratio: tuple[float, float],
+        hflip: bool,
+        mean: list[float],
+        std: list[float],
+        seed: int,
+    ):
         self.out_size = out_size
         self.scale = scale
         self.log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -70,8 +79,9 @@ class BatchAugment:
         keys = keys.to(images.device)
         boxes = self.crop_boxes(keys, height, width).to(images.device)
         rois = torch.cat([torch.arange(b, device=images.device, dtype=torch.float32)[:, None], boxes], dim=1)
-        x = roi_align(images.float(), rois, output_size=self.out_size, spatial_scale=1.0, sampling_ratio=-1,
-                      aligned=True)
+        x = roi_align(
+            images.float(), rois, output_size=self.out_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
+        )
         if self.hflip:
             flip = keyed_uniform(keys, 1, self.seed, STREAM_FLIP).squeeze(1) < 0.5
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -82,8 +92,9 @@ def eval_transform(images: torch.Tensor, out_size: int, mean: list[float], std: 
     """The whole image, resized to the network size and normalised (held-out evaluation, figures)."""
     x = images.float()
     if x.shape[-1] != out_size or x.shape[-2] != out_size:
-        x = torch.nn.functional.interpolate(x, size=(out_size, out_size), mode="bilinear", align_corners=False,
-                                            antialias=True)
+        x = torch.nn.functional.interpolate(
+            x, size=(out_size, out_size), mode="bilinear", align_corners=False, antialias=True
+        )
     m = torch.tensor(mean, device=x.device)
     s = torch.tensor(std, device=x.device)
     return _normalize(x.clamp(0, 255), m, s)
@@ -118,8 +129,7 @@ class RandAugmentBatch:
         self._started = False
         self._busy: dict[int, list] = {}  # slot key -> the work writing into it
         self._turn = 0
-        self._finalizer = weakref.finalize(self, stop_pool, self.pool, self._made) \
-            if self.pool is not None else None
+        self._finalizer = weakref.finalize(self, stop_pool, self.pool, self._made) if self.pool is not None else None
 
     def __call__(self, images: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         return self.collect(self.submit(images, keys))
@@ -151,12 +161,16 @@ class RandAugmentBatch:
         parts = split_evenly(len(key_list), self.workers)
         slot = self._slot(arrays)
         if slot is None:
-            return [self.pool.submit(rand_augment_arrays, self.spec, self.fill, arrays[i:j], key_list[i:j])
-                    for i, j in parts]
-        rows = slot_array(slot, self._row_shape)[:len(arrays)]
+            return [
+                self.pool.submit(rand_augment_arrays, self.spec, self.fill, arrays[i:j], key_list[i:j])
+                for i, j in parts
+            ]
+        rows = slot_array(slot, self._row_shape)[: len(arrays)]
         rows[...] = arrays
-        futures = [self.pool.submit(rand_augment_slot, self.spec, self.fill, slot, self._row_shape, i, j,
-                                    key_list[i:j]) for i, j in parts]
+        futures = [
+            self.pool.submit(rand_augment_slot, self.spec, self.fill, slot, self._row_shape, i, j, key_list[i:j])
+            for i, j in parts
+        ]
         self._busy[slot] = futures
         return rows, futures
 
@@ -175,8 +189,9 @@ class RandAugmentBatch:
             self._finalizer()
 
 
-def rand_augment_slot(spec: str, fill: tuple[int, ...], slot: int, row_shape: tuple[int, ...], start: int, stop: int,
-                      keys: list[int]) -> None:
+def rand_augment_slot(
+    spec: str, fill: tuple[int, ...], slot: int, row_shape: tuple[int, ...], start: int, stop: int, keys: list[int]
+) -> None:
     """rand_augment_arrays on rows start..stop of shared slot `slot`, in place (in a worker)."""
     from mimkit.data.workers import slot_array
 
@@ -234,8 +249,9 @@ def luminance(x: torch.Tensor) -> torch.Tensor:
     return 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
 
 
-def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: list[float], std: list[float],
-                 seed: int) -> torch.Tensor:
+def color_jitter(
+    x: torch.Tensor, keys: torch.Tensor, strength: float, mean: list[float], std: list[float], seed: int
+) -> torch.Tensor:
     """Brightness, contrast and saturation jitter (factors uniform in [1 - s, 1 + s], like torchvision's
     ColorJitter(s, s, s) without hue, but always in this order) on a normalised batch; per-sample factors are keyed
     by sample, so they are reproducible. Saturation leaves gray images unchanged."""
@@ -246,7 +262,7 @@ def color_jitter(x: torch.Tensor, keys: torch.Tensor, strength: float, mean: lis
     factors = 1 - strength + 2 * strength * keyed_uniform(keys, 3, seed, STREAM_JITTER).to(x.device)
     m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    img = (x.float() * s + m)
+    img = x.float() * s + m
     img = (img * factors[:, 0].view(-1, 1, 1, 1)).clamp(0, 1)
 
     level = luminance(img).mean(dim=(1, 2, 3), keepdim=True)

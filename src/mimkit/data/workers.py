@@ -1,5 +1,6 @@
 """Persistent worker processes for CPU-side data work (shard decoding, RandAugment): started once per run, they
 leave signals to the trainer and die with it, and hand large results back through shared memory."""
+
 from __future__ import annotations
 
 import ctypes
@@ -37,8 +38,9 @@ def start_pool(workers: int, launch: bool = False) -> ProcessPoolExecutor | None
     if workers <= 0:
         return None
     method = "fork" if sys.platform.startswith("linux") else "spawn"
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init,
-                               initargs=(os.getpid(),))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context(method), initializer=_worker_init, initargs=(os.getpid(),)
+    )
     if launch:
         pool.submit(os.getpid).result()
     return pool

@@ -1,4 +1,5 @@
 """Crash-safe writes: a file is either its old content or its complete new content, never half of one."""
+
 from __future__ import annotations
 
 import io

@@ -2,6 +2,7 @@
 as symlinks to step folders. A step folder is written under a temporary name and renamed into place, and links
 are swapped with one rename, so a kill at any moment leaves the previous checkpoint intact.
 """
+
 from __future__ import annotations
 
 import json
@@ -38,8 +39,13 @@ def rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]),
-                  float(np_state[4])],
+        "numpy": [
+            np_state[0],
+            torch.from_numpy(np_state[1].astype(np.int64)),
+            int(np_state[2]),
+            int(np_state[3]),
+            float(np_state[4]),
+        ],
         "python": list(random.getstate()[1]) + [random.getstate()[0]],
     }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
@@ -57,8 +63,13 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(ckpt_root: Path, step: int, model_state: dict[str, torch.Tensor],
-                    train_state: dict[str, Any] | None, meta: dict[str, Any]) -> Path:
+def save_checkpoint(
+    ckpt_root: Path,
+    step: int,
+    model_state: dict[str, torch.Tensor],
+    train_state: dict[str, Any] | None,
+    meta: dict[str, Any],
+) -> Path:
     """Write step-NNNNNNN atomically and point `last` at it (no state.pt when `train_state` is None: weights only,
     e.g. imported ones, which a run then trains from step 0)."""
     ckpt_root.mkdir(parents=True, exist_ok=True)
@@ -113,17 +124,21 @@ def find_checkpoint(path: str | Path) -> Path:
     steps = sorted(p for p in root.glob("step-*") if (p / META_FILE).is_file())
     if steps:
         return steps[-1]
-    raise CheckpointError(f"no checkpoint in '{path}' (expected {MODEL_FILE} in a checkpoint folder, or a run "
-                          "directory with checkpoints/last)")
+    raise CheckpointError(
+        f"no checkpoint in '{path}' (expected {MODEL_FILE} in a checkpoint folder, or a run "
+        "directory with checkpoints/last)"
+    )
 
 
 def load_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(ckpt_dir / MODEL_FILE))
     except (SafetensorError, OSError, ValueError) as err:
-        raise CheckpointError(f"checkpoint weights '{ckpt_dir / MODEL_FILE}' are corrupt or unreadable ({err}). "
-                              "Delete that checkpoint folder to resume from an earlier one, or start a new run "
-                              "directory.") from None
+        raise CheckpointError(
+            f"checkpoint weights '{ckpt_dir / MODEL_FILE}' are corrupt or unreadable ({err}). "
+            "Delete that checkpoint folder to resume from an earlier one, or start a new run "
+            "directory."
+        ) from None
 
 
 def load_train_state(ckpt_dir: Path) -> dict[str, Any] | None:
@@ -133,8 +148,10 @@ def load_train_state(ckpt_dir: Path) -> dict[str, Any] | None:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user
-        raise CheckpointError(f"training state '{path}' is corrupt or unreadable ({type(err).__name__}: {err}). "
-                              "Delete that checkpoint folder to resume from an earlier one.") from None
+        raise CheckpointError(
+            f"training state '{path}' is corrupt or unreadable ({type(err).__name__}: {err}). "
+            "Delete that checkpoint folder to resume from an earlier one."
+        ) from None
 
 
 def load_meta(ckpt_dir: Path) -> dict[str, Any]:

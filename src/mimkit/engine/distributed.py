@@ -1,4 +1,5 @@
 """torchrun integration: env:// init, nccl on GPU and gloo on CPU, rank helpers, metric reduction."""
+
 from __future__ import annotations
 
 import os

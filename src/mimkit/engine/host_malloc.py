@@ -12,6 +12,7 @@ the process keeps its peak heap until it exits, which is what a training loop re
 is the CLI's to set (`mimkit.cli.main`), never a library call's: a Python program that trains through the API calls
 tune_host_malloc() itself if it wants it.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -58,6 +59,12 @@ def _apply() -> str:
         return "not glibc"
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     mallopt.restype = ctypes.c_int
-    accepted = [mallopt(param, value) == 1 for param, value in
-                ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TOP_PAD, TOP_PAD), (M_TRIM_THRESHOLD, TRIM_THRESHOLD))]
+    accepted = [
+        mallopt(param, value) == 1
+        for param, value in (
+            (M_MMAP_THRESHOLD, MMAP_THRESHOLD),
+            (M_TOP_PAD, TOP_PAD),
+            (M_TRIM_THRESHOLD, TRIM_THRESHOLD),
+        )
+    ]
     return "tuned" if all(accepted) else "failed"  # every setting is tried, whatever the others did

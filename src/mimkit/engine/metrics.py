@@ -1,4 +1,5 @@
 """metrics.jsonl (one JSON object per event), TensorBoard when installed, and a console progress display."""
+
 from __future__ import annotations
 
 import json
@@ -83,8 +84,7 @@ def format_eta(seconds: float) -> str:
 class Progress:
     """A rich progress bar on a terminal; plain periodic lines elsewhere (CI, log files, SLURM)."""
 
-    def __init__(self, total: int, start: int, enabled: bool, every: int, label: str = "pretrain",
-                 unit: str = "step"):
+    def __init__(self, total: int, start: int, enabled: bool, every: int, label: str = "pretrain", unit: str = "step"):
         self.total, self.start, self.enabled, self.every, self.unit = total, start, enabled, every, unit
         self.t0 = time.time()
         self.bar = None
@@ -92,8 +92,13 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
             from rich.progress import Progress as RichProgress
 
-            self.bar = RichProgress(TextColumn(f"[bold]{label}"), BarColumn(), MofNCompleteColumn(),
-                                    TextColumn("{task.fields[info]}"), TimeRemainingColumn())
+            self.bar = RichProgress(
+                TextColumn(f"[bold]{label}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+            )
             self.task = self.bar.add_task("train", total=total, completed=start, info="")
             self.bar.start()
 

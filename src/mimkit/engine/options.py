@@ -1,5 +1,6 @@
 """The `train:` config section (the Engine's loop, optimizer, precision, evaluation and checkpoint cadence): its
 keys, their checks and their derived defaults."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,22 +52,29 @@ def validate_train(cfg: Any) -> None:
     check(t.steps > 0, f"train.steps: {t.steps} must be positive")
     check(t.batch_size > 0, f"train.batch_size: {t.batch_size} must be positive")
     check(t.accum_steps > 0, f"train.accum_steps: {t.accum_steps} must be positive")
-    check(t.batch_size % t.accum_steps == 0,
-          f"train.batch_size: {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}")
+    check(
+        t.batch_size % t.accum_steps == 0,
+        f"train.batch_size: {t.batch_size} is not divisible by train.accum_steps {t.accum_steps}",
+    )
     check(t.lr is None or t.lr > 0, f"train.lr: {t.lr} must be positive")
     check(t.base_lr > 0, f"train.base_lr: {t.base_lr} must be positive")
     check(t.min_lr >= 0, f"train.min_lr: {t.min_lr} must be >= 0")
     check(0 <= t.warmup_steps <= t.steps, f"train.warmup_steps: {t.warmup_steps} must be in [0, train.steps]")
     check(t.epochs is None or t.epochs > 0, f"train.epochs: {t.epochs} must be positive or null")
-    check(t.warmup_epochs is None or t.epochs is None or 0 <= t.warmup_epochs <= t.epochs,
-          f"train.warmup_epochs: {t.warmup_epochs} must be in [0, train.epochs] (it applies only with train.epochs)")
+    check(
+        t.warmup_epochs is None or t.epochs is None or 0 <= t.warmup_epochs <= t.epochs,
+        f"train.warmup_epochs: {t.warmup_epochs} must be in [0, train.epochs] (it applies only with train.epochs)",
+    )
     check(t.weight_decay >= 0, f"train.weight_decay: {t.weight_decay} must be >= 0")
-    check(len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas),
-          f"train.betas: {t.betas} must be two values in [0, 1)")
+    check(
+        len(t.betas) == 2 and all(0 <= b < 1 for b in t.betas), f"train.betas: {t.betas} must be two values in [0, 1)"
+    )
     check(t.clip_grad is None or t.clip_grad > 0, f"train.clip_grad: {t.clip_grad} must be positive or null")
     one_of("train.precision", t.precision, ["auto", "fp32", "bf16", "fp16"])
-    check(t.compile in (True, False, "auto", *COMPILE_MODES),
-          f"train.compile: {t.compile!r} must be true, false, auto or one of {', '.join(COMPILE_MODES)}")
+    check(
+        t.compile in (True, False, "auto", *COMPILE_MODES),
+        f"train.compile: {t.compile!r} must be true, false, auto or one of {', '.join(COMPILE_MODES)}",
+    )
     for key in ("eval_every", "eval_samples", "eval_batch_size", "ckpt_every", "log_every", "max_nonfinite"):
         check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
@@ -86,6 +94,7 @@ def resolve_epochs(cfg: Any, train_images: int) -> Any:
     per_epoch = max(1, train_images // t.batch_size)
     steps = max(1, math.ceil(t.epochs * per_epoch))
     warmup = round(t.warmup_epochs * per_epoch) if t.warmup_epochs is not None else min(t.warmup_steps, steps)
-    train = dataclasses.replace(t, steps=steps, warmup_steps=min(warmup, steps), eval_every=per_epoch,
-                                ckpt_every=per_epoch)
+    train = dataclasses.replace(
+        t, steps=steps, warmup_steps=min(warmup, steps), eval_every=per_epoch, ckpt_every=per_epoch
+    )
     return dataclasses.replace(cfg, train=train)

@@ -1,4 +1,5 @@
 """Per-step learning-rate schedule: linear warmup, then half-cycle cosine down to min_lr."""
+
 from __future__ import annotations
 
 import math

@@ -3,6 +3,7 @@
 Owns: device and DDP, precision, gradient accumulation and clipping, the lr schedule, held-out evaluation hooks,
 checkpoints (last / best / keep-last-K), resume, SIGTERM/SIGINT, the non-finite guard, metrics and progress.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -79,9 +80,17 @@ def step_seed(seed: int, step: int, rank: int) -> int:
 
 
 class Engine:
-    def __init__(self, cfg: Any, run_dir: Path, method: Method, env: DistEnv, stream: Stream,
-                 evaluators: dict[str, Any], meta: dict[str, Any] | None = None,
-                 best_metric: tuple[str, str, str] = ("heldout", "loss", "min")):
+    def __init__(
+        self,
+        cfg: Any,
+        run_dir: Path,
+        method: Method,
+        env: DistEnv,
+        stream: Stream,
+        evaluators: dict[str, Any],
+        meta: dict[str, Any] | None = None,
+        best_metric: tuple[str, str, str] = ("heldout", "loss", "min"),
+    ):
         self.cfg, self.run_dir, self.env, self.stream = cfg, run_dir, env, stream
         self.t = cfg.train
         self.method = method.to(env.device)
@@ -98,12 +107,14 @@ class Engine:
         self.optimizer = torch.optim.AdamW(groups, lr=self.t.lr, betas=tuple(self.t.betas), fused=True)
         min_ratio = self.t.min_lr / self.t.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: warmup_cosine_factor(s, self.t.steps, self.t.warmup_steps, min_ratio))
+            self.optimizer, lambda s: warmup_cosine_factor(s, self.t.steps, self.t.warmup_steps, min_ratio)
+        )
         self.model: nn.Module = self.method
         if env.enabled:
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.model = DistributedDataParallel(  # distillation may leave the student's last parts unused
-                self.method, device_ids=ids, find_unused_parameters=self.method.find_unused_parameters)
+                self.method, device_ids=ids, find_unused_parameters=self.method.find_unused_parameters
+            )
         self.forward_model = compile_model(self.model, self.t.compile, env.device)
         self.logger = MetricsLogger(run_dir, env.is_main, tensorboard=self.t.tensorboard)
         self.start_step = 0
@@ -119,18 +130,27 @@ class Engine:
         return torch.autocast(self.env.device.type, dtype=self.amp_dtype)
 
     def _train_state(self, step: int) -> dict[str, Any]:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "scaler": self.scaler.state_dict(), "rng": ckpt.rng_state(), "step": step,
-                "best": self.best if self.best is not None else float("nan"), "nonfinite": self.nonfinite,
-                "skipped_total": self.skipped_total}
+        return {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": ckpt.rng_state(),
+            "step": step,
+            "best": self.best if self.best is not None else float("nan"),
+            "nonfinite": self.nonfinite,
+            "skipped_total": self.skipped_total,
+        }
 
     def save(self, step: int) -> Path | None:
         path = None
         if self.env.is_main:
-            meta = {**self.meta, "epoch": self.stream.epoch_of(max(step - 1, 0)),
-                    "best_heldout": self.best, "config": self.cfg.to_dict()}
-            path = ckpt.save_checkpoint(self.ckpt_root, step, self.method.state_dict(), self._train_state(step),
-                                        meta)
+            meta = {
+                **self.meta,
+                "epoch": self.stream.epoch_of(max(step - 1, 0)),
+                "best_heldout": self.best,
+                "config": self.cfg.to_dict(),
+            }
+            path = ckpt.save_checkpoint(self.ckpt_root, step, self.method.state_dict(), self._train_state(step), meta)
             ckpt.prune(self.ckpt_root, self.t.keep_last)
         barrier(self.env)
         return path
@@ -147,7 +167,8 @@ class Engine:
         except RuntimeError as err:
             raise ckpt.CheckpointError(
                 f"checkpoint '{ckpt_dir}' does not fit this config's model ({str(err).splitlines()[0]}...). "
-                "Use a new --out directory, or the config the run was started with.") from None
+                "Use a new --out directory, or the config the run was started with."
+            ) from None
         state = ckpt.load_train_state(ckpt_dir)
         if state is None:  # imported weights: start training from them at step 0
             return 0
@@ -182,15 +203,19 @@ class Engine:
         for split, evaluator in self.evaluators.items():
             metrics = evaluator.evaluate(self.method)
             results[split] = metrics
-            self.logger.log({"event": "eval", "split": split, "step": step, "epoch": epoch, **metrics,
-                             "time": time.time()})
+            self.logger.log(
+                {"event": "eval", "split": split, "step": step, "epoch": epoch, **metrics, "time": time.time()}
+            )
         return results
 
     def recorded_eval(self, step: int) -> dict[str, dict[str, float]]:
         """The evaluation already logged at `step` ({} when metrics.jsonl lacks it)."""
         skip = {"event", "split", "step", "epoch", "time", "lr"}
-        return {r["split"]: {k: v for k, v in r.items() if k not in skip}
-                for r in read_metrics(self.logger.path) if r.get("event") == "eval" and r.get("step") == step}
+        return {
+            r["split"]: {k: v for k, v in r.items() if k not in skip}
+            for r in read_metrics(self.logger.path)
+            if r.get("event") == "eval" and r.get("step") == step
+        }
 
     def _is_better(self, results: dict[str, dict[str, float]]) -> bool:
         split, key, mode = self.best_metric
@@ -258,8 +283,7 @@ class Engine:
                     if not saved:
                         self.save(done)
                     name = self._signal or "SIGTERM"
-                    progress.message(f"{name}: checkpoint saved at step {done}; re-run the same command to "
-                                     "resume")
+                    progress.message(f"{name}: checkpoint saved at step {done}; re-run the same command to resume")
                     raise Interrupted(name, 130 if name == "SIGINT" else 143, done)
         finally:
             progress.close()
@@ -274,9 +298,12 @@ class Engine:
         if not pending:
             return
         part_keys = sorted(pending[-1][2].parts)
-        rows = torch.stack([torch.stack([s.loss, s.grad_norm, s.finite.float(),
-                                         *(s.parts[k] for k in part_keys)]).float()
-                            for _, _, s in pending]).tolist()
+        rows = torch.stack(
+            [
+                torch.stack([s.loss, s.grad_norm, s.finite.float(), *(s.parts[k] for k in part_keys)]).float()
+                for _, _, s in pending
+            ]
+        ).tolist()
         for (done, epoch, _), (loss, grad_norm, finite, *parts) in zip(pending, rows):
             if finite:
                 self.nonfinite = 0
@@ -284,30 +311,51 @@ class Engine:
                 continue
             self.nonfinite += 1
             self.skipped_total += 1
-            self.logger.log({"event": "nonfinite", "split": "train", "step": done, "epoch": epoch,
-                             "loss": loss, "consecutive": self.nonfinite, "time": time.time()})
+            self.logger.log(
+                {
+                    "event": "nonfinite",
+                    "split": "train",
+                    "step": done,
+                    "epoch": epoch,
+                    "loss": loss,
+                    "consecutive": self.nonfinite,
+                    "time": time.time(),
+                }
+            )
             if self.nonfinite >= self.t.max_nonfinite:
                 last = ckpt.find_checkpoint(self.run_dir) if (self.ckpt_root / "last").exists() else None
                 raise NonFiniteLossError(
                     f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (last at step "
                     f"{done}); stopping. Last good checkpoint: {last or 'none saved yet'}. Try a lower "
-                    "train.lr, train.clip_grad, or train.precision=fp32.")
+                    "train.lr, train.clip_grad, or train.precision=fp32."
+                )
 
     def _log_interval(self, interval: "_Interval", done: int, epoch: int, start: int, progress: Progress) -> None:
         env = self.env
         lr = max(g["lr"] for g in self.optimizer.param_groups)  # the peak group's (layer decay)
         part_keys = sorted(interval.parts)
         loss_sum, count, *part_sums = all_reduce_sum(
-            [interval.loss, interval.steps, *(interval.parts[k] for k in part_keys)], env)
+            [interval.loss, interval.steps, *(interval.parts[k] for k in part_keys)], env
+        )
         count = count / env.world_size
         elapsed = time.time() - interval.t0
         steps_in_interval = max(1, done - max(start, done - self.t.log_every))
         img_per_s = steps_in_interval * self.t.batch_size / max(elapsed, 1e-9)
         mean_loss = loss_sum / env.world_size / max(count, 1)
-        self.logger.log({"event": "train", "split": "train", "step": done, "epoch": epoch, "loss": mean_loss,
-                         "lr": lr, "img_per_s": img_per_s, "grad_norm": interval.grad_norm,
-                         **{k: v / env.world_size / max(count, 1) for k, v in zip(part_keys, part_sums)},
-                         "time": time.time()})
+        self.logger.log(
+            {
+                "event": "train",
+                "split": "train",
+                "step": done,
+                "epoch": epoch,
+                "loss": mean_loss,
+                "lr": lr,
+                "img_per_s": img_per_s,
+                "grad_norm": interval.grad_norm,
+                **{k: v / env.world_size / max(count, 1) for k, v in zip(part_keys, part_sums)},
+                "time": time.time(),
+            }
+        )
         progress.update(done, mean_loss, img_per_s, lr)
 
     def train_step(self, step: int) -> "StepStats":
@@ -333,8 +381,7 @@ class Engine:
         self.scaler.unscale_(self.optimizer)
         params = [p for g in self.optimizer.param_groups for p in g["params"]]
         # fp16's GradScaler passes its own grad_scale to a fused step, so there the gradients are clipped in place
-        grad_norm, clip_scale = clip_gradients(self.optimizer, params, t.clip_grad,
-                                               fold=not self.scaler.is_enabled())
+        grad_norm, clip_scale = clip_gradients(self.optimizer, params, t.clip_grad, fold=not self.scaler.is_enabled())
         loss_finite = all_ranks_true(torch.isfinite(total_loss), self.env)
         if self.scaler.is_enabled():  # fp16: the scaler skips overflowing steps itself; an overflow is no failure
             self.scaler.step(self.optimizer)
@@ -355,6 +402,7 @@ class Engine:
 @dataclass
 class StepStats:
     """One optimizer step's numbers, still on the device."""
+
     loss: torch.Tensor
     grad_norm: torch.Tensor
     finite: torch.Tensor  # bool: the step was applied
@@ -364,6 +412,7 @@ class StepStats:
 @dataclass
 class _Interval:
     """Sums over the finite steps since the last train log."""
+
     t0: float
     loss: float = 0.0
     steps: int = 0
@@ -378,8 +427,9 @@ class _Interval:
             self.parts[key] = self.parts.get(key, 0.0) + value
 
 
-def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float | None,
-                   fold: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+def clip_gradients(
+    optimizer: torch.optim.Optimizer, params: list[nn.Parameter], max_norm: float | None, fold: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The total gradient norm (fp32), and the gradients clipped to `max_norm` by torch's clip_grad_norm_ rule
     (scaled by max_norm / (norm + 1e-6) where that is below 1; None: no clipping). With `fold` and a fused
     optimizer the clipping is left to the step: the second value is the divisor for the step's grad_scale input,
@@ -396,8 +446,9 @@ def clip_gradients(optimizer: torch.optim.Optimizer, params: list[nn.Parameter],
     return norm, None
 
 
-def skip_if_nonfinite_step(optimizer: torch.optim.Optimizer, finite: torch.Tensor,
-                           grad_scale: torch.Tensor | None = None) -> None:
+def skip_if_nonfinite_step(
+    optimizer: torch.optim.Optimizer, finite: torch.Tensor, grad_scale: torch.Tensor | None = None
+) -> None:
     """optimizer.step() that leaves parameters and state untouched when `finite` is False. Fused AdamW reads the
     decision on the device (its found_inf input, as GradScaler uses it); other optimizers need it on the host.
     `grad_scale` (fused only): the step divides every gradient by it (clip_gradients' folded clipping)."""

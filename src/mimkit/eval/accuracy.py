@@ -1,4 +1,5 @@
 """Top-1 / top-5 accuracy and cross-entropy of a classifier on a split (all ranks share the work)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,6 +42,8 @@ class AccuracyEvaluator(ShardedEvaluator):
 def accuracy_evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any], tuple]:
     """Classification: top-1/top-5 on the whole held-out split and on a fixed train subset (best = highest
     held-out top-1)."""
-    evaluators = {"heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
-                  "train_fixed": AccuracyEvaluator(data.train, cfg.train.eval_samples, cfg, env, autocast)}
+    evaluators = {
+        "heldout": AccuracyEvaluator(data.heldout, None, cfg, env, autocast),
+        "train_fixed": AccuracyEvaluator(data.train, cfg.train.eval_samples, cfg, env, autocast),
+    }
     return evaluators, ("heldout", "top1", "max")

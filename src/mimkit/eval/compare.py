@@ -4,6 +4,7 @@ Each cell is its own run directory under OUT/cells/. A cell whose results.json e
 config, is not run again. An interrupted fine-tuning cell resumes from its checkpoint. The tables are rebuilt from
 every finished cell: results.csv, results.json and results.md, with the papers' frozen-vs-fine-tuned table.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,12 @@ RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finet
 # Classification is the semantic task every labelled data set provides; the others are geometric (data/tasks.py).
 TASKS = ("classification", "localization", "rotation", "combined")
 # The number each task is judged by, and whether higher is better.
-PRIMARY = {"classification": ("top1", True), "localization": ("mean_iou", True), "rotation": ("angle_error", False),
-           "combined": ("ap50", True)}
+PRIMARY = {
+    "classification": ("top1", True),
+    "localization": ("mean_iou", True),
+    "rotation": ("angle_error", False),
+    "combined": ("ap50", True),
+}
 
 
 @dataclass
@@ -57,8 +62,14 @@ def cell_config(cell: Cell, overrides: list[str], protocol_overrides: dict[str, 
     sets = [f"init={cell.source}", *overrides, *protocol_overrides.get(cell.protocol, [])]
     if cell.task != "classification":
         frozen = "true" if cell.protocol == "linprobe" else "false"
-        task_sets = [f"init={cell.source}", "method.name=task", f"data.task={cell.task}", f"model.freeze={frozen}",
-                     *overrides, *protocol_overrides.get("finetune", [])]
+        task_sets = [
+            f"init={cell.source}",
+            "method.name=task",
+            f"data.task={cell.task}",
+            f"model.freeze={frozen}",
+            *overrides,
+            *protocol_overrides.get("finetune", []),
+        ]
         return load_config(RECIPES["finetune"], task_sets)
     if cell.protocol == "finetune":
         sets.insert(1, "method.name=supervised")
@@ -85,18 +96,34 @@ def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
         from mimkit.eval.linprobe import linprobe
 
         res = linprobe(cfg, run_dir)
-        return {"metric": metric, "value": res["top1"], "top1": res["top1"], "top5": res["top5"],
-                "best_top1": res["best_top1"]}
+        return {
+            "metric": metric,
+            "value": res["top1"],
+            "top1": res["top1"],
+            "top5": res["top5"],
+            "best_top1": res["best_top1"],
+        }
     from mimkit.pretrain import pretrain
 
     res = pretrain(cfg, run_dir)
-    return {"metric": metric, "value": res["final_heldout_top1"], "top1": res["final_heldout_top1"],
-            "top5": res["final_heldout_top5"], "best_top1": res["best_heldout_top1"]}
+    return {
+        "metric": metric,
+        "value": res["final_heldout_top1"],
+        "top1": res["final_heldout_top1"],
+        "top5": res["final_heldout_top5"],
+        "best_top1": res["best_heldout_top1"],
+    }
 
 
-def compare(inits: list[str], out: str | Path, protocols: list[str] | None = None,
-            overrides: list[str] | None = None, protocol_overrides: dict[str, list[str]] | None = None,
-            tasks: list[str] | None = None, log=print) -> list[dict[str, Any]]:
+def compare(
+    inits: list[str],
+    out: str | Path,
+    protocols: list[str] | None = None,
+    overrides: list[str] | None = None,
+    protocol_overrides: dict[str, list[str]] | None = None,
+    tasks: list[str] | None = None,
+    log=print,
+) -> list[dict[str, Any]]:
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
     tasks = tasks or ["classification"]
@@ -106,8 +133,13 @@ def compare(inits: list[str], out: str | Path, protocols: list[str] | None = Non
     names = [model_name(s) for s in inits]
     if len(set(names)) != len(names):
         raise ConfigError(f"two --init sources share the name {names}; name them as NAME=SOURCE")
-    cells = [Cell(n, source_of(s), p, t) for n, s in zip(names, inits) for t in tasks for p in protocols
-             if not (t != "classification" and p == "knn")]  # kNN is a classifier: no geometric kNN cells
+    cells = [
+        Cell(n, source_of(s), p, t)
+        for n, s in zip(names, inits)
+        for t in tasks
+        for p in protocols
+        if not (t != "classification" and p == "knn")
+    ]  # kNN is a classifier: no geometric kNN cells
     rows = []
     for i, cell in enumerate(cells, 1):
         cfg = cell_config(cell, overrides or [], protocol_overrides or {})
@@ -120,8 +152,7 @@ def compare(inits: list[str], out: str | Path, protocols: list[str] | None = Non
         else:
             log(f"[compare] {i}/{len(cells)} {cell.name}: running")
             metrics = run_cell(cell, cfg, run_dir)
-            row = {"model": cell.model, "source": cell.source, "protocol": cell.protocol, "task": cell.task,
-                   **metrics}
+            row = {"model": cell.model, "source": cell.source, "protocol": cell.protocol, "task": cell.task, **metrics}
             atomic_write_text(marker, json.dumps({"config_hash": key, "row": row}, indent=1))
         rows.append(row)
         write_tables(rows, out)
@@ -150,16 +181,32 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         return f"{row['value']:.3f}" if row and row.get("value") is not None else ""
 
     protocols = [p for p in PROTOCOLS if (p, "classification") in {(r["protocol"], r["task"]) for r in rows}]
-    lines = ["# Frozen vs fine-tuned: classification top-1 (%)", "",
-             "| model | " + " | ".join(protocols) + " |", "|---|" + "---|" * len(protocols)]
+    lines = [
+        "# Frozen vs fine-tuned: classification top-1 (%)",
+        "",
+        "| model | " + " | ".join(protocols) + " |",
+        "|---|" + "---|" * len(protocols),
+    ]
     lines += [f"| {m} | " + " | ".join(cell(m, "classification", p) for p in protocols) + " |" for m in models]
     tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
-    columns = [(t, p) for t in tasks for p in ("linprobe", "finetune") if any(
-        r["task"] == t and r["protocol"] == p for r in rows)]
+    columns = [
+        (t, p)
+        for t in tasks
+        for p in ("linprobe", "finetune")
+        if any(r["task"] == t and r["protocol"] == p for r in rows)
+    ]
     if columns:
-        header = [f"{t} {PRIMARY[t][0]} ({'higher' if PRIMARY[t][1] else 'lower'} is better), "
-                  f"{'frozen' if p == 'linprobe' else 'fine-tuned'}" for t, p in columns]
-        lines += ["", "# Semantic vs geometric tasks", "", "| model | " + " | ".join(header) + " |",
-                  "|---|" + "---|" * len(columns)]
+        header = [
+            f"{t} {PRIMARY[t][0]} ({'higher' if PRIMARY[t][1] else 'lower'} is better), "
+            f"{'frozen' if p == 'linprobe' else 'fine-tuned'}"
+            for t, p in columns
+        ]
+        lines += [
+            "",
+            "# Semantic vs geometric tasks",
+            "",
+            "| model | " + " | ".join(header) + " |",
+            "|---|" + "---|" * len(columns),
+        ]
         lines += [f"| {m} | " + " | ".join(cell(m, t, p) for t, p in columns) + " |" for m in models]
     return "\n".join(lines) + "\n"

@@ -3,6 +3,7 @@
 Probes use no augmentation, so the features of a split never change: they are computed once, stored in
 RUN_DIR/features/SPLIT.safetensors with a fingerprint of the weights and settings, and reused while it matches.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -38,7 +39,7 @@ def extract_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, de
     d = cfg.data
     out = []
     for start in range(0, len(data), cfg.probe.feature_batch_size):
-        images = data.images[start:start + cfg.probe.feature_batch_size].to(device)
+        images = data.images[start : start + cfg.probe.feature_batch_size].to(device)
         x = eval_transform(images, d.img_size, d.mean, d.std)
         out.append(encoder.forward_head(encoder.forward_features(x), pre_logits=True).float().cpu())
     return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
@@ -61,8 +62,15 @@ def fingerprint(weights: str, data: ImageSet, cfg: Any, pool: str) -> str:
     return digest.hexdigest()
 
 
-def cached_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, path: Path,
-                    device: torch.device, weights: str | None = None) -> tuple[torch.Tensor, bool]:
+def cached_features(
+    encoder: nn.Module,
+    data: ImageSet,
+    cfg: Any,
+    pool: str,
+    path: Path,
+    device: torch.device,
+    weights: str | None = None,
+) -> tuple[torch.Tensor, bool]:
     """(features, reused?) for a split, from `path` when its fingerprint matches, else computed and stored.
     `weights` is the encoder's `weights_digest`, when the caller already has it."""
     key = fingerprint(weights or weights_digest(encoder), data, cfg, pool)
@@ -76,7 +84,12 @@ def cached_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, pat
     features = extract_features(encoder, data, cfg, pool, device)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"features": features.contiguous(),
-               "fingerprint": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8)}, str(tmp))
+    save_file(
+        {
+            "features": features.contiguous(),
+            "fingerprint": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8),
+        },
+        str(tmp),
+    )
     tmp.replace(path)
     return features, False

@@ -1,6 +1,7 @@
 """`mimkit linprobe`: MAE's linear-probe protocol on frozen features. The head is BatchNorm without affine
 parameters + a linear layer, trained with LARS (or SGD) under warmup + cosine. Features are cached, so 90 epochs
 cost one forward pass of the encoder over the data."""
+
 from __future__ import annotations
 
 import json
@@ -39,14 +40,23 @@ def head_accuracy(head: nn.Module, feats: torch.Tensor, labels: torch.Tensor) ->
     return {"loss": float(F.cross_entropy(logits, labels)), "top1": 100 * top1 / n, "top5": 100 * top5 / n}
 
 
-def train_head(train_x: torch.Tensor, train_y: torch.Tensor, held_x: torch.Tensor, held_y: torch.Tensor,
-               num_classes: int, cfg: Config, logger: MetricsLogger | None = None) -> tuple[nn.Module, list]:
+def train_head(
+    train_x: torch.Tensor,
+    train_y: torch.Tensor,
+    held_x: torch.Tensor,
+    held_y: torch.Tensor,
+    num_classes: int,
+    cfg: Config,
+    logger: MetricsLogger | None = None,
+) -> tuple[nn.Module, list]:
     p = cfg.probe
     torch.manual_seed(cfg.seed)
     head = probe_head(train_x.shape[1], num_classes)
     lr = p.base_lr * p.batch_size / 256
-    params = [{"params": [head[1].weight], "weight_decay": p.weight_decay}, {"params": [head[1].bias],
-                                                                              "weight_decay": 0.0}]
+    params = [
+        {"params": [head[1].weight], "weight_decay": p.weight_decay},
+        {"params": [head[1].bias], "weight_decay": 0.0},
+    ]
     opt = LARS(params, lr=lr) if p.optimizer == "lars" else torch.optim.SGD(params, lr=lr, momentum=0.9)
     batch = min(p.batch_size, len(train_x))
     per_epoch = max(1, len(train_x) // batch)
@@ -57,7 +67,7 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, held_x: torch.Tenso
         head.train()
         order = torch.randperm(len(train_x), generator=gen)
         for i in range(per_epoch):
-            idx = order[i * batch:(i + 1) * batch]
+            idx = order[i * batch : (i + 1) * batch]
             for group in opt.param_groups:
                 group["lr"] = lr * warmup_cosine_factor(step, total, warmup, 0.0)
             loss = F.cross_entropy(head(train_x[idx]), train_y[idx])
@@ -68,8 +78,17 @@ def train_head(train_x: torch.Tensor, train_y: torch.Tensor, held_x: torch.Tenso
         metrics = head_accuracy(head, held_x, held_y)
         history.append({"epoch": epoch + 1, **metrics})
         if logger is not None:
-            logger.log({"event": "eval", "split": "heldout", "step": step, "epoch": epoch + 1, **metrics,
-                        "lr": opt.param_groups[0]["lr"], "time": time.time()})
+            logger.log(
+                {
+                    "event": "eval",
+                    "split": "heldout",
+                    "step": step,
+                    "epoch": epoch + 1,
+                    **metrics,
+                    "lr": opt.param_groups[0]["lr"],
+                    "time": time.time(),
+                }
+            )
     return head, history
 
 
@@ -83,19 +102,37 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     logger = MetricsLogger(run_dir, True, tensorboard=False)
     logger.truncate_after(-1)  # a re-run replaces the previous probe's events
     t0 = time.time()
-    head, history = train_head(setup.train_features, setup.data.train.labels, setup.heldout_features,
-                               setup.data.heldout.labels, setup.num_classes, cfg, logger)
+    head, history = train_head(
+        setup.train_features,
+        setup.data.train.labels,
+        setup.heldout_features,
+        setup.data.heldout.labels,
+        setup.num_classes,
+        cfg,
+        logger,
+    )
     logger.close()
     ckpt_dir = run_dir / "checkpoints" / "last"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in head.state_dict().items() if v.is_floating_point()},
-              str(ckpt_dir / "head.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in head.state_dict().items() if v.is_floating_point()},
+        str(ckpt_dir / "head.safetensors"),
+    )
     best = max(history, key=lambda r: r["top1"])
-    results = {"init": setup.source.description, "pool": cfg.probe.pool, "optimizer": cfg.probe.optimizer,
-               "epochs": cfg.probe.epochs, "top1": history[-1]["top1"], "top5": history[-1]["top5"],
-               "best_top1": best["top1"], "best_epoch": best["epoch"], "train_images": len(setup.train_features),
-               "heldout_images": len(setup.heldout_features), "features_reused": setup.reused,
-               "seconds": time.time() - t0}
+    results = {
+        "init": setup.source.description,
+        "pool": cfg.probe.pool,
+        "optimizer": cfg.probe.optimizer,
+        "epochs": cfg.probe.epochs,
+        "top1": history[-1]["top1"],
+        "top5": history[-1]["top5"],
+        "best_top1": best["top1"],
+        "best_epoch": best["epoch"],
+        "train_images": len(setup.train_features),
+        "heldout_images": len(setup.heldout_features),
+        "features_reused": setup.reused,
+        "seconds": time.time() - t0,
+    }
     if not math.isfinite(results["top1"]):
         raise RuntimeError("linear probe diverged (non-finite accuracy); lower probe.base_lr")
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))

@@ -1,4 +1,5 @@
 """The `probe:` config section (frozen-encoder evaluation: linear probe and kNN) and its checks."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """What linprobe and knn share: resolve `--init`, load the data, freeze the encoder, cache features per split."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -42,10 +43,14 @@ def probe_setup(cfg: Config, run_dir: Path, log=print) -> ProbeSetup:
     encoder = frozen_encoder(cfg, source, device)
     run_dir.mkdir(parents=True, exist_ok=True)
     pool, weights = cfg.probe.pool, weights_digest(encoder)
-    train, reused_train = cached_features(encoder, data.train, cfg, pool, run_dir / "features" / "train.safetensors",
-                                          device, weights)
-    held, reused_held = cached_features(encoder, data.heldout, cfg, pool,
-                                        run_dir / "features" / "heldout.safetensors", device, weights)
-    log(f"[probe] {source.description}: features {tuple(train.shape)} train, {tuple(held.shape)} held-out "
-        f"({'reused from cache' if reused_train and reused_held else 'computed'})")
+    train, reused_train = cached_features(
+        encoder, data.train, cfg, pool, run_dir / "features" / "train.safetensors", device, weights
+    )
+    held, reused_held = cached_features(
+        encoder, data.heldout, cfg, pool, run_dir / "features" / "heldout.safetensors", device, weights
+    )
+    log(
+        f"[probe] {source.description}: features {tuple(train.shape)} train, {tuple(held.shape)} held-out "
+        f"({'reused from cache' if reused_train and reused_held else 'computed'})"
+    )
     return ProbeSetup(cfg, source, data, num_classes, train, held, reused_train and reused_held)

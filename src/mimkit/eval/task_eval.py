@@ -1,5 +1,6 @@
 """Held-out evaluation of the geometric tasks: box IoU and its >= 0.5 share, angle error, and for the combined task
 top-1, detection AP@0.5 and its two losses. Every rank scores the whole fixed subset, since AP is not a sum."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -28,7 +29,7 @@ class TaskEvaluator:
         d, bs = self.cfg.data, self.cfg.train.eval_batch_size
         preds: dict[str, list[torch.Tensor]] = {}
         for start in range(0, len(self.data), bs):
-            images = eval_transform(self.data.images[start:start + bs].to(self.env.device), d.img_size, d.mean, d.std)
+            images = eval_transform(self.data.images[start : start + bs].to(self.env.device), d.img_size, d.mean, d.std)
             with self.autocast():
                 out = method.predict(images)
             for key, value in out.items():
@@ -51,6 +52,8 @@ def task_evaluators(cfg: Any, data: Any, env: DistEnv, autocast) -> tuple[dict[s
     """The geometric tasks: their metrics on the held-out split and a fixed train subset (best per BEST_METRIC)."""
     key, mode = BEST_METRIC[cfg.data.task]
     n = cfg.train.eval_samples
-    evaluators = {"heldout": TaskEvaluator(data.heldout, n, cfg, env, autocast),
-                  "train_fixed": TaskEvaluator(data.train, n, cfg, env, autocast)}
+    evaluators = {
+        "heldout": TaskEvaluator(data.heldout, n, cfg, env, autocast),
+        "train_fixed": TaskEvaluator(data.train, n, cfg, env, autocast),
+    }
     return evaluators, ("heldout", key, mode)

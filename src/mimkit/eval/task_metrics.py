@@ -1,5 +1,6 @@
 """Metrics of the geometric tasks: box IoU, the share of boxes with IoU >= 0.5, detection-style AP@0.5 with
 confidence scores, and mean absolute angle error."""
+
 from __future__ import annotations
 
 import torch
@@ -40,8 +41,9 @@ def localization_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, 
     return {"mean_iou": float(iou.mean()), "iou50": float((iou >= 0.5).float().mean())}
 
 
-def detection_ap50(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, class_scores: torch.Tensor,
-                   labels: torch.Tensor) -> float:
+def detection_ap50(
+    pred_boxes: torch.Tensor, target_boxes: torch.Tensor, class_scores: torch.Tensor, labels: torch.Tensor
+) -> float:
     """Combined task: a detection is right when its class is right and its IoU >= 0.5; ranked by class score."""
     conf, cls = class_scores.softmax(-1).max(-1)
     correct = (cls == labels) & (box_iou(pred_boxes, target_boxes) >= 0.5)

@@ -6,6 +6,7 @@ difference `pred - target` for their gradient, so one autograd Function keeps th
 gradient from it in one expression. What it gains, on the CPU and on a GPU, is in docs/performance.md ("The fast
 path"; scripts/step_parts_ab.py measures it). The results equal the plain code's up to float rounding (tested).
 """
+
 from __future__ import annotations
 
 import torch

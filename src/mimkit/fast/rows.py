@@ -6,6 +6,7 @@ through attention's keys and values, so the last block can compute keys and valu
 the output projection and the MLP only for the tokens that are read. The loss and its gradients are the same (up
 to float rounding); the work of that block falls by about the share of tokens left unread.
 """
+
 from __future__ import annotations
 
 import torch
@@ -89,8 +90,9 @@ def block_at_rows(block: nn.Module, x: torch.Tensor, rows: torch.Tensor) -> torc
     return y + block.drop_path2(block.ls2(block.mlp(block.norm2(y))))
 
 
-def last_block_at_rows(blocks: nn.ModuleList | list, x: torch.Tensor, rows: torch.Tensor,
-                       grad_checkpointing: bool) -> torch.Tensor:
+def last_block_at_rows(
+    blocks: nn.ModuleList | list, x: torch.Tensor, rows: torch.Tensor, grad_checkpointing: bool
+) -> torch.Tensor:
     """Run every block but the last on all tokens and the last at `rows` only (all of it at all tokens, then
     gathered, when `runs_on_rows` refuses the last block)."""
     if len(blocks) == 0:

@@ -7,6 +7,7 @@ gathered from the image first and embedded as a linear layer with the conv's wei
 (up to float rounding), a quarter of the embedding's work, and no copy of the embedding's gradient into the conv's
 layout in the backward pass.
 """
+
 from __future__ import annotations
 
 import torch
@@ -26,10 +27,18 @@ def embeds_patches_alone(vit: nn.Module, images: torch.Tensor) -> bool:
         return False
     conv = embed.proj
     patch = tuple(embed.patch_size)
-    return (patch[0] == patch[1] and type(conv) is nn.Conv2d and tuple(conv.kernel_size) == patch
-            and tuple(conv.stride) == patch and tuple(conv.padding) == (0, 0) and tuple(conv.dilation) == (1, 1)
-            and conv.groups == 1 and embed.flatten and not embed.dynamic_img_pad
-            and tuple(images.shape[-2:]) == tuple(g * p for g, p in zip(embed.grid_size, patch)))
+    return (
+        patch[0] == patch[1]
+        and type(conv) is nn.Conv2d
+        and tuple(conv.kernel_size) == patch
+        and tuple(conv.stride) == patch
+        and tuple(conv.padding) == (0, 0)
+        and tuple(conv.dilation) == (1, 1)
+        and conv.groups == 1
+        and embed.flatten
+        and not embed.dynamic_img_pad
+        and tuple(images.shape[-2:]) == tuple(g * p for g, p in zip(embed.grid_size, patch))
+    )
 
 
 def embed_patches_at(vit: nn.Module, images: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:

@@ -1,4 +1,5 @@
 """`mimkit export`: encoder-only weights in timm's key layout, loadable strictly by `timm.create_model`."""
+
 from __future__ import annotations
 
 import json
@@ -23,9 +24,16 @@ def export_encoder(run_or_ckpt: str | Path, out: str | Path) -> dict[str, Any]:
     save_file(state, str(tmp), metadata={"format": "pt", "source": "mimkit", "method": cfg.method.name})
     tmp.replace(out)
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
-    info = {"timm_name": spec.timm_name, "timm_kwargs": timm_kwargs(cfg), "norm_eps": cfg.model.norm_eps,
-            "method": cfg.method.name, "file": str(out)}
+    info = {
+        "timm_name": spec.timm_name,
+        "timm_kwargs": timm_kwargs(cfg),
+        "norm_eps": cfg.model.norm_eps,
+        "method": cfg.method.name,
+        "file": str(out),
+    }
     atomic_write_text(out.with_suffix(out.suffix + ".json"), json.dumps(info, indent=1))
-    info["snippet"] = (f"timm.create_model('{spec.timm_name}', pretrained=True, pretrained_cfg_overlay=dict("
-                       f"file='{out}'), " + ", ".join(f"{k}={v!r}" for k, v in info["timm_kwargs"].items()) + ")")
+    info["snippet"] = (
+        f"timm.create_model('{spec.timm_name}', pretrained=True, pretrained_cfg_overlay=dict("
+        f"file='{out}'), " + ", ".join(f"{k}={v!r}" for k, v in info["timm_kwargs"].items()) + ")"
+    )
     return info

@@ -1,5 +1,6 @@
 """`mimkit import`: HuggingFace `ViTMAEForPreTraining` directories and official MAE `.pth` checkpoints become mimkit
 run directories (config.yaml + checkpoints/last with weights only), which `mimkit.load` and `pretrain` accept."""
+
 from __future__ import annotations
 
 import argparse
@@ -55,7 +56,7 @@ def convert_hf_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[_HF_FIXED[key]] = value
             continue
         if key.startswith("decoder.") and key.split(".")[1] in ("decoder_embed", "decoder_norm", "decoder_pred"):
-            out[key[len("decoder."):]] = value
+            out[key[len("decoder.") :]] = value
             continue
         for pattern, prefix in ((_HF_ENCODER_LAYER, "encoder.blocks"), (_HF_DECODER_LAYER, "decoder_blocks")):
             match = pattern.match(key)
@@ -81,12 +82,19 @@ def convert_hf_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
 
 
 def _vit_overrides(embed_dim: int, depth: int, heads: int, mlp_ratio: float, patch: int) -> dict[str, Any]:
-    return dict(name="vit_base_patch16_224", patch_size=patch, embed_dim=embed_dim, depth=depth, num_heads=heads,
-                mlp_ratio=mlp_ratio)
+    return dict(
+        name="vit_base_patch16_224",
+        patch_size=patch,
+        embed_dim=embed_dim,
+        depth=depth,
+        num_heads=heads,
+        mlp_ratio=mlp_ratio,
+    )
 
 
-def _imported_config(model: dict[str, Any], img_size: int, in_chans: int, mask_ratio: float, norm_pix: bool,
-                     norm_eps: float) -> Config:
+def _imported_config(
+    model: dict[str, Any], img_size: int, in_chans: int, mask_ratio: float, norm_pix: bool, norm_eps: float
+) -> Config:
     tree = {
         "data": {"name": "synthetic", "img_size": img_size, "in_chans": in_chans},
         "model": {**model, "norm_eps": norm_eps},
@@ -102,25 +110,42 @@ def hf_config_to_mimkit(hf_cfg: dict[str, Any]) -> Config:
         raise ImportError_("only ViTMAE with hidden_act='gelu' and qkv_bias=True maps onto timm blocks")
     hidden = hf_cfg.get("hidden_size", 768)
     dec = hf_cfg.get("decoder_hidden_size", 512)
-    model = _vit_overrides(hidden, hf_cfg.get("num_hidden_layers", 12), hf_cfg.get("num_attention_heads", 12),
-                           hf_cfg.get("intermediate_size", 3072) / hidden, hf_cfg.get("patch_size", 16))
+    model = _vit_overrides(
+        hidden,
+        hf_cfg.get("num_hidden_layers", 12),
+        hf_cfg.get("num_attention_heads", 12),
+        hf_cfg.get("intermediate_size", 3072) / hidden,
+        hf_cfg.get("patch_size", 16),
+    )
     dec_ratio = hf_cfg.get("decoder_intermediate_size", 2048) / dec
     if abs(dec_ratio - model["mlp_ratio"]) > 1e-9:
-        raise ImportError_(f"decoder MLP ratio {dec_ratio} differs from the encoder's {model['mlp_ratio']}; mimkit "
-                           "uses one mlp_ratio for both")
-    model.update(decoder_dim=dec, decoder_depth=hf_cfg.get("decoder_num_hidden_layers", 8),
-                 decoder_heads=hf_cfg.get("decoder_num_attention_heads", 16))
+        raise ImportError_(
+            f"decoder MLP ratio {dec_ratio} differs from the encoder's {model['mlp_ratio']}; mimkit "
+            "uses one mlp_ratio for both"
+        )
+    model.update(
+        decoder_dim=dec,
+        decoder_depth=hf_cfg.get("decoder_num_hidden_layers", 8),
+        decoder_heads=hf_cfg.get("decoder_num_attention_heads", 16),
+    )
     size = hf_cfg.get("image_size", 224)
     size = size[0] if isinstance(size, (list, tuple)) else size
-    return _imported_config(model, size, hf_cfg.get("num_channels", 3), hf_cfg.get("mask_ratio", 0.75),
-                            hf_cfg.get("norm_pix_loss", False), hf_cfg.get("layer_norm_eps", 1e-12))
+    return _imported_config(
+        model,
+        size,
+        hf_cfg.get("num_channels", 3),
+        hf_cfg.get("mask_ratio", 0.75),
+        hf_cfg.get("norm_pix_loss", False),
+        hf_cfg.get("layer_norm_eps", 1e-12),
+    )
 
 
 def read_hf_directory(directory: Path) -> tuple[Config, dict[str, torch.Tensor]]:
     config_path = directory / "config.json"
     if not config_path.is_file():
-        raise ImportError_(f"'{directory}' has no config.json (expected a ViTMAEForPreTraining save_pretrained "
-                           "directory)")
+        raise ImportError_(
+            f"'{directory}' has no config.json (expected a ViTMAEForPreTraining save_pretrained directory)"
+        )
     cfg = hf_config_to_mimkit(json.loads(config_path.read_text()))
     if (directory / "model.safetensors").is_file():
         state = load_file(str(directory / "model.safetensors"))
@@ -162,8 +187,9 @@ def read_mae_pth(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
         dec = state["decoder_embed.weight"].shape[0]
         dec_depth = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
         model.update(decoder_dim=dec, decoder_depth=dec_depth, decoder_heads=16 if dec % 16 == 0 else 1)
-    cfg = _imported_config(model, grid * patch, in_chans, float(args.get("mask_ratio", 0.75)),
-                           bool(args.get("norm_pix_loss", True)), 1e-6)
+    cfg = _imported_config(
+        model, grid * patch, in_chans, float(args.get("mask_ratio", 0.75)), bool(args.get("norm_pix_loss", True)), 1e-6
+    )
     converted = {(k if k.startswith(_MAE_DECODER_KEYS) else f"encoder.{k}"): v for k, v in state.items()}
     if not has_decoder:
         warnings.warn(f"'{path}' holds the encoder only; the MAE decoder is freshly initialised", stacklevel=2)
@@ -189,5 +215,9 @@ def import_checkpoint(source: str | Path, out: str | Path, fmt: str = "auto") ->
     save_config(cfg, out / "config.yaml")
     meta = {"method": "mae", "imported_from": str(source), "format": fmt, "config": cfg.to_dict()}
     path = ckpt.save_checkpoint(out / "checkpoints", 0, method.state_dict(), None, meta)
-    return {"run_dir": str(out), "checkpoint": str(path), "format": fmt,
-            "encoder_params": sum(p.numel() for p in method.encoder.parameters())}
+    return {
+        "run_dir": str(out),
+        "checkpoint": str(path),
+        "format": fmt,
+        "encoder_params": sum(p.numel() for p in method.encoder.parameters()),
+    }

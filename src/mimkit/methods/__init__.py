@@ -1,5 +1,6 @@
 """Training objectives, one package each (mae/, simmim/, supervised/, mocov3/, task/, distill/), collected by the
 registry. `build_method(cfg)` turns a resolved config into a Method module through its registry entry."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,8 +15,21 @@ from mimkit.methods.spec import Masking, MethodSpec
 from mimkit.methods.supervised import Supervised
 from mimkit.methods.task import TaskModel
 
-__all__ = ["MAE", "Distill", "Masking", "Method", "MethodSpec", "MoCoV3", "SimMIM", "Supervised", "TaskModel",
-           "build_method", "get", "method_spec", "register"]
+__all__ = [
+    "MAE",
+    "Distill",
+    "Masking",
+    "Method",
+    "MethodSpec",
+    "MoCoV3",
+    "SimMIM",
+    "Supervised",
+    "TaskModel",
+    "build_method",
+    "get",
+    "method_spec",
+    "register",
+]
 
 
 def build_method(cfg: Any) -> Method:

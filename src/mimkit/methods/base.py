@@ -1,4 +1,5 @@
 """The Method side of the Method + Engine seam: an nn.Module whose forward turns a batch into {'loss': ..., ...}."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,13 +12,13 @@ from mimkit.fast.rows import class_token_forward
 
 # Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms); SwinV2's
 # attention temperature and continuous position-bias MLP as in timm's no_weight_decay.
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token",
-                  "logit_scale")
+NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token", "logit_scale")
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:
-    return (param.ndim <= 1 or name.endswith(NO_DECAY_NAMES) or name.split(".")[-1] in NO_DECAY_NAMES
-            or ".cpb_mlp." in name)
+    return (
+        param.ndim <= 1 or name.endswith(NO_DECAY_NAMES) or name.split(".")[-1] in NO_DECAY_NAMES or ".cpb_mlp." in name
+    )
 
 
 class Method(nn.Module):
@@ -81,8 +82,10 @@ class Method(nn.Module):
                 no_decay.append(param)
             else:
                 decay.append(param)
-        groups = [dict(params=decay, weight_decay=weight_decay, lr_scale=1.0),
-                  dict(params=no_decay, weight_decay=0.0, lr_scale=1.0)]
+        groups = [
+            dict(params=decay, weight_decay=weight_decay, lr_scale=1.0),
+            dict(params=no_decay, weight_decay=0.0, lr_scale=1.0),
+        ]
         return [g for g in groups if g["params"]]
 
     def encoder_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,5 +1,6 @@
 """What the masked-image-modeling methods (MAE, SimMIM, TinyMIM's auxiliary loss) share: the output of a masked
 forward pass and the reconstruction figure's images (visible pixels pasted over the prediction)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +21,13 @@ def token_mask_to_pixels(mask: torch.Tensor, patch: int, grid: tuple[int, int]) 
     return m.repeat_interleave(patch, 1).repeat_interleave(patch, 2).unsqueeze(1)
 
 
-def paste_visible(imgs: torch.Tensor, pred_imgs: torch.Tensor, mask: torch.Tensor, patch: int,
-                  grid: tuple[int, int]) -> dict[str, torch.Tensor]:
+def paste_visible(
+    imgs: torch.Tensor, pred_imgs: torch.Tensor, mask: torch.Tensor, patch: int, grid: tuple[int, int]
+) -> dict[str, torch.Tensor]:
     m = token_mask_to_pixels(mask, patch, grid).to(imgs.dtype)
-    return {"original": imgs, "masked": imgs * (1 - m), "reconstruction": imgs * (1 - m) + pred_imgs * m,
-            "pixel_mask": m}
+    return {
+        "original": imgs,
+        "masked": imgs * (1 - m),
+        "reconstruction": imgs * (1 - m) + pred_imgs * m,
+        "pixel_mask": m,
+    }

@@ -5,6 +5,7 @@ a saved config). `register(spec)` adds another (see docs/guide.md, "Add a method
 is then the shared keys (spec.MethodConfig) plus every registered method's options, so a recipe or a saved run
 keeps one flat `method:` section whatever the method.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -79,8 +80,11 @@ def method_config_class() -> type:
                 continue
             hints = typing.get_type_hints(spec.options)
             for f in spec.option_fields():
-                default = (dataclasses.field(default_factory=f.default_factory)
-                           if f.default_factory is not dataclasses.MISSING else f.default)
+                default = (
+                    dataclasses.field(default_factory=f.default_factory)
+                    if f.default_factory is not dataclasses.MISSING
+                    else f.default
+                )
                 extra.append((f.name, hints[f.name], default))
         _config_class = dataclasses.make_dataclass("MethodSection", extra, bases=(MethodConfig,))
         _config_class.__module__ = __name__  # pickles as mimkit.methods.registry.MethodSection (see __getattr__)
@@ -102,12 +106,17 @@ def check_method_options(cfg: Any) -> None:
 def validate_method(cfg: Any, model: Any) -> None:
     """The chosen method against the rest of the config; `model` is the resolved preset (models.presets)."""
     spec, meth, img = get(cfg.method.name), cfg.method, cfg.data.img_size
-    check(not model.is_swin or spec.swin, f"method.name={meth.name} needs a ViT; a SwinV2 ('{cfg.model.name}') "
-          f"trains with {' or '.join(s.name for s in _SPECS.values() if s.swin)}")
+    check(
+        not model.is_swin or spec.swin,
+        f"method.name={meth.name} needs a ViT; a SwinV2 ('{cfg.model.name}') "
+        f"trains with {' or '.join(s.name for s in _SPECS.values() if s.swin)}",
+    )
     if meth.mask_patch_size is not None:
-        check(meth.mask_patch_size % model.patch_size == 0 and img % meth.mask_patch_size == 0,
-              f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
-              f"{model.patch_size} and divide data.img_size {img}")
+        check(
+            meth.mask_patch_size % model.patch_size == 0 and img % meth.mask_patch_size == 0,
+            f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
+            f"{model.patch_size} and divide data.img_size {img}",
+        )
     if spec.masking is not None:
         ratio = meth.mask_ratio if meth.mask_ratio is not None else spec.masking.ratio
         check_mask_counts(cfg, model.patch_size, ratio, meth.mask_type or spec.masking.kind, "method.mask_ratio")

@@ -4,6 +4,7 @@ A method's package (methods/mae/, methods/simmim/, ...) holds its model, its opt
 with the published defaults) and a `SPEC` built from this module; mimkit.methods.registry collects the specs. The
 config, the training entry, the evaluators and the benchmarks ask the spec, never the method's name.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -88,5 +89,10 @@ def check_mask_counts(cfg: Any, patch_size: int, ratio: float, kind: str, key: s
 def mask_generator(cfg: Any, ratio: float | None = None) -> MaskGenerator:
     """The resolved config's mask generator (method.mask_*; `ratio` replaces method.mask_ratio)."""
     meth = cfg.method
-    return MaskGenerator(meth.mask_type, cfg.data.img_size, cfg.model.patch_size,
-                         meth.mask_ratio if ratio is None else ratio, meth.mask_patch_size)
+    return MaskGenerator(
+        meth.mask_type,
+        cfg.data.img_size,
+        cfg.model.patch_size,
+        meth.mask_ratio if ratio is None else ratio,
+        meth.mask_patch_size,
+    )

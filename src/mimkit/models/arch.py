@@ -1,4 +1,5 @@
 """ModelSpec: the architecture a `model:` section resolves to (presets.py for ViTs, swin.py for SwinV2)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The encoder is a stock timm VisionTransformer, so checkpoints stay timm-native and every timm size comes free."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -21,8 +22,9 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
     kwargs = {**timm_kwargs(cfg), "num_classes": num_classes}
     if spec.is_swin:  # SwinV2: no class token, average pooling, relative position bias (no absolute embedding)
-        swin = timm.create_model(spec.timm_name, pretrained=False, global_pool="avg",
-                                 drop_path_rate=cfg.model.drop_path, **kwargs)
+        swin = timm.create_model(
+            spec.timm_name, pretrained=False, global_pool="avg", drop_path_rate=cfg.model.drop_path, **kwargs
+        )
         swin.set_grad_checkpointing(cfg.train.grad_checkpointing)
         return swin
     encoder = timm.create_model(
@@ -42,8 +44,9 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
     return encoder
 
 
-def embed_tokens(vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None,
-                 mask_token: torch.Tensor | None = None) -> torch.Tensor:
+def embed_tokens(
+    vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
+) -> torch.Tensor:
     """Patch embedding (masked patches replaced by `mask_token`, SimMIM-style), prefix tokens and position
     embedding, pre-norm: the input of block 0."""
     x = vit.patch_embed(images)

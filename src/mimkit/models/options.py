@@ -1,4 +1,5 @@
 """The `model:` config section: its keys, their checks and the architecture they resolve to (models/presets.py)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,8 +7,17 @@ from typing import Any
 
 from mimkit.errors import check, one_of
 
-ARCH_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
-             "decoder_heads", "window_size")
+ARCH_KEYS = (
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "decoder_dim",
+    "decoder_depth",
+    "decoder_heads",
+    "window_size",
+)
 
 
 @dataclass
@@ -40,11 +50,15 @@ def validate_model(cfg: Any) -> Any:
     one_of("model.global_pool", m.global_pool, ["avg", "token"])
     check(m.num_classes is None or m.num_classes > 1, f"model.num_classes: {m.num_classes} must be >= 2")
     spec = resolve_model_spec(m, d.img_size)  # raises ConfigError for unknown names
-    check(d.img_size % spec.patch_size == 0,
-          f"data.img_size: {d.img_size} is not divisible by the patch size {spec.patch_size} "
-          f"(set data.img_size to a multiple of {spec.patch_size}, or model.patch_size)")
-    check(spec.embed_dim % spec.num_heads == 0,
-          f"model.num_heads: {spec.num_heads} does not divide model.embed_dim {spec.embed_dim}")
+    check(
+        d.img_size % spec.patch_size == 0,
+        f"data.img_size: {d.img_size} is not divisible by the patch size {spec.patch_size} "
+        f"(set data.img_size to a multiple of {spec.patch_size}, or model.patch_size)",
+    )
+    check(
+        spec.embed_dim % spec.num_heads == 0,
+        f"model.num_heads: {spec.num_heads} does not divide model.embed_dim {spec.embed_dim}",
+    )
     check(0.0 <= m.drop_path < 1.0, f"model.drop_path: {m.drop_path} must be in [0, 1)")
     check(m.norm_eps > 0, f"model.norm_eps: {m.norm_eps} must be positive")
     return spec

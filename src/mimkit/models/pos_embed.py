@@ -1,4 +1,5 @@
 """Fixed 2-D sine-cosine position embeddings (MAE): half the channels encode the row, half the column."""
+
 from __future__ import annotations
 
 import torch

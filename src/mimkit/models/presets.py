@@ -1,4 +1,5 @@
 """Named model sizes: small presets for small images (a scaling study fits on a CPU) and any timm `vit_*` name."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -38,8 +39,11 @@ def _timm_arch(name: str) -> dict[str, Any]:
     import torch
 
     # timm ViTs, and DeiT (the supervised baseline of the MIM papers; its distilled variants add a second token)
-    if not name.startswith(("vit_", "deit_")) or "distilled" in name or name not in timm.list_models(
-            ["vit_*", "deit_*"]):
+    if (
+        not name.startswith(("vit_", "deit_"))
+        or "distilled" in name
+        or name not in timm.list_models(["vit_*", "deit_*"])
+    ):
         known = ", ".join(sorted(PRESETS))
         raise ConfigError(
             f"model.name: '{name}' is neither a mimkit preset ({known}) nor a timm ViT name "
@@ -47,10 +51,16 @@ def _timm_arch(name: str) -> dict[str, Any]:
         )
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
-    if getattr(model, "cls_token", None) is None or getattr(model, "num_reg_tokens", 0) or getattr(
-            model, "no_embed_class", False) or model.pos_embed is None:
-        raise ConfigError(f"model.name: '{name}' is a timm ViT without a plain class token + absolute position "
-                          "embedding; mimkit's MAE/SimMIM wrappers need one (e.g. vit_base_patch16_224)")
+    if (
+        getattr(model, "cls_token", None) is None
+        or getattr(model, "num_reg_tokens", 0)
+        or getattr(model, "no_embed_class", False)
+        or model.pos_embed is None
+    ):
+        raise ConfigError(
+            f"model.name: '{name}' is a timm ViT without a plain class token + absolute position "
+            "embedding; mimkit's MAE/SimMIM wrappers need one (e.g. vit_base_patch16_224)"
+        )
     block = model.blocks[0]
     return dict(
         patch_size=model.patch_embed.patch_size[0],
@@ -73,15 +83,19 @@ def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
         spec = PRESETS[name]
     else:
         spec = ModelSpec(timm_name=name, **_timm_arch(name), **IMAGENET_DECODER)
-    overrides = {f.name: getattr(model_cfg, f.name) for f in dataclasses.fields(ModelSpec)
-                 if f.name != "timm_name" and getattr(model_cfg, f.name, None) is not None}
+    overrides = {
+        f.name: getattr(model_cfg, f.name)
+        for f in dataclasses.fields(ModelSpec)
+        if f.name != "timm_name" and getattr(model_cfg, f.name, None) is not None
+    }
     for key, value in overrides.items():
         if not value > 0:  # also catches NaN
             raise ConfigError(f"model.{key}: {value} must be positive")
     spec = dataclasses.replace(spec, **overrides)
     if spec.decoder_dim % spec.decoder_heads:
-        raise ConfigError(f"model.decoder_heads: {spec.decoder_heads} does not divide model.decoder_dim "
-                          f"{spec.decoder_dim}")
+        raise ConfigError(
+            f"model.decoder_heads: {spec.decoder_heads} does not divide model.decoder_dim {spec.decoder_dim}"
+        )
     return spec
 
 
@@ -90,5 +104,13 @@ def timm_kwargs(cfg: Any) -> dict[str, Any]:
     m, d = cfg.model, cfg.data
     if getattr(m, "stage_depths", None) is not None:
         return swin_timm_kwargs(cfg)
-    return dict(img_size=d.img_size, patch_size=m.patch_size, in_chans=d.in_chans, embed_dim=m.embed_dim,
-                depth=m.depth, num_heads=m.num_heads, mlp_ratio=m.mlp_ratio, num_classes=0)
+    return dict(
+        img_size=d.img_size,
+        patch_size=m.patch_size,
+        in_chans=d.in_chans,
+        embed_dim=m.embed_dim,
+        depth=m.depth,
+        num_heads=m.num_heads,
+        mlp_ratio=m.mlp_ratio,
+        num_classes=0,
+    )

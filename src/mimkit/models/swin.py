@@ -5,6 +5,7 @@ window attention), runs the hierarchical stages, and predicts pixels from the fi
 `mim_swinv2_*` are small enough for CPU studies on 32 px images (patch 4, three stages, window 4, final stride
 16); the paper's S/B/L/H/giant sizes are recipes (simmim_swinv2_*_in1k).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,8 +22,9 @@ SWIN_TIMM_NAME = "swinv2_base_window12_192"  # the timm architecture the presets
 
 
 def _swin(embed_dim: int, depths: tuple[int, ...], heads: tuple[int, ...], patch: int = 4, window: int = 4):
-    return ModelSpec(SWIN_TIMM_NAME, patch, embed_dim, sum(depths), heads[0], 4.0, None, None, None, depths, heads,
-                     window)  # no MAE decoder: SimMIM's linear head
+    return ModelSpec(
+        SWIN_TIMM_NAME, patch, embed_dim, sum(depths), heads[0], 4.0, None, None, None, depths, heads, window
+    )  # no MAE decoder: SimMIM's linear head
 
 
 # CPU presets: 32 px input, patch 4 -> 8x8 tokens, three stages at 8, 4, 2 (final stride 16), window 4 (shifted
@@ -46,16 +48,21 @@ def _timm_swin_arch(name: str) -> dict[str, Any]:
     import timm
 
     if name not in timm.list_models("swinv2_*"):
-        raise ConfigError(f"model.name: '{name}' is not a timm SwinV2 (timm.list_models('swinv2_*'), not the "
-                          "swinv2_cr_* variants) nor a preset (" + ", ".join(SWIN_PRESETS) + ")")
+        raise ConfigError(
+            f"model.name: '{name}' is not a timm SwinV2 (timm.list_models('swinv2_*'), not the "
+            "swinv2_cr_* variants) nor a preset (" + ", ".join(SWIN_PRESETS) + ")"
+        )
     with torch.device("meta"):
         model = timm.create_model(name, pretrained=False, num_classes=0)
     stages = list(model.layers)
-    return dict(patch_size=model.patch_embed.patch_size[0], embed_dim=model.embed_dim,
-                stage_depths=tuple(len(s.blocks) for s in stages),
-                stage_heads=tuple(s.blocks[0].attn.num_heads for s in stages),
-                window_size=stages[0].blocks[0].window_size[0],
-                mlp_ratio=stages[0].blocks[0].mlp.fc1.out_features / model.embed_dim)
+    return dict(
+        patch_size=model.patch_embed.patch_size[0],
+        embed_dim=model.embed_dim,
+        stage_depths=tuple(len(s.blocks) for s in stages),
+        stage_heads=tuple(s.blocks[0].attn.num_heads for s in stages),
+        window_size=stages[0].blocks[0].window_size[0],
+        mlp_ratio=stages[0].blocks[0].mlp.fc1.out_features / model.embed_dim,
+    )
 
 
 def resolve_swin_spec(model_cfg: Any, img_size: int):
@@ -65,9 +72,20 @@ def resolve_swin_spec(model_cfg: Any, img_size: int):
         spec = SWIN_PRESETS[name]
     else:
         arch = _timm_swin_arch(name)
-        spec = ModelSpec(name, arch["patch_size"], arch["embed_dim"], sum(arch["stage_depths"]),
-                         arch["stage_heads"][0], arch["mlp_ratio"], None, None, None, arch["stage_depths"],
-                         arch["stage_heads"], arch["window_size"])
+        spec = ModelSpec(
+            name,
+            arch["patch_size"],
+            arch["embed_dim"],
+            sum(arch["stage_depths"]),
+            arch["stage_heads"][0],
+            arch["mlp_ratio"],
+            None,
+            None,
+            None,
+            arch["stage_depths"],
+            arch["stage_heads"],
+            arch["window_size"],
+        )
     over = {}
     for key in ("patch_size", "embed_dim", "mlp_ratio", "window_size"):
         value = getattr(model_cfg, key, None)
@@ -84,36 +102,53 @@ def resolve_swin_spec(model_cfg: Any, img_size: int):
     spec = dataclasses.replace(spec, **over)
     depths, heads = spec.stage_depths, spec.stage_heads
     if len(depths) != len(heads):
-        raise ConfigError(f"model.stage_depths {list(depths)} and model.stage_heads {list(heads)} need one entry "
-                          "per stage")
+        raise ConfigError(
+            f"model.stage_depths {list(depths)} and model.stage_heads {list(heads)} need one entry per stage"
+        )
     spec = dataclasses.replace(spec, depth=sum(depths), num_heads=heads[0])
     for key, derived in (("depth", spec.depth), ("num_heads", spec.num_heads)):
         value = getattr(model_cfg, key, None)
         if value is not None and value != derived:
-            raise ConfigError(f"model.{key}={value}: a SwinV2 has per-stage sizes; set model.stage_depths / "
-                              "model.stage_heads instead")
+            raise ConfigError(
+                f"model.{key}={value}: a SwinV2 has per-stage sizes; set model.stage_depths / model.stage_heads instead"
+            )
     for i, h in enumerate(heads):
         width = spec.embed_dim * 2**i
         if width % h:
             raise ConfigError(f"model.stage_heads: {h} heads do not divide stage {i + 1}'s width {width}")
     stride = spec.patch_size * 2 ** (len(depths) - 1)
     if img_size % stride:
-        raise ConfigError(f"data.img_size: {img_size} must be a multiple of the SwinV2's final stride {stride} "
-                          f"(patch {spec.patch_size} x 2^{len(depths) - 1} stage downsamplings)")
+        raise ConfigError(
+            f"data.img_size: {img_size} must be a multiple of the SwinV2's final stride {stride} "
+            f"(patch {spec.patch_size} x 2^{len(depths) - 1} stage downsamplings)"
+        )
     return spec
 
 
 def swin_arch(depths: Any, heads: Any, window_size: int) -> dict[str, Any]:
     """The model.* keys that pin a SwinV2's stages (for a weights source's architecture)."""
-    return dict(depth=sum(depths), num_heads=heads[0], stage_depths=list(depths), stage_heads=list(heads),
-                window_size=window_size)
+    return dict(
+        depth=sum(depths),
+        num_heads=heads[0],
+        stage_depths=list(depths),
+        stage_heads=list(heads),
+        window_size=window_size,
+    )
 
 
 def swin_timm_kwargs(cfg: Any) -> dict[str, Any]:
     m, d = cfg.model, cfg.data
-    return dict(img_size=d.img_size, patch_size=m.patch_size, in_chans=d.in_chans, embed_dim=m.embed_dim,
-                depths=tuple(m.stage_depths), num_heads=tuple(m.stage_heads), window_size=m.window_size,
-                mlp_ratio=m.mlp_ratio, num_classes=0)
+    return dict(
+        img_size=d.img_size,
+        patch_size=m.patch_size,
+        in_chans=d.in_chans,
+        embed_dim=m.embed_dim,
+        depths=tuple(m.stage_depths),
+        num_heads=tuple(m.stage_heads),
+        window_size=m.window_size,
+        mlp_ratio=m.mlp_ratio,
+        num_classes=0,
+    )
 
 
 def is_swin_encoder(encoder: nn.Module) -> bool:
@@ -127,8 +162,9 @@ def final_stride(encoder: nn.Module) -> int:
     return encoder.patch_embed.patch_size[0]
 
 
-def swin_masked_features(encoder: nn.Module, imgs: torch.Tensor, mask: torch.Tensor,
-                         mask_token: torch.Tensor) -> torch.Tensor:
+def swin_masked_features(
+    encoder: nn.Module, imgs: torch.Tensor, mask: torch.Tensor, mask_token: torch.Tensor
+) -> torch.Tensor:
     """(B, C_final, H/stride, W/stride): patch embedding with masked patches replaced by `mask_token`, then every
     stage and the final norm (timm's SwinV2 works channels-last)."""
     x = encoder.patch_embed(imgs)  # (B, h, w, C)

@@ -1,5 +1,6 @@
 """Data-scaling studies: sweeps over model x data x length (grid, runner, record) and their analysis (table, fits,
 analyze, plots)."""
+
 from mimkit.scaling.analyze import analyze_table
 from mimkit.scaling.fits import fit_power_law
 from mimkit.scaling.grid import load_sweep

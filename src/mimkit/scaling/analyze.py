@@ -5,6 +5,7 @@
 - correlation: does held-out loss predict fine-tune top-1 (Pearson, Spearman; overall and per model)?
 - fits: power laws of held-out loss in params, compute and data, over the runs not flagged as over-fitting.
 """
+
 from __future__ import annotations
 
 import json
@@ -27,19 +28,39 @@ def find_overfitting(points: list[Point], tolerance: float = 0.0) -> dict[str, A
         best = math.inf
         for shorter, longer in zip(group, group[1:]):
             if longer.heldout_loss > shorter.heldout_loss * (1 + tolerance):
-                rises.append({"model": model, "data": data, "short_iterations": shorter.iterations,
-                              "long_iterations": longer.iterations, "short_loss": shorter.heldout_loss,
-                              "long_loss": longer.heldout_loss,
-                              "rise": longer.heldout_loss - shorter.heldout_loss})
+                rises.append(
+                    {
+                        "model": model,
+                        "data": data,
+                        "short_iterations": shorter.iterations,
+                        "long_iterations": longer.iterations,
+                        "short_loss": shorter.heldout_loss,
+                        "long_loss": longer.heldout_loss,
+                        "rise": longer.heldout_loss - shorter.heldout_loss,
+                    }
+                )
         for p in group:
             if p.heldout_loss > best * (1 + tolerance):
                 flagged.add(_key(p))
             best = min(best, p.heldout_loss)
-    gaps = [{"model": p.model, "data": p.data, "iterations": p.iterations, "train_loss": p.get("train_loss"),
-             "heldout_loss": p.heldout_loss, "gap": p.heldout_loss - p.get("train_loss")}
-            for p in points if p.get("train_loss") is not None]
-    return {"rises": rises, "flagged": [list(k) for k in sorted(flagged, key=str)], "gaps": gaps,
-            "tolerance": tolerance}
+    gaps = [
+        {
+            "model": p.model,
+            "data": p.data,
+            "iterations": p.iterations,
+            "train_loss": p.get("train_loss"),
+            "heldout_loss": p.heldout_loss,
+            "gap": p.heldout_loss - p.get("train_loss"),
+        }
+        for p in points
+        if p.get("train_loss") is not None
+    ]
+    return {
+        "rises": rises,
+        "flagged": [list(k) for k in sorted(flagged, key=str)],
+        "gaps": gaps,
+        "tolerance": tolerance,
+    }
 
 
 def find_saturation(points: list[Point]) -> list[dict[str, Any]]:
@@ -52,9 +73,18 @@ def find_saturation(points: list[Point]) -> list[dict[str, Any]]:
         group = sorted(group, key=lambda p: order[p.data])
         second, largest = group[-2], group[-1]
         change = largest.heldout_loss - second.heldout_loss
-        out.append({"model": model, "iterations": iterations, "data_from": second.data, "data_to": largest.data,
-                    "loss_from": second.heldout_loss, "loss_to": largest.heldout_loss, "change": change,
-                    "relative_change": change / second.heldout_loss})
+        out.append(
+            {
+                "model": model,
+                "iterations": iterations,
+                "data_from": second.data,
+                "data_to": largest.data,
+                "loss_from": second.heldout_loss,
+                "loss_to": largest.heldout_loss,
+                "change": change,
+                "relative_change": change / second.heldout_loss,
+            }
+        )
     return out
 
 
@@ -70,11 +100,18 @@ def loss_accuracy_correlation(points: list[Point]) -> dict[str, Any]:
             return {**result, "pearson": None, "spearman": None, "note": "needs 3+ cells with varying values"}
         loss, top1 = zip(*pairs)
         pr, sr = pearsonr(loss, top1), spearmanr(loss, top1)
-        return {**result, "pearson": float(pr.statistic), "pearson_p": float(pr.pvalue),
-                "spearman": float(sr.statistic), "spearman_p": float(sr.pvalue)}
+        return {
+            **result,
+            "pearson": float(pr.statistic),
+            "pearson_p": float(pr.pvalue),
+            "spearman": float(sr.statistic),
+            "spearman_p": float(sr.pvalue),
+        }
 
-    return {"overall": corr(points),
-            "per_model": {m: corr([p for p in points if p.model == m]) for m in model_order(points)}}
+    return {
+        "overall": corr(points),
+        "per_model": {m: corr([p for p in points if p.model == m]) for m in model_order(points)},
+    }
 
 
 def compute_frontier(points: list[Point]) -> list[Point]:
@@ -93,26 +130,45 @@ def scaling_fits(points: list[Point], flagged: set[tuple], form: str = "auto") -
     """Power laws over the cells not flagged as over-fitting: against params (per data and length), against data
     (per model and length, numeric data sizes only) and against compute (the compute-efficient frontier)."""
     clean = [p for p in points if _key(p) not in flagged]
-    fits: dict[str, Any] = {"params": [], "data": [], "compute": None, "form": form,
-                            "excluded_overfit": len(points) - len(clean)}
+    fits: dict[str, Any] = {
+        "params": [],
+        "data": [],
+        "compute": None,
+        "form": form,
+        "excluded_overfit": len(points) - len(clean),
+    }
     for (data, iterations), group in _groups(clean, ("data", "iterations")).items():
-        fits["params"].append({"data": data, "iterations": iterations,
-                               **_try_fit([p.params for p in group], [p.heldout_loss for p in group], form)})
+        fits["params"].append(
+            {
+                "data": data,
+                "iterations": iterations,
+                **_try_fit([p.params for p in group], [p.heldout_loss for p in group], form),
+            }
+        )
     for (model, iterations), group in _groups(clean, ("model", "iterations")).items():
         sized = [p for p in group if p.data_size is not None]
-        fits["data"].append({"model": model, "iterations": iterations,
-                             **_try_fit([p.data_size for p in sized], [p.heldout_loss for p in sized], form)})
+        fits["data"].append(
+            {
+                "model": model,
+                "iterations": iterations,
+                **_try_fit([p.data_size for p in sized], [p.heldout_loss for p in sized], form),
+            }
+        )
     if clean and all(p.get("compute") is not None for p in clean):
         frontier = compute_frontier(clean)
-        fits["compute"] = {"axis": "compute (training FLOPs)", "frontier": [_cell(p) for p in frontier],
-                           **_try_fit([p.get("compute") for p in frontier], [p.heldout_loss for p in frontier], form)}
+        fits["compute"] = {
+            "axis": "compute (training FLOPs)",
+            "frontier": [_cell(p) for p in frontier],
+            **_try_fit([p.get("compute") for p in frontier], [p.heldout_loss for p in frontier], form),
+        }
     else:
         fits["compute"] = {"note": "no compute column (a mimkit sweep writes one: FLOPs per image x images seen)"}
     return fits
 
 
-def analyze_table(path: str | Path, out: str | Path, tolerance: float = 0.0, form: str = "auto",
-                  curves: str | Path | None = None) -> dict[str, Any]:
+def analyze_table(
+    path: str | Path, out: str | Path, tolerance: float = 0.0, form: str = "auto", curves: str | Path | None = None
+) -> dict[str, Any]:
     """Read RESULTS.csv, write OUT/scaling.json and the figures; returns the JSON content."""
     from mimkit.scaling.plots import draw_all
 
@@ -122,42 +178,57 @@ def analyze_table(path: str | Path, out: str | Path, tolerance: float = 0.0, for
     overfit = find_overfitting(points, tolerance)
     flagged = {tuple(k) for k in overfit["flagged"]}
     result = {
-        "source": str(path), "rows": len(rows), "cells": len(points),
+        "source": str(path),
+        "rows": len(rows),
+        "cells": len(points),
         "models": {m: next(p.params for p in points if p.model == m) for m in model_order(points)},
-        "data": data_order(points), "iterations": sorted({p.iterations for p in points}),
-        "overfit": overfit, "saturation": find_saturation(points), "correlation": loss_accuracy_correlation(points),
+        "data": data_order(points),
+        "iterations": sorted({p.iterations for p in points}),
+        "overfit": overfit,
+        "saturation": find_saturation(points),
+        "correlation": loss_accuracy_correlation(points),
         "fits": scaling_fits(points, flagged, form),
         "cells_table": [_cell(p) for p in points],
     }
     out.mkdir(parents=True, exist_ok=True)
     curves_path = Path(curves) if curves else Path(path).parent / "curves.json"
-    result["figures"] = [str(f) for f in draw_all(points, result, out, curves_path if curves_path.is_file()
-                                                  else None)]
+    result["figures"] = [str(f) for f in draw_all(points, result, out, curves_path if curves_path.is_file() else None)]
     atomic_write_text(out / "scaling.json", json.dumps(result, indent=1, default=_jsonable))
     return result
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:
     """A few lines for the console: what the analysis found."""
-    lines = [f"{result['rows']} runs in {result['cells']} cells; models {', '.join(result['models'])}; "
-             f"data {', '.join(result['data'])}"]
+    lines = [
+        f"{result['rows']} runs in {result['cells']} cells; models {', '.join(result['models'])}; "
+        f"data {', '.join(result['data'])}"
+    ]
     rises = result["overfit"]["rises"]
-    lines.append(f"over-fitting: {len(rises)} (model, data) pair(s) whose held-out loss rises with longer training"
-                 + "".join(f"\n  {r['model']} on {r['data']}: {r['short_loss']:.4f} at {r['short_iterations']:g} "
-                           f"-> {r['long_loss']:.4f} at {r['long_iterations']:g}" for r in rises))
+    lines.append(
+        f"over-fitting: {len(rises)} (model, data) pair(s) whose held-out loss rises with longer training"
+        + "".join(
+            f"\n  {r['model']} on {r['data']}: {r['short_loss']:.4f} at {r['short_iterations']:g} "
+            f"-> {r['long_loss']:.4f} at {r['long_iterations']:g}"
+            for r in rises
+        )
+    )
     for s in result["saturation"]:
-        lines.append(f"saturation {s['model']} @ {s['iterations']:g}: data {s['data_from']} -> {s['data_to']} "
-                     f"changes held-out loss by {100 * s['relative_change']:+.2f}%")
+        lines.append(
+            f"saturation {s['model']} @ {s['iterations']:g}: data {s['data_from']} -> {s['data_to']} "
+            f"changes held-out loss by {100 * s['relative_change']:+.2f}%"
+        )
     c = result["correlation"]["overall"]
     if c.get("pearson") is not None:
-        lines.append(f"loss vs fine-tune top-1 (n={c['n']}): Pearson {c['pearson']:+.3f}, "
-                     f"Spearman {c['spearman']:+.3f}")
+        lines.append(
+            f"loss vs fine-tune top-1 (n={c['n']}): Pearson {c['pearson']:+.3f}, Spearman {c['spearman']:+.3f}"
+        )
     for axis in ("params", "data"):
         for f in result["fits"][axis]:
             if "alpha" in f:
                 where = ", ".join(f"{k} {f[k]}" for k in ("model", "data", "iterations") if k in f)
-                lines.append(f"fit vs {axis} ({where}): alpha {f['alpha']:.3f} +- {f['alpha_err']:.3f} "
-                             f"({f['form']}, n={f['n']})")
+                lines.append(
+                    f"fit vs {axis} ({where}): alpha {f['alpha']:.3f} +- {f['alpha_err']:.3f} ({f['form']}, n={f['n']})"
+                )
     comp = result["fits"]["compute"]
     if comp and "alpha" in comp:
         lines.append(f"fit vs compute (frontier, n={comp['n']}): alpha {comp['alpha']:.3f} +- {comp['alpha_err']:.3f}")
@@ -183,9 +254,17 @@ def _key(p: Point) -> tuple:
 
 
 def _cell(p: Point) -> dict[str, Any]:
-    return {"model": p.model, "params": p.params, "data": p.data, "data_size": p.data_size,
-            "iterations": p.iterations, "heldout_loss": p.heldout_loss, "heldout_std": p.heldout_std, "seeds": p.n,
-            **p.extra}
+    return {
+        "model": p.model,
+        "params": p.params,
+        "data": p.data,
+        "data_size": p.data_size,
+        "iterations": p.iterations,
+        "heldout_loss": p.heldout_loss,
+        "heldout_std": p.heldout_std,
+        "seeds": p.n,
+        **p.extra,
+    }
 
 
 def _jsonable(value: Any) -> Any:

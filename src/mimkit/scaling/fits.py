@@ -6,6 +6,7 @@ removes. The saturating form is kept only when it fits clearly better than the p
 few points E and alpha trade off and the pure law is the more honest summary. The comparison uses the small-sample
 AICc, which never prefers 3 parameters at 4 points.
 """
+
 from __future__ import annotations
 
 import math
@@ -32,8 +33,9 @@ def _aic(residuals: np.ndarray, k: int) -> float:
     return n * math.log(max(rss, 1e-300) / n) + 2 * k + 2 * k * (k + 1) / (n - k - 1)
 
 
-def fit_power_law(x: list[float] | np.ndarray, y: list[float] | np.ndarray, form: str = "auto",
-                  x_next: float | None = None) -> dict[str, Any]:
+def fit_power_law(
+    x: list[float] | np.ndarray, y: list[float] | np.ndarray, form: str = "auto", x_next: float | None = None
+) -> dict[str, Any]:
     """Fit y = A x^-alpha (form 'pure'), y = E + A x^-alpha ('saturating') or the better of both ('auto').
 
     Returns form, A, alpha, E (0 for pure) with *_err (1 sigma from the covariance), n, r2 (on log y), and, with
@@ -49,8 +51,12 @@ def fit_power_law(x: list[float] | np.ndarray, y: list[float] | np.ndarray, form
     logx, logy = np.log(x), np.log(y)
     slope, intercept = np.polyfit(logx, logy, 1)
     (log_a, alpha), cov = curve_fit(_pure, logx, logy, p0=[intercept, -slope])
-    pure = {"form": "pure", "params": np.array([0.0, math.exp(log_a), alpha]),
-            "cov": _pure_cov(cov, math.exp(log_a)), "aic": _aic(logy - _pure(logx, log_a, alpha), 2)}
+    pure = {
+        "form": "pure",
+        "params": np.array([0.0, math.exp(log_a), alpha]),
+        "cov": _pure_cov(cov, math.exp(log_a)),
+        "aic": _aic(logy - _pure(logx, log_a, alpha), 2),
+    }
     best = pure
     if form in ("auto", "saturating") and len(x) >= 4:
         saturating = _fit_saturating(x, y, alpha, curve_fit)
@@ -68,9 +74,20 @@ def fit_power_law(x: list[float] | np.ndarray, y: list[float] | np.ndarray, form
         ordered = np.unique(x)
         x_next = float(ordered[-1] * ordered[-1] / ordered[-2])
     y_next, y_next_err = _predict(best["params"], best["cov"], x_next)
-    return {"form": best["form"], "A": a, "alpha": alpha, "E": e, "A_err": float(err[1]), "alpha_err": float(err[2]),
-            "E_err": float(err[0]), "n": int(len(x)), "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0,
-            "x_next": x_next, "predicted_next": y_next, "predicted_next_err": y_next_err}
+    return {
+        "form": best["form"],
+        "A": a,
+        "alpha": alpha,
+        "E": e,
+        "A_err": float(err[1]),
+        "alpha_err": float(err[2]),
+        "E_err": float(err[0]),
+        "n": int(len(x)),
+        "r2": 1 - ss_res / ss_tot if ss_tot > 0 else 1.0,
+        "x_next": x_next,
+        "predicted_next": y_next,
+        "predicted_next_err": y_next_err,
+    }
 
 
 def _pure_cov(cov_log: np.ndarray, a: float) -> np.ndarray:
@@ -87,8 +104,14 @@ def _fit_saturating(x: np.ndarray, y: np.ndarray, alpha0: float, curve_fit) -> d
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            params, cov = curve_fit(_saturating, x, y, p0=[e0, a0, max(alpha0, 1e-3)],
-                                    bounds=([0.0, 0.0, 0.0], [float(y.min()), np.inf, 10.0]), maxfev=20000)
+            params, cov = curve_fit(
+                _saturating,
+                x,
+                y,
+                p0=[e0, a0, max(alpha0, 1e-3)],
+                bounds=([0.0, 0.0, 0.0], [float(y.min()), np.inf, 10.0]),
+                maxfev=20000,
+            )
     except (RuntimeError, ValueError):
         return None
     if not np.all(np.isfinite(cov)):
@@ -100,5 +123,5 @@ def _fit_saturating(x: np.ndarray, y: np.ndarray, alpha0: float, curve_fit) -> d
 def _predict(params: np.ndarray, cov: np.ndarray, x_next: float) -> tuple[float, float]:
     e, a, alpha = params
     value = float(_saturating(np.array([x_next]), e, a, alpha)[0])
-    grad = np.array([1.0, x_next ** -alpha, -a * x_next ** -alpha * math.log(x_next)])
+    grad = np.array([1.0, x_next**-alpha, -a * x_next**-alpha * math.log(x_next)])
     return value, float(math.sqrt(max(grad @ cov @ grad, 0.0)))

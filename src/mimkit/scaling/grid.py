@@ -4,6 +4,7 @@ other config key, each run a base config with overrides and its own directory un
 Every run is validated here (unknown key, impossible value) so a typo fails before the first run starts, not after
 the twentieth has finished.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -17,11 +18,22 @@ import yaml
 from mimkit.config import RECIPES_DIR, ConfigError, load_config
 
 # Short axis names for the four axes of the data-scaling paper; any dotted config key works as an axis too.
-AXIS_ALIASES = {"model": "model.name", "data": "data.fraction", "steps": "train.steps", "iterations": "train.steps",
-                "epochs": "train.epochs", "seed": "seed"}
+AXIS_ALIASES = {
+    "model": "model.name",
+    "data": "data.fraction",
+    "steps": "train.steps",
+    "iterations": "train.steps",
+    "epochs": "train.epochs",
+    "seed": "seed",
+}
 # Column names in results.csv for the aliased axes (what `mimkit scaling analyze` reads).
-AXIS_COLUMNS = {"model.name": "model", "data.fraction": "data", "train.steps": "iterations", "train.epochs": "epochs",
-                "seed": "seed"}
+AXIS_COLUMNS = {
+    "model.name": "model",
+    "data.fraction": "data",
+    "train.steps": "iterations",
+    "train.epochs": "epochs",
+    "seed": "seed",
+}
 SWEEPS_DIR = RECIPES_DIR / "sweeps"
 SWEEP_KEYS = {"base", "set", "grid", "finetune", "parallel", "slurm"}
 
@@ -120,8 +132,9 @@ def _as_overrides(raw: Any, where: str) -> list[tuple[str, Any]]:
         return [(str(k), v) for k, v in raw.items()]
     if isinstance(raw, list) and all(isinstance(item, str) for item in raw):
         return [parse_override(item) for item in raw]
-    raise ConfigError(f"{where}: expected a mapping of config keys to values or a list of 'key=value' strings, "
-                      f"got {raw!r}")
+    raise ConfigError(
+        f"{where}: expected a mapping of config keys to values or a list of 'key=value' strings, got {raw!r}"
+    )
 
 
 def _label(value: Any) -> str:
@@ -134,8 +147,9 @@ def _axis(name: str, raw: Any) -> tuple[str, list[AxisValue]]:
     key = AXIS_ALIASES.get(name, name)
     column = AXIS_COLUMNS.get(key, name)
     if isinstance(raw, dict):
-        values = [AxisValue(str(label), tuple(_as_overrides(bundle, f"grid.{name}.{label}")))
-                  for label, bundle in raw.items()]
+        values = [
+            AxisValue(str(label), tuple(_as_overrides(bundle, f"grid.{name}.{label}"))) for label, bundle in raw.items()
+        ]
     elif isinstance(raw, list):
         values = [AxisValue(_label(v), ((key, v),)) for v in raw]
     else:
@@ -167,8 +181,9 @@ def resolve_sweep_file(name_or_path: str | Path) -> Path:
     shipped = SWEEPS_DIR / f"{name_or_path}.yaml"
     if shipped.is_file():
         return shipped
-    raise ConfigError(f"sweep '{name_or_path}' is neither a YAML file nor a shipped sweep "
-                      f"({', '.join(sweep_names()) or 'none'})")
+    raise ConfigError(
+        f"sweep '{name_or_path}' is neither a YAML file nor a shipped sweep ({', '.join(sweep_names()) or 'none'})"
+    )
 
 
 def load_sweep(path: str | Path, out: str | Path) -> Sweep:
@@ -182,8 +197,9 @@ def load_sweep(path: str | Path, out: str | Path) -> Sweep:
         raise ConfigError(f"{path}: expected a mapping with keys {', '.join(sorted(SWEEP_KEYS))}")
     unknown = set(tree) - SWEEP_KEYS
     if unknown:
-        raise ConfigError(f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; valid: "
-                          f"{', '.join(sorted(SWEEP_KEYS))}")
+        raise ConfigError(
+            f"{path}: unknown sweep key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(SWEEP_KEYS))}"
+        )
     if "base" not in tree:
         raise ConfigError(f"{path}: 'base' (the recipe, YAML or run directory every run starts from) is required")
     grid = tree.get("grid") or {}
@@ -198,14 +214,17 @@ def load_sweep(path: str | Path, out: str | Path) -> Sweep:
         base = str(base_path)
     slurm = tree.get("slurm") or {}
     if not isinstance(slurm, dict):
-        raise ConfigError(f"{path}: slurm: expected a mapping of submitit parameters (partition: gpu, "
-                          f"gpus_per_node: 1, timeout_min: 240, ...), got {slurm!r}")
+        raise ConfigError(
+            f"{path}: slurm: expected a mapping of submitit parameters (partition: gpu, "
+            f"gpus_per_node: 1, timeout_min: 240, ...), got {slurm!r}"
+        )
     common = [f"{k}={yaml_value(v)}" for k, v in _as_overrides(tree.get("set"), "set")]
     return expand(base, common, grid, tree.get("finetune"), parallel, slurm, Path(out))
 
 
-def expand(base: str, common: list[str], grid: dict[str, Any], finetune: Any, parallel: int,
-           slurm: dict[str, Any], out: Path) -> Sweep:
+def expand(
+    base: str, common: list[str], grid: dict[str, Any], finetune: Any, parallel: int, slurm: dict[str, Any], out: Path
+) -> Sweep:
     axes = [_axis(str(name), raw) for name, raw in grid.items()]
     columns = [column for column, _ in axes]
     if len(set(columns)) != len(columns):

@@ -1,5 +1,6 @@
 """Figures in the data-scaling paper's style: held-out loss against one axis, one line per value of another, one
 panel per value of the third; over-fit cells marked, fitted power laws dashed."""
+
 from __future__ import annotations
 
 import json
@@ -44,14 +45,32 @@ def _fmt(value: float) -> str:
     return f"{value:g}" if value < 1e4 else f"{value:.3g}"
 
 
-def _line_plot(points: list[Point], x_of, line_key: str, panel_key: str, line_order: list, panel_order: list,
-               xlabel: str, title: str, path: Path, flagged: set, log_x: bool, fits: dict | None = None) -> Path:
+def _line_plot(
+    points: list[Point],
+    x_of,
+    line_key: str,
+    panel_key: str,
+    line_order: list,
+    panel_order: list,
+    xlabel: str,
+    title: str,
+    path: Path,
+    flagged: set,
+    log_x: bool,
+    fits: dict | None = None,
+) -> Path:
     fig, axes = _panels(len(panel_order), title)
     colors = _plt().cm.viridis(np.linspace(0, 0.9, max(len(line_order), 1)))
     for ax, panel in zip(axes, panel_order):
         for color, line in zip(colors, line_order):
-            cells = sorted((p for p in points if getattr(p, panel_key) == panel and getattr(p, line_key) == line
-                            and x_of(p) is not None), key=x_of)
+            cells = sorted(
+                (
+                    p
+                    for p in points
+                    if getattr(p, panel_key) == panel and getattr(p, line_key) == line and x_of(p) is not None
+                ),
+                key=x_of,
+            )
             if not cells:
                 continue
             xs, ys = [x_of(p) for p in cells], [p.heldout_loss for p in cells]
@@ -63,8 +82,14 @@ def _line_plot(points: list[Point], x_of, line_key: str, panel_key: str, line_or
             if fit and "alpha" in fit:
                 grid = np.geomspace(min(xs), fit["x_next"], 50)
                 ax.plot(grid, fit["E"] + fit["A"] * grid ** -fit["alpha"], "--", color=color, alpha=0.7)
-                ax.errorbar([fit["x_next"]], [fit["predicted_next"]], yerr=[fit["predicted_next_err"]], fmt="*",
-                            color=color, alpha=0.8)
+                ax.errorbar(
+                    [fit["x_next"]],
+                    [fit["predicted_next"]],
+                    yerr=[fit["predicted_next_err"]],
+                    fmt="*",
+                    color=color,
+                    alpha=0.8,
+                )
         ax.set_title(f"{panel_key} = {panel if not isinstance(panel, float) else _fmt(panel)}")
         ax.set_xlabel(xlabel)
         if log_x:
@@ -84,16 +109,54 @@ def draw_all(points: list[Point], result: dict[str, Any], out: Path, curves_path
     data_x = (lambda p: p.data_size) if numeric_data else (lambda p: rank[p.data])
     figures = []
     data_fits = {(f["iterations"], f["model"]): f for f in result["fits"]["data"]}
-    figures.append(_line_plot(points, data_x, "model", "iterations", models, iterations, "data size",
-                              "held-out loss vs data (one line per model)", out / "loss_vs_data.png", flagged,
-                              numeric_data, data_fits if numeric_data else None))
-    figures.append(_line_plot(points, lambda p: p.iterations, "model", "data", models, datas, "iterations",
-                              "held-out loss vs training length (x: over-fit)", out / "loss_vs_iterations.png",
-                              flagged, True))
+    figures.append(
+        _line_plot(
+            points,
+            data_x,
+            "model",
+            "iterations",
+            models,
+            iterations,
+            "data size",
+            "held-out loss vs data (one line per model)",
+            out / "loss_vs_data.png",
+            flagged,
+            numeric_data,
+            data_fits if numeric_data else None,
+        )
+    )
+    figures.append(
+        _line_plot(
+            points,
+            lambda p: p.iterations,
+            "model",
+            "data",
+            models,
+            datas,
+            "iterations",
+            "held-out loss vs training length (x: over-fit)",
+            out / "loss_vs_iterations.png",
+            flagged,
+            True,
+        )
+    )
     param_fits = {(f["iterations"], f["data"]): f for f in result["fits"]["params"]}
-    figures.append(_line_plot(points, lambda p: p.params, "data", "iterations", datas, iterations,
-                              "parameters (encoder)", "held-out loss vs model size (one line per data size)",
-                              out / "loss_vs_params.png", flagged, True, param_fits))
+    figures.append(
+        _line_plot(
+            points,
+            lambda p: p.params,
+            "data",
+            "iterations",
+            datas,
+            iterations,
+            "parameters (encoder)",
+            "held-out loss vs model size (one line per data size)",
+            out / "loss_vs_params.png",
+            flagged,
+            True,
+            param_fits,
+        )
+    )
     if all(p.get("compute") is not None for p in points):
         figures.append(_compute_plot(points, result["fits"]["compute"], models, out / "loss_vs_compute.png"))
     if any(p.get("finetune_top1") is not None for p in points):
@@ -114,8 +177,7 @@ def _compute_plot(points: list[Point], fit: dict[str, Any], models: list[str], p
         ax.scatter([p.get("compute") for p in cells], [p.heldout_loss for p in cells], color=color, label=model)
     if fit and "alpha" in fit:
         xs = np.geomspace(min(c["compute"] for c in fit["frontier"]), fit["x_next"], 50)
-        ax.plot(xs, fit["E"] + fit["A"] * xs ** -fit["alpha"], "k--",
-                label=f"frontier fit, alpha {fit['alpha']:.3f}")
+        ax.plot(xs, fit["E"] + fit["A"] * xs ** -fit["alpha"], "k--", label=f"frontier fit, alpha {fit['alpha']:.3f}")
     ax.set_xscale("log")
     ax.set_xlabel("training compute (FLOPs)")
     ax.set_ylabel("held-out loss")
@@ -134,8 +196,10 @@ def _accuracy_plot(points: list[Point], corr: dict[str, Any], models: list[str],
         ax.scatter([p.heldout_loss for p in cells], [p.get("finetune_top1") for p in cells], color=color, label=model)
     overall = corr["overall"]
     if overall.get("pearson") is not None:
-        ax.set_title(f"fine-tune top-1 vs held-out loss\nPearson {overall['pearson']:+.2f}, "
-                     f"Spearman {overall['spearman']:+.2f} (n={overall['n']})")
+        ax.set_title(
+            f"fine-tune top-1 vs held-out loss\nPearson {overall['pearson']:+.2f}, "
+            f"Spearman {overall['spearman']:+.2f} (n={overall['n']})"
+        )
     ax.set_xlabel("held-out loss")
     ax.set_ylabel("fine-tune top-1 (%)")
     ax.grid(alpha=0.3)
@@ -148,11 +212,18 @@ def _gap_plot(points: list[Point], models: list[str], datas: list[str], path: Pa
     colors = _plt().cm.viridis(np.linspace(0, 0.9, len(models)))
     for ax, data in zip(axes, datas):
         for color, model in zip(colors, models):
-            cells = sorted((p for p in points if p.data == data and p.model == model
-                            and p.get("train_loss") is not None), key=lambda p: p.iterations)
+            cells = sorted(
+                (p for p in points if p.data == data and p.model == model and p.get("train_loss") is not None),
+                key=lambda p: p.iterations,
+            )
             if cells:
-                ax.plot([p.iterations for p in cells], [p.heldout_loss - p.get("train_loss") for p in cells], "o-",
-                        color=color, label=model)
+                ax.plot(
+                    [p.iterations for p in cells],
+                    [p.heldout_loss - p.get("train_loss") for p in cells],
+                    "o-",
+                    color=color,
+                    label=model,
+                )
         ax.axhline(0, color="gray", lw=0.8)
         ax.set_xscale("log")
         ax.set_title(f"data = {data}")

@@ -1,5 +1,6 @@
 """What one sweep run measured, read back from its run directory: size, training compute, curves, final held-out
 loss and fine-tune top-1; and the sweep's results.csv (one row per run) with curves.json beside it."""
+
 from __future__ import annotations
 
 import csv
@@ -23,8 +24,12 @@ def training_flops_per_image(cfg: Config) -> float:
     """FLOPs of one training step (forward + backward) per image, counted by torch.utils.flop_counter on a batch
     of two; the optimizer step is left out (it scales with parameters, not images)."""
     tree = cfg.to_dict()  # only what changes the FLOPs, so runs that differ in data, length or seed share a count
-    key = {"model": tree["model"], "method": tree["method"], "distill": tree["distill"],
-           "data": {k: tree["data"][k] for k in ("img_size", "in_chans", "name")}}
+    key = {
+        "model": tree["model"],
+        "method": tree["method"],
+        "distill": tree["distill"],
+        "data": {k: tree["data"][k] for k in ("img_size", "in_chans", "name")},
+    }
     return _flops_cached(yaml.safe_dump(key, sort_keys=True))
 
 
@@ -54,8 +59,11 @@ def encoder_params(cfg: Config) -> int:
 
 
 def _curve(records: list[dict[str, Any]], event: str, split: str) -> list[list[float]]:
-    return [[r["step"], r["loss"]] for r in records
-            if r.get("event") == event and r.get("split") == split and r.get("loss") is not None]
+    return [
+        [r["step"], r["loss"]]
+        for r in records
+        if r.get("event") == event and r.get("split") == split and r.get("loss") is not None
+    ]
 
 
 def run_record(run_dir: Path, axes: dict[str, str], finetune_dir: Path | None = None) -> dict[str, Any]:
@@ -67,21 +75,38 @@ def run_record(run_dir: Path, axes: dict[str, str], finetune_dir: Path | None = 
     images_seen = results["step"] * t.batch_size
     flops = training_flops_per_image(cfg)
     row: dict[str, Any] = {
-        "run": run_dir.name, "model": cfg.model.name, "params": encoder_params(cfg), "data": cfg.data.fraction,
-        "data_images": results["train_images"], "iterations": results["step"], "batch_size": t.batch_size,
-        "images_seen": images_seen, "epochs": images_seen / max(1, results["train_images"]), "seed": cfg.seed,
-        "flops_per_image": flops, "compute": flops * images_seen,
-        "heldout_loss": results.get("final_heldout_loss"), "best_heldout_loss": results.get("best_heldout_loss"),
-        "train_loss": results.get("final_train_fixed_loss"), "finetune_top1": None,
-        "pretrain_seconds": results.get("seconds"), "run_dir": str(run_dir),
+        "run": run_dir.name,
+        "model": cfg.model.name,
+        "params": encoder_params(cfg),
+        "data": cfg.data.fraction,
+        "data_images": results["train_images"],
+        "iterations": results["step"],
+        "batch_size": t.batch_size,
+        "images_seen": images_seen,
+        "epochs": images_seen / max(1, results["train_images"]),
+        "seed": cfg.seed,
+        "flops_per_image": flops,
+        "compute": flops * images_seen,
+        "heldout_loss": results.get("final_heldout_loss"),
+        "best_heldout_loss": results.get("best_heldout_loss"),
+        "train_loss": results.get("final_train_fixed_loss"),
+        "finetune_top1": None,
+        "pretrain_seconds": results.get("seconds"),
+        "run_dir": str(run_dir),
     }
     row.update(axes)  # the sweep's labels win (a named model bundle, the data fraction as written)
     if finetune_dir is not None and (finetune_dir / "results.json").is_file():
         ft = json.loads((finetune_dir / "results.json").read_text())
         row["finetune_top1"] = ft.get("final_heldout_top1")
-    curves = {"heldout": _curve(records, "eval", "heldout"), "train_fixed": _curve(records, "eval", "train_fixed"),
-              "train": _curve(records, "train", "train"), "batch_size": t.batch_size,
-              "model": row["model"], "data": row["data"], "iterations": results["step"]}
+    curves = {
+        "heldout": _curve(records, "eval", "heldout"),
+        "train_fixed": _curve(records, "eval", "train_fixed"),
+        "train": _curve(records, "train", "train"),
+        "batch_size": t.batch_size,
+        "model": row["model"],
+        "data": row["data"],
+        "iterations": results["step"],
+    }
     return {"row": row, "curves": curves}
 
 

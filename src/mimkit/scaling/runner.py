@@ -3,6 +3,7 @@ training `mimkit pretrain` (+ `mimkit finetune`) would do, called through the tr
 (the command line is written to the run's log and printed by --dry-run), so a finished run is skipped, an
 interrupted one resumes from its checkpoint, and a failed one is reported with its log without stopping the others.
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ def run_step(step: TrainStep) -> int:
     return training_exit_code(train, "run the sweep again to resume", catch_user_errors=True)
 
 
-def execute(steps: list[TrainStep], log_path: str, threads: int | None = None,
-            stop_file: str | None = None) -> dict[str, Any]:
+def execute(
+    steps: list[TrainStep], log_path: str, threads: int | None = None, stop_file: str | None = None
+) -> dict[str, Any]:
     """Run trainings in order in this process, their output appended to `log_path`; stop at the first failure.
     Returns {ok, seconds, failed (the command line), returncode}. Runs inside a worker process (local launcher) or
     a submitit job, so importing torch and timm is paid once per worker, not once per training."""
@@ -83,8 +85,12 @@ def execute(steps: list[TrainStep], log_path: str, threads: int | None = None,
         for step in steps:
             line = shell_line(step.argv())
             if stop_file and Path(stop_file).exists():  # the sweep is stopping: start nothing new
-                return {"ok": False, "seconds": time.time() - t0, "failed": "sweep stopped before " + line,
-                        "returncode": 143}
+                return {
+                    "ok": False,
+                    "seconds": time.time() - t0,
+                    "failed": "sweep stopped before " + line,
+                    "returncode": 143,
+                }
             log.write(f"\n$ {line}\n")
             with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
                 try:
@@ -137,8 +143,10 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
     while left:
         broken = False
         with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
-            futures = {pool.submit(execute, pending_steps(sweep, run), _log_path(run), threads, str(stop_file)):
-                       run for run in left}
+            futures = {
+                pool.submit(execute, pending_steps(sweep, run), _log_path(run), threads, str(stop_file)): run
+                for run in left
+            }
             for future in _completed(futures, pool, stop_file):
                 run = futures[future]
                 try:
@@ -151,12 +159,16 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
                 elapsed = time.time() - t0
                 eta = elapsed / done * (len(todo) - done)
                 if outcome["ok"]:
-                    say(f"[sweep] {done}/{len(todo)} {run.run_id} finished in {outcome['seconds']:.0f} s "
-                        f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)")
+                    say(
+                        f"[sweep] {done}/{len(todo)} {run.run_id} finished in {outcome['seconds']:.0f} s "
+                        f"(elapsed {elapsed / 60:.1f} min, ETA {eta / 60:.1f} min)"
+                    )
                 else:
                     failed.append(run.run_id)
-                    say(f"[sweep] {done}/{len(todo)} {run.run_id} FAILED (exit {outcome['returncode']}) in: "
-                        f"{outcome['failed']}; log: {_log_path(run)}")
+                    say(
+                        f"[sweep] {done}/{len(todo)} {run.run_id} FAILED (exit {outcome['returncode']}) in: "
+                        f"{outcome['failed']}; log: {_log_path(run)}"
+                    )
         if broken:
             for run in list(left):
                 tries[run.run_id] += 1
@@ -164,8 +176,10 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
                     left.remove(run)
                     done += 1
                     failed.append(run.run_id)
-                    say(f"[sweep] {run.run_id} FAILED: a worker process died {MAX_TRIES} times while it was "
-                        f"pending or running; log: {_log_path(run)}")
+                    say(
+                        f"[sweep] {run.run_id} FAILED: a worker process died {MAX_TRIES} times while it was "
+                        f"pending or running; log: {_log_path(run)}"
+                    )
             if left:
                 say(f"[sweep] a worker process died; {len(left)} unfinished run(s) go again in a fresh pool")
     return failed
@@ -224,15 +238,27 @@ def submitit_executor(sweep: Sweep, launcher: str):
     try:
         executor.update_parameters(**params)
     except Exception as err:  # noqa: BLE001 - submitit raises NameError/AssertionError/TypeError for bad keys
-        raise ConfigError(f"slurm: {err} (keys are submitit's, e.g. slurm_partition, gpus_per_node, tasks_per_node, "
-                          "timeout_min, slurm_additional_parameters)") from None
+        raise ConfigError(
+            f"slurm: {err} (keys are submitit's, e.g. slurm_partition, gpus_per_node, tasks_per_node, "
+            "timeout_min, slurm_additional_parameters)"
+        ) from None
     return executor
 
 
 # Job states that mean "leave it alone": queued, running, or unknown (sacct briefly unreachable reads UNKNOWN;
 # submitting again would put two jobs in one run directory).
-ACTIVE_STATES = {"PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING", "READY",
-                 "PREEMPTED", "UNKNOWN"}
+ACTIVE_STATES = {
+    "PENDING",
+    "RUNNING",
+    "REQUEUED",
+    "CONFIGURING",
+    "COMPLETING",
+    "SUSPENDED",
+    "RESIZING",
+    "READY",
+    "PREEMPTED",
+    "UNKNOWN",
+}
 
 
 def _jobs_file(sweep: Sweep) -> Path:
@@ -261,15 +287,18 @@ def active_jobs(sweep: Sweep, launcher: str) -> dict[str, str]:
     return active
 
 
-def run_submitit(sweep: Sweep, todo: list[SweepRun], launcher: str, wait: bool,
-                 say: Callable[[str], None]) -> list[str]:
+def run_submitit(
+    sweep: Sweep, todo: list[SweepRun], launcher: str, wait: bool, say: Callable[[str], None]
+) -> list[str]:
     """One job per run; jobs.json records run -> job id. With `wait`, block until all end; returns failed ids."""
     executor = submitit_executor(sweep, launcher)
     busy = active_jobs(sweep, launcher)
     todo = [run for run in todo if run.run_id not in busy]
     for run_id, job_id in busy.items():
-        say(f"[sweep] {run_id}: job {job_id} is queued, running or unknown to the scheduler, not submitted again "
-            f"(if it is gone, delete its entry from {_jobs_file(sweep)})")
+        say(
+            f"[sweep] {run_id}: job {job_id} is queued, running or unknown to the scheduler, not submitted again "
+            f"(if it is gone, delete its entry from {_jobs_file(sweep)})"
+        )
     path = _jobs_file(sweep)
     recorded = json.loads(path.read_text()) if path.is_file() else {}
     jobs = {}

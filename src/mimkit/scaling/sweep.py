@@ -1,4 +1,5 @@
 """`mimkit sweep`: expand the grid, say what is done and what is left, run what is left, collect results.csv."""
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,16 @@ def collect(sweep: Sweep, say: Callable[[str], None] = print) -> Path | None:
     return write_results(records, sweep.out)
 
 
-def run_sweep(config: str, out: str, parallel: int | None = None, launcher: str = "local", dry_run: bool = False,
-              finetune: bool | None = None, wait: bool = True, say: Callable[[str], None] = print) -> dict[str, Any]:
+def run_sweep(
+    config: str,
+    out: str,
+    parallel: int | None = None,
+    launcher: str = "local",
+    dry_run: bool = False,
+    finetune: bool | None = None,
+    wait: bool = True,
+    say: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run (or, with `dry_run`, print) what is left of a sweep; returns counts, failures and the results path."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher {launcher}: expected one of {', '.join(LAUNCHERS)}")
@@ -42,26 +51,38 @@ def run_sweep(config: str, out: str, parallel: int | None = None, launcher: str 
         raise ConfigError(f"--parallel {parallel}: must be at least 1")
     states = Counter(run_status(run) for run in sweep.runs)
     todo = [run for run in sweep.runs if run_status(run) != "done"]
-    say(f"[sweep] {len(sweep.runs)} runs: {states['done']} done, {states['finetune']} to fine-tune, "
-        f"{states['resume']} to resume, {states['new']} new" + (f"; fine-tune with {sweep.finetune.config}"
-                                                                 if sweep.finetune else ""))
+    say(
+        f"[sweep] {len(sweep.runs)} runs: {states['done']} done, {states['finetune']} to fine-tune, "
+        f"{states['resume']} to resume, {states['new']} new"
+        + (f"; fine-tune with {sweep.finetune.config}" if sweep.finetune else "")
+    )
     if dry_run:
         for run in todo:
             for args in pending_commands(sweep, run):
                 print(shell_line(args))
         return {"runs": len(sweep.runs), "todo": len(todo), "dry_run": True}
     sweep.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(sweep.out / "sweep.json", json.dumps(
-        {"config": str(config), "base": sweep.base, "runs": {r.run_id: {"axes": r.axes, "overrides": r.overrides}
-                                                            for r in sweep.runs},
-         "finetune": None if sweep.finetune is None else vars(sweep.finetune)}, indent=1))
+    atomic_write_text(
+        sweep.out / "sweep.json",
+        json.dumps(
+            {
+                "config": str(config),
+                "base": sweep.base,
+                "runs": {r.run_id: {"axes": r.axes, "overrides": r.overrides} for r in sweep.runs},
+                "finetune": None if sweep.finetune is None else vars(sweep.finetune),
+            },
+            indent=1,
+        ),
+    )
     if launcher == "local":
         failed = run_local(sweep, todo, parallel, say)
     else:
         failed = run_submitit(sweep, todo, launcher, wait, say)
     results = collect(sweep, say)
     finished = sum(run_status(run) == "done" for run in sweep.runs)
-    say(f"[sweep] {finished}/{len(sweep.runs)} runs done" + (f"; results in {results}" if results else "")
-        + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return {"runs": len(sweep.runs), "done": finished, "failed": failed,
-            "results": str(results) if results else None}
+    say(
+        f"[sweep] {finished}/{len(sweep.runs)} runs done"
+        + (f"; results in {results}" if results else "")
+        + (f"; failed: {', '.join(failed)}" if failed else "")
+    )
+    return {"runs": len(sweep.runs), "done": finished, "failed": failed, "results": str(results) if results else None}

@@ -6,6 +6,7 @@ seed. Numbers may carry K/M/B/G suffixes (49M, 125K) and data may be a percentag
 (a sweep's extra grid axis, e.g. method.mask_ratio) splits the model into variants, "model [key=value]", so cells
 are only ever averaged over seeds.
 """
+
 from __future__ import annotations
 
 import csv
@@ -22,9 +23,26 @@ from mimkit.errors import ConfigError
 REQUIRED = ("model", "params", "data", "iterations", "heldout_loss")
 OPTIONAL_NUMBERS = ("finetune_top1", "train_loss", "data_images", "compute")
 # The columns a mimkit sweep writes to results.csv, in order; grid axes beyond model/data/length/seed follow them.
-SWEEP_COLUMNS = ["run", "model", "params", "data", "data_images", "iterations", "batch_size", "images_seen", "epochs",
-                 "seed", "flops_per_image", "compute", "heldout_loss", "best_heldout_loss", "train_loss",
-                 "finetune_top1", "pretrain_seconds", "run_dir"]
+SWEEP_COLUMNS = [
+    "run",
+    "model",
+    "params",
+    "data",
+    "data_images",
+    "iterations",
+    "batch_size",
+    "images_seen",
+    "epochs",
+    "seed",
+    "flops_per_image",
+    "compute",
+    "heldout_loss",
+    "best_heldout_loss",
+    "train_loss",
+    "finetune_top1",
+    "pretrain_seconds",
+    "run_dir",
+]
 SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
@@ -78,13 +96,17 @@ def read_table(path: str | Path) -> list[dict[str, Any]]:
         columns = [c.strip() for c in reader.fieldnames or []]
         missing = [c for c in REQUIRED if c not in columns]
         if missing:
-            raise ConfigError(f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
-                              f"the table has {', '.join(columns) or 'no header'}. Required: {', '.join(REQUIRED)}")
+            raise ConfigError(
+                f"{path}: missing required column(s) {', '.join(repr(c) for c in missing)}; "
+                f"the table has {', '.join(columns) or 'no header'}. Required: {', '.join(REQUIRED)}"
+            )
         rows = []
         for line, raw in enumerate(reader, start=2):
             if None in raw:  # DictReader files surplus cells under None
-                raise ConfigError(f"{path}, line {line}: {len(columns) + len(raw[None])} cells but the header has "
-                                  f"{len(columns)} columns")
+                raise ConfigError(
+                    f"{path}, line {line}: {len(columns) + len(raw[None])} cells but the header has "
+                    f"{len(columns)} columns"
+                )
             raw = {(k or "").strip(): (v or "").strip() for k, v in raw.items()}
             loss = parse_number(raw["heldout_loss"], "heldout_loss", line)
             if loss is None:
@@ -128,8 +150,19 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Point]:
         for key in ("finetune_top1", "train_loss", "compute"):
             values = [r[key] for r in group if r[key] is not None]
             extra[key] = mean(values) if values else None
-        points.append(Point(model, mean(r["params"] for r in group), data, group[0]["data_size"], iterations,
-                            mean(losses), pstdev(losses) if len(losses) > 1 else 0.0, len(group), extra))
+        points.append(
+            Point(
+                model,
+                mean(r["params"] for r in group),
+                data,
+                group[0]["data_size"],
+                iterations,
+                mean(losses),
+                pstdev(losses) if len(losses) > 1 else 0.0,
+                len(group),
+                extra,
+            )
+        )
     return points
 
 

@@ -1,4 +1,5 @@
 """Loss curves from metrics.jsonl: training loss (smoothed) and the fixed-mask held-out / train-subset losses."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,9 +23,11 @@ def plot_loss_curves(run_dir: str | Path, out: str | Path | None = None) -> Path
         "held-out (fixed masks)": [r for r in records if r.get("split") == "heldout"],
         "train subset (fixed masks)": [r for r in records if r.get("split") == "train_fixed"],
     }
-    styles = {"train (batches, augmented)": dict(color="0.6", lw=1),
-              "held-out (fixed masks)": dict(color="tab:red", marker="o", ms=3, lw=1.6),
-              "train subset (fixed masks)": dict(color="tab:blue", marker="s", ms=3, lw=1.2, ls="--")}
+    styles = {
+        "train (batches, augmented)": dict(color="0.6", lw=1),
+        "held-out (fixed masks)": dict(color="tab:red", marker="o", ms=3, lw=1.6),
+        "train subset (fixed masks)": dict(color="tab:blue", marker="s", ms=3, lw=1.2, ls="--"),
+    }
     for label, rows in series.items():
         rows = [r for r in rows if r.get("loss") is not None]
         if rows:

@@ -1,4 +1,5 @@
 """A grid of original | masked input | reconstruction, train images beside held-out images, with fixed masks."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,9 +22,11 @@ def _panels(method: Any, data: ImageSet, cfg: Any, n: int, device: torch.device)
     out = method.reconstruct(images, subset.ids, FIXED_EPOCH)
     masked = denormalize(out["masked"], cfg.data.mean, cfg.data.std)
     masked = masked * (1 - out["pixel_mask"]) + 0.5 * out["pixel_mask"]  # masked patches shown grey
-    return {"original": denormalize(out["original"], cfg.data.mean, cfg.data.std),
-            "masked": masked,
-            "reconstruction": denormalize(out["reconstruction"], cfg.data.mean, cfg.data.std)}
+    return {
+        "original": denormalize(out["original"], cfg.data.mean, cfg.data.std),
+        "masked": masked,
+        "reconstruction": denormalize(out["reconstruction"], cfg.data.mean, cfg.data.std),
+    }
 
 
 def _show(ax, img: torch.Tensor) -> None:
@@ -37,8 +40,15 @@ def _show(ax, img: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def reconstruction_figure(method: Any, train: ImageSet, heldout: ImageSet, cfg: Any, out: str | Path,
-                          n: int = 6, device: torch.device | str = "cpu") -> Path:
+def reconstruction_figure(
+    method: Any,
+    train: ImageSet,
+    heldout: ImageSet,
+    cfg: Any,
+    out: str | Path,
+    n: int = 6,
+    device: torch.device | str = "cpu",
+) -> Path:
     method = method.eval()
     device = torch.device(device)
     sides = {"train": _panels(method, train, cfg, n, device), "held-out": _panels(method, heldout, cfg, n, device)}
@@ -49,8 +59,7 @@ def reconstruction_figure(method: Any, train: ImageSet, heldout: ImageSet, cfg: 
             for i in range(rows):
                 _show(axes[i, col_offset + j], panels[name][i])
             axes[0, col_offset + j].set_title(f"{side}\n{name}", fontsize=8)
-    fig.suptitle(f"{cfg.method.name.upper()} reconstructions (fixed masks, ratio {cfg.method.mask_ratio})",
-                 fontsize=10)
+    fig.suptitle(f"{cfg.method.name.upper()} reconstructions (fixed masks, ratio {cfg.method.mask_ratio})", fontsize=10)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

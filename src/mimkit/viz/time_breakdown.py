@@ -1,6 +1,7 @@
 """The bench suite's time breakdown as one stacked bar per implementation: where each step's time goes, with the
 part of the matmul and attention time their FLOPs would take at the peak drawn solid, so the bar's solid part is
 the MFU and everything lighter is the gap."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,8 +14,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from mimkit.bench.breakdown import FLOP_KINDS, KINDS  # noqa: E402
 
-COLORS = {"matmul": "tab:blue", "attention": "tab:orange", "elementwise": "tab:green", "copies": "tab:red",
-          "optimizer": "tab:purple", "communication": "tab:brown", "other": "tab:pink", "idle": "0.45"}
+COLORS = {
+    "matmul": "tab:blue",
+    "attention": "tab:orange",
+    "elementwise": "tab:green",
+    "copies": "tab:red",
+    "optimizer": "tab:purple",
+    "communication": "tab:brown",
+    "other": "tab:pink",
+    "idle": "0.45",
+}
 
 
 def plot_time_breakdown(result: dict[str, Any], out: str | Path) -> Path:
@@ -36,8 +45,14 @@ def plot_time_breakdown(result: dict[str, Any], out: str | Path) -> Path:
     # the kinds that count no FLOPs are all gap, so they are drawn (and shown here) lighter
     handles = [plt.Rectangle((0, 0), 1, 1, color=COLORS[k], alpha=1.0 if k in FLOP_KINDS else 0.45) for k in KINDS]
     handles.append(plt.Rectangle((0, 0), 1, 1, color="tab:blue", alpha=0.45))
-    ax.legend(handles, [*KINDS, "matmul below the peak"], fontsize=7, frameon=False, loc="center left",
-              bbox_to_anchor=(1.01, 0.5))
+    ax.legend(
+        handles,
+        [*KINDS, "matmul below the peak"],
+        fontsize=7,
+        frameon=False,
+        loc="center left",
+        bbox_to_anchor=(1.01, 0.5),
+    )
     ax.set_yticks(range(len(rows)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlim(0, 100)

@@ -1,5 +1,6 @@
 """Loading timm-layout encoder weights into a model: only a fresh head or pooling norm may differ; anything else is
 a clear error naming the mismatched keys."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,11 @@ def load_encoder_weights(encoder: torch.nn.Module, state: dict[str, torch.Tensor
     """Load `state` into a timm ViT, allowing only a fresh head / pooling norm; anything else is a clear error
     naming the mismatched keys."""
     own = encoder.state_dict()
-    shape_mismatch = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
-                      for k, v in state.items() if k in own and own[k].shape != v.shape]
+    shape_mismatch = [
+        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and own[k].shape != v.shape
+    ]
     missing = [k for k in own if k not in state and not k.startswith(_MAY_BE_MISSING)]
     unexpected = [k for k in state if k not in own and not k.startswith(_MAY_BE_UNUSED)]
     if shape_mismatch or missing or unexpected:
@@ -27,7 +31,9 @@ def load_encoder_weights(encoder: torch.nn.Module, state: dict[str, torch.Tensor
             parts.append("missing from the checkpoint: " + ", ".join(missing[:8]))
         if unexpected:
             parts.append("not in the model: " + ", ".join(unexpected[:8]))
-        raise ConfigError(f"{what} does not match the requested model ({' | '.join(parts)}). Use the source's own "
-                          "architecture (leave model.* unset) or a matching checkpoint")
+        raise ConfigError(
+            f"{what} does not match the requested model ({' | '.join(parts)}). Use the source's own "
+            "architecture (leave model.* unset) or a matching checkpoint"
+        )
     result = encoder.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return {"fresh": list(result.missing_keys), "unused": [k for k in state if k not in own]}

@@ -5,6 +5,7 @@ SOURCE is a mimkit run directory or checkpoint folder (any method), an exported 
 them from a file), or `scratch`. Each resolves to the encoder architecture (copied into the run's config) and its
 timm-layout weights.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -23,8 +24,18 @@ from mimkit.methods.registry import method_spec
 from mimkit.models.presets import resolve_model_spec
 from mimkit.models.swin import swin_arch
 
-ARCH_KEYS = ("name", "patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "norm_eps", "stage_depths",
-             "stage_heads", "window_size")
+ARCH_KEYS = (
+    "name",
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "norm_eps",
+    "stage_depths",
+    "stage_heads",
+    "window_size",
+)
 
 
 @dataclass
@@ -48,25 +59,42 @@ def _from_run(path: Path) -> Source:
     cfg = method.config
     arch = {k: getattr(cfg.model, k) for k in ARCH_KEYS}
     arch.update({key: getattr(cfg.model, key) for key in method_spec(cfg).adopts})  # e.g. a classifier's pooling
-    return Source("run", f"{cfg.method.name} run {path}", _without_head(method.encoder_state_dict()), arch,
-                  {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans})
+    return Source(
+        "run",
+        f"{cfg.method.name} run {path}",
+        _without_head(method.encoder_state_dict()),
+        arch,
+        {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans},
+    )
 
 
 def _from_export(path: Path) -> Source:
     sidecar = path.with_suffix(path.suffix + ".json")
     if not sidecar.is_file():
-        raise ConfigError(f"init: '{path}' has no '{sidecar.name}' beside it (written by `mimkit export`) to say "
-                          "which architecture it holds")
+        raise ConfigError(
+            f"init: '{path}' has no '{sidecar.name}' beside it (written by `mimkit export`) to say "
+            "which architecture it holds"
+        )
     info = json.loads(sidecar.read_text())
     kw = info["timm_kwargs"]
-    arch = {"name": info["timm_name"], "patch_size": kw["patch_size"], "embed_dim": kw["embed_dim"],
-            "mlp_ratio": kw["mlp_ratio"], "norm_eps": info.get("norm_eps", 1e-6)}
+    arch = {
+        "name": info["timm_name"],
+        "patch_size": kw["patch_size"],
+        "embed_dim": kw["embed_dim"],
+        "mlp_ratio": kw["mlp_ratio"],
+        "norm_eps": info.get("norm_eps", 1e-6),
+    }
     if "depths" in kw:  # SwinV2: per-stage sizes
         arch.update(swin_arch(kw["depths"], kw["num_heads"], kw["window_size"]))
     else:
         arch.update(depth=kw["depth"], num_heads=kw["num_heads"])
-    return Source("export", f"exported encoder {path}", _without_head(load_file(str(path))), arch,
-                  {"img_size": kw["img_size"], "in_chans": kw["in_chans"]})
+    return Source(
+        "export",
+        f"exported encoder {path}",
+        _without_head(load_file(str(path))),
+        arch,
+        {"img_size": kw["img_size"], "in_chans": kw["in_chans"]},
+    )
 
 
 def _check_weights_file(model: torch.nn.Module, file: str, name: str) -> None:
@@ -78,12 +106,15 @@ def _check_weights_file(model: torch.nn.Module, file: str, name: str) -> None:
     try:
         keys = set(checkpoint_filter_fn(timm_load_state_dict(file), model))
     except Exception as err:  # noqa: BLE001 - unreadable or foreign files are user errors
-        raise ConfigError(f"init: cannot read timm weights from '{file}' ({type(err).__name__}: "
-                          f"{str(err).splitlines()[0][:200]})") from None
+        raise ConfigError(
+            f"init: cannot read timm weights from '{file}' ({type(err).__name__}: {str(err).splitlines()[0][:200]})"
+        ) from None
     missing = [k for k in model.state_dict() if not k.startswith(("head.", "fc_norm.")) and k not in keys]
     if missing:
-        raise ConfigError(f"init: '{file}' does not hold weights for timm's {name}: missing "
-                          f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} ({len(missing)} keys)")
+        raise ConfigError(
+            f"init: '{file}' does not hold weights for timm's {name}: missing "
+            f"{', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''} ({len(missing)} keys)"
+        )
 
 
 def _from_timm(name: str, cfg: Config) -> Source:
@@ -102,35 +133,55 @@ def _from_timm(name: str, cfg: Config) -> Source:
             raise ConfigError(f"init: timm weights file '{file}' does not exist")
         overlay = dict(file=str(Path(file).resolve()))
     try:
-        model = timm.create_model(name, pretrained=True, num_classes=0, img_size=cfg.data.img_size,
-                                  in_chans=cfg.data.in_chans or 3, pretrained_cfg_overlay=overlay)
+        model = timm.create_model(
+            name,
+            pretrained=True,
+            num_classes=0,
+            img_size=cfg.data.img_size,
+            in_chans=cfg.data.in_chans or 3,
+            pretrained_cfg_overlay=overlay,
+        )
     except Exception as err:  # noqa: BLE001 - any download/lookup failure means "not available locally"
-        raise ConfigError(f"init: timm pretrained weights for '{name}' are not available locally "
-                          f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Put them in the Hugging Face "
-                          "cache, or pass a weights file as timm:NAME@FILE") from None
+        raise ConfigError(
+            f"init: timm pretrained weights for '{name}' are not available locally "
+            f"({type(err).__name__}: {str(err).splitlines()[0][:200]}). Put them in the Hugging Face "
+            "cache, or pass a weights file as timm:NAME@FILE"
+        ) from None
     if file:
         _check_weights_file(model, overlay["file"], arch_name)
-    arch = {"name": arch_name, "patch_size": spec.patch_size, "embed_dim": spec.embed_dim, "depth": spec.depth,
-            "num_heads": spec.num_heads, "mlp_ratio": spec.mlp_ratio, "norm_eps": 1e-6}
+    arch = {
+        "name": arch_name,
+        "patch_size": spec.patch_size,
+        "embed_dim": spec.embed_dim,
+        "depth": spec.depth,
+        "num_heads": spec.num_heads,
+        "mlp_ratio": spec.mlp_ratio,
+        "norm_eps": 1e-6,
+    }
     if spec.is_swin:
         arch.update(swin_arch(spec.stage_depths, spec.stage_heads, spec.window_size))
-    return Source("timm", f"timm pretrained {name}" + (f" from {file}" if file else ""),
-                  _without_head(model.state_dict()), arch, {"img_size": cfg.data.img_size,
-                                                            "in_chans": cfg.data.in_chans})
+    return Source(
+        "timm",
+        f"timm pretrained {name}" + (f" from {file}" if file else ""),
+        _without_head(model.state_dict()),
+        arch,
+        {"img_size": cfg.data.img_size, "in_chans": cfg.data.in_chans},
+    )
 
 
 def resolve_source(spec: str | None, cfg: Config) -> Source:
     if spec is None or spec == "scratch":
         return Source("scratch", "random initialisation", None, {}, {})
     if spec.startswith("timm:"):
-        return _from_timm(spec[len("timm:"):], cfg)
+        return _from_timm(spec[len("timm:") :], cfg)
     path = Path(spec)
     if path.is_file() and path.suffix == ".safetensors":
         return _from_export(path)
     if path.exists():
         return _from_run(path)
-    raise ConfigError(f"init: '{spec}' is not a run directory, checkpoint folder, exported .safetensors file, "
-                      "timm:NAME or scratch")
+    raise ConfigError(
+        f"init: '{spec}' is not a run directory, checkpoint folder, exported .safetensors file, timm:NAME or scratch"
+    )
 
 
 def adopt_source(cfg: Config, source: Source) -> Config:
@@ -138,6 +189,9 @@ def adopt_source(cfg: Config, source: Source) -> Config:
     model = dataclasses.replace(cfg.model, **source.arch)
     data = dataclasses.replace(cfg.data, **source.data) if source.data else cfg.data
     if source.arch:  # sizes come from the source; let resolved() fill the rest
-        data = dataclasses.replace(data, mean=cfg.data.mean if cfg.data.in_chans == data.in_chans else None,
-                                   std=cfg.data.std if cfg.data.in_chans == data.in_chans else None)
+        data = dataclasses.replace(
+            data,
+            mean=cfg.data.mean if cfg.data.in_chans == data.in_chans else None,
+            std=cfg.data.std if cfg.data.in_chans == data.in_chans else None,
+        )
     return resolved(dataclasses.replace(cfg, model=model, data=data))

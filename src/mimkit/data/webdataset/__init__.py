@@ -14,6 +14,7 @@ The package, by job: paths.py (shard lists), index.py (the tar index and its cac
 decoding images), shardset.py (ShardSet), stream.py (ShardStream), build.py (build_data for webdataset), write.py
 (writing shards).
 """
+
 from mimkit.data.webdataset.build import build_webdataset, require_in_memory
 from mimkit.data.webdataset.decode import decode_many, read_payloads
 from mimkit.data.webdataset.index import HELDOUT_ID_OFFSET, ID_STRIDE, ShardIndex, index_shards, load_index, scan_shard
@@ -22,7 +23,25 @@ from mimkit.data.webdataset.shardset import ShardSet
 from mimkit.data.webdataset.stream import ShardStream, shuffle_buffer_order
 from mimkit.data.webdataset.write import synthetic_jpegs, write_shards, write_shards_from, write_synthetic_shards
 
-__all__ = ["HELDOUT_ID_OFFSET", "ID_STRIDE", "ShardError", "ShardIndex", "ShardSet", "ShardStream", "build_webdataset",
-           "decode_many", "expand_braces", "index_shards", "load_index", "read_payloads", "require_in_memory",
-           "scan_shard", "shard_paths", "shuffle_buffer_order", "synthetic_jpegs", "write_shards", "write_shards_from",
-           "write_synthetic_shards"]
+__all__ = [
+    "HELDOUT_ID_OFFSET",
+    "ID_STRIDE",
+    "ShardError",
+    "ShardIndex",
+    "ShardSet",
+    "ShardStream",
+    "build_webdataset",
+    "decode_many",
+    "expand_braces",
+    "index_shards",
+    "load_index",
+    "read_payloads",
+    "require_in_memory",
+    "scan_shard",
+    "shard_paths",
+    "shuffle_buffer_order",
+    "synthetic_jpegs",
+    "write_shards",
+    "write_shards_from",
+    "write_synthetic_shards",
+]

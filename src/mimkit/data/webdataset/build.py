@@ -1,5 +1,6 @@
 """`build_data` for `data.name=webdataset`: the training shards, the held-out shards (data.val_root or the last
 training shard), decoded held-out images."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,8 +22,10 @@ def _split_heldout(paths: list[Path], cfg: Any) -> tuple[list[Path], list[Path],
     if d.val_root:
         return paths, shard_paths(d.val_root, "data.val_root"), f"val_root {d.val_root}"
     if len(paths) < 2:
-        raise ShardError(f"data.root '{d.root}' has one shard: without data.val_root the last shard is held out, "
-                         "which leaves nothing to train on; write more shards or set data.val_root")
+        raise ShardError(
+            f"data.root '{d.root}' has one shard: without data.val_root the last shard is held out, "
+            "which leaves nothing to train on; write more shards or set data.val_root"
+        )
     return paths[:-1], paths[-1:], f"last shard {paths[-1].name}"
 
 
@@ -32,8 +35,9 @@ def build_webdataset(cfg: Any, log: Callable = print) -> DataBundle:
     train_paths, held_paths, source = _split_heldout(shard_paths(d.root), cfg)
 
     def shard_set(paths: list[Path], decode: str = "pil") -> ShardSet:
-        return ShardSet(index_shards(paths, d.num_workers, log), d.decode_size, d.in_chans, d.num_workers,
-                        d.shuffle_buffer, decode)
+        return ShardSet(
+            index_shards(paths, d.num_workers, log), d.decode_size, d.in_chans, d.num_workers, d.shuffle_buffer, decode
+        )
 
     train, held = shard_set(train_paths, d.decode), shard_set(held_paths)
     for name, shards in (("training", train), ("held-out", held)):
@@ -54,5 +58,7 @@ def build_webdataset(cfg: Any, log: Callable = print) -> DataBundle:
 def require_in_memory(data: DataBundle, what: str) -> None:
     """A clear error for tools that need the whole training set decoded, which shards never are."""
     if isinstance(data.train, ShardSet):
-        raise ConfigError(f"{what} needs the whole training set in memory; data.name=webdataset streams it from "
-                          "shards (use data.name=folder on the extracted images)")
+        raise ConfigError(
+            f"{what} needs the whole training set in memory; data.name=webdataset streams it from "
+            "shards (use data.name=folder on the extracted images)"
+        )

@@ -1,5 +1,6 @@
 """Decoding shard images: the stored bytes read by offset, decoded with PIL (in this process, into shared-memory
 slots for the worker pool) or read raw for decoding on the device."""
+
 from __future__ import annotations
 
 import tarfile
@@ -24,8 +25,10 @@ def read_payloads(members: Sequence[Member]) -> list[bytes]:
                 try:
                     handles[path] = open(path, "rb")
                 except OSError as err:
-                    raise ShardError(f"shard '{path}' cannot be read any more ({err.strerror}); was it moved or "
-                                     "deleted during the run?") from None
+                    raise ShardError(
+                        f"shard '{path}' cannot be read any more ({err.strerror}); was it moved or "
+                        "deleted during the run?"
+                    ) from None
             handles[path].seek(offset)
             payloads.append(handles[path].read(length))
     finally:
@@ -34,8 +37,9 @@ def read_payloads(members: Sequence[Member]) -> list[bytes]:
     return payloads
 
 
-def decode_members(members: Sequence[Member], size: int, channels: int,
-                   out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def decode_members(
+    members: Sequence[Member], size: int, channels: int, out: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 (n, C, size, size), readable (n,) bool): images read out of their shards and decoded by
     folder.decode_image (`data.decode=pil`), into `out` when given; an unreadable image is a False (and zeros),
     never an exception."""
@@ -51,7 +55,7 @@ def decode_members(members: Sequence[Member], size: int, channels: int,
 def decode_members_into(members: Sequence[Member], size: int, channels: int, slot: int, row: int) -> np.ndarray:
     """decode_members in a worker, writing the images into rows row.. of shared slot `slot`; returns only
     `readable`, so no pixels travel through the pool's pipe."""
-    rows = slot_array(slot, (channels, size, size))[row:row + len(members)]
+    rows = slot_array(slot, (channels, size, size))[row : row + len(members)]
     return decode_members(members, size, channels, out=rows)[1]
 
 
@@ -60,8 +64,9 @@ def read_members(members: Sequence[Member], size: int, channels: int) -> device_
     return device_decode.sort_payloads(read_payloads(members), size, channels)
 
 
-def read_members_into(members: Sequence[Member], size: int, channels: int, slot: int,
-                      row: int) -> device_decode.ReadBatch:
+def read_members_into(
+    members: Sequence[Member], size: int, channels: int, slot: int, row: int
+) -> device_decode.ReadBatch:
     """read_members in a worker, with the JPEG bytes written into rows row.. of shared slot `slot` (rows of
     PAYLOAD_ROOM bytes, shared by the chunk: a large JPEG may use a small one's room) and sent back as spans; a
     JPEG that does not fit goes through the pipe."""
@@ -70,7 +75,7 @@ def read_members_into(members: Sequence[Member], size: int, channels: int, slot:
     cursor, end = row * device_decode.PAYLOAD_ROOM, (row + len(members)) * device_decode.PAYLOAD_ROOM
     for i, payload in enumerate(batch.payloads):
         if payload is not None and cursor + len(payload) <= end:
-            arena[cursor:cursor + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
+            arena[cursor : cursor + len(payload)] = np.frombuffer(payload, dtype=np.uint8)
             batch.spans[i], batch.payloads[i] = (cursor, len(payload)), None
             cursor += len(payload)
     return batch
@@ -84,8 +89,7 @@ def join_parts(parts: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, 
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
 
-def decode_many(members: Sequence[Member], size: int, channels: int, workers: int = 0) -> tuple[np.ndarray,
-                                                                                             np.ndarray]:
+def decode_many(members: Sequence[Member], size: int, channels: int, workers: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """decode_members over a temporary pool of `workers` processes (held-out shards, fixed train subsets)."""
     if workers <= 0 or len(members) < 2 * workers:
         return decode_members(members, size, channels)

@@ -1,5 +1,6 @@
 """The index of a shard: each sample's image (byte offset and size) and label, read once from the tar headers and
 cached per (path, size, mtime)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,6 +25,7 @@ LABEL_EXTENSION = "cls"
 INDEX_VERSION = 1
 ID_STRIDE = 10_000_000  # training sample id = (shard + 2) * ID_STRIDE + position in the shard
 HELDOUT_ID_OFFSET = 10_000_000  # held-out ids, as the other loaders number them: 10_000_000 + position
+
 
 @dataclass
 class ShardIndex:
@@ -50,8 +52,9 @@ def _read_label(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> in
     try:
         return int(text)
     except ValueError:
-        raise ShardError(f"'{path}' member {member.name}: a .cls member must hold an integer label, found "
-                         f"'{text[:40]}'") from None
+        raise ShardError(
+            f"'{path}' member {member.name}: a .cls member must hold an integer label, found '{text[:40]}'"
+        ) from None
 
 
 def scan_shard(path: Path) -> ShardIndex:
@@ -70,8 +73,9 @@ def scan_shard(path: Path) -> ShardIndex:
                 if image is not None:
                     rows.append((image.offset_data, image.size, label))
     except (tarfile.TarError, OSError) as err:
-        raise ShardError(f"'{path}' is not a readable shard ({err}); shards must be plain, uncompressed .tar "
-                         "files") from None
+        raise ShardError(
+            f"'{path}' is not a readable shard ({err}); shards must be plain, uncompressed .tar files"
+        ) from None
     if len(rows) >= ID_STRIDE:
         raise ShardError(f"'{path}' holds {len(rows)} samples; shards of up to {ID_STRIDE - 1} are supported")
     table = np.array(rows, dtype=np.int64).reshape(-1, 3)

@@ -1,5 +1,6 @@
 """Shard lists: `data.root` as a directory of .tar files, a glob or a brace pattern, and the error for missing
 or unreadable shards."""
+
 from __future__ import annotations
 
 import glob
@@ -26,16 +27,17 @@ def expand_braces(pattern: str) -> list[str]:
     first, last = match.group(1), match.group(2)
     if int(last) < int(first):
         raise ShardError(f"shard pattern '{pattern}': the range {match.group(0)} counts down")
-    head, tail = pattern[:match.start()], pattern[match.end():]
-    return [path for n in range(int(first), int(last) + 1)
-            for path in expand_braces(f"{head}{n:0{len(first)}d}{tail}")]
+    head, tail = pattern[: match.start()], pattern[match.end() :]
+    return [path for n in range(int(first), int(last) + 1) for path in expand_braces(f"{head}{n:0{len(first)}d}{tail}")]
 
 
 def shard_paths(root: str, key: str = "data.root") -> list[Path]:
     """The shards `root` names, in order: a directory's *.tar by name, a glob's matches by name, or a brace
     pattern's expansion in its own order (globs inside a pattern are sorted)."""
-    fix = (f"set {key} to a directory of .tar shards, a glob such as /data/train-*.tar or a brace pattern such as "
-           "/data/train-{000000..000099}.tar (mimkit.data.webdataset.write_shards writes shards)")
+    fix = (
+        f"set {key} to a directory of .tar shards, a glob such as /data/train-*.tar or a brace pattern such as "
+        "/data/train-{000000..000099}.tar (mimkit.data.webdataset.write_shards writes shards)"
+    )
     text = os.path.expanduser(str(root))
     if os.path.isdir(text):
         paths = sorted(Path(text).glob("*.tar"))

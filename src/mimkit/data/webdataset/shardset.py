@@ -1,4 +1,5 @@
 """ShardSet: the training images of a list of shards, by index, with the sample ids the other loaders use."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,8 +17,15 @@ class ShardSet:
 
     targets = None  # geometric tasks are not streamed
 
-    def __init__(self, shards: list[ShardIndex], decode_size: int, channels: int, num_workers: int = 0,
-                 shuffle_buffer: int = 1000, decode: str = "pil"):
+    def __init__(
+        self,
+        shards: list[ShardIndex],
+        decode_size: int,
+        channels: int,
+        num_workers: int = 0,
+        shuffle_buffer: int = 1000,
+        decode: str = "pil",
+    ):
         self.shards = shards
         self.decode_size, self.channels = decode_size, channels
         self.decode_on_device = decode == "device"  # data.decode=device: streamed JPEGs decoded by the device
@@ -40,8 +48,10 @@ class ShardSet:
 
     def members(self, positions: np.ndarray) -> list[Member]:
         paths = [str(s.path) for s in self.shards]
-        return [(paths[s], int(o), int(n)) for s, o, n in
-                zip(self.shard_of[positions], self.offsets[positions], self.sizes[positions])]
+        return [
+            (paths[s], int(o), int(n))
+            for s, o, n in zip(self.shard_of[positions], self.offsets[positions], self.sizes[positions])
+        ]
 
     def decode(self, positions: np.ndarray, id_offset: int | None = None) -> tuple[ImageSet, list[str]]:
         """(the readable samples at these positions, names of the unreadable ones). Ids are `ids()`, or
@@ -62,4 +72,4 @@ class ShardSet:
     def per_rank_samples(self, world_size: int) -> int:
         """Samples every rank gets in every epoch whatever the shard permutation: each rank is dealt at least
         len(shards) // world_size shards, so at least the sum of that many smallest shards."""
-        return int(np.sort(self.counts)[:len(self.shards) // world_size].sum())
+        return int(np.sort(self.counts)[: len(self.shards) // world_size].sum())

@@ -1,5 +1,6 @@
 """ShardStream: the micro-batch of (step, micro-step) for this rank, streamed from its shards: shard dealing,
 shuffle buffer, decode-ahead in a thread and a worker pool (see docs/webdataset.md)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -28,6 +29,7 @@ from mimkit.data.workers import SHARED_SLOTS, SharedSlots, split_evenly, start_p
 from mimkit.errors import ConfigError
 
 PREFETCH = 2  # micro-batches decoded ahead of the one being trained on
+
 
 def _generator(*parts: Any) -> torch.Generator:
     """A generator seeded by a hash of `parts`: independent streams for (seed, epoch, purpose, rank, ...)."""
@@ -63,19 +65,34 @@ class ShardStream:
     batches). Batches are addressed like TrainStream's, so a resumed run reads exactly what an unbroken one did.
     Images are decoded by `data.num_workers` persistent processes, PREFETCH micro-batches ahead."""
 
-    def __init__(self, data: ShardSet, augment: BatchAugment, micro_batch: int, accum_steps: int, rank: int,
-                 world_size: int, seed: int, device: torch.device, pre_augment=None, views: int = 1,
-                 log: Callable = print):
+    def __init__(
+        self,
+        data: ShardSet,
+        augment: BatchAugment,
+        micro_batch: int,
+        accum_steps: int,
+        rank: int,
+        world_size: int,
+        seed: int,
+        device: torch.device,
+        pre_augment=None,
+        views: int = 1,
+        log: Callable = print,
+    ):
         if len(data.shards) < world_size:
-            raise ConfigError(f"{len(data.shards)} training shard(s) for {world_size} processes: every process needs "
-                              "at least one shard per epoch; write more, smaller shards (write_shards per_shard=...)")
+            raise ConfigError(
+                f"{len(data.shards)} training shard(s) for {world_size} processes: every process needs "
+                "at least one shard per epoch; write more, smaller shards (write_shards per_shard=...)"
+            )
         self.data, self.augment, self.pre_augment, self.views = data, augment, pre_augment, views
         self.micro_batch, self.accum_steps, self.device = micro_batch, accum_steps, device
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.batches_per_epoch = data.per_rank_samples(world_size) // micro_batch
         if self.batches_per_epoch == 0:
-            raise ConfigError(f"each process is sure of only {data.per_rank_samples(world_size)} samples per epoch, "
-                              f"fewer than one batch ({micro_batch}); lower train.batch_size or use more shards")
+            raise ConfigError(
+                f"each process is sure of only {data.per_rank_samples(world_size)} samples per epoch, "
+                f"fewer than one batch ({micro_batch}); lower train.batch_size or use more shards"
+            )
         self.log = log if world_size == 1 else (lambda text: log(f"[rank {rank}] {text}"))
         self.skipped = 0  # unreadable images met so far (each replaced in its batch)
         self._next_report = 1
@@ -86,12 +103,18 @@ class ShardStream:
         # per micro-batch in flight (the current one and PREFETCH ahead); made before the pool forks its workers,
         # so they inherit the slots.
         shared = data.num_workers > 0 and SHARED_SLOTS
-        self._row_shape = (device_decode.PAYLOAD_ROOM,) if data.decode_on_device else \
-            (data.channels, data.decode_size, data.decode_size)
+        self._row_shape = (
+            (device_decode.PAYLOAD_ROOM,)
+            if data.decode_on_device
+            else (data.channels, data.decode_size, data.decode_size)
+        )
         self._slots = SharedSlots(PREFETCH + 1, micro_batch * int(np.prod(self._row_shape))) if shared else None
         self._pool = start_pool(data.num_workers, launch=True)  # forked now, from this thread, with the slots
-        self._finalizer = weakref.finalize(self, stop_pool, self._pool, [self._slots] if shared else []) \
-            if self._pool is not None else None
+        self._finalizer = (
+            weakref.finalize(self, stop_pool, self._pool, [self._slots] if shared else [])
+            if self._pool is not None
+            else None
+        )
         # data.decode=device decodes in this process, and building a batch on a GPU waits for the queued training
         # step (host-to-device index copies, nvjpeg): one thread decodes the next micro-batch meanwhile, so only it
         # waits. It alone touches the worker queue (_pending).
@@ -117,7 +140,7 @@ class ShardStream:
                 self._orders.pop(min(self._orders))
             d = self.data
             shards = torch.randperm(len(d.shards), generator=_generator(self.seed, epoch, "shards")).numpy()
-            mine = shards[self.rank::self.world_size]
+            mine = shards[self.rank :: self.world_size]
             stream = np.concatenate([np.arange(d.starts[s], d.starts[s] + d.counts[s]) for s in mine])
             buffer_rng = _generator(self.seed, epoch, "buffer", self.rank, self.world_size)
             length = self.batches_per_epoch * self.micro_batch
@@ -127,7 +150,7 @@ class ShardStream:
     def positions(self, index: int) -> np.ndarray:
         """The samples of micro-batch `index` (= step * accum_steps + micro)."""
         epoch, offset = divmod(index, self.batches_per_epoch)
-        return self.epoch_order(epoch)[offset * self.micro_batch:(offset + 1) * self.micro_batch]
+        return self.epoch_order(epoch)[offset * self.micro_batch : (offset + 1) * self.micro_batch]
 
     def _submit(self, index: int) -> list[Future]:
         members = self.data.members(self.positions(index))
@@ -135,8 +158,7 @@ class ShardStream:
         parts = split_evenly(len(members), self.data.num_workers)
         if self._slots is not None:
             into = read_members_into if self.data.decode_on_device else decode_members_into
-            return [self._pool.submit(into, members[i:j], size, channels, self._slots.key(index), i)
-                    for i, j in parts]
+            return [self._pool.submit(into, members[i:j], size, channels, self._slots.key(index), i) for i, j in parts]
         return [self._pool.submit(self._work, members[i:j], size, channels) for i, j in parts]
 
     @property
@@ -165,7 +187,7 @@ class ShardStream:
             if not shared:
                 return join_parts(parts)
             readable = np.concatenate(parts)
-            return self._slots.array(index, self._row_shape)[:len(readable)], readable
+            return self._slots.array(index, self._row_shape)[: len(readable)], readable
         batch = device_decode.join(parts)
         if shared:
             batch.take_spans(self._slots.buffer(index))
@@ -194,13 +216,17 @@ class ShardStream:
         good = np.flatnonzero(readable)
         example = member_name(*self.data.members(positions[bad[:1]])[0][:2])
         if len(good) == 0:
-            raise ShardError(f"no image of a whole batch of {len(readable)} could be decoded (e.g. {example}): "
-                             "are the shards damaged?")
+            raise ShardError(
+                f"no image of a whole batch of {len(readable)} could be decoded (e.g. {example}): "
+                "are the shards damaged?"
+            )
         take[bad] = good[np.arange(len(bad)) % len(good)]
         self.skipped += len(bad)
         if self.skipped >= self._next_report:  # 1, 2, 4, 8, ... : a damaged data set does not flood the log
-            self.log(f"[data] warning: {self.skipped} unreadable image(s) skipped so far, latest {example} (each "
-                     "replaced by another image of its batch)")
+            self.log(
+                f"[data] warning: {self.skipped} unreadable image(s) skipped so far, latest {example} (each "
+                "replaced by another image of its batch)"
+            )
             self._next_report = 2 * self.skipped
         return take
 
@@ -215,9 +241,15 @@ class ShardStream:
             images = torch.from_numpy(images[take])  # a copy: the shared slot is reused
         elif not (take == np.arange(len(take))).all():  # (on a GPU, without waiting for the queued step)
             images = images[to_device(torch.from_numpy(take), images.device)]
-        batch = augmented_batch(images, self.data.ids(positions),
-                                index // self.batches_per_epoch, self.augment, self.device, self.pre_augment,
-                                self.views)
+        batch = augmented_batch(
+            images,
+            self.data.ids(positions),
+            index // self.batches_per_epoch,
+            self.augment,
+            self.device,
+            self.pre_augment,
+            self.views,
+        )
         if self.data.labels is not None:
             batch["labels"] = to_device(self.data.labels[torch.from_numpy(positions)], self.device)
         return batch

@@ -1,5 +1,6 @@
 """Writing shards: `mimkit shards` from an image folder or Fashion-MNIST, and synthetic JPEG shards for tests and
 benchmarks."""
+
 from __future__ import annotations
 
 import io
@@ -46,8 +47,13 @@ def _image_member(item: np.ndarray | str | Path | bytes) -> tuple[str, bytes]:
     return "png", _encode_png(item)
 
 
-def write_shards(images: np.ndarray | Sequence[str | Path | bytes], labels: Sequence[int] | np.ndarray | None,
-                 out_dir: str | Path, per_shard: int = 1000, prefix: str = "shard") -> list[Path]:
+def write_shards(
+    images: np.ndarray | Sequence[str | Path | bytes],
+    labels: Sequence[int] | np.ndarray | None,
+    out_dir: str | Path,
+    per_shard: int = 1000,
+    prefix: str = "shard",
+) -> list[Path]:
     """Write `prefix-000000.tar`, ... with `per_shard` samples each, keys numbered in input order (shuffle first
     if the order is sorted by class: the held-out shard is the last one). `images`: uint8 (N, H, W) or
     (N, H, W, C) arrays, stored as PNG; image files, whose bytes are copied as they are; or encoded JPEG / PNG
@@ -75,8 +81,9 @@ def write_shards(images: np.ndarray | Sequence[str | Path | bytes], labels: Sequ
     return written
 
 
-def write_shards_from(source: str, out_dir: str | Path, per_shard: int = 1000, split: str = "train",
-                      prefix: str | None = None) -> list[Path]:
+def write_shards_from(
+    source: str, out_dir: str | Path, per_shard: int = 1000, split: str = "train", prefix: str | None = None
+) -> list[Path]:
     """Shards from 'fashion-mnist' (its `split`; downloaded if needed) or from an image folder (class folders
     become .cls labels, numbered like data.name=folder numbers them). A folder is written in a seeded shuffled
     order: scanned files come sorted by class, and every shard (the held-out last one included) should hold a mix."""
@@ -106,9 +113,16 @@ def synthetic_jpegs(count: int, width: int, height: int, quality: int = 90, seed
     return out
 
 
-def write_synthetic_shards(out_dir: str | Path, count: int, width: int = 500, height: int = 375,
-                           per_shard: int = 1000, distinct: int = 256, classes: int = 1000,
-                           prefix: str = "synthetic") -> list[Path]:
+def write_synthetic_shards(
+    out_dir: str | Path,
+    count: int,
+    width: int = 500,
+    height: int = 375,
+    per_shard: int = 1000,
+    distinct: int = 256,
+    classes: int = 1000,
+    prefix: str = "synthetic",
+) -> list[Path]:
     """`count` samples of `distinct` synthetic JPEGs (reused in turn: decoding costs the same) with seeded random
     labels: shards shaped like ImageNet's for `mimkit bench loader` on any machine."""
     if count < 1 or distinct < 1:

@@ -3,6 +3,7 @@
 `distill:` section (options.py) and the registry entry (spec.py). Two modules run distillations and are imported
 by the programs only, because they read run configs: teacher.py (resolve, check, load the teacher) and chain.py
 (sequential distillation)."""
+
 from mimkit.methods.distill.model import Distill, build_distill, check_head_split, relation_heads
 from mimkit.methods.distill.options import DistillConfig
 from mimkit.methods.distill.relations import relation_kl, relation_log_probs, relation_losses, split_heads
@@ -11,6 +12,21 @@ from mimkit.methods.distill.targets import TARGETS, parse_targets, regression_lo
 from mimkit.methods.distill.vit_blocks import block_index, block_qkv
 from mimkit.models.encoder import embed_tokens
 
-__all__ = ["SPEC", "TARGETS", "Distill", "DistillConfig", "block_index", "block_qkv", "build_distill",
-           "check_head_split", "embed_tokens", "parse_targets", "regression_loss", "relation_heads", "relation_kl",
-           "relation_log_probs", "relation_losses", "split_heads"]
+__all__ = [
+    "SPEC",
+    "TARGETS",
+    "Distill",
+    "DistillConfig",
+    "block_index",
+    "block_qkv",
+    "build_distill",
+    "check_head_split",
+    "embed_tokens",
+    "parse_targets",
+    "regression_loss",
+    "relation_heads",
+    "relation_kl",
+    "relation_log_probs",
+    "relation_losses",
+    "split_heads",
+]

@@ -4,6 +4,7 @@ Stages live in OUT/stage1-NAME, OUT/stage2-NAME, ...; a stage with results.json 
 interrupted one resumes from its checkpoint, so re-running the same command continues the chain where it stopped.
 OUT/chain.json records every stage (student, teacher, directory, status, final held-out loss).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,10 +15,23 @@ from typing import Any, Callable
 from mimkit.config import Config, ConfigError
 from mimkit.engine.atomic import atomic_write_text
 
-SIZE_KEYS = ("patch_size", "embed_dim", "depth", "num_heads", "mlp_ratio", "decoder_dim", "decoder_depth",
-             "decoder_heads")
-RESOLVED_FROM_TEACHER = ("teacher_embed_dim", "teacher_num_heads", "teacher_depth", "relation_heads",
-                         "teacher_relation_heads")
+SIZE_KEYS = (
+    "patch_size",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "decoder_dim",
+    "decoder_depth",
+    "decoder_heads",
+)
+RESOLVED_FROM_TEACHER = (
+    "teacher_embed_dim",
+    "teacher_num_heads",
+    "teacher_depth",
+    "relation_heads",
+    "teacher_relation_heads",
+)
 
 
 def stage_dir(out: Path, index: int, student: str) -> Path:
@@ -29,9 +43,13 @@ def stage_config(cfg: Config, index: int, student: str, teacher: str) -> Config:
     applies to the first teacher only; later teachers are distilled students, read at the block they were
     distilled at (`distill.student_layer`, the last by default), the only one whose relations they learned."""
     model = dataclasses.replace(cfg.model, name=student, **{k: None for k in SIZE_KEYS})
-    dis = dataclasses.replace(cfg.distill, teacher=teacher, chain=None,
-                              teacher_layer=cfg.distill.teacher_layer if index == 0 else cfg.distill.student_layer,
-                              **{k: None for k in RESOLVED_FROM_TEACHER})
+    dis = dataclasses.replace(
+        cfg.distill,
+        teacher=teacher,
+        chain=None,
+        teacher_layer=cfg.distill.teacher_layer if index == 0 else cfg.distill.student_layer,
+        **{k: None for k in RESOLVED_FROM_TEACHER},
+    )
     return dataclasses.replace(cfg, model=model, distill=dis)
 
 
@@ -42,14 +60,26 @@ def check_finished_stage(run_dir: Path, planned: Config) -> None:
 
     old = resolved(load_config(str(run_dir / "config.yaml")))
     new = resolved(planned)
-    keys = ("teacher", "targets", "teacher_layer", "student_layer", "head_match", "cls_loss", "feature_loss",
-            "mask_ratio", "mim_weight", "color_jitter")
+    keys = (
+        "teacher",
+        "targets",
+        "teacher_layer",
+        "student_layer",
+        "head_match",
+        "cls_loss",
+        "feature_loss",
+        "mask_ratio",
+        "mim_weight",
+        "color_jitter",
+    )
     differs = [f"distill.{k}" for k in keys if getattr(old.distill, k) != getattr(new.distill, k)]
     differs += ["model.name"] if old.model.name != new.model.name else []
     differs += ["method"] if old.method != new.method else []
     if differs:
-        raise ConfigError(f"distill chain: '{run_dir}' is finished but was trained with other settings "
-                          f"({', '.join(differs)}); use a new --out directory or remove that stage")
+        raise ConfigError(
+            f"distill chain: '{run_dir}' is finished but was trained with other settings "
+            f"({', '.join(differs)}); use a new --out directory or remove that stage"
+        )
 
 
 def run_chain(cfg: Config, students: list[str], out: str | Path, log: Callable = print) -> list[dict[str, Any]]:

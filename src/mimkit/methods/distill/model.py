@@ -11,6 +11,7 @@ attention maps of one block), and/or its class token and features, from the same
 - Relation-only targets stop the student's forward pass after the distilled block, so the later parts get no
   gradient (DDP is told to expect unused parameters).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -39,13 +40,16 @@ from mimkit.models.encoder import (
 
 def check_head_split(width: int, heads: int, who: str, other: str) -> None:
     if width % heads:
-        raise ConfigError(f"distill: the {who}'s width {width} cannot be split into the {other}'s {heads} heads "
-                          f"({width} / {heads} is not an integer); use distill.head_match="
-                          f"{'resplit_teacher' if who == 'student' else 'reshape_student'} or another {who}")
+        raise ConfigError(
+            f"distill: the {who}'s width {width} cannot be split into the {other}'s {heads} heads "
+            f"({width} / {heads} is not an integer); use distill.head_match="
+            f"{'resplit_teacher' if who == 'student' else 'reshape_student'} or another {who}"
+        )
 
 
-def relation_heads(head_match: str, student_width: int, student_heads: int, teacher_width: int,
-                   teacher_relation_heads: int) -> int:
+def relation_heads(
+    head_match: str, student_width: int, student_heads: int, teacher_width: int, teacher_relation_heads: int
+) -> int:
     """The head count both relations are computed with: the teacher's (reshape_student, TinyMIM) or the
     student's (resplit_teacher), after checking that the other side's width splits into it."""
     if head_match == "reshape_student":
@@ -59,8 +63,15 @@ class Distill(Method):
     name = "distill"
     find_unused_parameters = True  # relation-only targets never reach the student's later blocks
 
-    def __init__(self, student: nn.Module, dis: Any, mean: list[float], std: list[float],
-                 mask_generator: MaskGenerator | None, seed: int = 0):
+    def __init__(
+        self,
+        student: nn.Module,
+        dis: Any,
+        mean: list[float],
+        std: list[float],
+        mask_generator: MaskGenerator | None,
+        seed: int = 0,
+    ):
         super().__init__()
         self.encoder = student
         self.targets = parse_targets(dis.targets)
@@ -69,7 +80,8 @@ class Distill(Method):
         self.t_index = block_index(dis.teacher_layer, dis.teacher_depth, "distill.teacher_layer")
         self.head_match = dis.head_match
         self.student_heads = self.teacher_heads = relation_heads(
-            dis.head_match, width, heads, dis.teacher_embed_dim, dis.teacher_relation_heads or dis.teacher_num_heads)
+            dis.head_match, width, heads, dis.teacher_embed_dim, dis.teacher_relation_heads or dis.teacher_num_heads
+        )
         self.cls_loss, self.feature_loss = dis.cls_loss, dis.feature_loss
         self.mim_weight, self.jitter, self.mean, self.std, self.seed = dis.mim_weight, dis.color_jitter, mean, std, seed
         self.mask_generator = mask_generator
@@ -109,8 +121,10 @@ class Distill(Method):
     def teacher_targets(self, images: torch.Tensor) -> dict[str, Any]:
         t = self.teacher
         if t is None:
-            raise RuntimeError("Distill: no teacher attached (attach_teacher) - a reloaded run can export or be "
-                               "fine-tuned, but training needs its teacher")
+            raise RuntimeError(
+                "Distill: no teacher attached (attach_teacher) - a reloaded run can export or be "
+                "fine-tuned, but training needs its teacher"
+            )
         t.eval()
         x = run_blocks(t, embed_tokens(t, images), 0, self.t_index)
         out: dict[str, Any] = {}
@@ -125,8 +139,9 @@ class Distill(Method):
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         images, keys = batch["images"], batch["keys"]
         teacher = self.teacher_targets(images)
-        student_view = color_jitter(images, keys, self.jitter, self.mean, self.std, self.seed) \
-            if self.training else images
+        student_view = (
+            color_jitter(images, keys, self.jitter, self.mean, self.std, self.seed) if self.training else images
+        )
         mask = self.mask_generator(keys, self.seed).to(images.device) if self.mask_generator is not None else None
         s = self.encoder
         x = run_blocks(s, embed_tokens(s, student_view, mask, getattr(self, "mask_token", None)), 0, self.s_index)
@@ -151,7 +166,7 @@ class Distill(Method):
     def mim_loss(self, images: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """SimMIM's L1 on masked pixels, from the student's final tokens (the blocks after the distilled one run)."""
         s = self.encoder
-        z = s.norm(run_blocks(s, y, self.s_index + 1, len(s.blocks)))[:, s.num_prefix_tokens:]
+        z = s.norm(run_blocks(s, y, self.s_index + 1, len(s.blocks)))[:, s.num_prefix_tokens :]
         b, n, dim = z.shape
         rec = self.mim_head(z.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1]))
         return masked_pixel_l1(images, rec, mask, self.patch, self.grid, self.chans)
@@ -160,6 +175,8 @@ class Distill(Method):
 def build_distill(cfg: Any, student: nn.Module, mask_generator: MaskGenerator | None) -> Distill:
     dis = cfg.distill
     if dis.teacher_depth is None or dis.teacher_embed_dim is None or dis.teacher_num_heads is None:
-        raise ConfigError("distill: the teacher's architecture is unknown (distill.teacher_depth/_embed_dim/"
-                          "_num_heads are filled in from distill.teacher when the run starts)")
+        raise ConfigError(
+            "distill: the teacher's architecture is unknown (distill.teacher_depth/_embed_dim/"
+            "_num_heads are filled in from distill.teacher when the run starts)"
+        )
     return Distill(student, dis, cfg.data.mean, cfg.data.std, mask_generator, cfg.seed)

@@ -1,4 +1,5 @@
 """TinyMIM distillation's own config section, `distill:` (method.name=distill), and its validation."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,10 @@ def validate(cfg: Any, model: Any) -> None:
     one_of("distill.feature_loss", dis.feature_loss, ["smooth_l1", "mse", "cosine"])
     check(0.0 <= dis.mask_ratio < 1.0, f"distill.mask_ratio: {dis.mask_ratio} must be in [0, 1)")
     check(dis.mim_weight >= 0, f"distill.mim_weight: {dis.mim_weight} must be >= 0")
-    check(dis.mim_weight == 0 or dis.mask_ratio > 0,
-          "distill.mim_weight > 0 needs masked student input: set distill.mask_ratio (e.g. 0.6)")
+    check(
+        dis.mim_weight == 0 or dis.mask_ratio > 0,
+        "distill.mim_weight > 0 needs masked student input: set distill.mask_ratio (e.g. 0.6)",
+    )
     check(dis.color_jitter >= 0, f"distill.color_jitter: {dis.color_jitter} must be >= 0")
     for key in ("teacher_layer", "student_layer"):
         check(getattr(dis, key) != 0, f"distill.{key}: layers count from 1 (or -1 from the end); 0 is not a layer")

@@ -5,6 +5,7 @@ Each side is scaled by its own head dimension (head dims may differ between teac
 count and token count must agree. The KL is computed from logits with log_softmax on both sides, so probabilities
 that underflow to zero never produce log(0) (a pitfall of the official code, which takes .log() of a softmax).
 """
+
 from __future__ import annotations
 
 import torch
@@ -16,22 +17,25 @@ def relation_log_probs(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     bf16 autocast (low-precision logits shift the relations by far more than their differences)."""
     d = a.shape[-1]
     with torch.autocast(a.device.type, enabled=False):
-        logits = (a.float() @ b.float().transpose(-2, -1)) * d ** -0.5
+        logits = (a.float() @ b.float().transpose(-2, -1)) * d**-0.5
         return F.log_softmax(logits, dim=-1)
 
 
 def relation_kl(teacher_log_probs: torch.Tensor, student_log_probs: torch.Tensor) -> torch.Tensor:
     """KL(teacher || student) summed over keys, averaged over batch, heads and queries."""
     if teacher_log_probs.shape != student_log_probs.shape:
-        raise ValueError(f"teacher relations {tuple(teacher_log_probs.shape)} and student relations "
-                         f"{tuple(student_log_probs.shape)} differ: head and token counts must match")
+        raise ValueError(
+            f"teacher relations {tuple(teacher_log_probs.shape)} and student relations "
+            f"{tuple(student_log_probs.shape)} differ: head and token counts must match"
+        )
     with torch.autocast(teacher_log_probs.device.type, enabled=False):
         kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(-1)
         return kl.mean()
 
 
-def relation_losses(q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor,
-                    q_s: torch.Tensor, k_s: torch.Tensor, v_s: torch.Tensor) -> dict[str, torch.Tensor]:
+def relation_losses(
+    q_t: torch.Tensor, k_t: torch.Tensor, v_t: torch.Tensor, q_s: torch.Tensor, k_s: torch.Tensor, v_s: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """{'qk': KL of the Q-K relations, 'vv': KL of the V-V relations}. Every tensor is (batch, heads, tokens,
     head_dim); the teacher's (t) and student's (s) head dims may differ. No gradient reaches the teacher's tensors:
     they are detached here, whatever the caller did."""

@@ -1,5 +1,6 @@
 """TinyMIM distillation's registry entry: model.* is the student; the teacher (distill.teacher) is resolved, checked
 and attached by the training entry (see teacher.py), so the method needs a teacher."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -18,5 +19,10 @@ def build(cfg: Any) -> Distill:
 
 
 SPEC = MethodSpec(
-    name="distill", summary="TinyMIM: distil a frozen teacher's Q-K / V-V relations, features or class token",
-    build=build, validate=validate, evaluators=loss_evaluators, needs_teacher=True)
+    name="distill",
+    summary="TinyMIM: distil a frozen teacher's Q-K / V-V relations, features or class token",
+    build=build,
+    validate=validate,
+    evaluators=loss_evaluators,
+    needs_teacher=True,
+)

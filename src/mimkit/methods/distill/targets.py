@@ -1,4 +1,5 @@
 """What the student learns from the teacher: `distill.targets` parsing and the CLS / feature losses."""
+
 from __future__ import annotations
 
 import torch
@@ -16,8 +17,10 @@ def parse_targets(text: str) -> dict[str, float]:
     for part in [p.strip() for p in str(text).split("+") if p.strip()]:
         name, _, weight = part.partition(":")
         if name not in TARGETS:
-            raise ConfigError(f"distill.targets: unknown target '{name}' in '{text}'; choose from "
-                              f"{', '.join(TARGETS)}, joined with '+' (e.g. qk+vv or cls:1+feature:0.5)")
+            raise ConfigError(
+                f"distill.targets: unknown target '{name}' in '{text}'; choose from "
+                f"{', '.join(TARGETS)}, joined with '+' (e.g. qk+vv or cls:1+feature:0.5)"
+            )
         try:
             value = float(weight) if weight else 1.0
         except ValueError:

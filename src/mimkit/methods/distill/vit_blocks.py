@@ -1,5 +1,6 @@
 """Running a timm ViT part of the way: the tokens entering block L, and that block's q, k, v split into any head
 count. Distillation reads relations from one block and may stop the forward pass there (TinyMIM does)."""
+
 from __future__ import annotations
 
 import torch
@@ -14,8 +15,10 @@ def block_index(layer: int | None, depth: int, what: str) -> int:
     if layer is None:
         return depth - 1
     if layer == 0 or not -depth <= layer <= depth:
-        raise ConfigError(f"{what}={layer} is out of range for a model with {depth} blocks: use 1..{depth} "
-                          f"(or -1..-{depth} from the end)")
+        raise ConfigError(
+            f"{what}={layer} is out of range for a model with {depth} blocks: use 1..{depth} "
+            f"(or -1..-{depth} from the end)"
+        )
     return layer - 1 if layer > 0 else depth + layer
 
 

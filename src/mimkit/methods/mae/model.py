@@ -1,5 +1,6 @@
 """MAE (He et al. 2022): a timm ViT encoder on visible patches only, a light decoder of timm Blocks, per-patch
 normalised-pixel MSE on masked patches. Named steps mirror the paper so each is testable alone."""
+
 from __future__ import annotations
 
 from functools import partial
@@ -33,9 +34,18 @@ from mimkit.models.pos_embed import sincos_2d
 class MAE(Method):
     name = "mae"
 
-    def __init__(self, encoder: nn.Module, decoder_dim: int, decoder_depth: int, decoder_heads: int,
-                 mlp_ratio: float, mask_generator: MaskGenerator, norm_pix: bool = True, norm_eps: float = 1e-6,
-                 seed: int = 0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder_dim: int,
+        decoder_depth: int,
+        decoder_heads: int,
+        mlp_ratio: float,
+        mask_generator: MaskGenerator,
+        norm_pix: bool = True,
+        norm_eps: float = 1e-6,
+        seed: int = 0,
+    ):
         super().__init__()
         self.encoder = encoder
         self.mask_generator = mask_generator
@@ -50,10 +60,12 @@ class MAE(Method):
         self.decoder_embed = nn.Linear(encoder.embed_dim, decoder_dim, bias=True)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, decoder_dim))
         self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, decoder_dim), requires_grad=False)
-        self.decoder_blocks = nn.ModuleList([
-            Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
-            for _ in range(decoder_depth)
-        ])
+        self.decoder_blocks = nn.ModuleList(
+            [
+                Block(decoder_dim, decoder_heads, mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+                for _ in range(decoder_depth)
+            ]
+        )
         self.decoder_norm = norm_layer(decoder_dim)
         self.decoder_pred = nn.Linear(decoder_dim, self.patch**2 * self.chans, bias=True)
         self.initialize_weights()
@@ -64,8 +76,14 @@ class MAE(Method):
         init_patch_embed_like_linear(self.encoder)
         nn.init.normal_(self.encoder.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
-        for module in [*self.encoder.blocks, self.encoder.norm, self.decoder_embed, *self.decoder_blocks,
-                       self.decoder_norm, self.decoder_pred]:
+        for module in [
+            *self.encoder.blocks,
+            self.encoder.norm,
+            self.decoder_embed,
+            *self.decoder_blocks,
+            self.decoder_norm,
+            self.decoder_pred,
+        ]:
             module.apply(init_mae_weights)
 
     # ------------------------------------------------------------------------------------------- named steps
@@ -86,14 +104,14 @@ class MAE(Method):
         mask[:, :len_keep] = 0
         return ids_shuffle[:, :len_keep], torch.gather(mask, 1, ids_restore), ids_restore
 
-    def random_masking(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor,
-                                                                          torch.Tensor]:
+    def random_masking(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Keep the tokens with the lowest noise. Returns visible tokens, mask (1 = removed), ids_restore."""
         ids_keep, mask, ids_restore = self.masking_indices(noise)
         return gather_rows(x, ids_keep), mask, ids_restore
 
-    def forward_encoder(self, imgs: torch.Tensor, noise: torch.Tensor, visible_only: bool = False
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward_encoder(
+        self, imgs: torch.Tensor, noise: torch.Tensor, visible_only: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Latent (B, 1 + L_keep, D), mask, ids_restore. `visible_only` embeds the visible patches alone (the
         training fast path; `fast/visible_embed.py`) where the patch embedding allows it."""
         enc = self.encoder
@@ -110,8 +128,9 @@ class MAE(Method):
         x = run_blocks(enc, x)
         return enc.norm(x), mask, ids_restore
 
-    def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor,
-                        rows: torch.Tensor | None = None) -> torch.Tensor:
+    def forward_decoder(
+        self, latent: torch.Tensor, ids_restore: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """(B, L, p*p*C) predictions for every patch, or (B, M, p*p*C) for the patch indices `rows` (B, M) only."""
         x = self.decoder_embed(latent)
         b, n_vis, dim = x.shape
@@ -144,8 +163,11 @@ class MAE(Method):
         alone embedded, the decoder's tail at the masked patches only and the loss fused (fast/pixel_losses.py),
         which gives the same number; the plain code runs instead when a subclass replaces forward_loss or the
         target, or a hook on the decoder's norm or head expects every token."""
-        if (not self.fast_path or self.overrides(MAE, "forward_loss", "target_patches", "patchify")
-                or hooked(self.decoder_norm, self.decoder_pred)):
+        if (
+            not self.fast_path
+            or self.overrides(MAE, "forward_loss", "target_patches", "patchify")
+            or hooked(self.decoder_norm, self.decoder_pred)
+        ):
             return self.forward_mim(imgs, noise).loss
         latent, mask, ids_restore = self.forward_encoder(imgs, noise, visible_only=True)
         rows = masked_rows(mask.bool(), self.mask_generator.num_masked)
@@ -179,5 +201,14 @@ class MAE(Method):
 
 def build_mae(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> MAE:
     m = cfg.model
-    return MAE(encoder, m.decoder_dim, m.decoder_depth, m.decoder_heads, m.mlp_ratio, mask_generator,
-               norm_pix=cfg.method.norm_pix, norm_eps=m.norm_eps, seed=cfg.seed)
+    return MAE(
+        encoder,
+        m.decoder_dim,
+        m.decoder_depth,
+        m.decoder_heads,
+        m.mlp_ratio,
+        mask_generator,
+        norm_pix=cfg.method.norm_pix,
+        norm_eps=m.norm_eps,
+        seed=cfg.seed,
+    )

@@ -1,4 +1,5 @@
 """MAE's `method.*` keys, with the paper's defaults."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """MAE's registry entry: a ViT encoder with fixed 2-D sin-cos position embeddings, random masking of 75%."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,6 +16,11 @@ def build(cfg: Any) -> MAE:
 
 
 SPEC = MethodSpec(
-    name="mae", summary="MAE: visible-patch encoder, light decoder, normalised-pixel MSE on masked patches",
-    build=build, options=MAEOptions, evaluators=loss_evaluators, masking=Masking(0.75, "random"),
-    crop_scale=(0.2, 1.0))
+    name="mae",
+    summary="MAE: visible-patch encoder, light decoder, normalised-pixel MSE on masked patches",
+    build=build,
+    options=MAEOptions,
+    evaluators=loss_evaluators,
+    masking=Masking(0.75, "random"),
+    crop_scale=(0.2, 1.0),
+)

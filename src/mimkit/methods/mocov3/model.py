@@ -2,6 +2,7 @@
 momentum rises from m0 to 1 by a half cosine, projector (3-layer) and predictor (2-layer) MLPs with BatchNorm, and
 the symmetric InfoNCE loss ctr(q1, k2) + ctr(q2, k1) with temperature T, each scaled by 2T as in the paper's code.
 """
+
 from __future__ import annotations
 
 import copy
@@ -60,8 +61,9 @@ def momentum_at(step: int, total_steps: int, base: float) -> float:
 class MoCoV3(Method):
     name = "mocov3"
 
-    def __init__(self, encoder: nn.Module, dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2,
-                 momentum: float = 0.99):
+    def __init__(
+        self, encoder: nn.Module, dim: int = 256, mlp_dim: int = 4096, temperature: float = 0.2, momentum: float = 0.99
+    ):
         super().__init__()
         self.encoder = encoder  # timm ViT, no classifier: forward() gives the class token
         width = encoder.embed_dim
@@ -85,8 +87,7 @@ class MoCoV3(Method):
             k2 = self.momentum_projector(self.pooled(self.momentum_encoder, x2))
         # Keys from every rank in training; evaluation scores whole batches locally (see heldout.FixedMaskEvaluator).
         gather = self.training
-        loss = (contrastive_loss(q1, k2, self.temperature, gather)
-                + contrastive_loss(q2, k1, self.temperature, gather))
+        loss = contrastive_loss(q1, k2, self.temperature, gather) + contrastive_loss(q2, k1, self.temperature, gather)
         return {"loss": loss}
 
     @torch.no_grad()

@@ -1,4 +1,5 @@
 """MoCo v3's `method.*` keys, with the paper's ViT defaults."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

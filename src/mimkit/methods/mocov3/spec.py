@@ -1,5 +1,6 @@
 """MoCo v3's registry entry: two augmented views per image; evaluated by the contrastive loss between two fixed
 views."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -21,5 +22,11 @@ def evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any],
 
 
 SPEC = MethodSpec(
-    name="mocov3", summary="MoCo v3: the contrastive baseline (momentum encoder, projector and predictor MLPs)",
-    build=build, options=MoCoV3Options, check_options=check_options, evaluators=evaluators, views=2)
+    name="mocov3",
+    summary="MoCo v3: the contrastive baseline (momentum encoder, projector and predictor MLPs)",
+    build=build,
+    options=MoCoV3Options,
+    check_options=check_options,
+    evaluators=evaluators,
+    views=2,
+)

@@ -1,4 +1,5 @@
 """SimMIM (Xie et al. 2022): the model and its registry entry."""
+
 from mimkit.methods.simmim.model import (
     SimMIM,
     build_simmim,

@@ -1,6 +1,7 @@
 """SimMIM (Xie et al. 2022): mask tokens replace masked patch embeddings, the full sequence goes through the timm
 encoder (a ViT, or a SwinV2 whose head then sits at the final stride), a 1x1 conv + pixel-shuffle head predicts raw
 pixels, L1 loss on masked pixels only."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -30,13 +31,20 @@ def is_linear_pixel_head(head: nn.Module) -> bool:
     if not (isinstance(head, nn.Sequential) and len(head) == 2 and type(head[1]) is nn.PixelShuffle):
         return False
     conv = head[0]
-    return (type(conv) is nn.Conv2d and conv.kernel_size == (1, 1) and conv.stride == (1, 1)
-            and conv.padding == (0, 0) and conv.dilation == (1, 1) and conv.groups == 1
-            and conv.padding_mode == "zeros")
+    return (
+        type(conv) is nn.Conv2d
+        and conv.kernel_size == (1, 1)
+        and conv.stride == (1, 1)
+        and conv.padding == (0, 0)
+        and conv.dilation == (1, 1)
+        and conv.groups == 1
+        and conv.padding_mode == "zeros"
+    )
 
 
-def masked_pixel_l1(imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, patch: int, grid: tuple[int, int],
-                    chans: int) -> torch.Tensor:
+def masked_pixel_l1(
+    imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, patch: int, grid: tuple[int, int], chans: int
+) -> torch.Tensor:
     """L1 over masked pixels, averaged per masked pixel and channel."""
     m = token_mask_to_pixels(mask, patch, grid)
     l1 = (rec.float() - imgs.float()).abs()
@@ -65,7 +73,7 @@ class SimMIM(Method):
         if is_swin_encoder(enc):
             return swin_masked_features(enc, imgs, mask, self.mask_token)
         x = run_blocks(enc, embed_tokens(enc, imgs, mask, self.mask_token))
-        x = enc.norm(x)[:, enc.num_prefix_tokens:, :]
+        x = enc.norm(x)[:, enc.num_prefix_tokens :, :]
         b, length, dim = x.shape
         return x.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1])
 
@@ -88,8 +96,13 @@ class SimMIM(Method):
         `mask_generator.num_masked` masked patches per image, as the generator's masks do: that count is not
         checked, because checking it would wait for the device."""
         enc = self.encoder
-        if (not self.fast_path or is_swin_encoder(enc) or not is_linear_pixel_head(self.decoder)
-                or self.overrides(SimMIM, "forward_loss", "forward_encoder") or hooked(enc.norm, self.decoder)):
+        if (
+            not self.fast_path
+            or is_swin_encoder(enc)
+            or not is_linear_pixel_head(self.decoder)
+            or self.overrides(SimMIM, "forward_loss", "forward_encoder")
+            or hooked(enc.norm, self.decoder)
+        ):
             return self.forward_mim(imgs, mask).loss
         mask = mask.to(imgs.device)
         rows = masked_rows(mask, self.mask_generator.num_masked)

@@ -1,4 +1,5 @@
 """SimMIM's registry entry: a ViT (learned position embeddings) or SwinV2 encoder, 32-px cells masked at 60%."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -14,5 +15,11 @@ def build(cfg: Any) -> SimMIM:
 
 
 SPEC = MethodSpec(
-    name="simmim", summary="SimMIM: mask tokens in the encoder, linear pixel head, L1 on masked pixels",
-    build=build, evaluators=loss_evaluators, masking=Masking(0.6, "simmim"), crop_scale=(0.67, 1.0), swin=True)
+    name="simmim",
+    summary="SimMIM: mask tokens in the encoder, linear pixel head, L1 on masked pixels",
+    build=build,
+    evaluators=loss_evaluators,
+    masking=Masking(0.6, "simmim"),
+    crop_scale=(0.67, 1.0),
+    swin=True,
+)

@@ -1,6 +1,7 @@
 """Supervised classification over a timm ViT: DeiT-style training from scratch (the supervised baseline) and
 fine-tuning of a pretrained encoder, with layer-wise lr decay (MAE/BEiT rule), label smoothing and timm Mixup/CutMix.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -41,9 +42,16 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float) -> l
             continue
         no_decay = no_weight_decay(name, param)
         layer = layer_of(name)
-        group = groups.setdefault((layer, no_decay), {
-            "params": [], "names": [], "weight_decay": 0.0 if no_decay else weight_decay,
-            "lr_scale": decay ** (num_layers + 1 - layer), "layer": layer})
+        group = groups.setdefault(
+            (layer, no_decay),
+            {
+                "params": [],
+                "names": [],
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_scale": decay ** (num_layers + 1 - layer),
+                "layer": layer,
+            },
+        )
         group["params"].append(param)
         group["names"].append(name)
     return [groups[key] for key in sorted(groups)]
@@ -52,16 +60,23 @@ def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float) -> l
 class Supervised(Method):
     name = "supervised"
 
-    def __init__(self, encoder: nn.Module, label_smoothing: float = 0.1, mixup: float = 0.0, cutmix: float = 0.0,
-                 layer_decay: float = 1.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        label_smoothing: float = 0.1,
+        mixup: float = 0.0,
+        cutmix: float = 0.0,
+        layer_decay: float = 1.0,
+    ):
         super().__init__()
         self.encoder = encoder  # a timm ViT with its classifier head
         self.label_smoothing = label_smoothing
         self.layer_decay = layer_decay
         self.mixup = None
         if mixup > 0 or cutmix > 0:
-            self.mixup = Mixup(mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing,
-                               num_classes=encoder.num_classes)
+            self.mixup = Mixup(
+                mixup_alpha=mixup, cutmix_alpha=cutmix, label_smoothing=label_smoothing, num_classes=encoder.num_classes
+            )
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """The classifier's output; with class-token pooling the last block runs at the class token only."""

@@ -1,5 +1,6 @@
 """Supervised training's `method.*` keys (DeiT-style from scratch, and fine-tuning); `method.name=task` reads
 layer_decay too."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,5 +23,7 @@ def check_options(meth: Any) -> None:
     check(meth.mixup >= 0 and meth.cutmix >= 0, "method.mixup and method.cutmix must be >= 0")
     check(0.0 < meth.layer_decay <= 1.0, f"method.layer_decay: {meth.layer_decay} must be in (0, 1]")
     if meth.randaug is not None:
-        check(meth.randaug.startswith("rand-"), f"method.randaug: '{meth.randaug}' is not a timm RandAugment "
-              "spec (e.g. rand-m9-mstd0.5-inc1)")
+        check(
+            meth.randaug.startswith("rand-"),
+            f"method.randaug: '{meth.randaug}' is not a timm RandAugment spec (e.g. rand-m9-mstd0.5-inc1)",
+        )

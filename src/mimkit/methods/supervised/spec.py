@@ -1,4 +1,5 @@
 """Supervised classification's registry entry (the supervised baseline, and fine-tuning from `init`)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,12 +14,20 @@ from mimkit.models.encoder import create_encoder
 def build(cfg: Any) -> Supervised:
     if cfg.model.num_classes is None:
         raise ValueError("model.num_classes is unknown: build the data first (it sets it) or set it")
-    encoder = create_encoder(cfg, fixed_sincos=False, num_classes=cfg.model.num_classes,
-                             global_pool=cfg.model.global_pool)
+    encoder = create_encoder(
+        cfg, fixed_sincos=False, num_classes=cfg.model.num_classes, global_pool=cfg.model.global_pool
+    )
     return build_supervised(cfg, encoder)
 
 
 SPEC = MethodSpec(
-    name="supervised", summary="supervised classification (DeiT-style from scratch, or fine-tuning from init)",
-    build=build, options=SupervisedOptions, check_options=check_options, evaluators=accuracy_evaluators,
-    needs_labels=True, swin=True, adopts=("global_pool",))
+    name="supervised",
+    summary="supervised classification (DeiT-style from scratch, or fine-tuning from init)",
+    build=build,
+    options=SupervisedOptions,
+    check_options=check_options,
+    evaluators=accuracy_evaluators,
+    needs_labels=True,
+    swin=True,
+    adopts=("global_pool",),
+)

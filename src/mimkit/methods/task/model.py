@@ -4,6 +4,7 @@ box (the combined, detection-like task, whose classification and localisation lo
 `model.freeze=true` trains only the linear heads on the frozen encoder (kept in eval mode, no gradients); otherwise
 the encoder is fine-tuned with layer-wise lr decay.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -19,8 +20,15 @@ from mimkit.methods.supervised.model import layer_decay_groups
 class TaskModel(Method):
     name = "task"
 
-    def __init__(self, encoder: nn.Module, task: str, num_classes: int | None, freeze: bool = False,
-                 layer_decay: float = 1.0, rotation_max: float = 90.0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        task: str,
+        num_classes: int | None,
+        freeze: bool = False,
+        layer_decay: float = 1.0,
+        rotation_max: float = 90.0,
+    ):
         super().__init__()
         self.encoder, self.task, self.freeze = encoder, task, freeze
         self.layer_decay, self.rotation_max = layer_decay, rotation_max
@@ -68,10 +76,13 @@ class TaskModel(Method):
         heads = [p for m in (self.box_head, self.angle_head, self.cls_head) if m is not None for p in m.parameters()]
         weights = [p for p in heads if p.ndim > 1]
         biases = [p for p in heads if p.ndim <= 1]
-        return groups + [dict(params=weights, weight_decay=weight_decay, lr_scale=1.0),
-                         dict(params=biases, weight_decay=0.0, lr_scale=1.0)]
+        return groups + [
+            dict(params=weights, weight_decay=weight_decay, lr_scale=1.0),
+            dict(params=biases, weight_decay=0.0, lr_scale=1.0),
+        ]
 
 
 def build_task(cfg: Any, encoder: nn.Module) -> TaskModel:
-    return TaskModel(encoder, cfg.data.task, cfg.model.num_classes, cfg.model.freeze, cfg.method.layer_decay,
-                     cfg.data.rotation_max)
+    return TaskModel(
+        encoder, cfg.data.task, cfg.model.num_classes, cfg.model.freeze, cfg.method.layer_decay, cfg.data.rotation_max
+    )

@@ -1,4 +1,5 @@
 """The geometric tasks' registry entry (localisation, rotation, combined): heads on a pretrained or fresh encoder."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -15,10 +16,17 @@ def build(cfg: Any) -> TaskModel:
 
 
 def validate(cfg: Any, model: Any) -> None:
-    check(cfg.data.task != "classification", "method.name=task trains the geometric heads: set data.task to "
-          "localization, rotation or combined (classification is method.name=supervised)")
+    check(
+        cfg.data.task != "classification",
+        "method.name=task trains the geometric heads: set data.task to "
+        "localization, rotation or combined (classification is method.name=supervised)",
+    )
 
 
 SPEC = MethodSpec(
-    name="task", summary="geometric task heads: box (localization), angle (rotation), class + box (combined)",
-    build=build, validate=validate, evaluators=task_evaluators)
+    name="task",
+    summary="geometric task heads: box (localization), angle (rotation), class + box (combined)",
+    build=build,
+    validate=validate,
+    evaluators=task_evaluators,
+)

@@ -330,9 +330,18 @@ def test_cls_and_feature_targets_project_the_student_to_the_teacher_width(teache
     with torch.no_grad():  # timm's own forward_features: the last block through the final norm
         t = method.teacher.forward_features(batch["images"])
         s = method.proj(method.encoder.forward_features(batch["images"]))
+    # the class token is regressed raw; the features against their whitening (non-affine LayerNorm), by default
+    whitened = (t - t.mean(-1, keepdim=True)) / (t.var(-1, unbiased=False, keepdim=True) + 1e-6).sqrt()
     assert out["cls_loss"].item() == pytest.approx(F.smooth_l1_loss(s[:, 0], t[:, 0]).item(), rel=1e-5)
-    assert out["feature_loss"].item() == pytest.approx(F.smooth_l1_loss(s, t).item(), rel=1e-5)
+    assert out["feature_loss"].item() == pytest.approx(F.smooth_l1_loss(s, whitened).item(), rel=1e-5)
     assert out["loss"].item() == pytest.approx((out["cls_loss"] + out["feature_loss"]).item(), rel=1e-6)
+    raw = with_teacher(
+        build_method(distill_config("distill.targets=feature", "distill.feature_norm=false")), teacher_encoder
+    )
+    raw.load_state_dict(method.state_dict(), strict=False)
+    with torch.no_grad():
+        s_raw = raw.eval().proj(raw.encoder.forward_features(batch["images"]))
+    assert raw(batch)["feature_loss"].item() == pytest.approx(F.smooth_l1_loss(s_raw, t).item(), rel=1e-5)
 
 
 @pytest.mark.parametrize("layer, index", [(2, 1), (-1, 5), (None, 5), (-6, 0)])
@@ -362,7 +371,11 @@ def test_teacher_layer_features_come_from_that_block(teacher_encoder):
     with torch.no_grad():
         method.teacher.forward_features(images)
     handle.remove()
-    torch.testing.assert_close(method.teacher_targets(images)["feature"], captured["x"])
+    x = captured["x"]
+    torch.testing.assert_close(method.teacher_targets(images)["feature"], F.layer_norm(x, x.shape[-1:], eps=1e-6))
+    method.feature_norm = False
+    torch.testing.assert_close(method.teacher_targets(images)["feature"], x)
+    assert not torch.allclose(F.layer_norm(x, x.shape[-1:], eps=1e-6), x, atol=1e-2)  # an inner block: not normed
 
 
 @pytest.mark.parametrize("layer, index", [(1, 0), (2, 1), (-1, 2)])

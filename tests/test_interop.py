@@ -74,39 +74,96 @@ def test_hf_import_via_cli_and_bad_directory(tmp_path):
     assert bad.returncode == 2 and "config.json" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def _official_style_pth(path, encoder_only=False):
-    """A checkpoint shaped like facebookresearch/mae's: {'model', 'optimizer', 'epoch', 'args': Namespace}."""
+def _official_style_pth(path, encoder_only=False, with_args=True, qkv_scale=1.0, **arg_values):
+    """A checkpoint shaped like facebookresearch/mae's: {'model', 'optimizer', 'epoch', 'args': Namespace}; the
+    source model has 3 encoder and 4 decoder heads, which its state dict does not say."""
     hf = _tiny_hf()
     hf.save_pretrained(path.parent / "hf_src")
     import_checkpoint(path.parent / "hf_src", path.parent / "src_run")
     source = load(path.parent / "src_run")
     state = {}
     for key, value in source.state_dict().items():
-        if key.startswith("encoder."):
-            state[key[len("encoder.") :]] = value
+        if key.startswith("encoder."):  # qkv_scale sharpens the attention, so that head counts matter
+            state[key[len("encoder.") :]] = value * qkv_scale if key.endswith("attn.qkv.weight") else value
         elif not encoder_only:
             state[key] = value
-    args = argparse.Namespace(
-        model="mae_vit_tiny_custom", input_size=16, mask_ratio=0.75, norm_pix_loss=True, blr=1.5e-4
-    )
-    torch.save({"model": state, "epoch": 799, "args": args, "optimizer": {}}, path)
+    values = dict(model="mae_vit_tiny_custom", input_size=16, mask_ratio=0.75, norm_pix_loss=True, blr=1.5e-4)
+    values.update(arg_values)
+    blob = {"model": state, "epoch": 799, "optimizer": {}}
+    if with_args:
+        blob["args"] = argparse.Namespace(**{k: v for k, v in values.items() if v is not None})
+    torch.save(blob, path)
     return source
+
+
+HEADS = ["model.num_heads=3", "model.decoder_heads=4"]
+
+
+def _loss(method, seed=1):
+    torch.manual_seed(seed)
+    imgs, noise = torch.randn(4, 3, 16, 16), torch.rand(4, 16)
+    with torch.no_grad():
+        return method.forward_mim(imgs, noise).loss
 
 
 def test_official_mae_pth_import_loads_safely_and_matches(tmp_path):
     source = _official_style_pth(tmp_path / "mae.pth")
     with pytest.raises(Exception):  # plain weights_only loading refuses the pickled Namespace...
         torch.load(tmp_path / "mae.pth", weights_only=True)
-    import_checkpoint(tmp_path / "mae.pth", tmp_path / "run")  # ...mimkit allow-lists exactly that class
+    import_checkpoint(tmp_path / "mae.pth", tmp_path / "run", overrides=HEADS)  # ...mimkit allow-lists that class
     ours = load(tmp_path / "run")
     for key, value in source.state_dict().items():
         torch.testing.assert_close(ours.state_dict()[key], value, msg=key)
+    assert ours.norm_pix is True  # args.norm_pix_loss
+    torch.testing.assert_close(_loss(ours), _loss(source), atol=1e-6, rtol=0)  # the same model, not just weights
+
+
+def test_official_pth_import_asks_for_head_counts_instead_of_guessing(tmp_path, capsys):
+    from mimkit.cli import main
+
+    _official_style_pth(tmp_path / "mae.pth", qkv_scale=30.0)
+    with pytest.raises(ImportError_, match="--set model.num_heads=N --set model.decoder_heads=N"):
+        import_checkpoint(tmp_path / "mae.pth", tmp_path / "run")
+    assert main(["import", str(tmp_path / "mae.pth"), "--out", str(tmp_path / "run")]) == 2
+    assert "does not say how many attention heads" in capsys.readouterr().err
+    import_checkpoint(tmp_path / "mae.pth", tmp_path / "three", overrides=HEADS)
+    import_checkpoint(tmp_path / "mae.pth", tmp_path / "one", overrides=["model.num_heads=1", "model.decoder_heads=4"])
+    # the same weights read with another head count are another model: its encoder's features differ
+    torch.manual_seed(2)
+    imgs = torch.randn(4, 3, 16, 16)
+    with torch.no_grad():
+        one, three = (load(tmp_path / d).encoder.forward_features(imgs) for d in ("one", "three"))
+    assert (one - three).norm() > 0.1 * three.norm()
+    with pytest.raises(ImportError_, match="takes only"):
+        import_checkpoint(tmp_path / "mae.pth", tmp_path / "x", overrides=["model.depth=3"])
+
+
+def test_official_size_in_args_or_file_name_gives_the_head_counts(tmp_path):
+    from mimkit.interop.imports import read_mae_pth
+
+    _official_style_pth(tmp_path / "a.pth", model="mae_vit_base_patch16")
+    cfg, _ = read_mae_pth(tmp_path / "a.pth")
+    assert (cfg.model.num_heads, cfg.model.decoder_heads) == (12, 16)
+    _official_style_pth(tmp_path / "mae_visualize_vit_large.pth", with_args=False)
+    cfg, _ = read_mae_pth(tmp_path / "mae_visualize_vit_large.pth")  # the released file: no args, no warning
+    assert (cfg.model.num_heads, cfg.model.decoder_heads, cfg.method.norm_pix) == (16, 16, False)
+
+
+def test_official_pth_norm_pix_from_args_else_the_official_default(tmp_path):
+    from mimkit.interop.imports import read_mae_pth
+
+    _official_style_pth(tmp_path / "a.pth", norm_pix_loss=False)
+    assert read_mae_pth(tmp_path / "a.pth", HEADS)[0].method.norm_pix is False
+    _official_style_pth(tmp_path / "b.pth", norm_pix_loss=None)  # args without norm_pix_loss
+    with pytest.warns(UserWarning, match="official default, raw-pixel targets"):
+        assert read_mae_pth(tmp_path / "b.pth", HEADS)[0].method.norm_pix is False
+    assert read_mae_pth(tmp_path / "b.pth", [*HEADS, "method.norm_pix=true"])[0].method.norm_pix is True
 
 
 def test_official_encoder_only_pth_gets_fresh_decoder(tmp_path):
     _official_style_pth(tmp_path / "enc.pth", encoder_only=True)
     with pytest.warns(UserWarning, match="encoder only"):
-        import_checkpoint(tmp_path / "enc.pth", tmp_path / "run")
+        import_checkpoint(tmp_path / "enc.pth", tmp_path / "run", overrides=["model.num_heads=3"])
     assert load(tmp_path / "run").decoder_blocks is not None
 
 

@@ -17,6 +17,11 @@ from mimkit.methods.mocov3 import contrastive_loss, momentum_at
 MOCO = ["method.name=mocov3", "method.moco_dim=16", "method.moco_mlp_dim=32"]
 
 
+def _two_view_batch(n: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return {"images": torch.randn(n, 1, 16, 16), "images2": torch.randn(n, 1, 16, 16)}
+
+
 def test_contrastive_loss_matches_formula():
     torch.manual_seed(0)
     q, k = torch.randn(5, 8), torch.randn(5, 8)
@@ -86,3 +91,41 @@ def test_mocov3_pretrain_then_knn(tmp_path):
         check=True,
     )
     assert 0 <= json.loads((tmp_path / "knn/results.json").read_text())["top1"] <= 100
+
+
+def test_official_stability_tricks_fix_the_position_embedding_and_freeze_a_random_patch_projection():
+    from mimkit.models.pos_embed import sincos_2d
+
+    cfg = resolved(tiny_config(*MOCO))
+    assert cfg.method.moco_fixed_pos_embed and cfg.method.moco_frozen_patch_embed  # on by default, as published
+    method = build_method(cfg)
+    enc = method.encoder
+    grid = cfg.data.img_size // cfg.model.patch_size
+    torch.testing.assert_close(enc.pos_embed[0], sincos_2d(enc.embed_dim, grid, cls_token=True).float())
+    proj = enc.patch_embed.proj
+    bound = math.sqrt(6.0 / (cfg.data.in_chans * cfg.model.patch_size**2 + enc.embed_dim))
+    assert proj.weight.abs().max() <= bound and proj.weight.abs().max() > 0.9 * bound  # Xavier uniform
+    assert not proj.bias.any()
+    frozen = {"encoder.pos_embed", "encoder.patch_embed.proj.weight", "encoder.patch_embed.proj.bias"}
+    trained = {id(p) for g in method.param_groups(0.1) for p in g["params"]}
+    for name, p in method.named_parameters():
+        if name in frozen:
+            assert not p.requires_grad and id(p) not in trained, name
+    before = {n: p.detach().clone() for n, p in method.named_parameters()}
+    opt = torch.optim.AdamW(method.param_groups(0.1), lr=1e-2)
+    method(_two_view_batch(8))["loss"].backward()
+    opt.step()
+    method.after_optimizer_step(0, 10)
+    params = dict(method.named_parameters())
+    for name in frozen:  # neither the online weights nor their momentum copies move
+        assert torch.equal(params[name], before[name]), name
+        copy = "momentum_" + name
+        torch.testing.assert_close(params[copy], before[name])
+    assert not torch.equal(params["encoder.blocks.0.attn.qkv.weight"], before["encoder.blocks.0.attn.qkv.weight"])
+
+
+def test_stability_tricks_can_be_turned_off():
+    method = build_method(
+        resolved(tiny_config(*MOCO, "method.moco_fixed_pos_embed=false", "method.moco_frozen_patch_embed=false"))
+    )
+    assert method.encoder.pos_embed.requires_grad and method.encoder.patch_embed.proj.weight.requires_grad

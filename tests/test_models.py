@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from mimkit.config import resolved
+from mimkit.config import ConfigError, resolved
 from mimkit.methods import MAE, SimMIM, build_method
 from mimkit.models.encoder import patchify, unpatchify
 from mimkit.models.pos_embed import sincos_2d
@@ -179,3 +179,121 @@ def test_deit_names_are_timm_vits_but_distilled_deit_is_refused():
     assert len(build_method(cfg).encoder.blocks) == 1
     with pytest.raises(ConfigError, match="neither a mimkit preset"):
         resolved(tiny_config("model.name=deit_tiny_distilled_patch16_224"))
+
+
+@pytest.mark.parametrize(
+    "rule, expected",
+    [("linear", [0.0, 0.05, 0.1]), ("constant_but_last", [0.1, 0.1, 0.0])],
+)
+def test_drop_path_rule_sets_each_blocks_rate(rule, expected):
+    """timm's linear rule, and TinyMIM's: the rate in every block but the last, none in the last."""
+    from timm.layers import DropPath
+
+    cfg = resolved(tiny_config("model.drop_path=0.1", f"model.drop_path_rule={rule}"))  # femto: 3 blocks
+    encoder = build_method(cfg).encoder
+    for block, rate in zip(encoder.blocks, expected, strict=True):
+        for module in (block.drop_path1, block.drop_path2):
+            if rate == 0:
+                assert isinstance(module, torch.nn.Identity)
+            else:
+                assert isinstance(module, DropPath) and module.drop_prob == pytest.approx(rate)
+
+
+def test_drop_path_rule_is_checked():
+    with pytest.raises(ConfigError, match="model.drop_path_rule: 'cosine' is not one of linear, constant_but_last"):
+        tiny_config("model.drop_path_rule=cosine")
+
+
+def test_mae_reconstructions_do_not_leak_the_masked_patches():
+    """Norm-pix predictions are de-normalised with the visible patches' average mean and within-patch variance:
+    changing only the masked pixels leaves the reconstruction as it was. The official demo's shortcut (each masked
+    patch's own statistics), on request, does not."""
+    from mimkit.data.keyed_random import sample_keys
+
+    cfg = resolved(tiny_config())  # MAE, norm_pix on
+    method = build_method(cfg).eval()
+    torch.manual_seed(0)
+    imgs, ids = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
+    out = method.reconstruct(imgs, ids)
+    mask = out["pixel_mask"]
+    assert 0 < mask.mean() < 1
+    changed = imgs + (3.0 + 2.0 * torch.randn_like(imgs)) * mask  # brighter, noisier masked patches only
+    torch.testing.assert_close(
+        method.reconstruct(changed, ids)["reconstruction"], out["reconstruction"] * mask + changed * (1 - mask)
+    )
+    leaky = method.reconstruct(imgs, ids, true_patch_stats=True)["reconstruction"]
+    leaky_changed = method.reconstruct(changed, ids, true_patch_stats=True)["reconstruction"]
+    assert not torch.allclose(leaky * mask, leaky_changed * mask, atol=1e-2)
+    # written out: visible patches' mean of means and mean of (unbiased) variances
+    with torch.no_grad():
+        noise = method.mask_generator.noise(sample_keys(ids, -1), method.seed)
+        mim = method.forward_mim(imgs, noise)
+    patches = patchify(imgs, 4)
+    visible = ~mim.mask
+    expected = []
+    for b in range(2):
+        m = patches[b][visible[b]].mean(-1).mean()
+        v = patches[b][visible[b]].var(-1, unbiased=True).mean()
+        expected.append(mim.pred[b] * (v + 1e-6).sqrt() + m)
+    expected = unpatchify(torch.stack(expected), 4, 1, 4)
+    torch.testing.assert_close(out["reconstruction"] * mask, expected * mask, atol=1e-5, rtol=1e-5)
+    assert "visible patches" in method.reconstruction_note() and "TRUE" in method.reconstruction_note(True)
+
+
+def test_simmim_local_target_norm_matches_a_written_out_window():
+    """Each pixel minus its window's mean over the window's std (unbiased variance + 1e-6), the window cut at the
+    image borders, channel by channel."""
+    from mimkit.methods.simmim.model import local_norm
+
+    torch.manual_seed(0)
+    imgs = torch.rand(2, 3, 7, 6) * 4
+    window = 5
+    got = local_norm(imgs, window)
+    r = window // 2
+    for b in range(2):
+        for c in range(3):
+            for i in range(7):
+                for j in range(6):
+                    patch = imgs[b, c, max(0, i - r) : i + r + 1, max(0, j - r) : j + r + 1].flatten().double()
+                    expected = (imgs[b, c, i, j] - patch.mean()) / (patch.var(unbiased=True) + 1e-6).sqrt()
+                    assert got[b, c, i, j].item() == pytest.approx(expected.item(), rel=1e-4, abs=1e-5)
+
+
+def test_simmim_target_norm_trains_on_the_normalised_target_on_both_paths():
+    cfg = resolved(tiny_config("method.name=simmim", "method.mask_patch_size=8", "method.target_norm_window=5"))
+    method = build_method(cfg)
+    from mimkit.data.keyed_random import sample_keys
+    from mimkit.methods.simmim.model import local_norm, masked_pixel_l1
+
+    torch.manual_seed(0)
+    imgs = torch.randn(4, 1, 16, 16)
+    mask = method.mask_generator(sample_keys(torch.arange(4), 0), method.seed)
+    fast = method.training_loss(imgs, mask)
+    with method.plain_path():
+        plain = method.training_loss(imgs, mask)
+    with torch.no_grad():
+        rec = method.decoder(method.forward_encoder(imgs, mask))
+    expected = masked_pixel_l1(local_norm(imgs, 5), rec, mask, method.patch, method.grid, method.chans)
+    torch.testing.assert_close(plain, expected, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+    raw = masked_pixel_l1(imgs, rec, mask, method.patch, method.grid, method.chans)
+    assert abs(raw.item() - plain.item()) > 1e-3  # the normalised target is another target
+    with pytest.raises(ConfigError, match="target_norm_window: 4 must be 0 .off. or an odd size"):
+        tiny_config("method.name=simmim", "method.target_norm_window=4")
+
+
+def test_reconstruction_figure_asks_for_the_chosen_statistics_and_says_which(tmp_path, monkeypatch):
+    from mimkit.data.datasets import build_data
+    from mimkit.viz import reconstructions as viz
+
+    cfg = resolved(tiny_config())
+    method = build_method(cfg)
+    data = build_data(cfg, lambda *_: None)
+    titles = []
+    monkeypatch.setattr(viz.plt.Figure, "suptitle", lambda self, text, **kw: titles.append(text))
+    for leak in (False, True):
+        path = viz.reconstruction_figure(
+            method, data.train, data.heldout, cfg, tmp_path / f"{leak}.png", n=2, true_patch_stats=leak
+        )
+        assert path.is_file()
+    assert "visible patches' mean/std" in titles[0] and "TRUE mean/std (leaks" in titles[1]

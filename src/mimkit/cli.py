@@ -220,7 +220,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     data = build_data(cfg)
     out = args.out or Path(args.run) / "figures" / "reconstructions.png"
     path = reconstruction_figure(
-        method, data.train, data.heldout, cfg, out, n=args.n, device=next(method.parameters()).device
+        method,
+        data.train,
+        data.heldout,
+        cfg,
+        out,
+        n=args.n,
+        device=next(method.parameters()).device,
+        true_patch_stats=args.true_patch_stats,
     )
     print(path)
     return 0
@@ -237,7 +244,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from mimkit.interop.imports import import_checkpoint
 
-    print(json.dumps(import_checkpoint(args.source, args.out, args.format), indent=1))
+    print(json.dumps(import_checkpoint(args.source, args.out, args.format, args.set), indent=1))
     return 0
 
 
@@ -560,6 +567,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run", help="run directory or checkpoint folder")
     p.add_argument("--out", default=None, help="PNG path (default RUN/figures/reconstructions.png)")
     p.add_argument("--n", type=int, default=6, help="images per side")
+    p.add_argument(
+        "--true-patch-stats",
+        action="store_true",
+        help="de-normalise normalised-pixel predictions with each masked patch's own mean/std (as MAE's demo; shows "
+        "what the model never saw)",
+    )
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser("export", help="encoder-only weights in timm's key layout (safetensors)")
@@ -571,6 +584,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source")
     p.add_argument("--out", required=True, help="run directory to create")
     p.add_argument("--format", choices=["auto", "hf", "mae-pth"], default="auto")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="official .pth: what its state dict does not say (model.num_heads, model.decoder_heads, "
+        "method.norm_pix, method.mask_ratio)",
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(

@@ -3,7 +3,9 @@
 `linear_cka(x, y)` compares two (samples, features) matrices directly. For whole networks, where holding every
 layer's features for every image is out of the question, `MinibatchCKA` follows Nguyen et al. (2021): per minibatch
 it forms each layer's linear Gram matrix, adds up the unbiased HSIC estimator (Song et al., 2012) for every pair of
-layers, and reports CKA = sum HSIC(K, L) / sqrt(sum HSIC(K, K) * sum HSIC(L, L)). Memory is then a few
+layers, and reports CKA = sum HSIC(K, L) / sqrt(sum HSIC(K, K) * sum HSIC(L, L)). As in the reference code, each
+minibatch's term is the unnormalised product of U-centred Gram matrices, n(n-3) times the estimator, so a batch of
+n images weighs n(n-3): a short last batch counts for little instead of as much as a full one. Memory is then a few
 (batch, batch) matrices per layer, whatever the number of images.
 """
 
@@ -61,7 +63,8 @@ class MinibatchCKA:
 
     `update(grams)` takes, per model, a (layers, n, n) stack of Gram matrices for the current minibatch (`gram` of
     each layer's output). `within(m)` is model m's (layers, layers) CKA matrix; `between(m, k)` the
-    (layers of m, layers of k) matrix. Minibatches of fewer than 4 images are skipped (the estimator is undefined).
+    (layers of m, layers of k) matrix. Each minibatch weighs n(n-3) (see the module docstring); minibatches of
+    fewer than 4 images are skipped (the estimator is undefined).
     """
 
     def __init__(self, num_models: int):
@@ -75,9 +78,10 @@ class MinibatchCKA:
             raise ValueError(f"expected Gram stacks for {self.num_models} models, got {len(grams)}")
         if grams[0].shape[-1] < 4:
             return False
+        n = grams[0].shape[-1]
         for m in range(self.num_models):
             for k in range(m, self.num_models):
-                h = unbiased_hsic(grams[m], grams[k]).cpu()
+                h = unbiased_hsic(grams[m], grams[k]).cpu() * (n * (n - 3))  # <U(K), U(L)>, the reference's term
                 self.hsic[(m, k)] = self.hsic[(m, k)] + h if (m, k) in self.hsic else h
         self.batches += 1
         self.images += grams[0].shape[-1]

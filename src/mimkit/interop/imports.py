@@ -156,14 +156,45 @@ def read_hf_directory(directory: Path) -> tuple[Config, dict[str, torch.Tensor]]
     return cfg, convert_hf_state_dict(state)
 
 
-# Official MAE: head counts are not in the state dict; they follow the model name in args.
+# Official MAE: head counts are not in the state dict. The official models (models_mae.py) fix them by size, and
+# every one has a 16-head decoder; the size is named in args.model (mae_vit_large_patch16) or, for the released
+# files, which carry no args, in the file name (mae_pretrain_vit_large.pth, mae_visualize_vit_large.pth).
 _MAE_HEADS = {"base": 12, "large": 16, "huge": 16}
+_MAE_DECODER_HEADS = 16
+_MAE_SIZE = re.compile(r"(?:^|_)vit_(base|large|huge)(?:_|$|\.)")
 _MAE_DECODER_KEYS = ("mask_token", "decoder_")
+# The settings `mimkit import --set` may give an official checkpoint (what its state dict does not say).
+MAE_IMPORT_KEYS = ("model.num_heads", "model.decoder_heads", "method.norm_pix", "method.mask_ratio")
 
 
-def read_mae_pth(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
+def _official_size(args: dict[str, Any], path: Path) -> str | None:
+    """'base' / 'large' / 'huge' from args.model, else from a released file's name; None when neither says."""
+    for text in (str(args.get("model", "")), path.name):
+        match = _MAE_SIZE.search(text)
+        if match:
+            return match.group(1)
+    return None
+
+
+def _import_settings(overrides: list[str] | None) -> dict[str, Any]:
+    from mimkit.config import parse_override
+
+    settings = {}
+    for text in overrides or []:
+        key, value = parse_override(text)
+        if key not in MAE_IMPORT_KEYS:
+            raise ImportError_(f"--set {key}: an official MAE import takes only {', '.join(MAE_IMPORT_KEYS)}")
+        settings[key] = value
+    return settings
+
+
+def read_mae_pth(path: Path, overrides: list[str] | None = None) -> tuple[Config, dict[str, torch.Tensor]]:
     """An official MAE checkpoint: {'model': state_dict, 'args': argparse.Namespace, ...}. The Namespace is
-    allow-listed for `weights_only=True` loading instead of unpickling arbitrary objects."""
+    allow-listed for `weights_only=True` loading instead of unpickling arbitrary objects. Head counts come from
+    `--set`, else the official size (args.model or the released file's name); never guessed. norm_pix comes from
+    `--set`, else args.norm_pix_loss, else False: the official default, and what the mae_visualize_* files were
+    trained with (a warning says so unless the file is one of those)."""
+    settings = _import_settings(overrides)
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):
             blob = torch.load(path, map_location="cpu", weights_only=True)
@@ -173,23 +204,48 @@ def read_mae_pth(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
     if not isinstance(state, dict) or "patch_embed.proj.weight" not in state:
         raise ImportError_(f"'{path}' has no MAE state dict (expected key 'model' with 'patch_embed.proj.weight')")
     args = vars(blob.get("args")) if isinstance(blob.get("args"), argparse.Namespace) else {}
-    model_name = str(args.get("model", ""))
+    size = _official_size(args, path)
     embed_dim = state["cls_token"].shape[-1]
     depth = len({k.split(".")[1] for k in state if k.startswith("blocks.")})
     patch = state["patch_embed.proj.weight"].shape[-1]
     in_chans = state["patch_embed.proj.weight"].shape[1]
     grid = int(round((state["pos_embed"].shape[1] - 1) ** 0.5))
-    heads = next((h for size, h in _MAE_HEADS.items() if size in model_name), max(1, embed_dim // 64))
+    heads = settings.get("model.num_heads", _MAE_HEADS.get(size))
+    has_decoder = "decoder_embed.weight" in state
+    dec_heads = settings.get("model.decoder_heads", _MAE_DECODER_HEADS if size else None)
+    missing = [k for k, v in (("model.num_heads", heads), ("model.decoder_heads", dec_heads)) if v is None]
+    if not has_decoder and "model.decoder_heads" in missing:
+        missing.remove("model.decoder_heads")
+        dec_heads = _MAE_DECODER_HEADS  # the fresh decoder gets the official head count
+    if missing:
+        raise ImportError_(
+            f"'{path}': the state dict does not say how many attention heads the model has, and neither args.model "
+            f"({args.get('model', 'absent')!r}) nor the file name names an official size (base, large, huge); "
+            f"give them: mimkit import {path} --out DIR " + " ".join(f"--set {k}=N" for k in missing)
+        )
     mlp_ratio = state["blocks.0.mlp.fc1.weight"].shape[0] / embed_dim
     model = _vit_overrides(embed_dim, depth, heads, mlp_ratio, patch)
-    has_decoder = "decoder_embed.weight" in state
     if has_decoder:
         dec = state["decoder_embed.weight"].shape[0]
         dec_depth = len({k.split(".")[1] for k in state if k.startswith("decoder_blocks.")})
-        model.update(decoder_dim=dec, decoder_depth=dec_depth, decoder_heads=16 if dec % 16 == 0 else 1)
-    cfg = _imported_config(
-        model, grid * patch, in_chans, float(args.get("mask_ratio", 0.75)), bool(args.get("norm_pix_loss", True)), 1e-6
-    )
+        model.update(decoder_dim=dec, decoder_depth=dec_depth, decoder_heads=dec_heads)
+    else:
+        model.update(decoder_heads=dec_heads)
+    if "method.norm_pix" in settings:
+        norm_pix = bool(settings["method.norm_pix"])
+    elif "norm_pix_loss" in args:
+        norm_pix = bool(args["norm_pix_loss"])
+    else:
+        norm_pix = False
+        if "visualize" not in path.name:
+            warnings.warn(
+                f"'{path}' does not record norm_pix_loss; importing with the official default, raw-pixel targets "
+                "(method.norm_pix=false). If it was trained on normalised pixels, import it with --set "
+                "method.norm_pix=true",
+                stacklevel=2,
+            )
+    mask_ratio = float(settings.get("method.mask_ratio", args.get("mask_ratio", 0.75)))
+    cfg = _imported_config(model, grid * patch, in_chans, mask_ratio, norm_pix, 1e-6)
     converted = {(k if k.startswith(_MAE_DECODER_KEYS) else f"encoder.{k}"): v for k, v in state.items()}
     if not has_decoder:
         warnings.warn(f"'{path}' holds the encoder only; the MAE decoder is freshly initialised", stacklevel=2)
@@ -198,14 +254,19 @@ def read_mae_pth(path: Path) -> tuple[Config, dict[str, torch.Tensor]]:
     return cfg, converted
 
 
-def import_checkpoint(source: str | Path, out: str | Path, fmt: str = "auto") -> dict[str, Any]:
-    """Convert SOURCE into the run directory OUT; checks the weights fit the rebuilt model strictly."""
+def import_checkpoint(
+    source: str | Path, out: str | Path, fmt: str = "auto", overrides: list[str] | None = None
+) -> dict[str, Any]:
+    """Convert SOURCE into the run directory OUT; checks the weights fit the rebuilt model strictly. `overrides`
+    (`key=value`, official .pth only) say what the state dict cannot: head counts, norm_pix, mask ratio."""
     source, out = Path(source), Path(out)
     if fmt == "auto":
         fmt = "hf" if source.is_dir() else "mae-pth"
     if not source.exists():
         raise ImportError_(f"'{source}' does not exist")
-    cfg, state = read_hf_directory(source) if fmt == "hf" else read_mae_pth(source)
+    if fmt == "hf" and overrides:
+        raise ImportError_("--set is for official MAE .pth files; a HF directory's config.json says everything")
+    cfg, state = read_hf_directory(source) if fmt == "hf" else read_mae_pth(source, overrides)
     method = build_method(cfg)
     try:
         method.load_state_dict(state, strict=True)

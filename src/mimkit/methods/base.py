@@ -62,10 +62,18 @@ class Method(nn.Module):
     def after_optimizer_step(self, step: int, total_steps: int) -> None:
         """Called by the Engine after every optimizer step (MoCo v3 updates its momentum encoder here)."""
 
-    def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1, true_patch_stats: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Masked inputs and their reconstructions for the figure (MIM methods): {'original', 'masked',
-        'reconstruction', 'pixel_mask'}, the masks keyed by sample id and epoch as in training."""
+        'reconstruction', 'pixel_mask'}, the masks keyed by sample id and epoch as in training. A method whose
+        targets are normalised per patch de-normalises with statistics the model could know, unless
+        `true_patch_stats` asks for each masked patch's own (see reconstruction_note)."""
         raise NotImplementedError(f"{type(self).__name__} does not reconstruct images")
+
+    def reconstruction_note(self, true_patch_stats: bool = False) -> str:
+        """What the reconstructions show, for the figure's title (e.g. how predictions were de-normalised)."""
+        return ""
 
     @property
     def reconstructs(self) -> bool:

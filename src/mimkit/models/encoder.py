@@ -7,10 +7,11 @@ from typing import Any
 
 import timm
 import torch
+from timm.layers import DropPath
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from mimkit.compat import vit_pos_embed
+from mimkit.compat import LibraryChanged, vit_pos_embed
 from mimkit.models.pos_embed import sincos_2d
 from mimkit.models.presets import resolve_model_spec, timm_kwargs
 
@@ -37,11 +38,38 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
     )
     if cfg.train.grad_checkpointing:
         encoder.set_grad_checkpointing(True)
+    if cfg.model.drop_path_rule != "linear":
+        set_drop_path_rates(
+            encoder, drop_path_rates(cfg.model.drop_path, len(encoder.blocks), cfg.model.drop_path_rule)
+        )
     if fixed_sincos:
         grid = cfg.data.img_size // cfg.model.patch_size
         encoder.pos_embed.data.copy_(sincos_2d(encoder.embed_dim, grid, cls_token=True).unsqueeze(0))
         encoder.pos_embed.requires_grad_(False)
     return encoder
+
+
+def drop_path_rates(rate: float, depth: int, rule: str) -> list[float]:
+    """Per-block stochastic-depth rates: `linear` as timm builds them, `constant_but_last` as TinyMIM's students
+    (the rate everywhere but the last block, which has none)."""
+    if rule == "linear":
+        return [rate * i / max(depth - 1, 1) for i in range(depth)]
+    if rule == "constant_but_last":
+        return [rate] * (depth - 1) + [0.0]
+    raise ValueError(f"unknown drop-path rule '{rule}'")
+
+
+def set_drop_path_rates(vit: nn.Module, rates: list[float]) -> None:
+    """Give each timm ViT block its own drop-path rate (timm's Block: drop_path1 after attention, drop_path2 after
+    the MLP, DropPath when the rate is positive, Identity otherwise)."""
+    for block, rate in zip(vit.blocks, rates, strict=True):
+        for name in ("drop_path1", "drop_path2"):
+            if not hasattr(block, name):
+                raise LibraryChanged(
+                    f"timm {timm.__version__}: ViT blocks have no '{name}'; mimkit sets drop-path "
+                    "rates per block through it"
+                )
+            setattr(block, name, DropPath(rate) if rate > 0 else nn.Identity())
 
 
 def embed_tokens(

@@ -7,6 +7,7 @@ from typing import Any
 
 from mimkit.errors import check, one_of
 
+DROP_PATH_RULES = ("linear", "constant_but_last")
 ARCH_KEYS = (
     "patch_size",
     "embed_dim",
@@ -29,6 +30,9 @@ class ModelConfig:
     num_heads: int | None = None
     mlp_ratio: float | None = None
     drop_path: float = 0.0
+    # how drop_path spreads over the blocks: linear (timm, DeiT: 0 in the first block rising to drop_path in the
+    # last) | constant_but_last (TinyMIM's students: drop_path in every block but the last, none in the last)
+    drop_path_rule: str = "linear"
     norm_eps: float = 1e-6
     num_classes: int | None = None  # classification (supervised / finetune); None: from the data set
     global_pool: str = "avg"  # classification head input: avg (global average pooling + fc_norm, MAE) | token
@@ -60,6 +64,11 @@ def validate_model(cfg: Any) -> Any:
         f"model.num_heads: {spec.num_heads} does not divide model.embed_dim {spec.embed_dim}",
     )
     check(0.0 <= m.drop_path < 1.0, f"model.drop_path: {m.drop_path} must be in [0, 1)")
+    one_of("model.drop_path_rule", m.drop_path_rule, list(DROP_PATH_RULES))
+    check(
+        m.drop_path_rule == "linear" or not spec.is_swin,
+        f"model.drop_path_rule={m.drop_path_rule} is for ViTs; a SwinV2 ('{m.name}') uses the linear rule",
+    )
     check(m.norm_eps > 0, f"model.norm_eps: {m.norm_eps} must be positive")
     return spec
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimkit.data.masks import MaskGenerator
@@ -36,6 +37,11 @@ from mimkit.models.encoder import (
     patch_size,
     run_blocks,
 )
+
+
+def whitened(tokens: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Feature Distillation's target whitening: each token normalised over its channels, no affine parameters."""
+    return F.layer_norm(tokens.float(), tokens.shape[-1:], eps=eps).to(tokens.dtype)
 
 
 def check_head_split(width: int, heads: int, who: str, other: str) -> None:
@@ -82,7 +88,7 @@ class Distill(Method):
         self.student_heads = self.teacher_heads = relation_heads(
             dis.head_match, width, heads, dis.teacher_embed_dim, dis.teacher_relation_heads or dis.teacher_num_heads
         )
-        self.cls_loss, self.feature_loss = dis.cls_loss, dis.feature_loss
+        self.cls_loss, self.feature_loss, self.feature_norm = dis.cls_loss, dis.feature_loss, dis.feature_norm
         self.mim_weight, self.jitter, self.mean, self.std, self.seed = dis.mim_weight, dis.color_jitter, mean, std, seed
         self.mask_generator = mask_generator
         if {"cls", "feature"} & set(self.targets):
@@ -132,7 +138,7 @@ class Distill(Method):
             out["qkv"] = block_qkv(t.blocks[self.t_index], x, self.teacher_heads)
         if {"cls", "feature"} & set(self.targets):
             y = final_tokens(t, t.blocks[self.t_index](x), self.t_index)
-            out["cls"], out["feature"] = y[:, 0], y
+            out["cls"], out["feature"] = y[:, 0], whitened(y) if self.feature_norm else y
         return out
 
     # --------------------------------------------------------------------------------------------- student

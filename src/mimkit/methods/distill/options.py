@@ -21,6 +21,9 @@ class DistillConfig:
     head_match: str = "reshape_student"  # reshape_student (TinyMIM) | resplit_teacher
     cls_loss: str = "smooth_l1"  # smooth_l1 | mse | cosine
     feature_loss: str = "smooth_l1"  # smooth_l1 | mse | cosine
+    # the feature target whitened by a LayerNorm without affine parameters (Feature Distillation, which TinyMIM's
+    # feature target follows); false regresses the teacher's raw tokens
+    feature_norm: bool = True
     mask_ratio: float = 0.0  # > 0: the student sees masked input (mask tokens; method.mask_type cells)
     mim_weight: float = 0.0  # > 0: auxiliary SimMIM pixel loss on the student's masked patches
     color_jitter: float = 0.4  # brightness/contrast/saturation strength, on the student's view only

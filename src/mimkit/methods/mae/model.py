@@ -174,6 +174,13 @@ class MAE(Method):
         pred = self.forward_decoder(latent, ids_restore, rows)
         return patch_mse(pred, gather_rows(self.patchify(imgs), rows), self.norm_pix)
 
+    def reconstruction_note(self, true_patch_stats: bool = False) -> str:
+        if not self.norm_pix:
+            return "raw-pixel targets"
+        if true_patch_stats:
+            return "masked patches de-normalised with their TRUE mean/std (leaks information)"
+        return "masked patches de-normalised with the visible patches' mean/std"
+
     def forward_mim(self, imgs: torch.Tensor, noise: torch.Tensor | None = None) -> MIMOutput:
         """Model-level API (HF ViTMAE-like): optional `noise` (B, L) fixes the mask from outside."""
         if noise is None:
@@ -187,14 +194,24 @@ class MAE(Method):
         return {"loss": self.training_loss(batch["images"], noise)}
 
     @torch.no_grad()
-    def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:
-        """Masked input and reconstruction in the normalised image space, visible patches pasted back;
-        normalised-pixel predictions are de-normalised with each patch's true mean and std."""
+    def reconstruct(
+        self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1, true_patch_stats: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Masked input and reconstruction in the normalised image space, visible patches pasted back. Normalised-
+        pixel predictions are de-normalised with what the model could know: the mean and the within-patch variance
+        averaged over the image's visible patches. `true_patch_stats` uses each masked patch's own mean and std
+        instead (the official demo's shortcut), which shows the image's local brightness and contrast the model
+        never saw."""
         noise = self.mask_generator.noise(sample_keys(ids, epoch), self.seed).to(imgs.device)
         out = self.forward_mim(imgs, noise)
         pred = out.pred.float()
         if self.norm_pix:
-            mean, var = patch_mean_var(self.patchify(imgs))
+            mean, var = patch_mean_var(self.patchify(imgs).float())  # (B, L, 1) each
+            if not true_patch_stats:
+                visible = (~out.mask).unsqueeze(-1).float()
+                count = visible.sum(1, keepdim=True)
+                mean = (mean * visible).sum(1, keepdim=True) / count
+                var = (var * visible).sum(1, keepdim=True) / count
             pred = pred * (var + 1e-6) ** 0.5 + mean
         return paste_visible(imgs, self.unpatchify(pred), out.mask, self.patch, self.grid)
 

@@ -43,6 +43,19 @@ def gather_keys(k: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(parts), dist.get_rank() * k.shape[0]
 
 
+def freeze_random_patch_projection(vit: nn.Module) -> None:
+    """MoCo v3's fix for training instability: the patch projection stays at its random initialisation, Xavier
+    uniform with fan-in 3*p*p (in_chans*p*p) and fan-out the width, bias zero (vits.py, `stop_grad_conv1`)."""
+    proj = vit.patch_embed.proj
+    bound = math.sqrt(6.0 / float(proj.in_channels * proj.kernel_size[0] * proj.kernel_size[1] + proj.out_channels))
+    with torch.no_grad():
+        nn.init.uniform_(proj.weight, -bound, bound)
+        if proj.bias is not None:
+            nn.init.zeros_(proj.bias)
+    for p in proj.parameters():
+        p.requires_grad_(False)
+
+
 def contrastive_loss(q: torch.Tensor, k: torch.Tensor, temperature: float, gather: bool = True) -> torch.Tensor:
     """InfoNCE with the positives on the diagonal (offset by rank when keys are gathered under DDP), scaled by 2T."""
     q = F.normalize(q.float(), dim=1)

@@ -14,6 +14,10 @@ class MoCoV3Options:
     moco_momentum: float = 0.99  # start of the momentum schedule; rises to 1 by a half cosine
     moco_dim: int = 256  # projector output
     moco_mlp_dim: int = 4096  # projector / predictor hidden width
+    # the official ViT stability tricks (Chen et al. 2021, sec. 4 and vits.py): a fixed 2-D sin-cos position
+    # embedding, and a random patch projection (Xavier-uniform over 3*p*p inputs + width outputs) that is frozen
+    moco_fixed_pos_embed: bool = True
+    moco_frozen_patch_embed: bool = True
 
 
 def check_options(meth: Any) -> None:

@@ -7,14 +7,17 @@ from typing import Any
 
 from mimkit.data.transforms import train_augment
 from mimkit.heldout import loss_evaluators
-from mimkit.methods.mocov3.model import MoCoV3, build_mocov3
+from mimkit.methods.mocov3.model import MoCoV3, build_mocov3, freeze_random_patch_projection
 from mimkit.methods.mocov3.options import MoCoV3Options, check_options
 from mimkit.methods.spec import MethodSpec
 from mimkit.models.encoder import create_encoder
 
 
 def build(cfg: Any) -> MoCoV3:
-    return build_mocov3(cfg, create_encoder(cfg, fixed_sincos=False))
+    encoder = create_encoder(cfg, fixed_sincos=cfg.method.moco_fixed_pos_embed)
+    if cfg.method.moco_frozen_patch_embed:
+        freeze_random_patch_projection(encoder)
+    return build_mocov3(cfg, encoder)
 
 
 def evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any], tuple]:

@@ -42,6 +42,24 @@ def is_linear_pixel_head(head: nn.Module) -> bool:
     )
 
 
+def local_mean_std(imgs: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per pixel and channel, the mean and the std (unbiased variance + 1e-6, square-rooted) of its window x window
+    neighbourhood, the window cut at the borders (`norm_targets` in the official SwinV2 SimMIM code)."""
+    pad = window // 2
+    x = imgs.float()
+    mean = F.avg_pool2d(x, window, stride=1, padding=pad, count_include_pad=False)
+    mean_sq = F.avg_pool2d(x * x, window, stride=1, padding=pad, count_include_pad=False)
+    count = F.avg_pool2d(torch.ones_like(x[:, :1]), window, stride=1, padding=pad, count_include_pad=True) * window**2
+    var = ((mean_sq - mean * mean) * (count / (count - 1))).clamp_min(0.0)
+    return mean, (var + 1e-6) ** 0.5
+
+
+def local_norm(imgs: torch.Tensor, window: int) -> torch.Tensor:
+    """The SwinV2 SimMIM target: each pixel normalised by its local window's mean and std (local_mean_std)."""
+    mean, std = local_mean_std(imgs, window)
+    return (imgs.float() - mean) / std
+
+
 def masked_pixel_l1(
     imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor, patch: int, grid: tuple[int, int], chans: int
 ) -> torch.Tensor:
@@ -54,9 +72,10 @@ def masked_pixel_l1(
 class SimMIM(Method):
     name = "simmim"
 
-    def __init__(self, encoder: nn.Module, mask_generator: MaskGenerator, seed: int = 0):
+    def __init__(self, encoder: nn.Module, mask_generator: MaskGenerator, seed: int = 0, target_norm_window: int = 0):
         super().__init__()
         self.encoder = encoder
+        self.target_norm_window = target_norm_window
         self.mask_generator = mask_generator
         self.seed = seed
         self.patch = patch_size(encoder)
@@ -77,8 +96,12 @@ class SimMIM(Method):
         b, length, dim = x.shape
         return x.transpose(1, 2).reshape(b, dim, self.grid[0], self.grid[1])
 
+    def target_images(self, imgs: torch.Tensor) -> torch.Tensor:
+        """What the head predicts: the images, or with `target_norm_window` their locally normalised pixels."""
+        return local_norm(imgs, self.target_norm_window) if self.target_norm_window else imgs
+
     def forward_loss(self, imgs: torch.Tensor, rec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_pixel_l1(imgs, rec, mask, self.patch, self.grid, self.chans)
+        return masked_pixel_l1(self.target_images(imgs), rec, mask, self.patch, self.grid, self.chans)
 
     def forward_mim(self, imgs: torch.Tensor, mask: torch.Tensor | None = None) -> MIMOutput:
         if mask is None:
@@ -100,7 +123,7 @@ class SimMIM(Method):
             not self.fast_path
             or is_swin_encoder(enc)
             or not is_linear_pixel_head(self.decoder)
-            or self.overrides(SimMIM, "forward_loss", "forward_encoder")
+            or self.overrides(SimMIM, "forward_loss", "forward_encoder", "target_images")
             or hooked(enc.norm, self.decoder)
         ):
             return self.forward_mim(imgs, mask).loss
@@ -111,18 +134,41 @@ class SimMIM(Method):
         x = last_block_at_rows(enc.blocks, x, rows + enc.num_prefix_tokens, checkpointing)
         conv = self.decoder[0]
         pred = F.linear(enc.norm(x), conv.weight.flatten(1), conv.bias)
-        return patch_l1(pred, gather_rows(channel_major_patches(imgs, self.patch), rows))
+        return patch_l1(pred, gather_rows(channel_major_patches(self.target_images(imgs), self.patch), rows))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         mask = self.mask_generator(batch["keys"], self.seed)
         return {"loss": self.training_loss(batch["images"], mask)}
 
     @torch.no_grad()
-    def reconstruct(self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1) -> dict[str, torch.Tensor]:
+    def reconstruct(
+        self, imgs: torch.Tensor, ids: torch.Tensor, epoch: int = -1, true_patch_stats: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Predicted pixels are in the normalised image space; locally normalised targets (target_norm_window) are
+        de-normalised with the mean and std of the image's visible pixels (each masked pixel's own window would show
+        what the model never saw), or with `true_patch_stats` with each pixel's own window."""
         mask = self.mask_generator(sample_keys(ids, epoch), self.seed)
         out = self.forward_mim(imgs, mask)
-        return paste_visible(imgs, out.pred.float(), out.mask, self.patch, self.grid)
+        pred = out.pred.float()
+        if self.target_norm_window:
+            if true_patch_stats:
+                mean, std = local_mean_std(imgs, self.target_norm_window)
+                pred = pred * std + mean
+            else:
+                visible = 1 - token_mask_to_pixels(out.mask, self.patch, self.grid)
+                count = visible.sum((1, 2, 3), keepdim=True) * imgs.shape[1]
+                mean = (imgs.float() * visible).sum((1, 2, 3), keepdim=True) / count
+                var = (((imgs.float() - mean) * visible) ** 2).sum((1, 2, 3), keepdim=True) / count
+                pred = pred * (var + 1e-6) ** 0.5 + mean
+        return paste_visible(imgs, pred, out.mask, self.patch, self.grid)
+
+    def reconstruction_note(self, true_patch_stats: bool = False) -> str:
+        if not self.target_norm_window:
+            return ""
+        if true_patch_stats:
+            return f"predictions de-normalised with each pixel's TRUE {self.target_norm_window}px window (leaks)"
+        return "locally normalised predictions de-normalised with the visible pixels' mean/std"
 
 
 def build_simmim(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> SimMIM:
-    return SimMIM(encoder, mask_generator, seed=cfg.seed)
+    return SimMIM(encoder, mask_generator, seed=cfg.seed, target_norm_window=cfg.method.target_norm_window)

@@ -6,6 +6,7 @@ from typing import Any
 
 from mimkit.heldout import loss_evaluators
 from mimkit.methods.simmim.model import SimMIM, build_simmim
+from mimkit.methods.simmim.options import SimMIMOptions, check_options
 from mimkit.methods.spec import Masking, MethodSpec, mask_generator
 from mimkit.models.encoder import create_encoder
 
@@ -18,6 +19,8 @@ SPEC = MethodSpec(
     name="simmim",
     summary="SimMIM: mask tokens in the encoder, linear pixel head, L1 on masked pixels",
     build=build,
+    options=SimMIMOptions,
+    check_options=check_options,
     evaluators=loss_evaluators,
     masking=Masking(0.6, "simmim"),
     crop_scale=(0.67, 1.0),

@@ -67,7 +67,12 @@ def test_tuned_process_reuses_freed_pages():
     # seen in 1-4 rounds of 20 on this machine, with or without tuning) are not the activations, so only rounds
     # that fault in more than 256 pages (1 MiB) count
     assert sum(f > 256 for f in tuned["faults"]) <= 3, tuned
-    assert sum(f > 256 for f in default["faults"]) >= 5, default  # the same measure separates the two
+    # the same measures separate the two: how often glibc's defaults fault in fresh pages depends on the machine
+    # (11-15 rounds of 20 here, 4 on the CI machine), so the default must only fault more often and more in total
+    # (here 20-40x the pages)
+    big_default = sum(f > 256 for f in default["faults"])
+    assert big_default > sum(f > 256 for f in tuned["faults"]), (default, tuned)
+    assert sum(default["faults"]) >= 2 * sum(tuned["faults"]), (default, tuned)
 
 
 def test_off_switch_and_answer_is_remembered(monkeypatch):

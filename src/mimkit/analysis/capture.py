@@ -38,16 +38,32 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     return list(blocks)
 
 
-def attention_from_input(attn: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """(batch, heads, tokens, tokens) float32 softmax(q k^T * scale) of a timm Attention module for its input x."""
+def attention_from_input(
+    attn: nn.Module, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(batch, heads, tokens, tokens) float32 softmax(q k^T * scale + relative position bias) of a timm attention
+    module for its input x: a ViT's, or a BEiT's (q and v biases, no k bias; the bias shared by the blocks, which
+    the block hands its attention)."""
     b, n, _ = x.shape
     heads = attn.num_heads
-    qkv = F.linear(x.float(), attn.qkv.weight.float(), None if attn.qkv.bias is None else attn.qkv.bias.float())
+    bias = attn.qkv.bias
+    if getattr(attn, "q_bias", None) is not None:  # BEiT: separate q and v biases, none for k
+        bias = torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias))
+    if getattr(attn, "relative_position_bias_table", None) is not None:
+        raise ConfigError(
+            "analysis: a per-block relative position bias (BEiT's use_rel_pos_bias) is not supported; SimMIM's "
+            "ViT (model.family=beit) shares one bias across blocks, which is"
+        )
+    qkv = F.linear(x.float(), attn.qkv.weight.float(), None if bias is None else bias.float())
     head_dim = qkv.shape[-1] // 3 // heads
     q, k, _ = qkv.reshape(b, n, 3, heads, head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-    q, k = attn.q_norm(q), attn.k_norm(k)
+    if hasattr(attn, "q_norm"):
+        q, k = attn.q_norm(q), attn.k_norm(k)
     scale = getattr(attn, "scale", head_dim**-0.5)
-    return ((q.float() * scale) @ k.float().transpose(-2, -1)).softmax(dim=-1)
+    logits = (q.float() * scale) @ k.float().transpose(-2, -1)
+    if shared_rel_pos_bias is not None:
+        logits = logits + shared_rel_pos_bias.float()
+    return logits.softmax(dim=-1)
 
 
 class AttentionCapture:
@@ -75,11 +91,12 @@ class AttentionCapture:
     def _attention_hook(self, layer: int):
         if self.mode == "recompute":
 
-            def hook(module, args, output):
-                self.on_attention(layer, attention_from_input(module, args[0]))
+            def hook(module, args, kwargs, output):
+                bias = kwargs.get("shared_rel_pos_bias", args[1] if len(args) > 1 else None)
+                self.on_attention(layer, attention_from_input(module, args[0], bias))
         else:
 
-            def hook(module, args, output):
+            def hook(module, args, kwargs, output):
                 self.on_attention(layer, output.float())
 
         return hook
@@ -99,7 +116,7 @@ class AttentionCapture:
                     self._fused.append(bool(getattr(block.attn, "fused_attn", False)))
                     block.attn.fused_attn = False
                     target = block.attn.attn_drop
-                self._handles.append(target.register_forward_hook(self._attention_hook(i)))
+                self._handles.append(target.register_forward_hook(self._attention_hook(i), with_kwargs=True))
             if self.on_features is not None:
                 self._handles.append(block.register_forward_hook(self._feature_hook(i)))
         return self

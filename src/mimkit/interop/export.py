@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from mimkit.api import load
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.models.encoder import is_beit
 from mimkit.models.presets import resolve_model_spec, timm_kwargs
 
 
@@ -24,9 +25,12 @@ def export_encoder(run_or_ckpt: str | Path, out: str | Path) -> dict[str, Any]:
     save_file(state, str(tmp), metadata={"format": "pt", "source": "mimkit", "method": cfg.method.name})
     tmp.replace(out)
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
+    kwargs = timm_kwargs(cfg)
+    if is_beit(method.encoder):  # timm's BEiT pools by default; keep the run's final norm where it is
+        kwargs["global_pool"] = method.encoder.global_pool
     info = {
         "timm_name": spec.timm_name,
-        "timm_kwargs": timm_kwargs(cfg),
+        "timm_kwargs": kwargs,
         "norm_eps": cfg.model.norm_eps,
         "method": cfg.method.name,
         "file": str(out),

@@ -12,7 +12,16 @@ from mimkit.fast.rows import class_token_forward
 
 # Parameter names (suffixes) that never get weight decay, besides every 1-D tensor (biases, norms); SwinV2's
 # attention temperature and continuous position-bias MLP as in timm's no_weight_decay.
-NO_DECAY_NAMES = ("cls_token", "pos_embed", "mask_token", "decoder_pos_embed", "dist_token", "reg_token", "logit_scale")
+NO_DECAY_NAMES = (
+    "cls_token",
+    "pos_embed",
+    "mask_token",
+    "decoder_pos_embed",
+    "dist_token",
+    "reg_token",
+    "logit_scale",
+    "relative_position_bias_table",  # BEiT / SimMIM's ViT, as timm's no_weight_decay
+)
 
 
 def no_weight_decay(name: str, param: torch.Tensor) -> bool:

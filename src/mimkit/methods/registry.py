@@ -111,6 +111,11 @@ def validate_method(cfg: Any, model: Any) -> None:
         f"method.name={meth.name} needs a ViT; a SwinV2 ('{cfg.model.name}') "
         f"trains with {' or '.join(s.name for s in _SPECS.values() if s.swin)}",
     )
+    check(
+        cfg.model.family == "vit" or spec.beit,
+        f"model.family={cfg.model.family} trains with {' or '.join(s.name for s in _SPECS.values() if s.beit)}; "
+        f"method.name={meth.name} needs model.family=vit",
+    )
     if meth.mask_patch_size is not None:
         check(
             meth.mask_patch_size % model.patch_size == 0 and img % meth.mask_patch_size == 0,

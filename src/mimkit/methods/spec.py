@@ -58,6 +58,7 @@ class MethodSpec:
     needs_labels: bool = False  # the data must carry class labels
     needs_teacher: bool = False  # a frozen teacher is loaded and attached before training (distillation)
     swin: bool = False  # also trains a SwinV2 encoder (otherwise ViTs only)
+    beit: bool = False  # also trains SimMIM's published ViT (model.family=beit)
     adopts: tuple[str, ...] = ()  # model.* keys a run of this method hands on to runs initialised from it
 
     def option_fields(self) -> list[dataclasses.Field]:

@@ -8,6 +8,7 @@ from typing import Any
 import timm
 import torch
 from timm.layers import DropPath
+from timm.models.beit import Beit
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -72,6 +73,11 @@ def set_drop_path_rates(vit: nn.Module, rates: list[float]) -> None:
             setattr(block, name, DropPath(rate) if rate > 0 else nn.Identity())
 
 
+def is_beit(vit: nn.Module) -> bool:
+    """timm's BEiT (model.family=beit): blocks take the shared relative position bias; no norm_pre or patch_drop."""
+    return isinstance(vit, Beit)
+
+
 def embed_tokens(
     vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
 ) -> torch.Tensor:
@@ -81,6 +87,9 @@ def embed_tokens(
     if mask is not None:
         w = mask.unsqueeze(-1).to(x.dtype)
         x = x * (1 - w) + mask_token.to(x.dtype) * w
+    if is_beit(vit):  # Beit.forward_features' steps
+        x = torch.cat((vit.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
+        return vit.pos_drop(x if vit.pos_embed is None else x + vit.pos_embed)
     x = vit_pos_embed(vit, x)
     x = vit.patch_drop(x)
     return vit.norm_pre(x)
@@ -90,14 +99,18 @@ def run_blocks(vit: nn.Module, x: torch.Tensor, start: int = 0, stop: int | None
     """Blocks `start:stop` of a timm ViT. With `vit.grad_checkpointing` (train.grad_checkpointing) each block's
     activations are recomputed in the backward pass instead of stored: about one more forward of compute for
     memory that no longer grows with depth."""
-    return checkpointed(vit.blocks[start:stop], x, getattr(vit, "grad_checkpointing", False))
+    extra = {}
+    if is_beit(vit) and vit.rel_pos_bias is not None:  # one relative position bias, shared by every block
+        extra["shared_rel_pos_bias"] = vit.rel_pos_bias()
+    return checkpointed(vit.blocks[start:stop], x, getattr(vit, "grad_checkpointing", False), **extra)
 
 
-def checkpointed(blocks: Any, x: torch.Tensor, enabled: bool) -> torch.Tensor:
-    """Run `blocks` in order, each under activation checkpointing when `enabled` and gradients are on."""
+def checkpointed(blocks: Any, x: torch.Tensor, enabled: bool, **kwargs: Any) -> torch.Tensor:
+    """Run `blocks` in order (each called with `kwargs`), under activation checkpointing when `enabled` and
+    gradients are on."""
     use = enabled and torch.is_grad_enabled()
     for block in blocks:
-        x = checkpoint(block, x, use_reentrant=False) if use else block(x)
+        x = checkpoint(block, x, use_reentrant=False, **kwargs) if use else block(x, **kwargs)
     return x
 
 

@@ -8,6 +8,7 @@ from typing import Any
 from mimkit.errors import check, one_of
 
 DROP_PATH_RULES = ("linear", "constant_but_last")
+FAMILIES = ("vit", "beit")
 ARCH_KEYS = (
     "patch_size",
     "embed_dim",
@@ -24,6 +25,10 @@ ARCH_KEYS = (
 @dataclass
 class ModelConfig:
     name: str = "mim_vit_tiny"  # a mimkit preset (see `mimkit models`) or any timm vit_* name
+    # vit: timm's VisionTransformer (learned absolute position embedding); beit: the ViT SimMIM published, timm's
+    # BEiT model with a relative position bias shared by all blocks, layer scale 0.1, q and v biases only, no
+    # absolute position embedding, BEiT's initialisation. Same sizes either way.
+    family: str = "vit"
     patch_size: int | None = None
     embed_dim: int | None = None
     depth: int | None = None
@@ -52,6 +57,7 @@ def validate_model(cfg: Any) -> Any:
 
     m, d = cfg.model, cfg.data
     one_of("model.global_pool", m.global_pool, ["avg", "token"])
+    one_of("model.family", m.family, list(FAMILIES))
     check(m.num_classes is None or m.num_classes > 1, f"model.num_classes: {m.num_classes} must be >= 2")
     spec = resolve_model_spec(m, d.img_size)  # raises ConfigError for unknown names
     check(
@@ -65,6 +71,7 @@ def validate_model(cfg: Any) -> Any:
     )
     check(0.0 <= m.drop_path < 1.0, f"model.drop_path: {m.drop_path} must be in [0, 1)")
     one_of("model.drop_path_rule", m.drop_path_rule, list(DROP_PATH_RULES))
+    check(m.family == "vit" or not spec.is_swin, f"model.family={m.family} is a ViT family; '{m.name}' is a SwinV2")
     check(
         m.drop_path_rule == "linear" or not spec.is_swin,
         f"model.drop_path_rule={m.drop_path_rule} is for ViTs; a SwinV2 ('{m.name}') uses the linear rule",

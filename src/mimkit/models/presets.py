@@ -13,6 +13,9 @@ from mimkit.models.swin import is_swin_name, resolve_swin_spec, swin_timm_kwargs
 # The timm architecture every preset is built from; presets only change its sizes, so exported weights load into
 # `timm.create_model(PRESET_TIMM_NAME, **kwargs)` with the kwargs mimkit prints.
 PRESET_TIMM_NAME = "vit_tiny_patch16_224"
+# model.family=beit: the same sizes built as timm's BEiT, set up as SimMIM's published ViT
+BEIT_TIMM_NAME = "beit_base_patch16_224"
+SIMMIM_VIT_KWARGS = dict(use_abs_pos_emb=False, use_rel_pos_bias=False, use_shared_rel_pos_bias=True, init_values=0.1)
 
 
 def _preset(embed_dim: int, depth: int, heads: int, dec_dim: int, dec_depth: int, dec_heads: int) -> ModelSpec:
@@ -92,6 +95,8 @@ def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
         if not value > 0:  # also catches NaN
             raise ConfigError(f"model.{key}: {value} must be positive")
     spec = dataclasses.replace(spec, **overrides)
+    if getattr(model_cfg, "family", "vit") == "beit":
+        spec = dataclasses.replace(spec, timm_name=BEIT_TIMM_NAME)
     if spec.decoder_dim % spec.decoder_heads:
         raise ConfigError(
             f"model.decoder_heads: {spec.decoder_heads} does not divide model.decoder_dim {spec.decoder_dim}"
@@ -104,7 +109,7 @@ def timm_kwargs(cfg: Any) -> dict[str, Any]:
     m, d = cfg.model, cfg.data
     if getattr(m, "stage_depths", None) is not None:
         return swin_timm_kwargs(cfg)
-    return dict(
+    kwargs = dict(
         img_size=d.img_size,
         patch_size=m.patch_size,
         in_chans=d.in_chans,
@@ -114,3 +119,6 @@ def timm_kwargs(cfg: Any) -> dict[str, Any]:
         mlp_ratio=m.mlp_ratio,
         num_classes=0,
     )
+    if getattr(m, "family", "vit") == "beit":
+        kwargs.update(SIMMIM_VIT_KWARGS)
+    return kwargs

@@ -26,6 +26,7 @@ from mimkit.models.swin import swin_arch
 
 ARCH_KEYS = (
     "name",
+    "family",
     "patch_size",
     "embed_dim",
     "depth",
@@ -88,6 +89,8 @@ def _from_export(path: Path) -> Source:
         arch.update(swin_arch(kw["depths"], kw["num_heads"], kw["window_size"]))
     else:
         arch.update(depth=kw["depth"], num_heads=kw["num_heads"])
+    if kw.get("use_shared_rel_pos_bias"):  # SimMIM's ViT, exported as timm's BEiT: its sizes on a ViT name
+        arch.update(name="vit_base_patch16_224", family="beit")
     return Source(
         "export",
         f"exported encoder {path}",

@@ -16,7 +16,15 @@ from mimkit.fast.pixel_losses import patch_l1
 from mimkit.fast.rows import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.methods.base import Method
 from mimkit.methods.mim import MIMOutput, paste_visible, token_mask_to_pixels
-from mimkit.models.encoder import channel_major_patches, embed_tokens, grid_size, in_chans, patch_size, run_blocks
+from mimkit.models.encoder import (
+    channel_major_patches,
+    embed_tokens,
+    grid_size,
+    in_chans,
+    is_beit,
+    patch_size,
+    run_blocks,
+)
 from mimkit.models.swin import final_stride, is_swin_encoder, swin_masked_features
 
 
@@ -82,7 +90,9 @@ class SimMIM(Method):
         self.grid = grid_size(encoder)
         self.chans = in_chans(encoder)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, encoder.embed_dim))
-        nn.init.trunc_normal_(self.mask_token, std=0.02)
+        # the published ViT's token is a normal truncated at +-std; timm's default cut is at +-2 (no cut at 0.02)
+        cut = 0.02 if is_beit(encoder) else 2.0
+        nn.init.trunc_normal_(self.mask_token, std=0.02, a=-cut, b=cut)
         # ViT: one output cell per patch; SwinV2: per final-stage cell (stride 32 at 192 px, as in the paper)
         self.decoder = linear_pixel_head(encoder.num_features, final_stride(encoder), self.chans)
 
@@ -122,6 +132,7 @@ class SimMIM(Method):
         if (
             not self.fast_path
             or is_swin_encoder(enc)
+            or is_beit(enc)  # its blocks read the shared relative position bias: no partial last block
             or not is_linear_pixel_head(self.decoder)
             or self.overrides(SimMIM, "forward_loss", "forward_encoder", "target_images")
             or hooked(enc.norm, self.decoder)

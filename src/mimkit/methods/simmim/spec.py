@@ -25,4 +25,5 @@ SPEC = MethodSpec(
     masking=Masking(0.6, "simmim"),
     crop_scale=(0.67, 1.0),
     swin=True,
+    beit=True,
 )

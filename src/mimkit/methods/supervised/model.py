@@ -17,7 +17,7 @@ from mimkit.methods.base import Method, no_weight_decay
 def layer_id(name: str, num_layers: int) -> int:
     """Embeddings (cls token, position embedding, patch embedding) are layer 0, block i is i+1, the rest (final
     norm, fc_norm, head) is L+1: the BEiT/MAE rule behind scale = decay^(L+1-layer)."""
-    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token", "dist_token")):
+    if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token", "dist_token", "rel_pos_bias")):
         return 0
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1

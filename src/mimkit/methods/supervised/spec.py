@@ -29,5 +29,6 @@ SPEC = MethodSpec(
     evaluators=accuracy_evaluators,
     needs_labels=True,
     swin=True,
+    beit=True,
     adopts=("global_pool",),
 )

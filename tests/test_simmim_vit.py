@@ -1,0 +1,132 @@
+"""SimMIM's published ViT (model.family=beit, timm's BEiT set up as the official SimMIM ViT): the architecture, the
+encoder path mimkit runs against timm's own forward, SimMIM training and reload, attention analysis against the
+model's own attention, fine-tuning, export, and clear errors where it is not supported yet."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+from conftest import tiny_config
+from mimkit.config import ConfigError, resolved
+from mimkit.methods import build_method
+from mimkit.models.encoder import embed_tokens, is_beit, run_blocks
+
+BEIT = ["method.name=simmim", "method.mask_patch_size=8", "model.family=beit"]
+
+
+def simmim_vit(*extra: str):
+    torch.manual_seed(0)
+    return build_method(resolved(tiny_config(*BEIT, *extra)))
+
+
+def test_the_published_architecture():
+    """No absolute position embedding, one relative position bias shared by all blocks, layer scale 0.1, q and v
+    biases without a k bias, a mask token within +-std."""
+    method = simmim_vit()
+    enc = method.encoder
+    assert is_beit(enc) and enc.pos_embed is None and enc.rel_pos_bias is not None
+    for block in enc.blocks:
+        assert block.attn.relative_position_bias_table is None  # the bias is the shared one
+        torch.testing.assert_close(block.gamma_1, torch.full_like(block.gamma_1, 0.1))
+        torch.testing.assert_close(block.gamma_2, torch.full_like(block.gamma_2, 0.1))
+        assert block.attn.qkv.bias is None and block.attn.q_bias is not None and block.attn.v_bias is not None
+        assert not block.attn.k_bias.any()
+    assert method.mask_token.abs().max() <= 0.02
+    groups = method.param_groups(0.05)
+    undecayed = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert id(enc.rel_pos_bias.relative_position_bias_table) in undecayed  # as timm's no_weight_decay
+
+
+def test_mimkit_encoder_path_is_timms_forward():
+    """The steps mimkit runs itself (embed_tokens, run_blocks with the shared bias) give timm's forward_features."""
+    enc = simmim_vit().encoder.eval()
+    with torch.no_grad():
+        for block in enc.blocks:  # non-trivial layer scale and biases, so that every term counts
+            block.gamma_1.uniform_(0.5, 1.5)
+            block.attn.q_bias.normal_()
+        enc.rel_pos_bias.relative_position_bias_table.normal_()
+        images = torch.randn(3, 1, 16, 16)
+        ours = enc.norm(run_blocks(enc, embed_tokens(enc, images)))
+        torch.testing.assert_close(ours, enc.forward_features(images), atol=1e-5, rtol=1e-5)
+        without_bias = enc.norm(torch.nn.Sequential(*enc.blocks)(embed_tokens(enc, images)))
+        assert not torch.allclose(without_bias, ours, atol=1e-3)  # the shared bias is part of the computation
+
+
+def test_simmim_trains_on_it_and_the_run_reloads(tmp_path):
+    from mimkit.api import load
+    from mimkit.pretrain import pretrain
+
+    results = pretrain(tiny_config(*BEIT, "train.steps=8"), tmp_path / "run")
+    assert results["step"] == 8 and torch.isfinite(torch.tensor(results["final_heldout_loss"]))
+    method = load(tmp_path / "run")
+    assert is_beit(method.encoder) and method.encoder.pos_embed is None
+    cfg = method.config
+    images = torch.randn(2, 1, 16, 16)
+    from mimkit.data.keyed_random import sample_keys
+
+    mask = method.mask_generator(sample_keys(torch.arange(2), 0), method.seed)
+    fast = method.training_loss(images, mask)  # falls back to the plain path for BEiT blocks
+    with method.plain_path():
+        torch.testing.assert_close(fast, method.training_loss(images, mask))
+    assert cfg.model.family == "beit"
+
+
+def test_attention_analysis_reads_the_models_own_attention():
+    """The recompute mode (the default, leaves the forward fused) adds the shared relative position bias and q/v
+    biases: it matches the probabilities timm's unfused path computes."""
+    from mimkit.analysis import capture_attention
+
+    enc = simmim_vit().encoder.eval()
+    with torch.no_grad():
+        enc.rel_pos_bias.relative_position_bias_table.normal_(std=2.0)
+        for block in enc.blocks:
+            block.attn.q_bias.normal_()
+    images = torch.randn(2, 1, 16, 16)
+    recomputed = capture_attention(enc, images, mode="recompute")
+    reference = capture_attention(enc, images, mode="unfused")
+    assert len(recomputed) == len(enc.blocks)
+    for a, b in zip(recomputed, reference, strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_export_loads_strictly_into_timms_beit(tmp_path):
+    from mimkit.interop.export import export_encoder
+    from mimkit.pretrain import pretrain
+
+    pretrain(tiny_config(*BEIT, "train.steps=2"), tmp_path / "run")
+    info = export_encoder(tmp_path / "run", tmp_path / "enc.safetensors")
+    assert info["timm_name"].startswith("beit_") and info["timm_kwargs"]["use_shared_rel_pos_bias"]
+    model = timm.create_model(info["timm_name"], pretrained=False, **info["timm_kwargs"])
+    model.load_state_dict(load_file(str(tmp_path / "enc.safetensors")), strict=True)
+
+
+def test_fine_tuning_adopts_the_family_and_decays_the_bias_with_the_embeddings(tmp_path):
+    from mimkit.methods.supervised import layer_id
+    from mimkit.pretrain import pretrain
+
+    pretrain(tiny_config(*BEIT, "train.steps=2"), tmp_path / "run")
+    results = pretrain(
+        tiny_config(f"init={tmp_path / 'run'}", "method.name=supervised", "train.steps=2"), tmp_path / "ft"
+    )
+    assert results["step"] == 2
+    from mimkit.api import load
+
+    tuned = load(tmp_path / "ft")
+    assert is_beit(tuned.encoder) and tuned.config.model.family == "beit"
+    assert layer_id("rel_pos_bias.relative_position_bias_table", 3) == 0
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["method.name=mae", "model.family=beit"], "model.family=beit trains with simmim or supervised"),
+        (["method.name=simmim", "model.name=mim_swinv2_femto", "model.family=beit"], "is a SwinV2"),
+        (["model.family=deit"], "model.family: 'deit' is not one of vit, beit"),
+    ],
+)
+def test_unsupported_combinations_are_config_errors(extra, message):
+    with pytest.raises(ConfigError, match=message):
+        tiny_config(*extra)

@@ -29,6 +29,7 @@ SHIPPED = [
     "distill_fmnist_tiny",
     "finetune_fmnist_tiny",
     "finetune_mae_vit_base_in1k",
+    "finetune_simmim_swinv2_base_in1k",
     "finetune_simmim_vit_base_in1k",
     "mae_fmnist_tiny",
     "mae_vit_base_in1k",
@@ -370,8 +371,17 @@ def test_every_recipe_loads_and_resolves(name):
     r = resolved(cfg)
     for section in (r.data, r.model, r.method, r.train):
         for f in dataclasses.fields(section):
-            if f.name in ("root", "val_root", "val_fraction", "clip_grad", "randaug", "epochs", "warmup_epochs"):
-                continue  # optional by design: null means "not used"
+            if f.name in (
+                "root",
+                "val_root",
+                "val_fraction",
+                "clip_grad",
+                "randaug",
+                "epochs",
+                "warmup_epochs",
+                "pretrained_window_sizes",
+            ):
+                continue  # optional by design: null means "not used" (pretrained windows: no resized init)
             if f.name == "num_classes" and r.data.name == "folder":
                 continue  # known only once the folder is scanned
             swin = r.model.stage_depths is not None

@@ -145,7 +145,7 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     log(f"[data] {cfg.data.name}: {data.describe()}")
     method = build_method(cfg)
     if source.state is not None:
-        loaded = load_encoder_weights(method.encoder, source.state, f"init '{cfg.init}'")
+        loaded = load_encoder_weights(method.encoder, source.state, f"init '{cfg.init}'", cfg.data.resize_init)
         log(
             f"[init] {source.description}; fresh: {', '.join(loaded['fresh']) or 'none'}; "
             f"unused: {', '.join(loaded['unused']) or 'none'}"

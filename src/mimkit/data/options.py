@@ -21,6 +21,10 @@ class DataConfig:
     fraction: float = 1.0  # nested, class-balanced subset of the training set (0.1 inside 0.2 inside ... 1.0)
     val_fraction: float | None = None  # held-out = seeded fraction of train; None: the test split / val_root, else 0.05
     img_size: int = 32  # network input size (Fashion-MNIST's 28 px are resized)
+    # with `init`: false trains at the image size the weights were trained at; true trains at data.img_size and
+    # resamples what depends on it: a ViT's position embedding (bicubic), the BEiT family's relative position bias
+    # table, a SwinV2's windows (model.window_size; its continuous position bias carries over)
+    resize_init: bool = False
     in_chans: int | None = None  # None: 1 for gray data sets, 3 otherwise
     decode_size: int | None = None  # folder data: images are decoded once to this square size (None: img_size*8/7)
     crop_scale: list[float] | None = None  # RandomResizedCrop scale; None: method default (MAE 0.2-1, SimMIM 0.67-1)

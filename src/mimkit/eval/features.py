@@ -26,7 +26,7 @@ def frozen_encoder(cfg: Any, source: Source, device: torch.device, what: str | N
     pool = source.arch.get("global_pool", "token")
     encoder = create_encoder(cfg, fixed_sincos=False, num_classes=0, global_pool=pool)
     if source.state is not None:
-        load_encoder_weights(encoder, source.state, what or f"init '{cfg.init}'")
+        load_encoder_weights(encoder, source.state, what or f"init '{cfg.init}'", cfg.data.resize_init)
     encoder.requires_grad_(False)
     return encoder.to(device).eval()
 

@@ -49,6 +49,9 @@ class ModelConfig:
     stage_depths: list[int] | None = None
     stage_heads: list[int] | None = None
     window_size: int | None = None
+    # SwinV2 fine-tuned at another size: each stage's window during pretraining (filled in from `init` with
+    # data.resize_init), which scales its relative coordinates as the official fine-tuning does
+    pretrained_window_sizes: list[int] | None = None
 
 
 def validate_model(cfg: Any) -> Any:
@@ -72,6 +75,11 @@ def validate_model(cfg: Any) -> Any:
     check(0.0 <= m.drop_path < 1.0, f"model.drop_path: {m.drop_path} must be in [0, 1)")
     one_of("model.drop_path_rule", m.drop_path_rule, list(DROP_PATH_RULES))
     check(m.family == "vit" or not spec.is_swin, f"model.family={m.family} is a ViT family; '{m.name}' is a SwinV2")
+    if m.pretrained_window_sizes is not None:
+        check(
+            spec.is_swin and len(m.pretrained_window_sizes) == len(spec.stage_depths),
+            f"model.pretrained_window_sizes: {m.pretrained_window_sizes} is for a SwinV2, one window per stage",
+        )
     check(
         m.drop_path_rule == "linear" or not spec.is_swin,
         f"model.drop_path_rule={m.drop_path_rule} is for ViTs; a SwinV2 ('{m.name}') uses the linear rule",

@@ -148,7 +148,15 @@ def swin_timm_kwargs(cfg: Any) -> dict[str, Any]:
         window_size=m.window_size,
         mlp_ratio=m.mlp_ratio,
         num_classes=0,
+        **({"pretrained_window_sizes": tuple(m.pretrained_window_sizes)} if m.pretrained_window_sizes else {}),
     )
+
+
+def stage_windows(img_size: int, patch_size: int, window_size: int, stages: int) -> list[int]:
+    """The window each SwinV2 stage attends in: the configured one, or the whole feature map when that is smaller
+    (timm's rule), the feature map halving from stage to stage."""
+    side = img_size // patch_size
+    return [min(window_size, side // 2**i) for i in range(stages)]
 
 
 def is_swin_encoder(encoder: nn.Module) -> bool:

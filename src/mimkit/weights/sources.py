@@ -22,7 +22,7 @@ from safetensors.torch import load_file
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.methods.registry import method_spec
 from mimkit.models.presets import resolve_model_spec
-from mimkit.models.swin import swin_arch
+from mimkit.models.swin import stage_windows, swin_arch
 
 ARCH_KEYS = (
     "name",
@@ -188,9 +188,21 @@ def resolve_source(spec: str | None, cfg: Config) -> Source:
 
 
 def adopt_source(cfg: Config, source: Source) -> Config:
-    """The run's config with the source's encoder architecture and input size (so the weights fit)."""
-    model = dataclasses.replace(cfg.model, **source.arch)
-    data = dataclasses.replace(cfg.data, **source.data) if source.data else cfg.data
+    """The run's config with the source's encoder architecture and input size (so the weights fit). With
+    data.resize_init the run keeps its own data.img_size (and a SwinV2 its model.window_size when set); the weights
+    are then resampled as they load (weights.loading.resampled_to), and a SwinV2 records the windows it was
+    pretrained with."""
+    arch, data_keys = dict(source.arch), dict(source.data or {})
+    if cfg.data.resize_init and "img_size" in data_keys:
+        source_img = data_keys.pop("img_size")
+        if arch.get("stage_depths"):  # SwinV2
+            arch["pretrained_window_sizes"] = stage_windows(
+                source_img, arch["patch_size"], arch["window_size"], len(arch["stage_depths"])
+            )
+            if cfg.model.window_size is not None:
+                arch["window_size"] = cfg.model.window_size
+    model = dataclasses.replace(cfg.model, **arch)
+    data = dataclasses.replace(cfg.data, **data_keys) if data_keys else cfg.data
     if source.arch:  # sizes come from the source; let resolved() fill the rest
         data = dataclasses.replace(
             data,

@@ -122,7 +122,7 @@ def test_fine_tuning_adopts_the_family_and_decays_the_bias_with_the_embeddings(t
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["method.name=mae", "model.family=beit"], "model.family=beit trains with simmim or supervised"),
+        (["method.name=mae", "model.family=beit"], "model.family=beit trains with simmim or supervised or distill"),
         (["method.name=simmim", "model.name=mim_swinv2_femto", "model.family=beit"], "is a SwinV2"),
         (["model.family=deit"], "model.family: 'deit' is not one of vit, beit"),
     ],
@@ -130,3 +130,45 @@ def test_fine_tuning_adopts_the_family_and_decays_the_bias_with_the_embeddings(t
 def test_unsupported_combinations_are_config_errors(extra, message):
     with pytest.raises(ConfigError, match=message):
         tiny_config(*extra)
+
+
+def test_block_qkv_of_the_beit_family_are_the_ones_its_attention_uses():
+    """q, k, v with the q and v biases: rebuilt into attention with the shared bias, they give the module's own
+    output."""
+    import torch.nn.functional as F
+
+    from mimkit.methods.distill.vit_blocks import block_qkv
+
+    enc = simmim_vit().encoder.eval()
+    with torch.no_grad():
+        enc.rel_pos_bias.relative_position_bias_table.normal_()
+        for block in enc.blocks:
+            block.attn.q_bias.normal_()
+            block.attn.v_bias.normal_()
+        x = embed_tokens(enc, torch.randn(2, 1, 16, 16))
+        block = enc.blocks[1]
+        bias = enc.rel_pos_bias()
+        q, k, v = block_qkv(block, x, block.attn.num_heads)
+        probs = ((q * block.attn.scale) @ k.transpose(-2, -1) + bias).softmax(-1)
+        rebuilt = block.attn.proj((probs @ v).transpose(1, 2).reshape(x.shape))
+        torch.testing.assert_close(rebuilt, block.attn(block.norm1(x), shared_rel_pos_bias=bias), atol=1e-5, rtol=1e-5)
+        plain = F.linear(block.norm1(x), block.attn.qkv.weight).chunk(3, -1)[0]  # without the q bias
+        assert not torch.allclose(plain.reshape(q.transpose(1, 2).shape).transpose(1, 2), q, atol=1e-3)
+
+
+@pytest.mark.parametrize("student_family", ["vit", "beit"])
+def test_distillation_from_and_into_the_beit_family(tmp_path, student_family):
+    from mimkit.pretrain import pretrain
+
+    pretrain(tiny_config(*BEIT, "train.steps=2"), tmp_path / "teacher")
+    results = pretrain(
+        tiny_config(
+            "method.name=distill",
+            f"distill.teacher={tmp_path / 'teacher'}",
+            "distill.targets=qk+vv+feature",
+            f"model.family={student_family}",
+            "train.steps=2",
+        ),
+        tmp_path / "student",
+    )
+    assert results["step"] == 2 and torch.isfinite(torch.tensor(results["final_heldout_loss"]))

@@ -43,7 +43,7 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
         set_drop_path_rates(
             encoder, drop_path_rates(cfg.model.drop_path, len(encoder.blocks), cfg.model.drop_path_rule)
         )
-    if fixed_sincos:
+    if fixed_sincos and encoder.pos_embed is not None:  # the BEiT family has no absolute position embedding
         grid = cfg.data.img_size // cfg.model.patch_size
         encoder.pos_embed.data.copy_(sincos_2d(encoder.embed_dim, grid, cls_token=True).unsqueeze(0))
         encoder.pos_embed.requires_grad_(False)

@@ -137,7 +137,7 @@ class Distill(Method):
         if {"qk", "vv"} & set(self.targets):
             out["qkv"] = block_qkv(t.blocks[self.t_index], x, self.teacher_heads)
         if {"cls", "feature"} & set(self.targets):
-            y = final_tokens(t, t.blocks[self.t_index](x), self.t_index)
+            y = final_tokens(t, run_blocks(t, x, self.t_index, self.t_index + 1), self.t_index)
             out["cls"], out["feature"] = y[:, 0], whitened(y) if self.feature_norm else y
         return out
 
@@ -156,7 +156,7 @@ class Distill(Method):
             relations = relation_losses(*teacher["qkv"], *block_qkv(s.blocks[self.s_index], x, self.student_heads))
             losses.update({k: v for k, v in relations.items() if k in self.targets})
         if self.needs_student_output:
-            y = s.blocks[self.s_index](x)
+            y = run_blocks(s, x, self.s_index, self.s_index + 1)
             if {"cls", "feature"} & set(self.targets):
                 tokens = self.proj(final_tokens(s, y, self.s_index))
                 if "cls" in self.targets:

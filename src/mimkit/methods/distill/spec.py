@@ -25,4 +25,5 @@ SPEC = MethodSpec(
     validate=validate,
     evaluators=loss_evaluators,
     needs_teacher=True,
+    beit=True,
 )

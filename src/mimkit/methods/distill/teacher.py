@@ -57,12 +57,6 @@ def prepare_teacher(cfg: Config) -> tuple[Config, Source]:
         )
     if source.arch.get("stage_depths"):
         raise ConfigError(f"distill.teacher: '{spec}' is a SwinV2; relation distillation reads ViT blocks")
-    if source.arch.get("family", "vit") != "vit":
-        raise ConfigError(
-            f"distill.teacher: '{spec}' is SimMIM's BEiT-family ViT (model.family={source.arch['family']}); relation "
-            "distillation reads timm ViT blocks (q/k/v with one fused bias) and does not read its relative position "
-            "bias yet: distil from a model.family=vit run"
-        )
     arch, data = source.arch, source.data
     d, m = cfg.data, cfg.model
     t_img = data.get("img_size", d.img_size)

@@ -4,6 +4,7 @@ count. Distillation reads relations from one block and may stop the forward pass
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mimkit.errors import ConfigError
@@ -27,10 +28,13 @@ def block_qkv(block: nn.Module, x: torch.Tensor, heads: int) -> tuple[torch.Tens
     the block's own head count: the same projections, split differently (q/k norms are not applied then, since
     they are shaped for the block's own head dim)."""
     attn = block.attn
-    qkv = attn.qkv(block.norm1(x))
+    if getattr(attn, "q_bias", None) is not None:  # the BEiT family: q and v biases, k's a zero buffer
+        qkv = F.linear(block.norm1(x), attn.qkv.weight, torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)))
+    else:
+        qkv = attn.qkv(block.norm1(x))
     q, k, v = qkv.chunk(3, dim=-1)
     q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
-    if heads == attn.num_heads:
+    if heads == attn.num_heads and hasattr(attn, "q_norm"):
         q, k = attn.q_norm(q), attn.k_norm(k)
     return q, k, v
 

@@ -123,7 +123,6 @@ def test_fine_tuning_adopts_the_family_and_decays_the_bias_with_the_embeddings(t
     "extra, message",
     [
         (["method.name=mae", "model.family=beit"], "model.family=beit trains with simmim or supervised or distill"),
-        (["method.name=simmim", "model.name=mim_swinv2_femto", "model.family=beit"], "is a SwinV2"),
         (["model.family=deit"], "model.family: 'deit' is not one of vit, beit"),
     ],
 )
@@ -172,3 +171,49 @@ def test_distillation_from_and_into_the_beit_family(tmp_path, student_family):
         tmp_path / "student",
     )
     assert results["step"] == 2 and torch.isfinite(torch.tensor(results["final_heldout_loss"]))
+
+
+def test_family_is_read_for_vit_names_only():
+    """A SwinV2 name builds a SwinV2 whatever the family, so SimMIM's recipe (beit) runs on SwinV2 presets too."""
+    from mimkit.models.swin import is_swin_encoder
+
+    method = build_method(resolved(tiny_config(*BEIT, "model.name=mim_swinv2_femto", "method.mask_patch_size=4")))
+    assert is_swin_encoder(method.encoder)
+
+
+def test_the_simmim_recipes_build_the_published_vit():
+    from mimkit.config import load_config
+
+    for recipe in ("simmim_fmnist_tiny", "simmim_vit_base_in1k"):
+        assert load_config(recipe).model.family == "beit", recipe
+
+
+def test_linear_probe_and_knn_read_its_features(tmp_path):
+    """The frozen-encoder protocols on a beit run: the probe's cached features are the encoder's own class token
+    after the final norm."""
+    from mimkit.eval.features import extract_features, frozen_encoder
+    from mimkit.eval.knn import knn_eval
+    from mimkit.eval.linprobe import linprobe
+    from mimkit.pretrain import pretrain
+    from mimkit.weights import adopt_source, resolve_source
+
+    pretrain(tiny_config(*BEIT, "train.steps=2"), tmp_path / "run")
+    probe = [f"init={tmp_path / 'run'}", "probe.epochs=2", "probe.warmup_epochs=1"]
+    lin = linprobe(tiny_config(*probe), tmp_path / "lin")
+    knn = knn_eval(tiny_config(*probe), tmp_path / "lin")
+    assert 0 <= lin["top1"] <= 100 and 0 <= knn["top1"] <= 100
+    cfg = resolved(tiny_config(*probe))
+    source = resolve_source(cfg.init, cfg)
+    cfg = adopt_source(cfg, source)
+    encoder = frozen_encoder(cfg, source, torch.device("cpu"))
+    assert is_beit(encoder)
+    from mimkit.data.datasets import build_data
+
+    data = build_data(cfg, lambda *_: None).heldout.subset(torch.arange(4))
+    features = extract_features(encoder, data, cfg, "token", torch.device("cpu"))
+    from mimkit.data.transforms import eval_transform
+
+    with torch.no_grad():
+        images = eval_transform(data.images, cfg.data.img_size, cfg.data.mean, cfg.data.std)
+        expected = encoder.forward_features(images)[:, 0]
+    torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)

@@ -112,7 +112,7 @@ def validate_method(cfg: Any, model: Any) -> None:
         f"trains with {' or '.join(s.name for s in _SPECS.values() if s.swin)}",
     )
     check(
-        cfg.model.family == "vit" or spec.beit,
+        cfg.model.family == "vit" or model.is_swin or spec.beit,
         f"model.family={cfg.model.family} trains with {' or '.join(s.name for s in _SPECS.values() if s.beit)}; "
         f"method.name={meth.name} needs model.family=vit",
     )

@@ -27,7 +27,8 @@ class ModelConfig:
     name: str = "mim_vit_tiny"  # a mimkit preset (see `mimkit models`) or any timm vit_* name
     # vit: timm's VisionTransformer (learned absolute position embedding); beit: the ViT SimMIM published, timm's
     # BEiT model with a relative position bias shared by all blocks, layer scale 0.1, q and v biases only, no
-    # absolute position embedding, BEiT's initialisation. Same sizes either way.
+    # absolute position embedding, BEiT's initialisation. Same sizes either way. Read for ViT names only: a
+    # SwinV2 name builds a SwinV2 (so a SimMIM recipe on beit runs with --set model.name=mim_swinv2_pico too)
     family: str = "vit"
     patch_size: int | None = None
     embed_dim: int | None = None
@@ -74,7 +75,6 @@ def validate_model(cfg: Any) -> Any:
     )
     check(0.0 <= m.drop_path < 1.0, f"model.drop_path: {m.drop_path} must be in [0, 1)")
     one_of("model.drop_path_rule", m.drop_path_rule, list(DROP_PATH_RULES))
-    check(m.family == "vit" or not spec.is_swin, f"model.family={m.family} is a ViT family; '{m.name}' is a SwinV2")
     if m.pretrained_window_sizes is not None:
         check(
             spec.is_swin and len(m.pretrained_window_sizes) == len(spec.stage_depths),

@@ -181,11 +181,13 @@ def test_family_is_read_for_vit_names_only():
     assert is_swin_encoder(method.encoder)
 
 
-def test_the_simmim_recipes_build_the_published_vit():
+def test_the_imagenet_simmim_recipe_builds_the_published_vit():
+    """The published ViT at the published budget; the CPU recipe keeps the plain ViT (measured: see
+    docs/results/simmim-vit-family.md)."""
     from mimkit.config import load_config
 
-    for recipe in ("simmim_fmnist_tiny", "simmim_vit_base_in1k"):
-        assert load_config(recipe).model.family == "beit", recipe
+    assert load_config("simmim_vit_base_in1k").model.family == "beit"
+    assert load_config("simmim_fmnist_tiny").model.family == "vit"
 
 
 def test_linear_probe_and_knn_read_its_features(tmp_path):

@@ -219,3 +219,19 @@ def test_linear_probe_and_knn_read_its_features(tmp_path):
         images = eval_transform(data.images, cfg.data.img_size, cfg.data.mean, cfg.data.std)
         expected = encoder.forward_features(images)[:, 0]
     torch.testing.assert_close(features, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_an_exported_source_says_its_own_family(tmp_path):
+    """Weights from an export build the family they were trained in, whatever the run's config says."""
+    from mimkit.interop.export import export_encoder
+    from mimkit.pretrain import pretrain
+    from mimkit.weights import adopt_source, resolve_source
+
+    for family in ("vit", "beit"):
+        pretrain(tiny_config(*BEIT[:2], f"model.family={family}", "train.steps=2"), tmp_path / family)
+        export_encoder(tmp_path / family, tmp_path / f"{family}.safetensors")
+        other = "beit" if family == "vit" else "vit"
+        cfg = resolved(
+            tiny_config(f"init={tmp_path / f'{family}.safetensors'}", "method.name=supervised", f"model.family={other}")
+        )
+        assert adopt_source(cfg, resolve_source(cfg.init, cfg)).model.family == family

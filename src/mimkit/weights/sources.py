@@ -89,6 +89,7 @@ def _from_export(path: Path) -> Source:
         arch.update(swin_arch(kw["depths"], kw["num_heads"], kw["window_size"]))
     else:
         arch.update(depth=kw["depth"], num_heads=kw["num_heads"])
+    arch["family"] = "vit"  # the source says which ViT it is, whatever the run's config says
     if kw.get("use_shared_rel_pos_bias"):  # SimMIM's ViT, exported as timm's BEiT: its sizes on a ViT name
         arch.update(name="vit_base_patch16_224", family="beit")
     return Source(
@@ -154,6 +155,7 @@ def _from_timm(name: str, cfg: Config) -> Source:
         _check_weights_file(model, overlay["file"], arch_name)
     arch = {
         "name": arch_name,
+        "family": "vit",  # timm's ViT names; the run's model.family does not apply to them
         "patch_size": spec.patch_size,
         "embed_dim": spec.embed_dim,
         "depth": spec.depth,

@@ -297,3 +297,23 @@ def test_reconstruction_figure_asks_for_the_chosen_statistics_and_says_which(tmp
         )
         assert path.is_file()
     assert "visible patches' mean/std" in titles[0] and "TRUE mean/std (leaks" in titles[1]
+
+
+def test_simmim_target_norm_reconstructions_do_not_leak_the_masked_pixels():
+    """With locally normalised targets, predictions are de-normalised with the visible pixels' mean and std: changing
+    only the masked pixels leaves the reconstruction as it was; each pixel's own window (on request) does not."""
+    cfg = resolved(tiny_config("method.name=simmim", "method.mask_patch_size=8", "method.target_norm_window=5"))
+    method = build_method(cfg).eval()
+    torch.manual_seed(0)
+    imgs, ids = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
+    out = method.reconstruct(imgs, ids)
+    mask = out["pixel_mask"]
+    assert 0 < mask.mean() < 1
+    changed = imgs + (3.0 + 2.0 * torch.randn_like(imgs)) * mask
+    torch.testing.assert_close(
+        method.reconstruct(changed, ids)["reconstruction"], out["reconstruction"] * mask + changed * (1 - mask)
+    )
+    leaky = method.reconstruct(imgs, ids, true_patch_stats=True)["reconstruction"]
+    leaky_changed = method.reconstruct(changed, ids, true_patch_stats=True)["reconstruction"]
+    assert not torch.allclose(leaky * mask, leaky_changed * mask, atol=1e-2)
+    assert "visible pixels" in method.reconstruction_note() and "TRUE" in method.reconstruction_note(True)

@@ -14,17 +14,8 @@ from typing import Any, Callable
 
 from mimkit.config import Config, ConfigError
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.models.options import ARCH_KEYS
 
-SIZE_KEYS = (
-    "patch_size",
-    "embed_dim",
-    "depth",
-    "num_heads",
-    "mlp_ratio",
-    "decoder_dim",
-    "decoder_depth",
-    "decoder_heads",
-)
 RESOLVED_FROM_TEACHER = (
     "teacher_embed_dim",
     "teacher_num_heads",
@@ -42,7 +33,7 @@ def stage_config(cfg: Config, index: int, student: str, teacher: str) -> Config:
     """The base config with this stage's student (sizes from its name) and teacher. `distill.teacher_layer`
     applies to the first teacher only; later teachers are distilled students, read at the block they were
     distilled at (`distill.student_layer`, the last by default), the only one whose relations they learned."""
-    model = dataclasses.replace(cfg.model, name=student, **{k: None for k in SIZE_KEYS})
+    model = dataclasses.replace(cfg.model, name=student, **{k: None for k in ARCH_KEYS})  # sizes from the name
     dis = dataclasses.replace(
         cfg.distill,
         teacher=teacher,

@@ -692,14 +692,15 @@ def _finite(value) -> bool:
 
 
 @needs_fmnist
-def test_report_has_every_section_per_layer_and_head(report):
+def test_report_has_every_section_per_layer_and_head(report, mae_run):
     proc, out, results = report
     assert {"settings", "models", "attention", "diversity", "cka", "maps"} <= set(results)
     assert set(results["settings"]) == {"attention", "diversity", "cka", "maps"}
     assert results["settings"]["attention"]["images"] == 40
     assert list(results["models"]) == ["A", "B"]
     assert results["models"]["A"]["description"].startswith("mae run")
-    assert results["models"]["B"]["description"] == "random initialisation"
+    # B=scratch is a random network in A's architecture, not the config's model.name
+    assert results["models"]["B"]["description"] == f"random initialisation in the architecture of {mae_run}"
     for label in ("A", "B"):
         info = results["models"][label]
         assert (info["depth"], info["heads"], info["grid_size"], info["num_prefix_tokens"]) == (3, 3, [4, 4], 1)

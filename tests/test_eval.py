@@ -303,6 +303,7 @@ def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run
         str(tmp_path / "cmp"),
         "--tasks",
         "classification,localization",
+        "--no-baselines",  # test_baselines.py covers them
         *sets(["data.name=synthetic", "data.synthetic_size=64", "model.name=mim_vit_femto"]),
         "--set-probe",
         "probe.epochs=2",
@@ -327,6 +328,7 @@ def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run
         for p in ("knn", "linprobe", "finetune")
         if not (t == "localization" and p == "knn")
     }
+    assert {r["source"] for r in rows if r["model"] == "rand"} == {f"scratch:{mae_run}"}  # the mae run's shape
     loc = [r for r in rows if r["task"] == "localization"]
     assert all(r["metric"] == "mean_iou" and 0 <= r["value"] <= 1 for r in loc)
     frozen = json.loads(
@@ -335,7 +337,9 @@ def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run
     assert frozen is True
     table = (tmp_path / "cmp/results.md").read_text()
     assert "| mae |" in table and "| rand |" in table and "# Semantic vs geometric tasks" in table
-    assert (tmp_path / "cmp/results.csv").read_text().startswith("model,source,protocol,task,metric,value")
+    assert (
+        (tmp_path / "cmp/results.csv").read_text().startswith("model,source,protocol,task,seed,baseline,metric,value")
+    )
     stamp = (tmp_path / "cmp/cells/mae__finetune__classification/results.json").stat().st_mtime_ns
     again = run_cli(*args, check=True)
     assert again.stdout.count("skipped") == 10 and "running" not in again.stdout

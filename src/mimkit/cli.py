@@ -66,6 +66,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         [*data_overrides(args.data), *args.set],
         protocol_sets,
         args.tasks.split(","),
+        seeds=args.seeds,
+        baselines=not args.no_baselines,
     )
     print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
     print(open(f"{args.out}/results.md").read())
@@ -103,12 +105,23 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         map_images=args.map_images,
     )
     analyses = set(ANALYSES) if args.analysis == "report" else {args.analysis}
-    results = run_analysis(cfg, args.model, analyses, args.out, options)
+    results = run_analysis(cfg, random_in_shared_architecture(args.model, cfg, args.set), analyses, args.out, options)
     if args.analysis == "report":
         print(write_report(results, Path(args.out)))
     else:
         print(Path(args.out) / "results.json")
     return 0
+
+
+def random_in_shared_architecture(specs: list[str], cfg, overrides: list[str]) -> list[str]:
+    """`--model NAME=scratch` becomes a random network in the architecture of the trained models beside it
+    (weights.sources.scratch_in_shared_architecture): it keeps the config's model.name only when --set gave one."""
+    from mimkit.eval.compare import model_name, source_of
+    from mimkit.weights.sources import scratch_in_shared_architecture
+
+    chosen = any(s.startswith("model.name=") for s in overrides)
+    sources = scratch_in_shared_architecture([source_of(m) for m in specs], cfg, chosen, "analyze")
+    return [f"{model_name(m)}={s}" for m, s in zip(specs, sources)]
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
@@ -402,9 +415,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("knn", cmd_knn, "probe_fmnist", "cosine kNN on frozen features (k=20, T=0.07)"),
     ):
         p = sub.add_parser(name, help=what)
-        p.add_argument(
-            "--init", required=True, help="run dir or checkpoint, exported .safetensors, timm:NAME, or scratch"
-        )
+        sources = "run dir or checkpoint, exported .safetensors, timm:NAME, scratch, scratch:SOURCE"
+        p.add_argument("--init", required=True, help=sources + (", or pixels" if name != "finetune" else ""))
         p.add_argument("--config", default=default, help=f"recipe, YAML or run directory (default {default})")
         p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
         p.add_argument("--out", required=True, help="run directory")
@@ -449,6 +461,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
     p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
+    p.add_argument("--seeds", type=int, default=1, help="run every cell with seeds 0..N-1; tables show mean ± std")
+    p.add_argument(
+        "--no-baselines",
+        action="store_true",
+        help="leave out the baselines that learn nothing (raw pixels, frozen random encoder, trivial predictor)",
+    )
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("analyze", help="attention distance, head diversity, CKA and attention maps of ViTs")

@@ -97,8 +97,7 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
     from the data set, steps from `train.epochs`."""
     cfg = resolved(cfg)
     source = resolve_source(cfg.init, cfg)
-    if source.kind != "scratch":
-        cfg = adopt_source(cfg, source)
+    cfg = adopt_source(cfg, source)  # scratch:SOURCE brings an architecture too; plain scratch keeps the config's
     if method_spec(cfg).needs_teacher:
         from mimkit.methods.distill.teacher import prepare_teacher
 

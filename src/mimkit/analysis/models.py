@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from mimkit.analysis.stats import ViTGeometry
-from mimkit.config import Config, ConfigError, resolved
+from mimkit.config import Config, ConfigError
 from mimkit.data.transforms import eval_transform, luminance
 from mimkit.eval.compare import model_name, source_of
 from mimkit.eval.features import frozen_encoder
@@ -81,7 +81,7 @@ def load_model(spec: str, base: Config, device: torch.device) -> AnalysedModel:
         raise ConfigError(
             f"--model {spec}: attention analysis reads ViT blocks; SwinV2 (window attention) is not supported"
         )
-    cfg = adopt_source(base, source) if source.kind != "scratch" else resolved(base)
+    cfg = adopt_source(base, source)
     torch.manual_seed(cfg.seed)  # `scratch` is the same random network every time
     encoder = frozen_encoder(cfg, source, device)
     return AnalysedModel(model_name(spec), source_of(spec), source.description, cfg, encoder, geometry_of(encoder))

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import io
 import json
+import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 
 from mimkit.config import Config, ConfigError, load_config
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.eval.baselines import PIXELS
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
 RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finetune_fmnist_tiny"}
@@ -32,16 +34,27 @@ PRIMARY = {
 }
 
 
+# Baselines that learn nothing (eval/baselines.py), added to every comparison unless turned off.
+BASELINES = ("pixels", "random", "trivial")
+BASELINE_NOTES = {
+    "pixels": "kNN and the linear probe on the raw pixels the encoders receive",
+    "random": "a frozen, randomly initialised encoder of the compared models' architecture",
+    "trivial": "one constant prediction from the training labels: majority class, mean box, median angle",
+}
+
+
 @dataclass
 class Cell:
     model: str
     source: str
-    protocol: str
+    protocol: str  # knn | linprobe | finetune | trivial
     task: str
+    seed: int = 0
+    baseline: bool = False
 
     @property
     def name(self) -> str:
-        return f"{self.model}__{self.protocol}__{self.task}"
+        return f"{self.model}__{self.protocol}__{self.task}" + (f"__seed{self.seed}" if self.seed else "")
 
 
 def model_name(spec: str) -> str:
@@ -58,8 +71,16 @@ def source_of(spec: str) -> str:
 
 def cell_config(cell: Cell, overrides: list[str], protocol_overrides: dict[str, list[str]]) -> Config:
     """Classification: knn / linprobe / finetune as usual. Geometric tasks: a linear head on the frozen encoder
-    ('linprobe') or the whole network fine-tuned ('finetune'), both trained by the Engine."""
-    sets = [f"init={cell.source}", *overrides, *protocol_overrides.get(cell.protocol, [])]
+    ('linprobe') or the whole network fine-tuned ('finetune'), both trained by the Engine. The trivial predictor
+    reads the data as the fine-tuning cells do (geometric tasks) or as the probes do (classification)."""
+    seed = [f"seed={cell.seed}"]
+    if cell.protocol == "trivial":
+        recipe_protocol = "finetune" if cell.task != "classification" else "linprobe"
+        return load_config(
+            RECIPES[recipe_protocol],
+            [f"data.task={cell.task}", *overrides, *protocol_overrides.get(recipe_protocol, []), *seed],
+        )
+    sets = [f"init={cell.source}", *overrides, *protocol_overrides.get(cell.protocol, []), *seed]
     if cell.task != "classification":
         frozen = "true" if cell.protocol == "linprobe" else "false"
         task_sets = [
@@ -69,6 +90,7 @@ def cell_config(cell: Cell, overrides: list[str], protocol_overrides: dict[str, 
             f"model.freeze={frozen}",
             *overrides,
             *protocol_overrides.get("finetune", []),
+            *seed,
         ]
         return load_config(RECIPES["finetune"], task_sets)
     if cell.protocol == "finetune":
@@ -82,6 +104,11 @@ def config_hash(cfg: Config) -> str:
 
 def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
     metric = PRIMARY[cell.task][0]
+    if cell.protocol == "trivial":
+        from mimkit.eval.baselines import trivial_baseline
+
+        res = trivial_baseline(cfg, run_dir)
+        return {"metric": metric, "value": res[metric], **({"top1": res["top1"]} if "top1" in res else {})}
     if cell.task != "classification":
         from mimkit.pretrain import pretrain
 
@@ -115,6 +142,52 @@ def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
     }
 
 
+def plan_cells(
+    models: list[tuple[str, str]],
+    protocols: list[str],
+    tasks: list[str],
+    seeds: int,
+    baselines: list[tuple[str, str]],
+) -> list[Cell]:
+    """Every (model, task, protocol, seed) that makes sense: kNN is a classifier (no geometric kNN cells); the
+    baselines get the frozen protocols (pixels: classification only) and the trivial predictor one cell per task."""
+    cells = [
+        Cell(name, source, p, t, seed)
+        for seed in range(seeds)
+        for name, source in models
+        for t in tasks
+        for p in protocols
+        if not (t != "classification" and p == "knn")
+    ]
+    for seed in range(seeds):
+        for name, source in baselines:
+            if name == "trivial":
+                cells += [Cell(name, "", "trivial", t, seed, True) for t in tasks]
+                continue
+            for t in tasks:
+                for p in ("knn", "linprobe"):
+                    skip = (t != "classification" and (p == "knn" or source == "pixels")) or p not in protocols
+                    if not skip:
+                        cells.append(Cell(name, source, p, t, seed, True))
+    return cells
+
+
+def baseline_models(sources: list[str], cfg: Config, model_chosen: bool, log) -> list[tuple[str, str]]:
+    """(name, source) of the baselines to add: raw pixels, a frozen random encoder in the models' architecture
+    (unless a `scratch` model already plays that part, or the models disagree on architecture), the trivial
+    predictor."""
+    from mimkit.weights.sources import scratch_in_shared_architecture
+
+    out = [("pixels", PIXELS)]
+    if not any(s.startswith("scratch") for s in sources):
+        try:
+            random = scratch_in_shared_architecture([*sources, "scratch"], cfg, model_chosen, "compare")[-1]
+            out.append(("random", random))
+        except ConfigError as err:
+            log(f"[compare] no random-encoder baseline: {err}")
+    return [*out, ("trivial", "")]
+
+
 def compare(
     inits: list[str],
     out: str | Path,
@@ -123,26 +196,38 @@ def compare(
     protocol_overrides: dict[str, list[str]] | None = None,
     tasks: list[str] | None = None,
     log=print,
+    seeds: int = 1,
+    baselines: bool = True,
 ) -> list[dict[str, Any]]:
+    """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
+    evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std."""
+    from mimkit.weights.sources import scratch_in_shared_architecture
+
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
     tasks = tasks or ["classification"]
     unknown = sorted(set(protocols) - set(PROTOCOLS)) + sorted(set(tasks) - set(TASKS))
     if unknown:
         raise ConfigError(f"unknown protocol or task {unknown}: protocols {PROTOCOLS}, tasks {TASKS}")
+    if seeds < 1:
+        raise ConfigError(f"compare: --seeds {seeds} must be at least 1")
     names = [model_name(s) for s in inits]
     if len(set(names)) != len(names):
         raise ConfigError(f"two --init sources share the name {names}; name them as NAME=SOURCE")
-    cells = [
-        Cell(n, source_of(s), p, t)
-        for n, s in zip(names, inits)
-        for t in tasks
-        for p in protocols
-        if not (t != "classification" and p == "knn")
-    ]  # kNN is a classifier: no geometric kNN cells
+    taken = sorted(set(names) & set(BASELINES)) if baselines else []
+    if taken:
+        raise ConfigError(f"--init names {taken} are the baselines' own; rename those models (NAME=SOURCE)")
+    overrides = overrides or []
+    protocol_overrides = protocol_overrides or {}
+    every_set = [*overrides, *(s for sets in protocol_overrides.values() for s in sets)]
+    model_chosen = any(s.startswith("model.name=") for s in every_set)
+    shape_cfg = load_config(RECIPES["finetune"], overrides)
+    sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
+    extra = baseline_models(sources, shape_cfg, model_chosen, log) if baselines else []
+    cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
     rows = []
     for i, cell in enumerate(cells, 1):
-        cfg = cell_config(cell, overrides or [], protocol_overrides or {})
+        cfg = cell_config(cell, overrides, protocol_overrides)
         run_dir = out / "cells" / cell.name
         marker = run_dir / "cell.json"
         key = config_hash(cfg)
@@ -152,7 +237,15 @@ def compare(
         else:
             log(f"[compare] {i}/{len(cells)} {cell.name}: running")
             metrics = run_cell(cell, cfg, run_dir)
-            row = {"model": cell.model, "source": cell.source, "protocol": cell.protocol, "task": cell.task, **metrics}
+            row = {
+                "model": cell.model,
+                "source": cell.source,
+                "protocol": cell.protocol,
+                "task": cell.task,
+                "seed": cell.seed,
+                "baseline": cell.baseline,
+                **metrics,
+            }
             atomic_write_text(marker, json.dumps({"config_hash": key, "row": row}, indent=1))
         rows.append(row)
         write_tables(rows, out)
@@ -160,40 +253,112 @@ def compare(
 
 
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
-    fields = ["model", "source", "protocol", "task", "metric", "value", "top1", "top5", "best_top1"]
+    fields = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5", "best_top1"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buffer.getvalue())
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
+    summary = summarize(rows)
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=["model", "protocol", "task", "metric", "mean", "std", "n", "baseline"])
+    writer.writeheader()
+    writer.writerows(summary)
+    atomic_write_text(out / "summary.csv", buffer.getvalue())
     atomic_write_text(out / "results.md", markdown_table(rows))
+
+
+def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (model, protocol, task): mean and sample standard deviation over seeds (std 0 for one seed)."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        if row.get("value") is not None:
+            groups.setdefault((row["model"], row["protocol"], row["task"]), []).append(row)
+    out = []
+    for (model, protocol, task), members in groups.items():
+        values = [float(r["value"]) for r in members]
+        mean = sum(values) / len(values)
+        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        out.append(
+            {
+                "model": model,
+                "protocol": protocol,
+                "task": task,
+                "metric": members[0]["metric"],
+                "mean": mean,
+                "std": std,
+                "n": len(values),
+                "baseline": bool(members[0].get("baseline", False)),
+            }
+        )
+    return out
+
+
+DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Two tables: frozen (kNN, linear probe) vs fine-tuned classification top-1, and each task's primary metric
-    frozen vs fine-tuned (semantic vs geometric)."""
-    models = list(dict.fromkeys(r["model"] for r in rows))
-    lookup = {(r["model"], r["task"], r["protocol"]): r for r in rows}
+    frozen vs fine-tuned (semantic vs geometric). Cells are mean +- std over seeds; the baselines that learn nothing
+    sit below the models, and a model's cell that does not beat the best of them is marked."""
+    summary = summarize(rows)
+    lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary}
+    models = list(dict.fromkeys(r["model"] for r in summary if not r["baseline"]))
+    base = list(dict.fromkeys(r["model"] for r in summary if r["baseline"]))
+    seeds = sorted({r["n"] for r in summary})
+    flagged = False
+
+    def entry(model: str, task: str, protocol: str) -> dict[str, Any] | None:
+        return lookup.get((model, task, protocol)) or lookup.get((model, task, "trivial"))
+
+    def best_baseline(task: str, protocol: str) -> float | None:
+        """The bar a model must clear: the baselines of the same protocol, and for fine-tuning (which can learn
+        any of them) every baseline of the task."""
+        wanted = ("knn", "linprobe", "trivial") if protocol == "finetune" else (protocol,)
+        values = [e["mean"] for b in base for p in wanted if (e := entry(b, task, p))]
+        if not values:
+            return None
+        return max(values) if PRIMARY[task][1] else min(values)
 
     def cell(model: str, task: str, protocol: str) -> str:
-        row = lookup.get((model, task, protocol))
-        return f"{row['value']:.3f}" if row and row.get("value") is not None else ""
+        nonlocal flagged
+        row = entry(model, task, protocol)
+        if row is None:
+            return ""
+        digits = DECIMALS.get(row["metric"], 3)
+        text = f"{row['mean']:.{digits}f}" + (f" ± {row['std']:.{digits}f}" if row["n"] > 1 else "")
+        bar = best_baseline(task, protocol)
+        if not row["baseline"] and bar is not None:
+            beaten = row["mean"] > bar if PRIMARY[task][1] else row["mean"] < bar
+            if not beaten:
+                flagged = True
+                text += " †"
+        return text
 
-    protocols = [p for p in PROTOCOLS if (p, "classification") in {(r["protocol"], r["task"]) for r in rows}]
+    def label(model: str) -> str:
+        return f"*{model}* (baseline)" if model in base else model
+
+    def rows_of(columns: list[tuple[str, str]]) -> list[str]:
+        return [f"| {label(m)} | " + " | ".join(cell(m, t, p) for t, p in columns) + " |" for m in [*models, *base]]
+
+    spread = f"mean ± std over {seeds[0]} seeds" if seeds == [seeds[0]] and seeds[0] > 1 else "one seed"
+    if len(seeds) > 1:
+        spread = f"mean ± std over {min(seeds)}-{max(seeds)} seeds (unfinished cells)"
+    protocols = [p for p in PROTOCOLS if any(r["protocol"] == p and r["task"] == "classification" for r in summary)]
     lines = [
-        "# Frozen vs fine-tuned: classification top-1 (%)",
+        f"# Frozen vs fine-tuned: classification top-1 (%), {spread}",
         "",
         "| model | " + " | ".join(protocols) + " |",
         "|---|" + "---|" * len(protocols),
+        *rows_of([("classification", p) for p in protocols]),
     ]
-    lines += [f"| {m} | " + " | ".join(cell(m, "classification", p) for p in protocols) + " |" for m in models]
-    tasks = [t for t in TASKS if any(r["task"] == t for r in rows)]
+    tasks = [t for t in TASKS if any(r["task"] == t for r in summary)]
     columns = [
         (t, p)
         for t in tasks
         for p in ("linprobe", "finetune")
-        if any(r["task"] == t and r["protocol"] == p for r in rows)
+        if any(r["task"] == t and r["protocol"] == p and not r["baseline"] for r in summary)
     ]
     if columns:
         header = [
@@ -207,6 +372,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "",
             "| model | " + " | ".join(header) + " |",
             "|---|" + "---|" * len(columns),
+            *rows_of(columns),
         ]
-        lines += [f"| {m} | " + " | ".join(cell(m, t, p) for t, p in columns) + " |" for m in models]
+    if base:
+        lines += ["", "Baselines that learn nothing:"]
+        lines += [f"- *{b}*: {BASELINE_NOTES.get(b, 'a baseline')}" for b in base]
+    if flagged:
+        lines += ["", "† not better than a baseline that learns nothing in this column: read the protocol first."]
     return "\n".join(lines) + "\n"

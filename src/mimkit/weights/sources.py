@@ -2,8 +2,8 @@
 
 SOURCE is a mimkit run directory or checkpoint folder (any method), an exported encoder `.safetensors` (with its
 `.json` sidecar), `timm:NAME` (timm's pretrained weights, when they are available locally; `timm:NAME@FILE` reads
-them from a file), or `scratch`. Each resolves to the encoder architecture (copied into the run's config) and its
-timm-layout weights.
+them from a file), `scratch`, or `scratch:SOURCE` (random weights in SOURCE's architecture). Each resolves to the
+encoder architecture (copied into the run's config) and its timm-layout weights.
 """
 
 from __future__ import annotations
@@ -175,8 +175,19 @@ def _from_timm(name: str, cfg: Config) -> Source:
 
 
 def resolve_source(spec: str | None, cfg: Config) -> Source:
+    """`scratch:SOURCE` is a random initialisation in SOURCE's architecture and input size (the random baseline
+    of a comparison: the same network as the models it is compared with, without their training)."""
     if spec is None or spec == "scratch":
         return Source("scratch", "random initialisation", None, {}, {})
+    if spec.startswith("scratch:"):
+        shape = resolve_source(spec[len("scratch:") :], cfg)
+        where = f"the architecture of {spec[len('scratch:') :]}"
+        return Source("scratch", f"random initialisation in {where}", None, dict(shape.arch), dict(shape.data))
+    if spec == "pixels":
+        raise ConfigError(
+            "init: 'pixels' (the raw-pixel baseline) has no encoder to train; it is an init for knn, linprobe and "
+            "compare only"
+        )
     if spec.startswith("timm:"):
         return _from_timm(spec[len("timm:") :], cfg)
     path = Path(spec)
@@ -212,3 +223,31 @@ def adopt_source(cfg: Config, source: Source) -> Config:
             std=cfg.data.std if cfg.data.in_chans == data.in_chans else None,
         )
     return resolved(dataclasses.replace(cfg, model=model, data=data))
+
+
+def scratch_in_shared_architecture(sources: list[str], cfg: Config, model_chosen: bool, what: str) -> list[str]:
+    """`sources` with every plain `scratch` turned into `scratch:REF`, REF the first trained source, so a random
+    baseline is the same network as the models it sits beside. The trained sources must agree on architecture and
+    input size; with none, `scratch` keeps the config's model only when `model_chosen` (model.name was given),
+    rather than guess. `what` names the command in errors."""
+    if "scratch" not in sources:
+        return list(sources)
+    trained = [s for s in sources if s != "pixels" and not s.startswith("scratch")]
+    if not trained:
+        if model_chosen:
+            return list(sources)
+        raise ConfigError(
+            f"{what}: 'scratch' alone does not say which architecture to build; set model.name (--set "
+            "model.name=mim_vit_pico) or compare it with a trained model, whose architecture it then takes"
+        )
+    shapes = {}
+    for spec in trained:
+        source = resolve_source(spec, cfg)
+        arch = {key: source.arch.get(key) for key in ARCH_KEYS}  # not e.g. a classifier's pooling
+        shapes[spec] = json.dumps([arch, source.data], sort_keys=True, default=str)
+    if len(set(shapes.values())) > 1:
+        raise ConfigError(
+            f"{what}: the models differ in architecture or input size ({', '.join(shapes)}), so 'scratch' would "
+            "have to guess which one to build; name each random baseline as NAME=scratch:SOURCE"
+        )
+    return [f"scratch:{trained[0]}" if s == "scratch" else s for s in sources]

@@ -568,7 +568,8 @@ def _stream(batch_sizes: list[int], seed: int = 7) -> list[list[torch.Tensor]]:
 
 
 def _state_numel(stats: AttentionStats) -> int:
-    return sum(t.numel() for t in stats.sums.values()) + stats.kl_pairwise.numel() + stats.images.numel()
+    pairwise = sum(t.numel() for t in stats.pairwise.values())
+    return sum(t.numel() for t in stats.sums.values()) + pairwise + stats.images.numel() + stats.weights.numel()
 
 
 @pytest.mark.parametrize("renormalize", [False, True])
@@ -615,7 +616,9 @@ def test_stats_state_does_not_grow_with_the_number_of_images():
                 stats.update(layer, attn)
     assert int(large.images[0]) == 20 and int(small.images[0]) == 1
     for stats in (small, large):
-        assert {k: tuple(v.shape) for k, v in stats.sums.items()} == {m: (2, 3) for m in ("distance", "entropy", "kl")}
+        assert {k: tuple(v.shape) for k, v in stats.sums.items()} == {
+            m: (2, 3) for m in ("distance", "entropy", "kl", "js")
+        }
         assert stats.kl_pairwise.shape == (2, 3, 3)
     assert _state_numel(small) == _state_numel(large)
 
@@ -748,7 +751,9 @@ def test_report_writes_figures_and_a_self_contained_page(report):
     proc, out, _ = report
     for name in (
         "attention_distance.png",
+        "attention_distance_fraction.png",
         "head_diversity.png",
+        "head_diversity_js.png",
         "attention_entropy.png",
         "cka_within.png",
         "cka_between.png",
@@ -758,7 +763,7 @@ def test_report_writes_figures_and_a_self_contained_page(report):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
     page = (out / "report.html").read_text()
     assert str(out / "report.html") in proc.stdout
-    assert page.count('src="data:image/png;base64,') == 7
+    assert page.count('src="data:image/png;base64,') == 9
     assert 'src="http' not in page and 'href="http' not in page
     assert not re.search(r'src="(?!data:)', page)  # nothing refers to a file beside the page
     assert "<b>A</b>" in page and "<b>B</b>" in page

@@ -103,6 +103,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         cka_tokens=args.cka_tokens,
         queries=queries,
         map_images=args.map_images,
+        foreground=args.foreground,
+        foreground_threshold=args.foreground_threshold,
+        pairs=args.pair,
     )
     analyses = set(ANALYSES) if args.analysis == "report" else {args.analysis}
     results = run_analysis(cfg, random_in_shared_architecture(args.model, cfg, args.set), analyses, args.out, options)
@@ -515,6 +518,26 @@ def build_parser() -> argparse.ArgumentParser:
         help="attention-map query position as fractions of height and width (default 0.5,0.5 and 0.2,0.2); repeat",
     )
     p.add_argument("--map-images", type=int, default=4, help="images in the attention-map figures")
+    p.add_argument(
+        "--foreground",
+        action="store_true",
+        help="also compute attention and diversity over foreground patches only (queries and keys), so "
+        "background attention sinks can be told apart; for images on a plain background",
+    )
+    p.add_argument(
+        "--foreground-threshold",
+        type=float,
+        default=0.1,
+        help="a patch is foreground when a pixel differs from the border level by more than this (of full scale)",
+    )
+    p.add_argument(
+        "--pair",
+        action="append",
+        default=[],
+        metavar="PRE,FT",
+        help="compare these two models before/after fine-tuning (runs fine-tuned from another --model pair up "
+        "by themselves)",
+    )
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser(

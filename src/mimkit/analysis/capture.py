@@ -39,11 +39,11 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
 
 
 def attention_from_input(
-    attn: nn.Module, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None
+    attn: nn.Module, x: torch.Tensor, shared_rel_pos_bias: torch.Tensor | None = None, log: bool = False
 ) -> torch.Tensor:
     """(batch, heads, tokens, tokens) float32 softmax(q k^T * scale + relative position bias) of a timm attention
     module for its input x: a ViT's, or a BEiT's (q and v biases, no k bias; the bias shared by the blocks, which
-    the block hands its attention)."""
+    the block hands its attention). `log`: the log-softmax instead, exact where the softmax underflows to 0."""
     b, n, _ = x.shape
     heads = attn.num_heads
     bias = attn.qkv.bias
@@ -63,12 +63,14 @@ def attention_from_input(
     logits = (q.float() * scale) @ k.float().transpose(-2, -1)
     if shared_rel_pos_bias is not None:
         logits = logits + shared_rel_pos_bias.float()
-    return logits.softmax(dim=-1)
+    return logits.log_softmax(dim=-1) if log else logits.softmax(dim=-1)
 
 
 class AttentionCapture:
     """Context manager: while active, every forward of `model` calls `on_attention(layer, probs)` and/or
-    `on_features(layer, block_output)` for each block, in order.
+    `on_features(layer, block_output)` for each block, in order. With `log_space`, on_attention gets
+    log-probabilities instead: exact log-softmax in recompute mode, log of timm's probabilities (-inf where they
+    underflowed) in unfused mode.
 
         with AttentionCapture(vit, on_attention=stats.update):
             vit.forward_features(images)
@@ -80,11 +82,13 @@ class AttentionCapture:
         on_attention: AttentionCallback | None = None,
         on_features: AttentionCallback | None = None,
         mode: str = "recompute",
+        log_space: bool = False,
     ):
         if mode not in ("recompute", "unfused"):
             raise ValueError(f"capture mode '{mode}': use 'recompute' or 'unfused'")
         self.blocks = vit_blocks(model)
         self.on_attention, self.on_features, self.mode = on_attention, on_features, mode
+        self.log_space = log_space
         self._handles: list = []
         self._fused: list[bool] = []
 
@@ -93,11 +97,11 @@ class AttentionCapture:
 
             def hook(module, args, kwargs, output):
                 bias = kwargs.get("shared_rel_pos_bias", args[1] if len(args) > 1 else None)
-                self.on_attention(layer, attention_from_input(module, args[0], bias))
+                self.on_attention(layer, attention_from_input(module, args[0], bias, log=self.log_space))
         else:
 
             def hook(module, args, kwargs, output):
-                self.on_attention(layer, output.float())
+                self.on_attention(layer, output.float().log() if self.log_space else output.float())
 
         return hook
 

@@ -16,8 +16,21 @@ COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 HEAD_METRICS = {
     "distance": ("attention", "mean attention distance (px)", "Attention distance per head"),
+    "distance_fraction": (
+        "attention",
+        "mean attention distance / image side",
+        "Attention distance per head, as a fraction of the image side",
+    ),
     "entropy": ("attention", "attention entropy (nats)", "Attention entropy per head"),
-    "kl": ("diversity", "KL divergence to other heads", "Head diversity"),
+    "kl": ("diversity", "KL divergence to other heads (nats)", "Head diversity (KL, exact from the logits)"),
+    "js": ("diversity", "JS divergence to other heads (nats, <= ln 2)", "Head diversity (Jensen-Shannon)"),
+}
+FIGURE_NAMES = {
+    "distance": "attention_distance",
+    "distance_fraction": "attention_distance_fraction",
+    "entropy": "attention_entropy",
+    "kl": "head_diversity",
+    "js": "head_diversity_js",
 }
 
 
@@ -28,11 +41,13 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def plot_head_metric(results: dict[str, Any], metric: str, out: Path) -> Path:
+def plot_head_metric(results: dict[str, Any], metric: str, out: Path, suffix: str = "") -> Path:
     """One panel per model (shared y axis): a dot per head at each layer and the layer mean as a line; the last
-    panel overlays every model's layer means."""
+    panel overlays every model's layer means. `suffix` '_foreground' plots the foreground-only section."""
     section, ylabel, title = HEAD_METRICS[metric]
-    per_model = results[section]
+    per_model = results[section + suffix]
+    if suffix:
+        title += ", foreground patches only"
     labels = list(per_model)
     panels = len(labels) + (1 if len(labels) > 1 else 0)
     fig, axes = plt.subplots(1, panels, figsize=(3.3 * panels, 3.3), dpi=120, sharey=True, squeeze=False)
@@ -214,12 +229,60 @@ def plot_attention_maps(maps: dict[str, Any], images: np.ndarray, out_dir: Path)
 def plot_all(results: dict[str, Any], out_dir: Path, map_images: np.ndarray | None = None) -> list[Path]:
     """Every figure the sections present in `results` allow."""
     paths = []
-    for metric, (section, _, _) in HEAD_METRICS.items():
-        if results.get(section) and all(metric in v for v in results[section].values()):
-            name = {"distance": "attention_distance", "entropy": "attention_entropy", "kl": "head_diversity"}[metric]
-            paths.append(plot_head_metric(results, metric, out_dir / f"{name}.png"))
+    for suffix in ("", "_foreground"):
+        for metric, (section, _, _) in HEAD_METRICS.items():
+            found = results.get(section + suffix)
+            if found and all(metric in v for v in found.values()):
+                name = FIGURE_NAMES[metric] + suffix
+                paths.append(plot_head_metric(results, metric, out_dir / f"{name}.png", suffix))
     if results.get("cka"):
         paths += plot_cka(results["cka"], out_dir)
     if results.get("maps") and map_images is not None:
         paths += plot_attention_maps(results["maps"], map_images, out_dir)
     return paths
+
+
+PAIR_PANELS = [
+    ("distance", "attention distance (px)"),
+    ("entropy", "attention entropy (nats)"),
+    ("kl", "head KL (nats)"),
+    ("js", "head JS (nats)"),
+]
+
+
+def plot_pairs(pairs: list[dict[str, Any]], out: Path) -> Path:
+    """One row per (pretrained, fine-tuned) pair: each metric's layer means before and after fine-tuning, and the
+    CKA between the same layer of the two models when it was computed."""
+    panels = [(m, label) for m, label in PAIR_PANELS if any(m in p["metrics"] for p in pairs)]
+    with_cka = any("cka_same_layer" in p for p in pairs)
+    cols = len(panels) + (1 if with_cka else 0)
+    fig, axes = plt.subplots(len(pairs), cols, figsize=(3.2 * cols, 3.0 * len(pairs)), dpi=120, squeeze=False)
+    for row, pair in enumerate(pairs):
+        for col, (metric, ylabel) in enumerate(panels):
+            ax = axes[row, col]
+            values = pair["metrics"].get(metric)
+            if values is None:
+                ax.axis("off")
+                continue
+            layers = np.arange(1, len(values["before"]) + 1)
+            ax.plot(layers, values["before"], marker="o", ms=3, lw=2, color=COLOURS[0], label=pair["pretrained"])
+            ax.plot(layers, values["after"], marker="o", ms=3, lw=2, color=COLOURS[1], label=pair["finetuned"])
+            ax.set_xlabel("layer")
+            ax.set_ylabel(ylabel)
+            ax.grid(alpha=0.3)
+            if col == 0:
+                ax.legend(frameon=False, fontsize=8)
+        if with_cka:
+            ax = axes[row, -1]
+            if "cka_same_layer" in pair:
+                cka = pair["cka_same_layer"]
+                ax.plot(np.arange(1, len(cka) + 1), cka, marker="o", ms=3, lw=2, color=COLOURS[2])
+                ax.set_ylim(0, 1.02)
+                ax.set_xlabel("layer")
+                ax.set_ylabel("CKA, same layer before vs after")
+                ax.grid(alpha=0.3)
+            else:
+                ax.axis("off")
+    fig.suptitle("Before and after fine-tuning", fontsize=11)
+    fig.tight_layout()
+    return _save(fig, out)

@@ -22,13 +22,46 @@ FIGURES = [
     (
         "head_diversity.png",
         "Head diversity",
-        "Mean KL divergence from each head's attention to the other heads of its layer. Near zero: the heads of "
-        "that layer attend alike (collapsed).",
+        "Mean KL divergence from each head's attention to the other heads of its layer, exact from the logits' "
+        "log-softmax. Near zero: the heads of that layer attend alike (collapsed).",
+    ),
+    (
+        "head_diversity_js.png",
+        "Head diversity (Jensen-Shannon)",
+        "Mean Jensen-Shannon divergence between each head and the other heads of its layer: symmetric and at most "
+        "ln 2 = 0.69, so a few peaked heads cannot dominate a layer's mean as they can KL's.",
+    ),
+    (
+        "attention_distance_fraction.png",
+        "Attention distance as a fraction of the image side",
+        "The attention distance divided by the image side (sqrt(H x W) in pixels), comparable across resolutions.",
     ),
     (
         "attention_entropy.png",
         "Attention entropy",
         "Entropy of each query's attention over the patches; log(patches) means uniform attention.",
+    ),
+    (
+        "attention_distance_foreground.png",
+        "Attention distance, foreground patches only",
+        "Queries and keys restricted to foreground patches (each row renormalised over them): background attention "
+        "sinks no longer count. Compare with the figure over all patches.",
+    ),
+    (
+        "head_diversity_foreground.png",
+        "Head diversity (KL), foreground patches only",
+        "KL between heads over foreground queries and keys only.",
+    ),
+    (
+        "head_diversity_js_foreground.png",
+        "Head diversity (Jensen-Shannon), foreground patches only",
+        "JS between heads over foreground queries and keys only.",
+    ),
+    (
+        "finetune_change.png",
+        "Before and after fine-tuning",
+        "Each metric's layer means for a pretrained model and the same model fine-tuned, and the linear CKA between "
+        "the same layer of the two.",
     ),
     ("cka_within.png", "CKA between layers", "Linear CKA between every pair of layers of each model."),
     ("cka_between.png", "CKA between models", "Linear CKA between the layers of two models on the same images."),
@@ -62,6 +95,8 @@ def model_rows(results: dict[str, Any]) -> list[dict[str, Any]]:
             row["entropy"] = (att["entropy_layer_mean"][0], att["entropy_layer_mean"][-1])
         if div:
             row["kl"] = (div["kl_layer_mean"][0], div["kl_layer_mean"][-1])
+            if "js_layer_mean" in div:
+                row["js"] = (div["js_layer_mean"][0], div["js_layer_mean"][-1])
         within = results.get("cka", {}).get("within", {}).get(label)
         if within:
             m = np.asarray(within)
@@ -75,6 +110,7 @@ def write_report(results: dict[str, Any], out_dir: Path, title: str = "mimkit mo
     header = (
         "<tr><th>model</th><th>source</th><th>architecture</th><th>params</th>"
         "<th>attention distance, first → last layer (px)</th><th>head KL, first → last</th>"
+        "<th>head JS, first → last</th>"
         "<th>entropy, first → last</th><th>mean CKA between layers</th></tr>"
     )
     body = []
@@ -83,7 +119,7 @@ def write_report(results: dict[str, Any], out_dir: Path, title: str = "mimkit mo
         body.append(
             f"<tr><td><b>{html.escape(r['model'])}</b></td><td>{html.escape(r['source'])}</td>"
             f"<td>{html.escape(r['shape'])}</td><td>{r['params'] / 1e6:.2f}M</td><td>{pair('distance')}</td>"
-            f"<td>{pair('kl')}</td><td>{pair('entropy')}</td><td>{_fmt(r.get('cka_offdiag'))}</td></tr>"
+            f"<td>{pair('kl')}</td><td>{pair('js')}</td><td>{pair('entropy')}</td><td>{_fmt(r.get('cka_offdiag'))}</td></tr>"
         )
     sections = []
     for name, heading, caption in FIGURES:

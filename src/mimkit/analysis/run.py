@@ -14,8 +14,10 @@ import torch
 
 from mimkit.analysis.capture import AttentionCapture
 from mimkit.analysis.cka import MinibatchCKA, gram
+from mimkit.analysis.foreground import foreground_patches
 from mimkit.analysis.models import AnalysedModel, load_models, match_channels
-from mimkit.analysis.plots import plot_all
+from mimkit.analysis.pairs import find_pairs, pair_changes
+from mimkit.analysis.plots import plot_all, plot_pairs
 from mimkit.analysis.stats import AttentionMaps, AttentionStats
 from mimkit.config import Config, ConfigError, resolved
 from mimkit.data.datasets import ImageSet, build_data
@@ -24,6 +26,7 @@ from mimkit.engine.distributed import pick_device
 from mimkit.engine.metrics import Progress
 
 ANALYSES = ("attention", "diversity", "cka", "maps")
+SECTIONS = ("attention", "diversity", "attention_foreground", "diversity_foreground", "cka", "maps")
 CKA_TOKENS = ("all", "patch", "cls", "mean")
 
 
@@ -36,6 +39,11 @@ class AnalysisOptions:
     cka_tokens: str = "all"  # every token flattened per image; or patch tokens only, the class token, patch mean
     queries: list[tuple[float, float]] = field(default_factory=lambda: [(0.5, 0.5), (0.2, 0.2)])
     map_images: int = 4
+    # attention and diversity a second time over foreground patches only (analysis/foreground.py), to show what
+    # background attention sinks do to them; off by default (natural images have no uniform background)
+    foreground: bool = False
+    foreground_threshold: float = 0.1
+    pairs: list[str] = field(default_factory=list)  # "PRE,FT" model names, besides the pairs found by `init`
 
     def validate(self) -> None:
         if self.images < 1:
@@ -48,6 +56,10 @@ class AnalysisOptions:
             raise ConfigError(f"--cka-tokens {self.cka_tokens}: use one of {', '.join(CKA_TOKENS)}")
         if self.map_images < 1:
             raise ConfigError(f"--map-images {self.map_images}: draw at least 1 image")
+        if not 0 < self.foreground_threshold < 1:
+            raise ConfigError(
+                f"--foreground-threshold {self.foreground_threshold}: a fraction of full scale, in (0, 1)"
+            )
         if self.capture not in ("recompute", "unfused"):
             raise ConfigError(f"--capture {self.capture}: use recompute or unfused")
         for y, x in self.queries:
@@ -91,10 +103,13 @@ class _ModelPass:
     def __init__(self, model: AnalysedModel, analyses: set[str], options: AnalysisOptions):
         g = model.geometry
         metrics = (("distance", "entropy") if "attention" in analyses else ()) + (
-            ("kl",) if "diversity" in analyses else ()
+            ("kl", "js") if "diversity" in analyses else ()
         )
         self.model, self.options = model, options
         self.stats = AttentionStats(g, metrics, options.renormalize_distance) if metrics else None
+        self.foreground = AttentionStats(g, metrics) if metrics and options.foreground else None
+        self.mask: torch.Tensor | None = None  # this batch's foreground patches
+        self.kept = [0, 0]  # foreground patches, all patches
         self.maps = (
             AttentionMaps(g, [query_patch(q, g.grid_size) for q in options.queries], options.map_images)
             if "maps" in analyses
@@ -103,9 +118,12 @@ class _ModelPass:
         self.want_cka = "cka" in analyses
         self.grams: list[torch.Tensor | None] = [None] * g.depth
 
-    def on_attention(self, layer: int, attn: torch.Tensor) -> None:
+    def on_attention(self, layer: int, log_attn: torch.Tensor) -> None:
+        attn = log_attn.exp()
         if self.stats is not None:
-            self.stats.update(layer, attn)
+            self.stats.update(layer, attn, log_attn)
+        if self.foreground is not None:
+            self.foreground.update(layer, attn, log_attn, self.mask)
         if self.maps is not None:
             self.maps.update(layer, attn)
 
@@ -117,11 +135,19 @@ class _ModelPass:
     def forward(self, raw: torch.Tensor) -> torch.Tensor | None:
         """Run the model on a uint8 batch; returns this batch's (layers, n, n) Gram stack when CKA is on."""
         wants_attention = self.stats is not None or self.maps is not None
+        if self.foreground is not None:
+            g, d = self.model.geometry, self.model.cfg.data
+            images = match_channels(raw, d.in_chans)
+            self.mask = foreground_patches(images, d.img_size, g.patch_size[0], self.options.foreground_threshold)
+            self.mask = self.mask.to(raw.device)
+            self.kept[0] += int(self.mask.sum())
+            self.kept[1] += self.mask.numel()
         with AttentionCapture(
             self.model.encoder,
             self.on_attention if wants_attention else None,
             self.on_features if self.want_cka else None,
             mode=self.options.capture,
+            log_space=True,
         ):
             self.model.encoder.forward_features(self.model.prepare(raw))
         return torch.stack(self.grams) if self.want_cka else None
@@ -146,6 +172,7 @@ def run_analysis(
     out = Path(out)
     device = pick_device(cfg.device)
     models = load_models(specs, cfg, device)
+    pairs = find_pairs({m.label: m.source for m in models}, options.pairs)
     images, where = analysis_images(cfg, options.images, log)
     if "cka" in analyses and len(images) < 4:
         raise ConfigError(
@@ -173,9 +200,13 @@ def run_analysis(
     results = collect(passes, cka, options, images, cfg)
     results["settings"]["images_from"] = where
     merged = merge_results(out / "results.json", results)
+    if pairs:
+        merged["pairs"] = pair_changes(merged, pairs)
     atomic_write_text(out / "results.json", json.dumps(merged, indent=1))
     map_images = _display_images(images, options.map_images) if "maps" in analyses else None
     figures = plot_all(results, out, map_images)
+    if merged.get("pairs"):
+        figures.append(plot_pairs(merged["pairs"], out / "finetune_change.png"))
     log(f"[analyze] wrote {out / 'results.json'} and {len(figures)} figure(s) in {out}")
     return merged
 
@@ -194,23 +225,37 @@ def collect(
         "capture": options.capture,
         "prefix_tokens": "dropped; distance rows "
         + ("renormalised" if options.renormalize_distance else "not renormalised")
-        + "; entropy and KL rows renormalised",
+        + "; entropy, KL and JS rows renormalised",
+        "head_divergence": "KL and JS from log-softmax of the logits (exact)"
+        if options.capture == "recompute"
+        else "KL from timm's probabilities, clamped at float32's tiniest normal; JS needs no clamp",
+        "foreground": f"patches deviating > {options.foreground_threshold} from the border level"
+        if options.foreground
+        else "off",
         "cka_tokens": options.cka_tokens,
         "cka_estimator": "minibatch unbiased HSIC (Nguyen et al.)",
     }
     results: dict[str, Any] = {"settings": settings, "models": {p.model.label: p.model.info() for p in passes}}
     for p in passes:
-        if p.stats is None:
-            continue
-        summary = p.stats.summary()
-        if "distance" in p.stats.metrics:
-            results.setdefault("attention", {})[p.model.label] = {
-                k: summary[k] for k in ("distance", "distance_layer_mean", "entropy", "entropy_layer_mean", "images")
-            }
-        if "kl" in p.stats.metrics:
-            results.setdefault("diversity", {})[p.model.label] = {
-                k: summary[k] for k in ("kl", "kl_layer_mean", "kl_pairwise", "images")
-            }
+        for stats, suffix in ((p.stats, ""), (p.foreground, "_foreground")):
+            if stats is None:
+                continue
+            summary = stats.summary()
+            extra = {"patches_kept": p.kept[0] / max(p.kept[1], 1)} if suffix else {}
+            if "distance" in stats.metrics:
+                keys = ("distance", "distance_fraction", "entropy")
+                results.setdefault(f"attention{suffix}", {})[p.model.label] = {
+                    **{k: summary[k] for k in keys},
+                    **{f"{k}_layer_mean": summary[f"{k}_layer_mean"] for k in keys},
+                    "images": summary["images"],
+                    **extra,
+                }
+            if "kl" in stats.metrics:
+                keys = ("kl", "kl_layer_mean", "kl_pairwise", "js", "js_layer_mean", "js_pairwise", "images")
+                results.setdefault(f"diversity{suffix}", {})[p.model.label] = {
+                    **{k: summary[k] for k in keys},
+                    **extra,
+                }
     if cka is not None:
         results["cka"] = {
             "within": {label: cka.within(i).tolist() for i, label in enumerate(labels)},
@@ -250,10 +295,14 @@ def merge_results(path: Path, new: dict[str, Any]) -> dict[str, Any]:
         if key in ("models",):
             merged[key] = {**old.get(key, {}), **value}
         elif key == "settings":
-            sections = [s for s in ("attention", "diversity", "cka", "maps") if s in new]
+            sections = [s for s in SECTIONS if s in new]
             merged["settings"] = {**old.get("settings", {}), **{s: value for s in sections}}
         else:
             merged[key] = value
+    for section in ("attention", "diversity"):  # a foreground section of older numbers would not match
+        if section in new and f"{section}_foreground" not in new:
+            merged.pop(f"{section}_foreground", None)
+            merged.get("settings", {}).pop(f"{section}_foreground", None)
     return merged
 
 

@@ -7,9 +7,18 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mimkit.analysis.metrics import attention_distance, attention_entropy, pairwise_head_kl, per_head_kl
+from mimkit.analysis.metrics import (
+    attention_distance,
+    attention_entropy,
+    image_side,
+    pairwise_head_js,
+    pairwise_head_kl,
+    per_head_kl,
+    query_count,
+)
 
-ATTENTION_METRICS = ("distance", "entropy", "kl")
+ATTENTION_METRICS = ("distance", "entropy", "kl", "js")
+PAIRWISE = {"kl": pairwise_head_kl, "js": pairwise_head_js}  # head-diversity divergences: (heads, heads) per layer
 
 
 @dataclass
@@ -29,18 +38,22 @@ class ViTGeometry:
 
 @dataclass
 class AttentionStats:
-    """Sums of per-head metrics weighted by batch size, per layer; `summary()` turns them into means.
+    """Sums of per-head metrics weighted by how many (image, query) pairs each batch averaged over, per layer;
+    `summary()` turns them into means.
 
-    `metrics` is any subset of distance, entropy, kl. Distance rows are renormalised after dropping prefix tokens
-    only with `renormalize_distance` (default off, the ViT convention); entropy and KL always use renormalised rows.
+    `metrics` is any subset of distance, entropy, kl, js. Distance rows are renormalised after dropping prefix
+    tokens only with `renormalize_distance` (default off, the ViT convention); entropy, KL and JS always use
+    renormalised rows. `update` takes the log-probabilities too when it has them (exact KL), and a patch mask to
+    keep some patches only (metrics.py).
     """
 
     geometry: ViTGeometry
     metrics: tuple[str, ...] = ATTENTION_METRICS
     renormalize_distance: bool = False
     sums: dict[str, torch.Tensor] = field(default_factory=dict)
-    kl_pairwise: torch.Tensor | None = None
+    pairwise: dict[str, torch.Tensor] = field(default_factory=dict)
     images: torch.Tensor | None = None
+    weights: torch.Tensor | None = None
 
     def __post_init__(self):
         g = self.geometry
@@ -49,33 +62,48 @@ class AttentionStats:
             raise ValueError(f"unknown attention metrics {sorted(unknown)}; known: {ATTENTION_METRICS}")
         for name in self.metrics:
             self.sums[name] = torch.zeros(g.depth, g.heads, dtype=torch.float64)
-        if "kl" in self.metrics:
-            self.kl_pairwise = torch.zeros(g.depth, g.heads, g.heads, dtype=torch.float64)
+            if name in PAIRWISE:
+                self.pairwise[name] = torch.zeros(g.depth, g.heads, g.heads, dtype=torch.float64)
         self.images = torch.zeros(g.depth, dtype=torch.long)
+        self.weights = torch.zeros(g.depth, dtype=torch.float64)
 
-    def update(self, layer: int, attn: torch.Tensor) -> None:
-        g, b = self.geometry, attn.shape[0]
+    @property
+    def kl_pairwise(self) -> torch.Tensor | None:
+        return self.pairwise.get("kl")
+
+    def update(
+        self,
+        layer: int,
+        attn: torch.Tensor,
+        log_attn: torch.Tensor | None = None,
+        patch_mask: torch.Tensor | None = None,
+    ) -> None:
+        g = self.geometry
         if attn.shape[-1] != g.num_patches + g.num_prefix_tokens:
             raise ValueError(
                 f"layer {layer}: attention over {attn.shape[-1]} tokens, expected "
                 f"{g.num_patches} patches + {g.num_prefix_tokens} prefix tokens"
             )
+        w = query_count(attn, g.num_prefix_tokens, patch_mask)
+        p = g.num_prefix_tokens
         if "distance" in self.metrics:
-            d = attention_distance(attn, g.grid_size, g.patch_size, g.num_prefix_tokens, self.renormalize_distance)
-            self.sums["distance"][layer] += d.double().cpu() * b
+            d = attention_distance(attn, g.grid_size, g.patch_size, p, self.renormalize_distance, patch_mask)
+            self.sums["distance"][layer] += d.double().cpu() * w
         if "entropy" in self.metrics:
-            self.sums["entropy"][layer] += attention_entropy(attn, g.num_prefix_tokens).double().cpu() * b
-        if "kl" in self.metrics:
-            pairwise = pairwise_head_kl(attn, g.num_prefix_tokens).double().cpu()
-            self.kl_pairwise[layer] += pairwise * b
-            self.sums["kl"][layer] += per_head_kl(pairwise) * b
-        self.images[layer] += b
+            self.sums["entropy"][layer] += attention_entropy(attn, p, True, patch_mask).double().cpu() * w
+        for name, pairwise_fn in PAIRWISE.items():
+            if name in self.metrics:
+                pairwise = pairwise_fn(attn, p, True, patch_mask, log_attn).double().cpu()
+                self.pairwise[name][layer] += pairwise * w
+                self.sums[name][layer] += per_head_kl(pairwise) * w
+        self.images[layer] += attn.shape[0]
+        self.weights[layer] += w
 
     def per_head(self, metric: str) -> torch.Tensor:
         """(depth, heads) mean over every image and query seen."""
         if int(self.images.min()) == 0:
             raise ValueError("no images were analysed for some layer")
-        return self.sums[metric] / self.images.view(-1, 1)
+        return self.sums[metric] / self.weights.clamp_min(1).view(-1, 1)
 
     def summary(self) -> dict[str, list]:
         out: dict[str, list] = {}
@@ -83,9 +111,14 @@ class AttentionStats:
             heads = self.per_head(metric)
             out[metric] = heads.tolist()
             out[f"{metric}_layer_mean"] = heads.mean(1).tolist()
-        if self.kl_pairwise is not None:
-            out["kl_pairwise"] = (self.kl_pairwise / self.images.view(-1, 1, 1)).tolist()
+        if "distance" in self.metrics:  # comparable across resolutions
+            side = image_side(self.geometry.grid_size, self.geometry.patch_size)
+            out["distance_fraction"] = (self.per_head("distance") / side).tolist()
+            out["distance_fraction_layer_mean"] = (self.per_head("distance").mean(1) / side).tolist()
+        for name, sums in self.pairwise.items():
+            out[f"{name}_pairwise"] = (sums / self.weights.clamp_min(1).view(-1, 1, 1)).tolist()
         out["images"] = int(self.images[0])
+        out["queries"] = float(self.weights[0])
         return out
 
 

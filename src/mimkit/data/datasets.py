@@ -14,8 +14,9 @@ import torch
 
 from mimkit.data import fashion_mnist, folder
 from mimkit.data.imageset import DataBundle, ImageSet
-from mimkit.data.tasks import make_localization, make_rotation
+from mimkit.data.tasks import make_cluttered_localization, make_depth, make_localization, make_rotation
 from mimkit.data.webdataset.build import build_webdataset
+from mimkit.errors import ConfigError
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -137,6 +138,17 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
             source = f"val_root {d.val_root}"
     else:
         full = _synthetic(d.synthetic_size, d.in_chans, d.decode_size, cfg.seed)
+    if d.class_subset is not None:
+        known = len(classes) if classes else (int(full.labels.max()) + 1 if full.labels is not None else 0)
+        unknown = [c for c in d.class_subset if c >= known]
+        if full.labels is None or unknown:
+            raise ConfigError(
+                f"data.class_subset: {d.class_subset} names classes {unknown or d.class_subset} that the data set "
+                f"does not have ({known} classes: {', '.join(classes) or 'unlabelled'})"
+            )
+        full = keep_classes(full, d.class_subset)
+        heldout = keep_classes(heldout, d.class_subset) if heldout is not None else None
+        classes = [classes[c] for c in d.class_subset] if classes else []
     if d.val_fraction is not None or heldout is None:
         fraction = d.val_fraction if d.val_fraction is not None else 0.05
         if len(full) < 2:
@@ -151,11 +163,25 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
     return DataBundle(train, heldout, source, classes, skipped)
 
 
+def keep_classes(data: ImageSet, subset: list[int]) -> ImageSet:
+    """The images of the classes in `subset`, relabelled 0..k-1 in the order of `subset`."""
+    relabel = torch.full((max(int(data.labels.max()), max(subset)) + 1,), -1, dtype=torch.int64)
+    relabel[torch.tensor(subset)] = torch.arange(len(subset))
+    kept = data.subset(torch.nonzero(relabel[data.labels] >= 0).flatten())
+    kept.labels = relabel[kept.labels]
+    return kept
+
+
 def as_task(data: ImageSet, cfg: Any) -> ImageSet:
-    """The geometric version of a labelled set: localisation canvases at the network size, or rotations."""
+    """The geometric version of a labelled set: localisation canvases (plain or cluttered) and depth scenes at the
+    network size, or rotations."""
     d = cfg.data
     if d.task == "rotation":
         task = make_rotation(data, d.rotation_max, cfg.seed)
+    elif d.task == "cluttered_localization":
+        task = make_cluttered_localization(data, d.img_size, tuple(d.task_scale), cfg.seed, d.distractors)
+    elif d.task == "depth":
+        task = make_depth(data, d.img_size, seed=cfg.seed)
     else:
         task = make_localization(data, d.img_size, tuple(d.task_scale), cfg.seed)
     return ImageSet(task.images, task.labels, task.ids, task.targets)

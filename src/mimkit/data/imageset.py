@@ -14,7 +14,7 @@ class ImageSet:
     images: torch.Tensor  # (N, C, S, S) uint8 (CPU; may be memmap-backed)
     labels: torch.Tensor | None  # (N,) int64
     ids: torch.Tensor  # (N,) int64, stable sample identities
-    targets: torch.Tensor | None = None  # geometric tasks: (N, 4) boxes or (N, 1) angles
+    targets: torch.Tensor | None = None  # geometric tasks: (N, 4) boxes, (N, 1) angles or (N, 64) depth maps
 
     def __len__(self) -> int:
         return int(self.images.shape[0])

@@ -9,7 +9,7 @@ from mimkit.errors import check, one_of
 
 DATA_SETS = ("fashion-mnist", "folder", "synthetic", "webdataset")
 DECODERS = ("pil", "device")  # data.decode: where streamed shard images are decoded
-TASKS = ("classification", "localization", "rotation", "combined")
+TASKS = ("classification", "localization", "rotation", "combined", "cluttered_localization", "depth")
 
 
 @dataclass
@@ -37,8 +37,13 @@ class DataConfig:
     decode: str = "pil"  # webdataset: pil (in the workers) | device (JPEGs on the training device: nvjpeg on CUDA)
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
-    task: str = "classification"  # classification | localization | rotation | combined (class + box)
+    # classification | localization | rotation | combined (class + box) | cluttered_localization | depth
+    task: str = "classification"
     task_scale: list[float] = field(default_factory=lambda: [0.3, 0.8])  # localization: item side / canvas side
+    distractors: int = 2  # cluttered_localization: fragments of other items on the textured background
+    # keep only these classes (indices into the data set's classes), relabelled 0..k-1 in this order, in train and
+    # held-out: a fine-grained task (Fashion-MNIST's tops: [0, 2, 4, 6]) or one side of a concept split
+    class_subset: list[int] | None = None
     rotation_max: float = 90.0  # rotation: angles uniform in [-max, max] degrees
 
 
@@ -87,6 +92,14 @@ def validate_data(cfg: Any) -> None:
         f"data.task_scale: {d.task_scale} must be [min, max] with 0 < min <= max <= 1",
     )
     check(0 < d.rotation_max <= 180, f"data.rotation_max: {d.rotation_max} must be in (0, 180]")
+    check(0 <= d.distractors <= 8, f"data.distractors: {d.distractors} must be in [0, 8]")
+    if d.class_subset is not None:
+        check(
+            len(d.class_subset) >= 2 and len(set(d.class_subset)) == len(d.class_subset),
+            f"data.class_subset: {d.class_subset} must name at least 2 different classes",
+        )
+        check(all(c >= 0 for c in d.class_subset), f"data.class_subset: {d.class_subset} holds a negative class")
+        check(d.name != "webdataset", "data.class_subset: shards are streamed; filter the shards' classes instead")
 
 
 def _validate_webdataset(cfg: Any) -> None:

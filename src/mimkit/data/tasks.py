@@ -75,3 +75,93 @@ def make_rotation(data: ImageSet, max_degrees: float = 90.0, seed: int = 0) -> T
     rotated = F.grid_sample(data.images.float(), grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     labels = data.labels.clone() if data.labels is not None else None
     return TaskSet(rotated.round().clamp(0, 255).to(torch.uint8), labels, angles[:, None], data.ids.clone())
+
+
+def textured_background(keys: torch.Tensor, channels: int, canvas: int, seed: int) -> torch.Tensor:
+    """(N, C, canvas, canvas) float in [0, 255]: smooth blobs plus fine grain at a random level and contrast, as
+    bright as the items often enough that no intensity threshold separates item from background."""
+    n = len(keys)
+    u = keyed_uniform(keys, 18, seed, STREAM_TASK + 2)
+    smooth = F.interpolate(u[:, :16].view(n, 1, 4, 4), size=(canvas, canvas), mode="bicubic", align_corners=False)
+    fine = keyed_uniform(keys, canvas * canvas, seed, STREAM_TASK + 3).view(n, 1, canvas, canvas)
+    level, contrast = 0.5 * u[:, 16].view(n, 1, 1, 1), (0.3 + 0.6 * u[:, 17]).view(n, 1, 1, 1)
+    texture = (level + contrast * (0.6 * smooth.clamp(0, 1) + 0.4 * fine)).clamp(0, 1) * 255
+    return texture.expand(n, channels, canvas, canvas).clone()
+
+
+def _resized(image: torch.Tensor, side: int) -> torch.Tensor:
+    """(C, h, w) uint8 -> (C, side, side) float, antialiased."""
+    return F.interpolate(image[None].float(), size=(side, side), mode="bilinear", align_corners=False, antialias=True)[
+        0
+    ].clamp(0, 255)
+
+
+def _paste(canvas: torch.Tensor, item: torch.Tensor, top: int, left: int) -> torch.Tensor:
+    """Paste the item's own pixels (those above a faint level: not its black surround) onto `canvas` in place;
+    returns the (side, side) mask of the pixels written."""
+    side = item.shape[-1]
+    mask = item.amax(0) > ITEM_LEVEL
+    region = canvas[:, top : top + side, left : left + side]
+    region[:, mask] = item[:, mask]
+    return mask
+
+
+ITEM_LEVEL = 8.0  # of 255: an item pixel, rather than the black surround Fashion-MNIST items sit on
+
+
+def make_cluttered_localization(
+    data: ImageSet, canvas: int, scale: tuple[float, float] = (0.4, 0.8), seed: int = 0, distractors: int = 2
+) -> TaskSet:
+    """Localisation that thresholding and the mean box cannot solve: the item (side uniform in `scale` x canvas)
+    lies on a textured background among `distractors` fragments of other items (a random quarter to half of one,
+    at 15-35% of the canvas), drawn first so the item stays whole. The target is the item's tight box."""
+    n, c, size, _ = data.images.shape
+    keys = sample_keys(data.ids, 0)
+    u = keyed_uniform(keys, 3 + 6 * distractors, seed, STREAM_TASK + 4)
+    out = textured_background(keys, c, canvas, seed)
+    boxes = torch.empty(n, 4)
+    for i in range(n):
+        for k in range(distractors):
+            d = u[i, 3 + 6 * k : 9 + 6 * k]
+            other = data.images[(i + 1 + int(d[0] * (n - 1))) % n] if n > 1 else data.images[i]
+            crop = max(4, int(round(size * (0.5 + 0.25 * d[1].item()))))
+            cy, cx = int(d[2] * (size - crop + 1)), int(d[3] * (size - crop + 1))
+            side = max(3, int(round(canvas * (0.15 + 0.2 * d[4].item()))))
+            where = int(d[5] * (canvas - side + 1) ** 2)
+            fragment = _resized(other[:, cy : cy + crop, cx : cx + crop], side)
+            _paste(out[i], fragment, where // (canvas - side + 1), where % (canvas - side + 1))
+        side = max(4, min(canvas, int(round(canvas * (scale[0] + u[i, 0].item() * (scale[1] - scale[0]))))))
+        top = int(u[i, 1].item() * (canvas - side + 1))
+        left = int(u[i, 2].item() * (canvas - side + 1))
+        mask = _paste(out[i], _resized(data.images[i], side), top, left)
+        box = tight_box(mask)
+        boxes[i] = (box + torch.tensor([left, top, left, top])) / canvas
+    labels = data.labels.clone() if data.labels is not None else None
+    return TaskSet(out.round().to(torch.uint8), labels, boxes, data.ids.clone())
+
+
+DEPTH_GRID = 8  # the depth map's resolution: an 8 x 8 grid whatever the network's patch grid
+
+
+def make_depth(data: ImageSet, canvas: int, items: int = 3, seed: int = 0) -> TaskSet:
+    """A rendered scene with a monocular depth cue: `items` items (this image and others of the set) at sides
+    uniform in 25-70% of the canvas, drawn far to near (smaller first, so larger items occlude them) on a textured
+    background. The target is a DEPTH_GRID x DEPTH_GRID map of nearness: the mean over each cell of the side (as
+    a fraction of the canvas) of the item visible at each pixel, 0 for the background."""
+    n, c, _, _ = data.images.shape
+    keys = sample_keys(data.ids, 0)
+    u = keyed_uniform(keys, 4 * items, seed, STREAM_TASK + 5)
+    out = textured_background(keys, c, canvas, seed)
+    maps = torch.zeros(n, 1, canvas, canvas)
+    for i in range(n):
+        draws = u[i].view(items, 4)
+        sides = [max(3, int(round(canvas * (0.25 + 0.45 * d[0].item())))) for d in draws]
+        for k in sorted(range(items), key=lambda k: sides[k]):
+            d, side = draws[k], sides[k]
+            other = data.images[i] if k == 0 else data.images[(i + 1 + int(d[1] * (n - 1))) % n]
+            top, left = int(d[2] * (canvas - side + 1)), int(d[3] * (canvas - side + 1))
+            mask = _paste(out[i], _resized(other, side), top, left)
+            maps[i, 0, top : top + side, left : left + side][mask] = side / canvas
+    targets = F.adaptive_avg_pool2d(maps, DEPTH_GRID).flatten(1)
+    labels = data.labels.clone() if data.labels is not None else None
+    return TaskSet(out.round().to(torch.uint8), labels, targets, data.ids.clone())

@@ -3,8 +3,10 @@
 - raw pixels (`init=pixels`): kNN and the linear probe run their usual protocols on the encoders' own input
   (resized, normalised, flattened pixels);
 - the trivial predictor of each task, fitted on the training targets alone: the majority class (classification),
-  the mean box (localisation), the median angle (rotation, the constant with the least mean absolute error), the
-  mean box with the majority class (the combined task);
+  the mean box (localisation, plain or cluttered), the median angle (rotation, the constant with the least mean
+  absolute error), the mean box with the majority class (the combined task), the mean map (depth); for the
+  localisation tasks also the thresholding predictor (the tight box of the pixels brighter than the canvas'
+  median), which solves the plain task and must fail on the cluttered one;
 - a frozen random encoder of the compared models' own architecture (`init=scratch:SOURCE`, weights/sources.py).
 
 A trained encoder that scores below one of these says the protocol is broken before it says anything about the
@@ -20,8 +22,9 @@ from typing import Any
 import torch
 
 from mimkit.data.imageset import ImageSet
+from mimkit.data.tasks import tight_box
 from mimkit.data.transforms import eval_transform
-from mimkit.eval.task_metrics import angle_error, detection_ap50, localization_metrics
+from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, localization_metrics
 
 PIXELS = "pixels"  # the `init` value of the raw-pixel baseline (knn and linprobe only)
 
@@ -52,8 +55,10 @@ def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | N
         logits = torch.zeros(n, classes)
         logits[:, majority_class(train.labels)] = 1.0
         out["logits"] = logits
-    if task in ("localization", "combined"):
+    if task in ("localization", "combined", "cluttered_localization"):
         out["boxes"] = train.targets.float().mean(0, keepdim=True).expand(n, 4).clone()
+    if task == "depth":
+        out["depth"] = train.targets.float().mean(0, keepdim=True).expand(n, -1).clone()
     if task == "rotation":
         out["angles"] = train.targets.float().flatten().median().expand(n, 1).clone()
     if not out:
@@ -71,10 +76,25 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
         metrics.update(localization_metrics(pred["boxes"], heldout.targets))
     if "angles" in pred:
         metrics["angle_error"] = angle_error(pred["angles"], heldout.targets)
+    if "depth" in pred:
+        metrics["depth_error"] = depth_error(pred["depth"], heldout.targets)
+    if task in ("localization", "cluttered_localization"):
+        metrics["threshold_iou"] = localization_metrics(threshold_boxes(heldout.images), heldout.targets)["mean_iou"]
     if task == "combined":
         metrics["top1"] = 100 * float((pred["logits"].argmax(1) == heldout.labels).float().mean())
         metrics["ap50"] = detection_ap50(pred["boxes"], heldout.targets, pred["logits"], heldout.labels)
     return metrics
+
+
+def threshold_boxes(images: torch.Tensor, margin: float = 8.0) -> torch.Tensor:
+    """(N, 4) boxes in [0, 1]: the tight box of each canvas' pixels brighter than its median by `margin` (of 255).
+    Exact on an item pasted on a black canvas; a background as bright as the item defeats it."""
+    n, _, h, w = images.shape
+    gray = images.float().mean(1)  # (N, H, W)
+    level = gray.flatten(1).median(1).values.view(n, 1, 1)
+    bright = gray > level + margin
+    boxes = torch.stack([tight_box(m) for m in bright])
+    return boxes / torch.tensor([w, h, w, h], dtype=torch.float32)
 
 
 def trivial_baseline(cfg: Any, run_dir: str | Path, log=print) -> dict[str, Any]:
@@ -106,6 +126,8 @@ def trivial_baseline(cfg: Any, run_dir: str | Path, log=print) -> dict[str, Any]
 TRIVIAL_NAMES = {
     "classification": "majority class",
     "localization": "mean box",
+    "cluttered_localization": "mean box",
     "rotation": "median angle",
     "combined": "mean box + majority class",
+    "depth": "mean depth map",
 }

@@ -24,13 +24,15 @@ from mimkit.eval.baselines import PIXELS
 PROTOCOLS = ("knn", "linprobe", "finetune")
 RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finetune_fmnist_tiny"}
 # Classification is the semantic task every labelled data set provides; the others are geometric (data/tasks.py).
-TASKS = ("classification", "localization", "rotation", "combined")
+TASKS = ("classification", "localization", "cluttered_localization", "rotation", "combined", "depth")
 # The number each task is judged by, and whether higher is better.
 PRIMARY = {
     "classification": ("top1", True),
     "localization": ("mean_iou", True),
     "rotation": ("angle_error", False),
     "combined": ("ap50", True),
+    "cluttered_localization": ("mean_iou", True),
+    "depth": ("depth_error", False),
 }
 
 
@@ -39,7 +41,8 @@ BASELINES = ("pixels", "random", "trivial")
 BASELINE_NOTES = {
     "pixels": "kNN and the linear probe on the raw pixels the encoders receive",
     "random": "a frozen, randomly initialised encoder of the compared models' architecture",
-    "trivial": "one constant prediction from the training labels: majority class, mean box, median angle",
+    "trivial": "one constant prediction from the training labels: majority class, mean box, median angle, mean "
+    "depth map",
 }
 
 
@@ -108,7 +111,7 @@ def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
         from mimkit.eval.baselines import trivial_baseline
 
         res = trivial_baseline(cfg, run_dir)
-        return {"metric": metric, "value": res[metric], **({"top1": res["top1"]} if "top1" in res else {})}
+        return {"metric": metric, "value": res[metric], **{k: res[k] for k in ("top1", "threshold_iou") if k in res}}
     if cell.task != "classification":
         from mimkit.pretrain import pretrain
 
@@ -249,6 +252,14 @@ def compare(
             atomic_write_text(marker, json.dumps({"config_hash": key, "row": row}, indent=1))
         rows.append(row)
         write_tables(rows, out)
+    combined = {}
+    for cell in cells:
+        if cell.task == "combined" and cell.protocol == "finetune":
+            combined.setdefault(cell.model, []).append(out / "cells" / cell.name)
+    if combined:  # the paper's classification vs localisation loss curves, mean +- std over seeds
+        from mimkit.eval.loss_curves import plot_combined_losses
+
+        plot_combined_losses(combined, out / "combined_losses.png")
     return rows
 
 
@@ -295,7 +306,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2}
+DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2, "depth_error": 4}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
@@ -377,6 +388,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     if base:
         lines += ["", "Baselines that learn nothing:"]
         lines += [f"- *{b}*: {BASELINE_NOTES.get(b, 'a baseline')}" for b in base]
+        for task in tasks:
+            values = [r["threshold_iou"] for r in rows if r["task"] == task and r.get("threshold_iou") is not None]
+            if values:
+                lines.append(
+                    f"- thresholding (the tight box of the pixels brighter than the canvas' median) on {task}: "
+                    f"mean IoU {sum(values) / len(values):.3f}"
+                )
     if flagged:
         lines += ["", "† not better than a baseline that learns nothing in this column: read the protocol first."]
     return "\n".join(lines) + "\n"

@@ -1,5 +1,6 @@
-"""Held-out evaluation of the geometric tasks: box IoU and its >= 0.5 share, angle error, and for the combined task
-top-1, detection AP@0.5 and its two losses. Every rank scores the whole fixed subset, since AP is not a sum."""
+"""Held-out evaluation of the geometric tasks: box IoU and its >= 0.5 share, angle error, depth-map error, and for the
+combined task top-1, detection AP@0.5 and its two losses. Every rank scores the whole fixed subset, since AP is not
+a sum."""
 
 from __future__ import annotations
 
@@ -11,10 +12,16 @@ from torch import nn
 from mimkit.data.imageset import ImageSet
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv
-from mimkit.eval.task_metrics import angle_error, detection_ap50, localization_metrics
+from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, localization_metrics
 from mimkit.heldout import fixed_subset
 
-BEST_METRIC = {"localization": ("mean_iou", "max"), "rotation": ("angle_error", "min"), "combined": ("ap50", "max")}
+BEST_METRIC = {
+    "localization": ("mean_iou", "max"),
+    "cluttered_localization": ("mean_iou", "max"),
+    "rotation": ("angle_error", "min"),
+    "combined": ("ap50", "max"),
+    "depth": ("depth_error", "min"),
+}
 
 
 class TaskEvaluator:
@@ -42,6 +49,8 @@ class TaskEvaluator:
             metrics.update(localization_metrics(pred["boxes"], self.data.targets))
         if "angles" in pred:
             metrics["angle_error"] = angle_error(pred["angles"], self.data.targets)
+        if "depth" in pred:
+            metrics["depth_error"] = depth_error(pred["depth"], self.data.targets)
         if "logits" in pred:
             metrics["top1"] = 100 * float((pred["logits"].argmax(1) == self.data.labels).float().mean())
             metrics["ap50"] = detection_ap50(pred["boxes"], self.data.targets, pred["logits"], self.data.labels)

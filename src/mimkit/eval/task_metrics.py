@@ -1,5 +1,5 @@
 """Metrics of the geometric tasks: box IoU, the share of boxes with IoU >= 0.5, detection-style AP@0.5 with
-confidence scores, and mean absolute angle error."""
+confidence scores, mean absolute angle error and depth-map error."""
 
 from __future__ import annotations
 
@@ -53,3 +53,8 @@ def detection_ap50(
 def angle_error(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean absolute error in degrees."""
     return float((pred.flatten() - target.flatten()).abs().mean())
+
+
+def depth_error(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean absolute error of nearness maps (item side as a fraction of the canvas; 0 is background), per cell."""
+    return float((pred.float() - target.float()).abs().mean())

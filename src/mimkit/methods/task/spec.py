@@ -1,4 +1,5 @@
-"""The geometric tasks' registry entry (localisation, rotation, combined): heads on a pretrained or fresh encoder."""
+"""The geometric tasks' registry entry (localisation plain and cluttered, rotation, combined, depth): heads on a
+pretrained or fresh encoder."""
 
 from __future__ import annotations
 
@@ -18,14 +19,15 @@ def build(cfg: Any) -> TaskModel:
 def validate(cfg: Any, model: Any) -> None:
     check(
         cfg.data.task != "classification",
-        "method.name=task trains the geometric heads: set data.task to "
-        "localization, rotation or combined (classification is method.name=supervised)",
+        "method.name=task trains the geometric heads: set data.task to localization, cluttered_localization, "
+        "rotation, combined or depth (classification is method.name=supervised)",
     )
 
 
 SPEC = MethodSpec(
     name="task",
-    summary="geometric task heads: box (localization), angle (rotation), class + box (combined)",
+    summary="geometric task heads: box (localization), angle (rotation), class + box (combined), dense per-patch "
+    "heads (cluttered_localization, depth)",
     build=build,
     validate=validate,
     evaluators=task_evaluators,

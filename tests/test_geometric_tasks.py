@@ -1,0 +1,202 @@
+"""Geometric tasks that need learned spatial features (issue 19, item 3): cluttered localisation (thresholding and
+the mean box fail on it), the depth scenes and their nearness maps, the dense heads on the patch tokens, and class
+subsets for fine-grained and concept-split transfer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import tiny_config
+from mimkit.config import ConfigError, resolved
+from mimkit.data.datasets import ImageSet, build_data
+from mimkit.data.keyed_random import keyed_uniform, sample_keys
+from mimkit.data.tasks import (
+    DEPTH_GRID,
+    ITEM_LEVEL,
+    STREAM_TASK,
+    make_cluttered_localization,
+    make_depth,
+    make_localization,
+    tight_box,
+)
+from mimkit.eval.baselines import threshold_boxes, trivial_scores
+from mimkit.eval.task_metrics import box_iou, localization_metrics
+from mimkit.methods.task.model import TaskModel, inside_box, patch_centres
+
+
+def _items(n=60, size=28):
+    """Items on a black surround, as Fashion-MNIST's: a bright irregular blob, a different one per image."""
+    gen = torch.Generator().manual_seed(0)
+    images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    for i in range(n):
+        h, w = 10 + int(torch.randint(0, 12, (1,), generator=gen)), 8 + int(torch.randint(0, 12, (1,), generator=gen))
+        top, left = (size - h) // 2, (size - w) // 2
+        images[i, 0, top : top + h, left : left + w] = 120 + int(torch.randint(0, 130, (1,), generator=gen))
+    return ImageSet(images, torch.arange(n) % 10, torch.arange(n))
+
+
+def test_thresholding_solves_plain_localisation_but_not_the_cluttered_one():
+    items = _items()
+    plain = make_localization(items, canvas=32, seed=1)
+    cluttered = make_cluttered_localization(items, canvas=32, seed=1)
+    assert localization_metrics(threshold_boxes(plain.images), plain.targets)["mean_iou"] > 0.9
+    thresholded = localization_metrics(threshold_boxes(cluttered.images), cluttered.targets)["mean_iou"]
+    mean_box = cluttered.targets.mean(0, keepdim=True).expand(len(items), 4)
+    assert thresholded < 0.5
+    assert float(box_iou(mean_box, cluttered.targets).mean()) < 0.5
+    background = cluttered.images.float().mean(dim=(1, 2, 3))
+    assert float(background.min()) > 10  # the canvas is textured, not black
+
+
+def test_cluttered_boxes_are_the_items_own_and_reproducible():
+    items = _items()
+    task = make_cluttered_localization(items, canvas=32, scale=(0.3, 0.8), seed=2, distractors=3)
+    b = task.targets
+    assert task.images.shape == (60, 1, 32, 32) and b.shape == (60, 4)
+    assert (b >= 0).all() and (b <= 1).all() and (b[:, 2] > b[:, 0]).all() and (b[:, 3] > b[:, 1]).all()
+    # written out: the item, resized to its drawn side, is pasted last with its own pixels at its drawn place, and
+    # the target is the tight box of those pixels
+    u = keyed_uniform(sample_keys(items.ids, 0), 3 + 6 * 3, 2, STREAM_TASK + 4)
+    for i in range(len(items)):
+        side = max(4, min(32, int(round(32 * (0.3 + u[i, 0].item() * 0.5)))))
+        top, left = int(u[i, 1].item() * (32 - side + 1)), int(u[i, 2].item() * (32 - side + 1))
+        item = F.interpolate(items.images[i : i + 1].float(), size=(side, side), mode="bilinear", antialias=True)[0]
+        mask = item.clamp(0, 255).amax(0) > ITEM_LEVEL
+        region = task.images[i, 0, top : top + side, left : left + side]
+        assert torch.equal(region[mask], item[0].clamp(0, 255)[mask].round().to(torch.uint8))
+        torch.testing.assert_close(b[i], (tight_box(mask) + torch.tensor([left, top, left, top])) / 32)
+    again = make_cluttered_localization(items, canvas=32, scale=(0.3, 0.8), seed=2, distractors=3)
+    assert torch.equal(again.images, task.images) and torch.equal(again.targets, task.targets)
+    no_clutter = make_cluttered_localization(items, canvas=32, scale=(0.3, 0.8), seed=2, distractors=0)
+    assert torch.equal(no_clutter.targets, task.targets)  # distractors never move the item or its box
+    assert not torch.equal(no_clutter.images, task.images)
+
+
+def _square_items(n=8, size=28):
+    """Fully bright squares: an item's mask is its whole pasted square, so the map can be written out."""
+    return ImageSet(torch.full((n, 1, size, size), 200, dtype=torch.uint8), None, torch.arange(n) + 100)
+
+
+def test_depth_map_of_one_item_is_its_side_over_its_square():
+    data = _square_items()
+    task = make_depth(data, canvas=32, items=1, seed=5)
+    u = keyed_uniform(sample_keys(data.ids, 0), 4, 5, STREAM_TASK + 5)  # the generator's own draws
+    for i in range(len(data)):
+        side = max(3, int(round(32 * (0.25 + 0.45 * u[i, 0].item()))))
+        top, left = int(u[i, 2] * (32 - side + 1)), int(u[i, 3] * (32 - side + 1))
+        full = torch.zeros(1, 1, 32, 32)
+        full[..., top : top + side, left : left + side] = side / 32
+        expected = F.adaptive_avg_pool2d(full, DEPTH_GRID).flatten()
+        torch.testing.assert_close(task.targets[i], expected, rtol=1e-5, atol=1e-6)
+    assert task.targets.shape == (8, DEPTH_GRID * DEPTH_GRID)
+
+
+def test_depth_nearer_items_occlude_farther_ones():
+    task = make_depth(_square_items(30), canvas=32, items=3, seed=1)
+    u = keyed_uniform(sample_keys(torch.arange(30) + 100, 0), 12, 1, STREAM_TASK + 5).view(30, 3, 4)
+    for i in range(30):
+        sides = [max(3, int(round(32 * (0.25 + 0.45 * d[0].item())))) for d in u[i]]
+        largest = max(range(3), key=lambda k: sides[k])
+        side, top, left = (
+            sides[largest],
+            int(u[i, largest, 2] * (33 - sides[largest])),
+            int(u[i, largest, 3] * (33 - sides[largest])),
+        )
+        # every cell wholly inside the largest (nearest, drawn last) square reads its nearness
+        cell = 32 // DEPTH_GRID
+        grid = task.targets[i].view(DEPTH_GRID, DEPTH_GRID)
+        for r in range(DEPTH_GRID):
+            for c in range(DEPTH_GRID):
+                if (
+                    top <= r * cell
+                    and (r + 1) * cell <= top + side
+                    and left <= c * cell
+                    and (c + 1) * cell <= left + side
+                ):
+                    assert grid[r, c].item() == pytest.approx(side / 32)
+        assert grid.max().item() <= side / 32 + 1e-6
+
+
+def test_dense_localisation_head_trains_on_patches_inside_the_box():
+    centres = patch_centres(4, 4, torch.device("cpu"))
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.4, 0.55, 1.0, 1.0]])
+    inside = inside_box(boxes, centres)
+    assert inside[0].nonzero().flatten().tolist() == [0, 1, 4, 5]  # centres 0.125 and 0.375 on each axis
+    assert inside[1].nonzero().flatten().tolist() == [10, 11, 14, 15]
+    cfg = resolved(tiny_config("method.name=task", "data.task=cluttered_localization", "init=scratch"))
+    from mimkit.methods import build_method
+
+    model = build_method(cfg)
+    assert isinstance(model, TaskModel) and model.dense_head is not None
+    pred = model.predict(torch.randn(2, 1, 16, 16))
+    assert pred["objectness"].shape == (2, 16) and pred["patch_boxes"].shape == (2, 16, 4)
+    best = pred["objectness"].argmax(1)
+    torch.testing.assert_close(pred["boxes"], pred["patch_boxes"][torch.arange(2), best])
+    losses = model.losses(pred, {"targets": boxes})
+    positive = inside.float()
+    expected_obj = F.binary_cross_entropy_with_logits(pred["objectness"], positive)
+    diff = (pred["patch_boxes"] - boxes[:, None]).abs().sum(-1)
+    expected_box = (diff * positive).sum() / (4 * positive.sum())
+    torch.testing.assert_close(losses["objectness_loss"], expected_obj)
+    torch.testing.assert_close(losses["loc_loss"], expected_box)
+
+
+def test_dense_tasks_train_and_report_their_metrics(tmp_path):
+    from mimkit.pretrain import pretrain
+
+    for task, metric in (("cluttered_localization", "mean_iou"), ("depth", "depth_error")):
+        cfg = tiny_config(
+            "method.name=task", f"data.task={task}", "init=scratch", "train.steps=4", "train.eval_every=2"
+        )
+        results = pretrain(cfg, tmp_path / task)
+        assert results[f"final_heldout_{metric}"] >= 0
+    depth = resolved(tiny_config("data.task=depth"))
+    data = build_data(depth, lambda *_: None)
+    trivial = trivial_scores("depth", data.train, data.heldout)
+    mean_map = data.train.targets.mean(0, keepdim=True)
+    assert trivial["depth_error"] == pytest.approx(float((data.heldout.targets - mean_map).abs().mean()), rel=1e-6)
+
+
+def test_class_subsets_keep_and_relabel_classes():
+    cfg = resolved(tiny_config("data.class_subset=[7,2,5]"))
+    full = build_data(resolved(tiny_config()), lambda *_: None)
+    sub = build_data(cfg, lambda *_: None)
+    whole = {
+        c: {int(i) for s in (full.train, full.heldout) for i in s.ids[s.labels == c]} for c in (7, 2, 5)
+    }  # the subset is taken before the held-out split, so compare with both splits together
+    for split in (sub.train, sub.heldout):
+        assert set(split.labels.tolist()) <= {0, 1, 2}
+        for new, old in enumerate((7, 2, 5)):  # relabelled in the order given
+            assert {int(i) for i in split.ids[split.labels == new]} <= whole[old]
+    assert len(sub.train) + len(sub.heldout) == sum(len(v) for v in whole.values())
+    with pytest.raises(ConfigError, match="does not have"):
+        build_data(resolved(tiny_config("data.class_subset=[1,12]")), lambda *_: None)
+    with pytest.raises(ConfigError, match="at least 2 different"):
+        resolved(tiny_config("data.class_subset=[3,3]"))
+
+
+def test_combined_loss_curves_average_the_seeds_at_shared_steps(tmp_path):
+    import json
+
+    import numpy as np
+
+    from mimkit.eval.loss_curves import mean_curves, plot_combined_losses, read_curve
+
+    def write(run, values):
+        run.mkdir(parents=True)
+        lines = [json.dumps({"event": "eval", "step": 0, "cls_loss": 9.0, "loc_loss": 9.0})]
+        lines += [json.dumps({"event": "train", "step": s, "cls_loss": c, "loc_loss": loc}) for s, c, loc in values]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+
+    write(tmp_path / "a0", [(2, 1.0, 0.5), (4, 0.8, 0.4), (6, 0.6, 0.3)])
+    write(tmp_path / "a1", [(2, 2.0, 0.7), (4, 1.2, 0.6)])  # stopped earlier: step 6 is not shared
+    curve = read_curve(tmp_path / "a0")
+    assert curve["step"].tolist() == [2, 4, 6] and curve["cls_loss"].tolist() == [1.0, 0.8, 0.6]  # no eval rows
+    mean = mean_curves([curve, read_curve(tmp_path / "a1")])
+    assert mean["step"].tolist() == [2, 4]
+    np.testing.assert_allclose(mean["cls_loss"], [1.5, 1.0])
+    np.testing.assert_allclose(mean["loc_loss_std"], [np.std([0.5, 0.7], ddof=1), np.std([0.4, 0.6], ddof=1)])
+    path = plot_combined_losses({"mae": [tmp_path / "a0", tmp_path / "a1"]}, tmp_path / "fig.png")
+    assert path.read_bytes()[:4] == b"\x89PNG"

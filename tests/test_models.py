@@ -317,3 +317,27 @@ def test_simmim_target_norm_reconstructions_do_not_leak_the_masked_pixels():
     leaky_changed = method.reconstruct(changed, ids, true_patch_stats=True)["reconstruction"]
     assert not torch.allclose(leaky * mask, leaky_changed * mask, atol=1e-2)
     assert "visible pixels" in method.reconstruction_note() and "TRUE" in method.reconstruction_note(True)
+
+
+def test_mae_init_scheme_starts_a_scratch_encoder_as_mae_starts_its_own():
+    torch.manual_seed(0)
+    mae = build_method(resolved(tiny_config("method.name=mae")))
+    torch.manual_seed(0)
+    scratch = build_method(resolved(tiny_config("method.name=supervised", "model.init_scheme=mae")))
+    torch.manual_seed(0)
+    timm_init = build_method(resolved(tiny_config("method.name=supervised")))
+    enc = scratch.encoder
+    torch.testing.assert_close(enc.pos_embed[0], sincos_2d(enc.embed_dim, 4, cls_token=True))
+    assert enc.pos_embed.requires_grad  # trainable, unlike MAE's own fixed table
+    for (name, ours), theirs in zip(enc.blocks.named_parameters(), mae.encoder.blocks.parameters()):
+        # the same distribution as MAE's encoder: xavier-uniform weights (bound sqrt(6 / (fan_in + fan_out))), zero
+        # biases, unit LayerNorms; not timm's N(0, 0.02)
+        if name.endswith("weight") and ours.ndim == 2:
+            bound = (6 / sum(ours.shape)) ** 0.5
+            assert ours.abs().max() <= bound and ours.abs().max() > 0.8 * bound, name
+            assert theirs.abs().max() <= bound, name
+        elif name.endswith("bias"):
+            assert torch.equal(ours, torch.zeros_like(ours)), name
+    timm_w = timm_init.encoder.blocks[0].attn.qkv.weight
+    assert timm_w.abs().max() < 0.1 < enc.blocks[0].attn.qkv.weight.abs().max()  # truncated N(0, .02) vs xavier
+    torch.testing.assert_close(enc.head.weight.std(), timm_init.encoder.head.weight.std(), rtol=0.3, atol=0.0)

@@ -43,6 +43,8 @@ def create_encoder(cfg: Any, fixed_sincos: bool, num_classes: int = 0, global_po
         set_drop_path_rates(
             encoder, drop_path_rates(cfg.model.drop_path, len(encoder.blocks), cfg.model.drop_path_rule)
         )
+    if cfg.model.init_scheme == "mae" and not is_beit(encoder):
+        init_like_mae(encoder)
     if fixed_sincos and encoder.pos_embed is not None:  # the BEiT family has no absolute position embedding
         grid = cfg.data.img_size // cfg.model.patch_size
         encoder.pos_embed.data.copy_(sincos_2d(encoder.embed_dim, grid, cls_token=True).unsqueeze(0))
@@ -135,6 +137,21 @@ def init_mae_weights(module: nn.Module) -> None:
     elif isinstance(module, nn.LayerNorm):
         nn.init.ones_(module.weight)
         nn.init.zeros_(module.bias)
+
+
+def init_like_mae(encoder: nn.Module) -> None:
+    """A timm ViT initialised as MAE initialises its encoder (model.init_scheme=mae); the position embedding gets
+    MAE's 2-D sin-cos values but stays trainable. A classifier head keeps timm's initialisation, as it does when
+    a pretrained encoder is fine-tuned."""
+    for name, child in encoder.named_children():
+        if name != "head":
+            child.apply(init_mae_weights)
+    init_patch_embed_like_linear(encoder)
+    if getattr(encoder, "cls_token", None) is not None:
+        nn.init.normal_(encoder.cls_token, std=0.02)
+    if encoder.pos_embed is not None:
+        table = sincos_2d(encoder.embed_dim, grid_size(encoder)[0], cls_token=encoder.num_prefix_tokens == 1)
+        encoder.pos_embed.data.copy_(table.unsqueeze(0))
 
 
 def init_patch_embed_like_linear(encoder: nn.Module) -> None:

@@ -40,6 +40,11 @@ class ModelConfig:
     # last) | constant_but_last (TinyMIM's students: drop_path in every block but the last, none in the last)
     drop_path_rule: str = "linear"
     norm_eps: float = 1e-6
+    # how a random encoder starts (weights from `init` replace it): timm (truncated normal 0.02, learned position
+    # embedding from the same) | mae (MAE's: xavier-uniform linears and patch projection, a 2-D sin-cos position
+    # embedding left trainable, N(0, 0.02) class token), so a scratch baseline differs from MAE's encoders by
+    # their pretraining only
+    init_scheme: str = "timm"
     num_classes: int | None = None  # classification (supervised / finetune); None: from the data set
     global_pool: str = "avg"  # classification head input: avg (global average pooling + fc_norm, MAE) | token
     freeze: bool = False  # task heads: train a linear head on the frozen encoder (eval mode, no gradients)
@@ -62,6 +67,7 @@ def validate_model(cfg: Any) -> Any:
     m, d = cfg.model, cfg.data
     one_of("model.global_pool", m.global_pool, ["avg", "token"])
     one_of("model.family", m.family, list(FAMILIES))
+    one_of("model.init_scheme", m.init_scheme, ["timm", "mae"])
     check(m.num_classes is None or m.num_classes > 1, f"model.num_classes: {m.num_classes} must be >= 2")
     spec = resolve_model_spec(m, d.img_size)  # raises ConfigError for unknown names
     check(

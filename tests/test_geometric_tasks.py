@@ -16,6 +16,7 @@ from mimkit.data.tasks import (
     DEPTH_GRID,
     ITEM_LEVEL,
     STREAM_TASK,
+    extreme_points,
     make_cluttered_localization,
     make_depth,
     make_localization,
@@ -146,7 +147,11 @@ def test_dense_localisation_head_trains_on_patches_inside_the_box():
 def test_dense_tasks_train_and_report_their_metrics(tmp_path):
     from mimkit.pretrain import pretrain
 
-    for task, metric in (("cluttered_localization", "mean_iou"), ("depth", "depth_error")):
+    for task, metric in (
+        ("cluttered_localization", "mean_iou"),
+        ("depth", "depth_error"),
+        ("keypoints", "keypoint_error"),
+    ):
         cfg = tiny_config(
             "method.name=task", f"data.task={task}", "init=scratch", "train.steps=4", "train.eval_every=2"
         )
@@ -200,3 +205,61 @@ def test_combined_loss_curves_average_the_seeds_at_shared_steps(tmp_path):
     np.testing.assert_allclose(mean["loc_loss_std"], [np.std([0.5, 0.7], ddof=1), np.std([0.4, 0.6], ddof=1)])
     path = plot_combined_losses({"mae": [tmp_path / "a0", tmp_path / "a1"]}, tmp_path / "fig.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_extreme_points_written_out():
+    mask = torch.zeros(6, 8, dtype=torch.bool)
+    mask[1, 3:5] = True  # top row: columns 3-4
+    mask[2:5, 1:7] = True
+    mask[5, 2] = True  # bottom row: column 2
+    mask[3, 7] = True  # right-most column: row 3
+    points = extreme_points(mask).tolist()
+    assert points == [
+        [4.0, 1.5],
+        [2.5, 5.5],
+        [1.5, 3.5],
+        [7.5, 3.5],
+    ]  # top (columns 3-4), bottom, left (rows 2-4), right
+
+
+def test_keypoints_are_the_extremes_of_the_boxed_item():
+    items = _items()
+    boxes = make_cluttered_localization(items, canvas=32, seed=4).targets * 32
+    task = make_cluttered_localization(items, canvas=32, seed=4, target="keypoints")
+    points = task.targets.view(-1, 4, 2) * 32
+    torch.testing.assert_close(points[:, 0, 1], boxes[:, 1] + 0.5)  # the top-most point sits on the box's top row
+    torch.testing.assert_close(points[:, 1, 1], boxes[:, 3] - 0.5)
+    torch.testing.assert_close(points[:, 2, 0], boxes[:, 0] + 0.5)
+    torch.testing.assert_close(points[:, 3, 0], boxes[:, 2] - 0.5)
+    mean = task.targets.mean(0, keepdim=True)
+    from mimkit.eval.task_metrics import keypoint_error
+
+    trivial = trivial_scores(
+        "keypoints",
+        ImageSet(task.images, None, task.ids, task.targets),
+        ImageSet(task.images, None, task.ids, task.targets),
+    )
+    expected = (task.targets - mean).view(-1, 4, 2).norm(dim=-1).mean()
+    assert trivial["keypoint_error"] == pytest.approx(float(expected), rel=1e-6)
+    assert keypoint_error(task.targets, task.targets) == 0.0
+
+
+def test_keypoint_head_is_a_soft_argmax_over_patch_centres():
+    from mimkit.methods import build_method
+
+    model = build_method(resolved(tiny_config("method.name=task", "data.task=keypoints", "init=scratch")))
+    head = model.dense_head.net[-1]
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)  # flat heat maps: every keypoint at the mean of the patch centres
+    pred = model.predict(torch.randn(3, 1, 16, 16))["keypoints"]
+    torch.testing.assert_close(pred, torch.full((3, 8), 0.5))
+
+    class Peak(torch.nn.Module):  # every keypoint's heat map peaks at patch (row 1, column 3) of the 4 x 4 grid
+        def forward(self, grid):
+            maps = torch.full((grid.shape[0], 4, 4, 4), -30.0)
+            maps[:, :, 1, 3] = 30.0
+            return maps
+
+    model.dense_head = Peak()
+    pred = model.predict(torch.randn(2, 1, 16, 16))["keypoints"].view(2, 4, 2)
+    torch.testing.assert_close(pred, torch.tensor([3.5 / 4, 1.5 / 4]).expand(2, 4, 2))  # that patch's centre (x, y)

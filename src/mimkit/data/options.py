@@ -9,7 +9,7 @@ from mimkit.errors import check, one_of
 
 DATA_SETS = ("fashion-mnist", "folder", "synthetic", "webdataset")
 DECODERS = ("pil", "device")  # data.decode: where streamed shard images are decoded
-TASKS = ("classification", "localization", "rotation", "combined", "cluttered_localization", "depth")
+TASKS = ("classification", "localization", "rotation", "combined", "cluttered_localization", "keypoints", "depth")
 
 
 @dataclass
@@ -37,10 +37,10 @@ class DataConfig:
     decode: str = "pil"  # webdataset: pil (in the workers) | device (JPEGs on the training device: nvjpeg on CUDA)
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
-    # classification | localization | rotation | combined (class + box) | cluttered_localization | depth
+    # classification | localization | rotation | combined (class + box) | cluttered_localization | keypoints | depth
     task: str = "classification"
     task_scale: list[float] = field(default_factory=lambda: [0.3, 0.8])  # localization: item side / canvas side
-    distractors: int = 2  # cluttered_localization: fragments of other items on the textured background
+    distractors: int = 2  # cluttered_localization, keypoints: fragments of other items on the textured background
     # keep only these classes (indices into the data set's classes), relabelled 0..k-1 in this order, in train and
     # held-out: a fine-grained task (Fashion-MNIST's tops: [0, 2, 4, 6]) or one side of a concept split
     class_subset: list[int] | None = None

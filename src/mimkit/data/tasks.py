@@ -109,17 +109,43 @@ def _paste(canvas: torch.Tensor, item: torch.Tensor, top: int, left: int) -> tor
 ITEM_LEVEL = 8.0  # of 255: an item pixel, rather than the black surround Fashion-MNIST items sit on
 
 
+def extreme_points(mask: torch.Tensor) -> torch.Tensor:
+    """(4, 2) pixel-centre coordinates (x, y) of a (H, W) mask's top-most, bottom-most, left-most and right-most
+    points (ExtremeNet's keypoints), each at the middle of the mask's pixels on that extreme row or column."""
+    rows, cols = torch.nonzero(mask.any(1)).flatten(), torch.nonzero(mask.any(0)).flatten()
+    if len(rows) == 0:
+        h, w = mask.shape
+        return torch.tensor([[w / 2, h / 2]] * 4)
+    top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    mid = lambda idx: float(idx.float().mean()) + 0.5  # noqa: E731
+    return torch.tensor(
+        [
+            [mid(torch.nonzero(mask[top]).flatten()), top + 0.5],
+            [mid(torch.nonzero(mask[bottom]).flatten()), bottom + 0.5],
+            [left + 0.5, mid(torch.nonzero(mask[:, left]).flatten())],
+            [right + 0.5, mid(torch.nonzero(mask[:, right]).flatten())],
+        ]
+    )
+
+
 def make_cluttered_localization(
-    data: ImageSet, canvas: int, scale: tuple[float, float] = (0.4, 0.8), seed: int = 0, distractors: int = 2
+    data: ImageSet,
+    canvas: int,
+    scale: tuple[float, float] = (0.4, 0.8),
+    seed: int = 0,
+    distractors: int = 2,
+    target: str = "box",
 ) -> TaskSet:
     """Localisation that thresholding and the mean box cannot solve: the item (side uniform in `scale` x canvas)
     lies on a textured background among `distractors` fragments of other items (a random quarter to half of one,
-    at 15-35% of the canvas), drawn first so the item stays whole. The target is the item's tight box."""
+    at 15-35% of the canvas), drawn first so the item stays whole. The target is the item's tight box (x1, y1, x2,
+    y2), or with `target='keypoints'` its four extreme points (x, y of the top-most, bottom-most, left-most and
+    right-most), in [0, 1] canvas coordinates."""
     n, c, size, _ = data.images.shape
     keys = sample_keys(data.ids, 0)
     u = keyed_uniform(keys, 3 + 6 * distractors, seed, STREAM_TASK + 4)
     out = textured_background(keys, c, canvas, seed)
-    boxes = torch.empty(n, 4)
+    boxes = torch.empty(n, 4 if target == "box" else 8)
     for i in range(n):
         for k in range(distractors):
             d = u[i, 3 + 6 * k : 9 + 6 * k]
@@ -134,8 +160,10 @@ def make_cluttered_localization(
         top = int(u[i, 1].item() * (canvas - side + 1))
         left = int(u[i, 2].item() * (canvas - side + 1))
         mask = _paste(out[i], _resized(data.images[i], side), top, left)
-        box = tight_box(mask)
-        boxes[i] = (box + torch.tensor([left, top, left, top])) / canvas
+        if target == "box":
+            boxes[i] = (tight_box(mask) + torch.tensor([left, top, left, top])) / canvas
+        else:
+            boxes[i] = ((extreme_points(mask) + torch.tensor([left, top])) / canvas).flatten()
     labels = data.labels.clone() if data.labels is not None else None
     return TaskSet(out.round().to(torch.uint8), labels, boxes, data.ids.clone())
 

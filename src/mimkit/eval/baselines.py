@@ -4,7 +4,8 @@
   (resized, normalised, flattened pixels);
 - the trivial predictor of each task, fitted on the training targets alone: the majority class (classification),
   the mean box (localisation, plain or cluttered), the median angle (rotation, the constant with the least mean
-  absolute error), the mean box with the majority class (the combined task), the mean map (depth); for the
+  absolute error), the mean box with the majority class (the combined task), the mean map (depth), the mean
+  keypoints (keypoints); for the
   localisation tasks also the thresholding predictor (the tight box of the pixels brighter than the canvas'
   median), which solves the plain task and must fail on the cluttered one;
 - a frozen random encoder of the compared models' own architecture (`init=scratch:SOURCE`, weights/sources.py).
@@ -24,7 +25,7 @@ import torch
 from mimkit.data.imageset import ImageSet
 from mimkit.data.tasks import tight_box
 from mimkit.data.transforms import eval_transform
-from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, localization_metrics
+from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, keypoint_error, localization_metrics
 
 PIXELS = "pixels"  # the `init` value of the raw-pixel baseline (knn and linprobe only)
 
@@ -59,6 +60,8 @@ def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | N
         out["boxes"] = train.targets.float().mean(0, keepdim=True).expand(n, 4).clone()
     if task == "depth":
         out["depth"] = train.targets.float().mean(0, keepdim=True).expand(n, -1).clone()
+    if task == "keypoints":
+        out["keypoints"] = train.targets.float().mean(0, keepdim=True).expand(n, -1).clone()
     if task == "rotation":
         out["angles"] = train.targets.float().flatten().median().expand(n, 1).clone()
     if not out:
@@ -78,6 +81,8 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
         metrics["angle_error"] = angle_error(pred["angles"], heldout.targets)
     if "depth" in pred:
         metrics["depth_error"] = depth_error(pred["depth"], heldout.targets)
+    if "keypoints" in pred:
+        metrics["keypoint_error"] = keypoint_error(pred["keypoints"], heldout.targets)
     if task in ("localization", "cluttered_localization"):
         metrics["threshold_iou"] = localization_metrics(threshold_boxes(heldout.images), heldout.targets)["mean_iou"]
     if task == "combined":
@@ -130,4 +135,5 @@ TRIVIAL_NAMES = {
     "rotation": "median angle",
     "combined": "mean box + majority class",
     "depth": "mean depth map",
+    "keypoints": "mean keypoints",
 }

@@ -24,7 +24,7 @@ from mimkit.eval.baselines import PIXELS
 PROTOCOLS = ("knn", "linprobe", "finetune")
 RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finetune_fmnist_tiny"}
 # Classification is the semantic task every labelled data set provides; the others are geometric (data/tasks.py).
-TASKS = ("classification", "localization", "cluttered_localization", "rotation", "combined", "depth")
+TASKS = ("classification", "localization", "cluttered_localization", "keypoints", "rotation", "combined", "depth")
 # The number each task is judged by, and whether higher is better.
 PRIMARY = {
     "classification": ("top1", True),
@@ -33,6 +33,7 @@ PRIMARY = {
     "combined": ("ap50", True),
     "cluttered_localization": ("mean_iou", True),
     "depth": ("depth_error", False),
+    "keypoints": ("keypoint_error", False),
 }
 
 
@@ -42,7 +43,7 @@ BASELINE_NOTES = {
     "pixels": "kNN and the linear probe on the raw pixels the encoders receive",
     "random": "a frozen, randomly initialised encoder of the compared models' architecture",
     "trivial": "one constant prediction from the training labels: majority class, mean box, median angle, mean "
-    "depth map",
+    "keypoints, mean depth map",
 }
 
 
@@ -306,7 +307,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2, "depth_error": 4}
+DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2, "depth_error": 4, "keypoint_error": 4}
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

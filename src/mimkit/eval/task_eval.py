@@ -12,7 +12,7 @@ from torch import nn
 from mimkit.data.imageset import ImageSet
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv
-from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, localization_metrics
+from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, keypoint_error, localization_metrics
 from mimkit.heldout import fixed_subset
 
 BEST_METRIC = {
@@ -21,6 +21,7 @@ BEST_METRIC = {
     "rotation": ("angle_error", "min"),
     "combined": ("ap50", "max"),
     "depth": ("depth_error", "min"),
+    "keypoints": ("keypoint_error", "min"),
 }
 
 
@@ -51,6 +52,8 @@ class TaskEvaluator:
             metrics["angle_error"] = angle_error(pred["angles"], self.data.targets)
         if "depth" in pred:
             metrics["depth_error"] = depth_error(pred["depth"], self.data.targets)
+        if "keypoints" in pred:
+            metrics["keypoint_error"] = keypoint_error(pred["keypoints"], self.data.targets)
         if "logits" in pred:
             metrics["top1"] = 100 * float((pred["logits"].argmax(1) == self.data.labels).float().mean())
             metrics["ap50"] = detection_ap50(pred["boxes"], self.data.targets, pred["logits"], self.data.labels)

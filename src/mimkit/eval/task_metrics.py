@@ -1,5 +1,5 @@
 """Metrics of the geometric tasks: box IoU, the share of boxes with IoU >= 0.5, detection-style AP@0.5 with
-confidence scores, mean absolute angle error and depth-map error."""
+confidence scores, mean absolute angle error, keypoint distance and depth-map error."""
 
 from __future__ import annotations
 
@@ -58,3 +58,10 @@ def angle_error(pred: torch.Tensor, target: torch.Tensor) -> float:
 def depth_error(pred: torch.Tensor, target: torch.Tensor) -> float:
     """Mean absolute error of nearness maps (item side as a fraction of the canvas; 0 is background), per cell."""
     return float((pred.float() - target.float()).abs().mean())
+
+
+def keypoint_error(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Mean Euclidean distance between predicted and true keypoints, (N, K * 2) in [0, 1] canvas coordinates, as a
+    fraction of the canvas side (multiply by the side for pixels)."""
+    diff = (pred.float() - target.float()).view(len(pred), -1, 2)
+    return float(diff.norm(dim=-1).mean())

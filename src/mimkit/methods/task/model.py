@@ -1,7 +1,7 @@
 """Geometric task heads on a timm encoder: box regression (localisation), angle regression (rotation), and class +
 box (the combined, detection-like task, whose classification and localisation losses are reported separately) on
 the pooled feature; and dense heads on the patch tokens laid out on their grid for the tasks that need spatial
-features: per-patch objectness + box for cluttered localisation, a nearness map for depth.
+features: per-patch objectness + box for cluttered localisation, a heat map per keypoint, a nearness map for depth.
 
 `model.freeze=true` trains only the linear heads on the frozen encoder (kept in eval mode, no gradients); otherwise
 the encoder is fine-tuned with layer-wise lr decay.
@@ -21,7 +21,8 @@ from mimkit.methods.base import Method
 from mimkit.methods.supervised.model import layer_decay_groups
 from mimkit.models.swin import is_swin_encoder
 
-DENSE_TASKS = ("cluttered_localization", "depth")
+DENSE_TASKS = ("cluttered_localization", "keypoints", "depth")
+KEYPOINTS = 4  # the item's extreme points: top-most, bottom-most, left-most, right-most
 
 
 class DenseHead(nn.Module):
@@ -82,7 +83,7 @@ class TaskModel(Method):
         self.angle_head = nn.Linear(dim, 1) if task == "rotation" else None
         self.cls_head = nn.Linear(dim, num_classes) if task == "combined" else None
         # dense: 1 objectness logit + 4 box coordinates per patch, or 1 nearness value per patch
-        outputs = {"cluttered_localization": 5, "depth": 1}.get(task)
+        outputs = {"cluttered_localization": 5, "keypoints": KEYPOINTS, "depth": 1}.get(task)
         self.dense_head = DenseHead(dim, outputs) if outputs else None
         if freeze:
             encoder.requires_grad_(False)
@@ -109,7 +110,8 @@ class TaskModel(Method):
 
     def predict_dense(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cluttered localisation: per-patch objectness logits and boxes (sigmoid, canvas coordinates); the image's
-        box is the box of its most confident patch. Depth: the nearness map, resampled to DEPTH_GRID x DEPTH_GRID."""
+        box is the box of its most confident patch. Keypoints: each keypoint's heat map over the patches, read out
+        by soft-argmax over the patch centres. Depth: the nearness map, resampled to DEPTH_GRID x DEPTH_GRID."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             grid = patch_grid(self.encoder, images)
         maps = self.dense_head(grid).float()  # (B, out, gh, gw)
@@ -117,23 +119,25 @@ class TaskModel(Method):
             if maps.shape[-2:] != (DEPTH_GRID, DEPTH_GRID):
                 maps = F.interpolate(maps, size=(DEPTH_GRID, DEPTH_GRID), mode="bilinear", align_corners=False)
             return {"depth": maps.flatten(1)}
+        if self.task == "keypoints":  # a heat map per keypoint; its soft-argmax over the patch centres
+            heat = maps.flatten(2).softmax(-1)  # (B, K, P)
+            centres = patch_centres(maps.shape[-2], maps.shape[-1], maps.device)  # (P, 2)
+            return {"keypoints": (heat @ centres).flatten(1)}  # (B, K * 2): x, y per keypoint
         b = maps.shape[0]
         objectness = maps[:, 0].flatten(1)  # (B, P)
         patch_boxes = torch.sigmoid(maps[:, 1:].flatten(2).transpose(1, 2))  # (B, P, 4)
         best = objectness.argmax(1)
         boxes = patch_boxes[torch.arange(b, device=maps.device), best]
-        return {
-            "boxes": boxes,
-            "objectness": objectness,
-            "patch_boxes": patch_boxes,
-            "grid": torch.tensor(grid.shape[-2:]),
-        }
+        return {"boxes": boxes, "objectness": objectness, "patch_boxes": patch_boxes}
 
     def dense_losses(self, pred: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        targets = batch["targets"].float().to(pred.get("depth", pred.get("boxes")).device)
+        targets = batch["targets"].float().to(next(iter(pred.values())).device)
         if self.task == "depth":
             loss = F.l1_loss(pred["depth"], targets)
             return {"depth_loss": loss, "loss": loss}
+        if self.task == "keypoints":
+            loss = F.l1_loss(pred["keypoints"], targets)
+            return {"keypoint_loss": loss, "loss": loss}
         side = math.isqrt(pred["objectness"].shape[1])  # images are square
         positive = inside_box(targets, patch_centres(side, side, targets.device))  # (B, P)
         objectness = F.binary_cross_entropy_with_logits(pred["objectness"], positive.float())

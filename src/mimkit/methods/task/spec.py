@@ -20,14 +20,14 @@ def validate(cfg: Any, model: Any) -> None:
     check(
         cfg.data.task != "classification",
         "method.name=task trains the geometric heads: set data.task to localization, cluttered_localization, "
-        "rotation, combined or depth (classification is method.name=supervised)",
+        "keypoints, rotation, combined or depth (classification is method.name=supervised)",
     )
 
 
 SPEC = MethodSpec(
     name="task",
     summary="geometric task heads: box (localization), angle (rotation), class + box (combined), dense per-patch "
-    "heads (cluttered_localization, depth)",
+    "heads (cluttered_localization, keypoints, depth)",
     build=build,
     validate=validate,
     evaluators=task_evaluators,

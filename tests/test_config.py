@@ -380,6 +380,7 @@ def test_every_recipe_loads_and_resolves(name):
                 "epochs",
                 "warmup_epochs",
                 "pretrained_window_sizes",
+                "class_subset",
             ):
                 continue  # optional by design: null means "not used" (pretrained windows: no resized init)
             if f.name == "num_classes" and r.data.name == "folder":

@@ -195,3 +195,23 @@ def test_pairs_are_found_from_the_finetuned_runs_init(tmp_path):
     assert "Before and after fine-tuning" in (out / "report.html").read_text()
     again = pair_changes(results, [("pre", "ft")])
     assert again[0]["metrics"]["js"]["before"] == results["diversity"]["pre"]["js_layer_mean"]
+
+
+def test_unfused_capture_keeps_its_clamped_kl_and_agrees_with_recompute_on_a_soft_model(tmp_path):
+    from conftest import tiny_config
+    from mimkit.analysis.run import AnalysisOptions, run_analysis
+
+    results = {}
+    for mode in ("recompute", "unfused"):
+        options = AnalysisOptions(images=8, batch_size=4, capture=mode)
+        results[mode] = run_analysis(tiny_config(), ["a=scratch"], {"diversity"}, tmp_path / mode, options, _quiet)
+    exact, clamped = results["recompute"]["diversity"]["a"], results["unfused"]["diversity"]["a"]
+    assert np.isfinite(clamped["kl"]).all()  # never inf, even where a probability underflows
+    np.testing.assert_allclose(clamped["kl"], exact["kl"], rtol=1e-4, atol=1e-6)  # a random model is not peaked
+    np.testing.assert_allclose(clamped["js"], exact["js"], rtol=1e-4, atol=1e-6)
+    assert "clamped" in results["unfused"]["settings"]["diversity"]["head_divergence"]
+    assert "exact" in results["recompute"]["settings"]["diversity"]["head_divergence"]
+
+
+def _quiet(*_):
+    pass

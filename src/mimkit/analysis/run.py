@@ -118,8 +118,11 @@ class _ModelPass:
         self.want_cka = "cka" in analyses
         self.grams: list[torch.Tensor | None] = [None] * g.depth
 
-    def on_attention(self, layer: int, log_attn: torch.Tensor) -> None:
-        attn = log_attn.exp()
+    def on_attention(self, layer: int, captured: torch.Tensor) -> None:
+        """Recompute capture hands log-probabilities (exact KL); unfused capture timm's probabilities, whose KL
+        clamps the logarithm (metrics.py)."""
+        exact = self.options.capture == "recompute"
+        attn, log_attn = (captured.exp(), captured) if exact else (captured, None)
         if self.stats is not None:
             self.stats.update(layer, attn, log_attn)
         if self.foreground is not None:
@@ -147,7 +150,7 @@ class _ModelPass:
             self.on_attention if wants_attention else None,
             self.on_features if self.want_cka else None,
             mode=self.options.capture,
-            log_space=True,
+            log_space=self.options.capture == "recompute",
         ):
             self.model.encoder.forward_features(self.model.prepare(raw))
         return torch.stack(self.grams) if self.want_cka else None

@@ -4,10 +4,9 @@
   (resized, normalised, flattened pixels);
 - the trivial predictor of each task, fitted on the training targets alone: the majority class (classification),
   the mean box (localisation, plain or cluttered), the median angle (rotation, the constant with the least mean
-  absolute error), the mean box with the majority class (the combined task), the mean map (depth), the mean
-  keypoints (keypoints); for the
-  localisation tasks also the thresholding predictor (the tight box of the pixels brighter than the canvas'
-  median), which solves the plain task and must fail on the cluttered one;
+  absolute error), the mean box with the majority class (the combined task), the mean keypoints, the mean map
+  (depth); for the localisation tasks also the thresholding predictor (the tight box of the pixels brighter than
+  the canvas' median), which solves the plain task and must fail on the cluttered one;
 - a frozen random encoder of the compared models' own architecture (`init=scratch:SOURCE`, weights/sources.py).
 
 A trained encoder that scores below one of these says the protocol is broken before it says anything about the
@@ -49,7 +48,8 @@ def majority_class(labels: torch.Tensor) -> int:
 
 def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | None = None) -> dict[str, torch.Tensor]:
     """What the trivial predictor says for each of `n` held-out images: the same thing for all of them, learned from
-    the training split's labels or targets only. Keys follow TaskModel.predict (logits, boxes, angles)."""
+    the training split's labels or targets only. Keys follow TaskModel.predict (logits, boxes, angles, keypoints,
+    depth)."""
     out: dict[str, torch.Tensor] = {}
     if task in ("classification", "combined"):
         classes = num_classes or int(train.labels.max()) + 1

@@ -204,6 +204,23 @@ def test_drop_path_rule_is_checked():
         tiny_config("model.drop_path_rule=cosine")
 
 
+def _masked_pixels_changed_without_effect(cfg):
+    """Reconstruct two images, then the same images with only their masked pixels changed (brighter, noisier): the
+    reconstruction must be the first one's predictions under the mask and the changed images elsewhere, i.e. the
+    prediction may not read the masked pixels. Returns (method, images, ids, changed images, the first output)."""
+    method = build_method(cfg).eval()
+    torch.manual_seed(0)
+    imgs, ids = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
+    out = method.reconstruct(imgs, ids)
+    mask = out["pixel_mask"]
+    assert 0 < mask.mean() < 1
+    changed = imgs + (3.0 + 2.0 * torch.randn_like(imgs)) * mask
+    torch.testing.assert_close(
+        method.reconstruct(changed, ids)["reconstruction"], out["reconstruction"] * mask + changed * (1 - mask)
+    )
+    return method, imgs, ids, changed, out
+
+
 def test_mae_reconstructions_do_not_leak_the_masked_patches():
     """Norm-pix predictions are de-normalised with the visible patches' average mean and within-patch variance:
     changing only the masked pixels leaves the reconstruction as it was. The official demo's shortcut (each masked
@@ -211,16 +228,8 @@ def test_mae_reconstructions_do_not_leak_the_masked_patches():
     from mimkit.data.keyed_random import sample_keys
 
     cfg = resolved(tiny_config())  # MAE, norm_pix on
-    method = build_method(cfg).eval()
-    torch.manual_seed(0)
-    imgs, ids = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
-    out = method.reconstruct(imgs, ids)
+    method, imgs, ids, changed, out = _masked_pixels_changed_without_effect(cfg)
     mask = out["pixel_mask"]
-    assert 0 < mask.mean() < 1
-    changed = imgs + (3.0 + 2.0 * torch.randn_like(imgs)) * mask  # brighter, noisier masked patches only
-    torch.testing.assert_close(
-        method.reconstruct(changed, ids)["reconstruction"], out["reconstruction"] * mask + changed * (1 - mask)
-    )
     leaky = method.reconstruct(imgs, ids, true_patch_stats=True)["reconstruction"]
     leaky_changed = method.reconstruct(changed, ids, true_patch_stats=True)["reconstruction"]
     assert not torch.allclose(leaky * mask, leaky_changed * mask, atol=1e-2)
@@ -303,16 +312,8 @@ def test_simmim_target_norm_reconstructions_do_not_leak_the_masked_pixels():
     """With locally normalised targets, predictions are de-normalised with the visible pixels' mean and std: changing
     only the masked pixels leaves the reconstruction as it was; each pixel's own window (on request) does not."""
     cfg = resolved(tiny_config("method.name=simmim", "method.mask_patch_size=8", "method.target_norm_window=5"))
-    method = build_method(cfg).eval()
-    torch.manual_seed(0)
-    imgs, ids = torch.randn(2, 1, 16, 16), torch.tensor([3, 7])
-    out = method.reconstruct(imgs, ids)
+    method, imgs, ids, changed, out = _masked_pixels_changed_without_effect(cfg)
     mask = out["pixel_mask"]
-    assert 0 < mask.mean() < 1
-    changed = imgs + (3.0 + 2.0 * torch.randn_like(imgs)) * mask
-    torch.testing.assert_close(
-        method.reconstruct(changed, ids)["reconstruction"], out["reconstruction"] * mask + changed * (1 - mask)
-    )
     leaky = method.reconstruct(imgs, ids, true_patch_stats=True)["reconstruction"]
     leaky_changed = method.reconstruct(changed, ids, true_patch_stats=True)["reconstruction"]
     assert not torch.allclose(leaky * mask, leaky_changed * mask, atol=1e-2)

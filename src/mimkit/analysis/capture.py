@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mimkit.errors import ConfigError
+from mimkit.models.encoder import qkv_bias
 
 AttentionCallback = Callable[[int, torch.Tensor], None]
 
@@ -46,9 +47,7 @@ def attention_from_input(
     the block hands its attention). `log`: the log-softmax instead, exact where the softmax underflows to 0."""
     b, n, _ = x.shape
     heads = attn.num_heads
-    bias = attn.qkv.bias
-    if getattr(attn, "q_bias", None) is not None:  # BEiT: separate q and v biases, none for k
-        bias = torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias))
+    bias = qkv_bias(attn)
     if getattr(attn, "relative_position_bias_table", None) is not None:
         raise ConfigError(
             "analysis: a per-block relative position bias (BEiT's use_rel_pos_bias) is not supported; SimMIM's "

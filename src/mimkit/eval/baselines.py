@@ -73,7 +73,7 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
     """The trivial predictor's held-out metrics, named as the task's own evaluator names them."""
     pred = trivial_predictions(task, train, len(heldout), num_classes)
     metrics: dict[str, float] = {}
-    if task == "classification":
+    if "logits" in pred:  # classification and the combined task
         metrics["top1"] = 100 * float((pred["logits"].argmax(1) == heldout.labels).float().mean())
     if "boxes" in pred:
         metrics.update(localization_metrics(pred["boxes"], heldout.targets))
@@ -86,7 +86,6 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
     if task in ("localization", "cluttered_localization"):
         metrics["threshold_iou"] = localization_metrics(threshold_boxes(heldout.images), heldout.targets)["mean_iou"]
     if task == "combined":
-        metrics["top1"] = 100 * float((pred["logits"].argmax(1) == heldout.labels).float().mean())
         metrics["ap50"] = detection_ap50(pred["boxes"], heldout.targets, pred["logits"], heldout.labels)
     return metrics
 

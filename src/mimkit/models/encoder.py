@@ -80,6 +80,14 @@ def is_beit(vit: nn.Module) -> bool:
     return isinstance(vit, Beit)
 
 
+def qkv_bias(attn: nn.Module) -> torch.Tensor | None:
+    """The fused q/k/v projection's bias of a timm attention module: a ViT's `qkv.bias` (or None), or for the BEiT
+    family its separate q and v biases around a zero k bias."""
+    if getattr(attn, "q_bias", None) is not None:
+        return torch.cat((attn.q_bias, torch.zeros_like(attn.v_bias), attn.v_bias))
+    return attn.qkv.bias
+
+
 def embed_tokens(
     vit: nn.Module, images: torch.Tensor, mask: torch.Tensor | None = None, mask_token: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -9,6 +9,7 @@ from torch import nn
 
 from mimkit.errors import ConfigError
 from mimkit.methods.distill.relations import split_heads
+from mimkit.models.encoder import qkv_bias
 
 
 def block_index(layer: int | None, depth: int, what: str) -> int:
@@ -28,10 +29,7 @@ def block_qkv(block: nn.Module, x: torch.Tensor, heads: int) -> tuple[torch.Tens
     the block's own head count: the same projections, split differently (q/k norms are not applied then, since
     they are shaped for the block's own head dim)."""
     attn = block.attn
-    if getattr(attn, "q_bias", None) is not None:  # the BEiT family: q and v biases, k's a zero buffer
-        qkv = F.linear(block.norm1(x), attn.qkv.weight, torch.cat((attn.q_bias, attn.k_bias, attn.v_bias)))
-    else:
-        qkv = attn.qkv(block.norm1(x))
+    qkv = F.linear(block.norm1(x), attn.qkv.weight, qkv_bias(attn))  # the BEiT family included
     q, k, v = qkv.chunk(3, dim=-1)
     q, k, v = split_heads(q, heads), split_heads(k, heads), split_heads(v, heads)
     if heads == attn.num_heads and hasattr(attn, "q_norm"):

@@ -1,6 +1,6 @@
 """Geometric tasks that need learned spatial features (issue 19, item 3): cluttered localisation (thresholding and
-the mean box fail on it), the depth scenes and their nearness maps, the dense heads on the patch tokens, and class
-subsets for fine-grained and concept-split transfer."""
+the mean box fail on it), the depth scenes and their nearness maps, the tracking frames and their correlation
+head, the dense heads on the patch tokens, and class subsets for fine-grained and concept-split transfer."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from mimkit.data.tasks import (
     make_cluttered_localization,
     make_depth,
     make_localization,
+    make_tracking,
     tight_box,
 )
 from mimkit.eval.baselines import threshold_boxes, trivial_scores
@@ -151,6 +152,7 @@ def test_dense_tasks_train_and_report_their_metrics(tmp_path):
         ("cluttered_localization", "mean_iou"),
         ("depth", "depth_error"),
         ("keypoints", "keypoint_error"),
+        ("tracking", "displacement_error"),
     ):
         cfg = tiny_config(
             "method.name=task", f"data.task={task}", "init=scratch", "train.steps=4", "train.eval_every=2"
@@ -263,3 +265,87 @@ def test_keypoint_head_is_a_soft_argmax_over_patch_centres():
     model.dense_head = Peak()
     pred = model.predict(torch.randn(2, 1, 16, 16))["keypoints"].view(2, 4, 2)
     torch.testing.assert_close(pred, torch.tensor([3.5 / 4, 1.5 / 4]).expand(2, 4, 2))  # that patch's centre (x, y)
+
+
+def test_tracking_frames_move_only_the_item_by_the_target():
+    items = _items()
+    task = make_tracking(items, canvas=32, seed=3, distractors=2, max_shift=0.25)
+    assert task.images.shape == (60, 2, 32, 32) and task.targets.shape == (60, 2)
+    assert float(task.targets.abs().max()) <= 0.25 + 1e-6
+    u = keyed_uniform(sample_keys(items.ids, 0), 5 + 12, 3, STREAM_TASK + 6)  # the generator's own draws
+    for i in range(len(items)):
+        first, second = task.images[i, 0], task.images[i, 1]
+        dx, dy = (task.targets[i] * 32).round().int().tolist()
+        side = max(4, min(32, int(round(32 * (0.3 + u[i, 0].item() * 0.2)))))
+        item = F.interpolate(items.images[i : i + 1].float(), size=(side, side), mode="bilinear", antialias=True)[0]
+        mask = item.clamp(0, 255).amax(0) > ITEM_LEVEL
+        pixels = item[0].clamp(0, 255).round().to(torch.uint8)[mask]
+        # find the item in frame 1 by its own pixels, then check it sits (dx, dy) away in frame 2
+        found = [
+            (top, left)
+            for top in range(33 - side)
+            for left in range(33 - side)
+            if torch.equal(first[top : top + side, left : left + side][mask], pixels)
+        ]
+        assert found, f"item {i} not in frame 1"
+        top, left = found[0]
+        assert 0 <= top + dy <= 32 - side and 0 <= left + dx <= 32 - side  # inside the canvas in both frames
+        assert torch.equal(second[top + dy : top + dy + side, left + dx : left + dx + side][mask], pixels)
+        # nothing else moved: outside both item footprints the frames are the same scene
+        moved = torch.zeros(32, 32, dtype=torch.bool)
+        moved[top : top + side, left : left + side] = True
+        moved[top + dy : top + dy + side, left + dx : left + dx + side] = True
+        assert torch.equal(first[~moved], second[~moved])
+    again = make_tracking(items, canvas=32, seed=3, distractors=2, max_shift=0.25)
+    assert torch.equal(again.images, task.images) and torch.equal(again.targets, task.targets)
+
+
+def test_tracking_trivial_predictor_is_zero_motion_and_scores_the_mean_shift():
+    items = _items()
+    task = make_tracking(items, canvas=32, seed=1)
+    data = ImageSet(task.images, None, task.ids, task.targets)
+    trivial = trivial_scores("tracking", data, data)
+    assert trivial["displacement_error"] == pytest.approx(float(task.targets.norm(dim=-1).mean()), rel=1e-6)
+    # shifts uniform in [-0.25, 0.25] per axis: the mean distance from zero is far from what a tracker should reach
+    assert trivial["displacement_error"] > 0.12
+
+
+def test_tracking_head_reads_the_displacement_from_matched_patches():
+    from mimkit.methods import build_method
+    from mimkit.methods.task.tracking import TrackingHead
+
+    model = build_method(resolved(tiny_config("method.name=task", "data.task=tracking", "init=scratch")))
+    assert isinstance(model.dense_head, TrackingHead)
+    pred = model.predict(torch.randn(3, 2, 16, 16))  # two gray frames on the channel axis
+    assert pred["displacement"].shape == (3, 2) and pred["motions"].shape == (3, 16, 2)
+    torch.testing.assert_close(pred["trust"].sum(1), torch.ones(3))
+    losses = model.losses(pred, {"targets": torch.zeros(3, 2)})
+    torch.testing.assert_close(losses["track_loss"], pred["displacement"].abs().mean())
+
+    # written out on a 4 x 4 grid: features that are one-hot patch identities, the second frame's grid rolled
+    # one patch right, identity projections and a sharp match: every patch moves by +1/4 in x, except where the
+    # roll wraps around (column 0 of frame 2 holds column 3's identity, a move of -3/4)
+    dim = 16
+    head = TrackingHead(dim, lambda i, o: torch.nn.Conv2d(i, o, 1))
+    with torch.no_grad():
+        for proj in (head.query, head.key):
+            proj.weight.copy_(torch.eye(dim) * 20.0)
+            proj.bias.zero_()
+    ident = torch.eye(dim).T.reshape(1, dim, 4, 4)
+    out = head(ident, ident.roll(1, dims=-1), patch_centres(4, 4, torch.device("cpu")))
+    expected = torch.tensor([[0.25, 0.0]]).repeat(16, 1)
+    expected[3::4, 0] = -0.75  # column 3 wrapped to column 0
+    torch.testing.assert_close(out["motions"][0], expected, atol=1e-4, rtol=0)
+    torch.testing.assert_close(out["displacement"][0], (out["trust"][0, :, None] * expected).sum(0), atol=1e-4, rtol=0)
+
+
+def test_stacked_frames_are_normalised_with_each_frames_channel_statistics():
+    from mimkit.data.transforms import eval_transform
+
+    frames = torch.randint(0, 256, (2, 6, 8, 8), dtype=torch.uint8)  # two RGB frames on the channel axis
+    mean, std = [0.1, 0.5, 0.9], [0.2, 0.3, 0.4]
+    both = eval_transform(frames, 8, mean, std)
+    for k in range(2):
+        torch.testing.assert_close(
+            both[:, 3 * k : 3 * k + 3], eval_transform(frames[:, 3 * k : 3 * k + 3], 8, mean, std)
+        )

@@ -457,9 +457,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")
     p.add_argument("--out", required=True)
     p.add_argument("--protocols", default="knn,linprobe,finetune")
-    p.add_argument(
-        "--tasks", default="classification", help="comma-separated: classification, localization, rotation, combined"
-    )
+    from mimkit.data.options import TASKS  # light: no torch
+
+    p.add_argument("--tasks", default="classification", help=f"comma-separated: {', '.join(TASKS)}")
     p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")

@@ -14,7 +14,13 @@ import torch
 
 from mimkit.data import fashion_mnist, folder
 from mimkit.data.imageset import DataBundle, ImageSet
-from mimkit.data.tasks import make_cluttered_localization, make_depth, make_localization, make_rotation
+from mimkit.data.tasks import (
+    make_cluttered_localization,
+    make_depth,
+    make_localization,
+    make_rotation,
+    make_tracking,
+)
 from mimkit.data.webdataset.build import build_webdataset
 from mimkit.errors import ConfigError
 
@@ -174,7 +180,7 @@ def keep_classes(data: ImageSet, subset: list[int]) -> ImageSet:
 
 def as_task(data: ImageSet, cfg: Any) -> ImageSet:
     """The geometric version of a labelled set: localisation canvases (plain or cluttered) and depth scenes at the
-    network size, or rotations."""
+    network size, rotations, or tracking's pairs of frames (stacked on the channel axis)."""
     d = cfg.data
     if d.task == "rotation":
         task = make_rotation(data, d.rotation_max, cfg.seed)
@@ -183,6 +189,8 @@ def as_task(data: ImageSet, cfg: Any) -> ImageSet:
         task = make_cluttered_localization(data, d.img_size, tuple(d.task_scale), cfg.seed, d.distractors, target)
     elif d.task == "depth":
         task = make_depth(data, d.img_size, seed=cfg.seed)
+    elif d.task == "tracking":
+        task = make_tracking(data, d.img_size, seed=cfg.seed, distractors=d.distractors, max_shift=d.track_shift)
     else:
         task = make_localization(data, d.img_size, tuple(d.task_scale), cfg.seed)
     return ImageSet(task.images, task.labels, task.ids, task.targets)

@@ -9,7 +9,16 @@ from mimkit.errors import check, one_of
 
 DATA_SETS = ("fashion-mnist", "folder", "synthetic", "webdataset")
 DECODERS = ("pil", "device")  # data.decode: where streamed shard images are decoded
-TASKS = ("classification", "localization", "rotation", "combined", "cluttered_localization", "keypoints", "depth")
+TASKS = (
+    "classification",
+    "localization",
+    "rotation",
+    "combined",
+    "cluttered_localization",
+    "keypoints",
+    "depth",
+    "tracking",
+)
 
 
 @dataclass
@@ -38,9 +47,13 @@ class DataConfig:
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
     # classification | localization | rotation | combined (class + box) | cluttered_localization | keypoints | depth
+    # | tracking
     task: str = "classification"
-    task_scale: list[float] = field(default_factory=lambda: [0.3, 0.8])  # localization: item side / canvas side
-    distractors: int = 2  # cluttered_localization, keypoints: fragments of other items on the textured background
+    # localization, combined, cluttered_localization, keypoints: item side / canvas side (tracking: 0.3-0.5, fixed)
+    task_scale: list[float] = field(default_factory=lambda: [0.3, 0.8])
+    # cluttered_localization, keypoints, tracking: fragments of other items on the textured background
+    distractors: int = 2
+    track_shift: float = 0.25  # tracking: the item's largest move per axis, as a fraction of the canvas side
     # keep only these classes (indices into the data set's classes), relabelled 0..k-1 in this order, in train and
     # held-out: a fine-grained task (Fashion-MNIST's tops: [0, 2, 4, 6]) or one side of a concept split
     class_subset: list[int] | None = None
@@ -93,6 +106,7 @@ def validate_data(cfg: Any) -> None:
     )
     check(0 < d.rotation_max <= 180, f"data.rotation_max: {d.rotation_max} must be in (0, 180]")
     check(0 <= d.distractors <= 8, f"data.distractors: {d.distractors} must be in [0, 8]")
+    check(0 < d.track_shift <= 0.5, f"data.track_shift: {d.track_shift} must be in (0, 0.5] (of the canvas side)")
     if d.class_subset is not None:
         check(
             len(d.class_subset) >= 2 and len(set(d.class_subset)) == len(d.class_subset),

@@ -2,7 +2,9 @@
 
 - localisation: the item is pasted at a random position and scale on a larger blank canvas; the target is its tight
   box (x1, y1, x2, y2) in [0, 1] canvas coordinates;
-- rotation: the image is rotated by a random angle in [-max, max] degrees; the target is the angle.
+- rotation: the image is rotated by a random angle in [-max, max] degrees; the target is the angle;
+- cluttered localisation, keypoints, depth and tracking: scenes on textured backgrounds among fragments of other
+  items, whose targets need spatial features (see each generator).
 
 Every draw is keyed by (seed, sample id), so a task set is identical on every run, process and device.
 """
@@ -128,6 +130,20 @@ def extreme_points(mask: torch.Tensor) -> torch.Tensor:
     )
 
 
+def _paste_fragments(canvas: torch.Tensor, data: ImageSet, i: int, draws: torch.Tensor) -> None:
+    """Paste onto image i's (C, S, S) canvas, in place, one distractor per row of `draws` (6 uniforms each): a
+    random quarter to half of another item of the set, at 15-35% of the canvas side, anywhere on it."""
+    n, size, side_of = len(data.images), data.images.shape[-1], canvas.shape[-1]
+    for d in draws:
+        other = data.images[(i + 1 + int(d[0] * (n - 1))) % n] if n > 1 else data.images[i]
+        crop = max(4, int(round(size * (0.5 + 0.25 * d[1].item()))))
+        cy, cx = int(d[2] * (size - crop + 1)), int(d[3] * (size - crop + 1))
+        side = max(3, int(round(side_of * (0.15 + 0.2 * d[4].item()))))
+        where = int(d[5] * (side_of - side + 1) ** 2)
+        fragment = _resized(other[:, cy : cy + crop, cx : cx + crop], side)
+        _paste(canvas, fragment, where // (side_of - side + 1), where % (side_of - side + 1))
+
+
 def make_cluttered_localization(
     data: ImageSet,
     canvas: int,
@@ -141,21 +157,13 @@ def make_cluttered_localization(
     at 15-35% of the canvas), drawn first so the item stays whole. The target is the item's tight box (x1, y1, x2,
     y2), or with `target='keypoints'` its four extreme points (x, y of the top-most, bottom-most, left-most and
     right-most), in [0, 1] canvas coordinates."""
-    n, c, size, _ = data.images.shape
+    n, c, _, _ = data.images.shape
     keys = sample_keys(data.ids, 0)
     u = keyed_uniform(keys, 3 + 6 * distractors, seed, STREAM_TASK + 4)
     out = textured_background(keys, c, canvas, seed)
     boxes = torch.empty(n, 4 if target == "box" else 8)
     for i in range(n):
-        for k in range(distractors):
-            d = u[i, 3 + 6 * k : 9 + 6 * k]
-            other = data.images[(i + 1 + int(d[0] * (n - 1))) % n] if n > 1 else data.images[i]
-            crop = max(4, int(round(size * (0.5 + 0.25 * d[1].item()))))
-            cy, cx = int(d[2] * (size - crop + 1)), int(d[3] * (size - crop + 1))
-            side = max(3, int(round(canvas * (0.15 + 0.2 * d[4].item()))))
-            where = int(d[5] * (canvas - side + 1) ** 2)
-            fragment = _resized(other[:, cy : cy + crop, cx : cx + crop], side)
-            _paste(out[i], fragment, where // (canvas - side + 1), where % (canvas - side + 1))
+        _paste_fragments(out[i], data, i, u[i, 3 : 3 + 6 * distractors].view(distractors, 6))
         side = max(4, min(canvas, int(round(canvas * (scale[0] + u[i, 0].item() * (scale[1] - scale[0]))))))
         top = int(u[i, 1].item() * (canvas - side + 1))
         left = int(u[i, 2].item() * (canvas - side + 1))
@@ -193,3 +201,41 @@ def make_depth(data: ImageSet, canvas: int, items: int = 3, seed: int = 0) -> Ta
     targets = F.adaptive_avg_pool2d(maps, DEPTH_GRID).flatten(1)
     labels = data.labels.clone() if data.labels is not None else None
     return TaskSet(out.round().to(torch.uint8), labels, targets, data.ids.clone())
+
+
+def make_tracking(
+    data: ImageSet,
+    canvas: int,
+    scale: tuple[float, float] = (0.3, 0.5),
+    seed: int = 0,
+    distractors: int = 2,
+    max_shift: float = 0.25,
+) -> TaskSet:
+    """Object tracking in miniature: two frames of one scene, stacked on the channel axis ((N, 2C, S, S): frame 1's
+    channels, then frame 2's). The textured background and `distractors` fragments of other items stay put; the
+    item (side uniform in `scale` x canvas) moves by a whole-pixel (dx, dy), each uniform in [-max_shift,
+    max_shift] x canvas, from a position drawn so that it lies inside the canvas in both frames. The target is
+    (dx, dy) in canvas fractions; zero motion is the trivial predictor. Telling what moved needs features that
+    match one frame's patches to the other's."""
+    n, c, _, _ = data.images.shape
+    keys = sample_keys(data.ids, 0)
+    u = keyed_uniform(keys, 5 + 6 * distractors, seed, STREAM_TASK + 6)
+    scenes = textured_background(keys, c, canvas, seed)
+    frames = torch.empty(n, 2 * c, canvas, canvas)
+    moves = torch.empty(n, 2)
+    for i in range(n):
+        _paste_fragments(scenes[i], data, i, u[i, 5:].view(distractors, 6))
+        side = max(4, min(canvas, int(round(canvas * (scale[0] + u[i, 0].item() * (scale[1] - scale[0]))))))
+        room = canvas - side  # the item's positions span 0..room on each axis
+        dx, dy = (max(-room, min(room, round((2 * u[i, k].item() - 1) * max_shift * canvas))) for k in (1, 2))
+        # first-frame positions from which the moved item stays inside: max(0, -d) .. room - max(0, d)
+        left = max(0, -dx) + int(u[i, 3].item() * (room - abs(dx) + 1))
+        top = max(0, -dy) + int(u[i, 4].item() * (room - abs(dy) + 1))
+        item = _resized(data.images[i], side)
+        first, second = scenes[i].clone(), scenes[i].clone()
+        _paste(first, item, top, left)
+        _paste(second, item, top + dy, left + dx)
+        frames[i] = torch.cat([first, second])
+        moves[i] = torch.tensor([dx, dy], dtype=torch.float32) / canvas
+    labels = data.labels.clone() if data.labels is not None else None
+    return TaskSet(frames.round().to(torch.uint8), labels, moves, data.ids.clone())

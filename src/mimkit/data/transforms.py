@@ -21,7 +21,9 @@ ATTEMPTS = 10
 
 
 def _normalize(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x / 255.0 - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    """Per-channel statistics; frames stacked on the channel axis (tracking's pairs) repeat them per frame."""
+    frames = x.shape[1] // mean.numel()
+    return (x / 255.0 - mean.repeat(frames).view(1, -1, 1, 1)) / std.repeat(frames).view(1, -1, 1, 1)
 
 
 class BatchAugment:

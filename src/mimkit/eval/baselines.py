@@ -5,8 +5,9 @@
 - the trivial predictor of each task, fitted on the training targets alone: the majority class (classification),
   the mean box (localisation, plain or cluttered), the median angle (rotation, the constant with the least mean
   absolute error), the mean box with the majority class (the combined task), the mean keypoints, the mean map
-  (depth); for the localisation tasks also the thresholding predictor (the tight box of the pixels brighter than
-  the canvas' median), which solves the plain task and must fail on the cluttered one;
+  (depth), zero displacement (tracking: the item is where it was); for the localisation tasks also the
+  thresholding predictor (the tight box of the pixels brighter than the canvas' median), which solves the plain
+  task and must fail on the cluttered one;
 - a frozen random encoder of the compared models' own architecture (`init=scratch:SOURCE`, weights/sources.py).
 
 A trained encoder that scores below one of these says the protocol is broken before it says anything about the
@@ -24,7 +25,14 @@ import torch
 from mimkit.data.imageset import ImageSet
 from mimkit.data.tasks import tight_box
 from mimkit.data.transforms import eval_transform
-from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, keypoint_error, localization_metrics
+from mimkit.eval.task_metrics import (
+    angle_error,
+    depth_error,
+    detection_ap50,
+    displacement_error,
+    keypoint_error,
+    localization_metrics,
+)
 
 PIXELS = "pixels"  # the `init` value of the raw-pixel baseline (knn and linprobe only)
 
@@ -48,8 +56,8 @@ def majority_class(labels: torch.Tensor) -> int:
 
 def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | None = None) -> dict[str, torch.Tensor]:
     """What the trivial predictor says for each of `n` held-out images: the same thing for all of them, learned from
-    the training split's labels or targets only. Keys follow TaskModel.predict (logits, boxes, angles, keypoints,
-    depth)."""
+    the training split's labels or targets only (tracking's zero motion needs neither). Keys follow
+    TaskModel.predict (logits, boxes, angles, keypoints, depth, displacement)."""
     out: dict[str, torch.Tensor] = {}
     if task in ("classification", "combined"):
         classes = num_classes or int(train.labels.max()) + 1
@@ -62,6 +70,8 @@ def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | N
         out["depth"] = train.targets.float().mean(0, keepdim=True).expand(n, -1).clone()
     if task == "keypoints":
         out["keypoints"] = train.targets.float().mean(0, keepdim=True).expand(n, -1).clone()
+    if task == "tracking":  # no motion: the item is where it was
+        out["displacement"] = torch.zeros(n, 2)
     if task == "rotation":
         out["angles"] = train.targets.float().flatten().median().expand(n, 1).clone()
     if not out:
@@ -83,6 +93,8 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
         metrics["depth_error"] = depth_error(pred["depth"], heldout.targets)
     if "keypoints" in pred:
         metrics["keypoint_error"] = keypoint_error(pred["keypoints"], heldout.targets)
+    if "displacement" in pred:
+        metrics["displacement_error"] = displacement_error(pred["displacement"], heldout.targets)
     if task in ("localization", "cluttered_localization"):
         metrics["threshold_iou"] = localization_metrics(threshold_boxes(heldout.images), heldout.targets)["mean_iou"]
     if task == "combined":
@@ -135,4 +147,5 @@ TRIVIAL_NAMES = {
     "combined": "mean box + majority class",
     "depth": "mean depth map",
     "keypoints": "mean keypoints",
+    "tracking": "zero displacement",
 }

@@ -24,7 +24,16 @@ from mimkit.eval.baselines import PIXELS
 PROTOCOLS = ("knn", "linprobe", "finetune")
 RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finetune_fmnist_tiny"}
 # Classification is the semantic task every labelled data set provides; the others are geometric (data/tasks.py).
-TASKS = ("classification", "localization", "cluttered_localization", "keypoints", "rotation", "combined", "depth")
+TASKS = (
+    "classification",
+    "localization",
+    "cluttered_localization",
+    "keypoints",
+    "rotation",
+    "combined",
+    "depth",
+    "tracking",
+)
 # The number each task is judged by, and whether higher is better.
 PRIMARY = {
     "classification": ("top1", True),
@@ -34,6 +43,7 @@ PRIMARY = {
     "cluttered_localization": ("mean_iou", True),
     "depth": ("depth_error", False),
     "keypoints": ("keypoint_error", False),
+    "tracking": ("displacement_error", False),
 }
 
 
@@ -43,7 +53,7 @@ BASELINE_NOTES = {
     "pixels": "kNN and the linear probe on the raw pixels the encoders receive",
     "random": "a frozen, randomly initialised encoder of the compared models' architecture",
     "trivial": "one constant prediction from the training labels: majority class, mean box, median angle, mean "
-    "keypoints, mean depth map",
+    "keypoints, mean depth map, zero displacement",
 }
 
 

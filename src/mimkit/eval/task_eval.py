@@ -1,6 +1,6 @@
-"""Held-out evaluation of the geometric tasks: box IoU and its >= 0.5 share, angle error, depth-map error, and for the
-combined task top-1, detection AP@0.5 and its two losses. Every rank scores the whole fixed subset, since AP is not
-a sum."""
+"""Held-out evaluation of the geometric tasks: box IoU and its >= 0.5 share, angle error, depth-map error, keypoint
+and displacement errors, and for the combined task top-1, detection AP@0.5 and its two losses. Every rank scores the
+whole fixed subset, since AP is not a sum."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from torch import nn
 from mimkit.data.imageset import ImageSet
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv
-from mimkit.eval.task_metrics import angle_error, depth_error, detection_ap50, keypoint_error, localization_metrics
+from mimkit.eval.task_metrics import (
+    angle_error,
+    depth_error,
+    detection_ap50,
+    displacement_error,
+    keypoint_error,
+    localization_metrics,
+)
 from mimkit.heldout import fixed_subset
 
 BEST_METRIC = {
@@ -22,6 +29,7 @@ BEST_METRIC = {
     "combined": ("ap50", "max"),
     "depth": ("depth_error", "min"),
     "keypoints": ("keypoint_error", "min"),
+    "tracking": ("displacement_error", "min"),
 }
 
 
@@ -54,6 +62,8 @@ class TaskEvaluator:
             metrics["depth_error"] = depth_error(pred["depth"], self.data.targets)
         if "keypoints" in pred:
             metrics["keypoint_error"] = keypoint_error(pred["keypoints"], self.data.targets)
+        if "displacement" in pred:
+            metrics["displacement_error"] = displacement_error(pred["displacement"], self.data.targets)
         if "logits" in pred:
             metrics["top1"] = 100 * float((pred["logits"].argmax(1) == self.data.labels).float().mean())
             metrics["ap50"] = detection_ap50(pred["boxes"], self.data.targets, pred["logits"], self.data.labels)

@@ -1,5 +1,5 @@
 """Metrics of the geometric tasks: box IoU, the share of boxes with IoU >= 0.5, detection-style AP@0.5 with
-confidence scores, mean absolute angle error, keypoint distance and depth-map error."""
+confidence scores, mean absolute angle error, keypoint distance, depth-map error and tracking's displacement error."""
 
 from __future__ import annotations
 
@@ -65,3 +65,8 @@ def keypoint_error(pred: torch.Tensor, target: torch.Tensor) -> float:
     fraction of the canvas side (multiply by the side for pixels)."""
     diff = (pred.float() - target.float()).view(len(pred), -1, 2)
     return float(diff.norm(dim=-1).mean())
+
+
+def displacement_error(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Tracking: mean Euclidean distance between predicted and true (dx, dy), in fractions of the canvas side."""
+    return float((pred.float() - target.float()).norm(dim=-1).mean())

@@ -1,7 +1,8 @@
 """Geometric task heads on a timm encoder: box regression (localisation), angle regression (rotation), and class +
 box (the combined, detection-like task, whose classification and localisation losses are reported separately) on
 the pooled feature; and dense heads on the patch tokens laid out on their grid for the tasks that need spatial
-features: per-patch objectness + box for cluttered localisation, a heat map per keypoint, a nearness map for depth.
+features: per-patch objectness + box for cluttered localisation, a heat map per keypoint, a nearness map for depth,
+and for tracking a correlation head between the two frames' patches (tracking.py).
 
 `model.freeze=true` trains only the linear heads on the frozen encoder (kept in eval mode, no gradients); otherwise
 the encoder is fine-tuned with layer-wise lr decay.
@@ -19,9 +20,10 @@ from torch import nn
 from mimkit.data.tasks import DEPTH_GRID
 from mimkit.methods.base import Method
 from mimkit.methods.supervised.model import layer_decay_groups
+from mimkit.methods.task.tracking import TrackingHead
 from mimkit.models.swin import is_swin_encoder
 
-DENSE_TASKS = ("cluttered_localization", "keypoints", "depth")
+DENSE_TASKS = ("cluttered_localization", "keypoints", "depth", "tracking")
 KEYPOINTS = 4  # the item's extreme points: top-most, bottom-most, left-most, right-most
 
 
@@ -85,6 +87,8 @@ class TaskModel(Method):
         # dense: 1 objectness logit + 4 box coordinates per patch, or 1 nearness value per patch
         outputs = {"cluttered_localization": 5, "keypoints": KEYPOINTS, "depth": 1}.get(task)
         self.dense_head = DenseHead(dim, outputs) if outputs else None
+        if task == "tracking":  # the two frames' patches matched against each other
+            self.dense_head = TrackingHead(dim, DenseHead)
         if freeze:
             encoder.requires_grad_(False)
 
@@ -112,6 +116,8 @@ class TaskModel(Method):
         """Cluttered localisation: per-patch objectness logits and boxes (sigmoid, canvas coordinates); the image's
         box is the box of its most confident patch. Keypoints: each keypoint's heat map over the patches, read out
         by soft-argmax over the patch centres. Depth: the nearness map, resampled to DEPTH_GRID x DEPTH_GRID."""
+        if self.task == "tracking":
+            return self.predict_tracking(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
             grid = patch_grid(self.encoder, images)
         maps = self.dense_head(grid).float()  # (B, out, gh, gw)
@@ -130,6 +136,16 @@ class TaskModel(Method):
         boxes = patch_boxes[torch.arange(b, device=maps.device), best]
         return {"boxes": boxes, "objectness": objectness, "patch_boxes": patch_boxes}
 
+    def predict_tracking(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Tracking: (B, 2C, H, W) holds two frames on the channel axis; both go through the encoder in one batch,
+        and the correlation head reads the item's displacement from their patch features."""
+        b, c2 = frames.shape[:2]
+        both = torch.cat(frames.split(c2 // 2, dim=1))  # (2B, C, H, W): every first frame, then every second
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
+            grid = patch_grid(self.encoder, both)
+        centres = patch_centres(grid.shape[-2], grid.shape[-1], grid.device)
+        return self.dense_head(grid[:b], grid[b:], centres)
+
     def dense_losses(self, pred: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         targets = batch["targets"].float().to(next(iter(pred.values())).device)
         if self.task == "depth":
@@ -138,6 +154,9 @@ class TaskModel(Method):
         if self.task == "keypoints":
             loss = F.l1_loss(pred["keypoints"], targets)
             return {"keypoint_loss": loss, "loss": loss}
+        if self.task == "tracking":
+            loss = F.l1_loss(pred["displacement"], targets)
+            return {"track_loss": loss, "loss": loss}
         side = math.isqrt(pred["objectness"].shape[1])  # images are square
         positive = inside_box(targets, patch_centres(side, side, targets.device))  # (B, P)
         objectness = F.binary_cross_entropy_with_logits(pred["objectness"], positive.float())

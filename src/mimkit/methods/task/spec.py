@@ -1,5 +1,5 @@
-"""The geometric tasks' registry entry (localisation plain and cluttered, rotation, combined, depth): heads on a
-pretrained or fresh encoder."""
+"""The geometric tasks' registry entry (localisation plain and cluttered, keypoints, rotation, combined, depth,
+tracking): heads on a pretrained or fresh encoder."""
 
 from __future__ import annotations
 
@@ -20,14 +20,14 @@ def validate(cfg: Any, model: Any) -> None:
     check(
         cfg.data.task != "classification",
         "method.name=task trains the geometric heads: set data.task to localization, cluttered_localization, "
-        "keypoints, rotation, combined or depth (classification is method.name=supervised)",
+        "keypoints, rotation, combined, depth or tracking (classification is method.name=supervised)",
     )
 
 
 SPEC = MethodSpec(
     name="task",
     summary="geometric task heads: box (localization), angle (rotation), class + box (combined), dense per-patch "
-    "heads (cluttered_localization, keypoints, depth)",
+    "heads (cluttered_localization, keypoints, depth), a correlation head between two frames (tracking)",
     build=build,
     validate=validate,
     evaluators=task_evaluators,

@@ -125,16 +125,32 @@ def nowhere(tmp_path, monkeypatch):
 
 
 def test_locate_not_found_says_how_to_get_the_data(nowhere):
-    root = nowhere / "my_root"
-    root.mkdir()
     with pytest.raises(DataNotFoundError) as info:
-        fashion_mnist.locate(str(root), allow_download=False)
+        fashion_mnist.locate(None, allow_download=False)
     msg = str(info.value)
     assert "Fashion-MNIST not found" in msg
-    assert str(root) in msg and str(nowhere / "debian") in msg and str(nowhere / "cache") in msg
+    assert str(nowhere / "debian") in msg and str(nowhere / "cache") in msg
     assert "apt-get install dataset-fashion-mnist" in msg
     assert "data.root" in msg and "MIMKIT_DATA" in msg
     assert "Download failed" not in msg
+
+
+def test_a_data_root_without_the_files_is_an_error_not_a_fall_back(nowhere, monkeypatch):
+    """A root the user named is the only place looked in, even when another copy exists."""
+    monkeypatch.delenv("MIMKIT_DATA", raising=False)
+    _write_fake_fmnist(nowhere / "debian")  # an installed copy mimkit would otherwise find
+    root = nowhere / "my_root"
+    root.mkdir()
+    (root / fashion_mnist.FILES["train_images"]).write_bytes(b"")
+    with pytest.raises(DataNotFoundError) as info:
+        fashion_mnist.locate(str(root), allow_download=False)
+    msg = str(info.value)
+    assert f"data.root '{root}' lacks" in msg and fashion_mnist.FILES["test_labels"] in msg
+    assert fashion_mnist.FILES["train_images"] not in msg.split("lacks")[1].split(":")[0]
+    assert "apt-get install dataset-fashion-mnist" in msg
+    with pytest.raises(DataNotFoundError, match="does not exist"):
+        fashion_mnist.locate(str(nowhere / "typo"), allow_download=False)
+    assert fashion_mnist.locate(None, allow_download=False) == nowhere / "debian"
 
 
 def test_locate_incomplete_directory_is_not_found(nowhere):

@@ -31,6 +31,12 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Method:
     """Rebuild the run's model from its saved config and load its weights (strictly)."""
     cfg, ckpt_dir = load_config_of(path)
     method = build_method(cfg)
-    method.load_state_dict(ckpt.load_weights(ckpt_dir), strict=True)
+    try:
+        method.load_state_dict(ckpt.load_weights(ckpt_dir), strict=True)
+    except RuntimeError as err:  # a tensor of the wrong shape, or keys of another model
+        raise ckpt.CheckpointError(
+            f"checkpoint '{ckpt_dir}' does not fit the model its own config describes "
+            f"({str(err).strip().splitlines()[-1][:300]}); the weights were changed after the run saved them"
+        ) from None
     method.config = cfg
     return method.to(device).eval()

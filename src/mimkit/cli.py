@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
 from mimkit.engine.host_malloc import tune_host_malloc
-from mimkit.errors import UserError
+from mimkit.errors import exit_code_of
 from mimkit.outcome import training_exit_code
 
 
@@ -403,6 +404,9 @@ def cmd_scaling(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modeling research toolkit")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of a failure (also MIMKIT_DEBUG=1)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("pretrain", help="pretrain with MAE or SimMIM (re-run the same command to resume)")
@@ -748,17 +752,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    tune_host_malloc()  # before the first large tensor: see engine/host_malloc.py
-    try:
+# Commands whose --out is a file, not a directory; and those that write a run's state (one process at a time).
+OUT_FILE_COMMANDS = (cmd_reconstruct, cmd_export, cmd_bench)
+LOCKED_COMMANDS = (cmd_pretrain, cmd_finetune, cmd_linprobe, cmd_knn, cmd_distill, cmd_compare, cmd_sweep)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    """The command, after its output path is checked (and, for a run, locked by the process that writes it)."""
+    from mimkit.engine.run_dir import run_dir_lock, usable_out_dir, usable_out_file
+
+    out = getattr(args, "out", None)
+    if out is None:
         return args.func(args)
-    except UserError as err:  # config, data, checkpoint, import: one line, no traceback
-        print(f"mimkit: error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mimkit: interrupted", file=sys.stderr)
-        return 130
+    if args.func in OUT_FILE_COMMANDS:
+        usable_out_file(out)
+        return args.func(args)
+    usable_out_dir(out)
+    # an existing run is locked at once; a new one by pretrain() when it creates the directory, after its config
+    # is validated (a refused command leaves no directory behind)
+    writer = args.func in LOCKED_COMMANDS and os.environ.get("RANK", "0") == "0" and Path(out).is_dir()
+    with run_dir_lock(out, enabled=writer):
+        return args.func(args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # anywhere on the line, not only before the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    tune_host_malloc()  # before the first large tensor: see engine/host_malloc.py
+    return exit_code_of(lambda: run_command(args), debug=debug)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import sys
 from mimkit.config import load_config
 from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.engine.metrics import read_metrics
-from mimkit.errors import UserError
+from mimkit.engine.run_dir import usable_out_dir
+from mimkit.errors import exit_code_of
 from mimkit.pretrain import pretrain
 
 
@@ -18,12 +19,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args(argv)
     tune_host_malloc()  # a program entry, like the CLI: process-wide settings are set here, not by the library
-    try:
+    outcome: dict = {}
+
+    def train() -> int:
+        usable_out_dir(args.out)
         cfg = load_config("mae_fmnist_tiny", ["device=cpu", *args.set])
-        results = pretrain(cfg, args.out)
-    except UserError as err:
-        print(f"mimkit: error: {err}", file=sys.stderr)
-        return 2
+        outcome.update(pretrain(cfg, args.out))
+        return 0
+
+    code = exit_code_of(train)
+    if code:
+        return code
+    results = outcome
     heldout = [r for r in read_metrics(f"{args.out}/metrics.jsonl") if r.get("split") == "heldout"]
     print("\nheld-out MIM loss (fixed masks) by step:")
     for r in heldout:

@@ -3,6 +3,10 @@ UserError, which the CLI and the demo report in one line, without a traceback, e
 from the config module so that data, models, methods and distillation can raise them without importing the config
 that validates them."""
 
+from __future__ import annotations
+
+from typing import Callable
+
 
 class UserError(Exception):
     """Base of every error the user can fix (mixed into the standard exception each one also is)."""
@@ -22,3 +26,66 @@ def one_of(key: str, value: object, choices: list) -> None:
     """Validation: `value` of config key `key` must be one of `choices`."""
     if value not in choices:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}")
+
+
+# Exit codes of the CLI and the demo (docs/reliability.md): 0 done; 2 an input the user can fix (config, data,
+# checkpoint, output path, memory); 3 stopped after too many non-finite steps; 70 an internal error (a bug, or an
+# input mimkit does not check yet); 74 the operating system refused a read or write (disk full, read-only file
+# system, permissions); 130 / 143 interrupted by SIGINT / SIGTERM after saving a checkpoint.
+EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_IO = 2, 3, 70, 74
+DEBUG_HINT = "re-run with --debug (or MIMKIT_DEBUG=1) for the traceback"
+
+
+def exit_code_of(command: Callable[[], int], debug: bool = False) -> int:
+    """Run a command and turn every failure into one line on stderr and an exit code; no traceback unless `debug`
+    (or MIMKIT_DEBUG=1), when it is printed above the line."""
+    import os
+    import sys
+    import traceback
+
+    debug = debug or os.environ.get("MIMKIT_DEBUG", "") not in ("", "0")
+
+    def report(line: str, code: int) -> int:
+        if debug:
+            traceback.print_exc()
+        print(f"mimkit: {line}", file=sys.stderr)
+        return code
+
+    try:
+        return command()
+    except UserError as err:
+        return report(f"error: {err}", EXIT_BAD_INPUT)
+    except KeyboardInterrupt:
+        return report("interrupted", 130)
+    except MemoryError:
+        return report(f"error: out of memory; lower train.batch_size or data.img_size ({DEBUG_HINT})", EXIT_BAD_INPUT)
+    except OSError as err:
+        return report(f"error: {describe_os_error(err)}", EXIT_IO)
+    except Exception as err:  # noqa: BLE001 - the last line of defence: a message, not a traceback
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if "out of memory" in text.lower() or "can't allocate memory" in text.lower():
+            return report(
+                f"error: out of memory ({text[:160]}); lower train.batch_size or data.img_size", EXIT_BAD_INPUT
+            )
+        return report(
+            f"internal error: {type(err).__name__}: {text[:300]}. A bug in mimkit, or an input it does not check "
+            f"yet: {DEBUG_HINT} and report it",
+            EXIT_INTERNAL,
+        )
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OSError: what failed, where, and what to do about the usual causes."""
+    import errno
+
+    where = f" '{err.filename}'" if err.filename else ""
+    reason = err.strerror or str(err)
+    advice = {
+        errno.ENOSPC: "free some space and re-run the same command: training resumes from the last checkpoint, "
+        "which a failed write never replaces",
+        errno.EDQUOT: "free some space (disk quota) and re-run the same command to resume",
+        errno.EROFS: "the file system is read-only: choose another --out",
+        errno.EACCES: "check the permissions, or choose another path",
+        errno.EPERM: "check the permissions, or choose another path",
+    }.get(err.errno, DEBUG_HINT)
+    return f"{reason}{where}: {advice}"

@@ -20,6 +20,7 @@ from mimkit.data.webdataset.stream import ShardStream
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.checkpoint import CheckpointError
 from mimkit.engine.distributed import DistEnv, barrier, init_distributed
+from mimkit.engine.run_dir import run_dir_lock
 from mimkit.engine.trainer import Engine
 from mimkit.heldout import loss_evaluators
 from mimkit.methods import build_method, method_spec
@@ -126,7 +127,8 @@ def build_evaluators(cfg: Config, data: DataBundle, env: DistEnv, autocast) -> t
 
 def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False) -> dict[str, Any]:
     """Train (or resume) a run in `run_dir` (MIM pretraining, supervised training, fine-tuning from `init`);
-    returns the final numbers also written to results.json."""
+    returns the final numbers also written to results.json. The writing process holds the run directory's lock
+    (engine/run_dir.py) throughout, so a second process on the same directory stops at once."""
     run_dir = Path(run_dir)
     env = init_distributed(cfg.device)
     log = print if env.is_main else (lambda *_: None)
@@ -136,6 +138,11 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
             "--resume to start a new run there"
         )
     cfg, data, source = prepare_config(cfg, env, log)
+    with run_dir_lock(run_dir, enabled=env.is_main):  # after the checks: a refused run creates no directory
+        return _train(cfg, data, source, run_dir, env, log)
+
+
+def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: DistEnv, log) -> dict[str, Any]:
     torch.manual_seed(cfg.seed)
     if env.is_main:
         check_same_model(cfg, run_dir)

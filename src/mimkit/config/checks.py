@@ -9,18 +9,21 @@ import dataclasses
 from mimkit.config.schema import DEVICES, Config
 from mimkit.data.options import resolve_data, validate_data
 from mimkit.engine.options import resolve_train, validate_train
-from mimkit.errors import one_of
+from mimkit.errors import check, one_of
 from mimkit.eval.options import validate_probe
 from mimkit.methods import registry
+from mimkit.methods.distill.options import check_section as check_distill_section
 from mimkit.models.options import resolve_model, validate_model
 
 
 def validate(cfg: Config) -> None:
     """Impossible values fail here, before data or models are built."""
     one_of("device", cfg.device, list(DEVICES))
+    check(0 <= cfg.seed < 2**63, f"seed: {cfg.seed} must be in [0, 2**63) (a 64-bit signed integer)")
     validate_data(cfg)
     registry.check_method_options(cfg)
     validate_probe(cfg)
+    check_distill_section(cfg)
     model = validate_model(cfg)  # the resolved preset: the method's checks read its patch size and kind
     registry.validate_method(cfg, model)
     validate_train(cfg)

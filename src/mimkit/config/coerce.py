@@ -45,10 +45,17 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if tp is int:
+        if isinstance(value, str):  # YAML 1.1 reads "1e3" (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                raise ConfigError(f"{key}: expected an integer, got {value!r}") from None
         if isinstance(value, float) and not math.isfinite(value):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if not -(2**63) <= int(value) < 2**63:
+            raise ConfigError(f"{key}: {value!r} does not fit in a 64-bit integer")
         return int(value)
     if tp is float:
         if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string

@@ -41,14 +41,35 @@ def load_config(recipe_or_path: str | None = None, overrides: list[str] | None =
     tree: dict[str, Any] = {}
     if recipe_or_path:
         path = resolve_recipe(recipe_or_path)
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML ({err})") from None
+        tree = read_config_file(path)
     for text in overrides or []:
         key, value = parse_override(text)
         set_dotted(tree, key, value)
     return config_from_dict(tree)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """A config file's mapping: UTF-8 YAML whose top level is a mapping of sections (or empty)."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at offset {err.start}); save it as UTF-8"
+        ) from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read it ({err.strerror})") from None
+    try:
+        tree = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML ({err})") from None
+    if tree is None:
+        return {}
+    if not isinstance(tree, dict):
+        raise ConfigError(
+            f"{path}: expected a mapping of sections (seed:, data:, model:, ...) at the top level, not a "
+            f"{type(tree).__name__}"
+        )
+    return tree
 
 
 def config_from_dict(tree: dict[str, Any]) -> Config:

@@ -143,6 +143,11 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
             skipped += val_skipped
             source = f"val_root {d.val_root}"
     else:
+        if d.root or d.val_root:
+            raise ConfigError(
+                "data.name=synthetic makes its own images and reads no files: drop data.root / data.val_root, or "
+                "set data.name=folder (or fashion-mnist) to use them"
+            )
         full = _synthetic(d.synthetic_size, d.in_chans, d.decode_size, cfg.seed)
     if d.class_subset is not None:
         known = len(classes) if classes else (int(full.labels.max()) + 1 if full.labels is not None else 0)
@@ -164,6 +169,13 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
         full = full.subset(train_pos)
         source = f"{fraction:.0%} of train (seeded)"
     train = full.subset(nested_subset(full.labels, len(full), d.fraction, cfg.seed)) if d.fraction < 1 else full
+    n_classes = len(classes) or (int(full.labels.max()) + 1 if full.labels is not None and len(full) else 0)
+    if d.fraction < 1 and d.fraction * len(full) < max(n_classes, 1):
+        raise ConfigError(
+            f"data.fraction={d.fraction:g} of {len(full)} training images is {d.fraction * len(full):.3g} images, "
+            f"fewer than the {n_classes} classes (the subset would be padded to one per class): raise data.fraction "
+            f"to at least {max(n_classes, 1) / len(full):.2g}"
+        )
     if d.task != "classification":
         train, heldout = as_task(train, cfg), as_task(heldout, cfg)
     return DataBundle(train, heldout, source, classes, skipped)

@@ -83,7 +83,18 @@ def download(target: Path, mirror: str = MIRROR) -> None:
 
 
 def locate(root: str | None, allow_download: bool = True) -> Path:
-    """The first directory holding all four files; downloads into the cache when none does."""
+    """The first directory holding all four files; downloads into the cache when none does. A `root` the user
+    named is the only place looked in: a wrong path is an error, never a silent fall-back to another copy."""
+    if root:
+        directory = Path(root).expanduser()
+        if _has_all(directory):
+            return directory
+        missing = [name for name in FILES.values() if not (directory / name).is_file()]
+        where = "does not exist" if not directory.exists() else f"lacks {', '.join(missing)}"
+        raise DataNotFoundError(
+            f"data.root '{root}' {where}: point it at the directory holding Fashion-MNIST's four idx .gz files, or "
+            "drop data.root to use the installed copy (apt-get install dataset-fashion-mnist)"
+        )
     searched = candidate_dirs(root)
     for directory in searched:
         if _has_all(directory):

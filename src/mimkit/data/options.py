@@ -9,6 +9,7 @@ from mimkit.errors import check, one_of
 
 DATA_SETS = ("fashion-mnist", "folder", "synthetic", "webdataset")
 DECODERS = ("pil", "device")  # data.decode: where streamed shard images are decoded
+MAX_IMG_SIZE = 4096  # px: SwinV2-G fine-tunes at 640; one 3 x 4096^2 float image is already 200 MB
 TASKS = (
     "classification",
     "localization",
@@ -68,7 +69,23 @@ def validate_data(cfg: Any) -> None:
         d.val_fraction is None or 0.0 < d.val_fraction < 1.0,
         f"data.val_fraction: {d.val_fraction} must be in (0, 1) or null",
     )
-    check(d.img_size > 0, f"data.img_size: {d.img_size} must be positive")
+    check(
+        0 < d.img_size <= MAX_IMG_SIZE,
+        f"data.img_size: {d.img_size} must be in [1, {MAX_IMG_SIZE}] px (a batch at {d.img_size} px would not fit "
+        "in memory)"
+        if d.img_size > MAX_IMG_SIZE
+        else f"data.img_size: {d.img_size} must be positive",
+    )
+    check(
+        2 <= d.synthetic_size <= 10**7,
+        f"data.synthetic_size: {d.synthetic_size} must be in [2, 10**7] (train and held-out, in memory)",
+    )
+    check(
+        d.decode_size is None or 0 < d.decode_size <= 2 * MAX_IMG_SIZE,
+        f"data.decode_size: {d.decode_size} must be in [1, {2 * MAX_IMG_SIZE}] px or null",
+    )
+    check(0 <= d.num_workers <= 512, f"data.num_workers: {d.num_workers} must be in [0, 512]")
+    check(d.shuffle_buffer >= 1, f"data.shuffle_buffer: {d.shuffle_buffer} must be >= 1")
     check(d.in_chans in (None, 1, 3), f"data.in_chans: {d.in_chans} must be 1 or 3")
     if d.name == "folder":
         check(d.root is not None, "data.root: the folder data set needs a directory (--set data.root=PATH)")
@@ -98,6 +115,7 @@ def validate_data(cfg: Any) -> None:
             value is None or len(value) == chans,
             f"data.{key}: {value} has {len(value or [])} entries but the images have {chans} channel(s)",
         )
+    check(d.std is None or all(s > 0 for s in d.std), f"data.std: {d.std} must be positive (it divides the pixels)")
     check(d.num_workers >= 0, "data.num_workers must be >= 0")
     one_of("data.task", d.task, list(TASKS))
     check(

@@ -1,10 +1,15 @@
 """Checkpoints: RUN_DIR/checkpoints/step-NNNNNNN/{model.safetensors, state.pt, meta.json}, with `last` and `best`
 as symlinks to step folders. A step folder is written under a temporary name and renamed into place, and links
 are swapped with one rename, so a kill at any moment leaves the previous checkpoint intact.
+
+meta.json records the SHA-256 of model.safetensors and state.pt; both are verified before use, so bytes changed on
+disk (a bad sector, a partial copy) are an error naming the file, not weights that load and train on quietly.
+Weights holding NaN or infinity are refused on resume and as an `init` source.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -16,9 +21,9 @@ from typing import Any
 import numpy as np
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from mimkit.engine.atomic import atomic_symlink, atomic_torch_save, atomic_write_text, fsync_dir
+from mimkit.engine.atomic import atomic_symlink, atomic_torch_save, atomic_write_text, fsync_dir, save_safetensors
 from mimkit.errors import UserError
 
 MODEL_FILE = "model.safetensors"
@@ -79,12 +84,12 @@ def save_checkpoint(
         shutil.rmtree(tmp)
     tmp.mkdir()
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model_state.items()}
-    save_file(tensors, str(tmp / MODEL_FILE), metadata={"format": "pt"})
-    with open(tmp / MODEL_FILE, "rb+") as fh:
-        os.fsync(fh.fileno())
+    save_safetensors(tensors, tmp / MODEL_FILE, metadata={"format": "pt"})
     if train_state is not None:
         atomic_torch_save(train_state, tmp / STATE_FILE)
-    atomic_write_text(tmp / META_FILE, json.dumps({**meta, "step": step, "saved_at": time.time()}, indent=1))
+    sums = {name: file_sha256(tmp / name) for name in (MODEL_FILE, STATE_FILE) if (tmp / name).is_file()}
+    record = {**meta, "step": step, "saved_at": time.time(), "sha256": sums}
+    atomic_write_text(tmp / META_FILE, json.dumps(record, indent=1))
     fsync_dir(tmp)
     if final.exists():  # the same step saved again (e.g. a signal right after a periodic save)
         trash = ckpt_root / f".old-{step_dir_name(step)}-{os.getpid()}"
@@ -96,6 +101,51 @@ def save_checkpoint(
     fsync_dir(ckpt_root)
     atomic_symlink(final.name, ckpt_root / "last")
     return final
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_file(ckpt_dir: Path, name: str) -> None:
+    """Compare a checkpoint file with the SHA-256 its meta.json recorded at save time (checkpoints written before
+    mimkit recorded them carry none and are not checked)."""
+    meta_path = ckpt_dir / META_FILE
+    if not meta_path.is_file():
+        return
+    try:
+        expected = json.loads(meta_path.read_text()).get("sha256", {}).get(name)
+    except (OSError, json.JSONDecodeError, AttributeError):
+        expected = None
+    if expected and file_sha256(ckpt_dir / name) != expected:
+        raise CheckpointError(
+            f"checkpoint file '{ckpt_dir / name}' does not match the SHA-256 recorded when it was saved: it was "
+            "changed or damaged on disk. Delete that checkpoint folder to resume from an earlier one"
+        )
+
+
+def check_finite(state: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse weights holding NaN or infinity, naming the first such tensor."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise CheckpointError(
+                f"{what}: tensor '{name}' holds {bad} NaN or infinite value(s) of {tensor.numel()}; these weights "
+                "come from a diverged run. Use an earlier checkpoint"
+            )
+
+
+def clean_stale(ckpt_root: Path) -> list[Path]:
+    """Remove the temporary and replaced step folders a killed process left behind (call with the run's lock
+    held, so no other process is writing them)."""
+    stale = [p for pattern in (".tmp-*", ".old-*") for p in ckpt_root.glob(pattern)]
+    for path in stale:
+        shutil.rmtree(path, ignore_errors=True)
+    return stale
 
 
 def mark_best(ckpt_root: Path, step: int) -> None:
@@ -131,20 +181,25 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def load_weights(ckpt_dir: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights, verified against their recorded SHA-256 and refused if not finite."""
+    verify_file(ckpt_dir, MODEL_FILE)
     try:
-        return load_file(str(ckpt_dir / MODEL_FILE))
+        weights = load_file(str(ckpt_dir / MODEL_FILE))
     except (SafetensorError, OSError, ValueError) as err:
         raise CheckpointError(
             f"checkpoint weights '{ckpt_dir / MODEL_FILE}' are corrupt or unreadable ({err}). "
             "Delete that checkpoint folder to resume from an earlier one, or start a new run "
             "directory."
         ) from None
+    check_finite(weights, f"checkpoint '{ckpt_dir}'")
+    return weights
 
 
 def load_train_state(ckpt_dir: Path) -> dict[str, Any] | None:
     path = ckpt_dir / STATE_FILE
     if not path.is_file():
         return None
+    verify_file(ckpt_dir, STATE_FILE)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any unpickling failure is a corrupt file to the user

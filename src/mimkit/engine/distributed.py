@@ -9,6 +9,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from mimkit.errors import ConfigError
+
 
 @dataclass
 class DistEnv:
@@ -29,7 +31,7 @@ class DistEnv:
 def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
-            raise RuntimeError("device: 'cuda' requested but no CUDA device is available (use --set device=cpu)")
+            raise ConfigError("device: 'cuda' requested but no CUDA device is available (use --set device=cpu)")
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
 

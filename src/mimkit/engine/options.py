@@ -59,8 +59,18 @@ def validate_train(cfg: Any) -> None:
     check(t.lr is None or t.lr > 0, f"train.lr: {t.lr} must be positive")
     check(t.base_lr > 0, f"train.base_lr: {t.base_lr} must be positive")
     check(t.min_lr >= 0, f"train.min_lr: {t.min_lr} must be >= 0")
+    peak = t.lr if t.lr is not None else t.base_lr * t.batch_size / 256
+    check(
+        t.min_lr <= peak,
+        f"train.min_lr: {t.min_lr} is above the peak lr {peak:g} (train.lr, or base_lr x batch_size / 256): the "
+        "schedule would climb instead of decay; lower train.min_lr",
+    )
     check(0 <= t.warmup_steps <= t.steps, f"train.warmup_steps: {t.warmup_steps} must be in [0, train.steps]")
-    check(t.epochs is None or t.epochs > 0, f"train.epochs: {t.epochs} must be positive or null")
+    check(t.epochs is None or 0 < t.epochs <= 1e6, f"train.epochs: {t.epochs} must be in (0, 1e6] or null")
+    check(
+        t.warmup_epochs is None or t.warmup_epochs >= 0,
+        f"train.warmup_epochs: {t.warmup_epochs} must be >= 0 or null",
+    )
     check(
         t.warmup_epochs is None or t.epochs is None or 0 <= t.warmup_epochs <= t.epochs,
         f"train.warmup_epochs: {t.warmup_epochs} must be in [0, train.epochs] (it applies only with train.epochs)",

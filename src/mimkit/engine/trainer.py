@@ -39,8 +39,13 @@ class NonFiniteLossError(RuntimeError):
 class Interrupted(Exception):
     """Raised after a signal: the checkpoint is saved and the process should exit with `exit_code`."""
 
-    def __init__(self, signame: str, exit_code: int, step: int):
-        super().__init__(f"{signame} received: checkpoint saved at step {step}")
+    def __init__(self, signame: str, exit_code: int, step: int, saved: bool = True):
+        super().__init__(
+            f"{signame} received: checkpoint saved at step {step}"
+            if saved
+            else f"{signame} received at step {step}, during a run of non-finite steps: no checkpoint saved, the last "
+            "clean one is kept"
+        )
         self.exit_code = exit_code
         self.step = step
 
@@ -157,9 +162,12 @@ class Engine:
 
     def resume(self) -> int:
         """Continue from RUN_DIR/checkpoints/last when it exists; returns the step to start from."""
+        if self.env.is_main and self.ckpt_root.is_dir():
+            ckpt.clean_stale(self.ckpt_root)  # what a killed process left half-written (the run's lock is held)
         try:
             ckpt_dir = ckpt.find_checkpoint(self.run_dir)
         except ckpt.CheckpointError:
+            self.logger.truncate_after(-1)  # a run killed before its first checkpoint starts over: no stale rows
             return 0
         weights = ckpt.load_weights(ckpt_dir)
         try:
@@ -171,6 +179,7 @@ class Engine:
             ) from None
         state = ckpt.load_train_state(ckpt_dir)
         if state is None:  # imported weights: start training from them at step 0
+            self.logger.truncate_after(-1)
             return 0
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -269,22 +278,26 @@ class Engine:
                     self._log_interval(interval, done, epoch, start, progress)
                     interval = _Interval(time.time())
                 saved = False
+                # no checkpoint while non-finite steps are running: the one the guard names stays a clean one
+                clean = self.nonfinite == 0
                 if at_eval:
                     last_eval = self.evaluate(done, epoch)
-                    if self._is_better(last_eval):
+                    if clean and self._is_better(last_eval):
                         self.save(done)
                         saved = True
                         if env.is_main:
                             ckpt.mark_best(self.ckpt_root, done)
-                if not saved and at_ckpt:
+                if not saved and at_ckpt and clean:
                     self.save(done)
                     saved = True
                 if stop:
-                    if not saved:
+                    if not saved and clean:
                         self.save(done)
+                        saved = True
                     name = self._signal or "SIGTERM"
-                    progress.message(f"{name}: checkpoint saved at step {done}; re-run the same command to resume")
-                    raise Interrupted(name, 130 if name == "SIGINT" else 143, done)
+                    stopped = Interrupted(name, 130 if name == "SIGINT" else 143, done, saved)
+                    progress.message(f"{stopped}; re-run the same command to resume")
+                    raise stopped
         finally:
             progress.close()
             self.logger.close()
@@ -324,9 +337,11 @@ class Engine:
             )
             if self.nonfinite >= self.t.max_nonfinite:
                 last = ckpt.find_checkpoint(self.run_dir) if (self.ckpt_root / "last").exists() else None
+                first_bad = done - self.nonfinite + 1
                 raise NonFiniteLossError(
-                    f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (last at step "
-                    f"{done}); stopping. Last good checkpoint: {last or 'none saved yet'}. Try a lower "
+                    f"{self.nonfinite} consecutive steps had a non-finite loss or gradient (steps {first_bad}-"
+                    f"{done}); stopping. Last good checkpoint, saved before step {first_bad}: "
+                    f"{last or 'none saved yet'}. Try a lower "
                     "train.lr, train.clip_grad, or train.precision=fp32."
                 )
 
@@ -341,7 +356,8 @@ class Engine:
         elapsed = time.time() - interval.t0
         steps_in_interval = max(1, done - max(start, done - self.t.log_every))
         img_per_s = steps_in_interval * self.t.batch_size / max(elapsed, 1e-9)
-        mean_loss = loss_sum / env.world_size / max(count, 1)
+        # an interval whose every step was skipped (non-finite) has no loss: null, not 0
+        mean_loss = loss_sum / env.world_size / count if count > 0 else float("nan")
         self.logger.log(
             {
                 "event": "train",
@@ -352,7 +368,7 @@ class Engine:
                 "lr": lr,
                 "img_per_s": img_per_s,
                 "grad_norm": interval.grad_norm,
-                **{k: v / env.world_size / max(count, 1) for k, v in zip(part_keys, part_sums)},
+                **{k: v / env.world_size / count if count > 0 else None for k, v in zip(part_keys, part_sums)},
                 "time": time.time(),
             }
         )

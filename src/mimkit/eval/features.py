@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from mimkit.data.imageset import ImageSet
 from mimkit.data.transforms import eval_transform
+from mimkit.engine.atomic import save_safetensors
 from mimkit.models.encoder import create_encoder
 from mimkit.weights import Source, load_encoder_weights
 
@@ -82,14 +83,11 @@ def cached_features(
         except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
             pass
     features = extract_features(encoder, data, cfg, pool, device)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file(
+    save_safetensors(
         {
             "features": features.contiguous(),
             "fingerprint": torch.frombuffer(bytearray(key.encode()), dtype=torch.uint8),
         },
-        str(tmp),
+        path,
     )
-    tmp.replace(path)
     return features, False

@@ -12,11 +12,10 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 
 from mimkit.config import Config, save_config
-from mimkit.engine.atomic import atomic_write_text
+from mimkit.engine.atomic import atomic_write_text, save_safetensors
 from mimkit.engine.metrics import MetricsLogger
 from mimkit.engine.schedule import warmup_cosine_factor
 from mimkit.eval.lars import LARS
@@ -114,9 +113,9 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     logger.close()
     ckpt_dir = run_dir / "checkpoints" / "last"
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    save_file(
+    save_safetensors(
         {k: v.contiguous() for k, v in head.state_dict().items() if v.is_floating_point()},
-        str(ckpt_dir / "head.safetensors"),
+        ckpt_dir / "head.safetensors",
     )
     best = max(history, key=lambda r: r["top1"])
     results = {

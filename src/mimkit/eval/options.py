@@ -30,4 +30,5 @@ def validate_probe(cfg: Any) -> None:
     one_of("probe.optimizer", p.optimizer, ["lars", "sgd"])
     for key in ("epochs", "base_lr", "batch_size", "knn_k", "knn_temperature", "feature_batch_size"):
         check(getattr(p, key) > 0, f"probe.{key}: {getattr(p, key)} must be positive")
+    check(p.weight_decay >= 0, f"probe.weight_decay: {p.weight_decay} must be >= 0")
     check(0 <= p.warmup_epochs <= p.epochs, f"probe.warmup_epochs: {p.warmup_epochs} must be in [0, probe.epochs]")

@@ -6,10 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from safetensors.torch import save_file
-
 from mimkit.api import load
-from mimkit.engine.atomic import atomic_write_text
+from mimkit.engine.atomic import atomic_write_text, save_safetensors
 from mimkit.models.encoder import is_beit
 from mimkit.models.presets import resolve_model_spec, timm_kwargs
 
@@ -20,10 +18,7 @@ def export_encoder(run_or_ckpt: str | Path, out: str | Path) -> dict[str, Any]:
     cfg = method.config
     state = {k: v.contiguous() for k, v in method.encoder_state_dict().items()}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "source": "mimkit", "method": cfg.method.name})
-    tmp.replace(out)
+    save_safetensors(state, out, metadata={"format": "pt", "source": "mimkit", "method": cfg.method.name})
     spec = resolve_model_spec(cfg.model, cfg.data.img_size)
     kwargs = timm_kwargs(cfg)
     if is_beit(method.encoder):  # timm's BEiT pools by default; keep the run's final norm where it is

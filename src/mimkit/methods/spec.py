@@ -71,6 +71,8 @@ def check_common(meth: Any) -> None:
         check(0.0 < meth.mask_ratio < 1.0, f"method.mask_ratio: {meth.mask_ratio} must be in (0, 1)")
     if meth.mask_type is not None:
         one_of("method.mask_type", meth.mask_type, list(MASK_TYPES))
+    if meth.mask_patch_size is not None:
+        check(meth.mask_patch_size > 0, f"method.mask_patch_size: {meth.mask_patch_size} must be positive or null")
 
 
 def mask_defaults(spec: MethodSpec) -> Masking:

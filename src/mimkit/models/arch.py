@@ -27,3 +27,13 @@ class ModelSpec:
     @property
     def is_swin(self) -> bool:
         return self.stage_depths is not None
+
+    def approx_params(self) -> float:
+        """Weights of the encoder and MAE decoder blocks, roughly ((4 + 2 x mlp_ratio) x dim^2 per block; a
+        SwinV2's stages double the width): a guard against sizes no machine can build, not a count."""
+        per_block = lambda dim: (4 + 2 * self.mlp_ratio) * float(dim) ** 2  # noqa: E731
+        if self.is_swin:
+            encoder = sum(d * per_block(self.embed_dim * 2**i) for i, d in enumerate(self.stage_depths))
+        else:
+            encoder = self.depth * per_block(self.embed_dim)
+        return encoder + self.decoder_depth * 12 * float(self.decoder_dim) ** 2

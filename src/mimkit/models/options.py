@@ -90,7 +90,7 @@ def validate_model(cfg: Any) -> Any:
         m.drop_path_rule == "linear" or not spec.is_swin,
         f"model.drop_path_rule={m.drop_path_rule} is for ViTs; a SwinV2 ('{m.name}') uses the linear rule",
     )
-    check(m.norm_eps > 0, f"model.norm_eps: {m.norm_eps} must be positive")
+    check(0 < m.norm_eps < 1, f"model.norm_eps: {m.norm_eps} must be in (0, 1) (LayerNorm's epsilon, e.g. 1e-6)")
     return spec
 
 

@@ -74,6 +74,9 @@ def _timm_arch(name: str) -> dict[str, Any]:
     )
 
 
+MAX_PARAMS = 5e10  # SwinV2-G has 3e9; a size beyond this is a typo, refused before anything is allocated
+
+
 def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
     """Preset or timm defaults, then the config's explicit overrides (patch_size, embed_dim, ...)."""
     name = model_cfg.name
@@ -97,6 +100,12 @@ def resolve_model_spec(model_cfg: Any, img_size: int) -> ModelSpec:
     spec = dataclasses.replace(spec, **overrides)
     if getattr(model_cfg, "family", "vit") == "beit":
         spec = dataclasses.replace(spec, timm_name=BEIT_TIMM_NAME)
+    if spec.approx_params() > MAX_PARAMS:
+        raise ConfigError(
+            f"model: about {spec.approx_params():.2g} parameters (model.embed_dim {spec.embed_dim}, model.depth "
+            f"{spec.depth}, model.mlp_ratio {spec.mlp_ratio:g}, model.decoder_dim {spec.decoder_dim}, "
+            f"model.decoder_depth {spec.decoder_depth}), more than the {MAX_PARAMS:.0e} any machine here can hold"
+        )
     if spec.decoder_dim % spec.decoder_heads:
         raise ConfigError(
             f"model.decoder_heads: {spec.decoder_heads} does not divide model.decoder_dim {spec.decoder_dim}"

@@ -17,9 +17,11 @@ from typing import Any
 
 import timm
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from mimkit.config import Config, ConfigError, resolved
+from mimkit.engine.checkpoint import check_finite
 from mimkit.methods.registry import method_spec
 from mimkit.models.presets import resolve_model_spec
 from mimkit.models.swin import stage_windows, swin_arch
@@ -76,8 +78,15 @@ def _from_export(path: Path) -> Source:
             f"init: '{path}' has no '{sidecar.name}' beside it (written by `mimkit export`) to say "
             "which architecture it holds"
         )
-    info = json.loads(sidecar.read_text())
-    kw = info["timm_kwargs"]
+    try:
+        info = json.loads(sidecar.read_text())
+        kw = info["timm_kwargs"]
+        info["timm_name"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ConfigError(
+            f"init: '{sidecar}' is not the sidecar `mimkit export` writes ({type(err).__name__}: {err}); export the "
+            "encoder again"
+        ) from None
     arch = {
         "name": info["timm_name"],
         "patch_size": kw["patch_size"],
@@ -92,10 +101,15 @@ def _from_export(path: Path) -> Source:
     arch["family"] = "vit"  # the source says which ViT it is, whatever the run's config says
     if kw.get("use_shared_rel_pos_bias"):  # SimMIM's ViT, exported as timm's BEiT: its sizes on a ViT name
         arch.update(name="vit_base_patch16_224", family="beit")
+    try:
+        weights = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ConfigError(f"init: '{path}' is not a readable safetensors file ({err}); export it again") from None
+    check_finite(weights, f"init '{path}'")
     return Source(
         "export",
         f"exported encoder {path}",
-        _without_head(load_file(str(path))),
+        _without_head(weights),
         arch,
         {"img_size": kw["img_size"], "in_chans": kw["in_chans"]},
     )

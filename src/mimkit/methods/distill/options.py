@@ -36,8 +36,8 @@ class DistillConfig:
     teacher_relation_heads: int | None = None  # how the teacher's block is split (a distilled teacher's own count)
 
 
-def validate(cfg: Any, model: Any) -> None:
-    """The `distill:` section of a distillation run; `model` is the student's resolved preset (models.presets)."""
+def check_section(cfg: Any) -> None:
+    """The `distill:` section's own ranges, whatever the method: every config carries the section and saves it."""
     dis = cfg.distill
     parse_targets(dis.targets)
     one_of("distill.head_match", dis.head_match, ["reshape_student", "resplit_teacher"])
@@ -52,5 +52,14 @@ def validate(cfg: Any, model: Any) -> None:
     check(dis.color_jitter >= 0, f"distill.color_jitter: {dis.color_jitter} must be >= 0")
     for key in ("teacher_layer", "student_layer"):
         check(getattr(dis, key) != 0, f"distill.{key}: layers count from 1 (or -1 from the end); 0 is not a layer")
+    for key in ("teacher_embed_dim", "teacher_num_heads", "teacher_depth", "relation_heads", "teacher_relation_heads"):
+        value = getattr(dis, key)
+        check(value is None or value > 0, f"distill.{key}: {value} must be positive or null")
+
+
+def validate(cfg: Any, model: Any) -> None:
+    """The `distill:` section of a distillation run; `model` is the student's resolved preset (models.presets)."""
+    dis = cfg.distill
+    check_section(cfg)
     if dis.mask_ratio > 0:  # only a masked-input distillation masks anything
         check_mask_counts(cfg, model.patch_size, dis.mask_ratio, cfg.method.mask_type or "simmim", "distill.mask_ratio")

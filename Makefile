@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 RUN ?= runs/demo-mae-fmnist
 
-.PHONY: setup demo lint test clean
+.PHONY: setup demo lint test test-faults clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,7 +33,12 @@ lint: setup
 	$(VENV)/bin/ruff format --check .
 
 test: setup lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not faults"
+
+# the slower fault injections (tests/test_faults.py, about 2 minutes): kill -9 at random moments, a full disk during a
+# checkpoint write, a torchrun job with a stopped or killed rank. CI runs them after `make test`.
+test-faults: setup
+	$(PY) -m pytest -q -m faults
 
 clean:
 	rm -rf runs .pytest_cache

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -35,6 +36,40 @@ TINY = [
     "train.reconstruct=false",
     "train.base_lr=1e-3",
 ]
+
+
+# Slow enough (tens of ms a step) that a test can kill the process mid-run; a checkpoint every 5 steps.
+KILLABLE = [
+    *TINY,
+    "data.img_size=32",
+    "model.name=mim_vit_pico",
+    "train.batch_size=32",
+    "train.steps=40",
+    "train.ckpt_every=5",
+    "train.eval_every=10",
+    "train.keep_last=2",
+]
+
+
+@contextlib.contextmanager
+def nonfinite_losses(method, bad_call):
+    """Within the block, the method's forward returns a NaN loss on the calls (counted from 1) for which
+    `bad_call(n)` is true: a run blowing up on cue, for the non-finite guard's tests."""
+    original = type(method).forward
+    calls = {"n": 0}
+
+    def forward(self, batch):
+        calls["n"] += 1
+        out = original(self, batch)
+        if bad_call(calls["n"]):
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    type(method).forward = forward
+    try:
+        yield
+    finally:
+        type(method).forward = original
 
 
 def tiny_config(*extra: str):

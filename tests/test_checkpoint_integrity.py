@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import TINY, cli_error, sets, tiny_engine
+from conftest import TINY, cli_error, nonfinite_losses, sets, tiny_engine
 from mimkit.config import load_config
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.trainer import NonFiniteLossError
@@ -141,24 +141,11 @@ def test_the_nonfinite_guard_names_a_checkpoint_saved_before_the_streak_and_it_r
         "train.keep_last=9",
     )
     engine, method = tiny_engine(run, *extra)
-    original = type(method).forward
-    calls = {"n": 0}
-
-    def blows_up_at_step_6(self, batch):
-        calls["n"] += 1
-        out = original(self, batch)
-        if calls["n"] >= 6:
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    type(method).forward = blows_up_at_step_6
-    try:
+    with nonfinite_losses(method, lambda n: n >= 6):
         with pytest.raises(
             NonFiniteLossError, match=r"steps 6-8\); stopping\. Last good checkpoint, saved before step 6"
         ):
             engine.fit()
-    finally:
-        type(method).forward = original
     saved = sorted(p.name for p in (run / "checkpoints").glob("step-*"))
     assert saved == ["step-0000002", "step-0000004"]  # no checkpoint at step 6, inside the streak
     assert ckpt.find_checkpoint(run).resolve().name == "step-0000004"

@@ -15,23 +15,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import ROOT, TINY, cli_env, cli_error, run_cli, sets, tiny_engine
+from conftest import KILLABLE, ROOT, TINY, cli_env, cli_error, nonfinite_losses, run_cli, sets, tiny_engine
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.metrics import read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
 from mimkit.engine.trainer import NonFiniteLossError
-
-# Slow enough (tens of ms a step) that a test can kill the process mid-run.
-KILLABLE = [
-    *TINY,
-    "data.img_size=32",
-    "model.name=mim_vit_pico",
-    "train.batch_size=32",
-    "train.steps=40",
-    "train.ckpt_every=5",
-    "train.eval_every=10",
-    "train.keep_last=2",
-]
 
 
 def _args(out: Path, overrides: list[str]) -> list[str]:
@@ -173,21 +161,8 @@ _engine = tiny_engine
 
 def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):
     engine, method = _engine(tmp_path / "a", "train.max_nonfinite=3", "train.steps=10")
-    original = type(method).forward
-    calls = {"n": 0}
-
-    def sometimes_nan(self, batch):
-        calls["n"] += 1
-        out = original(self, batch)
-        if calls["n"] == 2:  # the second step only
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    type(method).forward = sometimes_nan
-    try:
+    with nonfinite_losses(method, lambda n: n == 2):  # the second step only
         engine.fit()
-    finally:
-        type(method).forward = original
     events = read_metrics(tmp_path / "a/metrics.jsonl")
     assert [r["step"] for r in events if r.get("event") == "nonfinite"] == [2]
     assert engine.skipped_total == 1
@@ -195,12 +170,9 @@ def test_nonfinite_steps_are_skipped_then_the_run_stops(tmp_path):
         assert torch.isfinite(p).all()
 
     engine, method = _engine(tmp_path / "b", "train.max_nonfinite=3", "train.steps=10")
-    type(method).forward = lambda self, batch: {"loss": original(self, batch)["loss"] * float("nan")}
-    try:
+    with nonfinite_losses(method, lambda n: True):
         with pytest.raises(NonFiniteLossError, match="Last good checkpoint"):
             engine.fit()
-    finally:
-        type(method).forward = original
 
 
 def test_gradient_accumulation_matches_one_big_batch(tmp_path):

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, TINY, cli_env, cli_error, sets
+from conftest import ROOT, TINY, cli_env, cli_error, nonfinite_losses, sets
 from mimkit.config import ConfigError, load_config, resolved
 from mimkit.engine.metrics import read_metrics
 from mimkit.engine.run_dir import LOCK_NAME, RunDirInUse, run_dir_lock
@@ -235,21 +235,8 @@ def test_an_interval_of_only_skipped_steps_logs_a_null_loss(tmp_path):
     from conftest import tiny_engine
 
     engine, method = tiny_engine(tmp_path / "run", "train.steps=6", "train.log_every=2", "train.max_nonfinite=5")
-    original = type(method).forward
-    calls = {"n": 0}
-
-    def nan_in_steps_3_and_4(self, batch):
-        calls["n"] += 1
-        out = original(self, batch)
-        if calls["n"] in (3, 4):
-            out["loss"] = out["loss"] * float("nan")
-        return out
-
-    type(method).forward = nan_in_steps_3_and_4
-    try:
+    with nonfinite_losses(method, lambda n: n in (3, 4)):
         engine.fit()
-    finally:
-        type(method).forward = original
     train = {r["step"]: r for r in read_metrics(tmp_path / "run/metrics.jsonl") if r.get("event") == "train"}
     assert train[4]["loss"] is None  # steps 3-4: every step skipped, no loss to report
     assert train[2]["loss"] is not None and train[6]["loss"] is not None

@@ -31,8 +31,10 @@ def one_of(key: str, value: object, choices: list) -> None:
 # Exit codes of the CLI and the demo (docs/reliability.md): 0 done; 2 an input the user can fix (config, data,
 # checkpoint, output path, memory); 3 stopped after too many non-finite steps; 70 an internal error (a bug, or an
 # input mimkit does not check yet); 74 the operating system refused a read or write (disk full, read-only file
-# system, permissions); 130 / 143 interrupted by SIGINT / SIGTERM after saving a checkpoint.
-EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_IO = 2, 3, 70, 74
+# system, permissions); 75 another rank of a torchrun job stopped, crashed or hung (a collective timed out or lost its
+# peer); 130 / 143 interrupted by SIGINT / SIGTERM after saving a checkpoint.
+EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_IO, EXIT_PEER = 2, 3, 70, 74, 75
+PEER_FAILURES = ("timed out", "connection closed by peer", "connection reset by peer", "broken pipe")
 DEBUG_HINT = "re-run with --debug (or MIMKIT_DEBUG=1) for the traceback"
 
 
@@ -63,6 +65,12 @@ def exit_code_of(command: Callable[[], int], debug: bool = False) -> int:
         return report(f"error: {describe_os_error(err)}", EXIT_IO)
     except Exception as err:  # noqa: BLE001 - the last line of defence: a message, not a traceback
         text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        if in_process_group() and any(s in text.lower() for s in PEER_FAILURES):
+            return report(
+                f"error: a collective with the other ranks failed ({text[:200]}): another rank stopped, crashed or "
+                "hangs; its own log says why (train.dist_timeout sets how long a rank waits)",
+                EXIT_PEER,
+            )
         if "out of memory" in text.lower() or "can't allocate memory" in text.lower():
             return report(
                 f"error: out of memory ({text[:160]}); lower train.batch_size or data.img_size", EXIT_BAD_INPUT
@@ -72,6 +80,14 @@ def exit_code_of(command: Callable[[], int], debug: bool = False) -> int:
             f"yet: {DEBUG_HINT} and report it",
             EXIT_INTERNAL,
         )
+
+
+def in_process_group() -> bool:
+    """Whether this process joined a torch.distributed group (without importing torch when it is not loaded)."""
+    import sys
+
+    dist = sys.modules.get("torch.distributed")
+    return bool(dist is not None and dist.is_available() and dist.is_initialized())
 
 
 def describe_os_error(err: OSError) -> str:

@@ -130,7 +130,7 @@ def pretrain(cfg: Config, run_dir: str | Path, require_checkpoint: bool = False)
     returns the final numbers also written to results.json. The writing process holds the run directory's lock
     (engine/run_dir.py) throughout, so a second process on the same directory stops at once."""
     run_dir = Path(run_dir)
-    env = init_distributed(cfg.device)
+    env = init_distributed(cfg.device, cfg.train.dist_timeout)
     log = print if env.is_main else (lambda *_: None)
     if require_checkpoint and not (run_dir / "checkpoints").is_dir():
         raise CheckpointError(

@@ -7,6 +7,7 @@ A data set here is just `ImageSet(images uint8 (N, C, S, S), labels, ids)`; `ids
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -88,9 +89,37 @@ def _load_fashion_mnist(cfg: Any, log: Callable) -> tuple[ImageSet, ImageSet | N
     return train, test, list(fashion_mnist.CLASSES), []
 
 
+SPLIT_NAMES = ("train", "val", "validation", "test")
+
+
+def split_tree(root: str, val_root: str | None, log: Callable) -> tuple[str, str | None]:
+    """A folder whose top level is `train/` plus `val/` (or `validation/`, `test/`) holds splits, not classes:
+    train on train/, hold out the other (never read both as two classes, which would leak held-out images into
+    training). Split folders beside class folders are ambiguous and refused."""
+    top = Path(root)
+    if val_root or not top.is_dir():
+        return root, val_root
+    subdirs = {p.name for p in top.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    splits = [name for name in SPLIT_NAMES if name in subdirs]
+    if "train" not in splits or len(splits) < 2:
+        return root, val_root
+    others = sorted(subdirs - set(SPLIT_NAMES))
+    held = next(name for name in SPLIT_NAMES[1:] if name in subdirs)
+    if others:
+        raise ConfigError(
+            f"data.root '{root}' holds split folders ({', '.join(splits)}) beside other folders "
+            f"({', '.join(others) or 'none'}): set data.root to the training tree and data.val_root to the held-out "
+            "one"
+        )
+    unused = [name for name in splits if name not in ("train", held)]
+    note = f"; {', '.join(unused)}/ not read" if unused else ""
+    log(f"[data] '{root}' holds train/ and {held}/: training on train/, holding out {held}/ (data.val_root){note}")
+    return str(top / "train"), str(top / held)
+
+
 def _load_folder(root: str, cfg: Any, log: Callable, id_offset: int = 0) -> tuple[ImageSet, list[str], list[str]]:
     d = cfg.data
-    decoded = folder.load_folder(root, d.decode_size, d.in_chans, d.num_workers, log)
+    decoded = folder.load_folder(root, d.decode_size, d.in_chans, d.num_workers, log, d.max_pixels)
     with warnings.catch_warnings():  # a read-only memmap: mimkit never writes into data tensors
         warnings.simplefilter("ignore", UserWarning)
         images = torch.from_numpy(decoded.images)
@@ -136,12 +165,13 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
         full, heldout, classes, skipped = _load_fashion_mnist(cfg, log)
         source = "test split"
     elif d.name == "folder":
-        full, classes, skipped = _load_folder(d.root, cfg, log)
-        if d.val_root:
-            heldout, val_classes, val_skipped = _load_folder(d.val_root, cfg, log, id_offset=10_000_000)
+        root, val_root = split_tree(d.root, d.val_root, log)
+        full, classes, skipped = _load_folder(root, cfg, log)
+        if val_root:
+            heldout, val_classes, val_skipped = _load_folder(val_root, cfg, log, id_offset=10_000_000)
             heldout.labels = _align_labels(heldout.labels, val_classes, classes, d.val_root)
             skipped += val_skipped
-            source = f"val_root {d.val_root}"
+            source = f"val_root {val_root}"
     else:
         if d.root or d.val_root:
             raise ConfigError(

@@ -2,7 +2,8 @@
 
 Decoding happens in a pool of processes; each image is resized (shorter side) and centre-cropped to a square of
 `decode_size` and stored in a numpy memmap under the cache directory, so every later epoch, run and process reads
-raw uint8 pixels. Unreadable files are skipped, counted and reported, never a crash.
+raw uint8 pixels. Unreadable files and directories, and images above `data.max_pixels` (decompression bombs),
+are skipped, counted and reported, never a crash; file names may hold any bytes (shown with escapes).
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from PIL import Image, ImageOps
 from mimkit.errors import UserError
 
 EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+# data.max_pixels' default: PIL's own decompression-bomb threshold (width x height); larger images are skipped
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
 
 
 class FolderError(UserError, ValueError):
@@ -32,32 +35,47 @@ class FolderIndex:
     files: list[Path]
     labels: list[int] | None
     classes: list[str] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # directories the scan could not list
+
+
+def shown(path: str | Path) -> str:
+    """A path as text that can always be printed: bytes that are not UTF-8 appear as escapes."""
+    return str(path).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def scan(root: str | Path) -> FolderIndex:
-    """Labelled when every image sits under a top-level class folder; flat (unlabelled) otherwise."""
+    """Labelled when every image sits under a top-level class folder; flat (unlabelled) otherwise. Directories
+    that cannot be listed are recorded (and reported as skipped), not silently dropped."""
     root = Path(root).expanduser()
     if not root.is_dir():
         raise FolderError(f"image folder '{root}' does not exist (set data.root to a directory of images)")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in EXTENSIONS and p.is_file())
+    unreadable: list[str] = []
+    files = []
+    for directory, subdirs, names in os.walk(root, onerror=lambda err: unreadable.append(str(err.filename))):
+        subdirs.sort()
+        files += [Path(directory) / n for n in names if Path(n).suffix.lower() in EXTENSIONS]
+    files = sorted(p for p in files if p.is_file())
     if not files:
         raise FolderError(
             f"image folder '{root}' has no images ({', '.join(sorted(EXTENSIONS))}, searched recursively)"
         )
     top_level = [p for p in files if p.parent == root]
     if top_level:
-        return FolderIndex(files, None)
+        return FolderIndex(files, None, unreadable=unreadable)
     classes = sorted({p.relative_to(root).parts[0] for p in files})
     lookup = {name: i for i, name in enumerate(classes)}
     labels = [lookup[p.relative_to(root).parts[0]] for p in files]
-    return FolderIndex(files, labels, classes)
+    return FolderIndex(files, labels, classes, unreadable)
 
 
-def decode_image(path: Path | IO[bytes], size: int, mode: str) -> np.ndarray | None:
-    """RGB or L uint8 array (size, size, C): resize the shorter side, centre crop. None when unreadable. `path` may
-    also be a binary file object (an image read out of a tar shard)."""
+def decode_image(path: Path | IO[bytes], size: int, mode: str, max_pixels: int = MAX_PIXELS) -> np.ndarray | None:
+    """RGB or L uint8 array (size, size, C): resize the shorter side, centre crop. None when unreadable, or when
+    the header declares more than `max_pixels` pixels (checked before any decoding: a decompression bomb is refused
+    without being expanded). `path` may also be a binary file object (an image read out of a tar shard)."""
     try:
         with Image.open(path) as img:
+            if img.width * img.height > max_pixels:
+                return None
             img = ImageOps.exif_transpose(img)
             if img.mode.startswith("I;16") or img.mode in ("I", "F"):
                 img = _to_8bit(img)
@@ -84,16 +102,16 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.round(arr), 0, 255).astype(np.uint8), mode="L")
 
 
-def _decode_chunk(args: tuple[list[str], int, str]) -> list[np.ndarray | None]:
-    paths, size, mode = args
-    return [decode_image(Path(p), size, mode) for p in paths]
+def _decode_chunk(args: tuple[list[str], int, str, int]) -> list[np.ndarray | None]:
+    paths, size, mode, max_pixels = args
+    return [decode_image(Path(p), size, mode, max_pixels) for p in paths]
 
 
-def _cache_key(index: FolderIndex, size: int, mode: str) -> str:
-    digest = hashlib.sha1(f"{size}|{mode}".encode())
+def _cache_key(index: FolderIndex, size: int, mode: str, max_pixels: int) -> str:
+    digest = hashlib.sha1(f"{size}|{mode}|{max_pixels}".encode())
     for path in index.files:
         stat = path.stat()
-        digest.update(f"{path}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+        digest.update(os.fsencode(path) + f"|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:16]
 
 
@@ -110,34 +128,56 @@ class DecodedFolder:
     skipped: list[str]
 
 
-def load_folder(root: str | Path, size: int, channels: int, workers: int = 0, log=print) -> DecodedFolder:
+def load_folder(
+    root: str | Path, size: int, channels: int, workers: int = 0, log=print, max_pixels: int = MAX_PIXELS
+) -> DecodedFolder:
     """Decode every readable image once (cached by file list, sizes and mtimes)."""
     index = scan(root)
     mode = "L" if channels == 1 else "RGB"
-    key = _cache_key(index, size, mode)
+    key = _cache_key(index, size, mode, max_pixels)
     directory = cache_root()
     directory.mkdir(parents=True, exist_ok=True)
     data_path, meta_path = directory / f"{key}.u8", directory / f"{key}.json"
     if meta_path.is_file() and data_path.is_file():
         meta = json.loads(meta_path.read_text())
     else:
-        meta = _decode_all(index, size, mode, channels, workers, data_path, meta_path, log)
+        meta = _decode_all(index, size, mode, channels, workers, data_path, meta_path, log, max_pixels)
     count = meta["count"]
+    skipped = [*meta["skipped"], *(f"{d} (directory not readable)" for d in index.unreadable)]
     if count == 0:
-        raise FolderError(f"no image in '{root}' could be read ({len(meta['skipped'])} files skipped)")
+        raise FolderError(f"no image in '{shown(root)}' could be read ({len(skipped)} skipped)")
     images = np.memmap(data_path, dtype=np.uint8, mode="r", shape=(count, channels, size, size))
     labels = np.asarray(meta["labels"], dtype=np.int64) if meta["labels"] is not None else None
     if meta["skipped"]:
-        log(f"[data] skipped {len(meta['skipped'])} unreadable image(s) in {root}, e.g. {meta['skipped'][0]}")
-    return DecodedFolder(images, labels, index.classes, meta["skipped"])
+        log(
+            f"[data] skipped {len(meta['skipped'])} image(s) in {shown(root)} that could not be read or exceed "
+            f"data.max_pixels={max_pixels}, e.g. {shown(meta['skipped'][0])}"
+        )
+    if index.unreadable:
+        log(
+            f"[data] skipped {len(index.unreadable)} director(y/ies) in {shown(root)} that could not be listed, e.g. "
+            f"{shown(index.unreadable[0])}: their images are not used"
+        )
+    return DecodedFolder(images, labels, index.classes, skipped)
 
 
 def _decode_all(
-    index: FolderIndex, size: int, mode: str, channels: int, workers: int, data_path: Path, meta_path: Path, log
+    index: FolderIndex,
+    size: int,
+    mode: str,
+    channels: int,
+    workers: int,
+    data_path: Path,
+    meta_path: Path,
+    log,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict:
     log(f"[data] decoding {len(index.files)} images to {size}x{size} {mode} (once; cached in {data_path.parent})")
     chunk = 256
-    jobs = [([str(p) for p in index.files[i : i + chunk]], size, mode) for i in range(0, len(index.files), chunk)]
+    jobs = [
+        ([str(p) for p in index.files[i : i + chunk]], size, mode, max_pixels)
+        for i in range(0, len(index.files), chunk)
+    ]
     tmp_path = data_path.with_suffix(f".{os.getpid()}.part")
     kept_labels: list[int] = []
     skipped: list[str] = []

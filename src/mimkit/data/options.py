@@ -46,6 +46,9 @@ class DataConfig:
     shuffle_buffer: int = 1000  # webdataset: samples in each process's shuffle buffer
     decode: str = "pil"  # webdataset: pil (in the workers) | device (JPEGs on the training device: nvjpeg on CUDA)
     download: bool = True  # fashion-mnist: download to ~/.cache/mimkit when not found locally
+    # folder data: images whose header declares more pixels (width x height) are skipped and counted, undecoded
+    # (decompression bombs); the default is PIL's own threshold
+    max_pixels: int = 89_478_485
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
     # classification | localization | rotation | combined (class + box) | cluttered_localization | keypoints | depth
     # | tracking
@@ -85,6 +88,7 @@ def validate_data(cfg: Any) -> None:
         f"data.decode_size: {d.decode_size} must be in [1, {2 * MAX_IMG_SIZE}] px or null",
     )
     check(0 <= d.num_workers <= 512, f"data.num_workers: {d.num_workers} must be in [0, 512]")
+    check(d.max_pixels > 0, f"data.max_pixels: {d.max_pixels} must be positive")
     check(d.shuffle_buffer >= 1, f"data.shuffle_buffer: {d.shuffle_buffer} must be >= 1")
     check(d.in_chans in (None, 1, 3), f"data.in_chans: {d.in_chans} must be 1 or 3")
     if d.name == "folder":

@@ -36,8 +36,9 @@ def pick_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(requested_device: str) -> DistEnv:
-    """One process: nothing to do. Under torchrun (WORLD_SIZE > 1): join the process group via env://."""
+def init_distributed(requested_device: str, timeout_s: float = 300.0) -> DistEnv:
+    """One process: nothing to do. Under torchrun (WORLD_SIZE > 1): join the process group via env://. A collective
+    that waits longer than `timeout_s` (a rank stopped, crashed or hung) fails on the others instead of blocking."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
@@ -46,7 +47,7 @@ def init_distributed(requested_device: str) -> DistEnv:
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(minutes=30))
+        dist.init_process_group(backend=backend, init_method="env://", timeout=timedelta(seconds=timeout_s))
     return DistEnv(rank, world, local_rank, device)
 
 

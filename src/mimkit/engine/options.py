@@ -43,6 +43,10 @@ class TrainConfig:
     keep_last: int = 2
     log_every: int = 10
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
+    # torchrun: seconds a collective waits for the other ranks before failing (a stopped or hung rank becomes an
+    # error on the others, exit 75, instead of a silent wait); raise it when evaluation or checkpoint writes on
+    # rank 0 take longer
+    dist_timeout: float = 300.0
     reconstruct: bool = True  # write the reconstruction figure at the end
     tensorboard: bool = True  # when tensorboard is installed
 
@@ -88,6 +92,7 @@ def validate_train(cfg: Any) -> None:
     for key in ("eval_every", "eval_samples", "eval_batch_size", "ckpt_every", "log_every", "max_nonfinite"):
         check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
+    check(t.dist_timeout >= 1, f"train.dist_timeout: {t.dist_timeout} must be at least 1 second")
 
 
 def resolve_train(cfg: Any) -> None:

@@ -148,11 +148,20 @@ def read_hf_directory(directory: Path) -> tuple[Config, dict[str, torch.Tensor]]
         )
     cfg = hf_config_to_mimkit(json.loads(config_path.read_text()))
     if (directory / "model.safetensors").is_file():
-        state = load_file(str(directory / "model.safetensors"))
+        path, read = directory / "model.safetensors", lambda p: load_file(str(p))
     elif (directory / "pytorch_model.bin").is_file():
-        state = torch.load(directory / "pytorch_model.bin", map_location="cpu", weights_only=True)
+        path, read = directory / "pytorch_model.bin", lambda p: torch.load(p, map_location="cpu", weights_only=True)
     else:
         raise ImportError_(f"'{directory}' has neither model.safetensors nor pytorch_model.bin")
+    try:
+        state = read(path)
+    except Exception as err:  # noqa: BLE001 - truncated, corrupt, or a pickle that needs more than tensors
+        reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise ImportError_(
+            f"'{path}' is not a readable weights file ({type(err).__name__}: {reason}); download it again"
+        ) from None
+    if not isinstance(state, dict):
+        raise ImportError_(f"'{path}' holds a {type(state).__name__}, not a state dict")
     return cfg, convert_hf_state_dict(state)
 
 

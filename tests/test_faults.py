@@ -110,9 +110,9 @@ def _rank_pids(tag: str) -> dict[int, int]:
     return found
 
 
-def _torchrun(run: Path, port: int, tag: str, extra: list[str]) -> subprocess.Popen:
+def _torchrun(run: Path, port: int, tag: str, extra: list[str], launcher: str = "torch.distributed.run"):
     env = {**cli_env(), "MIMKIT_TEST_TAG": tag}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}"]
+    cmd = [sys.executable, "-m", launcher, "--nproc_per_node=2", f"--master_port={port}"]
     cmd += ["-m", "mimkit", *_args(run, [*KILLABLE, "train.steps=400", *extra])]
     return subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -131,7 +131,7 @@ def _started(run: Path, proc: subprocess.Popen, tag: str, timeout: float = 120) 
 def test_a_stopped_rank_becomes_an_error_on_the_other_within_the_timeout(tmp_path):
     tag = uuid.uuid4().hex
     run = tmp_path / "run"
-    proc = _torchrun(run, 29561, tag, ["train.dist_timeout=5"])
+    proc = _torchrun(run, 29561, tag, ["train.dist_timeout=5"], launcher="mimkit.launch")
     pids = _started(run, proc, tag)
     os.kill(pids[1], signal.SIGSTOP)
     t0 = time.time()
@@ -145,7 +145,8 @@ def test_a_stopped_rank_becomes_an_error_on_the_other_within_the_timeout(tmp_pat
     _, stderr = proc.communicate(timeout=120)
     assert waited < 60, f"rank 0 waited {waited:.0f} s for the stopped rank"
     assert "mimkit: error: a collective with the other ranks failed" in stderr, stderr[-3000:]
-    assert "exitcode  : 75" in stderr  # torchrun's report of rank 0's exit code
+    assert "(exitcode: 75) local_rank: 0" in stderr  # torchrun's report of rank 0's exit status
+    assert proc.returncode == 75  # mimkit.launch exits with the failed rank's status (torchrun alone: 1)
     assert ckpt.load_weights(ckpt.find_checkpoint(run))  # what was saved before stays loadable
 
 
@@ -161,4 +162,21 @@ def test_a_killed_rank_stops_the_other_and_the_run_resumes(tmp_path):
     step = int(ckpt.find_checkpoint(run).resolve().name.split("-")[1])
     assert step >= 5
     resumed = run_cli(*_args(run, [*KILLABLE, "train.steps=60"]), check=True)  # on one process: a new world size
+    assert f"resumed from step {step}" in resumed.stdout
+
+
+def test_sigterm_to_the_launcher_saves_on_every_rank_and_exits_143(tmp_path):
+    """`python -m mimkit.launch` (torchrun's arguments) forwards SIGTERM to the ranks, which each save and exit 143,
+    and exits 143 itself (torchrun alone exits 1 with a traceback); the run then resumes."""
+    tag = uuid.uuid4().hex
+    run = tmp_path / "run"
+    proc = _torchrun(run, 29565, tag, ["train.steps=60"], launcher="mimkit.launch")
+    _started(run, proc, tag)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert stderr.count("SIGTERM received: checkpoint saved at step") == 2  # one line per rank
+    assert "mimkit.launch: SIGTERM received" in stderr and "Traceback" not in stderr
+    step = int(ckpt.find_checkpoint(run).resolve().name.split("-")[1])
+    resumed = run_cli(*_args(run, [*KILLABLE, "train.steps=60"]), check=True)
     assert f"resumed from step {step}" in resumed.stdout

@@ -254,3 +254,53 @@ def test_cli_failures_reach_the_user_without_a_traceback_through_a_real_interpre
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == ["mimkit: error: method.mask_patch_size: 0 must be positive or null"]
+
+
+class _Payload:
+    """A pickle that runs a shell command when loaded by a full unpickler."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickles_never_run_on_any_loading_command(capsys, tmp_path):
+    """Every command that reads a pickle-based file (a checkpoint's state.pt on resume, an HF pytorch_model.bin or
+    an official MAE .pth on import, a timm weights file as init or teacher) refuses the payload: exit 2, and the
+    command it carries never runs."""
+    import torch
+
+    from mimkit.engine import checkpoint as ckpt
+    from mimkit.pretrain import pretrain
+
+    marker = tmp_path / "PWNED"
+    payload = {"model": _Payload(marker), "state_dict": _Payload(marker)}
+    bad = tmp_path / "bad.pth"
+    torch.save(payload, bad)
+
+    run = tmp_path / "run"
+    pretrain(load_config(None, [*TINY, "train.steps=2"]), run)  # a real run, its state.pt then replaced
+    folder = ckpt.find_checkpoint(run)
+    torch.save(payload, folder / ckpt.STATE_FILE)
+    meta = json.loads((folder / ckpt.META_FILE).read_text())
+    meta["sha256"][ckpt.STATE_FILE] = ckpt.file_sha256(folder / ckpt.STATE_FILE)  # the checksum is not the guard here
+    (folder / ckpt.META_FILE).write_text(json.dumps(meta))
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text('{"model_type": "vit_mae", "hidden_size": 64, "num_hidden_layers": 2}')
+    torch.save(payload, hf / "pytorch_model.bin")
+
+    commands = [
+        ["pretrain", "--config", "mae_fmnist_tiny", "--out", str(run), *sets([*TINY, "train.steps=4"])],
+        ["import", str(hf), "--out", str(tmp_path / "i1")],
+        ["import", str(bad), "--format", "mae-pth", "--out", str(tmp_path / "i2")],
+        ["finetune", "--init", f"timm:vit_tiny_patch16_224@{bad}", "--out", str(tmp_path / "f"), *sets(TINY)],
+        ["distill", "--teacher", f"timm:vit_tiny_patch16_224@{bad}", "--out", str(tmp_path / "d"), *sets(TINY)],
+    ]
+    for args in commands:
+        cli_error(capsys, *args)
+        assert not marker.exists(), f"the payload ran: mimkit {' '.join(args[:3])}"
+    torch.load(bad, weights_only=False)  # the control: a full unpickler does run the payload
+    assert marker.exists()

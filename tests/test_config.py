@@ -27,6 +27,7 @@ from mimkit.config import (
 
 SHIPPED = [
     "distill_fmnist_tiny",
+    "finetune_fmnist_pico_scratch",
     "finetune_fmnist_tiny",
     "finetune_mae_vit_base_in1k",
     "finetune_simmim_swinv2_base_in1k",
@@ -578,3 +579,13 @@ def test_cli_main_invalid_yaml_override_is_user_error(tmp_path, capsys):
     except Exception:  # noqa: BLE001 - an escaping exception is the bug
         code = None
     assert code == 2
+
+
+def test_the_tuned_scratch_recipe_holds_the_swept_settings():
+    """finetune_fmnist_pico_scratch is the sweep's winning run (docs/results/fmnist-finetune-protocol.md): a change
+    to it must come with a new run in that table."""
+    cfg = resolved(load_config("finetune_fmnist_pico_scratch", ["init=scratch"]))
+    assert (cfg.model.name, cfg.model.init_scheme, cfg.model.drop_path) == ("mim_vit_pico", "mae", 0.0)
+    assert (cfg.method.name, cfg.method.layer_decay, cfg.method.label_smoothing) == ("supervised", 1.0, 0.1)
+    assert (cfg.train.epochs, cfg.train.warmup_epochs, cfg.train.batch_size) == (15, 1, 128)
+    assert cfg.train.lr == pytest.approx(1e-3) and cfg.data.crop_scale == [0.8, 1.0]

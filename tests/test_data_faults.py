@@ -133,3 +133,13 @@ def test_importing_damaged_hf_weights_is_one_line(capsys, tmp_path, name, conten
     (hf / name).write_bytes(content)
     err = cli_error(capsys, "import", str(hf), "--out", str(tmp_path / "out"))
     assert f"'{hf / name}' is not a readable weights file" in err
+
+
+def test_class_folders_that_are_symlinks_are_followed(tmp_path, cache):
+    elsewhere = tmp_path / "elsewhere" / "dog"
+    _png(elsewhere / "0.png", value=50)
+    root = tmp_path / "tree"
+    _png(root / "cat" / "0.png", value=200)
+    (root / "dog").symlink_to(elsewhere, target_is_directory=True)
+    decoded = folder.load_folder(root, 16, 1, log=lambda *_: None)
+    assert decoded.classes == ["cat", "dog"] and len(decoded.images) == 2

@@ -304,3 +304,17 @@ def test_malicious_pickles_never_run_on_any_loading_command(capsys, tmp_path):
         assert not marker.exists(), f"the payload ran: mimkit {' '.join(args[:3])}"
     torch.load(bad, weights_only=False)  # the control: a full unpickler does run the payload
     assert marker.exists()
+
+
+def test_an_error_naming_a_path_of_non_utf8_bytes_is_still_one_printable_line(capsys, tmp_path):
+    odd = tmp_path / os.fsdecode(b"missing-\xff")
+    err = cli_error(
+        capsys,
+        "pretrain",
+        "--config",
+        "mae_fmnist_tiny",
+        "--out",
+        str(tmp_path / "r"),
+        *sets([*TINY, "data.name=folder", f"data.root={odd}"]),
+    )
+    assert "missing-\\xff" in err

@@ -50,6 +50,8 @@ def exit_code_of(command: Callable[[], int], debug: bool = False) -> int:
     def report(line: str, code: int) -> int:
         if debug:
             traceback.print_exc()
+        # printable whatever the message holds (a path of non-UTF-8 bytes arrives as surrogates)
+        line = line.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         print(f"mimkit: {line}", file=sys.stderr)
         return code
 

@@ -169,7 +169,7 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
         full, classes, skipped = _load_folder(root, cfg, log)
         if val_root:
             heldout, val_classes, val_skipped = _load_folder(val_root, cfg, log, id_offset=10_000_000)
-            heldout.labels = _align_labels(heldout.labels, val_classes, classes, d.val_root)
+            heldout.labels = _align_labels(heldout.labels, val_classes, classes, val_root)
             skipped += val_skipped
             source = f"val_root {val_root}"
     else:

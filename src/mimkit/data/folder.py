@@ -51,7 +51,9 @@ def scan(root: str | Path) -> FolderIndex:
         raise FolderError(f"image folder '{root}' does not exist (set data.root to a directory of images)")
     unreadable: list[str] = []
     files = []
-    for directory, subdirs, names in os.walk(root, onerror=lambda err: unreadable.append(str(err.filename))):
+    # followlinks: class folders are often symlinks into another tree (as Path.rglob followed them)
+    walk = os.walk(root, onerror=lambda err: unreadable.append(str(err.filename)), followlinks=True)
+    for directory, subdirs, names in walk:
         subdirs.sort()
         files += [Path(directory) / n for n in names if Path(n).suffix.lower() in EXTENSIONS]
     files = sorted(p for p in files if p.is_file())

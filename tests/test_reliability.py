@@ -160,6 +160,29 @@ def test_unexpected_failures_are_one_line_with_an_exit_code_and_debug_shows_the_
     assert "No space left on device '/runs/x/checkpoints/.tmp-step-0000010'" in err and "resumes" in err
 
 
+def test_a_signal_or_a_non_finite_stop_inside_any_command_keeps_its_exit_code(capsys, monkeypatch):
+    """Commands that train without going through the training outcome (compare, a distillation chain's steps) still
+    report an interruption as one, not as an internal error."""
+    import mimkit.cli as cli
+    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
+
+    def stopped(_args):
+        raise Interrupted("SIGTERM", 143, step=241)
+
+    def diverged(_args):
+        raise NonFiniteLossError("stopped after 3 non-finite steps in a row")
+
+    build = cli.build_parser
+    monkeypatch.setattr(cli, "build_parser", _parser_with(build, {"recipes": stopped}))
+    assert cli.main(["recipes"]) == 143
+    err = capsys.readouterr().err
+    assert "SIGTERM received: checkpoint saved at step 241; re-run the same command to resume" in err
+    assert "internal error" not in err
+    monkeypatch.setattr(cli, "build_parser", _parser_with(build, {"recipes": diverged}))
+    assert cli.main(["recipes"]) == 3
+    assert "non-finite" in capsys.readouterr().err
+
+
 def _parser_with(build, funcs):
     def patched():
         parser = build()

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from mimkit.engine.host_malloc import tune_host_malloc
-from mimkit.errors import exit_code_of
+from mimkit.errors import exit_code_of, in_process_group
 from mimkit.outcome import training_exit_code
 
 
@@ -780,7 +780,15 @@ def main(argv: list[str] | None = None) -> int:
     debug = "--debug" in argv  # anywhere on the line, not only before the command
     args = build_parser().parse_args([a for a in argv if a != "--debug"])
     tune_host_malloc()  # before the first large tensor: see engine/host_malloc.py
-    return exit_code_of(lambda: run_command(args), debug=debug)
+    code = exit_code_of(lambda: run_command(args), debug=debug)
+    if code != 0 and in_process_group():
+        # a process group whose peer is gone can abort the interpreter's shutdown (gloo's destructors call
+        # std::terminate: exit -6 instead of 75, seen in CI): everything mimkit writes is already on disk (atomic
+        # files, fsync'd metrics, closed logs), so a failed rank leaves at once with the status that says why
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 if __name__ == "__main__":

@@ -28,13 +28,39 @@ def one_of(key: str, value: object, choices: list) -> None:
         raise ConfigError(f"{key}: '{value}' is not one of {', '.join(map(str, choices))}")
 
 
+class NonFiniteLossError(RuntimeError):
+    """Training stopped after too many non-finite steps in a row (exit code 3); the last clean checkpoint is kept."""
+
+
+class Interrupted(Exception):
+    """Raised after a signal: the checkpoint is saved and the process should exit with `exit_code`."""
+
+    def __init__(self, signame: str, exit_code: int, step: int, saved: bool = True):
+        super().__init__(
+            f"{signame} received: checkpoint saved at step {step}"
+            if saved
+            else f"{signame} received at step {step}, during a run of non-finite steps: no checkpoint saved, the last "
+            "clean one is kept"
+        )
+        self.exit_code = exit_code
+        self.step = step
+
+
 # Exit codes of the CLI and the demo (docs/reliability.md): 0 done; 2 an input the user can fix (config, data,
 # checkpoint, output path, memory); 3 stopped after too many non-finite steps; 70 an internal error (a bug, or an
 # input mimkit does not check yet); 74 the operating system refused a read or write (disk full, read-only file
 # system, permissions); 75 another rank of a torchrun job stopped, crashed or hung (a collective timed out or lost its
 # peer); 130 / 143 interrupted by SIGINT / SIGTERM after saving a checkpoint.
 EXIT_BAD_INPUT, EXIT_NONFINITE, EXIT_INTERNAL, EXIT_IO, EXIT_PEER = 2, 3, 70, 74, 75
-PEER_FAILURES = ("timed out", "connection closed by peer", "connection reset by peer", "broken pipe")
+# how gloo and nccl word a lost peer (gloo says "Application timeout caused pair closure" when its own timeout
+# closes the connection to a rank that stopped answering)
+PEER_FAILURES = (
+    "timed out",
+    "timeout caused pair closure",
+    "connection closed by peer",
+    "connection reset by peer",
+    "broken pipe",
+)
 DEBUG_HINT = "re-run with --debug (or MIMKIT_DEBUG=1) for the traceback"
 
 
@@ -59,6 +85,10 @@ def exit_code_of(command: Callable[[], int], debug: bool = False) -> int:
         return command()
     except UserError as err:
         return report(f"error: {err}", EXIT_BAD_INPUT)
+    except Interrupted as stop:  # a signal during a command that trains (compare, sweep steps, chains, ...)
+        return report(f"{stop}; re-run the same command to resume", stop.exit_code)
+    except NonFiniteLossError as err:
+        return report(str(err), EXIT_NONFINITE)
     except KeyboardInterrupt:
         return report("interrupted", 130)
     except MemoryError:

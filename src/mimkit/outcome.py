@@ -16,7 +16,7 @@ def training_exit_code(
 ) -> int:
     """Run `train` and turn its outcome into an exit code (see the module docstring). The CLI reports UserError
     itself (catch_user_errors=False); the sweep runner, which runs many trainings in one process, asks for it."""
-    from mimkit.engine.trainer import Interrupted, NonFiniteLossError
+    from mimkit.errors import Interrupted, NonFiniteLossError
 
     try:
         results = train()

@@ -26,28 +26,11 @@ from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.distributed import DistEnv, all_ranks_true, all_reduce_sum, barrier, broadcast_flag
 from mimkit.engine.metrics import MetricsLogger, Progress, read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
+from mimkit.errors import Interrupted, NonFiniteLossError  # noqa: F401 - raised here, imported from here too
 
 if TYPE_CHECKING:  # the Engine knows the Method interface, not any method
     from mimkit.data.stream import Stream
     from mimkit.methods.base import Method
-
-
-class NonFiniteLossError(RuntimeError):
-    pass
-
-
-class Interrupted(Exception):
-    """Raised after a signal: the checkpoint is saved and the process should exit with `exit_code`."""
-
-    def __init__(self, signame: str, exit_code: int, step: int, saved: bool = True):
-        super().__init__(
-            f"{signame} received: checkpoint saved at step {step}"
-            if saved
-            else f"{signame} received at step {step}, during a run of non-finite steps: no checkpoint saved, the last "
-            "clean one is kept"
-        )
-        self.exit_code = exit_code
-        self.step = step
 
 
 @dataclass

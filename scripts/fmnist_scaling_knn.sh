@@ -9,7 +9,7 @@ M="python -m mimkit"
 PY=python3
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 for run in "$DIR"/runs/*/; do
-  [ -f "$run/knn/results.json" ] && continue
+  [ -f "$run/knn/knn.json" ] || [ -f "$run/knn/results.json" ] && continue
   $M knn --init "$run" --out "$run/knn" --set data.fraction=0.1 --set probe.pool=avg > "$run/knn.log" 2>&1
 done
 $PY - "$DIR" <<'PY'
@@ -18,7 +18,9 @@ from pathlib import Path
 out = Path(sys.argv[1])
 rows = list(csv.DictReader(open(out / "results.csv")))
 for row in rows:  # the analysis reads its accuracy from finetune_top1: put kNN top-1 there
-    row["finetune_top1"] = json.loads((Path(row["run_dir"]) / "knn" / "results.json").read_text())["top1"]
+    knn = Path(row["run_dir"]) / "knn"
+    found = knn / "knn.json" if (knn / "knn.json").is_file() else knn / "results.json"  # older runs: results.json
+    row["finetune_top1"] = json.loads(found.read_text())["top1"]
 with open(out / "results_knn.csv", "w", newline="") as fh:
     writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -14,11 +14,11 @@ $PY -m mimkit finetune --init $W/mae --out $W/ft $common --set train.epochs=2 --
   2>&1 | grep -E "^\[init\]|step .*/|error" | tail -4
 $PY -m mimkit linprobe --init $W/mae --out $W/probe --set device=cuda 2>&1 | grep -E "probe\]|error" | tail -2
 $PY -m mimkit knn --init $W/mae --out $W/probe --set device=cuda 2>&1 | grep -E "probe\]|error" | tail -2
-cp $W/probe/results.json "$OUT/knn_results.json"
-$PY -m mimkit linprobe --init $W/mae --out $W/probe2 --set device=cuda >/dev/null 2>&1; cp $W/probe2/results.json "$OUT/linprobe_results.json"
+cp $W/probe/knn.json "$OUT/knn_results.json"
+$PY -m mimkit linprobe --init $W/mae --out $W/probe2 --set device=cuda >/dev/null 2>&1; cp $W/probe2/linprobe.json "$OUT/linprobe_results.json"
 cp $W/ft/results.json "$OUT/finetune_results.json"
 $PY -m mimkit pretrain --config mocov3_fmnist_tiny --out $W/moco $common --set train.steps=300 \
   --set train.eval_every=100 --set train.log_every=100 2>&1 | grep -E "step 300|error" | tail -2
 cp $W/moco/results.json "$OUT/mocov3_results.json"
-$PY -m mimkit knn --init $W/moco --out $W/moco_knn --set device=cuda >/dev/null 2>&1; cp $W/moco_knn/results.json "$OUT/mocov3_knn_results.json"
+$PY -m mimkit knn --init $W/moco --out $W/moco_knn --set device=cuda >/dev/null 2>&1; cp $W/moco_knn/knn.json "$OUT/mocov3_knn_results.json"
 for f in "$OUT"/*.json; do echo "== $f"; cat "$f"; echo; done

@@ -8,7 +8,7 @@ STAGE=$(mktemp -d)
 for rel in "$@"; do
   src="$BASE/$rel"; dst="$STAGE/$rel"
   mkdir -p "$dst/checkpoints/last"
-  for f in config.yaml results.json metrics.jsonl chain.json; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
+  for f in config.yaml results.json linprobe.json knn.json metrics.jsonl chain.json; do [ -f "$src/$f" ] && cp "$src/$f" "$dst/"; done
   [ -d "$src/checkpoints/last" ] && cp -L "$src/checkpoints/last/model.safetensors" "$src/checkpoints/last/meta.json" \
     "$dst/checkpoints/last/"
 done

@@ -99,9 +99,16 @@ def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
     assert "Traceback" not in stderr and "checkpoint saved" in stderr
     meta = json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())
     assert 5 <= meta["step"] < 40
+    first_session = torch.load(tmp_path / "run/checkpoints/last" / ckpt.STATE_FILE, weights_only=True)["seconds"]
+    assert first_session > 0
     done = run_cli(*_args(tmp_path / "run", KILLABLE), check=True)
     assert f"resumed from step {meta['step']}" in done.stdout
     assert json.loads((tmp_path / "run/checkpoints/last/meta.json").read_text())["step"] == 40
+    # results.json's time counts both sessions, and re-running the finished run keeps it
+    seconds = json.loads((tmp_path / "run/results.json").read_text())["seconds"]
+    assert seconds > first_session
+    run_cli(*_args(tmp_path / "run", KILLABLE), check=True)
+    assert json.loads((tmp_path / "run/results.json").read_text())["seconds"] == seconds
 
 
 def test_checkpoints_last_best_and_keep_last(tmp_path):

@@ -258,12 +258,23 @@ def test_frozen_encoder_is_unchanged_and_cache_matches_recompute(tmp_path, mae_r
 def test_linprobe_and_knn_cli(tmp_path, mae_run):
     probe = ["data.name=synthetic", "data.synthetic_size=128", "probe.epochs=4", "probe.warmup_epochs=1"]
     lin = run_cli("linprobe", "--init", str(mae_run), "--out", str(tmp_path / "lin"), *sets(probe), check=True)
-    res = json.loads((tmp_path / "lin/results.json").read_text())
-    assert res["epochs"] == 4 and 0 <= res["top1"] <= 100 and "top1" in lin.stdout
+    res = json.loads((tmp_path / "lin/linprobe.json").read_text())
+    assert (
+        res["epochs"] == 4
+        and 0 <= res["top1"] <= 100
+        and f"top-1                        {res['top1']:.2f}%" in lin.stdout
+    )
+    assert "features (train) batch 1/1" in lin.stdout  # extraction shows progress
     assert (tmp_path / "lin/checkpoints/last/head.safetensors").is_file()
     run_cli("knn", "--init", str(mae_run), "--out", str(tmp_path / "lin"), *sets(probe), check=True)
-    knn = json.loads((tmp_path / "lin/results.json").read_text())
+    knn = json.loads((tmp_path / "lin/knn.json").read_text())
     assert knn["features_reused"] is True and knn["k"] == 20  # same encoder, data and pooling: cache hit
+    # the two commands' results sit side by side, and both log to metrics.jsonl; a re-run replaces only its own
+    assert json.loads((tmp_path / "lin/linprobe.json").read_text()) == res
+    run_cli("knn", "--init", str(mae_run), "--out", str(tmp_path / "lin"), *sets(probe), check=True)
+    events = [json.loads(line) for line in (tmp_path / "lin/metrics.jsonl").read_text().splitlines()]
+    assert [e["command"] for e in events] == ["linprobe"] * 4 + ["knn"]
+    assert events[-1]["top1"] == knn["top1"] and events[-1]["k"] == 20
 
 
 def test_knn_on_a_toy_set_with_a_known_answer():

@@ -90,7 +90,7 @@ def test_mocov3_pretrain_then_knn(tmp_path):
         *sets(["data.name=synthetic", "data.synthetic_size=64"]),
         check=True,
     )
-    assert 0 <= json.loads((tmp_path / "knn/results.json").read_text())["top1"] <= 100
+    assert 0 <= json.loads((tmp_path / "knn/knn.json").read_text())["top1"] <= 100
 
 
 def test_official_stability_tricks_fix_the_position_embedding_and_freeze_a_random_patch_projection():

@@ -195,6 +195,31 @@ def test_shipped_sweep_loads_by_name(tmp_path):
         assert run_status(run) == "new"
 
 
+def test_sweep_set_and_only_change_a_grid_from_the_command_line(tmp_path, capsys):
+    """`sweep --set` adds overrides to every run after the file's own `set`, but never over a grid axis; `--only`
+    keeps the runs whose directory matches a pattern (a smaller grid without a new file)."""
+    base = write_base(tmp_path)
+    grid = {"model": ["mim_vit_femto", "mim_vit_pico"], "steps": [4, 8], "seed": [0, 1]}
+    path = write_sweep(tmp_path, {"base": base.name, "set": {"train.eval_every": 4}, "grid": grid})
+    sweep = load_sweep(path, tmp_path / "out", ["train.eval_every=2", "method.mask_ratio=0.5"])
+    for run in sweep.runs:
+        assert run.overrides[:3] == ["train.eval_every=4", "train.eval_every=2", "method.mask_ratio=0.5"]
+        cfg = load_config(sweep.base, run.overrides)
+        assert (cfg.train.eval_every, cfg.method.mask_ratio) == (2, 0.5)
+    with pytest.raises(ConfigError, match="train.steps is set by the grid's 'steps' axis.*--only"):
+        load_sweep(path, tmp_path / "out", ["train.steps=100"])
+    with pytest.raises(ConfigError, match="model.name is set by the grid's 'model' axis"):
+        load_sweep(path, tmp_path / "out", ["model.name=mim_vit_tiny"])
+    result = run_sweep(str(path), str(tmp_path / "out"), dry_run=True, only=["mim_vit_pico-*-seed0"], say=print)
+    printed = capsys.readouterr().out
+    assert result["runs"] == result["todo"] == 2
+    assert "2 runs (of 8, --only mim_vit_pico-*-seed0)" in printed
+    commands = [line for line in printed.splitlines() if line.startswith("mimkit pretrain")]
+    assert len(commands) == 2 and all("mim_vit_pico-" in c and "seed0" in c for c in commands)
+    with pytest.raises(ConfigError, match="--only vit_huge: matches none of the sweep's runs"):
+        run_sweep(str(path), str(tmp_path / "out"), dry_run=True, only=["vit_huge"])
+
+
 # ----------------------------------------------------------------------------------------- running a tiny sweep
 @pytest.fixture(scope="module")
 def tiny_sweep(tmp_path_factory):

@@ -13,13 +13,27 @@ from mimkit.errors import exit_code_of, in_process_group
 from mimkit.outcome import training_exit_code
 
 
+def with_length_flags(cfg, args: argparse.Namespace, probe: bool = False):
+    """`--steps N` / `--epochs N` applied to a loaded config (config/length.py), its notes printed once."""
+    from mimkit.config.length import with_length
+
+    cfg, notes = with_length(cfg, getattr(args, "steps", None), getattr(args, "epochs", None), probe=probe)
+    if os.environ.get("RANK", "0") == "0":
+        for note in notes:
+            print(f"[{'probe' if probe else 'train'}] {note}")
+    return cfg
+
+
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
     from mimkit.pretrain import pretrain
 
-    cfg = load_config(args.config, args.set)
+    cfg = with_length_flags(load_config(args.config, args.set), args)
     return training_exit_code(
-        lambda: pretrain(cfg, args.out, require_checkpoint=args.resume), "resume with the same command"
+        lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
+        "resume with the same command",
+        command=f"{args.command} {args.out}",
+        results_file=Path(args.out) / "results.json",
     )
 
 
@@ -41,18 +55,21 @@ def cmd_finetune(args: argparse.Namespace) -> int:
 def cmd_linprobe(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
     from mimkit.eval.linprobe import linprobe
+    from mimkit.summary import report
 
     cfg = load_config(args.config, [f"init={args.init}", *data_overrides(args.data), *args.set])
-    print(json.dumps(linprobe(cfg, args.out), indent=1))
+    cfg = with_length_flags(cfg, args, probe=True)
+    report(f"linprobe {args.out}", linprobe(cfg, args.out), Path(args.out) / "linprobe.json")
     return 0
 
 
 def cmd_knn(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
     from mimkit.eval.knn import knn_eval
+    from mimkit.summary import report
 
     cfg = load_config(args.config, [f"init={args.init}", *data_overrides(args.data), *args.set])
-    print(json.dumps(knn_eval(cfg, args.out), indent=1))
+    report(f"knn {args.out}", knn_eval(cfg, args.out), Path(args.out) / "knn.json")
     return 0
 
 
@@ -69,6 +86,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         args.tasks.split(","),
         seeds=args.seeds,
         baselines=not args.no_baselines,
+        length=(args.steps, args.epochs),
     )
     print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
     print(open(f"{args.out}/results.md").read())
@@ -136,13 +154,16 @@ def cmd_distill(args: argparse.Namespace) -> int:
     flags += [f"model.name={args.student}"] if args.student else []
     # --teacher / --student win over --set (they are the more specific way to say it)
     overrides = ["method.name=distill", *data_overrides(args.data), *args.set, *flags]
-    cfg = load_config(args.config, overrides)
+    cfg = with_length_flags(load_config(args.config, overrides), args)
     students = [s.strip() for s in args.chain.split(",") if s.strip()] if args.chain is not None else cfg.distill.chain
     if students is None:
         from mimkit.pretrain import pretrain
 
         return training_exit_code(
-            lambda: pretrain(cfg, args.out, require_checkpoint=args.resume), "resume with the same command"
+            lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
+            "resume with the same command",
+            command=f"distill {args.out}",
+            results_file=Path(args.out) / "results.json",
         )
     from mimkit.methods.distill.chain import run_chain
 
@@ -382,6 +403,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         dry_run=args.dry_run,
         finetune=False if args.no_finetune else None,
         wait=not args.no_wait,
+        sets=args.set,
+        only=args.only,
     )
     return 1 if result.get("failed") else 0
 
@@ -402,10 +425,37 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_length_flags(p: argparse.ArgumentParser, probe: bool = False) -> None:
+    """--steps / --epochs, the one-flag way to change a training command's length (config/length.py)."""
+    length = p.add_mutually_exclusive_group()
+    if not probe:
+        length.add_argument(
+            "--steps",
+            type=int,
+            default=None,
+            metavar="N",
+            help="train N optimizer steps (warm-up, evaluation and checkpoint intervals follow; default: the recipe's)",
+        )
+    length.add_argument(
+        "--epochs",
+        type=int if probe else float,
+        default=None,
+        metavar="N",
+        help="train N epochs (warm-up follows; evaluation and checkpoints once per epoch; default: the recipe's)"
+        if not probe
+        else "train the probe N epochs (warm-up follows; default: the recipe's probe.epochs)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modeling research toolkit")
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of a failure (also MIMKIT_DEBUG=1)"
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="end training and probing commands with their whole results as JSON (for scripts) instead of a summary",
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -413,6 +463,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="recipe name (see `mimkit recipes`), YAML file or run directory")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
+    add_length_flags(p)
     p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
     p.set_defaults(func=cmd_pretrain)
 
@@ -427,7 +478,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", default=default, help=f"recipe, YAML or run directory (default {default})")
         p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
         p.add_argument("--out", required=True, help="run directory")
-        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+        if name != "knn":
+            add_length_flags(p, probe=name == "linprobe")
         if name == "finetune":
             p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
         p.set_defaults(func=func)
@@ -454,6 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="e.g. distill.targets=qk+vv, distill.teacher_layer=18, distill.mask_ratio=0.6",
     )
+    add_length_flags(p)
     p.add_argument("--resume", action="store_true", help="require an existing checkpoint in --out")
     p.set_defaults(func=cmd_distill)
 
@@ -469,6 +523,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
     p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
     p.add_argument("--seeds", type=int, default=1, help="run every cell with seeds 0..N-1; tables show mean ± std")
+    length = p.add_mutually_exclusive_group()
+    length.add_argument(
+        "--steps", type=int, default=None, metavar="N", help="length of the fine-tuning and task-head cells"
+    )
+    length.add_argument(
+        "--epochs",
+        type=float,
+        default=None,
+        metavar="N",
+        help="length of every cell that trains (the linear probe's in whole epochs)",
+    )
     p.add_argument(
         "--no-baselines",
         action="store_true",
@@ -567,6 +632,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print the commands that are left, run nothing")
     p.add_argument("--no-finetune", action="store_true", help="skip the sweep's fine-tunes")
     p.add_argument("--no-wait", action="store_true", help="slurm: submit and return (re-run later to collect)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every run, after the sweep's own `set` (not a key a grid axis sets); repeat it "
+        "when re-running the sweep",
+    )
+    p.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        metavar="PATTERN",
+        help="run only the runs whose directory name matches this shell pattern (e.g. 'mim_vit_pico-*'); repeatable",
+    )
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("scaling", help="analyse a scaling table: over-fitting, saturation, loss vs accuracy, fits")
@@ -778,7 +858,10 @@ def run_command(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # anywhere on the line, not only before the command
-    args = build_parser().parse_args([a for a in argv if a != "--debug"])
+    import mimkit.summary
+
+    mimkit.summary.JSON_OUTPUT = "--json" in argv  # the same: the whole results as JSON instead of a summary
+    args = build_parser().parse_args([a for a in argv if a not in ("--debug", "--json")])
     tune_host_malloc()  # before the first large tensor: see engine/host_malloc.py
     code = exit_code_of(lambda: run_command(args), debug=debug)
     if code != 0 and in_process_group():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
-import time
 from pathlib import Path
 from typing import Any
 
@@ -114,7 +113,7 @@ def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, 
         cfg = resolve_epochs(cfg, images)
         log(
             f"[train] {cfg.train.epochs:g} epochs of {images} images = {cfg.train.steps} steps "
-            f"(train.epochs wins over train.steps; set train.epochs=null to count in steps)"
+            f"(train.epochs wins over train.steps: use --steps N to count in steps)"
         )
     return cfg, data, source
 
@@ -179,7 +178,6 @@ def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: Di
         meta["teacher"] = source.teacher.description
     engine = Engine(cfg, run_dir, method, env, stream, {}, meta)
     engine.evaluators, engine.best_metric = build_evaluators(cfg, data, env, engine.autocast)
-    t0 = time.time()
     try:
         fit = engine.fit()
     finally:
@@ -194,7 +192,7 @@ def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: Di
         "images_per_epoch": stream.images_per_epoch,
         "epochs": fit.step * cfg.train.batch_size / max(1, len(data.train)),
         "skipped_images": len(data.skipped),
-        "seconds": time.time() - t0,
+        "seconds": fit.seconds,  # summed over the sessions of a resumed run; a finished run re-run keeps it
     }
     for split_name, metrics in fit.final.items():
         results.update({f"final_{split_name}_{k}": v for k, v in metrics.items()})
@@ -202,7 +200,18 @@ def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: Di
         from mimkit.viz.curves import plot_loss_curves
 
         atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
-        results["loss_curve"] = str(plot_loss_curves(run_dir))
+        spec = method_spec(cfg)
+        tuned = cfg.init and not cfg.init.startswith("scratch") and spec.name in ("supervised", "task")
+        what = "fine-tuning" if tuned else spec.name
+        results["loss_curve"] = str(
+            plot_loss_curves(
+                run_dir,
+                loss_label=spec.loss_label,
+                eval_inputs=spec.eval_inputs,
+                score=key,
+                title=f"{run_dir.name} ({what}): {spec.loss_label}",
+            )
+        )
         if cfg.train.reconstruct and method.reconstructs:  # MIM methods only
             from mimkit.viz.reconstructions import reconstruction_figure
 

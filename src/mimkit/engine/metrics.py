@@ -50,6 +50,14 @@ class MetricsLogger:
         kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
+    def drop_command(self, command: str) -> None:
+        """Before a probe re-runs: drop the events an earlier run of `command` logged (the events of other commands
+        sharing the directory stay)."""
+        if not self.enabled or not self.path.is_file():
+            return
+        kept = [r for r in read_metrics(self.path) if r.get("command") != command]
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+
     def log(self, record: dict[str, Any]) -> None:
         if not self.enabled:
             return

@@ -69,7 +69,11 @@ def validate_train(cfg: Any) -> None:
         f"train.min_lr: {t.min_lr} is above the peak lr {peak:g} (train.lr, or base_lr x batch_size / 256): the "
         "schedule would climb instead of decay; lower train.min_lr",
     )
-    check(0 <= t.warmup_steps <= t.steps, f"train.warmup_steps: {t.warmup_steps} must be in [0, train.steps]")
+    check(
+        0 <= t.warmup_steps <= t.steps,
+        f"train.warmup_steps: {t.warmup_steps} must be in [0, train.steps] (train.steps is {t.steps}); to shorten a "
+        "run, `--steps N` scales the warm-up with it",
+    )
     check(t.epochs is None or 0 < t.epochs <= 1e6, f"train.epochs: {t.epochs} must be in (0, 1e6] or null")
     check(
         t.warmup_epochs is None or t.warmup_epochs >= 0,

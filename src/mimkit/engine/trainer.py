@@ -38,6 +38,7 @@ class FitResult:
     step: int
     best: float | None  # best value of the engine's best_metric
     final: dict[str, dict[str, float]]  # last evaluation: split -> metrics
+    seconds: float = 0.0  # wall-clock time of fit, summed over the sessions of a resumed run (up to its checkpoints)
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
@@ -109,6 +110,8 @@ class Engine:
         self.best: float | None = None
         self.nonfinite = 0
         self.skipped_total = 0
+        self.seconds_before, self.fit_t0 = 0.0, None  # fit's wall-clock time: earlier sessions', this one's start
+        self.saved_seconds: tuple[int, float] | None = None  # (step, seconds) of the last checkpoint written
         self._signal: str | None = None
 
     # ------------------------------------------------------------------------------------------- helpers
@@ -127,7 +130,16 @@ class Engine:
             "best": self.best if self.best is not None else float("nan"),
             "nonfinite": self.nonfinite,
             "skipped_total": self.skipped_total,
+            "seconds": self._record_seconds(step),
         }
+
+    def _record_seconds(self, step: int) -> float:
+        self.saved_seconds = (step, self.seconds_so_far())
+        return self.saved_seconds[1]
+
+    def seconds_so_far(self) -> float:
+        """Wall-clock seconds of fit: the earlier sessions' (as their last checkpoint recorded) plus this one's."""
+        return self.seconds_before + (time.time() - self.fit_t0 if self.fit_t0 is not None else 0.0)
 
     def save(self, step: int) -> Path | None:
         path = None
@@ -172,6 +184,7 @@ class Engine:
         self.best = None if math.isnan(best) else best
         self.nonfinite = int(state["nonfinite"])
         self.skipped_total = int(state.get("skipped_total", 0))
+        self.seconds_before = float(state.get("seconds", 0.0))  # checkpoints before mimkit recorded it: 0
         step = int(state["step"])
         self.logger.truncate_after(step)
         return step
@@ -225,6 +238,7 @@ class Engine:
         gradient norms and non-finite flags stay on it until the next log, evaluation or checkpoint step, where
         one transfer settles them all (`_settle`)."""
         t, env = self.t, self.env
+        self.fit_t0 = time.time()
         start = self.start_step = self.resume()
         previous_handlers = self._install_signals()
         progress = Progress(t.steps, start, env.is_main, t.log_every)
@@ -286,7 +300,15 @@ class Engine:
             self.logger.close()
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
-        return FitResult(t.steps, self.best, last_eval)
+        # the time the final checkpoint recorded, so that a finished run re-run (which trains nothing) reports the
+        # same; without a final checkpoint (non-finite steps at the end), the time now
+        if start >= t.steps:
+            seconds = self.seconds_before
+        elif self.saved_seconds is not None and self.saved_seconds[0] == t.steps:
+            seconds = self.saved_seconds[1]
+        else:
+            seconds = self.seconds_so_far()
+        return FitResult(t.steps, self.best, last_eval, seconds)
 
     def _settle(self, pending: list[tuple[int, int, "StepStats"]], interval: "_Interval") -> None:
         """Bring the pending steps' numbers to the host in one transfer: add finite steps to the interval, log

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mimkit.config import Config, ConfigError, load_config
+from mimkit.config.length import with_length
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.baselines import PIXELS
 
@@ -83,10 +84,26 @@ def source_of(spec: str) -> str:
     return spec.split("=", 1)[1] if "=" in spec and not Path(spec).exists() else spec
 
 
-def cell_config(cell: Cell, overrides: list[str], protocol_overrides: dict[str, list[str]]) -> Config:
+def cell_config(
+    cell: Cell,
+    overrides: list[str],
+    protocol_overrides: dict[str, list[str]],
+    length: tuple[int | None, float | None] = (None, None),
+) -> Config:
     """Classification: knn / linprobe / finetune as usual. Geometric tasks: a linear head on the frozen encoder
     ('linprobe') or the whole network fine-tuned ('finetune'), both trained by the Engine. The trivial predictor
-    reads the data as the fine-tuning cells do (geometric tasks) or as the probes do (classification)."""
+    reads the data as the fine-tuning cells do (geometric tasks) or as the probes do (classification). `length`
+    is (--steps, --epochs) for every cell that trains (config/length.py); the probe takes the epochs only."""
+    cfg = _cell_recipe(cell, overrides, protocol_overrides)
+    steps, epochs = length
+    if cell.protocol in ("trivial", "knn") or (steps is None and epochs is None):
+        return cfg
+    if cell.protocol == "linprobe" and cell.task == "classification":
+        return cfg if epochs is None else with_length(cfg, epochs=epochs, probe=True)[0]
+    return with_length(cfg, steps, epochs)[0]
+
+
+def _cell_recipe(cell: Cell, overrides: list[str], protocol_overrides: dict[str, list[str]]) -> Config:
     seed = [f"seed={cell.seed}"]
     if cell.protocol == "trivial":
         recipe_protocol = "finetune" if cell.task != "classification" else "linprobe"
@@ -212,9 +229,11 @@ def compare(
     log=print,
     seeds: int = 1,
     baselines: bool = True,
+    length: tuple[int | None, float | None] = (None, None),
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
-    evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std."""
+    evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std. `length`:
+    (--steps, --epochs) of the cells that train."""
     from mimkit.weights.sources import scratch_in_shared_architecture
 
     out = Path(out)
@@ -241,7 +260,7 @@ def compare(
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
     rows = []
     for i, cell in enumerate(cells, 1):
-        cfg = cell_config(cell, overrides, protocol_overrides)
+        cfg = cell_config(cell, overrides, protocol_overrides, length)
         run_dir = out / "cells" / cell.name
         marker = run_dir / "cell.json"
         key = config_hash(cfg)

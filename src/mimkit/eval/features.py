@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,16 +34,35 @@ def frozen_encoder(cfg: Any, source: Source, device: torch.device, what: str | N
 
 
 @torch.no_grad()
-def extract_features(encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, device: torch.device) -> torch.Tensor:
+def extract_features(
+    encoder: nn.Module, data: ImageSet, cfg: Any, pool: str, device: torch.device, label: str = "features"
+) -> torch.Tensor:
     """(N, D) float32 features: the class token after the final norm ('token') or the mean of the patch tokens
-    ('avg', through fc_norm where the model has one)."""
+    ('avg', through fc_norm where the model has one). Shows progress (images, img/s, ETA): on a CPU a large split
+    takes minutes."""
+    import os
+
+    from mimkit.engine.metrics import Progress, format_eta
+
     encoder.global_pool = pool
     d = cfg.data
     out = []
-    for start in range(0, len(data), cfg.probe.feature_batch_size):
-        images = data.images[start : start + cfg.probe.feature_batch_size].to(device)
-        x = eval_transform(images, d.img_size, d.mean, d.std)
-        out.append(encoder.forward_head(encoder.forward_features(x), pre_logits=True).float().cpu())
+    batch = cfg.probe.feature_batch_size
+    batches = -(-len(data) // batch)
+    progress = Progress(batches, 0, os.environ.get("RANK", "0") == "0", max(1, batches // 10), label, f"{label} batch")
+    t0 = time.time()
+    try:
+        for i, start in enumerate(range(0, len(data), batch), 1):
+            images = data.images[start : start + batch].to(device)
+            x = eval_transform(images, d.img_size, d.mean, d.std)
+            out.append(encoder.forward_head(encoder.forward_features(x), pre_logits=True).float().cpu())
+            seen, spent = min(start + batch, len(data)), time.time() - t0
+            rate = seen / max(spent, 1e-9)
+            progress.advance(
+                i, f"{seen}/{len(data)} images  {rate:,.0f} img/s  eta {format_eta((len(data) - seen) / rate)}"
+            )
+    finally:
+        progress.close()
     return torch.cat(out) if out else torch.zeros(0, encoder.embed_dim)
 
 
@@ -82,7 +102,7 @@ def cached_features(
                 return stored["features"], True
         except Exception:  # noqa: BLE001 - an unreadable cache is recomputed
             pass
-    features = extract_features(encoder, data, cfg, pool, device)
+    features = extract_features(encoder, data, cfg, pool, device, label=f"features ({path.stem})")
     save_safetensors(
         {
             "features": features.contiguous(),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from mimkit.config import Config, save_config
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.engine.metrics import MetricsLogger
 
 
 def knn_predict(
@@ -64,5 +65,9 @@ def knn_eval(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         "seconds": time.time() - t0,
     }
     save_config(cfg, run_dir / "config.yaml")
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(run_dir / "knn.json", json.dumps(results, indent=1))  # linprobe.json may sit beside it
+    logger = MetricsLogger(run_dir, True, tensorboard=False)
+    logger.drop_command("knn")
+    logger.log({"event": "eval", "command": "knn", "split": "heldout", "step": 0, **results, "time": time.time()})
+    logger.close()
     return results

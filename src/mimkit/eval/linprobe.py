@@ -80,6 +80,7 @@ def train_head(
             logger.log(
                 {
                     "event": "eval",
+                    "command": "linprobe",
                     "split": "heldout",
                     "step": step,
                     "epoch": epoch + 1,
@@ -99,7 +100,7 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     cfg = setup.cfg
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, True, tensorboard=False)
-    logger.truncate_after(-1)  # a re-run replaces the previous probe's events
+    logger.drop_command("linprobe")  # a re-run replaces the previous probe's events (a kNN's stay)
     t0 = time.time()
     head, history = train_head(
         setup.train_features,
@@ -134,5 +135,5 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     }
     if not math.isfinite(results["top1"]):
         raise RuntimeError("linear probe diverged (non-finite accuracy); lower probe.base_lr")
-    atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1))
+    atomic_write_text(run_dir / "linprobe.json", json.dumps(results, indent=1))  # knn.json may sit beside it
     return results

@@ -60,6 +60,9 @@ class MethodSpec:
     swin: bool = False  # also trains a SwinV2 encoder (otherwise ViTs only)
     beit: bool = False  # also trains SimMIM's published ViT (model.family=beit)
     adopts: tuple[str, ...] = ()  # model.* keys a run of this method hands on to runs initialised from it
+    # what the loss curves say: the training loss by name, and how its evaluations hold their inputs fixed
+    loss_label: str = "training loss"
+    eval_inputs: str = ""  # e.g. "fixed masks" (the same masks at every evaluation); "" when nothing is random
 
     def option_fields(self) -> list[dataclasses.Field]:
         return list(dataclasses.fields(self.options)) if self.options is not None else []

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from mimkit.config import RECIPES_DIR, ConfigError, load_config
+from mimkit.config.coerce import parse_override
 
 # Short axis names for the four axes of the data-scaling paper; any dotted config key works as an axis too.
 AXIS_ALIASES = {
@@ -186,8 +187,9 @@ def resolve_sweep_file(name_or_path: str | Path) -> Path:
     )
 
 
-def load_sweep(path: str | Path, out: str | Path) -> Sweep:
-    """Read and expand a sweep file; every run's config is loaded and validated."""
+def load_sweep(path: str | Path, out: str | Path, extra_sets: list[str] | None = None) -> Sweep:
+    """Read and expand a sweep file; every run's config is loaded and validated. `extra_sets` (`sweep --set`) are
+    added to the file's `set` for every run; a key that a grid axis sets is refused (pick axis values with --only)."""
     path = resolve_sweep_file(path)
     try:
         tree = yaml.safe_load(path.read_text()) or {}
@@ -219,6 +221,18 @@ def load_sweep(path: str | Path, out: str | Path) -> Sweep:
             f"gpus_per_node: 1, timeout_min: 240, ...), got {slurm!r}"
         )
     common = [f"{k}={yaml_value(v)}" for k, v in _as_overrides(tree.get("set"), "set")]
+    if extra_sets:
+        on_axes = {
+            key: name for name, raw in grid.items() for value in _axis(str(name), raw)[1] for key, _ in value.overrides
+        }
+        for text in extra_sets:
+            key, _ = parse_override(text)
+            if key in on_axes:
+                raise ConfigError(
+                    f"--set {text}: {key} is set by the grid's '{on_axes[key]}' axis; choose among its runs with "
+                    "--only, or edit the sweep file"
+                )
+        common += list(extra_sets)
     return expand(base, common, grid, tree.get("finetune"), parallel, slurm, Path(out))
 
 

@@ -28,6 +28,17 @@ def collect(sweep: Sweep, say: Callable[[str], None] = print) -> Path | None:
     return write_results(records, sweep.out)
 
 
+def select_runs(runs: list, patterns: list[str]) -> list:
+    """The runs whose directory name matches one of the shell patterns (e.g. 'mim_vit_pico-*'), in grid order."""
+    import fnmatch
+
+    chosen = [run for run in runs if any(fnmatch.fnmatchcase(run.run_id, p) for p in patterns)]
+    if not chosen:
+        names = ", ".join(run.run_id for run in runs[:6]) + (", ..." if len(runs) > 6 else "")
+        raise ConfigError(f"--only {' '.join(patterns)}: matches none of the sweep's runs ({names})")
+    return chosen
+
+
 def run_sweep(
     config: str,
     out: str,
@@ -37,11 +48,16 @@ def run_sweep(
     finetune: bool | None = None,
     wait: bool = True,
     say: Callable[[str], None] = print,
+    sets: list[str] | None = None,
+    only: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Run (or, with `dry_run`, print) what is left of a sweep; returns counts, failures and the results path."""
+    """Run (or, with `dry_run`, print) what is left of a sweep; returns counts, failures and the results path.
+    `sets` add config overrides to every run (`sweep --set`); `only` keeps the runs whose directory name matches one
+    of its shell patterns (`sweep --only`); results.csv still collects every finished run of the sweep."""
     if launcher not in LAUNCHERS:
         raise ConfigError(f"--launcher {launcher}: expected one of {', '.join(LAUNCHERS)}")
-    sweep = load_sweep(config, out)
+    sweep = load_sweep(config, out, sets)
+    selected = select_runs(sweep.runs, only) if only else sweep.runs
     if finetune is False:
         sweep.finetune = None
         for run in sweep.runs:
@@ -49,10 +65,12 @@ def run_sweep(
     parallel = parallel or sweep.parallel
     if parallel < 1:
         raise ConfigError(f"--parallel {parallel}: must be at least 1")
-    states = Counter(run_status(run) for run in sweep.runs)
-    todo = [run for run in sweep.runs if run_status(run) != "done"]
+    states = Counter(run_status(run) for run in selected)
+    todo = [run for run in selected if run_status(run) != "done"]
     say(
-        f"[sweep] {len(sweep.runs)} runs: {states['done']} done, {states['finetune']} to fine-tune, "
+        f"[sweep] {len(selected)} runs"
+        + (f" (of {len(sweep.runs)}, --only {' '.join(only)})" if only else "")
+        + f": {states['done']} done, {states['finetune']} to fine-tune, "
         f"{states['resume']} to resume, {states['new']} new"
         + (f"; fine-tune with {sweep.finetune.config}" if sweep.finetune else "")
     )
@@ -60,7 +78,7 @@ def run_sweep(
         for run in todo:
             for args in pending_commands(sweep, run):
                 print(shell_line(args))
-        return {"runs": len(sweep.runs), "todo": len(todo), "dry_run": True}
+        return {"runs": len(selected), "todo": len(todo), "dry_run": True}
     sweep.out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(
         sweep.out / "sweep.json",

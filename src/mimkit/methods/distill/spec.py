@@ -21,6 +21,7 @@ def build(cfg: Any) -> Distill:
 SPEC = MethodSpec(
     name="distill",
     summary="TinyMIM: distil a frozen teacher's Q-K / V-V relations, features or class token",
+    loss_label="distillation loss (student vs teacher targets)",
     build=build,
     validate=validate,
     evaluators=loss_evaluators,

@@ -18,6 +18,8 @@ def build(cfg: Any) -> MAE:
 SPEC = MethodSpec(
     name="mae",
     summary="MAE: visible-patch encoder, light decoder, normalised-pixel MSE on masked patches",
+    loss_label="MAE loss (MSE on masked patches)",
+    eval_inputs="fixed masks",
     build=build,
     options=MAEOptions,
     evaluators=loss_evaluators,

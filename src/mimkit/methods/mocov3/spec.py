@@ -27,6 +27,8 @@ def evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any],
 SPEC = MethodSpec(
     name="mocov3",
     summary="MoCo v3: the contrastive baseline (momentum encoder, projector and predictor MLPs)",
+    loss_label="MoCo v3 contrastive loss (InfoNCE x 2T)",
+    eval_inputs="fixed views",
     build=build,
     options=MoCoV3Options,
     check_options=check_options,

@@ -18,6 +18,8 @@ def build(cfg: Any) -> SimMIM:
 SPEC = MethodSpec(
     name="simmim",
     summary="SimMIM: mask tokens in the encoder, linear pixel head, L1 on masked pixels",
+    loss_label="SimMIM loss (L1 on masked pixels)",
+    eval_inputs="fixed masks",
     build=build,
     options=SimMIMOptions,
     check_options=check_options,

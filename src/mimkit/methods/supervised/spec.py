@@ -23,6 +23,7 @@ def build(cfg: Any) -> Supervised:
 SPEC = MethodSpec(
     name="supervised",
     summary="supervised classification (DeiT-style from scratch, or fine-tuning from init)",
+    loss_label="cross-entropy",
     build=build,
     options=SupervisedOptions,
     check_options=check_options,

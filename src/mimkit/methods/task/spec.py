@@ -28,6 +28,8 @@ SPEC = MethodSpec(
     name="task",
     summary="geometric task heads: box (localization), angle (rotation), class + box (combined), dense per-patch "
     "heads (cluttered_localization, keypoints, depth), a correlation head between two frames (tracking)",
+    loss_label="task head loss",
+    eval_inputs="fixed draws",
     build=build,
     validate=validate,
     evaluators=task_evaluators,

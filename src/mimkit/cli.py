@@ -172,30 +172,45 @@ def cmd_distill(args: argparse.Namespace) -> int:
     return training_exit_code(lambda: run_chain(cfg, students, args.out), "re-run the same command to resume the chain")
 
 
-def _first_comment(text: str) -> str:
-    """A recipe's or sweep's one-line description: its first comment line."""
-    return next((line[1:].strip() for line in text.splitlines() if line.startswith("#")), "")
+def _description(text: str) -> str:
+    """A recipe's or sweep's description: the first sentence of its leading comment block (which may span lines)."""
+    block = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        block.append(line[1:].strip())
+    words = " ".join(block)
+    end = words.find(". ")
+    return words[: end + 1] if end > 0 else words
 
 
 def cmd_recipes(args: argparse.Namespace) -> int:
     import yaml
+    from rich.console import Console
+    from rich.table import Table
 
     from mimkit.config import RECIPES_DIR, recipe_names
-
-    for name in recipe_names():
-        text = (RECIPES_DIR / f"{name}.yaml").read_text()
-        first = _first_comment(text)
-        tree = yaml.safe_load(text) or {}
-        summary = (
-            f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', '?')} / "
-            f"{tree.get('data', {}).get('name', 'fashion-mnist')}"
-        )
-        print(f"{name:24s} {summary:48s} {first}")
     from mimkit.scaling.grid import SWEEPS_DIR, sweep_names
 
+    table = Table(box=None, pad_edge=False, header_style="bold", expand=True)
+    table.add_column("name", no_wrap=True)
+    table.add_column("method / model / data", no_wrap=True)
+    table.add_column("what it is", ratio=1, overflow="fold")
+    for name in recipe_names():
+        text = (RECIPES_DIR / f"{name}.yaml").read_text()
+        tree = yaml.safe_load(text) or {}
+        what = (
+            f"{tree.get('method', {}).get('name', 'mae')} / {tree.get('model', {}).get('name', 'any')} / "
+            f"{tree.get('data', {}).get('name', 'fashion-mnist')}"
+        )
+        table.add_row(name, what, _description(text))
     for name in sweep_names():
-        first = _first_comment((SWEEPS_DIR / f"{name}.yaml").read_text())
-        print(f"{name:24s} {'sweep (mimkit sweep --config ' + name + ')':48s} {first}")
+        table.add_row(
+            name, "sweep: mimkit sweep --config NAME", _description((SWEEPS_DIR / f"{name}.yaml").read_text())
+        )
+    import shutil
+
+    Console(width=max(150, shutil.get_terminal_size((150, 24)).columns), highlight=False).print(table)
     return 0
 
 

@@ -225,5 +225,7 @@ def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: Di
                     device=env.device,
                 )
             )
+        engine.logger.figures({k: v for k, v in results.items() if k in ("loss_curve", "reconstructions")})
+    engine.logger.close()
     barrier(env)
     return results

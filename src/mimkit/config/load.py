@@ -30,9 +30,17 @@ def resolve_recipe(recipe_or_path: str) -> Path:
     candidate = RECIPES_DIR / f"{recipe_or_path}.yaml"
     if candidate.is_file():
         return candidate
+    if (RECIPES_DIR / "sweeps" / f"{recipe_or_path}.yaml").is_file():
+        raise _sweep_given(str(recipe_or_path))
     raise ConfigError(
         f"config '{recipe_or_path}' is neither a YAML file, a run directory nor a recipe. "
         f"Recipes: {', '.join(recipe_names())} (see `mimkit recipes`)"
+    )
+
+
+def _sweep_given(name: str) -> ConfigError:
+    return ConfigError(
+        f"'{name}' is a sweep (a grid of runs), not a recipe: run it with `mimkit sweep --config {name} --out DIR`"
     )
 
 
@@ -42,6 +50,8 @@ def load_config(recipe_or_path: str | None = None, overrides: list[str] | None =
     if recipe_or_path:
         path = resolve_recipe(recipe_or_path)
         tree = read_config_file(path)
+        if {"base", "grid"} <= tree.keys():
+            raise _sweep_given(str(recipe_or_path))
     for text in overrides or []:
         key, value = parse_override(text)
         set_dotted(tree, key, value)

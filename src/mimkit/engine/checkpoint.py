@@ -171,9 +171,16 @@ def find_checkpoint(path: str | Path) -> Path:
     steps = sorted(p for p in root.glob("step-*") if (p / META_FILE).is_file())
     if steps:
         return steps[-1]
+    foreign = (path / "config.json").is_file() or path.suffix in (".pth", ".pt") or any(path.glob("*.pth"))
+    hint = (
+        f"; it looks like a HuggingFace or official MAE checkpoint: convert it with `mimkit import {path} --out RUN`, "
+        "then use RUN"
+        if foreign
+        else ""
+    )
     raise CheckpointError(
         f"no checkpoint in '{path}' (expected {MODEL_FILE} in a checkpoint folder, or a run "
-        "directory with checkpoints/last)"
+        f"directory with checkpoints/last){hint}"
     )
 
 

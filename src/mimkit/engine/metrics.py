@@ -28,20 +28,19 @@ def read_metrics(path: str | Path) -> list[dict[str, Any]]:
 
 
 class MetricsLogger:
-    """Appends events to RUN_DIR/metrics.jsonl (rank 0 only) and mirrors scalars to TensorBoard."""
+    """Appends events to RUN_DIR/metrics.jsonl (rank 0 only) and mirrors their numbers to the backends of
+    `train.loggers` (engine/loggers.py): TensorBoard, Weights & Biases."""
 
-    def __init__(self, run_dir: Path, enabled: bool, tensorboard: bool = True):
+    def __init__(self, run_dir: Path, enabled: bool, backends: list[str] | None = None, train: Any = None, config=None):
         self.path = run_dir / "metrics.jsonl"
         self.enabled = enabled
-        self.writer = None
-        if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        self.backends: list[Any] = []
+        if enabled and backends:
+            from mimkit.engine.loggers import open_backends
 
-                self.writer = SummaryWriter(str(run_dir / "tensorboard"))
-            except Exception:  # noqa: BLE001 - tensorboard is optional
-                self.writer = None
+            self.backends = open_backends(backends, run_dir, train, config or {})
         self._fh = None
+        self._last_step = 0
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop events logged after the checkpoint we resume from (they will be logged again)."""
@@ -68,18 +67,30 @@ class MetricsLogger:
         self._fh.write(json.dumps(record) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())
-        if self.writer is not None:
-            split = record.get("split", "train")
-            for key in ("loss", "lr", "img_per_s", "grad_norm"):
-                if isinstance(record.get(key), (int, float)):
-                    self.writer.add_scalar(f"{split}/{key}", record[key], record.get("step", 0))
+        if self.backends:
+            from mimkit.engine.loggers import scalars_of
 
-    def close(self) -> None:
+            scalars, step = scalars_of(record), int(record.get("step", 0))
+            self._last_step = max(self._last_step, step)
+            for backend in self.backends:
+                backend.log(scalars, step)
+
+    def figures(self, paths: dict[str, Any]) -> None:
+        """The run's final figures (name -> PNG path) to every backend, at the last logged step."""
+        for backend in self.backends:
+            backend.figures({name: Path(path) for name, path in paths.items()}, self._last_step)
+
+    def close_file(self) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
-        if self.writer is not None:
-            self.writer.close()
+
+    def close(self) -> None:
+        """The file and every backend (a W&B run is finished)."""
+        self.close_file()
+        for backend in self.backends:
+            backend.close()
+        self.backends = []
 
 
 def format_eta(seconds: float) -> str:

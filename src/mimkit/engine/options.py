@@ -48,7 +48,12 @@ class TrainConfig:
     # rank 0 take longer
     dist_timeout: float = 300.0
     reconstruct: bool = True  # write the reconstruction figure at the end
-    tensorboard: bool = True  # when tensorboard is installed
+    # where metrics go besides metrics.jsonl (always written): tensorboard (RUN/tensorboard/) and/or wandb; a
+    # listed backend that is not installed is a config error (engine/loggers.py)
+    loggers: list[str] = field(default_factory=list)
+    tensorboard: bool = False  # the older switch: true adds tensorboard to loggers when it is installed
+    wandb_project: str = "mimkit"
+    wandb_mode: str | None = None  # online | offline | disabled; null: W&B's own default (WANDB_MODE, else online)
 
 
 def validate_train(cfg: Any) -> None:
@@ -97,6 +102,9 @@ def validate_train(cfg: Any) -> None:
         check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
     check(t.dist_timeout >= 1, f"train.dist_timeout: {t.dist_timeout} must be at least 1 second")
+    from mimkit.engine.loggers import check_loggers
+
+    check_loggers(t)
 
 
 def resolve_train(cfg: Any) -> None:

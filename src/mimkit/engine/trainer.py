@@ -105,7 +105,9 @@ class Engine:
                 self.method, device_ids=ids, find_unused_parameters=self.method.find_unused_parameters
             )
         self.forward_model = compile_model(self.model, self.t.compile, env.device)
-        self.logger = MetricsLogger(run_dir, env.is_main, tensorboard=self.t.tensorboard)
+        from mimkit.engine.loggers import requested
+
+        self.logger = MetricsLogger(run_dir, env.is_main, requested(self.t), self.t, cfg.to_dict())
         self.start_step = 0
         self.best: float | None = None
         self.nonfinite = 0
@@ -295,9 +297,12 @@ class Engine:
                     stopped = Interrupted(name, 130 if name == "SIGINT" else 143, done, saved)
                     progress.message(f"{stopped}; re-run the same command to resume")
                     raise stopped
+        except BaseException:
+            self.logger.close()  # the backends too: a failed or stopped run's W&B run ends here
+            raise
         finally:
             progress.close()
-            self.logger.close()
+            self.logger.close_file()  # a finished run's backends stay open for its final figures (pretrain)
             for sig, handler in previous_handlers.items():
                 signal.signal(sig, handler)
         # the time the final checkpoint recorded, so that a finished run re-run (which trains nothing) reports the

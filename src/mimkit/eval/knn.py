@@ -66,7 +66,7 @@ def knn_eval(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     }
     save_config(cfg, run_dir / "config.yaml")
     atomic_write_text(run_dir / "knn.json", json.dumps(results, indent=1))  # linprobe.json may sit beside it
-    logger = MetricsLogger(run_dir, True, tensorboard=False)
+    logger = MetricsLogger(run_dir, True)
     logger.drop_command("knn")
     logger.log({"event": "eval", "command": "knn", "split": "heldout", "step": 0, **results, "time": time.time()})
     logger.close()

@@ -99,7 +99,7 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     setup = probe_setup(cfg, run_dir)
     cfg = setup.cfg
     save_config(cfg, run_dir / "config.yaml")
-    logger = MetricsLogger(run_dir, True, tensorboard=False)
+    logger = MetricsLogger(run_dir, True)
     logger.drop_command("linprobe")  # a re-run replaces the previous probe's events (a kNN's stay)
     t0 = time.time()
     head, history = train_head(

@@ -179,7 +179,8 @@ def resolve_sweep_file(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.is_file():
         return path
-    shipped = SWEEPS_DIR / f"{name_or_path}.yaml"
+    name = str(name_or_path).removeprefix("sweeps/").removesuffix(".yaml")  # the README's recipes/sweeps/ names
+    shipped = SWEEPS_DIR / f"{name}.yaml"
     if shipped.is_file():
         return shipped
     raise ConfigError(

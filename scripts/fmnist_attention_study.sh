@@ -25,7 +25,7 @@ run() {  # run NAME RECIPE STEPS
 }
 run supervised supervised_fmnist_tiny "$STEPS" "--set train.epochs=null --set train.warmup_epochs=null"
 run mae mae_fmnist_tiny "$STEPS"
-run simmim simmim_fmnist_tiny "$STEPS" "--set model.family=vit"  # as recorded: timm's plain ViT
+run simmim simmim_fmnist_tiny "$STEPS" "--set model.family=vit --set train.base_lr=2e-4"  # as recorded: timm's plain ViT
 run mocov3 mocov3_fmnist_tiny $(( STEPS / 2 ))
 t0=$SECONDS
 $M analyze report --model mae="$OUT/pre/mae" --model simmim="$OUT/pre/simmim" --model mocov3="$OUT/pre/mocov3" \

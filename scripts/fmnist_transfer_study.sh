@@ -10,7 +10,7 @@ M="python -m mimkit"
 [ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
 common=(--set data.fraction=0.1 --set train.eval_every=100 --set train.log_every=50 --set train.tensorboard=false)
 $M pretrain --config mae_fmnist_tiny --out "$OUT/pre/mae" "${common[@]}" --set train.steps=300 --set train.warmup_steps=20
-$M pretrain --config simmim_fmnist_tiny --out "$OUT/pre/simmim" "${common[@]}" --set model.family=vit --set train.steps=300 --set train.warmup_steps=20
+$M pretrain --config simmim_fmnist_tiny --out "$OUT/pre/simmim" "${common[@]}" --set model.family=vit --set train.base_lr=2e-4 --set train.steps=300 --set train.warmup_steps=20
 $M pretrain --config supervised_fmnist_tiny --out "$OUT/pre/supervised" "${common[@]}" --set train.epochs=null \
   --set train.steps=300 --set train.warmup_steps=20
 $M pretrain --config mocov3_fmnist_tiny --out "$OUT/pre/mocov3" "${common[@]}" --set train.steps=150 --set train.warmup_steps=10

@@ -10,7 +10,7 @@ PY=python
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 for seed in 0 1 2; do
   for family in beit vit; do
-    $PY -m mimkit pretrain --config simmim_fmnist_tiny --out "$OUT/$family-s$seed" --set model.family=$family \
+    $PY -m mimkit pretrain --config simmim_fmnist_tiny --out "$OUT/$family-s$seed" --set model.family=$family --set train.base_lr=2e-4 \
       --set seed=$seed --set train.steps=300 --set train.batch_size=128 --set train.warmup_steps=20 \
       --set train.eval_every=100 --set train.eval_samples=1000 --set train.log_every=100 \
       --set train.reconstruct=false --set train.tensorboard=false > "$OUT/$family-s$seed.log" 2>&1

@@ -86,7 +86,7 @@ def tiny_engine(run_dir, *extra: str):
     from mimkit.engine.distributed import DistEnv
     from mimkit.engine.trainer import Engine
     from mimkit.methods import build_method
-    from mimkit.pretrain import build_stream, load_data_once
+    from mimkit.training import build_stream, load_data_once
 
     cfg = resolved(tiny_config(*extra))
     env = DistEnv()

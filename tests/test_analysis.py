@@ -674,7 +674,7 @@ SYNTHETIC = sets(["device=cpu", "data.name=synthetic", "data.img_size=16", "mode
 @pytest.fixture(scope="module")
 def mae_run(tmp_path_factory):
     """A tiny MAE run (femto ViT, 16 px, 1 channel: 4x4 patches + class token, 3 layers x 3 heads)."""
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     out = tmp_path_factory.mktemp("analysis") / "mae"
     pretrain(tiny_config("train.steps=2", "train.eval_every=100", "train.ckpt_every=100"), out)

@@ -17,7 +17,7 @@ from mimkit.engine.trainer import NonFiniteLossError
 
 
 def _trained_run(tmp_path, steps=4):
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     run = tmp_path / "run"
     pretrain(load_config(None, [*TINY, f"train.steps={steps}"]), run)
@@ -123,7 +123,7 @@ def test_stale_temporary_folders_are_cleaned_when_a_run_starts(tmp_path):
     for name in (".tmp-step-0000006-999", ".old-step-0000004-999"):
         (folder.parent / name).mkdir()
         (folder.parent / name / ckpt.MODEL_FILE).write_bytes(b"half")
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     pretrain(load_config(None, [*TINY, "train.steps=6"]), run)
     assert not list(folder.parent.glob(".tmp-*")) and not list(folder.parent.glob(".old-*"))

@@ -168,7 +168,7 @@ def test_bench_loader_times_the_training_stream(tmp_path):
 
 def test_blockwise_masks_train(tmp_path):
     from mimkit.config import resolved
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     cfg = tiny_config("method.mask_type=blockwise", "train.steps=4")
     results = pretrain(cfg, tmp_path / "run")
@@ -178,7 +178,7 @@ def test_blockwise_masks_train(tmp_path):
 
 @pytest.mark.gpu
 def test_bf16_autocast_training_on_gpu(tmp_path):
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     cfg = tiny_config("device=cuda", "train.precision=auto", "train.steps=4")
     results = pretrain(cfg, tmp_path / "run")

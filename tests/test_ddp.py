@@ -121,7 +121,7 @@ def test_distillation_on_two_processes_matches_one(tmp_path):
     """Distillation under torchrun: the teacher stays outside DDP, the student's parts after the distilled block
     get no gradient (find_unused_parameters), and 2 gloo processes end with the student weights of 1 process."""
     from mimkit.config import load_config
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     pretrain(
         load_config(None, [*TINY, "method.name=mae", "model.name=mim_vit_pico", "train.steps=2"]), tmp_path / "teacher"

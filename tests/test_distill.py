@@ -34,7 +34,7 @@ STEPS = ["train.steps=4", "train.eval_every=2", "train.ckpt_every=2"]
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A tiny MAE-pretrained mim_vit_pico run (96 wide, 6 blocks, 3 heads)."""
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     out = tmp_path_factory.mktemp("teacher") / "mae_pico"
     pretrain(load_config(None, [*TINY, "method.name=mae", "model.name=mim_vit_pico", *STEPS]), out)
@@ -445,7 +445,7 @@ def test_prepare_teacher_checks_the_teacher_layer_against_the_real_teacher(teach
 @pytest.fixture(scope="module")
 def six_head_run(teacher, tmp_path_factory):
     """A distilled pico student with 6 heads (its last block learned relations with the teacher's 3 heads)."""
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     out = tmp_path_factory.mktemp("six") / "run"
     pretrain(
@@ -498,7 +498,7 @@ def test_the_six_head_student_exports_with_its_own_head_count(six_head_run, tmp_
 
 
 def test_masked_student_with_mim_loss_logs_it(teacher, tmp_path):
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     results = pretrain(
         load_config(

@@ -40,7 +40,7 @@ def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
     from mimkit.engine.distributed import DistEnv
     from mimkit.engine.trainer import Engine
     from mimkit.methods import build_method
-    from mimkit.pretrain import build_stream, load_data_once
+    from mimkit.training import build_stream, load_data_once
 
     cfg = resolved(
         tiny_config(
@@ -110,7 +110,7 @@ def test_finetune_from_run_and_from_export(tmp_path, mae_run):
 
 
 def test_supervised_baseline_trains_from_scratch_with_mixup_and_randaug(tmp_path):
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     cfg = tiny_config(
         *SUP[len(TINY) :],
@@ -151,7 +151,7 @@ def test_randaugment_in_worker_processes_matches_in_process_and_streams_ahead():
     from mimkit.data.datasets import build_data
     from mimkit.data.transforms import RandAugmentBatch
     from mimkit.engine.distributed import DistEnv
-    from mimkit.pretrain import build_stream
+    from mimkit.training import build_stream
 
     images = (torch.rand(7, 3, 16, 16) * 255).to(torch.uint8)
     keys = torch.arange(7) * 13
@@ -356,3 +356,23 @@ def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run
     assert again.stdout.count("skipped") == 10 and "running" not in again.stdout
     assert (tmp_path / "cmp/cells/mae__finetune__classification/results.json").stat().st_mtime_ns == stamp
     assert json.loads((tmp_path / "cmp/results.json").read_text()) == rows
+
+
+def test_compare_cells_survive_new_presentation_keys_but_not_a_changed_setting(tmp_path):
+    """A cell recorded before train.loggers existed, or with another log cadence, is not re-run; another lr is."""
+    import hashlib
+
+    from mimkit.eval.compare import ADDED_KEYS, cell_is_recorded, config_hash
+
+    cfg = tiny_config()
+    old = cfg.to_dict()
+    old["train"] = {k: v for k, v in old["train"].items() if k not in ADDED_KEYS}  # as hashed before the keys came
+    marker = tmp_path / "cell.json"
+    marker.write_text(
+        json.dumps({"config_hash": hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]})
+    )
+    assert cell_is_recorded(marker, cfg)
+    marker.write_text(json.dumps({"config_hash": config_hash(cfg)}))
+    assert cell_is_recorded(marker, tiny_config("train.log_every=7", "train.loggers=[tensorboard]"))
+    assert not cell_is_recorded(marker, tiny_config("train.base_lr=0.5"))
+    assert not cell_is_recorded(tmp_path / "missing.json", cfg)

@@ -146,7 +146,7 @@ def test_dense_localisation_head_trains_on_patches_inside_the_box():
 
 
 def test_dense_tasks_train_and_report_their_metrics(tmp_path):
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     for task, metric in (
         ("cluttered_localization", "mean_iou"),

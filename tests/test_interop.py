@@ -15,6 +15,16 @@ from mimkit import load
 from mimkit.interop.imports import ImportError_, import_checkpoint
 
 
+def assert_same_mae_outputs(hf, ours, imgs, noise):
+    """HF ViTMAE and mimkit's MAE on the same images and noise: the same mask, predictions and loss (fp32)."""
+    with torch.no_grad():
+        ref = hf(pixel_values=imgs, noise=noise)
+        out = ours.forward_mim(imgs, noise)
+    torch.testing.assert_close(out.mask.float(), ref.mask.float())
+    torch.testing.assert_close(out.pred, ref.logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+
+
 def _tiny_hf(norm_pix: bool = True, eps: float = 1e-6):
     transformers = pytest.importorskip("transformers")
     cfg = transformers.ViTMAEConfig(
@@ -56,12 +66,7 @@ def test_hf_vitmae_import_gives_same_loss_and_predictions(tmp_path, norm_pix, ep
     torch.manual_seed(1)
     imgs = torch.randn(4, 3, 16, 16)
     noise = torch.rand(4, 16)
-    with torch.no_grad():
-        ref = hf(pixel_values=imgs, noise=noise)
-        out = ours.forward_mim(imgs, noise)
-    torch.testing.assert_close(out.mask.float(), ref.mask.float())
-    torch.testing.assert_close(out.pred, ref.logits, atol=1e-5, rtol=0)
-    torch.testing.assert_close(out.loss, ref.loss, atol=1e-5, rtol=0)
+    assert_same_mae_outputs(hf, ours, imgs, noise)
 
 
 def test_hf_import_via_cli_and_bad_directory(tmp_path):
@@ -202,3 +207,38 @@ def test_export_loads_strictly_in_timm(tmp_path):
     with torch.no_grad():
         # same weights and eps: timm's own forward equals mimkit's encoder forward (eps differs only if not 1e-6)
         torch.testing.assert_close(model.forward_features(x), ours.encoder.forward_features(x), atol=1e-5, rtol=1e-5)
+
+
+def test_hf_export_loads_in_transformers_with_the_same_loss_and_round_trips(tmp_path):
+    """A mimkit MAE run -> `mimkit export --format hf` -> ViTMAEForPreTraining.from_pretrained: the same loss and
+    predictions for the same noise; importing that directory back gives mimkit's own weights."""
+    transformers = pytest.importorskip("transformers")
+    from conftest import tiny_config
+    from mimkit.training import pretrain
+
+    pretrain(tiny_config("method.norm_pix=false", "train.steps=2", "data.in_chans=3"), tmp_path / "r")
+    proc = run_cli("export", str(tmp_path / "r"), "--out", str(tmp_path / "hf"), "--format", "hf", check=True)
+    assert "ViTMAEForPreTraining.from_pretrained" in proc.stdout
+    hf = transformers.ViTMAEForPreTraining.from_pretrained(tmp_path / "hf").eval()
+    ours = load(tmp_path / "r")
+    assert hf.config.norm_pix_loss is False and hf.config.num_channels == 3  # the official default
+    torch.manual_seed(2)
+    imgs = torch.randn(3, 3, 16, 16)
+    noise = torch.rand(3, 16)
+    assert_same_mae_outputs(hf, ours, imgs, noise)
+    import_checkpoint(tmp_path / "hf", tmp_path / "back")
+    again = load(tmp_path / "back").state_dict()
+    for key, value in ours.state_dict().items():
+        assert torch.equal(again[key], value), key
+    from mimkit.config import resolved
+    from mimkit.interop.hf_export import ExportError, hf_config_of
+    from mimkit.methods import build_method
+
+    def built(*extra):  # a Method with its config attached, as mimkit.load returns it
+        method = build_method(resolved(tiny_config(*extra)))
+        method.config = resolved(tiny_config(*extra))
+        return method
+
+    assert hf_config_of(built("method.norm_pix=true"))["norm_pix_loss"] is True
+    with pytest.raises(ExportError, match="SimMIM, not MAE"):
+        hf_config_of(built("method.name=simmim", "method.mask_patch_size=8"))

@@ -40,7 +40,7 @@ def test_tensorboard_and_wandb_receive_the_same_scalars_and_the_figures(tmp_path
     from wandb.sdk.wandb_run import Run
 
     from mimkit.engine.metrics import read_metrics
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     sent = []  # what the real W&B run object was given, passed on to its offline writer
     original = Run.log

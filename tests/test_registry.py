@@ -78,7 +78,7 @@ def autoencoder():
 # -------------------------------------------------------------------------------------------------------- tests
 def test_a_registered_method_trains_evaluates_and_reloads(autoencoder, tmp_path):
     from mimkit.api import load
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     cfg = tiny_config("method.name=autoencoder", "method.ae_loss=l1", "train.steps=8")
     assert cfg.method.ae_loss == "l1" and cfg.method.ae_weight == 1.0  # its options are config keys

@@ -216,7 +216,7 @@ def test_a_second_process_on_one_run_directory_stops_naming_the_holder(capsys, t
         assert f"PID {holder.pid}" in err and "in use" in err
         assert not (run / "metrics.jsonl").exists() and not (run / "config.yaml").exists()
         with pytest.raises(RunDirInUse):  # the API takes the same lock
-            from mimkit.pretrain import pretrain
+            from mimkit.training import pretrain
 
             pretrain(load_config(None, [*TINY, "train.steps=2"]), run)
     finally:
@@ -241,7 +241,7 @@ def test_the_lock_is_reentrant_in_one_process_and_released_after(tmp_path):
 
 def test_a_run_killed_before_its_first_checkpoint_starts_metrics_over(tmp_path):
     """Rows of a killed attempt with no checkpoint are dropped on the next start, not duplicated."""
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     run = tmp_path / "run"
     run.mkdir()
@@ -296,7 +296,7 @@ def test_malicious_pickles_never_run_on_any_loading_command(capsys, tmp_path):
     import torch
 
     from mimkit.engine import checkpoint as ckpt
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     marker = tmp_path / "PWNED"
     payload = {"model": _Payload(marker), "state_dict": _Payload(marker)}

@@ -12,7 +12,7 @@ from conftest import TINY, tiny_config
 from mimkit.api import load
 from mimkit.config import ConfigError, resolved
 from mimkit.models.encoder import create_encoder
-from mimkit.pretrain import pretrain
+from mimkit.training import pretrain
 from mimkit.weights import adopt_source, load_encoder_weights, resolve_source
 
 FINETUNE = ["method.name=supervised", "train.steps=2"]

@@ -352,8 +352,8 @@ def test_sweep_resumes_interrupted_run_and_adds_missing_finetune(tiny_sweep):
 
 
 def test_run_resumed_at_its_last_step_still_records_its_final_loss(tmp_path):
-    from mimkit.pretrain import pretrain
     from mimkit.scaling.record import run_record
+    from mimkit.training import pretrain
 
     cfg = tiny_config("method.name=simmim", "train.steps=2", "train.eval_every=2", "train.ckpt_every=2")
     run_dir = tmp_path / "run"

@@ -90,7 +90,7 @@ def _task_run(tmp_path, name, *extra):
     import json
 
     from conftest import tiny_config
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     cfg = tiny_config(
         "method.name=task", "init=scratch", "model.global_pool=avg", "train.steps=4", "train.eval_every=2", *extra

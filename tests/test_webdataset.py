@@ -305,7 +305,7 @@ def test_unreadable_image_is_replaced_counted_and_logged(tmp_path):
 
 def test_epochs_count_the_streams_epoch(tmp_path):
     """train.epochs is resolved from what every rank is dealt (the ShardStream's epoch), not the set's size."""
-    from mimkit.pretrain import epoch_size
+    from mimkit.training import epoch_size
 
     write_shards(_images(45), None, tmp_path / "s", per_shard=10)  # shards of 10, 10, 10, 10, 5
     data = _shard_set(tmp_path / "s")

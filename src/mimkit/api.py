@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -40,3 +41,27 @@ def load(path: str | Path, device: str | torch.device = "cpu") -> Method:
         ) from None
     method.config = cfg
     return method.to(device).eval()
+
+
+def transforms_for(model_or_run: Any) -> Any:
+    """The preprocessing a model expects, as timm's eval transform for PIL images (resize the whole image to the
+    network size, to tensor, normalise): from a mimkit Method or a run directory / checkpoint (the data config the
+    timm export records), or from a timm model (its own pretrained config, e.g. one loaded from a mimkit export).
+    Give PIL images in the run's channel mode ('L' for one channel)."""
+    from timm.data import create_transform, resolve_data_config
+
+    from mimkit.data.transforms import timm_data_config
+
+    if isinstance(model_or_run, torch.nn.Module) and not hasattr(model_or_run, "config"):
+        data = resolve_data_config({}, model=model_or_run)
+    else:
+        cfg = model_or_run.config if hasattr(model_or_run, "config") else load_config_of(model_or_run)[0]
+        data = timm_data_config(cfg)
+    return create_transform(
+        input_size=tuple(data["input_size"]),
+        interpolation=data["interpolation"],
+        mean=tuple(data["mean"]),
+        std=tuple(data["std"]),
+        crop_pct=data["crop_pct"],
+        crop_mode=data.get("crop_mode", "center"),
+    )

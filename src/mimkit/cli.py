@@ -26,7 +26,7 @@ def with_length_flags(cfg, args: argparse.Namespace, probe: bool = False):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     cfg = with_length_flags(load_config(args.config, args.set), args)
     return training_exit_code(
@@ -157,7 +157,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
     cfg = with_length_flags(load_config(args.config, overrides), args)
     students = [s.strip() for s in args.chain.split(",") if s.strip()] if args.chain is not None else cfg.distill.chain
     if students is None:
-        from mimkit.pretrain import pretrain
+        from mimkit.training import pretrain
 
         return training_exit_code(
             lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
@@ -289,6 +289,18 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from mimkit.interop.export import export_encoder
 
+    if args.format == "hf":
+        from mimkit.api import load
+        from mimkit.engine.run_dir import usable_out_dir
+        from mimkit.interop.hf_export import export_hf
+
+        usable_out_dir(args.out)
+        info = export_hf(load(args.run), args.out)
+        print(
+            f"wrote {info['directory']} ({info['keys']} tensors, transformers {info['transformers']})\nload it with:\n"
+            f"  from transformers import ViTMAEForPreTraining\n  ViTMAEForPreTraining.from_pretrained('{args.out}')"
+        )
+        return 0
     info = export_encoder(args.run, args.out)
     print(f"wrote {info['file']} (+ .json)\nload it with:\n  import timm\n  {info['snippet']}")
     return 0
@@ -715,9 +727,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_reconstruct)
 
-    p = sub.add_parser("export", help="encoder-only weights in timm's key layout (safetensors)")
+    p = sub.add_parser(
+        "export", help="encoder-only weights in timm's key layout (safetensors), or a HF ViTMAE directory"
+    )
     p.add_argument("run", help="run directory or checkpoint folder")
-    p.add_argument("--out", required=True, help="output .safetensors path")
+    p.add_argument("--out", required=True, help="output .safetensors path (timm) or directory (hf)")
+    p.add_argument(
+        "--format",
+        choices=["timm", "hf"],
+        default="timm",
+        help="timm: the encoder for timm.create_model (default); hf: the whole MAE as ViTMAEForPreTraining",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("import", help="HF ViTMAEForPreTraining directory or official MAE .pth -> run directory")

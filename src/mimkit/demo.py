@@ -10,7 +10,7 @@ from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.engine.metrics import read_metrics
 from mimkit.engine.run_dir import usable_out_dir
 from mimkit.errors import exit_code_of
-from mimkit.pretrain import pretrain
+from mimkit.training import pretrain
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,7 @@ def run_loader_bench(
     cfg: Config, steps: int = 20, warmup: int = 3, out: str | Path | None = "bench-loader.json"
 ) -> dict[str, Any]:
     """Time `steps` batches (after `warmup` untimed ones) of the run's train stream, device synchronised."""
-    from mimkit.pretrain import build_stream, prepare_config
+    from mimkit.training import build_stream, prepare_config
 
     device = pick_device(cfg.device)
     env = DistEnv(rank=0, world_size=1, local_rank=0, device=device)

@@ -219,7 +219,7 @@ def _flops_per_image(
 def pipeline_stream(cfg: Config, env: DistEnv) -> Stream:
     """The TrainStream `mimkit pretrain` would train from (synthetic uint8 images at data.decode_size)."""
     from mimkit.data.datasets import build_data
-    from mimkit.pretrain import build_stream
+    from mimkit.training import build_stream
 
     return build_stream(cfg, build_data(cfg, lambda *_: None), env)
 

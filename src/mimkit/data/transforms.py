@@ -278,3 +278,17 @@ def train_augment(cfg: Any) -> BatchAugment:
     """The training crop, flip and normalisation of a resolved config (data.*)."""
     d = cfg.data
     return BatchAugment(d.img_size, tuple(d.crop_scale), tuple(d.crop_ratio), d.hflip, d.mean, d.std, cfg.seed)
+
+
+def timm_data_config(cfg: Any) -> dict[str, Any]:
+    """timm's data config (what `timm.data.resolve_data_config` returns) for the input a run was trained on: its
+    channels, size and normalisation; the whole image resized to the network size (mimkit's eval transform)."""
+    d = cfg.data
+    return {
+        "input_size": [d.in_chans, d.img_size, d.img_size],
+        "mean": list(d.mean),
+        "std": list(d.std),
+        "interpolation": "bilinear",
+        "crop_pct": 1.0,
+        "crop_mode": "center",
+    }

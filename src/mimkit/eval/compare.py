@@ -129,8 +129,24 @@ def _cell_recipe(cell: Cell, overrides: list[str], protocol_overrides: dict[str,
     return load_config(RECIPES[cell.protocol], sets)
 
 
-def config_hash(cfg: Config) -> str:
-    return hashlib.sha1(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
+# train.* keys that change where a cell's numbers are shown, never the numbers: a cell is not re-run for them
+PRESENTATION_KEYS = ("loggers", "tensorboard", "wandb_project", "wandb_mode", "log_every")
+# train.* keys added after cells were first recorded: a marker hashed before they existed still matches
+ADDED_KEYS = ("loggers", "wandb_project", "wandb_mode")
+
+
+def config_hash(cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS) -> str:
+    tree = cfg.to_dict()
+    tree["train"] = {k: v for k, v in tree["train"].items() if k not in dropped}
+    return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def cell_is_recorded(marker: Path, cfg: Config) -> bool:
+    """A finished cell whose marker was written for this config (as hashed now, or before the added keys)."""
+    if not marker.is_file():
+        return False
+    recorded = json.loads(marker.read_text()).get("config_hash")
+    return recorded in (config_hash(cfg), config_hash(cfg, ADDED_KEYS))
 
 
 def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -141,7 +157,7 @@ def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
         res = trivial_baseline(cfg, run_dir)
         return {"metric": metric, "value": res[metric], **{k: res[k] for k in ("top1", "threshold_iou") if k in res}}
     if cell.task != "classification":
-        from mimkit.pretrain import pretrain
+        from mimkit.training import pretrain
 
         res = pretrain(cfg, run_dir)
         return {"metric": metric, "value": res[f"final_heldout_{metric}"]}
@@ -161,7 +177,7 @@ def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
             "top5": res["top5"],
             "best_top1": res["best_top1"],
         }
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     res = pretrain(cfg, run_dir)
     return {
@@ -264,7 +280,7 @@ def compare(
         run_dir = out / "cells" / cell.name
         marker = run_dir / "cell.json"
         key = config_hash(cfg)
-        if marker.is_file() and json.loads(marker.read_text()).get("config_hash") == key:
+        if cell_is_recorded(marker, cfg):
             row = json.loads(marker.read_text())["row"]
             log(f"[compare] {i}/{len(cells)} {cell.name}: done before, skipped")
         else:

@@ -47,37 +47,45 @@ class ImportError_(UserError, ValueError):
     """An input that is not a supported checkpoint (message says what was expected)."""
 
 
+def mimkit_key_of(hf_key: str) -> tuple[str, str | None] | None:
+    """Where an HF ViTMAE weight lives in mimkit's MAE: (key, None), or (the fused qkv key, 'q' | 'k' | 'v') for a
+    query, key or value projection; None for a key this table does not know. The import and `export --format hf`
+    both read it."""
+    if hf_key in _HF_FIXED:
+        return _HF_FIXED[hf_key], None
+    if hf_key.startswith("decoder.") and hf_key.split(".")[1] in ("decoder_embed", "decoder_norm", "decoder_pred"):
+        return hf_key[len("decoder.") :], None
+    for pattern, prefix in ((_HF_ENCODER_LAYER, "encoder.blocks"), (_HF_DECODER_LAYER, "decoder_blocks")):
+        match = pattern.match(hf_key)
+        if match:
+            index, rest = match.groups()
+            for part, target in _HF_LAYER_PARTS:
+                if re.match(part, rest):
+                    suffix = re.sub(part, target, rest)
+                    if target in ("q.", "k.", "v."):
+                        return f"{prefix}.{index}.attn.qkv.{suffix[2:]}", target[0]
+                    return f"{prefix}.{index}.{suffix}", None
+            return None
+    return None
+
+
 def convert_hf_state_dict(hf: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """HF ViTMAEForPreTraining keys -> mimkit MAE keys (separate q, k, v fused into timm's qkv)."""
     out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[str, str], dict[str, torch.Tensor]] = {}
+    qkv: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in hf.items():
-        if key in _HF_FIXED:
-            out[_HF_FIXED[key]] = value
-            continue
-        if key.startswith("decoder.") and key.split(".")[1] in ("decoder_embed", "decoder_norm", "decoder_pred"):
-            out[key[len("decoder.") :]] = value
-            continue
-        for pattern, prefix in ((_HF_ENCODER_LAYER, "encoder.blocks"), (_HF_DECODER_LAYER, "decoder_blocks")):
-            match = pattern.match(key)
-            if match:
-                index, rest = match.groups()
-                for part, target in _HF_LAYER_PARTS:
-                    if re.match(part, rest):
-                        suffix = re.sub(part, target, rest)
-                        if target in ("q.", "k.", "v."):
-                            qkv.setdefault((f"{prefix}.{index}.attn.qkv", suffix[2:]), {})[target[0]] = value
-                        else:
-                            out[f"{prefix}.{index}.{suffix}"] = value
-                        break
-                else:
-                    raise ImportError_(f"unexpected HF ViTMAE key '{key}'")
-                break
+        found = mimkit_key_of(key)
+        if found is None:
+            if key.endswith("num_batches_tracked"):
+                continue
+            raise ImportError_(f"unexpected HF ViTMAE key '{key}'")
+        target, part = found
+        if part is None:
+            out[target] = value
         else:
-            if not key.endswith("num_batches_tracked"):
-                raise ImportError_(f"unexpected HF ViTMAE key '{key}'")
-    for (name, kind), parts in qkv.items():
-        out[f"{name}.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+            qkv.setdefault(target, {})[part] = value
+    for name, parts in qkv.items():
+        out[name] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
     return out
 
 

@@ -52,7 +52,7 @@ def run_step(step: TrainStep) -> int:
     """One training, in this process, through the API; its exit code as `mimkit COMMAND` would give it."""
     from mimkit.config import load_config
     from mimkit.outcome import training_exit_code
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     def train() -> dict[str, Any]:
         return pretrain(load_config(step.config, step.config_overrides()), step.out)

@@ -74,7 +74,7 @@ def check_finished_stage(run_dir: Path, planned: Config) -> None:
 
 
 def run_chain(cfg: Config, students: list[str], out: str | Path, log: Callable = print) -> list[dict[str, Any]]:
-    from mimkit.pretrain import pretrain
+    from mimkit.training import pretrain
 
     if not students:
         raise ConfigError("distill chain: list at least one student (--chain NAME,NAME,...)")

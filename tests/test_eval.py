@@ -362,17 +362,22 @@ def test_compare_cells_survive_new_presentation_keys_but_not_a_changed_setting(t
     """A cell recorded before train.loggers existed, or with another log cadence, is not re-run; another lr is."""
     import hashlib
 
-    from mimkit.eval.compare import ADDED_KEYS, cell_is_recorded, config_hash
+    from mimkit.eval.compare import ADDED_KEYS, config_hash, recorded_row
 
     cfg = tiny_config()
     old = cfg.to_dict()
     old["train"] = {k: v for k, v in old["train"].items() if k not in ADDED_KEYS}  # as hashed before the keys came
     marker = tmp_path / "cell.json"
     marker.write_text(
-        json.dumps({"config_hash": hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12]})
+        json.dumps(
+            {
+                "row": {"value": 1},
+                "config_hash": hashlib.sha1(json.dumps(old, sort_keys=True).encode()).hexdigest()[:12],
+            }
+        )
     )
-    assert cell_is_recorded(marker, cfg)
-    marker.write_text(json.dumps({"config_hash": config_hash(cfg)}))
-    assert cell_is_recorded(marker, tiny_config("train.log_every=7", "train.loggers=[tensorboard]"))
-    assert not cell_is_recorded(marker, tiny_config("train.base_lr=0.5"))
-    assert not cell_is_recorded(tmp_path / "missing.json", cfg)
+    assert recorded_row(marker, cfg) == {"value": 1}
+    marker.write_text(json.dumps({"config_hash": config_hash(cfg), "row": {"value": 1}}))
+    assert recorded_row(marker, tiny_config("train.log_every=7", "train.loggers=[tensorboard]")) == {"value": 1}
+    assert recorded_row(marker, tiny_config("train.base_lr=0.5")) is None
+    assert recorded_row(tmp_path / "missing.json", cfg) is None

@@ -452,25 +452,25 @@ def cmd_scaling(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_length_flags(p: argparse.ArgumentParser, probe: bool = False) -> None:
-    """--steps / --epochs, the one-flag way to change a training command's length (config/length.py)."""
+def add_length_flags(
+    p: argparse.ArgumentParser,
+    probe: bool = False,
+    steps_help: str = "train N optimizer steps (warm-up, evaluation and checkpoint intervals follow; default: the "
+    "recipe's)",
+    epochs_help: str = "train N epochs (warm-up follows; evaluation and checkpoints once per epoch; default: the "
+    "recipe's)",
+) -> None:
+    """--steps / --epochs, the one-flag way to change a training command's length (config/length.py). The probe
+    counts whole epochs and has no --steps."""
     length = p.add_mutually_exclusive_group()
     if not probe:
-        length.add_argument(
-            "--steps",
-            type=int,
-            default=None,
-            metavar="N",
-            help="train N optimizer steps (warm-up, evaluation and checkpoint intervals follow; default: the recipe's)",
-        )
+        length.add_argument("--steps", type=int, default=None, metavar="N", help=steps_help)
     length.add_argument(
         "--epochs",
         type=int if probe else float,
         default=None,
         metavar="N",
-        help="train N epochs (warm-up follows; evaluation and checkpoints once per epoch; default: the recipe's)"
-        if not probe
-        else "train the probe N epochs (warm-up follows; default: the recipe's probe.epochs)",
+        help="train the probe N epochs (warm-up follows; default: the recipe's probe.epochs)" if probe else epochs_help,
     )
 
 
@@ -550,16 +550,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
     p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
     p.add_argument("--seeds", type=int, default=1, help="run every cell with seeds 0..N-1; tables show mean ± std")
-    length = p.add_mutually_exclusive_group()
-    length.add_argument(
-        "--steps", type=int, default=None, metavar="N", help="length of the fine-tuning and task-head cells"
-    )
-    length.add_argument(
-        "--epochs",
-        type=float,
-        default=None,
-        metavar="N",
-        help="length of every cell that trains (the linear probe's in whole epochs)",
+    add_length_flags(
+        p,
+        steps_help="length of the fine-tuning and task-head cells",
+        epochs_help="length of every cell that trains (the linear probe's in whole epochs)",
     )
     p.add_argument(
         "--no-baselines",

@@ -52,7 +52,7 @@ def _train_steps(cfg: Any, steps: int) -> tuple[Any, list[str]]:
     t = cfg.train
     notes = []
     if t.epochs is not None:  # an epoch recipe: its warm-up and evaluation counts as shares of its epochs
-        evaluations = max(1, math.ceil(t.epochs))
+        evaluations = saves = max(1, math.ceil(t.epochs))  # once per epoch, both
         if t.warmup_epochs is not None:
             warm = round(t.warmup_epochs / t.epochs * steps)
             notes.append(f"warm-up: the recipe's {t.warmup_epochs:g} of {t.epochs:g} epochs = {warm} of {steps} steps")
@@ -62,11 +62,11 @@ def _train_steps(cfg: Any, steps: int) -> tuple[Any, list[str]]:
             notes += [note] if note else []
     else:
         evaluations = max(1, math.ceil(t.steps / t.eval_every))
+        saves = max(1, math.ceil(t.steps / t.ckpt_every))
         fraction = t.warmup_steps / t.steps
         warm, note = _warmup(t.warmup_steps, steps, fraction, "steps", f"{t.warmup_steps} of {t.steps} steps")
         warm = round(warm)
         notes += [note] if note else []
-    saves = evaluations if t.epochs is not None else max(1, math.ceil(t.steps / t.ckpt_every))
     train = dataclasses.replace(
         t,
         steps=steps,

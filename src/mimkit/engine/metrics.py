@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from mimkit.engine.atomic import atomic_write_text
 
@@ -44,17 +44,18 @@ class MetricsLogger:
 
     def truncate_after(self, step: int) -> None:
         """On resume: drop events logged after the checkpoint we resume from (they will be logged again)."""
-        if not self.enabled or not self.path.is_file():
-            return
-        kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= step]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
+        self._keep(lambda r: r.get("step", 0) <= step)
 
     def drop_command(self, command: str) -> None:
         """Before a probe re-runs: drop the events an earlier run of `command` logged (the events of other commands
         sharing the directory stay)."""
+        self._keep(lambda r: r.get("command") != command)
+
+    def _keep(self, keep: Callable[[dict[str, Any]], bool]) -> None:
+        """Rewrite metrics.jsonl (atomically) with the events `keep` accepts."""
         if not self.enabled or not self.path.is_file():
             return
-        kept = [r for r in read_metrics(self.path) if r.get("command") != command]
+        kept = [r for r in read_metrics(self.path) if keep(r)]
         atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, record: dict[str, Any]) -> None:

@@ -141,12 +141,13 @@ def config_hash(cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS) -> st
     return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def cell_is_recorded(marker: Path, cfg: Config) -> bool:
-    """A finished cell whose marker was written for this config (as hashed now, or before the added keys)."""
+def recorded_row(marker: Path, cfg: Config) -> dict[str, Any] | None:
+    """A finished cell's row, when its marker was written for this config (as hashed now, or before the added
+    keys); None when the cell has to run."""
     if not marker.is_file():
-        return False
-    recorded = json.loads(marker.read_text()).get("config_hash")
-    return recorded in (config_hash(cfg), config_hash(cfg, ADDED_KEYS))
+        return None
+    recorded = json.loads(marker.read_text())
+    return recorded["row"] if recorded.get("config_hash") in (config_hash(cfg), config_hash(cfg, ADDED_KEYS)) else None
 
 
 def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:
@@ -279,9 +280,8 @@ def compare(
         cfg = cell_config(cell, overrides, protocol_overrides, length)
         run_dir = out / "cells" / cell.name
         marker = run_dir / "cell.json"
-        key = config_hash(cfg)
-        if cell_is_recorded(marker, cfg):
-            row = json.loads(marker.read_text())["row"]
+        row = recorded_row(marker, cfg)
+        if row is not None:
             log(f"[compare] {i}/{len(cells)} {cell.name}: done before, skipped")
         else:
             log(f"[compare] {i}/{len(cells)} {cell.name}: running")
@@ -295,7 +295,7 @@ def compare(
                 "baseline": cell.baseline,
                 **metrics,
             }
-            atomic_write_text(marker, json.dumps({"config_hash": key, "row": row}, indent=1))
+            atomic_write_text(marker, json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
         rows.append(row)
         write_tables(rows, out)
     combined = {}

@@ -11,7 +11,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import yaml
 
@@ -222,28 +222,34 @@ def load_sweep(path: str | Path, out: str | Path, extra_sets: list[str] | None =
             f"gpus_per_node: 1, timeout_min: 240, ...), got {slurm!r}"
         )
     common = [f"{k}={yaml_value(v)}" for k, v in _as_overrides(tree.get("set"), "set")]
-    if extra_sets:
-        on_axes = {
-            key: name for name, raw in grid.items() for value in _axis(str(name), raw)[1] for key, _ in value.overrides
-        }
-        for text in extra_sets:
-            key, _ = parse_override(text)
-            if key in on_axes:
-                raise ConfigError(
-                    f"--set {text}: {key} is set by the grid's '{on_axes[key]}' axis; choose among its runs with "
-                    "--only, or edit the sweep file"
-                )
-        common += list(extra_sets)
-    return expand(base, common, grid, tree.get("finetune"), parallel, slurm, Path(out))
+    return expand(base, common, grid, tree.get("finetune"), parallel, slurm, Path(out), extra_sets or ())
 
 
 def expand(
-    base: str, common: list[str], grid: dict[str, Any], finetune: Any, parallel: int, slurm: dict[str, Any], out: Path
+    base: str,
+    common: list[str],
+    grid: dict[str, Any],
+    finetune: Any,
+    parallel: int,
+    slurm: dict[str, Any],
+    out: Path,
+    extra_sets: Sequence[str] = (),
 ) -> Sweep:
+    """The sweep's runs: `common` overrides, then `extra_sets` (`sweep --set`, never a key an axis sets), then
+    each grid point's."""
     axes = [_axis(str(name), raw) for name, raw in grid.items()]
     columns = [column for column, _ in axes]
     if len(set(columns)) != len(columns):
         raise ConfigError(f"grid: the same axis is given twice ({columns})")
+    on_axes = {key: name for name, (_, values) in zip(grid, axes) for value in values for key, _ in value.overrides}
+    for text in extra_sets:
+        key, _ = parse_override(text)
+        if key in on_axes:
+            raise ConfigError(
+                f"--set {text}: {key} is set by the grid's '{on_axes[key]}' axis; choose among its runs with --only, "
+                "or edit the sweep file"
+            )
+    common = [*common, *extra_sets]
     ft = _finetune_spec(finetune)
     runs, seen = [], set()
     for point in itertools.product(*(values for _, values in axes)):

@@ -18,8 +18,9 @@
 # STAGES picks them (default "suite tests parts loader"). A device command may run 10 minutes at most, so a lent
 # machine splits them over calls, e.g. STAGES="suite tests" ONLY=mae,simmim, then
 # STAGES="pipeline graphs parts" plus ONLY=memory for the ViT-L memory rows.
-# Everything lands in OUT_DIR: bench-suite.{json,md,txt}, bench-suite-breakdown.png, bench-traces.tar,
-# versions.txt, gpu-tests.txt, bench-pipeline.{json,txt}, bench-graphs.txt, step-parts.txt, bench-loader-*.json.
+# Everything lands in OUT_DIR: bench-suite/{results.json,report.md,breakdown.png}, bench-suite.txt,
+# bench-traces.tar, versions.txt, gpu-tests.txt, bench-pipeline/results.json, bench-pipeline.txt, bench-graphs.txt,
+# step-parts.txt, bench-loader-*/results.json.
 # DRY=1 shrinks every stage for a dry run on a CPU (tiny shapes, two steps; the tests stage is skipped there).
 set -uo pipefail
 source "$(dirname "$0")/gpu_env.sh" "$@"
@@ -39,7 +40,7 @@ ONLY_ARGS=${ONLY:+--only $ONLY}
 if has suite; then
   # traces go outside OUT until the end: a command killed at its limit must not leave a dozen files there
   TRACES=$(mktemp -d)
-  timeout ${SUITE_LIMIT:-540} $PY -m mimkit bench suite $SUITE_ARGS $ONLY_ARGS --out "$OUT/bench-suite.json" \
+  timeout ${SUITE_LIMIT:-540} $PY -m mimkit bench suite $SUITE_ARGS $ONLY_ARGS --out "$OUT/bench-suite" \
     --trace-dir "$TRACES/traces" ${EXTRA:-} 2>&1 | tee "$OUT/bench-suite.txt" | tail -n 70
   # a lent machine returns at most 8 files of 16 MiB: the traces travel as one tar, MAE's alone if all are too big
   if [ -d "$TRACES/traces" ]; then
@@ -71,7 +72,7 @@ if has pipeline; then
     $PY -m mimkit shards --data synthetic --count $SHARD_COUNT --per-shard ${PER_SHARD:-256} --image-size 500x375 --out "$SHARDS"
     timeout ${PIPELINE_LIMIT:-150} bash -c "$(declare -f mae_bench); PY=$PY DEV=$DEV BATCH=$BATCH STEPS=$STEPS \
       mae_bench --pipeline --breakdown-steps ${PIPE_BREAKDOWN:-1} --set train.compile=${PIPE_COMPILE:-true} --set data.name=webdataset \
-      --set data.root=$SHARDS --set data.decode=${DECODE:-device} $PIPE_SETS --out $OUT/bench-pipeline.json"
+      --set data.root=$SHARDS --set data.decode=${DECODE:-device} $PIPE_SETS --out $OUT/bench-pipeline"
   } 2>&1 | grep -v Warning | tail -n 40 | tee "$OUT/bench-pipeline.txt"
   rm -rf "$SHARDS"
 fi
@@ -81,10 +82,10 @@ if has graphs; then
     echo "== train.compile=$mode"
     timeout $(( ${GRAPHS_LIMIT:-180} / 2 )) bash -c "$(declare -f mae_bench); PY=$PY DEV=$DEV BATCH=$BATCH \
       STEPS=$STEPS mae_bench --breakdown-steps 0 --set data.name=synthetic --set train.compile=$mode \
-      --out /tmp/graphs.json" >/dev/null 2>&1
-    $PY -c "import json; r = json.load(open('/tmp/graphs.json'))['mimkit']; \
+      --out /tmp/graphs" >/dev/null 2>&1
+    $PY -c "import json; r = json.load(open('/tmp/graphs/results.json'))['mimkit']; \
 print(f\"{r['img_per_s']:.0f} img/s, {r['step_ms']:.1f} ms/step, peak {r['peak_memory_mb'] or 0:.0f} MB\")" 2>&1
-    rm -f /tmp/graphs.json
+    rm -rf /tmp/graphs
   done 2>&1 | tee "$OUT/bench-graphs.txt"
 fi
 

@@ -20,11 +20,11 @@ cp "$RUN/results.json" "$RUN/metrics.jsonl" "$RUN/figures/loss_curves.png" "$RUN
 
 echo "== 2. bench: MAE ViT-B/16 224px batch 256 bf16, mimkit vs HF"
 $PY -m mimkit bench pretrain --config mae_vit_base_in1k --set data.name=synthetic --set train.batch_size=256 \
-  --steps 30 --warmup 5 --compare hf --out "$OUT/bench_mae_vitb.json" 2>&1 | tail -n 30
+  --steps 30 --warmup 5 --compare hf --out "$OUT/bench_mae_vitb" 2>&1 | tail -n 30
 
 echo "== 3. bench: SimMIM ViT-B/16 224px batch 128 bf16"
 $PY -m mimkit bench pretrain --config simmim_vit_base_in1k --set data.name=synthetic --set train.batch_size=128 \
-  --steps 20 --warmup 5 --out "$OUT/bench_simmim_vitb.json" 2>&1 | tail -n 20
+  --steps 20 --warmup 5 --out "$OUT/bench_simmim_vitb" 2>&1 | tail -n 20
 
 echo "== 4. GPU-marked tests"
 if $PY -c "import pytest" 2>/dev/null; then $PY -m pytest -q -m gpu tests/test_cli.py 2>&1 | tail -n 5; else echo "pytest not installed here"; fi

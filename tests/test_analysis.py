@@ -913,3 +913,32 @@ def test_timm_source_accepts_a_pretrained_tag_and_rejects_a_file_of_other_weight
     torch.testing.assert_close(model.encoder.blocks[0].attn.qkv.weight, reference.blocks[0].attn.qkv.weight)
     with pytest.raises(ConfigError, match="does not hold weights"):
         load_model(f"timm:vit_tiny_patch16_224@{bad}", base, torch.device("cpu"))
+
+
+def test_attention_map_grid_heads_every_column(tmp_path, monkeypatch):
+    """The top row names every column (image, layer 1..L), also when the first model is shallower than another:
+    the report's grid once had no headers over the deeper model's last layers."""
+    from mimkit.analysis.plots import plot_attention_maps
+
+    grid = (4, 4)
+
+    def model(depth):
+        rows = np.full((depth, 1, 1, 16), 1 / 16)  # (layers, images, queries, patches)
+        return {"rows": rows.tolist(), "grid_size": list(grid), "query_patches": [[1, 2]]}
+
+    maps = {"queries": [[0.5, 0.5]], "image_ids": [0], "shallow": model(2), "deep": model(4)}
+    import mimkit.analysis.plots as plots
+
+    made, original = {}, plots.plt.subplots
+
+    def spy(*args, **kwargs):
+        fig, axes = original(*args, **kwargs)
+        made["axes"] = axes
+        return fig, axes
+
+    monkeypatch.setattr(plots.plt, "subplots", spy)
+    (path,) = plot_attention_maps(maps, np.zeros((1, 16, 16)), tmp_path)
+    top = made["axes"][0]
+    assert [ax.get_title() for ax in top] == ["image", "layer 1", "layer 2", "layer 3", "layer 4"]
+    assert not top[3].axison and top[3].title.get_visible()  # an empty cell of the shallow model keeps its header
+    assert path.is_file()

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 
 @pytest.fixture(scope="module")
 def suite(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench") / "suite.json"
+    out = tmp_path_factory.mktemp("bench") / "suite"
     result = run_suite(
         "tiny",
         "cpu",
@@ -30,7 +30,8 @@ def suite(tmp_path_factory):
         trace_dir=out.parent / "traces",
         log=lambda *_: None,
     )
-    return result, json.loads(out.read_text()), out.with_suffix(".md").read_text()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["suite", "traces"]  # nothing beside --out
+    return result, json.loads((out / "results.json").read_text()), (out / "report.md").read_text()
 
 
 def _rows(result):
@@ -146,7 +147,7 @@ def test_every_model_row_says_where_its_time_goes(suite):
     lines = markdown.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("| workload | implementation | matmul"))
     assert len(lines[first + 2 :]) == len(profiled)
-    assert result["breakdown_figure"].endswith("suite-breakdown.png")
+    assert result["breakdown_figure"].endswith("suite/breakdown.png")
     from pathlib import Path
 
     assert Path(result["breakdown_figure"]).stat().st_size > 10_000
@@ -162,7 +163,7 @@ def test_trace_dir_keeps_a_chrome_trace_per_mimkit_row(suite):
     import gzip
     from pathlib import Path
 
-    traces = Path(suite[0]["written_to"]).parent / "traces"
+    traces = Path(suite[0]["written_to"]).parent.parent / "traces"
     mine = [r for r in suite[0]["rows"] if r["kind"] == "mimkit"]
     files = sorted(p.name for p in traces.iterdir())
     assert len(files) == len(mine) and "mae-mimkit.json.gz" in files  # no leftover windows, no references
@@ -250,7 +251,7 @@ def test_a_failing_case_is_reported_and_the_others_still_run(monkeypatch, tmp_pa
         raise RuntimeError("this transformers has no ViTMAEForPreTraining")
 
     monkeypatch.setattr(refs, "hf_mae", broken)
-    out, lines = tmp_path / "suite.json", []
+    out, lines = tmp_path / "suite", []
     result = run_suite(
         "tiny",
         "cpu",
@@ -273,8 +274,8 @@ def test_a_failing_case_is_reported_and_the_others_still_run(monkeypatch, tmp_pa
         }
     ]
     assert any("HF ViTMAEForPreTraining" in line and "FAILED" in line for line in lines)
-    assert "FAILED mae HF ViTMAEForPreTraining" in out.with_suffix(".md").read_text()
-    assert json.loads(out.read_text())["failed"] == result["failed"]
+    assert "FAILED mae HF ViTMAEForPreTraining" in (out / "report.md").read_text()
+    assert json.loads((out / "results.json").read_text())["failed"] == result["failed"]
 
 
 def test_without_a_failure_handler_a_failing_case_raises():
@@ -311,9 +312,32 @@ def test_bench_pretrain_times_the_step_fed_by_the_input_pipeline(tmp_path):
         "mae_fmnist_tiny",
         ["data.name=synthetic", "data.synthetic_size=64", "train.batch_size=8", "data.num_workers=0", "device=cpu"],
     )
-    result = run_pretrain_bench(cfg, steps=2, warmup=1, breakdown_steps=0, pipeline=True, out=tmp_path / "b.json")
+    result = run_pretrain_bench(cfg, steps=2, warmup=1, breakdown_steps=0, pipeline=True, out=tmp_path / "b")
     assert result["pipeline"]["img_per_s"] > 0 and result["pipeline"]["data"]["name"] == "synthetic"
     assert result["ratio_pipeline_over_synthetic"] == pytest.approx(
         result["pipeline"]["img_per_s"] / result["mimkit"]["img_per_s"]
     )
-    assert json.loads((tmp_path / "b.json").read_text())["ratio_pipeline_over_synthetic"] > 0
+    assert json.loads((tmp_path / "b" / "results.json").read_text())["ratio_pipeline_over_synthetic"] > 0
+
+
+def test_profiler_logs_are_dropped_and_everything_else_kept(capfd):
+    """libkineto writes to file descriptor 2 below Python: its markers go, any other line (a real error) stays."""
+    import os
+    import sys
+
+    from mimkit.bench.breakdown import profiler_logs_dropped
+
+    with profiler_logs_dropped():
+        os.write(2, b"USDT:2026-12-05 05:58:52 27589:27589 SyncActivityProfilerHandler.cpp:39] profiler_start\n")
+        os.write(2, b"ERROR:2026-12-05 05:58:53 27589:27589 DeviceProperties.cpp:56] gpuGetDeviceCount failed\n")
+        os.write(2, b"ERROR: something that matters\n")
+        print("from python", file=sys.stderr)
+    err = capfd.readouterr().err
+    assert sorted(err.splitlines()) == ["ERROR: something that matters", "from python"]
+
+
+def test_flop_rates_keep_their_digits():
+    from mimkit.bench.flops import flop_rate
+
+    assert flop_rate(9.5e10) == "95 GFLOP/s"  # a 2-core CPU: not '0.1 TFLOP/s'
+    assert flop_rate(7.89e14) == "789 TFLOP/s" and flop_rate(2.5e15) == "2.5 PFLOP/s"

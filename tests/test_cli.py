@@ -119,7 +119,7 @@ def test_recipes_and_models_listed():
 
 def test_bench_pretrain_compares_with_hf(tmp_path):
     pytest.importorskip("transformers")
-    out = tmp_path / "bench.json"
+    out = tmp_path / "bench"
     proc = run_cli(
         "bench",
         "pretrain",
@@ -136,10 +136,14 @@ def test_bench_pretrain_compares_with_hf(tmp_path):
         *sets(["device=cpu", "model.name=mim_vit_femto", "train.batch_size=16"]),
         check=True,
     )
-    result = json.loads(out.read_text())
+    result = json.loads((out / "results.json").read_text())
     assert result["mimkit"]["img_per_s"] > 0 and result["hf"]["img_per_s"] > 0
+    assert [p.name for p in out.iterdir()] == ["results.json"]
     assert result["ratio_mimkit_over_hf"] == pytest.approx(result["mimkit"]["img_per_s"] / result["hf"]["img_per_s"])
-    assert "ratio_mimkit_over_hf" in proc.stdout
+    assert "mimkit / HF" in proc.stdout and "{" not in proc.stdout  # a summary, not the JSON
+    assert f"{result['ratio_mimkit_over_hf']:.2f}x" in proc.stdout
+    # the profiler's C++ side (libkineto) prints start/stop markers and, without a GPU, a device-count error
+    assert "profiler_start" not in proc.stderr and "gpuGetDeviceCount" not in proc.stderr
     for impl in ("mimkit", "hf"):  # MFU against the measured peak, and where the time goes
         entry = result[impl]
         assert entry["mfu"] == pytest.approx(entry["gflop_per_img"] * 1e9 * entry["img_per_s"] / result["peak_flops"])
@@ -154,16 +158,17 @@ def test_bench_pretrain_refuses_what_it_cannot_time(capsys):
     assert "--breakdown-steps" in cli_error(
         capsys, "bench", "pretrain", "--config", "mae_fmnist_tiny", "--breakdown-steps", "-1", "--set", "device=cpu"
     )
+    assert "is a directory" in cli_error(capsys, "bench", "suite", "--device", "cpu", "--out", "bench-suite.json")
 
 
 def test_bench_loader_times_the_training_stream(tmp_path):
     from mimkit.bench.loader_bench import run_loader_bench
 
     cfg = tiny_config("train.batch_size=8", "data.img_size=24")
-    result = run_loader_bench(cfg, steps=3, warmup=1, out=tmp_path / "loader.json")
+    result = run_loader_bench(cfg, steps=3, warmup=1, out=tmp_path / "loader")
     assert result["batch_shape"] == [8, 1, 24, 24]  # the stream's own augmented batch, at the configured size
     assert result["img_per_s"] == pytest.approx(3 * 8 / (result["batch_ms"] * 3 / 1000))
-    assert 0 < json.loads((tmp_path / "loader.json").read_text())["config"]["train_images"] <= 128
+    assert 0 < json.loads((tmp_path / "loader" / "results.json").read_text())["config"]["train_images"] <= 128
 
 
 def test_blockwise_masks_train(tmp_path):

@@ -54,3 +54,72 @@ def test_no_score_panel_when_the_evaluation_logged_none():
     fig = loss_curve_figure(_records(), "t", "distillation loss", score="top1")
     assert len(fig.axes) == 1
     plt.close(fig)
+
+
+def test_a_probe_shows_top1_per_epoch_from_its_own_records():
+    """linprobe's figure: top-1 against epochs (steps / steps per epoch), only the probe's records (a kNN's event
+    in the same directory is left out)."""
+    rows = [
+        {
+            "event": "eval",
+            "command": "linprobe",
+            "split": "heldout",
+            "step": 5 * e,
+            "epoch": e,
+            "loss": 1 / e,
+            "top1": 50.0 + e,
+        }
+        for e in (1, 2, 3)
+    ] + [{"event": "eval", "command": "knn", "split": "heldout", "step": 0, "top1": 99.0}]
+    probe = [r for r in rows if r["command"] == "linprobe"]
+    fig = loss_curve_figure(probe, "probe", "cross-entropy", "centre crops", score="top1", steps_per_epoch=5)
+    _, score_ax = fig.axes
+    (line,) = score_ax.get_lines()
+    assert list(line.get_xdata()) == [1.0, 2.0, 3.0] and list(line.get_ydata()) == [51.0, 52.0, 53.0]
+    assert score_ax.get_xlabel() == "epoch" and score_ax.get_title() == "top-1 (%) per epoch"
+    plt.close(fig)
+
+
+def test_plot_loss_curves_keeps_one_commands_records(tmp_path, monkeypatch):
+    import json
+
+    import mimkit.viz.curves as curves
+
+    rows = [
+        {"event": "eval", "command": "linprobe", "split": "heldout", "step": 4, "loss": 0.5, "top1": 60.0},
+        {"event": "eval", "command": "knn", "split": "heldout", "step": 0, "top1": 99.0},
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    seen, original = {}, curves.loss_curve_figure
+
+    def spy(records, *args, **kwargs):
+        seen["records"] = records
+        return original(records, *args, **kwargs)
+
+    monkeypatch.setattr(curves, "loss_curve_figure", spy)
+    out = curves.plot_loss_curves(tmp_path, score="top1", command="linprobe", steps_per_epoch=4)
+    assert out.is_file() and [r["command"] for r in seen["records"]] == ["linprobe"]
+
+
+def test_log_axes_label_few_short_ticks():
+    """A log axis over about a decade gets 1, 2, 5 x 10^k in a short form and no minor labels (matplotlib's own
+    minor labels, 2x10^4 3x10^4 4x10^4, overlapped); over several decades, powers of ten only."""
+    from mimkit.viz.log_axes import readable_log_axes, short_number
+
+    assert [short_number(v) for v in (500, 0.01, 2e4, 1.5e-5, 1e13)] == ["500", "0.01", "2e4", "1.5e-5", "1e13"]
+    fig, (narrow, wide) = plt.subplots(1, 2)
+    narrow.plot([6e3, 8e4], [1, 2])
+    narrow.set_xscale("log")
+    wide.plot([1e11, 2e13], [1, 2])
+    wide.set_xscale("log")
+    readable_log_axes(fig)
+    fig.canvas.draw()
+
+    def shown(ax):
+        low, high = ax.get_xlim()
+        return [t.get_text() for t in ax.get_xticklabels() if low <= t.get_position()[0] <= high]
+
+    assert shown(narrow) == ["1e4", "2e4", "5e4"]
+    assert shown(wide) == ["1e11", "1e12", "1e13"]
+    assert not any(t.get_text() for t in narrow.get_xticklabels(minor=True))
+    plt.close(fig)

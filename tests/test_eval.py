@@ -14,7 +14,6 @@ from mimkit.config import ConfigError, resolved
 from mimkit.engine.schedule import warmup_cosine_factor
 from mimkit.eval.features import cached_features, extract_features, frozen_encoder
 from mimkit.eval.knn import knn_predict
-from mimkit.eval.lars import LARS
 from mimkit.methods.supervised import layer_id
 from mimkit.weights import load_encoder_weights, resolve_source
 
@@ -35,8 +34,11 @@ def test_layer_ids_follow_the_beit_rule():
     assert layer_id("fc_norm.weight", 12) == 13 and layer_id("head.weight", 12) == 13
 
 
-def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
-    """Effective lr of every parameter = peak lr x decay^(L+1-layer) x schedule(step), checked at several steps."""
+@pytest.mark.parametrize("family", ["vit", "beit"])
+def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path, family):
+    """Effective lr of every parameter = peak lr x decay^(L+1-layer) x schedule(step), checked at several steps;
+    the groups come from timm's param_groups_layer_decay, the expected layers from MAE's rule written out
+    (layer_id), for timm's ViT and for SimMIM's published ViT (timm's BEiT)."""
     from mimkit.engine.distributed import DistEnv
     from mimkit.engine.trainer import Engine
     from mimkit.methods import build_method
@@ -46,6 +48,7 @@ def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
         tiny_config(
             *SUP[len(TINY) :],
             "method.layer_decay=0.5",
+            f"model.family={family}",
             "train.steps=8",
             "train.warmup_steps=3",
             "train.min_lr=1e-5",
@@ -68,7 +71,9 @@ def test_layer_decay_reaches_the_optimizer_at_every_step(tmp_path):
                 expected = cfg.train.lr * 0.5 ** (depth + 1 - layer_id(name, depth)) * factor
                 assert group["lr"] == pytest.approx(expected, rel=1e-9), (step, name)
                 assert group["weight_decay"] == (
-                    0.0 if p.ndim <= 1 or "token" in name or "pos_embed" in name else cfg.train.weight_decay
+                    0.0
+                    if p.ndim <= 1 or "token" in name or "pos_embed" in name or "relative_position" in name
+                    else cfg.train.weight_decay
                 )
                 seen.add(name)
         engine.train_step(step)
@@ -266,6 +271,9 @@ def test_linprobe_and_knn_cli(tmp_path, mae_run):
     )
     assert "features (train) batch 1/1" in lin.stdout  # extraction shows progress
     assert (tmp_path / "lin/checkpoints/last/head.safetensors").is_file()
+    assert res["figure"].endswith("figures/linprobe_curves.png") and f"figures {res['figure']}" in " ".join(
+        lin.stdout.split()
+    )
     run_cli("knn", "--init", str(mae_run), "--out", str(tmp_path / "lin"), *sets(probe), check=True)
     knn = json.loads((tmp_path / "lin/knn.json").read_text())
     assert knn["features_reused"] is True and knn["k"] == 20  # same encoder, data and pooling: cache hit
@@ -290,17 +298,51 @@ def test_knn_on_a_toy_set_with_a_known_answer():
     assert scores[0, 2].item() == 0.0
 
 
-def test_lars_scales_weight_updates_by_the_trust_ratio():
-    w = torch.nn.Parameter(torch.full((2, 2), 2.0))
-    b = torch.nn.Parameter(torch.ones(2))
-    opt = LARS([w, b], lr=0.5, weight_decay=0.1, momentum=0.0, trust_coefficient=0.01)
-    w.grad = torch.full((2, 2), 0.5)
-    b.grad = torch.full((2,), 0.5)
-    opt.step()
-    update = 0.5 + 0.1 * 2.0  # grad + wd * w
-    trust = 0.01 * 4.0 / (update * 2.0)  # ||w|| = 4, ||update|| = 2 * update
-    assert w[0, 0].item() == pytest.approx(2.0 - 0.5 * update * trust)
-    assert b[0].item() == pytest.approx(1.0 - 0.5 * 0.5)  # 1-D: plain SGD, no decay
+def mae_lars_step(params, grads, state, lr, weight_decay, momentum=0.9, trust=0.001):
+    """MAE's LARS (util/lars.py of the MAE code) written out: every matrix's update (gradient + weight decay) is
+    scaled by trust * ||w|| / ||update||; 1-D parameters are plain momentum SGD without decay."""
+    for i, (p, g) in enumerate(zip(params, grads)):
+        update = g.clone()
+        if p.ndim > 1:
+            update = update + weight_decay * p
+            w_norm, u_norm = p.norm(), update.norm()
+            if w_norm > 0 and u_norm > 0:
+                update = update * (trust * w_norm / u_norm)
+        state[i] = update if i not in state else state[i] * momentum + update
+        p -= lr * state[i]
+
+
+def test_the_probe_optimizer_is_maes_lars(tmp_path):
+    """The probe's LARS (timm's Lars with the groups linprobe builds) takes MAE's steps at the probe's weight decay
+    0; several steps, so momentum and the changing norms are covered. Float tolerance: two summation orders."""
+    from mimkit.eval.linprobe import train_head
+
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 6), torch.randint(0, 3, (64,))
+    cfg = tiny_config("probe.epochs=3", "probe.batch_size=16", "probe.warmup_epochs=0", "probe.base_lr=0.5")
+    head, _ = train_head(x, y, x[:8], y[:8], 3, cfg)
+    # the same steps by hand: the same initial head, data order and schedule
+    from mimkit.engine.schedule import warmup_cosine_factor
+    from mimkit.eval.linprobe import probe_head
+
+    torch.manual_seed(cfg.seed)
+    ref = probe_head(6, 3)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    lr, state, step, total = 0.5 * 16 / 256, {}, 0, 3 * 4
+    for _ in range(3):
+        order = torch.randperm(64, generator=gen)
+        for i in range(4):
+            idx = order[i * 16 : (i + 1) * 16]
+            ref.zero_grad()
+            torch.nn.functional.cross_entropy(ref(x[idx]), y[idx]).backward()
+            params = [ref[1].weight, ref[1].bias]
+            with torch.no_grad():
+                rate = lr * warmup_cosine_factor(step, total, 0, 0.0)
+                mae_lars_step(params, [q.grad for q in params], state, rate, weight_decay=0.0)
+            step += 1
+    for mine, theirs in zip(head.state_dict().values(), ref.state_dict().values()):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(head[1].weight, probe_head(6, 3)[1].weight)  # it did train
 
 
 def test_compare_runs_the_matrix_and_resumes_without_rerunning(tmp_path, mae_run):

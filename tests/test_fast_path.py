@@ -200,17 +200,21 @@ def test_checkpointing_keeps_fewer_activations_which_grow_with_the_batch():
     assert saved[True, 4] < 0.5 * saved[False, 4]  # only block inputs are kept through 6 checkpointed blocks
 
 
-def test_bench_memory_estimates_a_config(capsys):
+def test_bench_memory_estimates_a_config(capsys, monkeypatch):
+    import mimkit.summary
     from mimkit.cli import main
 
-    assert main(["bench", "memory", "--config", "mae_fmnist_tiny", "--batch", "64", "--set", "device=cpu"]) == 0
-    out = capsys.readouterr().out
-    est = __import__("json").loads(out[: out.rindex("}") + 1])
-    assert est["batch"] == 64 and est["precision"] == "bf16"
+    monkeypatch.setattr(mimkit.summary, "JSON_OUTPUT", False)  # restored after --json sets it
+    argv = ["bench", "memory", "--config", "mae_fmnist_tiny", "--batch", "64", "--set", "device=cpu"]
+    assert main(argv) == 0
+    line = capsys.readouterr().out.strip()
+    assert len(line.splitlines()) == 1 and "GB" in line  # a summary, not the JSON
+    assert main(["--json", *argv]) == 0
+    est = __import__("json").loads(capsys.readouterr().out)
+    assert est["batch"] == 64 and est["precision"] == "bf16" and f"about {est['total_gb']:.1f} GB" in line
     assert est["total_gb"] == pytest.approx(
         est["state_gb"] + est["fixed_saved_gb"] + 64 * est["activations_gb_per_image"]
     )
-    assert "GB" in out.splitlines()[-1]
 
 
 # ----------------------------------------------------------------------------------------------- train.fast_path

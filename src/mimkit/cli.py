@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from mimkit.engine.host_malloc import tune_host_malloc
 from mimkit.errors import exit_code_of, in_process_group
@@ -26,15 +27,19 @@ def with_length_flags(cfg, args: argparse.Namespace, probe: bool = False):
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
-    from mimkit.training import pretrain
 
-    cfg = with_length_flags(load_config(args.config, args.set), args)
+    cfg = with_length_flags(load_config(args.config, [*data_overrides(args.data), *args.set]), args)
+    from mimkit.training import pretrain  # torch and timm: after the config, whose errors answer at once
+
     return training_exit_code(
         lambda: pretrain(cfg, args.out, require_checkpoint=args.resume),
         "resume with the same command",
         command=f"{args.command} {args.out}",
         results_file=Path(args.out) / "results.json",
     )
+
+
+DATA_HELP = "fashion-mnist, synthetic, or an image folder path (a folder with train/ and val/ is read as splits)"
 
 
 def data_overrides(data: str | None) -> list[str]:
@@ -48,27 +53,29 @@ def data_overrides(data: str | None) -> list[str]:
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     """Fine-tuning is supervised training started from `--init` weights, in the same Engine."""
-    args.set = [f"init={args.init}", "method.name=supervised", *data_overrides(args.data), *args.set]
+    args.set = [f"init={args.init}", "method.name=supervised", *args.set]  # cmd_pretrain adds --data
     return cmd_pretrain(args)
 
 
 def cmd_linprobe(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
-    from mimkit.eval.linprobe import linprobe
     from mimkit.summary import report
 
     cfg = load_config(args.config, [f"init={args.init}", *data_overrides(args.data), *args.set])
     cfg = with_length_flags(cfg, args, probe=True)
+    from mimkit.eval.linprobe import linprobe  # torch: after the config, whose errors answer at once
+
     report(f"linprobe {args.out}", linprobe(cfg, args.out), Path(args.out) / "linprobe.json")
     return 0
 
 
 def cmd_knn(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
-    from mimkit.eval.knn import knn_eval
     from mimkit.summary import report
 
     cfg = load_config(args.config, [f"init={args.init}", *data_overrides(args.data), *args.set])
+    from mimkit.eval.knn import knn_eval  # torch: after the config, whose errors answer at once
+
     report(f"knn {args.out}", knn_eval(cfg, args.out), Path(args.out) / "knn.json")
     return 0
 
@@ -94,16 +101,17 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from mimkit.analysis.report import write_report
-    from mimkit.analysis.run import ANALYSES, AnalysisOptions, replot, run_analysis
     from mimkit.config import ConfigError, load_config
 
     cfg = load_config(args.config, [*data_overrides(args.data), *args.set])
+    from mimkit.analysis.report import write_report  # torch: after the config, whose errors answer at once
+    from mimkit.analysis.run import ANALYSES, AnalysisOptions, replot, run_analysis
+
     if args.analysis == "replot":
         print(write_report(replot(cfg, args.out), Path(args.out)))
         return 0
     if not args.model:
-        raise ConfigError(f"analyze {args.analysis} needs at least one --model")
+        raise ConfigError(f"analyze {args.analysis} needs at least one --init [NAME=]SOURCE (or --model)")
 
     queries = []
     for text in args.query or ["0.5,0.5", "0.2,0.2"]:
@@ -345,9 +353,25 @@ def cmd_shards(args: argparse.Namespace) -> int:
     return 0
 
 
+def bench_out(args: argparse.Namespace) -> str | None:
+    """A bench's --out: a directory (results.json and its companions go inside), never a file beside others."""
+    from mimkit.errors import ConfigError
+
+    out = getattr(args, "out", None)  # bench memory writes nothing
+    if out is not None and Path(out).suffix == ".json":
+        raise ConfigError(
+            f"--out '{out}': a bench's --out is a directory (results.json and, for the suite, report.md and "
+            f"breakdown.png go inside), e.g. --out {Path(out).with_suffix('')}"
+        )
+    return out
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
+    from mimkit.summary import JSON_OUTPUT
 
+    out = bench_out(args)
+    kept = f"all results in {Path(out) / 'results.json'}" if out else "add --out DIR to keep the results as JSON"
     if args.bench_command == "suite":
         from mimkit.bench.suite import format_table, run_suite
 
@@ -364,21 +388,25 @@ def cmd_bench(args: argparse.Namespace) -> int:
             compile_modes=tuple(args.compile_mode),
             breakdown_steps=args.breakdown_steps,
             trace_dir=args.trace_dir,
-            out=args.out,
+            out=out,
         )
+        if JSON_OUTPUT:
+            print(json.dumps(result, indent=1))
+            return 0
         print(format_table(result))
-        print(
-            f"written to {args.out} (and the Markdown table to {Path(args.out).with_suffix('.md')}"
-            + (f", the time breakdown figure to {result['breakdown_figure']}" if "breakdown_figure" in result else "")
-            + ")"
+        extras = ", the table as Markdown in report.md" + (
+            ", the time breakdown in breakdown.png" if "breakdown_figure" in result else ""
         )
+        print(kept + (extras if out else ""))
         return 0
-    cfg = load_config(args.config, args.set)
+    cfg = load_config(args.config, [*data_overrides(getattr(args, "data", None)), *args.set])
     if args.bench_command == "memory":
         from mimkit.bench.memory import run_memory_estimate
 
         est = run_memory_estimate(cfg, args.batch)
-        print(json.dumps(est, indent=1))
+        if JSON_OUTPUT:
+            print(json.dumps(est, indent=1))
+            return 0
         print(
             f"{est['method']} {est['model']} at {est['img_size']} px, batch {est['batch']}, {est['precision']}: "
             f"about {est['total_gb']:.1f} GB ({est['state_gb']:.1f} GB weights + gradients + AdamW, "
@@ -387,13 +415,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         return 0
     if args.bench_command == "loader":
-        from mimkit.bench.loader_bench import run_loader_bench
+        from mimkit.bench.loader_bench import loader_summary, run_loader_bench
 
-        result = run_loader_bench(cfg, steps=args.steps, warmup=args.warmup, out=args.out)
-        print(json.dumps(result, indent=1))
+        result = run_loader_bench(cfg, steps=args.steps, warmup=args.warmup, out=out)
+        print(json.dumps(result, indent=1) if JSON_OUTPUT else "\n".join([*loader_summary(result), kept]))
         return 0
-    from mimkit.bench.pretrain_bench import run_pretrain_bench
-    from mimkit.bench.suite import breakdown_lines
+    from mimkit.bench.pretrain_bench import pretrain_summary, run_pretrain_bench
 
     result = run_pretrain_bench(
         cfg,
@@ -402,20 +429,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         compare=args.compare,
         breakdown_steps=args.breakdown_steps,
         pipeline=args.pipeline,
-        out=args.out,
+        out=out,
     )
-    print(json.dumps(result, indent=1))
-    lines = breakdown_lines(
-        {
-            "rows": [
-                {"group": "pretrain", "impl": impl, "breakdown": result[impl].get("breakdown")}
-                for impl in ("mimkit", "hf")
-                if impl in result
-            ]
-        }
-    )
-    if lines:
-        print("\n".join(lines))
+    print(json.dumps(result, indent=1) if JSON_OUTPUT else "\n".join([*pretrain_summary(result), kept]))
     return 0
 
 
@@ -474,8 +490,29 @@ def add_length_flags(
     )
 
 
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Every option's help ends with its default, unless it has none worth saying (None, off, empty) or already
+    says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, [], argparse.SUPPRESS) or "default" in text or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """mimkit's parser: its sub-commands are Parsers too (argparse makes them of the parent's class), so every
+    command's --help shows the defaults."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mimkit", description="Masked image modeling research toolkit")
+    parser = Parser(prog="mimkit", description="Masked image modeling research toolkit")
     parser.add_argument(
         "--debug", action="store_true", help="show the Python traceback of a failure (also MIMKIT_DEBUG=1)"
     )
@@ -488,6 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pretrain with MAE or SimMIM (re-run the same command to resume)")
     p.add_argument("--config", required=True, help="recipe name (see `mimkit recipes`), YAML file or run directory")
+    p.add_argument("--data", default=None, help=DATA_HELP + " (default: the recipe's data.name)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.steps=500")
     add_length_flags(p)
@@ -503,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         sources = "run dir or checkpoint, exported .safetensors, timm:NAME, scratch, scratch:SOURCE"
         p.add_argument("--init", required=True, help=sources + (", or pixels" if name != "finetune" else ""))
         p.add_argument("--config", default=default, help=f"recipe, YAML or run directory (default {default})")
-        p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
+        p.add_argument("--data", default=None, help=DATA_HELP)
         p.add_argument("--out", required=True, help="run directory")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
         if name != "knn":
@@ -525,7 +563,7 @@ def build_parser() -> argparse.ArgumentParser:
         "a recipe can list them as distill.chain",
     )
     p.add_argument("--config", default="distill_fmnist_tiny", help="recipe, YAML or run directory")
-    p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--out", required=True, help="run directory (the chain's parent directory with --chain)")
     p.add_argument(
         "--set",
@@ -540,12 +578,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="models x {knn, linprobe, finetune} x tasks, resumable, with tables")
     p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")
-    p.add_argument("--out", required=True)
-    p.add_argument("--protocols", default="knn,linprobe,finetune")
+    p.add_argument("--out", required=True, help="directory for the cells' runs and results.md / .csv / .json")
+    p.add_argument("--protocols", default="knn,linprobe,finetune", help="comma-separated: knn, linprobe, finetune")
     from mimkit.data.options import TASKS  # light: no torch
 
     p.add_argument("--tasks", default="classification", help=f"comma-separated: {', '.join(TASKS)}")
-    p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path")
+    p.add_argument("--data", default=None, help=DATA_HELP)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
     p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
@@ -571,18 +609,21 @@ def build_parser() -> argparse.ArgumentParser:
         "redraw the figures and report of --out from its results.json",
     )
     p.add_argument(
+        "--init",
         "--model",
+        dest="model",
         action="append",
         default=[],
         metavar="[NAME=]SOURCE",
-        help="run dir or checkpoint (any method), exported .safetensors, timm:NAME or scratch; repeat",
+        help="a model to analyse, as every command's --init: run dir or checkpoint (any method), exported "
+        ".safetensors, timm:NAME or scratch; repeat (--model is the same flag)",
     )
-    p.add_argument("--data", default=None, help="fashion-mnist, or an image folder path (held-out split is used)")
+    p.add_argument("--data", default=None, help=DATA_HELP + "; its held-out split is analysed")
     p.add_argument("--images", type=int, default=1000, help="held-out images to analyse (seeded sample)")
     p.add_argument("--out", required=True, help="directory for results.json, figures and report.html")
     p.add_argument("--config", default="probe_fmnist", help="recipe or YAML for data settings (default probe_fmnist)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="e.g. data.img_size=224")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=64, help="images per forward pass while capturing")
     p.add_argument(
         "--capture",
         choices=["recompute", "unfused"],
@@ -737,7 +778,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("import", help="HF ViTMAEForPreTraining directory or official MAE .pth -> run directory")
     p.add_argument("source")
     p.add_argument("--out", required=True, help="run directory to create")
-    p.add_argument("--format", choices=["auto", "hf", "mae-pth"], default="auto")
+    p.add_argument(
+        "--format",
+        choices=["auto", "hf", "mae-pth"],
+        default="auto",
+        help="hf: a ViTMAEForPreTraining directory; mae-pth: an official MAE checkpoint; auto: told by the files",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -768,8 +814,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks")
     bench = p.add_subparsers(dest="bench_command", required=True)
     b = bench.add_parser("pretrain", help="time pretraining steps (img/s, peak memory)")
-    b.add_argument("--config", required=True)
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--config", required=True, help="recipe name, YAML file or run directory")
+    b.add_argument("--data", default=None, help=DATA_HELP + " (default: the recipe's data.name)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     b.add_argument("--steps", type=int, default=20, help="timed steps")
     b.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     b.add_argument("--compare", choices=["hf"], default=None, help="also time HF ViTMAEForPreTraining, same shape")
@@ -786,7 +833,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="also time the step fed by the config's data through mimkit's input pipeline (e.g. "
         "--set data.name=webdataset --set data.decode=device) and report its ratio to the step alone",
     )
-    b.add_argument("--out", default="bench-pretrain.json", help="JSON result path")
+    b.add_argument("--out", default=None, metavar="DIR", help="keep results.json in DIR (default: print only)")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser(
         "suite",
@@ -841,28 +888,34 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DIR",
         help="also keep each mimkit row's profiled window as a gzip'd Chrome trace in DIR (Perfetto, chrome://tracing)",
     )
-    b.add_argument("--out", default="bench-suite.json", help="JSON result path")
+    b.add_argument(
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="keep results.json, report.md (the table as Markdown) and breakdown.png in DIR (default: print only)",
+    )
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser(
         "memory",
         help="estimate training memory (weights, gradients, AdamW, activations saved for backward) without a GPU",
     )
-    b.add_argument("--config", required=True)
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--config", required=True, help="recipe name, YAML file or run directory")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     b.add_argument("--batch", type=int, default=None, help="batch per process (default: the config's)")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("loader", help="img/s of the input pipeline alone (decoded images -> augmented batches)")
-    b.add_argument("--config", required=True)
-    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    b.add_argument("--config", required=True, help="recipe name, YAML file or run directory")
+    b.add_argument("--data", default=None, help=DATA_HELP + " (default: the recipe's data.name)")
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     b.add_argument("--steps", type=int, default=50, help="timed batches")
     b.add_argument("--warmup", type=int, default=3, help="untimed batches first")
-    b.add_argument("--out", default="bench-loader.json", help="JSON result path")
+    b.add_argument("--out", default=None, metavar="DIR", help="keep results.json in DIR (default: print only)")
     b.set_defaults(func=cmd_bench)
     return parser
 
 
 # Commands whose --out is a file, not a directory; and those that write a run's state (one process at a time).
-OUT_FILE_COMMANDS = (cmd_reconstruct, cmd_export, cmd_bench)
+OUT_FILE_COMMANDS = (cmd_reconstruct, cmd_export)
 LOCKED_COMMANDS = (cmd_pretrain, cmd_finetune, cmd_linprobe, cmd_knn, cmd_distill, cmd_compare, cmd_sweep)
 
 

@@ -210,6 +210,7 @@ def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: Di
                 eval_inputs=spec.eval_inputs,
                 score=key,
                 title=f"{run_dir.name} ({what}): {spec.loss_label}",
+                steps_per_epoch=stream.images_per_epoch / cfg.train.batch_size if cfg.train.epochs else None,
             )
         )
         if cfg.train.reconstruct and method.reconstructs:  # MIM methods only

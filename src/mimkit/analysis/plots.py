@@ -211,8 +211,9 @@ def plot_attention_maps(maps: dict[str, Any], images: np.ndarray, out_dir: Path)
                         (qc * cell_w - 0.5, qr * cell_h - 0.5), cell_w, cell_h, fill=False, edgecolor="cyan", lw=1.0
                     )
                 )
-                if r == 0:
-                    ax.set_title(f"layer {layer}", fontsize=8)
+        # every column headed on the top row, also where the top model is shallower than the deepest one
+        for col in range(depth + 1):
+            axes[0, col].set_title("image" if col == 0 else f"layer {col}", fontsize=8)
         if shown is not None:
             fig.colorbar(
                 shown, ax=axes[:, 1:].ravel().tolist(), shrink=0.5, aspect=40, label="attention x patches (1 = uniform)"

@@ -13,12 +13,14 @@ import gzip
 import os
 import re
 import shutil
+import sys
 import tempfile
 import time
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
@@ -203,6 +205,33 @@ class Breakdown:
         }
 
 
+# libkineto's own lines (profiler start/stop markers, and on a machine without a GPU "gpuGetDeviceCount failed"),
+# which it writes straight to the process's stderr, below Python
+KINETO_NOISE = re.compile(r"^(USDT|STAGE|INFO):\d{4}-\d\d-\d\d .*\.cpp:\d+\] |^ERROR:.*gpuGetDeviceCount failed")
+
+
+@contextmanager
+def profiler_logs_dropped() -> Iterator[None]:
+    """Run the block with file descriptor 2 sent to a temporary file, then pass on every line but libkineto's
+    markers (anything else, a real error included, still reaches stderr, after the block)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            lines = sink.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not KINETO_NOISE.match(line))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
 def profile_step(
     step: Callable[[], None], steps: int, device: torch.device, top: int = 15, trace: str | Path | None = None
 ) -> Breakdown:
@@ -214,13 +243,14 @@ def profile_step(
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sync(device)
-    with profile(activities=activities) as prof:
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync(device)
-        wall = time.perf_counter() - t0
-    entries = _device_entries(prof) if device.type == "cuda" else _cpu_entries(prof)
+    with profiler_logs_dropped():
+        with profile(activities=activities) as prof:
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                step()
+            sync(device)
+            wall = time.perf_counter() - t0
+        entries = _device_entries(prof) if device.type == "cuda" else _cpu_entries(prof)
     seconds: dict[str, float] = defaultdict(float)
     for (kind, _), spent in entries.items():
         seconds[kind] += spent / steps

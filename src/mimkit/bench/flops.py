@@ -55,3 +55,11 @@ def matmul_peak_flops(
             elapsed = time.perf_counter() - t0
         best = max(best, 2 * size**3 * reps / elapsed)
     return best
+
+
+def flop_rate(flops_per_s: float) -> str:
+    """A FLOP rate in the unit that keeps 2-3 digits: a CPU's 95 GFLOP/s is not '0.1 TFLOP/s'."""
+    for unit, scale in (("PFLOP/s", 1e15), ("TFLOP/s", 1e12), ("GFLOP/s", 1e9)):
+        if flops_per_s >= scale:
+            return f"{flops_per_s / scale:.3g} {unit}"
+    return f"{flops_per_s / 1e6:.3g} MFLOP/s"

@@ -17,9 +17,7 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.distributed import DistEnv, pick_device
 
 
-def run_loader_bench(
-    cfg: Config, steps: int = 20, warmup: int = 3, out: str | Path | None = "bench-loader.json"
-) -> dict[str, Any]:
+def run_loader_bench(cfg: Config, steps: int = 20, warmup: int = 3, out: str | Path | None = None) -> dict[str, Any]:
     """Time `steps` batches (after `warmup` untimed ones) of the run's train stream, device synchronised."""
     from mimkit.training import build_stream, prepare_config
 
@@ -60,6 +58,16 @@ def run_loader_bench(
         "batch_shape": list(images.shape),
     }
     if out:
-        atomic_write_text(out, json.dumps(results, indent=1))
-        results["written_to"] = str(out)
+        results["written_to"] = str(Path(out) / "results.json")  # --out is a directory, as for every command
+        atomic_write_text(results["written_to"], json.dumps(results, indent=1))
     return results
+
+
+def loader_summary(results: dict[str, Any]) -> list[str]:
+    """What `mimkit bench loader` prints."""
+    c = results["config"]
+    return [
+        f"input pipeline ({c['data']}, decode={c['decode']}, {c['num_workers']} workers, {c['img_size']} px, "
+        f"batch {c['batch']}) on {results['device']}: {results['img_per_s']:,.0f} img/s, "
+        f"{results['batch_ms']:.1f} ms per batch ({results['steps']} timed batches)"
+    ]

@@ -45,7 +45,7 @@ def run_pretrain_bench(
     compare: str | None = None,
     breakdown_steps: int = 3,
     pipeline: bool = False,
-    out: str | Path | None = "bench-pretrain.json",
+    out: str | Path | None = None,
 ) -> dict[str, Any]:
     """Time the config's training step (and HF's with compare='hf'); with breakdown_steps > 0 also measure the
     matmul peak and profile that many steps, for MFU and where the time goes. pipeline=True also times the same
@@ -104,6 +104,33 @@ def run_pretrain_bench(
     if compare == "hf":
         results["ratio_mimkit_over_hf"] = results["mimkit"]["img_per_s"] / results["hf"]["img_per_s"]
     if out:
-        atomic_write_text(out, json.dumps(results, indent=1))
-        results["written_to"] = str(out)
+        results["written_to"] = str(Path(out) / "results.json")  # --out is a directory, as for every command
+        atomic_write_text(results["written_to"], json.dumps(results, indent=1))
     return results
+
+
+def pretrain_summary(results: dict[str, Any]) -> list[str]:
+    """What `mimkit bench pretrain` prints: one line per timed step, the ratios, where the time goes."""
+    from mimkit.bench.suite import breakdown_lines
+
+    c = results["config"]
+    lines = [
+        f"{c['method']} {c['model']} at {c['img_size']} px, batch {c['batch']}, {c['precision']}"
+        f"{', compiled' if c['compile'] else ''} on {results['device']} ({results['steps']} timed steps)"
+    ]
+    names = {"mimkit": "mimkit (batches on the device)", "pipeline": "mimkit + input pipeline", "hf": "HuggingFace"}
+    for impl, name in names.items():
+        if impl in results:
+            row = results[impl]
+            line = f"  {name:32s} {row['img_per_s']:10,.0f} img/s  {row['step_ms']:8.1f} ms/step"
+            if row.get("peak_memory_mb") is not None:
+                line += f"  peak {row['peak_memory_mb'] / 1024:.1f} GB"
+            if row.get("mfu") is not None:
+                line += f"  MFU {row['mfu']:.1%}"
+            lines.append(line)
+    for key, label in (("ratio_mimkit_over_hf", "mimkit / HF"), ("ratio_pipeline_over_synthetic", "pipeline / alone")):
+        if key in results:
+            lines.append(f"  {label:32s} {results[key]:.2f}x")
+    impls = [impl for impl in names if impl in results and results[impl].get("breakdown")]
+    rows = [{"group": "pretrain", "impl": impl, "breakdown": results[impl]["breakdown"]} for impl in impls]
+    return lines + (breakdown_lines({"rows": rows}) if rows else [])

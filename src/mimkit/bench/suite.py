@@ -25,7 +25,7 @@ from torch import nn
 
 from mimkit.bench import references as refs
 from mimkit.bench.breakdown import KIND_NOTES, KINDS, Breakdown, flops_by_kind, profile_step
-from mimkit.bench.flops import count_flops_by_op, matmul_peak_flops
+from mimkit.bench.flops import count_flops_by_op, flop_rate, matmul_peak_flops
 from mimkit.bench.timing import sync, time_steps
 from mimkit.config import COMPILE_MODES, Config, ConfigError, load_config, resolved
 from mimkit.data.stream import Stream
@@ -562,7 +562,7 @@ def run_suite(
     compile_modes: tuple[str, ...] = (),
     breakdown_steps: int | None = None,
     trace_dir: str | Path | None = None,
-    out: str | Path | None = "bench-suite.json",
+    out: str | Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Time every workload of `preset` side by side; returns (and writes) the table, ratios, targets and, from
@@ -597,7 +597,7 @@ def run_suite(
     amp = resolve_precision("auto", dev)
     peak_dtype = amp or torch.float32
     peak = matmul_peak_flops(dev, peak_dtype)
-    log(f"[bench] {device_name(dev)}: {peak_dtype} matmul peak {peak / 1e12:.1f} TFLOP/s")
+    log(f"[bench] {device_name(dev)}: {peak_dtype} matmul peak {flop_rate(peak)}")
     rows: list[Row] = []
     failed: list[dict[str, str]] = []
 
@@ -648,16 +648,15 @@ def run_suite(
     }
     result["ratios"] = ratios(rows)
     result["targets"] = targets(result["ratios"], rows, dev.type, preset)
-    if out:
-        atomic_write_text(out, json.dumps(result, indent=1))
-        atomic_write_text(Path(out).with_suffix(".md"), markdown_report(result))
-        result["written_to"] = str(out)
+    if out:  # a directory, as every command's --out: nothing lands beside it
+        out = Path(out)
+        atomic_write_text(out / "results.json", json.dumps(result, indent=1))
+        atomic_write_text(out / "report.md", markdown_report(result))
+        result["written_to"] = str(out / "results.json")
         if any(r["breakdown"] for r in result["rows"]):
             from mimkit.viz.time_breakdown import plot_time_breakdown
 
-            result["breakdown_figure"] = str(
-                plot_time_breakdown(result, Path(out).with_name(Path(out).stem + "-breakdown.png"))
-            )
+            result["breakdown_figure"] = str(plot_time_breakdown(result, out / "breakdown.png"))
     return result
 
 

@@ -10,7 +10,7 @@ from mimkit.config.checks import resolved, validate
 from mimkit.config.coerce import parse_override
 from mimkit.config.load import RECIPES_DIR, config_from_dict, load_config, recipe_names, resolve_recipe, save_config
 from mimkit.config.schema import Config
-from mimkit.data.masks import default_mask_patch_size
+from mimkit.data.mask_layout import default_mask_patch_size
 from mimkit.data.options import DECODERS, DataConfig
 from mimkit.engine.options import COMPILE_MODES, TrainConfig, resolve_epochs
 from mimkit.errors import ConfigError

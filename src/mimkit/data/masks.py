@@ -13,39 +13,21 @@ import numpy as np
 import torch
 
 from mimkit.data.keyed_random import STREAM_MASK, keyed_uniform
+from mimkit.data.mask_layout import mask_layout
 
 
 class MaskGenerator:
     """`generator(keys, seed)` -> (B, L) bool masks; every random draw is keyed by the sample, see keyed_random."""
 
     def __init__(self, kind: str, img_size: int, patch_size: int, mask_ratio: float, mask_patch_size: int):
-        if not 0.0 < mask_ratio < 1.0:
-            raise ValueError(f"mask ratio {mask_ratio} must be in (0, 1)")
-        self.kind = kind
-        self.grid = img_size // patch_size
-        self.num_tokens = self.grid**2
+        layout = mask_layout(kind, img_size, patch_size, mask_ratio, mask_patch_size)
+        self.kind, self.grid, self.num_tokens, self.num_masked = kind, layout.grid, layout.num_tokens, layout.num_masked
         self.mask_ratio = mask_ratio
-        if kind == "random":
-            self.num_masked = self.num_tokens - int(self.num_tokens * (1 - mask_ratio))  # MAE's len_keep rule
-        elif kind == "simmim":
-            if mask_patch_size % patch_size or img_size % mask_patch_size:
-                raise ValueError(
-                    f"mask patch size {mask_patch_size} must be a multiple of the patch size "
-                    f"{patch_size} and divide the image size {img_size}"
-                )
-            self.cell_grid = img_size // mask_patch_size
-            self.cell_scale = mask_patch_size // patch_size
-            self.num_cells_masked = math.ceil(self.cell_grid**2 * mask_ratio)
-            self.num_masked = self.num_cells_masked * self.cell_scale**2
-        elif kind == "blockwise":
-            self.num_masked = round(self.num_tokens * mask_ratio)
-        else:
-            raise ValueError(f"unknown mask type '{kind}' (random, simmim, blockwise)")
-        if not 0 < self.num_masked < self.num_tokens:
-            raise ValueError(
-                f"mask ratio {mask_ratio} masks {self.num_masked} of {self.num_tokens} tokens; "
-                "at least one must be masked and one visible"
-            )
+        self.cell_grid, self.cell_scale, self.num_cells_masked = (
+            layout.cell_grid,
+            layout.cell_scale,
+            layout.num_cells_masked,
+        )
 
     def noise(self, keys: torch.Tensor, seed: int) -> torch.Tensor:
         """MAE-style noise: argsort keeps the lowest values. Masked tokens get noise >= 1."""
@@ -117,15 +99,3 @@ def blockwise_mask(
         pick = rng.sample(list(free), num_masked - count)
         mask.reshape(-1)[pick] = True
     return mask
-
-
-def default_mask_patch_size(img_size: int, patch_size: int) -> int:
-    """SimMIM masks 32-px cells at ImageNet sizes; small images get the largest multiple of the patch size that
-    divides the image and leaves at least a 4x4 grid of cells."""
-    if img_size % 32 == 0 and 32 % patch_size == 0 and img_size // 32 >= 4:
-        return 32
-    best = patch_size
-    for size in range(patch_size, img_size + 1, patch_size):
-        if img_size % size == 0 and img_size // size >= 4:
-            best = size
-    return best

@@ -34,8 +34,6 @@ from mimkit.eval.task_metrics import (
     localization_metrics,
 )
 
-PIXELS = "pixels"  # the `init` value of the raw-pixel baseline (knn and linprobe only)
-
 
 @torch.no_grad()
 def pixel_features(data: ImageSet, cfg: Any, batch_size: int = 1024) -> torch.Tensor:

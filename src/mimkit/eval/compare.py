@@ -20,7 +20,7 @@ from typing import Any
 from mimkit.config import Config, ConfigError, load_config
 from mimkit.config.length import with_length
 from mimkit.engine.atomic import atomic_write_text
-from mimkit.eval.baselines import PIXELS
+from mimkit.eval.options import PIXELS
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
 RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finetune_fmnist_tiny"}
@@ -251,8 +251,6 @@ def compare(
     """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
     evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std. `length`:
     (--steps, --epochs) of the cells that train."""
-    from mimkit.weights.sources import scratch_in_shared_architecture
-
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
     tasks = tasks or ["classification"]
@@ -272,6 +270,8 @@ def compare(
     every_set = [*overrides, *(s for sets in protocol_overrides.values() for s in sets)]
     model_chosen = any(s.startswith("model.name=") for s in every_set)
     shape_cfg = load_config(RECIPES["finetune"], overrides)
+    from mimkit.weights.sources import scratch_in_shared_architecture  # torch: after the config is known good
+
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
     extra = baseline_models(sources, shape_cfg, model_chosen, log) if baselines else []
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)

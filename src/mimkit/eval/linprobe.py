@@ -12,13 +12,13 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from timm.optim import Lars
 from torch import nn
 
 from mimkit.config import Config, save_config
 from mimkit.engine.atomic import atomic_write_text, save_safetensors
 from mimkit.engine.metrics import MetricsLogger
 from mimkit.engine.schedule import warmup_cosine_factor
-from mimkit.eval.lars import LARS
 
 
 def probe_head(dim: int, num_classes: int) -> nn.Module:
@@ -52,11 +52,19 @@ def train_head(
     torch.manual_seed(cfg.seed)
     head = probe_head(train_x.shape[1], num_classes)
     lr = p.base_lr * p.batch_size / 256
+    # MAE's LARS adapts every weight matrix, decayed or not (timm's Lars: always_adapt), and leaves biases as plain
+    # momentum SGD without decay. timm's trust ratio divides by ||g|| + wd ||w|| where MAE's divides by
+    # ||g + wd w||: the same at MAE's probe weight decay, 0 (docs/fidelity.md)
     params = [
-        {"params": [head[1].weight], "weight_decay": p.weight_decay},
-        {"params": [head[1].bias], "weight_decay": 0.0},
+        {"params": [head[1].weight], "weight_decay": p.weight_decay, "always_adapt": True},
+        {"params": [head[1].bias], "weight_decay": 0.0, "always_adapt": False},
     ]
-    opt = LARS(params, lr=lr) if p.optimizer == "lars" else torch.optim.SGD(params, lr=lr, momentum=0.9)
+    if p.optimizer == "lars":
+        opt = Lars(params, lr=lr, momentum=0.9)
+    else:
+        opt = torch.optim.SGD(
+            [{k: v for k, v in g.items() if k != "always_adapt"} for g in params], lr=lr, momentum=0.9
+        )
     batch = min(p.batch_size, len(train_x))
     per_epoch = max(1, len(train_x) // batch)
     total, warmup = p.epochs * per_epoch, p.warmup_epochs * per_epoch
@@ -135,5 +143,19 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     }
     if not math.isfinite(results["top1"]):
         raise RuntimeError("linear probe diverged (non-finite accuracy); lower probe.base_lr")
+    from mimkit.viz.curves import plot_loss_curves
+
+    results["figure"] = str(
+        plot_loss_curves(
+            run_dir,
+            run_dir / "figures" / "linprobe_curves.png",
+            loss_label="cross-entropy of the linear head",
+            eval_inputs="centre crops",
+            score="top1",
+            title=f"{run_dir.name}: linear probe on frozen features ({setup.source.description})",
+            steps_per_epoch=max(1, len(setup.train_features) // min(cfg.probe.batch_size, len(setup.train_features))),
+            command="linprobe",
+        )
+    )
     atomic_write_text(run_dir / "linprobe.json", json.dumps(results, indent=1))  # knn.json may sit beside it
     return results

@@ -7,6 +7,8 @@ from typing import Any
 
 from mimkit.errors import check, one_of
 
+PIXELS = "pixels"  # the `init` value of the raw-pixel baseline (knn, linprobe and compare only)
+
 
 @dataclass
 class ProbeConfig:

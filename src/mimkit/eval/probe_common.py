@@ -15,8 +15,9 @@ from mimkit.config import Config, ConfigError, resolved
 from mimkit.data.datasets import DataBundle, build_data
 from mimkit.data.webdataset.build import require_in_memory
 from mimkit.engine.distributed import pick_device
-from mimkit.eval.baselines import PIXELS, pixel_features
+from mimkit.eval.baselines import pixel_features
 from mimkit.eval.features import cached_features, frozen_encoder, weights_digest
+from mimkit.eval.options import PIXELS
 from mimkit.weights import Source, adopt_source, resolve_source
 
 

@@ -3,17 +3,28 @@ registry. `build_method(cfg)` turns a resolved config into a Method module throu
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimkit.methods.base import Method
-from mimkit.methods.distill import Distill
-from mimkit.methods.mae import MAE
-from mimkit.methods.mocov3 import MoCoV3
+from mimkit.lazy import lazy_exports
 from mimkit.methods.registry import get, method_spec, register
-from mimkit.methods.simmim import SimMIM
 from mimkit.methods.spec import Masking, MethodSpec
-from mimkit.methods.supervised import Supervised
-from mimkit.methods.task import TaskModel
+
+if TYPE_CHECKING:
+    from mimkit.methods.base import Method
+
+# torch and timm load with the first of these that is read, not with the package (see mimkit/lazy.py)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Method": "mimkit.methods.base",
+        "Distill": "mimkit.methods.distill",
+        "MAE": "mimkit.methods.mae",
+        "MoCoV3": "mimkit.methods.mocov3",
+        "SimMIM": "mimkit.methods.simmim",
+        "Supervised": "mimkit.methods.supervised",
+        "TaskModel": "mimkit.methods.task",
+    },
+)
 
 __all__ = [
     "MAE",

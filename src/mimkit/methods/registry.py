@@ -12,7 +12,7 @@ import dataclasses
 import typing
 from typing import Any
 
-from mimkit.data.masks import default_mask_patch_size
+from mimkit.data.mask_layout import default_mask_patch_size
 from mimkit.errors import ConfigError, check
 from mimkit.methods.distill.spec import SPEC as DISTILL
 from mimkit.methods.mae.spec import SPEC as MAE

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from mimkit.data.masks import MaskGenerator, default_mask_patch_size
+from mimkit.data.mask_layout import default_mask_patch_size, mask_layout
 from mimkit.errors import ConfigError, check, one_of
+
+if TYPE_CHECKING:
+    from mimkit.data.masks import MaskGenerator
 
 MASK_TYPES = ("random", "simmim", "blockwise")
 
@@ -87,13 +90,15 @@ def check_mask_counts(cfg: Any, patch_size: int, ratio: float, kind: str, key: s
     img = cfg.data.img_size
     cell = cfg.method.mask_patch_size or default_mask_patch_size(img, patch_size)
     try:
-        MaskGenerator(kind, img, patch_size, ratio, cell)
+        mask_layout(kind, img, patch_size, ratio, cell)
     except ValueError as err:
         raise ConfigError(f"{key}: {err} (lower or raise {key}, or use a finer method.mask_patch_size)") from None
 
 
 def mask_generator(cfg: Any, ratio: float | None = None) -> MaskGenerator:
     """The resolved config's mask generator (method.mask_*; `ratio` replaces method.mask_ratio)."""
+    from mimkit.data.masks import MaskGenerator  # torch: imported when a method is built, not when a config loads
+
     meth = cfg.method
     return MaskGenerator(
         meth.mask_type,

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import dataclasses
 from functools import lru_cache
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from mimkit.errors import ConfigError
 from mimkit.models.arch import ModelSpec
+
+if TYPE_CHECKING:  # the presets and their checks are read by the config, before torch is imported
+    import torch
+    from torch import nn
 
 SWIN_TIMM_NAME = "swinv2_base_window12_192"  # the timm architecture the presets (and H/giant) are built from
 
@@ -46,6 +47,7 @@ def is_swin_name(name: str) -> bool:
 @lru_cache(maxsize=32)
 def _timm_swin_arch(name: str) -> dict[str, Any]:
     import timm
+    import torch
 
     if name not in timm.list_models("swinv2_*"):
         raise ConfigError(

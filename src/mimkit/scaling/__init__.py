@@ -1,9 +1,18 @@
 """Data-scaling studies: sweeps over model x data x length (grid, runner, record) and their analysis (table, fits,
 analyze, plots)."""
 
-from mimkit.scaling.analyze import analyze_table
-from mimkit.scaling.fits import fit_power_law
-from mimkit.scaling.grid import load_sweep
-from mimkit.scaling.sweep import collect, run_sweep
+from mimkit.lazy import lazy_exports
+
+# numpy, torch and matplotlib load with the first of these that is read (see mimkit/lazy.py)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "analyze_table": "mimkit.scaling.analyze",
+        "fit_power_law": "mimkit.scaling.fits",
+        "load_sweep": "mimkit.scaling.grid",
+        "collect": "mimkit.scaling.sweep",
+        "run_sweep": "mimkit.scaling.sweep",
+    },
+)
 
 __all__ = ["analyze_table", "collect", "fit_power_law", "load_sweep", "run_sweep"]

@@ -35,6 +35,9 @@ def _panels(n: int, title: str):
 
 
 def _save(fig, path: Path) -> Path:
+    from mimkit.viz.log_axes import readable_log_axes
+
+    readable_log_axes(fig)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     _plt().close(fig)

@@ -15,7 +15,6 @@ from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Callable
 
-from mimkit.compat import live_worker_processes
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.errors import ConfigError
 from mimkit.scaling.grid import Sweep, SweepRun, TrainStep
@@ -194,6 +193,8 @@ def _completed(futures: dict, pool, stop_file: Path):
     killed after a grace period (checkpoint writes are atomic), so no worker is left training."""
     import signal
     from concurrent.futures import wait
+
+    from mimkit.compat import live_worker_processes  # compat imports torch: not needed to read a grid
 
     def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
         raise KeyboardInterrupt

@@ -10,12 +10,13 @@ from typing import Any, Callable
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.errors import ConfigError
 from mimkit.scaling.grid import Sweep, load_sweep
-from mimkit.scaling.record import run_record, write_results
 from mimkit.scaling.runner import LAUNCHERS, pending_commands, run_local, run_status, run_submitit, shell_line
 
 
 def collect(sweep: Sweep, say: Callable[[str], None] = print) -> Path | None:
     """Records of every pretrained run -> DIR/results.csv + DIR/curves.json (None when no run has finished)."""
+    from mimkit.scaling.record import run_record, write_results  # torch (FLOP counts): not for a grid's errors
+
     records = []
     for run in sweep.runs:
         if run_status(run) in ("done", "finetune"):

@@ -12,6 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from mimkit.engine.metrics import read_metrics  # noqa: E402
+from mimkit.viz.log_axes import readable_log_axes  # noqa: E402
 
 SCORE_NAMES = {"top1": "top-1 (%)", "top5": "top-5 (%)", "mean_iou": "mean IoU"}
 
@@ -23,18 +24,20 @@ def plot_loss_curves(
     eval_inputs: str = "",
     score: str | None = None,
     title: str | None = None,
+    steps_per_epoch: float | None = None,
+    command: str | None = None,
 ) -> Path:
     """RUN/figures/loss_curves.png. `score` names a metric the evaluations logged (e.g. top1) to draw in a second
-    panel; `title` defaults to the run directory's name and the loss."""
+    panel, against epochs when `steps_per_epoch` is given; `title` defaults to the run directory's name and the
+    loss; `command` keeps only that command's records (a linear probe's beside a kNN's in one directory)."""
     run_dir = Path(run_dir)
     out = Path(out) if out else run_dir / "figures" / "loss_curves.png"
     out.parent.mkdir(parents=True, exist_ok=True)
+    records = read_metrics(run_dir / "metrics.jsonl")
+    if command is not None:
+        records = [r for r in records if r.get("command") == command]
     fig = loss_curve_figure(
-        read_metrics(run_dir / "metrics.jsonl"),
-        title or f"{run_dir.name}: {loss_label}",
-        loss_label,
-        eval_inputs,
-        score,
+        records, title or f"{run_dir.name}: {loss_label}", loss_label, eval_inputs, score, steps_per_epoch
     )
     fig.savefig(out)
     plt.close(fig)
@@ -42,7 +45,12 @@ def plot_loss_curves(
 
 
 def loss_curve_figure(
-    records: list[dict], title: str, loss_label: str, eval_inputs: str = "", score: str | None = None
+    records: list[dict],
+    title: str,
+    loss_label: str,
+    eval_inputs: str = "",
+    score: str | None = None,
+    steps_per_epoch: float | None = None,
 ) -> plt.Figure:
     """The figure of plot_loss_curves, from metrics.jsonl's records."""
     how = f" ({eval_inputs})" if eval_inputs else ""
@@ -76,12 +84,14 @@ def loss_curve_figure(
         for label, (rows, style) in list(series.items())[1:]:
             rows = [r for r in rows if r.get(score) is not None]
             if rows:
-                ax.plot([r["step"] for r in rows], [r[score] for r in rows], label=label, **style)
+                x = [r["step"] / steps_per_epoch if steps_per_epoch else r["step"] for r in rows]
+                ax.plot(x, [r[score] for r in rows], label=label, **style)
         name = SCORE_NAMES.get(score, score.replace("_", " "))
-        ax.set_xlabel("optimizer step")
+        ax.set_xlabel("epoch" if steps_per_epoch else "optimizer step")
         ax.set_ylabel(name)
-        ax.set_title(f"{name} at each evaluation")
+        ax.set_title(f"{name} per epoch" if steps_per_epoch else f"{name} at each evaluation")
         ax.grid(alpha=0.3)
         ax.legend(frameon=False)
+    readable_log_axes(fig)
     fig.tight_layout()
     return fig

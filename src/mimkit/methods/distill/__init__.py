@@ -4,13 +4,30 @@
 by the programs only, because they read run configs: teacher.py (resolve, check, load the teacher) and chain.py
 (sequential distillation)."""
 
-from mimkit.methods.distill.model import Distill, build_distill, check_head_split, relation_heads
-from mimkit.methods.distill.options import DistillConfig
-from mimkit.methods.distill.relations import relation_kl, relation_log_probs, relation_losses, split_heads
-from mimkit.methods.distill.spec import SPEC
-from mimkit.methods.distill.targets import TARGETS, parse_targets, regression_loss
-from mimkit.methods.distill.vit_blocks import block_index, block_qkv
-from mimkit.models.encoder import embed_tokens
+from mimkit.lazy import lazy_exports
+
+# torch and timm load with the first of these that is read, not with the package (see mimkit/lazy.py)
+__getattr__, __dir__ = lazy_exports(
+    __name__,
+    {
+        "Distill": "mimkit.methods.distill.model",
+        "build_distill": "mimkit.methods.distill.model",
+        "check_head_split": "mimkit.methods.distill.model",
+        "relation_heads": "mimkit.methods.distill.model",
+        "DistillConfig": "mimkit.methods.distill.options",
+        "relation_kl": "mimkit.methods.distill.relations",
+        "relation_log_probs": "mimkit.methods.distill.relations",
+        "relation_losses": "mimkit.methods.distill.relations",
+        "split_heads": "mimkit.methods.distill.relations",
+        "SPEC": "mimkit.methods.distill.spec",
+        "TARGETS": "mimkit.methods.distill.targets",
+        "parse_targets": "mimkit.methods.distill.targets",
+        "regression_loss": "mimkit.methods.distill.targets",
+        "block_index": "mimkit.methods.distill.vit_blocks",
+        "block_qkv": "mimkit.methods.distill.vit_blocks",
+        "embed_tokens": "mimkit.models.encoder",
+    },
+)
 
 __all__ = [
     "SPEC",

@@ -3,16 +3,19 @@ and attached by the training entry (see teacher.py), so the method needs a teach
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimkit.heldout import loss_evaluators
-from mimkit.methods.distill.model import Distill, build_distill
 from mimkit.methods.distill.options import validate
 from mimkit.methods.spec import MethodSpec, mask_generator
-from mimkit.models.encoder import create_encoder
+
+if TYPE_CHECKING:
+    from mimkit.methods.distill.model import Distill
 
 
 def build(cfg: Any) -> Distill:
+    from mimkit.methods.distill.model import build_distill
+    from mimkit.models.encoder import create_encoder
+
     student = create_encoder(cfg, fixed_sincos=True)
     masks = mask_generator(cfg, ratio=cfg.distill.mask_ratio) if cfg.distill.mask_ratio > 0 else None
     return build_distill(cfg, student, masks)
@@ -24,7 +27,6 @@ SPEC = MethodSpec(
     loss_label="distillation loss (student vs teacher targets)",
     build=build,
     validate=validate,
-    evaluators=loss_evaluators,
     needs_teacher=True,
     beit=True,
 )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch is imported by the loss, not by the config's parsing of distill.targets
+    import torch
 
 TARGETS = ("cls", "feature", "qk", "vv")
 
@@ -37,6 +39,8 @@ def parse_targets(text: str) -> dict[str, float]:
 
 def regression_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
     """smooth_l1 | mse (mean over elements) or cosine (1 - cosine similarity, mean over vectors)."""
+    import torch.nn.functional as F
+
     student, teacher = student.float(), teacher.detach().float()
     if kind == "smooth_l1":
         return F.smooth_l1_loss(student, teacher)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimkit.heldout import loss_evaluators
-from mimkit.methods.mae.model import MAE, build_mae
 from mimkit.methods.mae.options import MAEOptions
 from mimkit.methods.spec import Masking, MethodSpec, mask_generator
-from mimkit.models.encoder import create_encoder
+
+if TYPE_CHECKING:
+    from mimkit.methods.mae.model import MAE
 
 
 def build(cfg: Any) -> MAE:
+    from mimkit.methods.mae.model import build_mae
+    from mimkit.models.encoder import create_encoder
+
     return build_mae(cfg, create_encoder(cfg, fixed_sincos=True), mask_generator(cfg))
 
 
@@ -22,7 +25,6 @@ SPEC = MethodSpec(
     eval_inputs="fixed masks",
     build=build,
     options=MAEOptions,
-    evaluators=loss_evaluators,
     masking=Masking(0.75, "random"),
     crop_scale=(0.2, 1.0),
 )

@@ -3,17 +3,19 @@ views."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimkit.data.transforms import train_augment
-from mimkit.heldout import loss_evaluators
-from mimkit.methods.mocov3.model import MoCoV3, build_mocov3, freeze_random_patch_projection
 from mimkit.methods.mocov3.options import MoCoV3Options, check_options
 from mimkit.methods.spec import MethodSpec
-from mimkit.models.encoder import create_encoder
+
+if TYPE_CHECKING:
+    from mimkit.methods.mocov3.model import MoCoV3
 
 
 def build(cfg: Any) -> MoCoV3:
+    from mimkit.methods.mocov3.model import build_mocov3, freeze_random_patch_projection
+    from mimkit.models.encoder import create_encoder
+
     encoder = create_encoder(cfg, fixed_sincos=cfg.method.moco_fixed_pos_embed)
     if cfg.method.moco_frozen_patch_embed:
         freeze_random_patch_projection(encoder)
@@ -21,6 +23,9 @@ def build(cfg: Any) -> MoCoV3:
 
 
 def evaluators(cfg: Any, data: Any, env: Any, autocast) -> tuple[dict[str, Any], tuple]:
+    from mimkit.data.transforms import train_augment
+    from mimkit.heldout import loss_evaluators
+
     return loss_evaluators(cfg, data, env, autocast, two_views=train_augment(cfg))
 
 

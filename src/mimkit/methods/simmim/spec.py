@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimkit.heldout import loss_evaluators
-from mimkit.methods.simmim.model import SimMIM, build_simmim
 from mimkit.methods.simmim.options import SimMIMOptions, check_options
 from mimkit.methods.spec import Masking, MethodSpec, mask_generator
-from mimkit.models.encoder import create_encoder
+
+if TYPE_CHECKING:
+    from mimkit.methods.simmim.model import SimMIM
 
 
 def build(cfg: Any) -> SimMIM:
+    from mimkit.methods.simmim.model import build_simmim
+    from mimkit.models.encoder import create_encoder
+
     return build_simmim(cfg, create_encoder(cfg, fixed_sincos=False), mask_generator(cfg))
 
 
@@ -23,7 +26,6 @@ SPEC = MethodSpec(
     build=build,
     options=SimMIMOptions,
     check_options=check_options,
-    evaluators=loss_evaluators,
     masking=Masking(0.6, "simmim"),
     crop_scale=(0.67, 1.0),
     swin=True,

@@ -16,7 +16,8 @@ from mimkit.methods.base import Method, no_weight_decay
 
 def layer_id(name: str, num_layers: int) -> int:
     """Embeddings (cls token, position embedding, patch embedding) are layer 0, block i is i+1, the rest (final
-    norm, fc_norm, head) is L+1: the BEiT/MAE rule behind scale = decay^(L+1-layer)."""
+    norm, fc_norm, head) is L+1: the BEiT/MAE rule behind scale = decay^(L+1-layer). timm's group_matcher gives the
+    same layers for its ViT and BEiT (tests/test_eval.py); this spelled-out rule is kept as their reference."""
     if name.startswith(("cls_token", "pos_embed", "patch_embed", "reg_token", "dist_token", "rel_pos_bias")):
         return 0
     if name.startswith("blocks."):
@@ -25,23 +26,30 @@ def layer_id(name: str, num_layers: int) -> int:
 
 
 def layer_decay_groups(model: nn.Module, weight_decay: float, decay: float) -> list[dict[str, Any]]:
-    """AdamW groups per (layer, decayed or not), each with `lr_scale` = decay^(L+1-layer). The Engine multiplies
-    every group's lr by its lr_scale and then by the schedule, so the decay reaches the optimizer."""
+    """AdamW groups per (layer, decayed or not), each with `lr_scale` = decay^(L+1-layer) and the `names` of its
+    parameters. The Engine multiplies every group's lr by its lr_scale and then by the schedule.
+
+    ViT and BEiT: timm's `param_groups_layer_decay` (its group_matcher puts the embeddings at layer 0, block i at
+    i+1, the final norm and the head at L+1: MAE's and BEiT's rule). SwinV2: mimkit's own `swin_layer_id`, because
+    timm's matcher gives a stage's patch merging the next stage's first layer and the final norm its own layer,
+    where the official SimMIM/Swin code puts them with the previous stage's last block and with the head."""
     from mimkit.models.swin import is_swin_encoder, swin_layer_id
 
-    if is_swin_encoder(model):
-        depths = [len(stage.blocks) for stage in model.layers]
-        num_layers = sum(depths)
-        layer_of = lambda name: swin_layer_id(name, depths)  # noqa: E731
-    else:
-        num_layers = len(model.blocks)
-        layer_of = lambda name: layer_id(name, num_layers)  # noqa: E731
+    if not is_swin_encoder(model):
+        from timm.optim import param_groups_layer_decay
+
+        names = {id(p): n for n, p in model.named_parameters()}
+        skip = model.no_weight_decay() if hasattr(model, "no_weight_decay") else ()
+        groups = param_groups_layer_decay(model, weight_decay, no_weight_decay_list=skip, layer_decay=decay)
+        return [dict(group, names=[names[id(p)] for p in group["params"]]) for group in groups]
+    depths = [len(stage.blocks) for stage in model.layers]
+    num_layers = sum(depths)
     groups: dict[tuple[int, bool], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         no_decay = no_weight_decay(name, param)
-        layer = layer_of(name)
+        layer = swin_layer_id(name, depths)
         group = groups.setdefault(
             (layer, no_decay),
             {

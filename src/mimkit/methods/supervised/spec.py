@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from mimkit.eval.accuracy import accuracy_evaluators
+from mimkit.lazy import deferred
 from mimkit.methods.spec import MethodSpec
-from mimkit.methods.supervised.model import Supervised, build_supervised
 from mimkit.methods.supervised.options import SupervisedOptions, check_options
-from mimkit.models.encoder import create_encoder
+
+if TYPE_CHECKING:
+    from mimkit.methods.supervised.model import Supervised
 
 
 def build(cfg: Any) -> Supervised:
+    from mimkit.methods.supervised.model import build_supervised
+    from mimkit.models.encoder import create_encoder
+
     if cfg.model.num_classes is None:
         raise ValueError("model.num_classes is unknown: build the data first (it sets it) or set it")
     encoder = create_encoder(
@@ -27,7 +31,7 @@ SPEC = MethodSpec(
     build=build,
     options=SupervisedOptions,
     check_options=check_options,
-    evaluators=accuracy_evaluators,
+    evaluators=deferred("mimkit.eval.accuracy", "accuracy_evaluators"),
     needs_labels=True,
     swin=True,
     beit=True,

@@ -3,16 +3,20 @@ tracking): heads on a pretrained or fresh encoder."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mimkit.errors import check
-from mimkit.eval.task_eval import task_evaluators
+from mimkit.lazy import deferred
 from mimkit.methods.spec import MethodSpec
-from mimkit.methods.task.model import TaskModel, build_task
-from mimkit.models.encoder import create_encoder
+
+if TYPE_CHECKING:
+    from mimkit.methods.task.model import TaskModel
 
 
 def build(cfg: Any) -> TaskModel:
+    from mimkit.methods.task.model import build_task
+    from mimkit.models.encoder import create_encoder
+
     return build_task(cfg, create_encoder(cfg, fixed_sincos=False, global_pool=cfg.model.global_pool))
 
 
@@ -32,5 +36,5 @@ SPEC = MethodSpec(
     eval_inputs="fixed draws",
     build=build,
     validate=validate,
-    evaluators=task_evaluators,
+    evaluators=deferred("mimkit.eval.task_eval", "task_evaluators"),
 )

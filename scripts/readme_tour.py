@@ -2,7 +2,7 @@
 line under 2 minutes on 2 cores).
 
     python scripts/readme_tour.py list                  # the commands, as the README has them
-    python scripts/readme_tour.py run WORKDIR [--limit S] [--from N]   # run them in WORKDIR (runs/ lands there)
+    python scripts/readme_tour.py run WORKDIR [--limit S] [--from N] [--only N,N]   # run them in WORKDIR
 
 `run` prints a Markdown table (line, seconds, exit status) and writes it to WORKDIR/tour.md. Each command runs
 with the repository's .venv first on PATH, from WORKDIR, under a time limit (default 300 s: a line over 120 s is
@@ -45,12 +45,12 @@ def tour_commands(readme: Path = ROOT / "README.md") -> list[str]:
     return commands
 
 
-def run_tour(workdir: Path, limit: float, first: int = 1) -> int:
+def run_tour(workdir: Path, limit: float, first: int = 1, only: set[int] | None = None) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, PATH=f"{ROOT / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
     rows, worst = [], 0
     for number, command in enumerate(tour_commands(), 1):
-        if number < first:
+        if number < first or (only and number not in only):
             continue
         print(f"[tour] {number}: {command}", flush=True)
         t0 = time.time()
@@ -80,12 +80,14 @@ def main() -> int:
     run.add_argument("workdir", type=Path)
     run.add_argument("--limit", type=float, default=300.0, help="seconds before a line is killed (default 300)")
     run.add_argument("--from", dest="first", type=int, default=1, help="start at this line (default 1)")
+    run.add_argument("--only", default="", help="comma-separated line numbers to run (the others' outputs must exist)")
     args = parser.parse_args()
     if args.command == "list":
         for number, command in enumerate(tour_commands(), 1):
             print(f"{number:3d}  {command}")
         return 0
-    return run_tour(args.workdir.resolve(), args.limit, args.first)
+    only = {int(n) for n in args.only.split(",") if n.strip()}
+    return run_tour(args.workdir.resolve(), args.limit, args.first, only)
 
 
 if __name__ == "__main__":

@@ -191,6 +191,21 @@ def test_tables_show_seed_spreads_and_mark_models_below_a_baseline():
     assert "87.00" not in markdown_table(rows) and "77.00 ± 0.00 †" in markdown_table(rows)
 
 
+def test_a_geometric_comparison_has_no_empty_classification_table():
+    """compare --tasks keypoints alone: one table, headed with its seed spread (an empty classification table
+    with a blank column was printed before)."""
+    rows = [
+        _row("mae", "finetune", 0.08, 0, task="keypoints", metric="keypoint_error"),
+        _row("mae", "finetune", 0.10, 1, task="keypoints", metric="keypoint_error"),
+        _row("trivial", "trivial", 0.21, 0, True, task="keypoints", metric="keypoint_error"),
+        _row("trivial", "trivial", 0.21, 1, True, task="keypoints", metric="keypoint_error"),
+    ]
+    table = markdown_table(rows)
+    assert "classification" not in table and "|  |" not in table
+    assert table.startswith("# Semantic vs geometric tasks, mean ± std over 2 seeds")
+    assert "| mae | 0.0900 ± 0.0141 |" in table
+
+
 def test_finetune_refuses_the_pixel_baseline(capsys):
     from conftest import cli_error
 

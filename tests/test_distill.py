@@ -687,11 +687,14 @@ def test_chain_trains_each_stage_from_the_previous_one(chain, teacher):
     assert dis["teacher"] == str(s1) and (dis["teacher_embed_dim"], dis["teacher_depth"]) == (48, 3)
 
 
-def test_rerunning_a_finished_chain_skips_every_stage(chain, teacher):
+def test_rerunning_a_finished_chain_skips_every_stage(chain, teacher, capsys):
     from mimkit.cli import main
 
     stamps = {p: p.stat().st_mtime_ns for p in chain.glob("stage*/results.json")}
+    capsys.readouterr()
     assert main(chain_args(teacher, chain)) == 0
+    out = capsys.readouterr().out  # a line per stage, not the JSON
+    assert "{" not in out and out.count("(skipped (finished before)") == 2 and str(chain / "chain.json") in out
     assert [s["status"].split()[0] for s in read_chain(chain)["stages"]] == ["skipped", "skipped"]
     assert {p: p.stat().st_mtime_ns for p in chain.glob("stage*/results.json")} == stamps
 

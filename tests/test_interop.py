@@ -73,7 +73,9 @@ def test_hf_import_via_cli_and_bad_directory(tmp_path):
     hf = _tiny_hf()
     hf.save_pretrained(tmp_path / "hf")
     proc = run_cli("import", str(tmp_path / "hf"), "--out", str(tmp_path / "run"), check=True)
-    assert json.loads(proc.stdout)["format"] == "hf"
+    assert "import" in proc.stdout and "(hf, encoder" in proc.stdout and str(tmp_path / "run") in proc.stdout
+    whole = run_cli("--json", "import", str(tmp_path / "hf"), "--out", str(tmp_path / "run3"), check=True)
+    assert json.loads(whole.stdout)["format"] == "hf"
     (tmp_path / "empty").mkdir()
     bad = run_cli("import", str(tmp_path / "empty"), "--out", str(tmp_path / "run2"))
     assert bad.returncode == 2 and "config.json" in bad.stderr and "Traceback" not in bad.stderr

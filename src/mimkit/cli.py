@@ -177,7 +177,28 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
     if args.resume and not Path(args.out, "chain.json").is_file():
         raise ConfigError(f"--resume: '{args.out}' has no chain.json to resume from")
-    return training_exit_code(lambda: run_chain(cfg, students, args.out), "re-run the same command to resume the chain")
+    return training_exit_code(
+        lambda: chain_summary(run_chain(cfg, students, args.out), Path(args.out)),
+        "re-run the same command to resume the chain",
+    )
+
+
+def chain_summary(stages: list[dict[str, Any]], out: Path) -> None:
+    """A line per stage of a distillation chain (chain.json keeps them all; --json prints them)."""
+    from mimkit.summary import JSON_OUTPUT
+
+    if JSON_OUTPUT:
+        print(json.dumps(stages, indent=1))
+        return
+    print(f"distill chain {out} done")
+    for stage in stages:
+        loss = stage.get("final_heldout_loss")
+        held = f", held-out distillation loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
+        print(
+            f"  stage {stage['stage']}: {stage['teacher']} -> {stage['student']} ({stage['status']}{held}) "
+            f"in {stage['run_dir']}"
+        )
+    print(f"  {'all stages':28s} {out / 'chain.json'}")
 
 
 def _description(text: str) -> str:
@@ -316,8 +337,16 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from mimkit.interop.imports import import_checkpoint
+    from mimkit.summary import JSON_OUTPUT
 
-    print(json.dumps(import_checkpoint(args.source, args.out, args.format, args.set), indent=1))
+    result = import_checkpoint(args.source, args.out, args.format, args.set)
+    if JSON_OUTPUT:
+        print(json.dumps(result, indent=1))
+    else:
+        print(
+            f"import {args.source} done ({result['format']}, encoder {result['encoder_params'] / 1e6:.2f}M params)\n"
+            f"  {'run directory':28s} {result['run_dir']}\n  {'checkpoint':28s} {result['checkpoint']}"
+        )
     return 0
 
 

@@ -403,13 +403,15 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     if len(seeds) > 1:
         spread = f"mean ± std over {min(seeds)}-{max(seeds)} seeds (unfinished cells)"
     protocols = [p for p in PROTOCOLS if any(r["protocol"] == p and r["task"] == "classification" for r in summary)]
-    lines = [
-        f"# Frozen vs fine-tuned: classification top-1 (%), {spread}",
-        "",
-        "| model | " + " | ".join(protocols) + " |",
-        "|---|" + "---|" * len(protocols),
-        *rows_of([("classification", p) for p in protocols]),
-    ]
+    lines = []
+    if protocols:  # a comparison of geometric tasks alone has no classification table
+        lines = [
+            f"# Frozen vs fine-tuned: classification top-1 (%), {spread}",
+            "",
+            "| model | " + " | ".join(protocols) + " |",
+            "|---|" + "---|" * len(protocols),
+            *rows_of([("classification", p) for p in protocols]),
+        ]
     tasks = [t for t in TASKS if any(r["task"] == t for r in summary)]
     columns = [
         (t, p)
@@ -424,8 +426,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             for t, p in columns
         ]
         lines += [
-            "",
-            "# Semantic vs geometric tasks",
+            *([""] if lines else []),
+            f"# Semantic vs geometric tasks, {spread}",
             "",
             "| model | " + " | ".join(header) + " |",
             "|---|" + "---|" * len(columns),

@@ -79,5 +79,13 @@ def export_hf(method: Any, out: str | Path) -> dict[str, Any]:
             raise ExportError(f"'{key}': mimkit's {tuple(tensor.shape)} vs HF's {tuple(expected[key].shape)}")
     model.load_state_dict(state, strict=True)
     out = Path(out)
-    model.save_pretrained(out)
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a one-file "Writing model shards" bar is noise in a command's output
+    try:
+        model.save_pretrained(out)
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     return {"format": "hf", "directory": str(out), "transformers": transformers.__version__, "keys": len(state)}

@@ -160,7 +160,11 @@ def test_dense_tasks_train_and_report_their_metrics(tmp_path):
         results = pretrain(cfg, tmp_path / task)
         assert results[f"final_heldout_{metric}"] >= 0
     depth = resolved(tiny_config("data.task=depth"))
-    data = build_data(depth, lambda *_: None)
+    lines = []
+    data = build_data(depth, lines.append)
+    n = len(data.train) + len(data.heldout)  # drawing the scenes says what it does and how long it took
+    assert f"[data] depth: drawing {n:,} scenes (train and held-out)" in lines
+    assert any(line.startswith(f"[data] depth: {n:,} scenes in ") for line in lines)
     trivial = trivial_scores("depth", data.train, data.heldout)
     mean_map = data.train.targets.mean(0, keepdim=True)
     assert trivial["depth_error"] == pytest.approx(float((data.heldout.targets - mean_map).abs().mean()), rel=1e-6)

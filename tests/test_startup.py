@@ -58,3 +58,29 @@ def test_help_and_config_errors_import_no_heavy_library(tmp_path, argv):
     if expected == 2:
         assert "mimkit: error:" in result["stderr"] and "Traceback" not in result["stderr"]
     assert result["heavy"] == [], f"{' '.join(argv)} imported {result['heavy']}"
+
+
+def test_method_packages_load_their_models_on_first_use(tmp_path):
+    """`import mimkit.methods` (what the config needs) leaves torch unloaded; reading a class loads it; dir() lists
+    both kinds of name; an unknown name is an AttributeError, as for any module."""
+    script = """
+import sys
+import mimkit.methods as methods
+before = "torch" in sys.modules
+names = dir(methods)
+cls = methods.MAE
+try:
+    methods.Nope
+    unknown = "no error"
+except AttributeError as err:
+    unknown = str(err)
+print(before, "build_method" in names and "MAE" in names, cls.__module__, "torch" in sys.modules, unknown)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert done.stdout.split(maxsplit=4) == [
+        "False",
+        "True",
+        "mimkit.methods.mae.model",
+        "True",
+        "module 'mimkit.methods' has no attribute 'Nope'\n",
+    ], done.stderr

@@ -5,6 +5,7 @@ a second. Lazy for start-up time only, never to hide an import cycle (tests/test
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Callable
 
 
@@ -17,8 +18,8 @@ def lazy_exports(package: str, where: dict[str, str]) -> tuple[Callable[[str], A
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
         return getattr(importlib.import_module(module), name)
 
-    def __dir__() -> list[str]:
-        return sorted(where)
+    def __dir__() -> list[str]:  # the lazy names and what the package already holds
+        return sorted(set(where) | set(vars(sys.modules[package])))
 
     return __getattr__, __dir__
 

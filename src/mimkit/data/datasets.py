@@ -6,6 +6,7 @@ A data set here is just `ImageSet(images uint8 (N, C, S, S), labels, ids)`; `ids
 
 from __future__ import annotations
 
+import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable
@@ -206,8 +207,11 @@ def build_data(cfg: Any, log: Callable = print) -> DataBundle:
             f"fewer than the {n_classes} classes (the subset would be padded to one per class): raise data.fraction "
             f"to at least {max(n_classes, 1) / len(full):.2g}"
         )
-    if d.task != "classification":
+    if d.task != "classification":  # drawn image by image: tens of seconds for the full set, so it says so
+        t0 = time.time()
+        log(f"[data] {d.task}: drawing {len(train) + len(heldout):,} scenes (train and held-out)")
         train, heldout = as_task(train, cfg), as_task(heldout, cfg)
+        log(f"[data] {d.task}: {len(train) + len(heldout):,} scenes in {time.time() - t0:.0f} s")
     return DataBundle(train, heldout, source, classes, skipped)
 
 

@@ -29,8 +29,8 @@ def tour_commands(readme: Path = ROOT / "README.md") -> list[str]:
     """The shell commands of the tour's first ```bash block: continuation lines joined, comments and the
     `source .venv/bin/activate` line dropped."""
     text = readme.read_text()
-    start = text.index(TOUR_HEADING)
-    block = text[text.index("```bash", start) + len("```bash") : text.index("```", text.index("```bash", start) + 7)]
+    opening = text.index("```bash", text.index(TOUR_HEADING)) + len("```bash")
+    block = text[opening : text.index("```", opening)]
     commands, pending = [], ""
     for raw in block.splitlines():
         line = pending + raw.strip()

@@ -26,7 +26,7 @@ def test_every_option_has_help_and_shows_its_default():
             if not action.help:
                 missing.append(f"{name} {action.option_strings[0]}")
             elif action.default not in (None, False, [], argparse.SUPPRESS) and "default" not in (
-                parser._get_formatter()._expand_help(action) if action.help else ""
+                parser._get_formatter()._expand_help(action)
             ):
                 no_default.append(f"{name} {action.option_strings[0]}")
         assert "%(default)" not in text

@@ -20,8 +20,8 @@ from mimkit.config import ConfigError, load_config, resolved
 from mimkit.data.keyed_random import STREAM_JITTER, keyed_uniform
 from mimkit.data.transforms import color_jitter
 from mimkit.methods import Distill, build_method
+from mimkit.methods.distill.options import parse_targets
 from mimkit.methods.distill.relations import relation_losses, split_heads
-from mimkit.methods.distill.targets import parse_targets
 from mimkit.methods.distill.vit_blocks import block_index
 
 # The architecture of the tiny teacher (mim_vit_pico), as prepare_teacher records it.

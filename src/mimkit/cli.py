@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -178,27 +177,24 @@ def cmd_distill(args: argparse.Namespace) -> int:
     if args.resume and not Path(args.out, "chain.json").is_file():
         raise ConfigError(f"--resume: '{args.out}' has no chain.json to resume from")
     return training_exit_code(
-        lambda: chain_summary(run_chain(cfg, students, args.out), Path(args.out)),
+        lambda: show_chain(run_chain(cfg, students, args.out), Path(args.out)),
         "re-run the same command to resume the chain",
     )
 
 
-def chain_summary(stages: list[dict[str, Any]], out: Path) -> None:
+def show_chain(stages: list[dict[str, Any]], out: Path) -> None:
     """A line per stage of a distillation chain (chain.json keeps them all; --json prints them)."""
-    from mimkit.summary import JSON_OUTPUT
+    from mimkit.summary import show
 
-    if JSON_OUTPUT:
-        print(json.dumps(stages, indent=1))
-        return
-    print(f"distill chain {out} done")
+    lines = [f"distill chain {out} done"]
     for stage in stages:
         loss = stage.get("final_heldout_loss")
         held = f", held-out distillation loss {loss:.4g}" if isinstance(loss, (int, float)) else ""
-        print(
+        lines.append(
             f"  stage {stage['stage']}: {stage['teacher']} -> {stage['student']} ({stage['status']}{held}) "
             f"in {stage['run_dir']}"
         )
-    print(f"  {'all stages':28s} {out / 'chain.json'}")
+    show(stages, [*lines, f"  {'all stages':28s} {out / 'chain.json'}"])
 
 
 def _description(text: str) -> str:
@@ -337,16 +333,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     from mimkit.interop.imports import import_checkpoint
-    from mimkit.summary import JSON_OUTPUT
+    from mimkit.summary import show
 
     result = import_checkpoint(args.source, args.out, args.format, args.set)
-    if JSON_OUTPUT:
-        print(json.dumps(result, indent=1))
-    else:
-        print(
-            f"import {args.source} done ({result['format']}, encoder {result['encoder_params'] / 1e6:.2f}M params)\n"
-            f"  {'run directory':28s} {result['run_dir']}\n  {'checkpoint':28s} {result['checkpoint']}"
-        )
+    show(
+        result,
+        [
+            f"import {args.source} done ({result['format']}, encoder {result['encoder_params'] / 1e6:.2f}M params)",
+            f"  {'run directory':28s} {result['run_dir']}",
+            f"  {'checkpoint':28s} {result['checkpoint']}",
+        ],
+    )
     return 0
 
 
@@ -397,7 +394,7 @@ def bench_out(args: argparse.Namespace) -> str | None:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from mimkit.config import load_config
-    from mimkit.summary import JSON_OUTPUT
+    from mimkit.summary import show
 
     out = bench_out(args)
     kept = f"all results in {Path(out) / 'results.json'}" if out else "add --out DIR to keep the results as JSON"
@@ -419,35 +416,29 @@ def cmd_bench(args: argparse.Namespace) -> int:
             trace_dir=args.trace_dir,
             out=out,
         )
-        if JSON_OUTPUT:
-            print(json.dumps(result, indent=1))
-            return 0
-        print(format_table(result))
         extras = ", the table as Markdown in report.md" + (
             ", the time breakdown in breakdown.png" if "breakdown_figure" in result else ""
         )
-        print(kept + (extras if out else ""))
+        show(result, [format_table(result), kept + (extras if out else "")])
         return 0
     cfg = load_config(args.config, [*data_overrides(getattr(args, "data", None)), *args.set])
     if args.bench_command == "memory":
         from mimkit.bench.memory import run_memory_estimate
 
         est = run_memory_estimate(cfg, args.batch)
-        if JSON_OUTPUT:
-            print(json.dumps(est, indent=1))
-            return 0
-        print(
+        line = (
             f"{est['method']} {est['model']} at {est['img_size']} px, batch {est['batch']}, {est['precision']}: "
             f"about {est['total_gb']:.1f} GB ({est['state_gb']:.1f} GB weights + gradients + AdamW, "
             f"{est['activations_gb_per_image'] * est['batch']:.1f} GB activations and {est['fixed_saved_gb']:.1f} GB "
             "other tensors saved for backward; add the CUDA context and allocator slack)"
         )
+        show(est, [line])
         return 0
     if args.bench_command == "loader":
         from mimkit.bench.loader_bench import loader_summary, run_loader_bench
 
         result = run_loader_bench(cfg, steps=args.steps, warmup=args.warmup, out=out)
-        print(json.dumps(result, indent=1) if JSON_OUTPUT else "\n".join([*loader_summary(result), kept]))
+        show(result, [*loader_summary(result), kept])
         return 0
     from mimkit.bench.pretrain_bench import pretrain_summary, run_pretrain_bench
 
@@ -460,7 +451,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         pipeline=args.pipeline,
         out=out,
     )
-    print(json.dumps(result, indent=1) if JSON_OUTPUT else "\n".join([*pretrain_summary(result), kept]))
+    show(result, [*pretrain_summary(result), kept])
     return 0
 
 

@@ -50,9 +50,12 @@ def summary_lines(command: str, results: dict[str, Any], results_file: Path) -> 
     return lines
 
 
+def show(results: Any, lines: list[str]) -> None:
+    """Print a command's summary `lines`, or with --json its whole `results` as JSON: the one place that choice is
+    made."""
+    print(json.dumps(results, indent=1) if JSON_OUTPUT else "\n".join(lines))
+
+
 def report(command: str, results: dict[str, Any], results_file: str | Path) -> None:
-    """Print the summary (or, with --json, the whole results as JSON)."""
-    if JSON_OUTPUT:
-        print(json.dumps(results, indent=1))
-    else:
-        print("\n".join(summary_lines(command, results, Path(results_file))))
+    """Print the summary of a training or probing command (or, with --json, the whole results as JSON)."""
+    show(results, summary_lines(command, results, Path(results_file)))

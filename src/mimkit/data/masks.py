@@ -6,6 +6,7 @@ so MAE's visible-only encoder can batch and losses average the same way on any n
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -20,14 +21,9 @@ class MaskGenerator:
     """`generator(keys, seed)` -> (B, L) bool masks; every random draw is keyed by the sample, see keyed_random."""
 
     def __init__(self, kind: str, img_size: int, patch_size: int, mask_ratio: float, mask_patch_size: int):
-        layout = mask_layout(kind, img_size, patch_size, mask_ratio, mask_patch_size)
-        self.kind, self.grid, self.num_tokens, self.num_masked = kind, layout.grid, layout.num_tokens, layout.num_masked
+        # kind, grid, num_tokens, num_masked and SimMIM's cell_grid, cell_scale, num_cells_masked
+        vars(self).update(dataclasses.asdict(mask_layout(kind, img_size, patch_size, mask_ratio, mask_patch_size)))
         self.mask_ratio = mask_ratio
-        self.cell_grid, self.cell_scale, self.num_cells_masked = (
-            layout.cell_grid,
-            layout.cell_scale,
-            layout.num_cells_masked,
-        )
 
     def noise(self, keys: torch.Tensor, seed: int) -> torch.Tensor:
         """MAE-style noise: argsort keeps the lowest values. Masked tokens get noise >= 1."""

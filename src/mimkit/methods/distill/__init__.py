@@ -1,8 +1,8 @@
 """TinyMIM distillation (Ren et al. 2023), in one package: the objective (model.py), relation losses
-(relations.py), targets and their losses (targets.py), partial forward passes of timm ViTs (vit_blocks.py), the
-`distill:` section (options.py) and the registry entry (spec.py). Two modules run distillations and are imported
-by the programs only, because they read run configs: teacher.py (resolve, check, load the teacher) and chain.py
-(sequential distillation)."""
+(relations.py), the CLS / feature losses (targets.py), partial forward passes of timm ViTs (vit_blocks.py), the
+`distill:` section with the parsing of its targets (options.py) and the registry entry (spec.py). Two modules run
+distillations and are imported by the programs only, because they read run configs: teacher.py (resolve, check,
+load the teacher) and chain.py (sequential distillation)."""
 
 from mimkit.lazy import lazy_exports
 
@@ -20,8 +20,8 @@ __getattr__, __dir__ = lazy_exports(
         "relation_losses": "mimkit.methods.distill.relations",
         "split_heads": "mimkit.methods.distill.relations",
         "SPEC": "mimkit.methods.distill.spec",
-        "TARGETS": "mimkit.methods.distill.targets",
-        "parse_targets": "mimkit.methods.distill.targets",
+        "TARGETS": "mimkit.methods.distill.options",
+        "parse_targets": "mimkit.methods.distill.options",
         "regression_loss": "mimkit.methods.distill.targets",
         "block_index": "mimkit.methods.distill.vit_blocks",
         "block_qkv": "mimkit.methods.distill.vit_blocks",

@@ -24,8 +24,9 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.data.transforms import color_jitter
 from mimkit.errors import ConfigError
 from mimkit.methods.base import Method
+from mimkit.methods.distill.options import parse_targets
 from mimkit.methods.distill.relations import relation_losses
-from mimkit.methods.distill.targets import parse_targets, regression_loss
+from mimkit.methods.distill.targets import regression_loss
 from mimkit.methods.distill.vit_blocks import block_index, block_qkv, final_tokens
 from mimkit.methods.simmim.model import linear_pixel_head, masked_pixel_l1
 from mimkit.models.encoder import (

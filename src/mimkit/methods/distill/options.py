@@ -1,13 +1,40 @@
-"""TinyMIM distillation's own config section, `distill:` (method.name=distill), and its validation."""
+"""TinyMIM distillation's own config section, `distill:` (method.name=distill), its validation and the parsing of
+`distill.targets` (torch-free: the config reads it before torch is imported)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-from mimkit.errors import check, one_of
-from mimkit.methods.distill.targets import parse_targets
+from mimkit.errors import ConfigError, check, one_of
 from mimkit.methods.spec import check_mask_counts
+
+TARGETS = ("cls", "feature", "qk", "vv")
+
+
+def parse_targets(text: str) -> dict[str, float]:
+    """'qk+vv' -> {'qk': 1.0, 'vv': 1.0}; 'qk:1+vv:0.5+cls:2' gives weights. Unknown names and non-positive
+    weights are config errors."""
+    out: dict[str, float] = {}
+    for part in [p.strip() for p in str(text).split("+") if p.strip()]:
+        name, _, weight = part.partition(":")
+        if name not in TARGETS:
+            raise ConfigError(
+                f"distill.targets: unknown target '{name}' in '{text}'; choose from "
+                f"{', '.join(TARGETS)}, joined with '+' (e.g. qk+vv or cls:1+feature:0.5)"
+            )
+        try:
+            value = float(weight) if weight else 1.0
+        except ValueError:
+            raise ConfigError(f"distill.targets: weight '{weight}' of '{name}' is not a number") from None
+        if not value > 0:
+            raise ConfigError(f"distill.targets: weight of '{name}' must be > 0, got {value}")
+        if name in out:
+            raise ConfigError(f"distill.targets: '{name}' is listed twice in '{text}'")
+        out[name] = value
+    if not out:
+        raise ConfigError("distill.targets is empty: use e.g. qk+vv")
+    return out
 
 
 @dataclass

@@ -67,6 +67,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     # Seeds 1 and 2 of the shipped scratch recipe (finetune_fmnist_pico_scratch): the spread behind its 89.41%.
     "maeinit_b128_lr2e-3_ep15_crop0.8_s1": ("scratch", _run(2e-3, 15, 0.8, batch=128, init="mae", seed=1)),
     "maeinit_b128_lr2e-3_ep15_crop0.8_s2": ("scratch", _run(2e-3, 15, 0.8, batch=128, init="mae", seed=2)),
+    # Seeds 1 and 2 of the demo MAE encoder's fine-tune (one encoder: the head, data order and augmentation vary).
+    "mae_b128_lr2e-3_ep15_crop0.8_ld1.0_s1": (MAE_DEMO, _run(2e-3, 15, 0.8, batch=128, seed=1)),
+    "mae_b128_lr2e-3_ep15_crop0.8_ld1.0_s2": (MAE_DEMO, _run(2e-3, 15, 0.8, batch=128, seed=2)),
     "mae_lr2e-3_ep3_crop0.8_ld0.75": (MAE_DEMO, _run(2e-3, 3, 0.8, warmup=0.5, layer_decay=0.75)),
 }
 

@@ -134,6 +134,24 @@ def test_corrupt_checkpoint_is_a_clear_error(capsys, tmp_path):
     assert "corrupt" in err and "model.safetensors" in err
 
 
+def test_optimizer_state_of_other_parameter_groups_is_refused_with_the_fix(capsys, tmp_path):
+    """A checkpoint whose optimizer was grouped differently (another mimkit version's layer-decay grouping) fits
+    the model but not the optimizer: a clear error, not torch's ValueError as an internal error."""
+    import json
+
+    run = tmp_path / "run"
+    run_cli(*_args(run, [*TINY, "train.steps=4"]), check=True)
+    last = (run / "checkpoints/last").resolve()
+    state = torch.load(last / ckpt.STATE_FILE, weights_only=False)
+    state["optimizer"]["param_groups"] = state["optimizer"]["param_groups"][:1]  # fewer groups than the run builds
+    torch.save(state, last / ckpt.STATE_FILE)
+    meta = json.loads((last / ckpt.META_FILE).read_text())
+    meta["sha256"][ckpt.STATE_FILE] = ckpt.file_sha256(last / ckpt.STATE_FILE)  # as its writer would have recorded
+    (last / ckpt.META_FILE).write_text(json.dumps(meta))
+    err = cli_error(capsys, *_args(run, [*TINY, "train.steps=8"]))
+    assert "other parameter groups" in err and "new --out directory" in err and "internal error" not in err
+
+
 def test_resume_flag_requires_a_checkpoint(capsys, tmp_path):
     assert "no checkpoints" in cli_error(capsys, *_args(tmp_path / "new", TINY), "--resume")
 

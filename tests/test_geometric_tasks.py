@@ -145,11 +145,50 @@ def test_dense_localisation_head_trains_on_patches_inside_the_box():
     torch.testing.assert_close(losses["loc_loss"], expected_box)
 
 
+def test_cluttered_combined_head_learns_the_class_on_patches_inside_the_box():
+    """The detection analogue: per patch objectness, box and class scores; the image's class and box are its most
+    confident patch's; the class loss is the cross-entropy averaged over the patches inside the box."""
+    centres = patch_centres(4, 4, torch.device("cpu"))
+    boxes = torch.tensor([[0.0, 0.0, 0.5, 0.5], [0.4, 0.55, 1.0, 1.0]])
+    labels = torch.tensor([3, 7])
+    cfg = resolved(tiny_config("method.name=task", "data.task=cluttered_combined", "init=scratch"))
+    from mimkit.methods import build_method
+
+    model = build_method(cfg)
+    pred = model.predict(torch.randn(2, 1, 16, 16))
+    classes = cfg.model.num_classes
+    assert pred["patch_logits"].shape == (2, 16, classes) and pred["logits"].shape == (2, classes)
+    best = pred["objectness"].argmax(1)
+    torch.testing.assert_close(pred["logits"], pred["patch_logits"][torch.arange(2), best])
+    torch.testing.assert_close(pred["boxes"], pred["patch_boxes"][torch.arange(2), best])
+    losses = model.losses(pred, {"targets": boxes, "labels": labels})
+    inside = inside_box(boxes, centres)
+    expected = []  # written out: one cross-entropy per patch inside its image's box
+    for i in range(2):
+        for p in inside[i].nonzero().flatten().tolist():
+            expected.append(F.cross_entropy(pred["patch_logits"][i, p][None], labels[i][None]))
+    torch.testing.assert_close(losses["cls_loss"], torch.stack(expected).mean())
+    total = losses["objectness_loss"] + losses["loc_loss"] + losses["cls_loss"]
+    torch.testing.assert_close(losses["loss"], total)
+
+
+def test_cluttered_combined_trivial_predictors_score_low():
+    """Neither the mean box with the majority class nor thresholding can pass for a detector on cluttered canvases."""
+    cfg = resolved(tiny_config("method.name=task", "data.task=cluttered_combined", "data.task_scale=[0.4,0.8]"))
+    data = build_data(cfg, lambda *_: None)
+    scores = trivial_scores("cluttered_combined", data.train, data.heldout, cfg.model.num_classes)
+    majority = int(torch.bincount(data.train.labels).argmax())
+    assert scores["top1"] == pytest.approx(100 * float((data.heldout.labels == majority).float().mean()))
+    assert scores["threshold_iou"] < 0.5 and scores["mean_iou"] < 0.5
+    assert scores["ap50"] <= scores["top1"] / 100 + 1e-6  # a hit needs the right class
+
+
 def test_dense_tasks_train_and_report_their_metrics(tmp_path):
     from mimkit.training import pretrain
 
     for task, metric in (
         ("cluttered_localization", "mean_iou"),
+        ("cluttered_combined", "ap50"),
         ("depth", "depth_error"),
         ("keypoints", "keypoint_error"),
         ("tracking", "displacement_error"),
@@ -211,6 +250,34 @@ def test_combined_loss_curves_average_the_seeds_at_shared_steps(tmp_path):
     np.testing.assert_allclose(mean["loc_loss_std"], [np.std([0.5, 0.7], ddof=1), np.std([0.4, 0.6], ddof=1)])
     path = plot_combined_losses({"mae": [tmp_path / "a0", tmp_path / "a1"]}, tmp_path / "fig.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_combined_losses_table_reads_the_curves_at_shared_steps_and_the_final_metrics(tmp_path):
+    import json
+
+    import numpy as np
+
+    from mimkit.eval.loss_curves import losses_markdown
+
+    def write(run, values, final):
+        run.mkdir(parents=True)
+        lines = [json.dumps({"event": "train", "step": s, "cls_loss": c, "loc_loss": loc}) for s, c, loc in values]
+        (run / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+        (run / "results.json").write_text(json.dumps({f"final_heldout_{k}": v for k, v in final.items()}))
+
+    steps = range(10, 110, 10)  # 10 logged steps: 10% of 100 is step 10, 25% is the nearer of 20/30, 50% is 50
+    write(tmp_path / "m0", [(s, 1.0 / s, 0.5) for s in steps], {"top1": 80.0, "mean_iou": 0.5, "ap50": 0.4})
+    write(tmp_path / "m1", [(s, 3.0 / s, 0.7) for s in steps], {"top1": 84.0, "mean_iou": 0.7, "ap50": 0.6})
+    text = losses_markdown({"mae": [tmp_path / "m0", tmp_path / "m1"]}, "cluttered_combined", (0.1, 0.5, 1.0))
+    header = next(line for line in text.splitlines() if "at step" in line)
+    assert "cls_loss at step 10 | cls_loss at step 50 | cls_loss at step 100 | loc_loss at step 10" in header
+    row = next(line for line in text.splitlines() if line.startswith("| mae") and "0.200" in line)
+    cells = [c.strip() for c in row.split("|")[2:-1]]
+    sd = np.std([0.1, 0.3], ddof=1)
+    assert cells[0] == f"0.200 ± {sd:.3f}" and cells[2] == f"0.020 ± {np.std([0.01, 0.03], ddof=1):.3f}"
+    assert cells[3] == f"0.600 ± {np.std([0.5, 0.7], ddof=1):.3f}"
+    final = [line for line in text.splitlines() if line.startswith("| mae")][-1]
+    assert f"82.00 ± {np.std([80.0, 84.0], ddof=1):.2f}" in final and "0.600 ± 0.141" in final
 
 
 def test_extreme_points_written_out():

@@ -111,6 +111,17 @@ def test_combined_task_logs_classification_and_localisation_losses(tmp_path):
     assert 0 <= results["final_heldout_ap50"] <= 1
 
 
+def test_cluttered_combined_task_logs_its_three_losses(tmp_path):
+    results, records = _task_run(tmp_path, "cc", "data.task=cluttered_combined")
+    train = [r for r in records if r.get("event") == "train"]
+    assert train and all({"cls_loss", "loc_loss", "objectness_loss"} <= r.keys() for r in train)
+    for r in train:
+        assert r["loss"] == pytest.approx(r["cls_loss"] + r["loc_loss"] + r["objectness_loss"], rel=1e-5)
+    held = [r for r in records if r.get("split") == "heldout"]
+    assert held and all({"ap50", "mean_iou", "top1", "cls_loss", "loc_loss"} <= r.keys() for r in held)
+    assert 0 <= results["final_heldout_ap50"] <= 1
+
+
 def test_frozen_rotation_head_leaves_the_encoder_untouched(tmp_path):
     from mimkit import load
 

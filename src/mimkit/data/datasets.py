@@ -230,8 +230,8 @@ def as_task(data: ImageSet, cfg: Any) -> ImageSet:
     d = cfg.data
     if d.task == "rotation":
         task = make_rotation(data, d.rotation_max, cfg.seed)
-    elif d.task in ("cluttered_localization", "keypoints"):
-        target = "box" if d.task == "cluttered_localization" else "keypoints"
+    elif d.task in ("cluttered_localization", "cluttered_combined", "keypoints"):
+        target = "keypoints" if d.task == "keypoints" else "box"
         task = make_cluttered_localization(data, d.img_size, tuple(d.task_scale), cfg.seed, d.distractors, target)
     elif d.task == "depth":
         task = make_depth(data, d.img_size, seed=cfg.seed)

@@ -16,6 +16,7 @@ TASKS = (
     "rotation",
     "combined",
     "cluttered_localization",
+    "cluttered_combined",
     "keypoints",
     "depth",
     "tracking",
@@ -50,12 +51,13 @@ class DataConfig:
     # (decompression bombs); the default is PIL's own threshold
     max_pixels: int = 89_478_485
     synthetic_size: int = 512  # synthetic data: number of train images (benchmarks and tests)
-    # classification | localization | rotation | combined (class + box) | cluttered_localization | keypoints | depth
-    # | tracking
+    # classification | localization | rotation | combined (class + box) | cluttered_localization | cluttered_combined
+    # (class + box among clutter) | keypoints | depth | tracking
     task: str = "classification"
-    # localization, combined, cluttered_localization, keypoints: item side / canvas side (tracking: 0.3-0.5, fixed)
+    # localization, combined and the cluttered tasks, keypoints: item side / canvas side (tracking: 0.3-0.5, fixed)
     task_scale: list[float] = field(default_factory=lambda: [0.3, 0.8])
-    # cluttered_localization, keypoints, tracking: fragments of other items on the textured background
+    # cluttered_localization, cluttered_combined, keypoints, tracking: fragments of other items on the textured
+    # background
     distractors: int = 2
     track_shift: float = 0.25  # tracking: the item's largest move per axis, as a fraction of the canvas side
     # keep only these classes (indices into the data set's classes), relabelled 0..k-1 in this order, in train and

@@ -178,7 +178,15 @@ class Engine:
         if state is None:  # imported weights: start training from them at step 0
             self.logger.truncate_after(-1)
             return 0
-        self.optimizer.load_state_dict(state["optimizer"])
+        try:
+            self.optimizer.load_state_dict(state["optimizer"])
+        except ValueError as err:  # torch: parameter groups of another count or size
+            raise ckpt.CheckpointError(
+                f"checkpoint '{ckpt_dir}' holds optimizer state for other parameter groups than this run builds "
+                f"({err}): it was written with another layer-decay or weight-decay grouping, or by a mimkit "
+                "version that grouped parameters differently. Use a new --out directory, or the config and mimkit "
+                "version the run was started with."
+            ) from None
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         ckpt.set_rng_state(state["rng"])

@@ -57,12 +57,12 @@ def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | N
     the training split's labels or targets only (tracking's zero motion needs neither). Keys follow
     TaskModel.predict (logits, boxes, angles, keypoints, depth, displacement)."""
     out: dict[str, torch.Tensor] = {}
-    if task in ("classification", "combined"):
+    if task in ("classification", "combined", "cluttered_combined"):
         classes = num_classes or int(train.labels.max()) + 1
         logits = torch.zeros(n, classes)
         logits[:, majority_class(train.labels)] = 1.0
         out["logits"] = logits
-    if task in ("localization", "combined", "cluttered_localization"):
+    if task in ("localization", "combined", "cluttered_localization", "cluttered_combined"):
         out["boxes"] = train.targets.float().mean(0, keepdim=True).expand(n, 4).clone()
     if task == "depth":
         out["depth"] = train.targets.float().mean(0, keepdim=True).expand(n, -1).clone()
@@ -93,9 +93,9 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
         metrics["keypoint_error"] = keypoint_error(pred["keypoints"], heldout.targets)
     if "displacement" in pred:
         metrics["displacement_error"] = displacement_error(pred["displacement"], heldout.targets)
-    if task in ("localization", "cluttered_localization"):
+    if task in ("localization", "cluttered_localization", "cluttered_combined"):
         metrics["threshold_iou"] = localization_metrics(threshold_boxes(heldout.images), heldout.targets)["mean_iou"]
-    if task == "combined":
+    if task in ("combined", "cluttered_combined"):
         metrics["ap50"] = detection_ap50(pred["boxes"], heldout.targets, pred["logits"], heldout.labels)
     return metrics
 
@@ -143,6 +143,7 @@ TRIVIAL_NAMES = {
     "cluttered_localization": "mean box",
     "rotation": "median angle",
     "combined": "mean box + majority class",
+    "cluttered_combined": "mean box + majority class",
     "depth": "mean depth map",
     "keypoints": "mean keypoints",
     "tracking": "zero displacement",

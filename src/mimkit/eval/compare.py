@@ -32,6 +32,7 @@ TASKS = (
     "keypoints",
     "rotation",
     "combined",
+    "cluttered_combined",
     "depth",
     "tracking",
 )
@@ -41,6 +42,7 @@ PRIMARY = {
     "localization": ("mean_iou", True),
     "rotation": ("angle_error", False),
     "combined": ("ap50", True),
+    "cluttered_combined": ("ap50", True),
     "cluttered_localization": ("mean_iou", True),
     "depth": ("depth_error", False),
     "keypoints": ("keypoint_error", False),
@@ -298,14 +300,16 @@ def compare(
             atomic_write_text(marker, json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
         rows.append(row)
         write_tables(rows, out)
-    combined = {}
-    for cell in cells:
-        if cell.task == "combined" and cell.protocol == "finetune":
-            combined.setdefault(cell.model, []).append(out / "cells" / cell.name)
-    if combined:  # the paper's classification vs localisation loss curves, mean +- std over seeds
-        from mimkit.eval.loss_curves import plot_combined_losses
+    for task in ("combined", "cluttered_combined"):  # the paper's classification vs localisation loss curves
+        runs: dict[str, list[Path]] = {}
+        for cell in cells:
+            if cell.task == task and cell.protocol == "finetune":
+                runs.setdefault(cell.model, []).append(out / "cells" / cell.name)
+        if runs:
+            from mimkit.eval.loss_curves import losses_markdown, plot_combined_losses
 
-        plot_combined_losses(combined, out / "combined_losses.png")
+            plot_combined_losses(runs, out / f"{task}_losses.png", task)
+            atomic_write_text(out / f"{task}_losses.md", losses_markdown(runs, task))
     return rows
 
 

@@ -1,5 +1,7 @@
-"""The combined task's two training losses per model, over seeds: the Dark Secrets paper's classification-vs-
-localisation loss curves (its Figure 8 analogue), drawn by `mimkit compare` from its fine-tuning cells."""
+"""The combined tasks' two training losses per model, over seeds: the Dark Secrets paper's classification-vs-
+localisation loss curves (its Figure 8 analogue), drawn by `mimkit compare` from its fine-tuning cells, and the
+same curves read at a few points of training with their seed spread, next to the final held-out metrics (a table,
+so that "lowers the loss faster" can be weighed against the spread)."""
 
 from __future__ import annotations
 
@@ -39,9 +41,9 @@ def mean_curves(curves: list[dict[str, np.ndarray]], keys: tuple[str, ...] = LOS
     return out
 
 
-def plot_combined_losses(runs: dict[str, list[Path]], out: Path) -> Path | None:
+def plot_combined_losses(runs: dict[str, list[Path]], out: Path, task: str = "combined") -> Path | None:
     """A figure at `out`: one panel per loss, a line per model (mean over its runs, the seeds, with a band of +- one
-    std). `runs` maps each model to its combined-task fine-tuning run directories."""
+    std). `runs` maps each model to its fine-tuning run directories on `task` (combined or cluttered_combined)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,9 +64,50 @@ def plot_combined_losses(runs: dict[str, list[Path]], out: Path) -> Path | None:
         ax.set_xlabel("fine-tuning step")
         ax.grid(alpha=0.3)
     axes[0, 0].legend(frameon=False, fontsize=8)
-    fig.suptitle("Combined task: the two losses while fine-tuning", fontsize=11)
+    name = "Cluttered combined task" if task == "cluttered_combined" else "Combined task"
+    fig.suptitle(f"{name}: the two losses while fine-tuning", fontsize=11)
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, bbox_inches="tight")
     plt.close(fig)
     return out
+
+
+HELDOUT = (("top1", "top-1 (%)", 2), ("mean_iou", "mean IoU", 3), ("ap50", "AP@0.5", 3))
+FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
+def _mean_std(values: list[float], digits: int) -> str:
+    mean = float(np.mean(values))
+    return f"{mean:.{digits}f}" + (f" ± {float(np.std(values, ddof=1)):.{digits}f}" if len(values) > 1 else "")
+
+
+def losses_markdown(runs: dict[str, list[Path]], task: str = "combined", fractions=FRACTIONS) -> str:
+    """Two tables, mean +- sample std over each model's runs: the training losses at `fractions` of the steps every
+    run logged (the logged step nearest to each), and the final held-out top-1, mean IoU and AP@0.5 (from each
+    run's results.json)."""
+    curves = {model: [read_curve(d) for d in dirs] for model, dirs in runs.items()}
+    shared = [set(c["step"].tolist()) for cs in curves.values() for c in cs if len(c["step"])]
+    lines = [f"# {task}: the losses while fine-tuning and the final held-out metrics", ""]
+    if shared:
+        steps = np.array(sorted(set.intersection(*shared)))
+        marks = list(dict.fromkeys(float(steps[np.abs(steps - f * steps[-1]).argmin()]) for f in fractions))
+        header = [f"{key} at step {int(m)}" for key in LOSSES for m in marks]
+        lines += ["| model | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
+        for model, cs in curves.items():
+            cs = [c for c in cs if len(c["step"])]
+            values = [
+                _mean_std([float(c[key][c["step"].tolist().index(m)]) for c in cs], 3) for key in LOSSES for m in marks
+            ]
+            lines.append(f"| {model} ({len(cs)} runs) | " + " | ".join(values) + " |")
+        lines.append("")
+    lines += ["| model | " + " | ".join(name for _, name, _ in HELDOUT) + " |", "|---|" + "---|" * len(HELDOUT)]
+    for model, dirs in runs.items():
+        files = [Path(d) / "results.json" for d in dirs]
+        results = [json.loads(f.read_text()) for f in files if f.is_file()]
+        cells = []
+        for key, _, digits in HELDOUT:
+            values = [float(r[f"final_heldout_{key}"]) for r in results if f"final_heldout_{key}" in r]
+            cells.append(_mean_std(values, digits) if values else "")
+        lines.append(f"| {model} ({len(results)} runs) | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

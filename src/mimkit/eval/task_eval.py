@@ -27,6 +27,7 @@ BEST_METRIC = {
     "cluttered_localization": ("mean_iou", "max"),
     "rotation": ("angle_error", "min"),
     "combined": ("ap50", "max"),
+    "cluttered_combined": ("ap50", "max"),
     "depth": ("depth_error", "min"),
     "keypoints": ("keypoint_error", "min"),
     "tracking": ("displacement_error", "min"),

@@ -1,8 +1,9 @@
 """Geometric task heads on a timm encoder: box regression (localisation), angle regression (rotation), and class +
 box (the combined, detection-like task, whose classification and localisation losses are reported separately) on
 the pooled feature; and dense heads on the patch tokens laid out on their grid for the tasks that need spatial
-features: per-patch objectness + box for cluttered localisation, a heat map per keypoint, a nearness map for depth,
-and for tracking a correlation head between the two frames' patches (tracking.py).
+features: per-patch objectness + box for cluttered localisation (+ class scores for the cluttered combined task, the
+detection analogue), a heat map per keypoint, a nearness map for depth, and for tracking a correlation head between
+the two frames' patches (tracking.py).
 
 `model.freeze=true` trains only the linear heads on the frozen encoder (kept in eval mode, no gradients); otherwise
 the encoder is fine-tuned with layer-wise lr decay.
@@ -23,7 +24,7 @@ from mimkit.methods.supervised.model import layer_decay_groups
 from mimkit.methods.task.tracking import TrackingHead
 from mimkit.models.swin import is_swin_encoder
 
-DENSE_TASKS = ("cluttered_localization", "keypoints", "depth", "tracking")
+DENSE_TASKS = ("cluttered_localization", "cluttered_combined", "keypoints", "depth", "tracking")
 KEYPOINTS = 4  # the item's extreme points: top-most, bottom-most, left-most, right-most
 
 
@@ -86,6 +87,8 @@ class TaskModel(Method):
         self.cls_head = nn.Linear(dim, num_classes) if task == "combined" else None
         # dense: 1 objectness logit + 4 box coordinates per patch, or 1 nearness value per patch
         outputs = {"cluttered_localization": 5, "keypoints": KEYPOINTS, "depth": 1}.get(task)
+        if task == "cluttered_combined":  # objectness, box, then one score per class
+            outputs = 5 + num_classes
         self.dense_head = DenseHead(dim, outputs) if outputs else None
         if task == "tracking":  # the two frames' patches matched against each other
             self.dense_head = TrackingHead(dim, DenseHead)
@@ -115,7 +118,8 @@ class TaskModel(Method):
     def predict_dense(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """Cluttered localisation: per-patch objectness logits and boxes (sigmoid, canvas coordinates); the image's
         box is the box of its most confident patch. Keypoints: each keypoint's heat map over the patches, read out
-        by soft-argmax over the patch centres. Depth: the nearness map, resampled to DEPTH_GRID x DEPTH_GRID."""
+        by soft-argmax over the patch centres. Depth: the nearness map, resampled to DEPTH_GRID x DEPTH_GRID. The
+        cluttered combined task also reads the class from its most confident patch."""
         if self.task == "tracking":
             return self.predict_tracking(images)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze):
@@ -131,10 +135,14 @@ class TaskModel(Method):
             return {"keypoints": (heat @ centres).flatten(1)}  # (B, K * 2): x, y per keypoint
         b = maps.shape[0]
         objectness = maps[:, 0].flatten(1)  # (B, P)
-        patch_boxes = torch.sigmoid(maps[:, 1:].flatten(2).transpose(1, 2))  # (B, P, 4)
+        patch_boxes = torch.sigmoid(maps[:, 1:5].flatten(2).transpose(1, 2))  # (B, P, 4)
         best = objectness.argmax(1)
-        boxes = patch_boxes[torch.arange(b, device=maps.device), best]
-        return {"boxes": boxes, "objectness": objectness, "patch_boxes": patch_boxes}
+        rows = torch.arange(b, device=maps.device)
+        out = {"boxes": patch_boxes[rows, best], "objectness": objectness, "patch_boxes": patch_boxes}
+        if self.task == "cluttered_combined":
+            patch_logits = maps[:, 5:].flatten(2).transpose(1, 2)  # (B, P, classes)
+            out.update(logits=patch_logits[rows, best], patch_logits=patch_logits)
+        return out
 
     def predict_tracking(self, frames: torch.Tensor) -> dict[str, torch.Tensor]:
         """Tracking: (B, 2C, H, W) holds two frames on the channel axis; both go through the encoder in one batch,
@@ -162,7 +170,13 @@ class TaskModel(Method):
         objectness = F.binary_cross_entropy_with_logits(pred["objectness"], positive.float())
         weight = positive.float().unsqueeze(-1)
         box = (weight * (pred["patch_boxes"] - targets[:, None, :]).abs()).sum() / (4 * weight.sum()).clamp_min(1)
-        return {"objectness_loss": objectness, "loc_loss": box, "loss": objectness + box}
+        out = {"objectness_loss": objectness, "loc_loss": box}
+        if "patch_logits" in pred:  # every patch inside the box learns the item's class, as in dense detectors
+            labels = batch["labels"].to(targets.device)[:, None].expand_as(positive)
+            per_patch = F.cross_entropy(pred["patch_logits"].transpose(1, 2), labels, reduction="none")
+            out["cls_loss"] = (per_patch * positive).sum() / positive.sum().clamp_min(1)
+        out["loss"] = sum(out.values())
+        return out
 
     def losses(self, pred: dict[str, torch.Tensor], batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self.dense_head is not None:

@@ -1,5 +1,5 @@
-"""The geometric tasks' registry entry (localisation plain and cluttered, keypoints, rotation, combined, depth,
-tracking): heads on a pretrained or fresh encoder."""
+"""The geometric tasks' registry entry (localisation plain and cluttered, keypoints, rotation, combined plain and
+cluttered, depth, tracking): heads on a pretrained or fresh encoder."""
 
 from __future__ import annotations
 
@@ -24,14 +24,16 @@ def validate(cfg: Any, model: Any) -> None:
     check(
         cfg.data.task != "classification",
         "method.name=task trains the geometric heads: set data.task to localization, cluttered_localization, "
-        "keypoints, rotation, combined, depth or tracking (classification is method.name=supervised)",
+        "cluttered_combined, keypoints, rotation, combined, depth or tracking (classification is "
+        "method.name=supervised)",
     )
 
 
 SPEC = MethodSpec(
     name="task",
     summary="geometric task heads: box (localization), angle (rotation), class + box (combined), dense per-patch "
-    "heads (cluttered_localization, keypoints, depth), a correlation head between two frames (tracking)",
+    "heads (cluttered_localization, cluttered_combined, keypoints, depth), a correlation head between two frames "
+    "(tracking)",
     loss_label="task head loss",
     eval_inputs="fixed draws",
     build=build,

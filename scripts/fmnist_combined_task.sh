@@ -26,6 +26,7 @@ MAE=${MAE:-runs/demo-mae-fmnist}
 $M compare --init mae="$MAE" --init supervised="$OUT/pre/supervised" --init scratch=scratch --out "$OUT/compare" \
   --protocols finetune --tasks cluttered_combined --seeds "$SEEDS" \
   --set model.name=mim_vit_pico --set model.init_scheme=mae --set data.fraction="$FRACTION" \
-  --set-finetune train.epochs="$EPOCHS" --set-finetune train.warmup_epochs="$WARMUP" --set-finetune train.batch_size=128 \
+  --set-finetune train.epochs="$EPOCHS" --set-finetune train.warmup_epochs="$WARMUP" \
+  --set-finetune train.batch_size=128 \
   --set-finetune train.base_lr=2e-3 --set-finetune method.layer_decay=1.0 --set-finetune model.drop_path=0.0 \
   --set-finetune train.eval_samples=2000 --set-finetune train.log_every=10 --set-finetune train.tensorboard=false

@@ -384,9 +384,10 @@ def test_every_recipe_loads_and_resolves(name):
                 "pretrained_window_sizes",
                 "class_subset",
                 "wandb_mode",
+                "keep_every",
             ):
                 continue  # optional by design: null means "not used" (pretrained windows: no resized init; W&B
-                # mode: W&B's own default, WANDB_MODE)
+                # mode: W&B's own default, WANDB_MODE; keep_every: no milestone checkpoints)
             if f.name == "num_classes" and r.data.name == "folder":
                 continue  # known only once the folder is scanned
             swin = r.model.stage_depths is not None

@@ -173,6 +173,35 @@ def test_atomic_save_leaves_previous_checkpoint_intact(tmp_path, monkeypatch):
     assert not list(root.glob(".tmp-*"))
 
 
+def test_keep_every_saves_and_keeps_milestones_that_init_can_start_from(tmp_path):
+    from mimkit import load
+    from mimkit.config import ConfigError, load_config
+
+    run = tmp_path / "run"
+    sets_ = [*TINY, "train.steps=12", "train.ckpt_every=4", "train.keep_last=1", "train.keep_every=5"]
+    run_cli(*_args(run, sets_))
+    kept = {p.name for p in (run / "checkpoints").glob("step-*")}
+    milestones = {"step-0000005", "step-0000010"}  # saved although 4 does not divide them, and never pruned
+    assert milestones | {"step-0000012"} <= kept
+    # the plain saves (4, 8) are pruned to keep_last=1; at most one survives, as a best one pruning left for later
+    assert len(kept - milestones - {"step-0000012"}) <= 1
+    milestone = run / "checkpoints" / "step-0000005"
+    meta = json.loads((milestone / ckpt.META_FILE).read_text())
+    assert meta["step"] == 5
+    model = load(milestone)  # a milestone loads like a run: its weights, not the last ones
+    weights = ckpt.load_weights(milestone)
+    name = next(k for k in weights if k.endswith("patch_embed.proj.weight"))
+    assert torch.equal(model.state_dict()[name], weights[name])
+    assert not torch.equal(weights[name], ckpt.load_weights(run / "checkpoints" / "step-0000012")[name])
+    from mimkit.weights.sources import resolve_source
+
+    source = resolve_source(str(milestone), load_config("finetune_fmnist_tiny"))  # what --init reads
+    encoder_key = next(k for k in source.state if k.endswith("patch_embed.proj.weight"))
+    assert torch.equal(source.state[encoder_key], weights[name])
+    with pytest.raises(ConfigError, match="keep_every"):
+        load_config(str(ROOT / "src/mimkit/recipes/mae_fmnist_tiny.yaml"), ["train.keep_every=0"])
+
+
 def test_find_checkpoint_falls_back_when_last_link_is_missing(tmp_path):
     root = tmp_path / "checkpoints"
     for step in (3, 6):

@@ -53,6 +53,9 @@ def test_epochs_flag_on_both_kinds_of_recipe():
     cfg, notes = with_length(load_config("mae_fmnist_tiny"), epochs=2)
     assert cfg.train.epochs == 2 and cfg.train.warmup_epochs == pytest.approx(50 / 800 * 2)
     assert "50 of 800 steps" in notes[1]
+    # a warm-up given in epochs beside a step recipe is the user's: kept, not replaced by the recipe's share
+    cfg, notes = with_length(load_config("mae_fmnist_tiny", ["train.warmup_epochs=5"]), epochs=100)
+    assert (cfg.train.epochs, cfg.train.warmup_epochs) == (100, 5) and "5 of 100 epochs" in notes[1]
 
 
 def test_the_probe_counts_whole_epochs():

@@ -93,6 +93,9 @@ def _train_epochs(cfg: Any, epochs: float) -> tuple[Any, list[str]]:
                 warm_epochs, epochs, warm_epochs / t.epochs, "epochs", f"{warm_epochs:g} of {t.epochs:g} epochs"
             )
             notes += [note] if note else []
+    elif t.warmup_epochs is not None:  # a step recipe given its warm-up in epochs (--set): kept as given
+        warm_epochs = t.warmup_epochs
+        notes.append(f"warm-up: {warm_epochs:g} of {epochs:g} epochs (train.warmup_epochs)")
     else:  # a step recipe: its warm-up becomes the same share of the epochs
         warm_epochs = t.warmup_steps / t.steps * epochs
         notes.append(

@@ -21,6 +21,7 @@ TASKS = (
     "depth",
     "tracking",
 )
+COMBINED_TASKS = ("combined", "cluttered_combined")  # class + box: their two losses are compared (Figure 8)
 
 
 @dataclass

@@ -39,6 +39,12 @@ def step_dir_name(step: int) -> str:
     return f"step-{step:07d}"
 
 
+def step_of(folder: Path) -> int | None:
+    """The step a `step-NNNNNNN` folder holds (None for any other name)."""
+    digits = folder.name.removeprefix("step-")
+    return int(digits) if folder.name.startswith("step-") and digits.isdigit() else None
+
+
 def rng_state() -> dict[str, Any]:
     """Every RNG a run touches, in types `torch.load(weights_only=True)` accepts."""
     np_state = np.random.get_state()
@@ -149,12 +155,14 @@ def mark_best(ckpt_root: Path, step: int) -> None:
     atomic_symlink(step_dir_name(step), ckpt_root / "best")
 
 
-def prune(ckpt_root: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step folders, never the one `best` or `last` points to."""
+def prune(ckpt_root: Path, keep_last: int, keep_every: int | None = None) -> None:
+    """Delete all but the newest `keep_last` step folders, never the one `best` or `last` points to, nor a step that
+    is a multiple of `keep_every`."""
     protected = {os.path.realpath(ckpt_root / name) for name in ("best", "last") if (ckpt_root / name).exists()}
     steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in steps[:-keep_last]:
-        if os.path.realpath(old) not in protected:
+        kept = keep_every and step_of(old) is not None and step_of(old) % keep_every == 0
+        if os.path.realpath(old) not in protected and not kept:
             shutil.rmtree(old, ignore_errors=True)
     for leftover in ckpt_root.glob(".tmp-*"):  # from a process killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)

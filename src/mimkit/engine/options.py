@@ -41,6 +41,9 @@ class TrainConfig:
     eval_batch_size: int = 256
     ckpt_every: int = 500
     keep_last: int = 2
+    # also save at every multiple of this many steps and never prune those checkpoints (null: off): the encoder at
+    # several lengths of one run, e.g. MAE every 20 epochs, each usable as `--init RUN/checkpoints/step-NNNNNNN`
+    keep_every: int | None = None
     log_every: int = 10
     max_nonfinite: int = 10  # consecutive non-finite steps before the run stops
     # torchrun: seconds a collective waits for the other ranks before failing (a stopped or hung rank becomes an
@@ -101,6 +104,10 @@ def validate_train(cfg: Any) -> None:
     for key in ("eval_every", "eval_samples", "eval_batch_size", "ckpt_every", "log_every", "max_nonfinite"):
         check(getattr(t, key) > 0, f"train.{key}: {getattr(t, key)} must be positive")
     check(t.keep_last >= 1, f"train.keep_last: {t.keep_last} must be >= 1")
+    check(
+        t.keep_every is None or (isinstance(t.keep_every, int) and t.keep_every > 0),
+        f"train.keep_every: {t.keep_every!r} must be a positive number of steps, or null to keep only the last",
+    )
     check(t.dist_timeout >= 1, f"train.dist_timeout: {t.dist_timeout} must be at least 1 second")
     from mimkit.engine.loggers import check_loggers
 

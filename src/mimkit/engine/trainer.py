@@ -153,7 +153,7 @@ class Engine:
                 "config": self.cfg.to_dict(),
             }
             path = ckpt.save_checkpoint(self.ckpt_root, step, self.method.state_dict(), self._train_state(step), meta)
-            ckpt.prune(self.ckpt_root, self.t.keep_last)
+            ckpt.prune(self.ckpt_root, self.t.keep_last, self.t.keep_every)
         barrier(self.env)
         return path
 
@@ -273,7 +273,7 @@ class Engine:
                 pending.append((done, epoch, self.train_step(step)))
                 at_log = done % t.log_every == 0 or done == t.steps
                 at_eval = done % t.eval_every == 0 or done == t.steps
-                at_ckpt = done % t.ckpt_every == 0 or done == t.steps
+                at_ckpt = done % t.ckpt_every == 0 or done == t.steps or (t.keep_every and done % t.keep_every == 0)
                 # a signal is checked every step on one process (free) and on CPU; on GPUs with DDP only where the
                 # loop synchronises anyway, so no step waits on an all-reduce of the flag
                 check_signal = not env.enabled or env.device.type == "cpu" or at_log or at_eval or at_ckpt

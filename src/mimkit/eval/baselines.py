@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from mimkit.data.imageset import ImageSet
+from mimkit.data.options import COMBINED_TASKS
 from mimkit.data.tasks import tight_box
 from mimkit.data.transforms import eval_transform
 from mimkit.eval.task_metrics import (
@@ -57,7 +58,7 @@ def trivial_predictions(task: str, train: ImageSet, n: int, num_classes: int | N
     the training split's labels or targets only (tracking's zero motion needs neither). Keys follow
     TaskModel.predict (logits, boxes, angles, keypoints, depth, displacement)."""
     out: dict[str, torch.Tensor] = {}
-    if task in ("classification", "combined", "cluttered_combined"):
+    if task == "classification" or task in COMBINED_TASKS:
         classes = num_classes or int(train.labels.max()) + 1
         logits = torch.zeros(n, classes)
         logits[:, majority_class(train.labels)] = 1.0
@@ -95,7 +96,7 @@ def trivial_scores(task: str, train: ImageSet, heldout: ImageSet, num_classes: i
         metrics["displacement_error"] = displacement_error(pred["displacement"], heldout.targets)
     if task in ("localization", "cluttered_localization", "cluttered_combined"):
         metrics["threshold_iou"] = localization_metrics(threshold_boxes(heldout.images), heldout.targets)["mean_iou"]
-    if task in ("combined", "cluttered_combined"):
+    if task in COMBINED_TASKS:
         metrics["ap50"] = detection_ap50(pred["boxes"], heldout.targets, pred["logits"], heldout.labels)
     return metrics
 

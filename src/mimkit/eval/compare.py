@@ -19,6 +19,7 @@ from typing import Any
 
 from mimkit.config import Config, ConfigError, load_config
 from mimkit.config.length import with_length
+from mimkit.data.options import COMBINED_TASKS
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.options import PIXELS
 
@@ -300,7 +301,7 @@ def compare(
             atomic_write_text(marker, json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
         rows.append(row)
         write_tables(rows, out)
-    for task in ("combined", "cluttered_combined"):  # the paper's classification vs localisation loss curves
+    for task in COMBINED_TASKS:  # the paper's classification vs localisation loss curves
         runs: dict[str, list[Path]] = {}
         for cell in cells:
             if cell.task == task and cell.protocol == "finetune":

@@ -3,7 +3,7 @@
 # MIM (the demo's MAE), from supervised pretraining and from scratch on the cluttered combined task (class + box of
 # an item on a textured canvas among fragments of other items; dense head: per-patch objectness, box and class),
 # and compare the classification and localisation losses while fine-tuning, 3 seeds each.
-#   bash scripts/fmnist_combined_task.sh [OUT_DIR]     (resumable; CPU: about 90 minutes on 2 cores)
+#   bash scripts/fmnist_combined_task.sh [OUT_DIR]     (resumable; CPU: 44 minutes on 2 cores, 2026-12-05)
 # The two pretrained encoders get the same budget: 800 steps of 256 images (3.4 epochs of Fashion-MNIST's 60k),
 # MAE without labels, supervised with them. Fine-tuning: mim_vit_pico, 10% class-balanced subset (6,000 images),
 # 10 epochs, batch 128, lr 1e-3, no layer decay; judged on 2,000 fixed held-out scenes from the test split.

@@ -137,7 +137,6 @@ def test_corrupt_checkpoint_is_a_clear_error(capsys, tmp_path):
 def test_optimizer_state_of_other_parameter_groups_is_refused_with_the_fix(capsys, tmp_path):
     """A checkpoint whose optimizer was grouped differently (another mimkit version's layer-decay grouping) fits
     the model but not the optimizer: a clear error, not torch's ValueError as an internal error."""
-    import json
 
     run = tmp_path / "run"
     run_cli(*_args(run, [*TINY, "train.steps=4"]), check=True)

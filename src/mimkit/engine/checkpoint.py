@@ -161,8 +161,8 @@ def prune(ckpt_root: Path, keep_last: int, keep_every: int | None = None) -> Non
     protected = {os.path.realpath(ckpt_root / name) for name in ("best", "last") if (ckpt_root / name).exists()}
     steps = sorted(p for p in ckpt_root.glob("step-*") if p.is_dir())
     for old in steps[:-keep_last]:
-        kept = keep_every and step_of(old) is not None and step_of(old) % keep_every == 0
-        if os.path.realpath(old) not in protected and not kept:
+        milestone = keep_every and (step := step_of(old)) is not None and step % keep_every == 0
+        if os.path.realpath(old) not in protected and not milestone:
             shutil.rmtree(old, ignore_errors=True)
     for leftover in ckpt_root.glob(".tmp-*"):  # from a process killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)

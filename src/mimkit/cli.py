@@ -80,7 +80,7 @@ def cmd_knn(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mimkit.eval.compare import compare
+    from mimkit.eval.compare import compare, protocol_recipes
 
     protocol_sets = {"finetune": args.set_finetune, "linprobe": args.set_probe, "knn": args.set_probe}
     rows = compare(
@@ -93,6 +93,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         seeds=args.seeds,
         baselines=not args.no_baselines,
         length=(args.steps, args.epochs),
+        recipes=protocol_recipes(args.finetune_config, args.probe_config),
     )
     print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
     print(open(f"{args.out}/results.md").read())
@@ -109,6 +110,14 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     if args.analysis == "replot":
         print(write_report(replot(cfg, args.out), Path(args.out)))
         return 0
+    if args.analysis == "seeds":
+        from mimkit.analysis.seeds import run_seeds
+
+        run_seeds(args.seed_dirs, args.out)
+        print(Path(args.out) / "seeds.md")
+        return 0
+    if args.seed_dirs:
+        raise ConfigError(f"--from belongs to `analyze seeds`, not `analyze {args.analysis}`")
     if not args.model:
         raise ConfigError(f"analyze {args.analysis} needs at least one --init [NAME=]SOURCE (or --model)")
 
@@ -607,6 +616,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every cell")
     p.add_argument("--set-finetune", action="append", default=[], metavar="KEY=VALUE", help="fine-tuning cells")
     p.add_argument("--set-probe", action="append", default=[], metavar="KEY=VALUE", help="linprobe and knn cells")
+    p.add_argument(
+        "--finetune-config",
+        default=None,
+        metavar="RECIPE",
+        help="recipe or YAML of the fine-tuning and task-head cells (default finetune_fmnist_tiny; e.g. the tuned "
+        "finetune_fmnist_pico)",
+    )
+    p.add_argument(
+        "--probe-config", default=None, metavar="RECIPE", help="recipe or YAML of the kNN and linprobe cells"
+    )
     p.add_argument("--seeds", type=int, default=1, help="run every cell with seeds 0..N-1; tables show mean ± std")
     add_length_flags(
         p,
@@ -623,10 +642,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="attention distance, head diversity, CKA and attention maps of ViTs")
     p.add_argument(
         "analysis",
-        choices=["attention", "diversity", "cka", "maps", "report", "replot"],
+        choices=["attention", "diversity", "cka", "maps", "report", "replot", "seeds"],
         help="attention: distance + entropy per head; diversity: KL between heads; cka: layer "
         "similarity; maps: attention overlays; report: all of them and one HTML page; replot: "
-        "redraw the figures and report of --out from its results.json",
+        "redraw the figures and report of --out from its results.json; seeds: mean +- std over the "
+        "analyses given by --from (one per pretraining seed)",
     )
     p.add_argument(
         "--init",
@@ -680,6 +700,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.1,
         help="a patch is foreground when a pixel differs from the border level by more than this (of full scale)",
+    )
+    p.add_argument(
+        "--from",
+        dest="seed_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="analyze seeds: the --out of one `analyze report` per seed, same model names in each; repeat",
     )
     p.add_argument(
         "--pair",

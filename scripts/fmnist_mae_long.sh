@@ -41,11 +41,9 @@ compare)
   done
   [ ${#inits[@]} -gt 0 ] || { echo "no kept encoders in $PRE/checkpoints: run the pretrain stage first" >&2; exit 2; }
   common=(--set model.name=mim_vit_pico --set model.init_scheme=mae --set-probe data.fraction=0.1
-    --set-finetune data.fraction=0.1 --set-finetune train.warmup_epochs="$FT_WARMUP"
-    --set-finetune train.batch_size=128 --set-finetune train.base_lr=2e-3 --set-finetune method.layer_decay=1.0
-    --set-finetune model.drop_path=0.0
-    --set-finetune data.crop_scale=[0.8,1.0] --set-finetune train.eval_samples=2000
-    --set-finetune train.log_every=10 --set-finetune train.tensorboard=false)
+    --finetune-config finetune_fmnist_pico --set-finetune data.fraction=0.1
+    --set-finetune train.warmup_epochs="$FT_WARMUP" --set-finetune train.log_every=10
+    --set-finetune train.tensorboard=false)
   $M compare "${inits[@]}" --init scratch=scratch --out "$OUT/compare-classification" \
     --protocols knn,linprobe,finetune --tasks classification --seeds "$SEEDS" "${common[@]}" \
     --set-finetune train.epochs="$FT_EPOCHS"

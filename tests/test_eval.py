@@ -423,3 +423,45 @@ def test_compare_cells_survive_new_presentation_keys_but_not_a_changed_setting(t
     assert recorded_row(marker, tiny_config("train.log_every=7", "train.loggers=[tensorboard]")) == {"value": 1}
     assert recorded_row(marker, tiny_config("train.base_lr=0.5")) is None
     assert recorded_row(tmp_path / "missing.json", cfg) is None
+
+
+def test_compare_takes_a_recipe_per_protocol():
+    """--finetune-config puts the tuned schedule under every fine-tuning and task cell, exactly as the recipe plus
+    the cell's own settings (so cells recorded with the same settings spelled out as --set-finetune are reused);
+    the probes keep theirs unless --probe-config names another."""
+    from mimkit.config import load_config
+    from mimkit.eval.compare import Cell, cell_config, config_hash, protocol_recipes
+
+    recipes = protocol_recipes(finetune="finetune_fmnist_pico")
+    cell = Cell("s", "scratch", "finetune", "classification", 2)
+    ft = cell_config(cell, ["data.fraction=0.1"], {}, recipes=recipes)
+    assert (
+        ft.to_dict()
+        == load_config(
+            "finetune_fmnist_pico", ["init=scratch", "method.name=supervised", "data.fraction=0.1", "seed=2"]
+        ).to_dict()
+    )
+    assert (ft.train.epochs, ft.train.batch_size, ft.method.layer_decay) == (15, 128, 1.0)
+    spelled_out = [
+        *("train.epochs=15", "train.warmup_epochs=1", "train.batch_size=128", "train.base_lr=2e-3"),
+        *("method.layer_decay=1.0", "model.drop_path=0.0", "data.crop_scale=[0.8,1.0]", "train.eval_samples=2000"),
+    ]
+    tiny = cell_config(cell, ["data.fraction=0.1"], {"finetune": spelled_out})
+    assert config_hash(tiny) == config_hash(ft)
+    task = cell_config(Cell("s", "scratch", "linprobe", "depth"), [], {"finetune": ["train.epochs=4"]}, recipes=recipes)
+    assert (task.train.batch_size, task.train.epochs, task.model.freeze) == (128, 4, True)
+    knn = cell_config(Cell("s", "scratch", "knn", "classification"), [], {}, recipes=recipes)
+    assert knn.to_dict() == cell_config(Cell("s", "scratch", "knn", "classification"), [], {}).to_dict()
+    other_probe = protocol_recipes(probe="finetune_fmnist_pico")
+    probe = cell_config(Cell("s", "scratch", "linprobe", "classification"), [], {}, recipes=other_probe)
+    assert probe.data.crop_scale == [0.8, 1.0]  # the named recipe, not probe_fmnist
+
+
+def test_compare_with_an_unknown_recipe_stops_before_any_cell(tmp_path, capsys):
+    from mimkit.cli import main
+
+    for flag in ("--finetune-config", "--probe-config"):
+        code = main(["compare", "--init", "a=scratch", "--out", str(tmp_path / "cmp"), flag, "no_such_recipe"])
+        err = capsys.readouterr().err
+        assert code == 2 and "no_such_recipe" in err and "Traceback" not in err
+        assert not (tmp_path / "cmp/cells").exists()

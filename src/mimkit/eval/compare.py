@@ -24,7 +24,21 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.options import PIXELS
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
+# Each protocol's recipe unless compare(recipes=...) (`--finetune-config` / `--probe-config`) names another: the
+# geometric tasks' cells, frozen or not, start from the fine-tuning recipe (they train a head with the Engine).
 RECIPES = {"knn": "probe_fmnist", "linprobe": "probe_fmnist", "finetune": "finetune_fmnist_tiny"}
+
+
+def protocol_recipes(finetune: str | None = None, probe: str | None = None) -> dict[str, str]:
+    """RECIPES with the fine-tuning and the probes' (kNN and linear probe) recipe replaced where given."""
+    out = dict(RECIPES)
+    if finetune:
+        out["finetune"] = finetune
+    if probe:
+        out["knn"] = out["linprobe"] = probe
+    return out
+
+
 # Classification is the semantic task every labelled data set provides; the others are geometric (data/tasks.py).
 TASKS = (
     "classification",
@@ -92,12 +106,14 @@ def cell_config(
     overrides: list[str],
     protocol_overrides: dict[str, list[str]],
     length: tuple[int | None, float | None] = (None, None),
+    recipes: dict[str, str] | None = None,
 ) -> Config:
     """Classification: knn / linprobe / finetune as usual. Geometric tasks: a linear head on the frozen encoder
     ('linprobe') or the whole network fine-tuned ('finetune'), both trained by the Engine. The trivial predictor
     reads the data as the fine-tuning cells do (geometric tasks) or as the probes do (classification). `length`
-    is (--steps, --epochs) for every cell that trains (config/length.py); the probe takes the epochs only."""
-    cfg = _cell_recipe(cell, overrides, protocol_overrides)
+    is (--steps, --epochs) for every cell that trains (config/length.py); the probe takes the epochs only.
+    `recipes`: each protocol's recipe (protocol_recipes; default RECIPES)."""
+    cfg = _cell_recipe(cell, overrides, protocol_overrides, recipes or RECIPES)
     steps, epochs = length
     if cell.protocol in ("trivial", "knn") or (steps is None and epochs is None):
         return cfg
@@ -106,12 +122,14 @@ def cell_config(
     return with_length(cfg, steps, epochs)[0]
 
 
-def _cell_recipe(cell: Cell, overrides: list[str], protocol_overrides: dict[str, list[str]]) -> Config:
+def _cell_recipe(
+    cell: Cell, overrides: list[str], protocol_overrides: dict[str, list[str]], recipes: dict[str, str]
+) -> Config:
     seed = [f"seed={cell.seed}"]
     if cell.protocol == "trivial":
         recipe_protocol = "finetune" if cell.task != "classification" else "linprobe"
         return load_config(
-            RECIPES[recipe_protocol],
+            recipes[recipe_protocol],
             [f"data.task={cell.task}", *overrides, *protocol_overrides.get(recipe_protocol, []), *seed],
         )
     sets = [f"init={cell.source}", *overrides, *protocol_overrides.get(cell.protocol, []), *seed]
@@ -126,10 +144,10 @@ def _cell_recipe(cell: Cell, overrides: list[str], protocol_overrides: dict[str,
             *protocol_overrides.get("finetune", []),
             *seed,
         ]
-        return load_config(RECIPES["finetune"], task_sets)
+        return load_config(recipes["finetune"], task_sets)
     if cell.protocol == "finetune":
         sets.insert(1, "method.name=supervised")
-    return load_config(RECIPES[cell.protocol], sets)
+    return load_config(recipes[cell.protocol], sets)
 
 
 # train.* keys that change where a cell's numbers are shown, never the numbers: a cell is not re-run for them
@@ -250,10 +268,13 @@ def compare(
     seeds: int = 1,
     baselines: bool = True,
     length: tuple[int | None, float | None] = (None, None),
+    recipes: dict[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
     evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std. `length`:
-    (--steps, --epochs) of the cells that train."""
+    (--steps, --epochs) of the cells that train. `recipes`: each protocol's recipe (protocol_recipes), e.g. a
+    tuned fine-tuning schedule; a cell recorded under another recipe's settings runs again."""
+    recipes = recipes or RECIPES
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
     tasks = tasks or ["classification"]
@@ -272,7 +293,9 @@ def compare(
     protocol_overrides = protocol_overrides or {}
     every_set = [*overrides, *(s for sets in protocol_overrides.values() for s in sets)]
     model_chosen = any(s.startswith("model.name=") for s in every_set)
-    shape_cfg = load_config(RECIPES["finetune"], overrides)
+    for recipe in dict.fromkeys(recipes.values()):  # a wrong name answers before any cell runs
+        load_config(recipe, overrides)
+    shape_cfg = load_config(recipes["finetune"], overrides)
     from mimkit.weights.sources import scratch_in_shared_architecture  # torch: after the config is known good
 
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
@@ -280,7 +303,7 @@ def compare(
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
     rows = []
     for i, cell in enumerate(cells, 1):
-        cfg = cell_config(cell, overrides, protocol_overrides, length)
+        cfg = cell_config(cell, overrides, protocol_overrides, length, recipes)
         run_dir = out / "cells" / cell.name
         marker = run_dir / "cell.json"
         row = recorded_row(marker, cfg)

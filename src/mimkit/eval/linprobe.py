@@ -1,9 +1,10 @@
 """`mimkit linprobe`: MAE's linear-probe protocol on frozen features. The head is BatchNorm without affine
 parameters + a linear layer, trained with LARS (or SGD) under warmup + cosine. Features are cached, so 90 epochs
-cost one forward pass of the encoder over the data."""
+cost one forward pass of the encoder over the data, and a learning-rate search (probe.lr_grid) costs seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from timm.optim import Lars
 from torch import nn
 
-from mimkit.config import Config, save_config
+from mimkit.config import Config, ConfigError, save_config
 from mimkit.engine.atomic import atomic_write_text, save_safetensors
 from mimkit.engine.metrics import MetricsLogger
 from mimkit.engine.schedule import warmup_cosine_factor
@@ -100,12 +101,59 @@ def train_head(
     return head, history
 
 
+def validation_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train indices, validation indices): `fraction` of each class (at least one image of a class with two or
+    more) drawn with `seed`, so every lr is judged on the same images and the test split is never looked at."""
+    gen = torch.Generator().manual_seed(seed)
+    val = []
+    for c in torch.unique(labels):
+        members = torch.nonzero(labels == c).flatten()
+        n = min(len(members) - 1, max(1, round(fraction * len(members))))
+        val.append(members[torch.randperm(len(members), generator=gen)[:n]])
+    val_idx = torch.cat(val).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[val_idx] = False
+    return torch.nonzero(keep).flatten(), val_idx
+
+
+def choose_lr(
+    features: torch.Tensor, labels: torch.Tensor, num_classes: int, cfg: Config, log=print
+) -> tuple[Config, dict[str, Any]]:
+    """cfg with probe.base_lr set to the lr of probe.lr_grid whose head scores best (final epoch) on the validation
+    split; ties go to the smaller lr. Also the search's record for linprobe.json."""
+    p = cfg.probe
+    train_idx, val_idx = validation_split(labels, p.val_fraction, cfg.seed)
+    if len(train_idx) == 0 or len(val_idx) == 0:
+        raise ConfigError(
+            f"probe.lr_grid: {len(labels)} training images leave no validation split at probe.val_fraction "
+            f"{p.val_fraction}; use more images or an empty lr_grid"
+        )
+    scores = []
+    for lr in p.lr_grid:
+        trial = dataclasses.replace(cfg, probe=dataclasses.replace(p, base_lr=lr))
+        _, history = train_head(
+            features[train_idx], labels[train_idx], features[val_idx], labels[val_idx], num_classes, trial
+        )
+        scores.append(history[-1]["top1"])
+    best = max(range(len(scores)), key=lambda i: (scores[i], -p.lr_grid[i]))
+    chosen = p.lr_grid[best]
+    log(
+        f"[linprobe] base_lr {chosen} chosen on {len(val_idx)} validation images: "
+        + ", ".join(f"{lr} -> {s:.2f}" for lr, s in zip(p.lr_grid, scores))
+    )
+    record = {"grid": list(p.lr_grid), "val_top1": scores, "chosen": chosen, "val_images": len(val_idx)}
+    return dataclasses.replace(cfg, probe=dataclasses.replace(p, base_lr=chosen)), record
+
+
 def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
     from mimkit.eval.probe_common import probe_setup
 
     run_dir = Path(run_dir)
     setup = probe_setup(cfg, run_dir)
     cfg = setup.cfg
+    search = None
+    if cfg.probe.lr_grid:
+        cfg, search = choose_lr(setup.train_features, setup.data.train.labels, setup.num_classes, cfg)
     save_config(cfg, run_dir / "config.yaml")
     logger = MetricsLogger(run_dir, True)
     logger.drop_command("linprobe")  # a re-run replaces the previous probe's events (a kNN's stay)
@@ -132,6 +180,8 @@ def linprobe(cfg: Config, run_dir: str | Path) -> dict[str, Any]:
         "pool": cfg.probe.pool,
         "optimizer": cfg.probe.optimizer,
         "epochs": cfg.probe.epochs,
+        "base_lr": cfg.probe.base_lr,
+        **({"lr_search": search} if search else {}),
         "top1": history[-1]["top1"],
         "top5": history[-1]["top5"],
         "best_top1": best["top1"],

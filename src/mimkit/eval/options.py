@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mimkit.errors import check, one_of
@@ -18,6 +18,11 @@ class ProbeConfig:
     epochs: int = 100
     optimizer: str = "lars"  # lars | sgd
     base_lr: float = 0.1  # lr = base_lr * batch_size / 256
+    # when given, base_lr is chosen from these on a validation split of the training images (val_fraction of them,
+    # class-balanced), then the head is trained again on every training image: a probe's accuracy swings by tens
+    # of points with its lr, and the best lr differs between encoders (docs/evaluation.md)
+    lr_grid: list[float] = field(default_factory=list)
+    val_fraction: float = 0.1
     weight_decay: float = 0.0
     batch_size: int = 1024
     warmup_epochs: int = 10
@@ -33,4 +38,6 @@ def validate_probe(cfg: Any) -> None:
     for key in ("epochs", "base_lr", "batch_size", "knn_k", "knn_temperature", "feature_batch_size"):
         check(getattr(p, key) > 0, f"probe.{key}: {getattr(p, key)} must be positive")
     check(p.weight_decay >= 0, f"probe.weight_decay: {p.weight_decay} must be >= 0")
+    check(all(lr > 0 for lr in p.lr_grid), f"probe.lr_grid: {p.lr_grid}: every learning rate must be positive")
+    check(0 < p.val_fraction < 1, f"probe.val_fraction: {p.val_fraction} must be in (0, 1)")
     check(0 <= p.warmup_epochs <= p.epochs, f"probe.warmup_epochs: {p.warmup_epochs} must be in [0, probe.epochs]")

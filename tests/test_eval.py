@@ -425,6 +425,27 @@ def test_compare_cells_survive_new_presentation_keys_but_not_a_changed_setting(t
     assert recorded_row(tmp_path / "missing.json", cfg) is None
 
 
+def test_compare_cells_recorded_before_the_probe_lr_search_existed_still_match_at_its_defaults(tmp_path):
+    """A marker hashed before probe.lr_grid / probe.val_fraction existed matches a config that leaves them at their
+    defaults (the same numbers), not one that searches an lr."""
+    import hashlib
+
+    from mimkit.eval.compare import PRESENTATION_KEYS, recorded_row
+
+    def hashed_before(cfg):
+        tree = cfg.to_dict()
+        tree["train"] = {k: v for k, v in tree["train"].items() if k not in PRESENTATION_KEYS}
+        tree["probe"] = {k: v for k, v in tree["probe"].items() if k not in ("lr_grid", "val_fraction")}
+        return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
+
+    cfg = tiny_config()
+    marker = tmp_path / "cell.json"
+    marker.write_text(json.dumps({"config_hash": hashed_before(cfg), "row": {"value": 2}}))
+    assert recorded_row(marker, cfg) == {"value": 2}
+    assert recorded_row(marker, tiny_config("probe.lr_grid=[0.1,1.0]")) is None
+    assert recorded_row(marker, tiny_config("probe.val_fraction=0.2")) is None
+
+
 def test_compare_takes_a_recipe_per_protocol():
     """--finetune-config puts the tuned schedule under every fine-tuning and task cell, exactly as the recipe plus
     the cell's own settings (so cells recorded with the same settings spelled out as --set-finetune are reused);

@@ -154,11 +154,17 @@ def _cell_recipe(
 PRESENTATION_KEYS = ("loggers", "tensorboard", "wandb_project", "wandb_mode", "log_every")
 # train.* keys added after cells were first recorded: a marker hashed before they existed still matches
 ADDED_KEYS = ("loggers", "wandb_project", "wandb_mode")
+# keys of other sections added later, with their defaults: at the default they leave a cell's numbers as they were
+# before the key existed, so a marker hashed then still matches; set to anything else, the cell runs again
+ADDED_AT_DEFAULT = {"probe": {"lr_grid": [], "val_fraction": 0.1}}
 
 
-def config_hash(cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS) -> str:
+def config_hash(cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, before_added: bool = False) -> str:
     tree = cfg.to_dict()
     tree["train"] = {k: v for k, v in tree["train"].items() if k not in dropped}
+    if before_added:
+        for section, defaults in ADDED_AT_DEFAULT.items():
+            tree[section] = {k: v for k, v in tree[section].items() if k not in defaults or v != defaults[k]}
     return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -168,7 +174,8 @@ def recorded_row(marker: Path, cfg: Config) -> dict[str, Any] | None:
     if not marker.is_file():
         return None
     recorded = json.loads(marker.read_text())
-    return recorded["row"] if recorded.get("config_hash") in (config_hash(cfg), config_hash(cfg, ADDED_KEYS)) else None
+    hashes = {config_hash(cfg, dropped, before) for dropped in (PRESENTATION_KEYS, ADDED_KEYS) for before in (0, 1)}
+    return recorded["row"] if recorded.get("config_hash") in hashes else None
 
 
 def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:

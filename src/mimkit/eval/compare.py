@@ -174,7 +174,8 @@ def recorded_row(marker: Path, cfg: Config) -> dict[str, Any] | None:
     if not marker.is_file():
         return None
     recorded = json.loads(marker.read_text())
-    hashes = {config_hash(cfg, dropped, before) for dropped in (PRESENTATION_KEYS, ADDED_KEYS) for before in (0, 1)}
+    eras = [(dropped, before) for dropped in (PRESENTATION_KEYS, ADDED_KEYS) for before in (False, True)]
+    hashes = {config_hash(cfg, dropped, before) for dropped, before in eras}
     return recorded["row"] if recorded.get("config_hash") in hashes else None
 
 

@@ -301,9 +301,9 @@ def compare(
     protocol_overrides = protocol_overrides or {}
     every_set = [*overrides, *(s for sets in protocol_overrides.values() for s in sets)]
     model_chosen = any(s.startswith("model.name=") for s in every_set)
-    for recipe in dict.fromkeys(recipes.values()):  # a wrong name answers before any cell runs
-        load_config(recipe, overrides)
-    shape_cfg = load_config(recipes["finetune"], overrides)
+    # every recipe loaded once, before any cell runs, so a wrong name answers at once
+    loaded = {recipe: load_config(recipe, overrides) for recipe in dict.fromkeys(recipes.values())}
+    shape_cfg = loaded[recipes["finetune"]]
     from mimkit.weights.sources import scratch_in_shared_architecture  # torch: after the config is known good
 
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")

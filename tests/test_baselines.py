@@ -191,6 +191,22 @@ def test_tables_show_seed_spreads_and_mark_models_below_a_baseline():
     assert "87.00" not in markdown_table(rows) and "77.00 ± 0.00 †" in markdown_table(rows)
 
 
+def test_a_model_ahead_of_a_baseline_by_less_than_the_seed_spread_is_not_called_better():
+    """Issue 19: a difference smaller than the spread is not a finding. 79 ± 2 over raw-pixel kNN's 78 ± 0.5 is
+    marked ≈ (ahead by 1, spread 2); 81 ± 2 is ahead by more than the spread; with one seed no spread is measured."""
+    pixels = [_row("pixels", "knn", v, s, True) for s, v in enumerate((77.5, 78.0, 78.5))]
+    close = [_row("mae", "knn", v, s) for s, v in enumerate((77.0, 79.0, 81.0))]
+    table = markdown_table([*close, *pixels])
+    assert "| mae | 79.00 ± 2.00 ≈ |" in table and "≈ better than the best baseline" in table and "†" not in table
+    clear = [_row("mae", "knn", v, s) for s, v in enumerate((79.0, 81.0, 83.0))]
+    table = markdown_table([*clear, *pixels])
+    assert "| mae | 81.00 ± 2.00 |" in table and "≈" not in table
+    one_seed = markdown_table([_row("mae", "knn", 78.6), _row("pixels", "knn", 78.0, 0, True)])
+    assert "| mae | 78.60 |" in one_seed and "≈" not in one_seed
+    below = markdown_table([*(_row("mae", "knn", v, s) for s, v in enumerate((76.0, 78.0, 80.0))), *pixels])
+    assert "78.00 ± 2.00 †" in below and "≈" not in below  # not ahead at all: the stronger mark
+
+
 def test_a_geometric_comparison_has_no_empty_classification_table():
     """compare --tasks keypoints alone: one table, headed with its seed spread (an empty classification table
     with a blank column was printed before)."""

@@ -486,3 +486,41 @@ def test_compare_with_an_unknown_recipe_stops_before_any_cell(tmp_path, capsys):
         err = capsys.readouterr().err
         assert code == 2 and "no_such_recipe" in err and "Traceback" not in err
         assert not (tmp_path / "cmp/cells").exists()
+
+
+def test_compare_tables_only_rebuilds_the_tables_from_every_finished_cell(tmp_path):
+    """A comparison run in pieces (here: a second invocation with one more model) writes tables of its own cells
+    only; --tables-only rebuilds them from every marker under --out, running nothing, and leaves out a cell with
+    no marker yet (still running). A corrupt marker or an empty directory is refused by name."""
+    cells = tmp_path / "cmp" / "cells"
+
+    def marker(name, model, protocol, value, seed=0, baseline=False):
+        row = dict(model=model, source="", protocol=protocol, task="classification", seed=seed, baseline=baseline)
+        (cells / name).mkdir(parents=True)
+        (cells / name / "cell.json").write_text(
+            json.dumps({"config_hash": "x", "row": {**row, "metric": "top1", "value": value}})
+        )
+
+    marker("pixels__knn__classification", "pixels", "knn", 85.0, baseline=True)
+    marker("mae__knn__classification__seed1", "mae", "knn", 80.0, seed=1)
+    marker("mae__knn__classification", "mae", "knn", 78.0)
+    marker("mae_ep100__finetune__classification", "mae_ep100", "finetune", 90.0)
+    (cells / "scratch__finetune__classification").mkdir()  # running: no marker
+    out = run_cli("compare", "--out", str(tmp_path / "cmp"), "--tables-only", check=True).stdout
+    assert "4 finished cells" in out
+    rows = json.loads((tmp_path / "cmp/results.json").read_text())
+    assert [(r["model"], r["seed"]) for r in rows] == [("mae", 0), ("mae_ep100", 0), ("mae", 1), ("pixels", 0)]
+    table = (tmp_path / "cmp/results.md").read_text()
+    assert "| mae | 79.00 ± 1.41 † |  |" in table and "| mae_ep100 |  | 90.00 |" in table
+    assert "| *pixels* (baseline) | 85.00 |  |" in table
+
+    (cells / "mae__knn__classification" / "cell.json").write_text("{not json")
+    bad = run_cli("compare", "--out", str(tmp_path / "cmp"), "--tables-only")
+    assert bad.returncode != 0 and "mae__knn__classification/cell.json is not a cell marker" in bad.stderr
+    (cells / "mae__knn__classification" / "cell.json").write_text('{"config_hash": "x", "row": {"model": "mae"}}')
+    bad = run_cli("compare", "--out", str(tmp_path / "cmp"), "--tables-only")
+    assert bad.returncode != 0 and "lacks ['metric', 'protocol', 'task', 'value']" in bad.stderr
+    empty = run_cli("compare", "--out", str(tmp_path / "none"), "--tables-only")
+    assert empty.returncode != 0 and "no finished cell under" in empty.stderr
+    no_init = run_cli("compare", "--out", str(tmp_path / "cmp2"))
+    assert no_init.returncode != 0 and "needs at least one --init" in no_init.stderr

@@ -80,8 +80,16 @@ def cmd_knn(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from mimkit.eval.compare import compare, protocol_recipes
+    from mimkit.config import ConfigError
+    from mimkit.eval.compare import compare, protocol_recipes, tables_from_cells
 
+    if args.tables_only:
+        rows = tables_from_cells(args.out)
+        print(f"{len(rows)} finished cells; tables rebuilt in {args.out}/results.md, results.csv, results.json")
+        print(open(f"{args.out}/results.md").read())
+        return 0
+    if not args.init:
+        raise ConfigError("compare needs at least one --init [NAME=]SOURCE (or --tables-only to rebuild the tables)")
     protocol_sets = {"finetune": args.set_finetune, "linprobe": args.set_probe, "knn": args.set_probe}
     rows = compare(
         args.init,
@@ -606,8 +614,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("compare", help="models x {knn, linprobe, finetune} x tasks, resumable, with tables")
-    p.add_argument("--init", action="append", required=True, help="a source (or NAME=SOURCE); repeat per model")
+    p.add_argument("--init", action="append", default=[], help="a source (or NAME=SOURCE); repeat per model")
     p.add_argument("--out", required=True, help="directory for the cells' runs and results.md / .csv / .json")
+    p.add_argument(
+        "--tables-only",
+        action="store_true",
+        help="run nothing: rebuild the tables from every finished cell in --out (a comparison run in pieces, "
+        "e.g. more models or protocols added later)",
+    )
     p.add_argument("--protocols", default="knn,linprobe,finetune", help="comma-separated: knn, linprobe, finetune")
     from mimkit.data.options import TASKS  # light: no torch
 

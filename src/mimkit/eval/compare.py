@@ -345,6 +345,31 @@ def compare(
     return rows
 
 
+def tables_from_cells(out: str | Path) -> list[dict[str, Any]]:
+    """Rebuild OUT's tables from every finished cell under OUT/cells, running nothing: for a comparison run in
+    pieces (models or protocols added by later invocations, each of whose own tables shows only its cells). A cell
+    still running (no marker yet) is left out; baselines come last, then by seed, models in name order."""
+    out = Path(out)
+    markers = sorted((out / "cells").glob("*/cell.json"))
+    if not markers:
+        raise ConfigError(f"compare --tables-only: no finished cell under {out / 'cells'} (each writes cell.json)")
+    rows = []
+    for marker in markers:
+        try:
+            row = dict(json.loads(marker.read_text())["row"])
+            missing = sorted({"model", "protocol", "task", "metric", "value"} - set(row))
+            if missing:
+                raise KeyError(f"its row lacks {missing}")
+            rows.append(row)
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ConfigError(
+                f"compare --tables-only: {marker} is not a cell marker ({err}); delete it and run that cell again"
+            ) from None
+    rows.sort(key=lambda r: (bool(r.get("baseline")), int(r.get("seed") or 0)))
+    write_tables(rows, out)
+    return rows
+
+
 def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     fields = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5", "best_top1"]
     buffer = io.StringIO()
@@ -391,31 +416,40 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2, "depth_error": 4, "keypoint_error": 4}
 
 
+def within_spread(a: dict[str, Any], b: dict[str, Any]) -> float:
+    """The margin two summarized cells (mean, std, n) must exceed before their difference is called one: the larger
+    sample std of the two. Zero when either is a single seed (no spread measured: the table says "one seed")."""
+    if a["n"] < 2 or b["n"] < 2:
+        return 0.0
+    return max(a["std"], b["std"])
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Two tables: frozen (kNN, linear probe) vs fine-tuned classification top-1, and each task's primary metric
     frozen vs fine-tuned (semantic vs geometric). Cells are mean +- std over seeds; the baselines that learn nothing
-    sit below the models, and a model's cell that does not beat the best of them is marked."""
+    sit below the models, and a model's cell that does not beat the best of them is marked (†), one that beats it
+    by no more than the seed spread too (≈)."""
     summary = summarize(rows)
     lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary}
     models = list(dict.fromkeys(r["model"] for r in summary if not r["baseline"]))
     base = list(dict.fromkeys(r["model"] for r in summary if r["baseline"]))
     seeds = sorted({r["n"] for r in summary})
-    flagged = False
+    flagged = close = False
 
     def entry(model: str, task: str, protocol: str) -> dict[str, Any] | None:
         return lookup.get((model, task, protocol)) or lookup.get((model, task, "trivial"))
 
-    def best_baseline(task: str, protocol: str) -> float | None:
+    def best_baseline(task: str, protocol: str) -> dict[str, Any] | None:
         """The bar a model must clear: the baselines of the same protocol, and for fine-tuning (which can learn
         any of them) every baseline of the task."""
         wanted = ("knn", "linprobe", "trivial") if protocol == "finetune" else (protocol,)
-        values = [e["mean"] for b in base for p in wanted if (e := entry(b, task, p))]
-        if not values:
+        entries = [e for b in base for p in wanted if (e := entry(b, task, p))]
+        if not entries:
             return None
-        return max(values) if PRIMARY[task][1] else min(values)
+        return (max if PRIMARY[task][1] else min)(entries, key=lambda e: e["mean"])
 
     def cell(model: str, task: str, protocol: str) -> str:
-        nonlocal flagged
+        nonlocal flagged, close
         row = entry(model, task, protocol)
         if row is None:
             return ""
@@ -423,10 +457,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         text = f"{row['mean']:.{digits}f}" + (f" ± {row['std']:.{digits}f}" if row["n"] > 1 else "")
         bar = best_baseline(task, protocol)
         if not row["baseline"] and bar is not None:
-            beaten = row["mean"] > bar if PRIMARY[task][1] else row["mean"] < bar
-            if not beaten:
+            margin = row["mean"] - bar["mean"] if PRIMARY[task][1] else bar["mean"] - row["mean"]
+            if margin <= 0:
                 flagged = True
                 text += " †"
+            elif margin <= within_spread(row, bar):
+                close = True
+                text += " ≈"
         return text
 
     def label(model: str) -> str:
@@ -481,4 +518,10 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 )
     if flagged:
         lines += ["", "† not better than a baseline that learns nothing in this column: read the protocol first."]
+    if close:
+        lines += [
+            "",
+            "≈ better than the best baseline that learns nothing by no more than the larger of the two seed spreads "
+            "(std): not a finding.",
+        ]
     return "\n".join(lines) + "\n"

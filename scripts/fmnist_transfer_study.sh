@@ -4,6 +4,7 @@
 # cluttered localisation (geometric), next to the baselines that learn nothing, 3 seeds.
 #   bash scripts/fmnist_transfer_study.sh pretrain [OUT_DIR]         # resumable; about 45 minutes on 2 CPU cores
 #   bash scripts/fmnist_transfer_study.sh classification [OUT_DIR]   # resumable; about 80 minutes
+#   bash scripts/fmnist_transfer_study.sh classification-60k [OUT_DIR]  # every label; ~30 min per fine-tune cell
 #   bash scripts/fmnist_transfer_study.sh geometric [OUT_DIR]        # resumable; about 90 minutes
 #   PRE_SEED=1 bash scripts/fmnist_transfer_study.sh pretrain [OUT_DIR]  # the four encoders again with seed 1
 #   bash scripts/fmnist_transfer_study.sh attention [OUT_DIR]        # analyse every pretraining seed, then pool
@@ -16,9 +17,12 @@
 # Attention (the Dark Secrets analyses, issue 19 items 5-6): `analyze report --foreground` of the four encoders and
 # a random one on 1,000 test images per pretraining seed (OUT/pre = seed 0, OUT/pre-sN = seed N), then `analyze
 # seeds` pools them (mean +- std over pretraining seeds).
+# classification-60k: the same comparison on all 60,000 labels, where the fine-tuning recipe reaches 89%; its cell
+# markers and tables are kept in docs/results/fmnist-transfer/ (KEEP) and restored from there on a new machine.
+# MODELS (e.g. "mae scratch") and PROTOCOLS (e.g. knn,linprobe) run a subset first; SEEDS=1, 2, 3 adds seeds.
 # STEPS, FT_EPOCHS, TASK_EPOCHS, FT_WARMUP and SEEDS override the sizes (smoke runs only).
 set -euo pipefail
-STAGE=${1:?usage: fmnist_transfer_study.sh pretrain|classification|geometric [OUT_DIR]}
+STAGE=${1:?usage: fmnist_transfer_study.sh pretrain|classification|classification-60k|geometric|attention|keep|restore [OUT_DIR]}
 OUT=${2:-runs/fmnist-transfer}
 STEPS=${STEPS:-800}
 FT_EPOCHS=${FT_EPOCHS:-15}
@@ -39,12 +43,50 @@ pretrain() {  # pretrain NAME RECIPE: skipped once the run has finished
   [ -f "$PRE/$1/results.json" ] ||
     $M pretrain --config "$2" --out "$PRE/$1" --steps "$STEPS" --set seed="$PRE_SEED" "${quiet[@]}"
 }
-inits=(--init mae="$MAE" --init simmim="$OUT/pre/simmim" --init mocov3="$OUT/pre/mocov3"
-  --init supervised="$OUT/pre/supervised" --init scratch=scratch:"$MAE")  # SimMIM is the BEiT-style ViT: name the one
-# scratch copies (plain ViT pico, as MAE, MoCo v3 and supervised)
-common=(--set model.name=mim_vit_pico --set model.init_scheme=mae --set-probe data.fraction=0.1
-  --finetune-config finetune_fmnist_pico --set-finetune data.fraction=0.1
+# SimMIM is the BEiT-style ViT: name the one scratch copies (plain ViT pico, as MAE, MoCo v3 and supervised).
+# MODELS picks a subset (e.g. MODELS="mae scratch"): cells are named per model, so a later run with more reuses them.
+MODELS=${MODELS:-mae simmim mocov3 supervised scratch}
+inits=()
+for m in $MODELS; do
+  case $m in
+  mae) inits+=(--init mae="$MAE") ;;
+  scratch) inits+=(--init scratch=scratch:"$MAE") ;;
+  simmim | mocov3 | supervised) inits+=(--init "$m=$OUT/pre/$m") ;;
+  *=*) inits+=(--init "$m") ;;  # NAME=SOURCE: e.g. a longer MAE run's kept encoder (scripts/fmnist_mae_long.sh)
+  *) echo "unknown model '$m' in MODELS: mae simmim mocov3 supervised scratch, or NAME=SOURCE" >&2; exit 2 ;;
+  esac
+done
+every=(--set model.name=mim_vit_pico --set model.init_scheme=mae --finetune-config finetune_fmnist_pico
   --set-finetune train.warmup_epochs="$FT_WARMUP" --set-finetune train.tensorboard=false)
+common=("${every[@]}" --set-probe data.fraction=0.1 --set-finetune data.fraction=0.1)  # 6,000 labels
+# A compare's small results travel in the repository (KEEP, default docs/results/fmnist-transfer): `keep` copies each
+# finished cell's marker (cell.json: its config hash and row) there, with the tables rebuilt from every finished cell
+# (compare --tables-only: the comparison runs in pieces, each invocation's own tables show only its cells); `restore`
+# puts the markers back
+# into a fresh run directory, so a new machine skips the cells already measured (compare accepts a marker whose hash
+# matches the cell's config) and the study goes on where it stopped.
+KEEP=${KEEP:-docs/results/fmnist-transfer}
+keep() {  # keep COMPARE_DIR
+  local dest=$KEEP/$(basename "$1") marker
+  mkdir -p "$dest/cells"
+  for marker in "$1"/cells/*/cell.json; do
+    if [ -f "$marker" ]; then cp "$marker" "$dest/cells/$(basename "$(dirname "$marker")").json"; fi
+  done
+  if compgen -G "$1/cells/*/cell.json" >/dev/null; then $M compare --out "$1" --tables-only >/dev/null; fi
+  for table in results.csv summary.csv results.md; do
+    if [ -f "$1/$table" ]; then cp "$1/$table" "$dest/"; fi
+  done
+  return 0
+}
+restore() {  # restore COMPARE_DIR
+  local src=$KEEP/$(basename "$1") marker name
+  for marker in "$src"/cells/*.json; do
+    [ -f "$marker" ] || continue
+    name=$(basename "$marker" .json)
+    [ -f "$1/cells/$name/cell.json" ] || { mkdir -p "$1/cells/$name" && cp "$marker" "$1/cells/$name/cell.json"; }
+  done
+  return 0
+}
 case "$STAGE" in
 pretrain)
   if [ "$MAE" = "$PRE/mae" ]; then pretrain mae mae_fmnist_tiny
@@ -57,9 +99,21 @@ classification)
   $M compare "${inits[@]}" --out "$OUT/compare-classification" --protocols knn,linprobe,finetune \
     --tasks classification --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$FT_EPOCHS"
   ;;
+classification-60k)  # every label: where the fine-tuning recipe reaches 89%; PROTOCOLS picks a subset (frozen first)
+  restore "$OUT/compare-classification-60k"
+  $M compare "${inits[@]}" --out "$OUT/compare-classification-60k" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
+    --tasks classification --seeds "$SEEDS" "${every[@]}" --set-finetune train.epochs="$FT_EPOCHS"
+  keep "$OUT/compare-classification-60k"
+  ;;
 geometric)
   $M compare "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
     --tasks cluttered_localization --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
+  ;;
+keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it (a compare killed mid-way keeps
+  # its finished cells: each marker is written when its cell ends)
+  for dir in "$KEEP"/compare-* "$OUT"/compare-*; do
+    if [ -d "$dir" ]; then "$STAGE" "$OUT/$(basename "$dir")"; fi
+  done
   ;;
 attention)
   pooled=()
@@ -81,5 +135,6 @@ attention)
   [ ${#pooled[@]} -ge 4 ] || { echo "[study] fewer than 2 pretraining seeds analysed: nothing to pool" >&2; exit 0; }
   $M analyze seeds "${pooled[@]}" --out "$OUT/attention/seeds"
   ;;
-*) echo "unknown stage '$STAGE': pretrain, classification, geometric or attention" >&2; exit 2 ;;
+*) echo "unknown stage '$STAGE': pretrain, classification, classification-60k, geometric, attention, keep or restore" >&2
+  exit 2 ;;
 esac

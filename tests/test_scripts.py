@@ -62,3 +62,45 @@ def test_finetune_sweep_lists_its_runs_and_tables_finished_ones(tmp_path):
     assert len(rows) == 1 and "| 81.23 | 82.50 | 10 |" in rows[0]
     bad = subprocess.run([*script, "run", str(tmp_path), "no-such-run"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown run" in bad.stderr
+
+
+def test_transfer_study_keeps_cell_markers_and_restores_them_on_a_new_machine(tmp_path):
+    """`keep` copies each finished compare cell's marker into the repository's results folder, with the tables
+    rebuilt from every finished cell; `restore` puts the markers back where `mimkit compare` looks for them
+    (cells/NAME/cell.json), without replacing a marker already there, so a fresh run directory skips the cells
+    measured before."""
+    import json
+
+    out, kept = tmp_path / "study", tmp_path / "kept"
+    cells = out / "compare-classification-60k" / "cells"
+    for name, model, seed, value in (
+        ("mae__knn__classification", "mae", 0, 78.0),
+        ("mae__knn__classification__seed1", "mae", 1, 80.0),
+    ):
+        row = dict(model=model, source="", protocol="knn", task="classification", seed=seed, baseline=False)
+        (cells / name).mkdir(parents=True)
+        marker = {"config_hash": name, "row": {**row, "metric": "top1", "value": value}}
+        (cells / name / "cell.json").write_text(json.dumps(marker))
+    (cells / "mae__finetune__classification").mkdir()  # a cell still running: no marker, nothing kept
+    (cells.parent / "results.csv").write_text("model\nmae\n")  # an earlier invocation's partial table
+    script = ["bash", str(SCRIPTS / "fmnist_transfer_study.sh")]
+    env = {**cli_env(), "KEEP": str(kept)}
+
+    subprocess.run([*script, "keep", str(out)], env=env, check=True, capture_output=True, timeout=120)
+    dest = kept / "compare-classification-60k"
+    assert sorted(p.name for p in (dest / "cells").iterdir()) == [
+        "mae__knn__classification.json",
+        "mae__knn__classification__seed1.json",
+    ]
+    assert "| mae | 79.00 ± 1.41 |" in (dest / "results.md").read_text()  # both seeds, rebuilt from the markers
+    assert (dest / "results.csv").read_text().count("\nmae,") == 2
+
+    fresh = tmp_path / "fresh"
+    (fresh / "compare-classification-60k" / "cells" / "mae__knn__classification").mkdir(parents=True)
+    newer = fresh / "compare-classification-60k" / "cells" / "mae__knn__classification" / "cell.json"
+    newer.write_text('{"config_hash": "measured here", "row": {}}')
+    subprocess.run([*script, "restore", str(fresh)], env=env, check=True, capture_output=True, timeout=60)
+    restored = fresh / "compare-classification-60k" / "cells" / "mae__knn__classification__seed1"
+    assert (restored / "cell.json").read_text() == (dest / "cells" / f"{restored.name}.json").read_text()
+    assert newer.read_text() == '{"config_hash": "measured here", "row": {}}'  # not replaced
+    assert not (fresh / "compare-classification-60k" / "cells" / "mae__finetune__classification").exists()

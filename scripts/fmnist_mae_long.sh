@@ -21,8 +21,11 @@ KEEP_EVERY=${KEEP_EVERY:-5860}  # about 25 epochs of 234 steps
 STEPS_PER_EPOCH=234         # 60,000 images in whole batches of 256
 export SEEDS=${SEEDS:-3}
 TRANSFER=${TRANSFER:-runs/fmnist-transfer-v2}
-M="python -m mimkit"
-[ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
+PY=python
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+M="$PY -m mimkit"
+ENCODERS=${ENCODERS:-docs/results/fmnist-transfer/encoders}
+epochs() { echo $((($1 + STEPS_PER_EPOCH / 2) / STEPS_PER_EPOCH)); }  # a step count in whole epochs
 PRE="$OUT/pre/mae"
 WARMUP=$(python3 -c "print(round($EPOCHS * 0.05, 3))")
 case "$STAGE" in
@@ -32,20 +35,30 @@ pretrain)
   ;;
 compare)
   # into the transfer study's comparison on all 60,000 labels (scripts/fmnist_transfer_study.sh classification-60k,
-  # same scratch network, baselines and protocols): kNN and the linear probe of every kept encoder, then fine-tuning
-  # of the last one
+  # same scratch network, baselines and protocols): kNN and the linear probe of every kept encoder, and once the run
+  # has finished, of its final encoder, which is also fine-tuned. The final encoder is exported once into ENCODERS
+  # (2.7 MB, committed), so a new machine without the run directory still evaluates it.
   models=()
-  last=$(readlink -f "$PRE/checkpoints/last" || true)
-  for dir in "$PRE"/checkpoints/step-*; do  # the kept encoders and the final one (not a leftover best)
+  final=""
+  if [ -f "$PRE/results.json" ]; then
+    step=$($PY -c "import json, sys; print(json.load(open(sys.argv[1]))['step'])" "$PRE/results.json")
+    final=$ENCODERS/mae_ep$(epochs "$step").safetensors
+    [ -f "$final" ] || { mkdir -p "$ENCODERS" && $M export "$PRE" --out "$final"; }
+  fi
+  [ -n "$final" ] || final=$(ls "$ENCODERS"/mae_ep*.safetensors 2>/dev/null | sort -V | tail -1 || true)
+  for dir in "$PRE"/checkpoints/step-*; do  # the kept encoders (not the rolling last or best)
+    [ -d "$dir" ] || continue
     step=$((10#${dir##*step-}))
-    if [ $((step % KEEP_EVERY)) -eq 0 ] || [ "$(readlink -f "$dir")" = "$last" ]; then
-      models+=("mae_ep$(((step + STEPS_PER_EPOCH / 2) / STEPS_PER_EPOCH))=$dir")
+    name=mae_ep$(epochs "$step")
+    if [ $((step % KEEP_EVERY)) -eq 0 ] && [ "$name" != "$(basename "$final" .safetensors)" ]; then
+      models+=("$name=$dir")
     fi
   done
+  [ -z "$final" ] || models+=("$(basename "$final" .safetensors)=$final")
   [ ${#models[@]} -gt 0 ] || { echo "no kept encoders in $PRE/checkpoints: run the pretrain stage first" >&2; exit 2; }
   study=(bash "$(dirname "$0")/fmnist_transfer_study.sh" classification-60k "$TRANSFER")
   MODELS="${models[*]} scratch" PROTOCOLS=knn,linprobe "${study[@]}"
-  MODELS="${models[-1]} scratch" PROTOCOLS=finetune "${study[@]}"
+  [ -z "$final" ] || MODELS="${models[-1]} scratch" PROTOCOLS=finetune "${study[@]}"
   ;;
 *) echo "unknown stage '$STAGE': pretrain or compare" >&2; exit 2 ;;
 esac

@@ -104,3 +104,34 @@ def test_transfer_study_keeps_cell_markers_and_restores_them_on_a_new_machine(tm
     assert (restored / "cell.json").read_text() == (dest / "cells" / f"{restored.name}.json").read_text()
     assert newer.read_text() == '{"config_hash": "measured here", "row": {}}'  # not replaced
     assert not (fresh / "compare-classification-60k" / "cells" / "mae__finetune__classification").exists()
+
+
+def test_mae_long_compare_evaluates_kept_encoders_and_finetunes_only_the_finished_one(tmp_path):
+    """fmnist_mae_long.sh compare hands the transfer study its kept encoders (every KEEP_EVERY steps, named in
+    epochs; not the rolling last checkpoint) for the frozen protocols, and fine-tunes only a finished run's final
+    encoder: on a new machine without the run directory, the exported one committed in ENCODERS."""
+    import shutil
+
+    shutil.copy(SCRIPTS / "fmnist_mae_long.sh", tmp_path)
+    calls = tmp_path / "calls.txt"
+    (tmp_path / "fmnist_transfer_study.sh").write_text(f'echo "$MODELS | $PROTOCOLS | $1 $2" >> {calls}\n')
+    run = ["bash", str(tmp_path / "fmnist_mae_long.sh"), "compare", str(tmp_path / "long")]
+    checkpoints = tmp_path / "long" / "pre" / "mae" / "checkpoints"
+    for step in ("0005860", "0006000"):  # a kept encoder (25 epochs) and the rolling last one of a running job
+        (checkpoints / f"step-{step}").mkdir(parents=True)
+    env = {**cli_env(), "ENCODERS": str(tmp_path / "encoders")}
+    subprocess.run(run, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    assert calls.read_text().splitlines() == [
+        f"mae_ep25={checkpoints}/step-0005860 scratch | knn,linprobe | classification-60k runs/fmnist-transfer-v2"
+    ]
+
+    calls.unlink()
+    shutil.rmtree(tmp_path / "long")
+    (tmp_path / "encoders").mkdir()
+    (tmp_path / "encoders" / "mae_ep100.safetensors").write_bytes(b"")
+    subprocess.run(run, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    final = f"mae_ep100={tmp_path}/encoders/mae_ep100.safetensors"
+    assert calls.read_text().splitlines() == [
+        f"{final} scratch | knn,linprobe | classification-60k runs/fmnist-transfer-v2",
+        f"{final} scratch | finetune | classification-60k runs/fmnist-transfer-v2",
+    ]

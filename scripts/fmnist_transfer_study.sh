@@ -62,9 +62,8 @@ common=("${every[@]}" --set-probe data.fraction=0.1 --set-finetune data.fraction
 # A compare's small results travel in the repository (KEEP, default docs/results/fmnist-transfer): `keep` copies each
 # finished cell's marker (cell.json: its config hash and row) there, with the tables rebuilt from every finished cell
 # (compare --tables-only: the comparison runs in pieces, each invocation's own tables show only its cells); `restore`
-# puts the markers back
-# into a fresh run directory, so a new machine skips the cells already measured (compare accepts a marker whose hash
-# matches the cell's config) and the study goes on where it stopped.
+# puts the markers back into a fresh run directory, so a new machine skips the cells already measured (compare
+# accepts a marker whose hash matches the cell's config) and the study goes on where it stopped.
 KEEP=${KEEP:-docs/results/fmnist-transfer}
 keep() {  # keep COMPARE_DIR
   local dest=$KEEP/$(basename "$1") marker

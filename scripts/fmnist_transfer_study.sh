@@ -110,7 +110,9 @@ geometric)
   ;;
 keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it (a compare killed mid-way keeps
   # its finished cells: each marker is written when its cell ends)
-  for dir in "$KEEP"/compare-* "$OUT"/compare-*; do
+  from=$OUT
+  [ "$STAGE" = keep ] || from=$KEEP
+  for dir in "$from"/compare-*; do
     if [ -d "$dir" ]; then "$STAGE" "$OUT/$(basename "$dir")"; fi
   done
   ;;

@@ -353,18 +353,22 @@ def tables_from_cells(out: str | Path) -> list[dict[str, Any]]:
     markers = sorted((out / "cells").glob("*/cell.json"))
     if not markers:
         raise ConfigError(f"compare --tables-only: no finished cell under {out / 'cells'} (each writes cell.json)")
+
+    def not_a_marker(marker: Path, why: str) -> ConfigError:
+        return ConfigError(
+            f"compare --tables-only: {marker} is not a cell marker ({why}); delete it and run that cell again"
+        )
+
     rows = []
     for marker in markers:
         try:
             row = dict(json.loads(marker.read_text())["row"])
-            missing = sorted({"model", "protocol", "task", "metric", "value"} - set(row))
-            if missing:
-                raise KeyError(f"its row lacks {missing}")
-            rows.append(row)
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-            raise ConfigError(
-                f"compare --tables-only: {marker} is not a cell marker ({err}); delete it and run that cell again"
-            ) from None
+            raise not_a_marker(marker, f"{type(err).__name__}: {err}") from None
+        missing = sorted({"model", "protocol", "task", "metric", "value"} - set(row))
+        if missing:
+            raise not_a_marker(marker, f"its row lacks {missing}")
+        rows.append(row)
     rows.sort(key=lambda r: (bool(r.get("baseline")), int(r.get("seed") or 0)))
     write_tables(rows, out)
     return rows

@@ -59,33 +59,11 @@ done
 every=(--set model.name=mim_vit_pico --set model.init_scheme=mae --finetune-config finetune_fmnist_pico
   --set-finetune train.warmup_epochs="$FT_WARMUP" --set-finetune train.tensorboard=false)
 common=("${every[@]}" --set-probe data.fraction=0.1 --set-finetune data.fraction=0.1)  # 6,000 labels
-# A compare's small results travel in the repository (KEEP, default docs/results/fmnist-transfer): `keep` copies each
-# finished cell's marker (cell.json: its config hash and row) there, with the tables rebuilt from every finished cell
-# (compare --tables-only: the comparison runs in pieces, each invocation's own tables show only its cells); `restore`
-# puts the markers back into a fresh run directory, so a new machine skips the cells already measured (compare
-# accepts a marker whose hash matches the cell's config) and the study goes on where it stopped.
+# A compare's small results travel in the repository (KEEP, default docs/results/fmnist-transfer): `keep` copies the
+# finished cells' markers and rebuilt tables there, `restore` brings them back into a fresh run directory
+# (scripts/lib/compare_keep.sh).
 KEEP=${KEEP:-docs/results/fmnist-transfer}
-keep() {  # keep COMPARE_DIR
-  local dest=$KEEP/$(basename "$1") marker
-  mkdir -p "$dest/cells"
-  for marker in "$1"/cells/*/cell.json; do
-    if [ -f "$marker" ]; then cp "$marker" "$dest/cells/$(basename "$(dirname "$marker")").json"; fi
-  done
-  if compgen -G "$1/cells/*/cell.json" >/dev/null; then $M compare --out "$1" --tables-only >/dev/null; fi
-  for table in results.csv summary.csv results.md; do
-    if [ -f "$1/$table" ]; then cp "$1/$table" "$dest/"; fi
-  done
-  return 0
-}
-restore() {  # restore COMPARE_DIR
-  local src=$KEEP/$(basename "$1") marker name
-  for marker in "$src"/cells/*.json; do
-    [ -f "$marker" ] || continue
-    name=$(basename "$marker" .json)
-    [ -f "$1/cells/$name/cell.json" ] || { mkdir -p "$1/cells/$name" && cp "$marker" "$1/cells/$name/cell.json"; }
-  done
-  return 0
-}
+source "$(dirname "$0")/lib/compare_keep.sh"
 case "$STAGE" in
 pretrain)
   if [ "$MAE" = "$PRE/mae" ]; then pretrain mae mae_fmnist_tiny
@@ -99,22 +77,17 @@ classification)
     --tasks classification --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$FT_EPOCHS"
   ;;
 classification-60k)  # every label: where the fine-tuning recipe reaches 89%; PROTOCOLS picks a subset (frozen first)
-  restore "$OUT/compare-classification-60k"
+  restore_compare "$KEEP" "$OUT/compare-classification-60k"
   $M compare "${inits[@]}" --out "$OUT/compare-classification-60k" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
     --tasks classification --seeds "$SEEDS" "${every[@]}" --set-finetune train.epochs="$FT_EPOCHS"
-  keep "$OUT/compare-classification-60k"
+  keep_compare "$KEEP" "$OUT/compare-classification-60k"
   ;;
 geometric)
   $M compare "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
     --tasks cluttered_localization --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
   ;;
-keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it (a compare killed mid-way keeps
-  # its finished cells: each marker is written when its cell ends)
-  from=$OUT
-  [ "$STAGE" = keep ] || from=$KEEP
-  for dir in "$from"/compare-*; do
-    if [ -d "$dir" ]; then "$STAGE" "$OUT/$(basename "$dir")"; fi
-  done
+keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it
+  keep_or_restore_all "$STAGE" "$OUT" "$KEEP"
   ;;
 attention)
   pooled=()

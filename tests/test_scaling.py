@@ -497,7 +497,7 @@ def test_analysis_finds_overfitting_saturation_and_correlation(tmp_path):
     assert find_overfitting(points, tolerance=RISE / losses[(model, data, 200)] * 1.5)["rises"] == []
     seeded = next(p for p in points if (p.model, p.data, p.iterations) == ("m_small", "30%", 100))
     assert seeded.n == 2 and seeded.heldout_loss == pytest.approx(losses[("m_small", "30%", 100)])
-    assert seeded.heldout_std == pytest.approx(0.01)
+    assert seeded.heldout_std == pytest.approx(0.01 * 2**0.5)  # sample std of two seeds at +-0.01
 
     fits = result["fits"]
     assert fits["excluded_overfit"] == 1
@@ -692,3 +692,79 @@ def test_a_sweep_step_reports_a_bad_config_in_one_line_and_stops_there(tmp_path)
     text = (tmp_path / "run.log").read_text()
     assert "mimkit: error: train.steps: 0 must be positive" in text and "Traceback" not in text
     assert "$ mimkit finetune" not in text and not (tmp_path / "ft").exists()
+
+
+def write_compare_summary(folder: Path, cells: list[tuple]) -> Path:
+    """A `mimkit compare` summary.csv: (model, protocol, mean, std, n, baseline) rows, classification top-1."""
+    folder.mkdir(parents=True)
+    with open(folder / "summary.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["model", "protocol", "task", "metric", "mean", "std", "n", "baseline"])
+        for model, protocol, mean, std, n, baseline in cells:
+            writer.writerow([model, protocol, "classification", "top1", mean, std, n, baseline])
+        writer.writerow(["pixels", "linprobe", "localization", "mean_iou", 0.9, 0, 3, True])  # another task: ignored
+    return folder
+
+
+def test_results_table_shows_seed_spreads_scratch_and_the_baselines_that_learn_nothing(tmp_path):
+    """results.md: per cell mean ± sample std over seeds; a fine-tuned cell not above the best baseline that learns
+    nothing is marked †; the difference to the same architecture fine-tuned from scratch is ≈ when it is inside the
+    larger seed spread; each model's baselines are listed under its table."""
+    header = ["model", "params", "data", "iterations", "heldout_loss", "train_loss", "finetune_top1", "seed"]
+    runs = [  # (data, iterations, seed, loss, top1)
+        ("0.1", 100, 0, 0.50, 80.0),
+        ("0.1", 100, 1, 0.52, 82.0),  # mean 81.00 ± 1.41: under pixels' linear probe (83)
+        ("0.1", 400, 0, 0.40, 88.0),
+        ("0.1", 400, 1, 0.40, 88.2),  # mean 88.10 ± 0.14: +2.10 over scratch (86 ± 0.5)
+        ("1.0", 400, 0, 0.38, 86.3),  # one seed, 86.3: +0.30 inside scratch's own spread? n=1 -> no spread, not ≈
+    ]
+    with open(tmp_path / "results.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(header)
+        for data, iterations, seed, loss, top1 in runs:
+            writer.writerow(["m", "1M", data, iterations, loss, loss - 0.01, top1, seed])
+        writer.writerow(["other", "2M", "0.1", 100, 0.45, 0.44, 85.0, 0])  # a model without baselines
+    base = write_compare_summary(
+        tmp_path / "base-m",
+        [
+            ("scratch", "finetune", 86.0, 0.5, 3, False),
+            ("scratch", "knn", 70.0, 0.0, 3, False),
+            ("pixels", "knn", 81.0, 0.0, 3, True),
+            ("pixels", "linprobe", 83.0, 0.2, 3, True),
+            ("trivial", "trivial", 10.0, 0.0, 3, True),
+        ],
+    )
+    result = analyze_table(tmp_path / "results.csv", tmp_path / "an", baselines=[f"m={base}"])
+    table = (tmp_path / "an" / "results.md").read_text()
+    assert "| 0.1 | 100 | 2 | 0.5100 ± 0.0141 | +0.0100 | 81.00 ± 1.41 † | -5.00 |" in table
+    assert "| 0.1 | 400 | 2 | 0.4000 ± 0.0000 | +0.0100 | 88.10 ± 0.14 | +2.10 |" in table
+    assert "| 1.0 | 400 | 1 | 0.3800 | +0.0100 | 86.30 | +0.30 |" in table  # one seed: no spread, no ≈
+    assert "| random init | finetune | 86.00 ± 0.50 |" in table and "| *pixels* | linprobe | 83.00 ± 0.20 |" in table
+    assert "mean_iou" not in table and "| 0.1 | 100 | 1 | 0.4500 | +0.0100 | 85.00 |  |" in table  # other: no bar
+    assert "† fine-tuned top-1 not above" in table and "≈" not in table
+    assert {b["model"] for b in result["baselines"]["m"]} == {"scratch", "pixels", "trivial"}
+
+    close = write_compare_summary(tmp_path / "base-close", [("scratch", "finetune", 87.9, 0.3, 3, False)])
+    analyze_table(tmp_path / "results.csv", tmp_path / "an2", baselines=[f"m={close}"])
+    assert "| 88.10 ± 0.14 | +0.20 ≈ |" in (tmp_path / "an2" / "results.md").read_text()  # inside 0.3
+
+
+@pytest.mark.parametrize(
+    "spec, make, needle",
+    [
+        ("nobody={dir}", True, "'nobody' is not a model of the table"),
+        ("m", False, "expected MODEL=COMPARE_DIR"),
+        ("m={dir}", False, "no compare summary at"),
+        ("m={dir}", "pixels-only", "no model named 'scratch'"),
+    ],
+)
+def test_scaling_baselines_errors_name_the_fix(tmp_path, capsys, spec, make, needle):
+    with open(tmp_path / "results.csv", "w") as fh:
+        fh.write("model,params,data,iterations,heldout_loss\nm,1M,0.1,100,0.5\n")
+    folder = tmp_path / "base"
+    if make:
+        scratch = make is True
+        write_compare_summary(folder, [("scratch" if scratch else "pixels", "knn", 80.0, 0.0, 1, not scratch)])
+    args = ["scaling", "analyze", str(tmp_path / "results.csv"), "--out", str(tmp_path / "an")]
+    err = cli_error(capsys, *args, "--baselines", spec.format(dir=folder))
+    assert needle in err

@@ -42,7 +42,7 @@ def test_step_parts_ab_times_every_part():
         assert line.startswith("attention forward and backward") and "torch's pick" in line and "math" in line, out
 
 
-@pytest.mark.parametrize("script", sorted(p.name for p in SCRIPTS.glob("*.sh")))
+@pytest.mark.parametrize("script", sorted(str(p.relative_to(SCRIPTS)) for p in SCRIPTS.rglob("*.sh")))
 def test_shell_scripts_parse(script):
     subprocess.run(["bash", "-n", str(SCRIPTS / script)], check=True)
 
@@ -134,4 +134,128 @@ def test_mae_long_compare_evaluates_kept_encoders_and_finetunes_only_the_finishe
     assert calls.read_text().splitlines() == [
         f"{final} scratch | knn,linprobe | classification-60k runs/fmnist-transfer-v2",
         f"{final} scratch | finetune | classification-60k runs/fmnist-transfer-v2",
+    ]
+
+
+def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
+    """A `python` first on PATH that logs each `-m mimkit` command and marks a pretraining or distillation run
+    finished (results.json in --out), so a study script's plan is checked without training anything."""
+    import os
+
+    calls = tmp_path / "calls.txt"
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "$*" >> {calls}\n'
+        'case "$3" in distill|pretrain) while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && '
+        'echo {} > "$2/results.json"; shift; done ;; esac\n'
+    )
+    fake.chmod(0o755)
+    env = cli_env()
+    return {**env, "PATH": f"{bin_dir}{os.pathsep}{env.get('PATH', os.environ['PATH'])}"}, calls
+
+
+def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teacher_frozen_only(tmp_path):
+    """fmnist_distill_femto.sh distils each target (qk+vv also from masked input) and a MAE femto with the same
+    image budget, skips finished runs when started again, refuses a missing teacher by name, and compares the
+    students frozen next to the teacher but fine-tunes only the students and baselines."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_distill_femto.sh")]
+    out = tmp_path / "study"
+    teacher = tmp_path / "mae_ep100.safetensors"
+    env = {**env, "TEACHER": str(teacher), "KEEP": str(tmp_path / "kept"), "EPOCHS": "3"}
+
+    missing = subprocess.run([*script, "pretrain", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2 and f"no teacher at {teacher}" in missing.stderr and not calls.exists()
+
+    teacher.write_bytes(b"")
+    subprocess.run([*script, "pretrain", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    lines = calls.read_text().splitlines()
+    distills = [line for line in lines if line.startswith("-m mimkit distill")]
+    assert len(distills) == 6 and all(f"--teacher {teacher} --student mim_vit_femto" in d for d in distills)
+    assert all("--epochs 3 " in d and "train.warmup_epochs=0.2 " in d for d in distills)  # 1/15 of the epochs
+    by_student = {d.split("--out ")[1].split()[0].rsplit("/", 1)[1]: d for d in distills}
+    assert "distill.targets=qk+vv" in by_student["qkvv"] and "mask_ratio" not in by_student["qkvv"]
+    masked = by_student["qkvv_masked"]
+    assert "distill.targets=qk+vv" in masked and "distill.mask_ratio=0.5" in masked
+    assert "distill.targets=feature" in by_student["feature"]
+    mae, mae_long = lines[-2:]  # the students' image budget, then MAE's longer one; MAE's 5% warm-up each
+    assert mae.startswith("-m mimkit pretrain --config mae_fmnist_tiny") and "model.name=mim_vit_femto" in mae
+    assert f"--out {out}/mae-student --epochs 3 " in mae and "train.warmup_epochs=0.15 " in mae
+    assert f"--out {out}/mae-student-long --epochs 50 " in mae_long and "train.warmup_epochs=2.5 " in mae_long
+
+    calls.unlink()
+    subprocess.run([*script, "pretrain", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert not calls.exists()  # every run finished: nothing trained again
+
+    subprocess.run([*script, "compare", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    frozen, tuned = calls.read_text().splitlines()
+    assert "--protocols knn,linprobe " in frozen and f"--init teacher={teacher}" in frozen
+    assert "--protocols finetune " in tuned and "teacher" not in tuned
+    for command in (frozen, tuned):
+        assert f"--init scratch=scratch:{out}/mae-student" in command and "--seeds 3 " in command
+        assert f"--init qkvv_masked={out}/students/qkvv_masked" in command and "model.name=mim_vit_femto" in command
+        assert f"--init mae_long={out}/mae-student-long " in command
+
+    calls.unlink()
+    subset = {**env, "MODELS": "qkvv mae", "PROTOCOLS": "knn"}
+    subprocess.run([*script, "compare", str(out)], env=subset, cwd=tmp_path, check=True, capture_output=True)
+    (only,) = calls.read_text().splitlines()
+    assert "--protocols knn " in only and f"--init mae={out}/mae-student " in only and "students/qk " not in only
+    assert "mae_long" not in only
+    bad = subprocess.run(
+        [*script, "compare", str(out)], env={**env, "MODELS": "dino"}, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert bad.returncode == 2 and "unknown model 'dino'" in bad.stderr
+
+
+def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tmp_path):
+    """fmnist_scaling_study.sh runs one seed of the sweep per piece and merges its finished rows into the kept
+    results.csv (a row of the same run replaced, other seeds' rows kept); the baselines stage compares each size from
+    random initialisation; the analysis reads the kept rows with every kept baseline comparison."""
+    import csv
+
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_scaling_study.sh")]
+    out, kept = tmp_path / "study", tmp_path / "kept"
+    env = {**env, "KEEP": str(kept)}
+
+    def write(path: Path, rows: list[tuple[str, str]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as fh:
+            csv.writer(fh).writerows([("run", "heldout_loss"), *rows])
+
+    missing = subprocess.run([*script, "analyze", str(out)], env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2 and "run the sweep stage first" in missing.stderr
+
+    write(kept / "results.csv", [("femto-seed0", "0.5"), ("femto-seed1", "0.9")])  # seed 1 from an earlier try
+    write(out / "results.csv", [("femto-seed1", "0.4"), ("pico-seed1", "0.3")])
+    subprocess.run([*script, "sweep", "1", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert calls.read_text().splitlines() == [f"-m mimkit sweep --config scaling_fmnist_v2 --out {out} --only *-seed1"]
+    with open(kept / "results.csv", newline="") as fh:
+        assert {row["run"]: row["heldout_loss"] for row in csv.DictReader(fh)} == {
+            "femto-seed0": "0.5",
+            "femto-seed1": "0.4",
+            "pico-seed1": "0.3",
+        }
+
+    calls.unlink()
+    subset = {**env, "MODELS": "mim_vit_pico mim_vit_nano", "SEEDS": "2"}
+    subprocess.run([*script, "baselines", str(out)], env=subset, cwd=tmp_path, check=True, capture_output=True)
+    pico, nano = calls.read_text().splitlines()
+    assert pico.startswith(f"-m mimkit compare --init scratch=scratch --out {out}/compare-mim_vit_pico ")
+    for line in (pico, nano):
+        assert "--protocols knn,linprobe,finetune " in line and "--seeds 2 " in line and "model.patch_size=8" in line
+        assert "--set data.fraction=0.1 " in line and "--finetune-config finetune_fmnist_pico " in line
+    assert "model.name=mim_vit_nano " in nano
+
+    calls.unlink()
+    (kept / "compare-mim_vit_pico" / "summary.csv").write_text("model\n")  # kept by the baselines stage
+    assert (kept / "compare-mim_vit_nano").is_dir()  # kept too, but no summary yet: left out
+    subprocess.run([*script, "analyze", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert calls.read_text().splitlines() == [
+        f"-m mimkit scaling analyze {kept}/results.csv --out {kept}/analysis "
+        f"--baselines mim_vit_pico={kept}/compare-mim_vit_pico"
     ]

@@ -499,9 +499,11 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         path = collect(load_sweep(args.config, args.dir))
         print(path if path else f"no finished run in {args.dir} yet")
         return 0 if path else 1
-    result = analyze_table(args.results, args.out, tolerance=args.tolerance, form=args.form, curves=args.curves)
+    result = analyze_table(
+        args.results, args.out, tolerance=args.tolerance, form=args.form, curves=args.curves, baselines=args.baselines
+    )
     print("\n".join(summary_lines(result)))
-    print(f"{Path(args.out) / 'scaling.json'} and {len(result['figures'])} figures in {args.out}")
+    print(f"{Path(args.out) / 'scaling.json'}, results.md and {len(result['figures'])} figures in {args.out}")
     return 0
 
 
@@ -798,6 +800,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--curves",
         default=None,
         help="curves.json for the training-curve figure (default: next to the CSV, when there)",
+    )
+    s.add_argument(
+        "--baselines",
+        action="append",
+        default=[],
+        metavar="MODEL=COMPARE_DIR",
+        help="per model: a `mimkit compare` of its architecture from random initialisation (named scratch) with the "
+        "sweep's fine-tuning; results.md then shows it and the baselines that learn nothing beside the cells",
     )
     s.set_defaults(func=cmd_scaling)
     s = scaling.add_parser("collect", help="rebuild a sweep's results.csv from its run directories")

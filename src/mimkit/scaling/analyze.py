@@ -167,14 +167,23 @@ def scaling_fits(points: list[Point], flagged: set[tuple], form: str = "auto") -
 
 
 def analyze_table(
-    path: str | Path, out: str | Path, tolerance: float = 0.0, form: str = "auto", curves: str | Path | None = None
+    path: str | Path,
+    out: str | Path,
+    tolerance: float = 0.0,
+    form: str = "auto",
+    curves: str | Path | None = None,
+    baselines: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Read RESULTS.csv, write OUT/scaling.json and the figures; returns the JSON content."""
+    """Read RESULTS.csv, write OUT/scaling.json, OUT/results.md (mean ± std per cell; with `baselines`, MODEL=DIR
+    compare directories, each model's random-init and learn-nothing baselines beside it) and the figures; returns
+    the JSON content."""
+    from mimkit.scaling.baselines import load_baselines, results_markdown
     from mimkit.scaling.plots import draw_all
 
     out = Path(out)
     rows = read_table(path)
     points = aggregate(rows)
+    base = load_baselines(baselines or [], model_order(points))
     overfit = find_overfitting(points, tolerance)
     flagged = {tuple(k) for k in overfit["flagged"]}
     result = {
@@ -189,8 +198,12 @@ def analyze_table(
         "correlation": loss_accuracy_correlation(points),
         "fits": scaling_fits(points, flagged, form),
         "cells_table": [_cell(p) for p in points],
+        "baselines": {
+            m: [{"model": k[0], "protocol": k[1], **c} for k, c in cells.items()] for m, cells in base.items()
+        },
     }
     out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "results.md", results_markdown(result["cells_table"], base))
     curves_path = Path(curves) if curves else Path(path).parent / "curves.json"
     result["figures"] = [str(f) for f in draw_all(points, result, out, curves_path if curves_path.is_file() else None)]
     atomic_write_text(out / "scaling.json", json.dumps(result, indent=1, default=_jsonable))

@@ -15,7 +15,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from statistics import mean, pstdev
+from statistics import mean, stdev
 from typing import Any
 
 from mimkit.errors import ConfigError
@@ -48,7 +48,8 @@ SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 @dataclass
 class Point:
-    """One (model, data, iterations) cell; seeds averaged (`n` runs, `heldout_std` across them)."""
+    """One (model, data, iterations) cell; seeds averaged (`n` runs, `heldout_std` across them: the sample std, as
+    `mimkit compare` reports; extra holds finetune_std and finetune_n the same way)."""
 
     model: str
     params: float
@@ -150,6 +151,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Point]:
         for key in ("finetune_top1", "train_loss", "compute"):
             values = [r[key] for r in group if r[key] is not None]
             extra[key] = mean(values) if values else None
+            if key == "finetune_top1":
+                extra["finetune_std"] = stdev(values) if len(values) > 1 else 0.0
+                extra["finetune_n"] = len(values)
         points.append(
             Point(
                 model,
@@ -158,7 +162,7 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Point]:
                 group[0]["data_size"],
                 iterations,
                 mean(losses),
-                pstdev(losses) if len(losses) > 1 else 0.0,
+                stdev(losses) if len(losses) > 1 else 0.0,
                 len(group),
                 extra,
             )

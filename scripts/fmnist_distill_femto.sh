@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The TinyMIM ablation re-run with issue 19's protocols, CPU-sized: the 100-epoch MAE mim_vit_pico (0.68M encoder
+# parameters; scripts/fmnist_mae_long.sh, exported and committed) is the teacher, mim_vit_femto (3 blocks x 3 heads,
+# width 48, 0.09M) the student, 7.5x smaller (TinyMIM: ViT-B into ViT-S, 4x, and ViT-T, 15x). Students: each target
+# (cls, feature, qk, vv, qk+vv) from raw input, qk+vv from masked input (50%), all EPOCHS epochs of the 60,000
+# training images; a MAE-pretrained femto with the same image budget (mae) and with MAE_LONG_EPOCHS (mae_long: MIM
+# needs long schedules, distillation converges fast); a random femto (scratch). Every one is compared
+# by `mimkit compare` on all 60,000 labels next to the baselines that learn nothing: frozen (kNN, linear probe; the
+# teacher too) and fine-tuned (finetune_fmnist_pico's schedule), each cell judged on the test split, SEEDS seeds.
+#   bash scripts/fmnist_distill_femto.sh pretrain [OUT_DIR]   # resumable; ~15 min per student on 2 CPU cores
+#   bash scripts/fmnist_distill_femto.sh compare [OUT_DIR]    # resumable; frozen cells minutes, fine-tuning longer
+#   bash scripts/fmnist_distill_femto.sh keep|restore [OUT_DIR]
+# The compare's cell markers and tables are kept in docs/results/fmnist-distill-femto/ (KEEP) and restored from
+# there on a new machine, so measured cells are skipped. MODELS (e.g. "qkvv mae") and PROTOCOLS (e.g. knn,linprobe)
+# run a subset; SEEDS=1, 2, 3 adds seeds. TEACHER (an exported encoder or run), STUDENT_MODEL, EPOCHS and FT_EPOCHS
+# override the sizes; EXTRA adds --set words to every command (smoke runs).
+set -euo pipefail
+STAGE=${1:?usage: fmnist_distill_femto.sh pretrain|compare|keep|restore [OUT_DIR]}
+OUT=${2:-runs/fmnist-distill-femto}
+TEACHER=${TEACHER:-docs/results/fmnist-transfer/encoders/mae_ep100.safetensors}
+STUDENT_MODEL=${STUDENT_MODEL:-mim_vit_femto}
+EPOCHS=${EPOCHS:-10}
+MAE_LONG_EPOCHS=${MAE_LONG_EPOCHS:-50}
+FT_EPOCHS=${FT_EPOCHS:-15}
+SEEDS=${SEEDS:-3}
+KEEP=${KEEP:-docs/results/fmnist-distill-femto}
+PY=python
+[ -x .venv/bin/python ] && PY=.venv/bin/python
+M="$PY -m mimkit"
+source "$(dirname "$0")/lib/compare_keep.sh"
+warmup() { python3 -c "print(round($1 * $2, 3))"; }  # warmup EPOCHS SHARE: warm-up epochs
+read -r -a extra <<<"${EXTRA:-}"
+quiet=(--set train.tensorboard=false --set train.log_every=50 "${extra[@]}")
+# student name -> distill settings (the name is also the compare row)
+declare -A TARGETS=([cls]=cls [feature]=feature [qk]=qk [vv]=vv [qkvv]=qk+vv [qkvv_masked]=qk+vv)
+STUDENTS="qkvv qk vv cls feature qkvv_masked"
+finished() { [ -f "$1/results.json" ]; }
+case "$STAGE" in
+pretrain)
+  [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
+    "exports it) or set TEACHER" >&2; exit 2; }
+  for s in $STUDENTS; do  # TinyMIM's warm-up share (distill_fmnist_tiny: 50 of 800 steps); MAE's 5% (40 of 800)
+    finished "$OUT/students/$s" && continue
+    masked=()
+    [ "$s" = qkvv_masked ] && masked=(--set distill.mask_ratio=0.5)
+    $M distill --teacher "$TEACHER" --student "$STUDENT_MODEL" --out "$OUT/students/$s" --epochs "$EPOCHS" \
+      --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]}" "${masked[@]}" \
+      "${quiet[@]}"
+  done
+  for run in mae-student:$EPOCHS mae-student-long:$MAE_LONG_EPOCHS; do
+    finished "$OUT/${run%:*}" || $M pretrain --config mae_fmnist_tiny --out "$OUT/${run%:*}" --epochs "${run#*:}" \
+      --set train.warmup_epochs="$(warmup "${run#*:}" 0.05)" --set model.name="$STUDENT_MODEL" "${quiet[@]}"
+  done
+  ;;
+compare)
+  models=()
+  for m in ${MODELS:-$STUDENTS mae mae_long}; do
+    case $m in
+    mae) models+=(--init mae="$OUT/mae-student") ;;
+    mae_long) models+=(--init mae_long="$OUT/mae-student-long") ;;
+    *) [ -n "${TARGETS[$m]:-}" ] || { echo "unknown model '$m' in MODELS: $STUDENTS mae mae_long" >&2; exit 2; }
+      models+=(--init "$m=$OUT/students/$m") ;;
+    esac
+  done
+  models+=(--init scratch=scratch:"$OUT/mae-student")  # a random femto: the students' architecture
+  every=(--set model.name="$STUDENT_MODEL" --set model.init_scheme=mae --finetune-config finetune_fmnist_pico
+    --set-finetune train.epochs="$FT_EPOCHS" --set-finetune train.tensorboard=false "${extra[@]}")
+  cmp=$OUT/compare-classification-60k
+  restore_compare "$KEEP" "$cmp"
+  protocols=${PROTOCOLS:-knn,linprobe,finetune}
+  frozen=$(echo "$protocols" | tr , '\n' | grep -v '^finetune$' | paste -sd, || true)
+  if [ -n "$frozen" ]; then  # the teacher too: what the students are distilled from, frozen
+    $M compare "${models[@]}" --init teacher="$TEACHER" --out "$cmp" --protocols "$frozen" --tasks classification \
+      --seeds "$SEEDS" "${every[@]}"
+  fi
+  if [[ ,$protocols, == *,finetune,* ]]; then
+    $M compare "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
+  fi
+  keep_compare "$KEEP" "$cmp"
+  ;;
+keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" ;;
+*) echo "unknown stage '$STAGE': pretrain, compare, keep or restore" >&2; exit 2 ;;
+esac

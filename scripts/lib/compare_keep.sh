@@ -1,0 +1,37 @@
+# Sourced by the study scripts: a `mimkit compare` run in pieces keeps its small results in the repository.
+# keep_compare copies each finished cell's marker (cell.json: its config hash and row) into KEEP_DIR, with the tables
+# rebuilt from every finished cell (compare --tables-only: each invocation's own tables show only its cells);
+# restore_compare puts the markers back into a fresh run directory, so a new machine skips the cells already measured
+# (compare accepts a marker whose hash matches the cell's config) and the study goes on where it stopped. A compare
+# killed mid-way keeps its finished cells: each marker is written when its cell ends. Both need M (the mimkit command).
+
+keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR
+  local dest=$1/$(basename "$2") marker table
+  mkdir -p "$dest/cells"
+  for marker in "$2"/cells/*/cell.json; do
+    if [ -f "$marker" ]; then cp "$marker" "$dest/cells/$(basename "$(dirname "$marker")").json"; fi
+  done
+  if compgen -G "$2/cells/*/cell.json" >/dev/null; then $M compare --out "$2" --tables-only >/dev/null; fi
+  for table in results.csv summary.csv results.md; do
+    if [ -f "$2/$table" ]; then cp "$2/$table" "$dest/"; fi
+  done
+  return 0
+}
+
+restore_compare() {  # restore_compare KEEP_DIR COMPARE_DIR: never replaces a marker already there
+  local src=$1/$(basename "$2") marker name
+  for marker in "$src"/cells/*.json; do
+    [ -f "$marker" ] || continue
+    name=$(basename "$marker" .json)
+    [ -f "$2/cells/$name/cell.json" ] || { mkdir -p "$2/cells/$name" && cp "$marker" "$2/cells/$name/cell.json"; }
+  done
+  return 0
+}
+
+keep_or_restore_all() {  # keep_or_restore_all keep|restore OUT KEEP_DIR: every compare-* of OUT, or of KEEP_DIR
+  local from=$2 dir
+  [ "$1" = keep ] || from=$3
+  for dir in "$from"/compare-*; do
+    if [ -d "$dir" ]; then "$1_compare" "$3" "$2/$(basename "$dir")"; fi
+  done
+}

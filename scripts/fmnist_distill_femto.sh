@@ -2,9 +2,12 @@
 # The TinyMIM ablation re-run with issue 19's protocols, CPU-sized: the 100-epoch MAE mim_vit_pico (0.68M encoder
 # parameters; scripts/fmnist_mae_long.sh, exported and committed) is the teacher, mim_vit_femto (3 blocks x 3 heads,
 # width 48, 0.09M) the student, 7.5x smaller (TinyMIM: ViT-B into ViT-S, 4x, and ViT-T, 15x). Students: each target
-# (cls, feature, qk, vv, qk+vv) from raw input, qk+vv from masked input (50%), all EPOCHS epochs of the 60,000
-# training images; a MAE-pretrained femto with the same image budget (mae) and with MAE_LONG_EPOCHS (mae_long: MIM
-# needs long schedules, distillation converges fast); a random femto (scratch). Every one is compared
+# (cls, feature, qk, vv, qk+vv) from raw input, qk+vv from masked input (50%), qk+vv from the teacher's block
+# TEACHER_LAYER (4 of 6: TinyMIM's 18 of 24) instead of its last, and qk+vv sequentially through a mid-sized student
+# (seq_mid: 4 blocks x 3 heads, width 72, 0.25M; then seq: femto taught by seq_mid; TinyMIM's B -> S -> T), each run
+# EPOCHS epochs of the 60,000 training images; a MAE-pretrained femto with the same image budget (mae) and with
+# MAE_LONG_EPOCHS (mae_long: MIM needs long schedules, distillation converges fast); a random femto (scratch).
+# Every femto is compared
 # by `mimkit compare` on all 60,000 labels next to the baselines that learn nothing: frozen (kNN, linear probe; the
 # teacher too) and fine-tuned (finetune_fmnist_pico's schedule), each cell judged on the test split, SEEDS seeds.
 #   bash scripts/fmnist_distill_femto.sh pretrain [OUT_DIR]   # resumable; ~15 min per student on 2 CPU cores
@@ -21,6 +24,7 @@ TEACHER=${TEACHER:-docs/results/fmnist-transfer/encoders/mae_ep100.safetensors}
 STUDENT_MODEL=${STUDENT_MODEL:-mim_vit_femto}
 EPOCHS=${EPOCHS:-10}
 MAE_LONG_EPOCHS=${MAE_LONG_EPOCHS:-50}
+TEACHER_LAYER=${TEACHER_LAYER:-4}
 FT_EPOCHS=${FT_EPOCHS:-15}
 SEEDS=${SEEDS:-3}
 KEEP=${KEEP:-docs/results/fmnist-distill-femto}
@@ -31,21 +35,30 @@ source "$(dirname "$0")/lib/compare_keep.sh"
 warmup() { python3 -c "print(round($1 * $2, 3))"; }  # warmup EPOCHS SHARE: warm-up epochs
 read -r -a extra <<<"${EXTRA:-}"
 quiet=(--set train.tensorboard=false --set train.log_every=50 "${extra[@]}")
-# student name -> distill settings (the name is also the compare row)
-declare -A TARGETS=([cls]=cls [feature]=feature [qk]=qk [vv]=vv [qkvv]=qk+vv [qkvv_masked]=qk+vv)
-STUDENTS="qkvv qk vv cls feature qkvv_masked"
+# student name -> target (the name is also the compare row); the settings beyond the target are in settings()
+declare -A TARGETS=([cls]=cls [feature]=feature [qk]=qk [vv]=vv [qkvv]=qk+vv [qkvv_masked]=qk+vv
+  [qkvv_layer$TEACHER_LAYER]=qk+vv [seq]=qk+vv)
+STUDENTS="qkvv qk vv cls feature qkvv_masked qkvv_layer$TEACHER_LAYER seq"
+settings() {  # settings STUDENT: --teacher, --student and the options beyond the target
+  case $1 in
+  qkvv_masked) echo "--teacher $TEACHER --student $STUDENT_MODEL --set distill.mask_ratio=0.5" ;;
+  qkvv_layer*) echo "--teacher $TEACHER --student $STUDENT_MODEL --set distill.teacher_layer=$TEACHER_LAYER" ;;
+  seq_mid) echo "--teacher $TEACHER --student mim_vit_pico --set model.embed_dim=72 --set model.depth=4" ;;
+  seq) echo "--teacher $OUT/students/seq_mid --student $STUDENT_MODEL" ;;
+  *) echo "--teacher $TEACHER --student $STUDENT_MODEL" ;;
+  esac
+}
 finished() { [ -f "$1/results.json" ]; }
 case "$STAGE" in
 pretrain)
   [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
     "exports it) or set TEACHER" >&2; exit 2; }
-  for s in $STUDENTS; do  # TinyMIM's warm-up share (distill_fmnist_tiny: 50 of 800 steps); MAE's 5% (40 of 800)
+  # TinyMIM's warm-up share (distill_fmnist_tiny: 50 of 800 steps) for the students; MAE's 5% (40 of 800 epochs)
+  for s in seq_mid $STUDENTS; do  # seq_mid first: it teaches seq
     finished "$OUT/students/$s" && continue
-    masked=()
-    [ "$s" = qkvv_masked ] && masked=(--set distill.mask_ratio=0.5)
-    $M distill --teacher "$TEACHER" --student "$STUDENT_MODEL" --out "$OUT/students/$s" --epochs "$EPOCHS" \
-      --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]}" "${masked[@]}" \
-      "${quiet[@]}"
+    read -r -a how <<<"$(settings "$s")"
+    $M distill "${how[@]}" --out "$OUT/students/$s" --epochs "$EPOCHS" \
+      --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]:-qk+vv}" "${quiet[@]}"
   done
   for run in mae-student:$EPOCHS mae-student-long:$MAE_LONG_EPOCHS; do
     finished "$OUT/${run%:*}" || $M pretrain --config mae_fmnist_tiny --out "$OUT/${run%:*}" --epochs "${run#*:}" \

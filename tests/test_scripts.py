@@ -158,9 +158,10 @@ def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
 
 
 def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teacher_frozen_only(tmp_path):
-    """fmnist_distill_femto.sh distils each target (qk+vv also from masked input) and a MAE femto with the same
-    image budget, skips finished runs when started again, refuses a missing teacher by name, and compares the
-    students frozen next to the teacher but fine-tunes only the students and baselines."""
+    """fmnist_distill_femto.sh distils each target (qk+vv also from masked input, from an intermediate teacher block
+    and sequentially through a mid-sized student) and MAE femtos with the same and a longer image budget, skips
+    finished runs when started again, refuses a missing teacher by name, and compares the femtos frozen next to the
+    teacher but fine-tunes only the femtos and baselines."""
     env, calls = _stand_in_mimkit(tmp_path)
     script = ["bash", str(SCRIPTS / "fmnist_distill_femto.sh")]
     out = tmp_path / "study"
@@ -174,9 +175,14 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
     subprocess.run([*script, "pretrain", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
     lines = calls.read_text().splitlines()
     distills = [line for line in lines if line.startswith("-m mimkit distill")]
-    assert len(distills) == 6 and all(f"--teacher {teacher} --student mim_vit_femto" in d for d in distills)
-    assert all("--epochs 3 " in d and "train.warmup_epochs=0.2 " in d for d in distills)  # 1/15 of the epochs
+    assert len(distills) == 9 and all("--epochs 3 " in d and "train.warmup_epochs=0.2 " in d for d in distills)
     by_student = {d.split("--out ")[1].split()[0].rsplit("/", 1)[1]: d for d in distills}
+    assert list(by_student)[0] == "seq_mid"  # before the student it teaches
+    direct = [d for name, d in by_student.items() if name not in ("seq", "seq_mid")]
+    assert all(f"--teacher {teacher} --student mim_vit_femto " in d for d in direct)
+    assert "--student mim_vit_pico --set model.embed_dim=72 --set model.depth=4 " in by_student["seq_mid"]
+    assert f"--teacher {out}/students/seq_mid --student mim_vit_femto " in by_student["seq"]
+    assert "distill.teacher_layer=4 " in by_student["qkvv_layer4"] and "teacher_layer" not in by_student["qkvv"]
     assert "distill.targets=qk+vv" in by_student["qkvv"] and "mask_ratio" not in by_student["qkvv"]
     masked = by_student["qkvv_masked"]
     assert "distill.targets=qk+vv" in masked and "distill.mask_ratio=0.5" in masked
@@ -197,7 +203,8 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
     for command in (frozen, tuned):
         assert f"--init scratch=scratch:{out}/mae-student" in command and "--seeds 3 " in command
         assert f"--init qkvv_masked={out}/students/qkvv_masked" in command and "model.name=mim_vit_femto" in command
-        assert f"--init mae_long={out}/mae-student-long " in command
+        assert f"--init mae_long={out}/mae-student-long " in command and f"--init seq={out}/students/seq " in command
+        assert "seq_mid" not in command  # not a femto
 
     calls.unlink()
     subset = {**env, "MODELS": "qkvv mae", "PROTOCOLS": "knn"}

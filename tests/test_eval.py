@@ -425,6 +425,36 @@ def test_compare_cells_survive_new_presentation_keys_but_not_a_changed_setting(t
     assert recorded_row(tmp_path / "missing.json", cfg) is None
 
 
+def test_compare_cells_of_a_weights_file_are_keyed_by_its_content_and_old_markers_are_rekeyed(tmp_path):
+    """An exported encoder restored into another checkout is the same cell (its content, not its path, keys it), a
+    changed file is not; a marker written when the path keyed it still matches and is rewritten with today's hash.
+    Run directories keep their path as their identity."""
+    from mimkit.eval.compare import config_hash, recorded_row
+
+    here, there = tmp_path / "here" / "enc.safetensors", tmp_path / "there" / "moved.safetensors"
+    for path in (here, there):
+        path.parent.mkdir()
+        path.write_bytes(b"the same weights")
+    assert config_hash(tiny_config(f"init={here}")) == config_hash(tiny_config(f"init={there}"))
+    assert config_hash(tiny_config(f"init=timm:vit_tiny@{here}")) == config_hash(
+        tiny_config(f"init=timm:vit_tiny@{there}")
+    )
+    assert config_hash(tiny_config(f"init=timm:vit_tiny@{here}")) != config_hash(tiny_config(f"init={here}"))
+    run_a, run_b = tmp_path / "run_a", tmp_path / "run_b"
+    run_a.mkdir(), run_b.mkdir()
+    assert config_hash(tiny_config(f"init={run_a}")) != config_hash(tiny_config(f"init={run_b}"))
+
+    cfg = tiny_config(f"init={here}")
+    marker = tmp_path / "cell.json"
+    marker.write_text(json.dumps({"config_hash": config_hash(cfg, by_content=False), "row": {"value": 3}}))
+    assert recorded_row(marker, cfg) == {"value": 3}
+    assert json.loads(marker.read_text()) == {"config_hash": config_hash(cfg), "row": {"value": 3}}  # re-keyed
+    assert recorded_row(marker, tiny_config(f"init={there}")) == {"value": 3}  # another checkout's path
+
+    there.write_bytes(b"other weights")
+    assert recorded_row(marker, tiny_config(f"init={there}")) is None
+
+
 def test_compare_cells_recorded_before_the_probe_lr_search_existed_still_match_at_its_defaults(tmp_path):
     """A marker hashed before probe.lr_grid / probe.val_fraction existed matches a config that leaves them at their
     defaults (the same numbers), not one that searches an lr."""

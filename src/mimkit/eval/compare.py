@@ -8,6 +8,7 @@ every finished cell: results.csv, results.json and results.md, with the papers' 
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -159,9 +160,36 @@ ADDED_KEYS = ("loggers", "wandb_project", "wandb_mode")
 ADDED_AT_DEFAULT = {"probe": {"lr_grid": [], "val_fraction": 0.1}}
 
 
-def config_hash(cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, before_added: bool = False) -> str:
+@functools.lru_cache(maxsize=64)
+def _file_digest(path: str, size: int, mtime_ns: int) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def source_identity(init: Any) -> Any:
+    """A weights file (an exported encoder, `timm:NAME@FILE`) is the same model wherever the checkout lies: its cell
+    is keyed by the file's content, so a comparison kept in the repository and restored elsewhere reuses it. Run
+    directories and everything else keep their written form (a run grows; its path is its identity)."""
+    if not isinstance(init, str):
+        return init
+    prefix, file = (init.split("@", 1)[0] + "@", init.split("@", 1)[1]) if init.startswith("timm:") else ("", init)
+    path = Path(file)
+    if not file or not path.is_file():
+        return init
+    stat = path.stat()
+    return f"{prefix}sha256:{_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
+
+
+def config_hash(
+    cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, before_added: bool = False, by_content: bool = True
+) -> str:
     tree = cfg.to_dict()
     tree["train"] = {k: v for k, v in tree["train"].items() if k not in dropped}
+    if by_content:
+        tree["init"] = source_identity(tree.get("init"))
     if before_added:
         for section, defaults in ADDED_AT_DEFAULT.items():
             tree[section] = {k: v for k, v in tree[section].items() if k not in defaults or v != defaults[k]}
@@ -169,14 +197,23 @@ def config_hash(cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, befor
 
 
 def recorded_row(marker: Path, cfg: Config) -> dict[str, Any] | None:
-    """A finished cell's row, when its marker was written for this config (as hashed now, or before the added
-    keys); None when the cell has to run."""
+    """A finished cell's row, when its marker was written for this config (as hashed now, before the added keys, or
+    with a weights file named by its path rather than its content); None when the cell has to run. A marker
+    accepted under an older hash is rewritten with today's, so it travels (keep / restore) as today's."""
     if not marker.is_file():
         return None
     recorded = json.loads(marker.read_text())
-    eras = [(dropped, before) for dropped in (PRESENTATION_KEYS, ADDED_KEYS) for before in (False, True)]
-    hashes = {config_hash(cfg, dropped, before) for dropped, before in eras}
-    return recorded["row"] if recorded.get("config_hash") in hashes else None
+    eras = [
+        (dropped, before, content)
+        for dropped in (PRESENTATION_KEYS, ADDED_KEYS)
+        for before in (False, True)
+        for content in (True, False)
+    ]
+    if recorded.get("config_hash") not in {config_hash(cfg, *era) for era in eras}:
+        return None
+    if recorded["config_hash"] != config_hash(cfg):
+        atomic_write_text(marker, json.dumps({**recorded, "config_hash": config_hash(cfg)}, indent=1))
+    return recorded["row"]
 
 
 def run_cell(cell: Cell, cfg: Config, run_dir: Path) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mimkit.errors import ConfigError
+from mimkit.eval.compare import within_spread
 
 SCRATCH = "scratch"
 HOW_TO = (
@@ -62,16 +63,11 @@ def load_baselines(specs: list[str], models: list[str]) -> dict[str, dict[tuple[
     return {model: read_compare_summary(folder) for model, folder in parse_specs(specs, models).items()}
 
 
-def learns_nothing_bar(cells: dict[tuple[str, str], dict[str, Any]]) -> tuple[str, dict[str, Any]] | None:
+def learns_nothing_bar(cells: dict[tuple[str, str], dict[str, Any]]) -> float | None:
     """The best baseline that learns nothing (raw pixels' kNN or linear probe, the majority class): fine-tuning can
     learn any of them, so a fine-tuned cell at or under it measures the protocol."""
-    options = [(f"{m} {p}", c) for (m, p), c in cells.items() if c["baseline"]]
-    return max(options, key=lambda o: o[1]["mean"]) if options else None
-
-
-def spread(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """The margin a difference must exceed to be called one: the larger sample std, or 0 when either has one seed."""
-    return max(a["std"], b["std"]) if a["n"] >= 2 and b["n"] >= 2 else 0.0
+    options = [c["mean"] for c in cells.values() if c["baseline"]]
+    return max(options) if options else None
 
 
 def mean_std(value: float, std: float, n: int, digits: int) -> str:
@@ -102,13 +98,13 @@ def results_markdown(cells: list[dict[str, Any]], baselines: dict[str, dict]) ->
             if top1 is not None:
                 mine = {"mean": top1, "std": c.get("finetune_std") or 0.0, "n": c.get("finetune_n") or 1}
                 tuned = mean_std(top1, mine["std"], mine["n"], 2)
-                if bar is not None and top1 <= bar[1]["mean"]:
+                if bar is not None and top1 <= bar:
                     tuned += " †"
                     marked = True
                 if scratch is not None:
                     diff = top1 - scratch["mean"]
                     vs = f"{diff:+.2f}"
-                    if abs(diff) <= spread(mine, scratch):
+                    if abs(diff) <= within_spread(mine, scratch):
                         vs += " ≈"
                         close = True
             loss = mean_std(c["heldout_loss"], c.get("heldout_std") or 0.0, c.get("seeds", 1), 4)

@@ -440,6 +440,7 @@ def test_compare_cells_of_a_weights_file_are_keyed_by_its_content_and_old_marker
         tiny_config(f"init=timm:vit_tiny@{there}")
     )
     assert config_hash(tiny_config(f"init=timm:vit_tiny@{here}")) != config_hash(tiny_config(f"init={here}"))
+    assert config_hash(tiny_config("init=timm:vit_tiny")) != config_hash(tiny_config("init=timm:vit_small"))
     run_a, run_b = tmp_path / "run_a", tmp_path / "run_b"
     run_a.mkdir(), run_b.mkdir()
     assert config_hash(tiny_config(f"init={run_a}")) != config_hash(tiny_config(f"init={run_b}"))

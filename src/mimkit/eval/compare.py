@@ -175,7 +175,10 @@ def source_identity(init: Any) -> Any:
     directories and everything else keep their written form (a run grows; its path is its identity)."""
     if not isinstance(init, str):
         return init
-    prefix, file = (init.split("@", 1)[0] + "@", init.split("@", 1)[1]) if init.startswith("timm:") else ("", init)
+    prefix, file = "", init
+    if init.startswith("timm:"):  # timm:NAME@FILE keys by FILE; timm:NAME (the hub's weights) stays as written
+        name, _, file = init.partition("@")
+        prefix = f"{name}@"
     path = Path(file)
     if not file or not path.is_file():
         return init

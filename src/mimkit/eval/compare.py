@@ -214,8 +214,9 @@ def recorded_row(marker: Path, cfg: Config) -> dict[str, Any] | None:
     ]
     if recorded.get("config_hash") not in {config_hash(cfg, *era) for era in eras}:
         return None
-    if recorded["config_hash"] != config_hash(cfg):
-        atomic_write_text(marker, json.dumps({**recorded, "config_hash": config_hash(cfg)}, indent=1))
+    today = config_hash(cfg)
+    if recorded["config_hash"] != today:
+        atomic_write_text(marker, json.dumps({**recorded, "config_hash": today}, indent=1))
     return recorded["row"]
 
 
@@ -460,6 +461,11 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2, "depth_error": 4, "keypoint_error": 4}
 
 
+def mean_std(value: float, std: float, n: int, digits: int) -> str:
+    """A table cell: the mean, and ± the std when more than one seed made it."""
+    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
+
+
 def within_spread(a: dict[str, Any], b: dict[str, Any]) -> float:
     """The margin two summarized cells (mean, std, n) must exceed before their difference is called one: the larger
     sample std of the two. Zero when either is a single seed (no spread measured: the table says "one seed")."""
@@ -498,7 +504,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if row is None:
             return ""
         digits = DECIMALS.get(row["metric"], 3)
-        text = f"{row['mean']:.{digits}f}" + (f" ± {row['std']:.{digits}f}" if row["n"] > 1 else "")
+        text = mean_std(row["mean"], row["std"], row["n"], digits)
         bar = best_baseline(task, protocol)
         if not row["baseline"] and bar is not None:
             margin = row["mean"] - bar["mean"] if PRIMARY[task][1] else bar["mean"] - row["mean"]

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mimkit.errors import ConfigError
-from mimkit.eval.compare import within_spread
+from mimkit.eval.compare import mean_std, within_spread
 
 SCRATCH = "scratch"
 HOW_TO = (
@@ -68,10 +68,6 @@ def learns_nothing_bar(cells: dict[tuple[str, str], dict[str, Any]]) -> float | 
     learn any of them, so a fine-tuned cell at or under it measures the protocol."""
     options = [c["mean"] for c in cells.values() if c["baseline"]]
     return max(options) if options else None
-
-
-def mean_std(value: float, std: float, n: int, digits: int) -> str:
-    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
 
 
 def results_markdown(cells: list[dict[str, Any]], baselines: dict[str, dict]) -> str:

@@ -28,24 +28,30 @@ PY=python
 [ -x .venv/bin/python ] && PY=.venv/bin/python
 M="$PY -m mimkit"
 source "$(dirname "$0")/lib/compare_keep.sh"
-keep_rows() {  # the sweep's finished rows into KEEP/results.csv (a row of the same run is replaced)
+keep_rows() {  # the sweep's finished rows into KEEP/results.csv, their curves into KEEP/curves.json (a run's replaced)
   [ -f "$OUT/results.csv" ] || return 0
   mkdir -p "$KEEP"
-  python3 - "$OUT/results.csv" "$KEEP/results.csv" <<'EOF'
-import csv, os, sys
-new, kept = sys.argv[1], sys.argv[2]
-rows = {}
-for path in (kept, new):
-    if os.path.isfile(path):
-        with open(path, newline="") as fh:
+  python3 - "$OUT" "$KEEP" <<'EOF'
+import csv, json, os, sys
+out, keep = sys.argv[1], sys.argv[2]
+rows, curves = {}, {}
+for folder in (keep, out):
+    if os.path.isfile(f"{folder}/results.csv"):
+        with open(f"{folder}/results.csv", newline="") as fh:
             reader = csv.DictReader(fh)
             header = reader.fieldnames
             rows.update((row["run"], row) for row in reader)
-with open(kept + ".tmp", "w", newline="") as fh:
+    if os.path.isfile(f"{folder}/curves.json"):
+        with open(f"{folder}/curves.json") as fh:
+            curves.update(json.load(fh))
+with open(f"{keep}/results.csv.tmp", "w", newline="") as fh:
     writer = csv.DictWriter(fh, header)
     writer.writeheader()
     writer.writerows(rows.values())
-os.replace(kept + ".tmp", kept)
+with open(f"{keep}/curves.json.tmp", "w") as fh:
+    json.dump({run: c for run, c in curves.items() if run in rows}, fh)
+os.replace(f"{keep}/curves.json.tmp", f"{keep}/curves.json")
+os.replace(f"{keep}/results.csv.tmp", f"{keep}/results.csv")
 EOF
 }
 case "$STAGE" in

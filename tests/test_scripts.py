@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +221,8 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
 
 def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tmp_path):
     """fmnist_scaling_study.sh runs one seed of the sweep per piece and merges its finished rows into the kept
-    results.csv (a row of the same run replaced, other seeds' rows kept); the baselines stage compares each size from
+    results.csv and their curves into curves.json (a row of the same run replaced, other seeds' rows kept); the
+    baselines stage compares each size from
     random initialisation; the analysis reads the kept rows with every kept baseline comparison."""
     import csv
 
@@ -239,6 +241,8 @@ def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tm
 
     write(kept / "results.csv", [("femto-seed0", "0.5"), ("femto-seed1", "0.9")])  # seed 1 from an earlier try
     write(out / "results.csv", [("femto-seed1", "0.4"), ("pico-seed1", "0.3")])
+    (kept / "curves.json").write_text(json.dumps({"femto-seed0": "kept", "femto-seed1": "old", "gone": "x"}))
+    (out / "curves.json").write_text(json.dumps({"femto-seed1": "new", "pico-seed1": "new"}))
     subprocess.run([*script, "sweep", "1", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
     assert calls.read_text().splitlines() == [f"-m mimkit sweep --config scaling_fmnist_v2 --out {out} --only *-seed1"]
     with open(kept / "results.csv", newline="") as fh:
@@ -247,6 +251,12 @@ def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tm
             "femto-seed1": "0.4",
             "pico-seed1": "0.3",
         }
+    # each kept row's curves beside it (the turn-up check reads them): replaced by the newer run, none without a row
+    assert json.loads((kept / "curves.json").read_text()) == {
+        "femto-seed0": "kept",
+        "femto-seed1": "new",
+        "pico-seed1": "new",
+    }
 
     calls.unlink()
     subset = {**env, "MODELS": "mim_vit_pico mim_vit_nano", "SEEDS": "2"}
@@ -266,3 +276,32 @@ def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tm
         f"-m mimkit scaling analyze {kept}/results.csv --out {kept}/analysis "
         f"--baselines mim_vit_pico={kept}/compare-mim_vit_pico"
     ]
+
+
+def test_overfit_study_runs_the_long_sweep_through_the_scaling_study_stages(tmp_path):
+    """fmnist_overfit_study.sh (DS1) is the scaling study's stages with its own sweep and kept-results folder: one
+    seed per piece, rows kept, the analysis on the kept rows; a missing seed or an unknown stage is refused."""
+    import csv
+
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_overfit_study.sh")]
+    out = tmp_path / "study"
+    out.mkdir()
+    with open(out / "results.csv", "w", newline="") as fh:
+        csv.writer(fh).writerows([("run", "heldout_loss"), ("nano-seed2", "0.3")])
+    subprocess.run([*script, "sweep", "2", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert calls.read_text().splitlines() == [
+        f"-m mimkit sweep --config scaling_fmnist_overfit_long --out {out} --only *-seed2"
+    ]
+    kept = tmp_path / "docs/results/fmnist-overfit-long"
+    assert (kept / "results.csv").read_text().splitlines()[1] == "nano-seed2,0.3"
+
+    calls.unlink()
+    subprocess.run([*script, "analyze"], env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert calls.read_text().splitlines() == [
+        "-m mimkit scaling analyze docs/results/fmnist-overfit-long/results.csv "
+        "--out docs/results/fmnist-overfit-long/analysis"
+    ]
+    for args, needle in ((["sweep"], "sweep SEED"), (["baselines"], "unknown stage 'baselines'")):
+        bad = subprocess.run([*script, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
+        assert bad.returncode != 0 and needle in bad.stderr

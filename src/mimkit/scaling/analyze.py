@@ -1,6 +1,8 @@
 """`mimkit scaling analyze`: the data-scaling paper's questions asked of a results table.
 
 - overfit: does held-out loss rise when the same model on the same data trains longer? (and the train/held-out gap)
+- turnups: inside each run's evaluation curve (curves.json), does held-out loss turn up while the train-subset loss
+  keeps falling, by more than the noise over seeds? (turnup.py)
 - saturation: how much does the largest data size still help over the second largest, per model and length?
 - correlation: does held-out loss predict fine-tune top-1 (Pearson, Spearman; overall and per model)?
 - fits: power laws of held-out loss in params, compute and data, over the runs not flagged as over-fitting.
@@ -179,8 +181,11 @@ def analyze_table(
     the JSON content."""
     from mimkit.scaling.baselines import load_baselines, results_markdown
     from mimkit.scaling.plots import draw_all
+    from mimkit.scaling.turnup import draw_turnups, find_turnups, turnup_markdown
 
     out = Path(out)
+    curves_path = Path(curves) if curves else Path(path).parent / "curves.json"
+    run_curves = json.loads(curves_path.read_text()) if curves_path.is_file() else None
     rows = read_table(path)
     points = aggregate(rows)
     base = load_baselines(baselines or [], model_order(points))
@@ -194,6 +199,7 @@ def analyze_table(
         "data": data_order(points),
         "iterations": sorted({p.iterations for p in points}),
         "overfit": overfit,
+        "turnups": find_turnups(run_curves) if run_curves else [],
         "saturation": find_saturation(points),
         "correlation": loss_accuracy_correlation(points),
         "fits": scaling_fits(points, flagged, form),
@@ -203,9 +209,14 @@ def analyze_table(
         },
     }
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "results.md", results_markdown(result["cells_table"], base))
-    curves_path = Path(curves) if curves else Path(path).parent / "curves.json"
-    result["figures"] = [str(f) for f in draw_all(points, result, out, curves_path if curves_path.is_file() else None)]
+    turnups = turnup_markdown(result["turnups"])
+    atomic_write_text(
+        out / "results.md", results_markdown(result["cells_table"], base) + (f"\n{turnups}" if turnups else "")
+    )
+    figures = draw_all(points, result, out, curves_path if run_curves else None)
+    if result["turnups"]:
+        figures.append(draw_turnups(run_curves, result["turnups"], out / "turnup_curves.png"))
+    result["figures"] = [str(f) for f in figures]
     atomic_write_text(out / "scaling.json", json.dumps(result, indent=1, default=_jsonable))
     return result
 
@@ -225,6 +236,13 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
             for r in rises
         )
     )
+    for t in result.get("turnups", []):
+        if t.get("turned_up"):
+            lines.append(
+                f"held-out turn-up inside {t['model']} on {t['data']} ({t['iterations']:g} steps, {t['seeds']} seeds): "
+                f"lowest {t['min_loss']:.4f} at step {t['min_step']:g}, {t['final_loss']:.4f} at the end "
+                f"({t['reason']})"
+            )
     for s in result["saturation"]:
         lines.append(
             f"saturation {s['model']} @ {s['iterations']:g}: data {s['data_from']} -> {s['data_to']} "

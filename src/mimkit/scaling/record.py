@@ -105,6 +105,7 @@ def run_record(run_dir: Path, axes: dict[str, str], finetune_dir: Path | None = 
         "batch_size": t.batch_size,
         "model": row["model"],
         "data": row["data"],
+        "data_images": row["data_images"],
         "iterations": results["step"],
     }
     return {"row": row, "curves": curves}

@@ -9,8 +9,7 @@ set -uo pipefail
 OUT=${1:?usage: $(basename "$0") OUT_DIR [STEPS] [SECONDS_PER_RUN]}
 STEPS=${2:-1500}
 LIMIT=${3:-0}
-M="${PYTHON:-python3} -m mimkit"
-[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 DEV=${DEVICE:-auto}
 MODEL=${MODEL:-mim_vit_small}
 common=(--set device=$DEV --set model.name=$MODEL --set data.fraction=1.0 --set train.eval_every=500

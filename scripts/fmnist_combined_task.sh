@@ -15,9 +15,7 @@ EPOCHS=${EPOCHS:-10}
 FRACTION=${FRACTION:-0.1}
 SEEDS=${SEEDS:-3}
 WARMUP=${WARMUP:-1}
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-M="$PY -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 MAE=${MAE:-runs/demo-mae-fmnist}
 [ -f "$MAE/results.json" ] || $PY -m mimkit.demo --out "$MAE"   # `make demo`'s encoder (deterministic)
 [ -f "$OUT/pre/supervised/results.json" ] || \

@@ -28,9 +28,7 @@ TEACHER_LAYER=${TEACHER_LAYER:-4}
 FT_EPOCHS=${FT_EPOCHS:-15}
 SEEDS=${SEEDS:-3}
 KEEP=${KEEP:-docs/results/fmnist-distill-femto}
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-M="$PY -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 source "$(dirname "$0")/lib/compare_keep.sh"
 warmup() { python3 -c "print(round($1 * $2, 3))"; }  # warmup EPOCHS SHARE: warm-up epochs
 read -r -a extra <<<"${EXTRA:-}"

@@ -12,8 +12,7 @@ OUT=${2:?OUT_DIR}
 TSTEPS=${3:-1500}
 STEPS=${4:-500}
 LIMIT=${5:-0}
-M="${PYTHON:-python3} -m mimkit"
-[ -z "${PYTHON:-}" ] && [ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 DEV=${DEVICE:-auto}
 TEACHER_MODEL=${TEACHER_MODEL:-mim_vit_small}
 MID_MODEL=${MID_MODEL:-mim_vit_tiny}

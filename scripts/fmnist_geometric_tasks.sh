@@ -7,8 +7,7 @@
 #   bash scripts/fmnist_geometric_tasks.sh [OUT_DIR]     (resumable; CPU: about 45 minutes on 2 cores)
 set -euo pipefail
 OUT=${1:-runs/fmnist-geometric}
-M="python -m mimkit"
-[ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 $M compare --init scratch=scratch --out "$OUT" --protocols finetune \
   --tasks cluttered_localization,keypoints,depth,tracking --seeds 3 \
   --set model.name=mim_vit_pico --set model.init_scheme=mae --set data.fraction=0.1 \

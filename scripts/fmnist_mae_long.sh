@@ -21,9 +21,7 @@ KEEP_EVERY=${KEEP_EVERY:-5860}  # about 25 epochs of 234 steps
 STEPS_PER_EPOCH=234         # 60,000 images in whole batches of 256
 export SEEDS=${SEEDS:-3}
 TRANSFER=${TRANSFER:-runs/fmnist-transfer-v2}
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-M="$PY -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 ENCODERS=${ENCODERS:-docs/results/fmnist-transfer/encoders}
 epochs() { echo $((($1 + STEPS_PER_EPOCH / 2) / STEPS_PER_EPOCH)); }  # a step count in whole epochs
 PRE="$OUT/pre/mae"

@@ -4,10 +4,7 @@
 #   bash scripts/fmnist_scaling_knn.sh [SWEEP_DIR]          (about 10 minutes on 2 CPU cores)
 set -euo pipefail
 DIR=${1:-runs/fmnist-scaling}
-M="python -m mimkit"
-[ -x .venv/bin/python ] && M=".venv/bin/python -m mimkit"
-PY=python3
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+source "$(dirname "$0")/lib/mimkit.sh"
 for run in "$DIR"/runs/*/; do
   [ -f "$run/knn/knn.json" ] || [ -f "$run/knn/results.json" ] && continue
   $M knn --init "$run" --out "$run/knn" --set data.fraction=0.1 --set probe.pool=avg > "$run/knn.log" 2>&1

@@ -24,9 +24,7 @@ SEEDS=${SEEDS:-3}
 FT_EPOCHS=${FT_EPOCHS:-15}
 MODELS=${MODELS:-mim_vit_femto mim_vit_pico mim_vit_nano}
 KEEP=${KEEP:-docs/results/fmnist-scaling-v2}
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-M="$PY -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 source "$(dirname "$0")/lib/compare_keep.sh"
 keep_rows() {  # the sweep's finished rows into KEEP/results.csv, their curves into KEEP/curves.json (a run's replaced)
   [ -f "$OUT/results.csv" ] || return 0

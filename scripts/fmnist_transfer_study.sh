@@ -8,6 +8,7 @@
 #   bash scripts/fmnist_transfer_study.sh geometric [OUT_DIR]        # resumable; about 90 minutes
 #   PRE_SEED=1 bash scripts/fmnist_transfer_study.sh pretrain [OUT_DIR]  # the four encoders again with seed 1
 #   bash scripts/fmnist_transfer_study.sh attention [OUT_DIR]        # analyse every pretraining seed, then pool
+#   bash scripts/fmnist_transfer_study.sh attention-long [OUT_DIR]   # the same at the longest training (below)
 # Pretraining: every encoder sees the same 800 steps of 256 images (3.4 epochs of the 60,000 training images): MAE
 # is `make demo`'s encoder (mae_fmnist_tiny), SimMIM simmim_fmnist_tiny, MoCo v3 mocov3_fmnist_tiny, supervised
 # supervised_fmnist_tiny, each recipe as shipped. Evaluation: 6,000 labelled images (10% class-balanced); kNN and
@@ -17,21 +18,24 @@
 # Attention (the Dark Secrets analyses, issue 19 items 5-6): `analyze report --foreground` of the four encoders and
 # a random one on 1,000 test images per pretraining seed (OUT/pre = seed 0, OUT/pre-sN = seed N), then `analyze
 # seeds` pools them (mean +- std over pretraining seeds).
+# attention-long: the Dark Secrets analyses at the longest training the study has: MAE pretrained 100 epochs (LONG_MAE,
+# the committed encoder of scripts/fmnist_mae_long.sh), a supervised pico trained from scratch for 15 epochs on all
+# labels (classification-60k's scratch fine-tune cell) and that MAE encoder after its own fine-tuning (its mae_ep100
+# cell, paired before/after), next to a random pico; one report per seed whose two cells have finished (the seeds
+# vary the supervised model and MAE's fine-tune; the 100-epoch pretraining is one run), pooled by `analyze seeds`.
 # classification-60k: the same comparison on all 60,000 labels, where the fine-tuning recipe reaches 89%; its cell
 # markers and tables are kept in docs/results/fmnist-transfer/ (KEEP) and restored from there on a new machine.
 # MODELS (e.g. "mae scratch") and PROTOCOLS (e.g. knn,linprobe) run a subset first; SEEDS=1, 2, 3 adds seeds.
 # STEPS, FT_EPOCHS, TASK_EPOCHS, FT_WARMUP and SEEDS override the sizes (smoke runs only).
 set -euo pipefail
-STAGE=${1:?usage: fmnist_transfer_study.sh pretrain|classification|classification-60k|geometric|attention|keep|restore [OUT_DIR]}
+STAGE=${1:?usage: fmnist_transfer_study.sh pretrain|classification|classification-60k|geometric|attention|attention-long|keep|restore [OUT_DIR]}
 OUT=${2:-runs/fmnist-transfer}
 STEPS=${STEPS:-800}
 FT_EPOCHS=${FT_EPOCHS:-15}
 TASK_EPOCHS=${TASK_EPOCHS:-10}
 FT_WARMUP=${FT_WARMUP:-1}
 SEEDS=${SEEDS:-3}
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
-M="$PY -m mimkit"
+source "$(dirname "$0")/lib/mimkit.sh"
 PRE_SEED=${PRE_SEED:-0}
 PRE=$OUT/pre
 [ "$PRE_SEED" = 0 ] || PRE=$OUT/pre-s$PRE_SEED
@@ -109,6 +113,29 @@ attention)
   [ ${#pooled[@]} -ge 4 ] || { echo "[study] fewer than 2 pretraining seeds analysed: nothing to pool" >&2; exit 0; }
   $M analyze seeds "${pooled[@]}" --out "$OUT/attention/seeds"
   ;;
-*) echo "unknown stage '$STAGE': pretrain, classification, classification-60k, geometric, attention, keep or restore" >&2
+attention-long)
+  LONG_MAE=${LONG_MAE:-docs/results/fmnist-transfer/encoders/mae_ep100.safetensors}
+  [ -f "$LONG_MAE" ] || { echo "no 100-epoch MAE encoder at $LONG_MAE: set LONG_MAE" >&2; exit 2; }
+  cells=$OUT/compare-classification-60k/cells
+  pooled=()
+  for seed in 0 1 2; do
+    suffix=""
+    [ "$seed" = 0 ] || suffix=__seed$seed
+    sup=$cells/scratch__finetune__classification$suffix
+    ft=$cells/mae_ep100__finetune__classification$suffix
+    if [ ! -f "$sup/results.json" ] || [ ! -f "$ft/results.json" ]; then
+      echo "[study] seed $seed skipped: fine-tune cells not finished: $sup, $ft" >&2
+      continue
+    fi
+    an=$OUT/attention-long/seed$seed
+    [ -f "$an/report.html" ] || $M analyze report --model mae="$LONG_MAE" --model supervised="$sup" \
+      --model mae_ft="$ft" --pair mae,mae_ft --model random=scratch:"$sup" --set model.name=mim_vit_pico \
+      --set model.init_scheme=mae --set seed="$seed" --images 1000 --foreground --out "$an"
+    pooled+=(--from "$an")
+  done
+  [ ${#pooled[@]} -ge 4 ] || { echo "[study] fewer than 2 seeds analysed: nothing to pool" >&2; exit 0; }
+  $M analyze seeds "${pooled[@]}" --out "$OUT/attention-long/seeds"
+  ;;
+*) echo "unknown stage '$STAGE': pretrain, classification, classification-60k, geometric, attention, attention-long, keep or restore" >&2
   exit 2 ;;
 esac

@@ -15,8 +15,7 @@ STEPS=${STEPS:-300}
 BATCH=${BATCH:-128}
 WARMUP=${WARMUP:-20}
 mkdir -p "$OUT"
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+source "$(dirname "$0")/lib/mimkit.sh"
 for seed in $SEEDS; do
   for lr in $LRS; do
     for family in $FAMILIES; do

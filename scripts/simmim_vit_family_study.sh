@@ -6,8 +6,7 @@
 set -euo pipefail
 OUT=${1:-runs/simmim-vit-family}
 mkdir -p "$OUT"
-PY=python
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+source "$(dirname "$0")/lib/mimkit.sh"
 for seed in 0 1 2; do
   for family in beit vit; do
     $PY -m mimkit pretrain --config simmim_fmnist_tiny --out "$OUT/$family-s$seed" --set model.family=$family --set train.base_lr=2e-4 \

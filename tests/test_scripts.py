@@ -114,6 +114,7 @@ def test_mae_long_compare_evaluates_kept_encoders_and_finetunes_only_the_finishe
     import shutil
 
     shutil.copy(SCRIPTS / "fmnist_mae_long.sh", tmp_path)
+    shutil.copytree(SCRIPTS / "lib", tmp_path / "lib")
     calls = tmp_path / "calls.txt"
     (tmp_path / "fmnist_transfer_study.sh").write_text(f'echo "$MODELS | $PROTOCOLS | $1 $2" >> {calls}\n')
     run = ["bash", str(tmp_path / "fmnist_mae_long.sh"), "compare", str(tmp_path / "long")]
@@ -305,3 +306,68 @@ def test_overfit_study_runs_the_long_sweep_through_the_scaling_study_stages(tmp_
     for args, needle in ((["sweep"], "sweep SEED"), (["baselines"], "unknown stage 'baselines'")):
         bad = subprocess.run([*script, *args], env=env, cwd=tmp_path, capture_output=True, text=True)
         assert bad.returncode != 0 and needle in bad.stderr
+
+
+def test_study_scripts_pick_python_from_python_env_then_venv_then_path(tmp_path):
+    """scripts/lib/mimkit.sh: PYTHON wins, then the checkout's .venv (make setup), then python on PATH."""
+    lib = SCRIPTS / "lib" / "mimkit.sh"
+
+    def command(env_extra: dict[str, str]) -> str:
+        env = {k: v for k, v in cli_env().items() if k != "PYTHON"} | env_extra
+        done = subprocess.run(
+            ["bash", "-c", f'source {lib} && echo "$M"'], env=env, cwd=tmp_path, capture_output=True, text=True
+        )
+        return done.stdout.strip()
+
+    assert command({}) in ("python -m mimkit", "python3 -m mimkit")  # python where PATH has one
+    venv = tmp_path / ".venv" / "bin" / "python"
+    venv.parent.mkdir(parents=True)
+    venv.write_text("#!/bin/sh\n")
+    venv.chmod(0o755)
+    assert command({}) == ".venv/bin/python -m mimkit"
+    assert command({"PYTHON": "/opt/py/bin/python3"}) == "/opt/py/bin/python3 -m mimkit"
+
+
+def test_transfer_attention_long_analyses_each_seed_with_finished_cells_and_pools_them(tmp_path):
+    """fmnist_transfer_study.sh attention-long: one report per seed whose scratch (supervised from scratch) and
+    mae_ep100 fine-tune cells have finished, with the 100-epoch encoder paired with its fine-tune, then the pooled
+    seeds; a missing encoder is refused by name."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_transfer_study.sh"), "attention-long", "study"]
+    encoder = tmp_path / "mae_ep100.safetensors"
+    env = {**env, "LONG_MAE": str(encoder)}
+    missing = subprocess.run(script, env=env, cwd=tmp_path, capture_output=True, text=True)
+    assert missing.returncode == 2 and f"no 100-epoch MAE encoder at {encoder}" in missing.stderr
+
+    encoder.write_bytes(b"")
+    cells = tmp_path / "study/compare-classification-60k/cells"
+    finished = [
+        "scratch__finetune__classification",
+        "mae_ep100__finetune__classification",
+        "scratch__finetune__classification__seed1",  # seed 1: MAE's fine-tune still running
+        "scratch__finetune__classification__seed2",
+        "mae_ep100__finetune__classification__seed2",
+    ]
+    for name in finished:
+        (cells / name).mkdir(parents=True)
+        (cells / name / "results.json").write_text("{}")
+    done = subprocess.run(script, env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    assert "seed 1 skipped" in done.stderr
+    seed0, seed2, pooled = calls.read_text().splitlines()
+    for seed, line in ((0, seed0), (2, seed2)):
+        suffix = "" if seed == 0 else f"__seed{seed}"
+        assert line.startswith(f"-m mimkit analyze report --model mae={encoder} ")
+        assert (
+            f"--model supervised=study/compare-classification-60k/cells/scratch__finetune__classification{suffix} "
+            in line
+        )
+        assert (
+            f"--model mae_ft=study/compare-classification-60k/cells/mae_ep100__finetune__classification{suffix} "
+            in line
+        )
+        assert "--pair mae,mae_ft " in line and f"--set seed={seed} " in line and "--foreground" in line
+        assert line.endswith(f"--out study/attention-long/seed{seed}")
+    assert pooled == (
+        "-m mimkit analyze seeds --from study/attention-long/seed0 --from study/attention-long/seed2 "
+        "--out study/attention-long/seeds"
+    )

@@ -89,10 +89,12 @@ def turnup_of(heldout: list[list[list[float]]], train_fixed: list[list[list[floa
         big = out["rise"] > ratio * noise
         falling = out["train_drop"] > 0
         out["turned_up"] = bool(big and falling)
-        out["reason"] = (
-            f"rise {out['rise']:+.4f} {'>' if big else '<='} {ratio:g} x noise {noise:.4f}; "
-            f"train-subset loss {'fell' if falling else 'did not fall'} by {out['train_drop']:+.4f} after the minimum"
+        train = (
+            f"train-subset loss fell by {out['train_drop']:.4f} after the minimum"
+            if falling
+            else f"train-subset loss did not fall after the minimum ({-out['train_drop']:+.4f})"
         )
+        out["reason"] = f"rise {out['rise']:+.4f} {'>' if big else '<='} {ratio:g} x noise {noise:.4f}; {train}"
     return out
 
 

@@ -6,6 +6,8 @@
 #   bash scripts/fmnist_transfer_study.sh classification [OUT_DIR]   # resumable; about 80 minutes
 #   bash scripts/fmnist_transfer_study.sh classification-60k [OUT_DIR]  # every label; ~30 min per fine-tune cell
 #   bash scripts/fmnist_transfer_study.sh geometric [OUT_DIR]        # resumable; about 90 minutes
+#   bash scripts/fmnist_transfer_study.sh fine-grained [OUT_DIR]     # the four tops only (below)
+#   bash scripts/fmnist_transfer_study.sh concept [OUT_DIR]          # supervised on classes 0-4, transfer to 5-9
 #   PRE_SEED=1 bash scripts/fmnist_transfer_study.sh pretrain [OUT_DIR]  # the four encoders again with seed 1
 #   bash scripts/fmnist_transfer_study.sh attention [OUT_DIR]        # analyse every pretraining seed, then pool
 #   bash scripts/fmnist_transfer_study.sh attention-long [OUT_DIR]   # the same at the longest training (below)
@@ -23,12 +25,17 @@
 # labels (classification-60k's scratch fine-tune cell) and that MAE encoder after its own fine-tuning (its mae_ep100
 # cell, paired before/after), next to a random pico; one report per seed whose two cells have finished (the seeds
 # vary the supervised model and MAE's fine-tune; the 100-epoch pretraining is one run), pooled by `analyze seeds`.
+# fine-grained: the four tops Fashion-MNIST confuses most (T-shirt, pullover, coat, shirt; data.class_subset), every
+# label of them (24,000 images), the 4,000 test images of those classes. concept: the "categories covered by
+# supervised pretraining" test: a supervised encoder pretrained on classes 0-4 only (PRE/supervised_0to4, the same
+# 800 steps) beside every encoder, all transferred to classes 5-9 (30,000 labels). Both compare with
+# classification-60k's protocols, and keep their cells as it does.
 # classification-60k: the same comparison on all 60,000 labels, where the fine-tuning recipe reaches 89%; its cell
 # markers and tables are kept in docs/results/fmnist-transfer/ (KEEP) and restored from there on a new machine.
 # MODELS (e.g. "mae scratch") and PROTOCOLS (e.g. knn,linprobe) run a subset first; SEEDS=1, 2, 3 adds seeds.
 # STEPS, FT_EPOCHS, TASK_EPOCHS, FT_WARMUP and SEEDS override the sizes (smoke runs only).
 set -euo pipefail
-STAGE=${1:?usage: fmnist_transfer_study.sh pretrain|classification|classification-60k|geometric|attention|attention-long|keep|restore [OUT_DIR]}
+STAGE=${1:?usage: fmnist_transfer_study.sh pretrain|classification|classification-60k|geometric|fine-grained|concept|attention|attention-long|keep|restore [OUT_DIR]}
 OUT=${2:-runs/fmnist-transfer}
 STEPS=${STEPS:-800}
 FT_EPOCHS=${FT_EPOCHS:-15}
@@ -86,6 +93,22 @@ classification-60k)  # every label: where the fine-tuning recipe reaches 89%; PR
     --tasks classification --seeds "$SEEDS" "${every[@]}" --set-finetune train.epochs="$FT_EPOCHS"
   keep_compare "$KEEP" "$OUT/compare-classification-60k"
   ;;
+fine-grained | concept)
+  extra=()
+  subset="[0,2,4,6]"
+  if [ "$STAGE" = concept ]; then
+    subset="[5,6,7,8,9]"
+    [ -f "$PRE/supervised_0to4/results.json" ] || $M pretrain --config supervised_fmnist_tiny \
+      --out "$PRE/supervised_0to4" --steps "$STEPS" --set seed="$PRE_SEED" --set "data.class_subset=[0,1,2,3,4]" \
+      "${quiet[@]}"
+    extra=(--init supervised_0to4="$PRE/supervised_0to4")
+  fi
+  restore_compare "$KEEP" "$OUT/compare-$STAGE"
+  $M compare "${inits[@]}" "${extra[@]}" --out "$OUT/compare-$STAGE" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
+    --tasks classification --seeds "$SEEDS" "${every[@]}" --set "data.class_subset=$subset" \
+    --set-finetune train.epochs="$FT_EPOCHS"
+  keep_compare "$KEEP" "$OUT/compare-$STAGE"
+  ;;
 geometric)
   $M compare "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
     --tasks cluttered_localization --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
@@ -136,6 +159,7 @@ attention-long)
   [ ${#pooled[@]} -ge 4 ] || { echo "[study] fewer than 2 seeds analysed: nothing to pool" >&2; exit 0; }
   $M analyze seeds "${pooled[@]}" --out "$OUT/attention-long/seeds"
   ;;
-*) echo "unknown stage '$STAGE': pretrain, classification, classification-60k, geometric, attention, attention-long, keep or restore" >&2
+*) echo "unknown stage '$STAGE': pretrain, classification, classification-60k, geometric, fine-grained, concept, attention,\
+ attention-long, keep or restore" >&2
   exit 2 ;;
 esac

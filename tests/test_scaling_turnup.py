@@ -32,6 +32,19 @@ def falling(seed: int) -> np.ndarray:
     return 0.6 - 0.01 * np.arange(len(STEPS)) + 0.002 * seed
 
 
+def run_curves(model: str, held: np.ndarray, train: np.ndarray) -> dict:
+    """One run's entry of a sweep's curves.json: 2,000 steps of 32 on 600 images of data 0.01."""
+    return {
+        "model": model,
+        "data": 0.01,
+        "iterations": 2000,
+        "batch_size": 32,
+        "data_images": 600,
+        "heldout": curve(held),
+        "train_fixed": curve(train),
+    }
+
+
 def test_a_turn_up_beyond_the_noise_is_called_and_measured_at_the_mean_curves_minimum():
     held = [curve(u_shape(s)) for s in range(3)]
     train = [curve(falling(s)) for s in range(3)]
@@ -73,26 +86,8 @@ def test_no_call_when_the_train_subset_loss_rises_too_or_the_noise_cannot_be_mea
 
 
 def test_find_turnups_groups_seeds_per_model_data_and_length():
-    curves = {}
-    for s in range(3):
-        curves[f"big-d1-seed{s}"] = {
-            "model": "big",
-            "data": 0.01,
-            "iterations": 2000,
-            "batch_size": 32,
-            "data_images": 600,
-            "heldout": curve(u_shape(s)),
-            "train_fixed": curve(falling(s)),
-        }
-        curves[f"small-d1-seed{s}"] = {
-            "model": "small",
-            "data": 0.01,
-            "iterations": 2000,
-            "batch_size": 32,
-            "data_images": 600,
-            "heldout": curve(falling(s)),
-            "train_fixed": curve(falling(s)),
-        }
+    curves = {f"big-seed{s}": run_curves("big", u_shape(s), falling(s)) for s in range(3)}
+    curves |= {f"small-seed{s}": run_curves("small", falling(s), falling(s)) for s in range(3)}
     found = {(e["model"], e["data"]): e for e in find_turnups(curves)}
     assert set(found) == {("big", "0.01"), ("small", "0.01")}
     assert found[("big", "0.01")]["seeds"] == 3 and found[("big", "0.01")]["turned_up"] is True
@@ -118,15 +113,7 @@ def test_scaling_analyze_reports_turn_ups_from_curves_json(tmp_path: Path):
                     "train_loss": falling(s)[-1],
                 }
             )
-            curves[run] = {
-                "model": model,
-                "data": 0.01,
-                "iterations": 2000,
-                "batch_size": 32,
-                "data_images": 600,
-                "heldout": curve(held),
-                "train_fixed": curve(falling(s)),
-            }
+            curves[run] = run_curves(model, held, falling(s))
     with open(tmp_path / "results.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, list(rows[0]))
         writer.writeheader()

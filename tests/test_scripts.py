@@ -371,3 +371,30 @@ def test_transfer_attention_long_analyses_each_seed_with_finished_cells_and_pool
         "-m mimkit analyze seeds --from study/attention-long/seed0 --from study/attention-long/seed2 "
         "--out study/attention-long/seeds"
     )
+
+
+def test_transfer_fine_grained_and_concept_stages_compare_on_class_subsets(tmp_path):
+    """fine-grained compares every encoder on the four tops; concept first pretrains a supervised encoder on classes
+    0-4 (once), then compares it with every encoder on classes 5-9; both keep their cells."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_transfer_study.sh")]
+    env = {**env, "KEEP": str(tmp_path / "kept"), "SEEDS": "2"}
+    subprocess.run([*script, "fine-grained", "study"], env=env, cwd=tmp_path, check=True, capture_output=True)
+    compares = [line for line in calls.read_text().splitlines() if "--out study/compare-fine-grained " in line]
+    (tops,) = [line for line in compares if "--tables-only" not in line]
+    assert "--set data.class_subset=[0,2,4,6] " in tops and "--seeds 2 " in tops
+    assert "--init scratch=scratch:" in tops and "--init supervised=study/pre/supervised " in tops
+    assert "--protocols knn,linprobe,finetune " in tops and "supervised_0to4" not in tops
+
+    calls.unlink()
+    subprocess.run([*script, "concept", "study"], env=env, cwd=tmp_path, check=True, capture_output=True)
+    lines = calls.read_text().splitlines()
+    assert lines[0].startswith("-m mimkit pretrain --config supervised_fmnist_tiny --out study/pre/supervised_0to4 ")
+    assert "--set data.class_subset=[0,1,2,3,4] " in lines[0] and "--steps 800 " in lines[0]
+    (concept,) = [line for line in lines if "--out study/compare-concept " in line and "--tables-only" not in line]
+    assert "--init supervised_0to4=study/pre/supervised_0to4 " in concept
+    assert "--set data.class_subset=[5,6,7,8,9] " in concept and "--init supervised=study/pre/supervised " in concept
+
+    calls.unlink()
+    subprocess.run([*script, "concept", "study"], env=env, cwd=tmp_path, check=True, capture_output=True)
+    assert not any("pretrain" in line for line in calls.read_text().splitlines())  # pretrained once

@@ -398,3 +398,21 @@ def test_transfer_fine_grained_and_concept_stages_compare_on_class_subsets(tmp_p
     calls.unlink()
     subprocess.run([*script, "concept", "study"], env=env, cwd=tmp_path, check=True, capture_output=True)
     assert not any("pretrain" in line for line in calls.read_text().splitlines())  # pretrained once
+
+
+def test_combined_task_takes_an_exported_mae_encoder_and_extra_models(tmp_path):
+    """fmnist_combined_task.sh: MAE may be an exported encoder file (no demo run then), EXTRA_MODELS adds NAME=SOURCE
+    encoders to the same comparison, and a malformed extra is refused by name."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_combined_task.sh"), "out"]
+    encoder = tmp_path / "mae_ep100.safetensors"
+    encoder.write_bytes(b"")
+    env = {**env, "MAE": str(encoder), "EXTRA_MODELS": f"long={encoder} other=runs/x"}
+    subprocess.run(script, env=env, cwd=tmp_path, check=True, capture_output=True)
+    pretrain, compare = calls.read_text().splitlines()
+    assert pretrain.startswith("-m mimkit pretrain --config supervised_fmnist_tiny --out out/pre/supervised ")
+    assert compare.startswith(f"-m mimkit compare --init mae={encoder} --init supervised=out/pre/supervised ")
+    assert f"--init scratch=scratch --init long={encoder} --init other=runs/x --out out/compare " in compare
+    assert "mimkit.demo" not in calls.read_text()
+    bad = subprocess.run(script, env={**env, "EXTRA_MODELS": "long"}, cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "'long' is not NAME=SOURCE" in bad.stderr

@@ -157,14 +157,12 @@ def draw_turnups(curves: dict[str, Any], entries: list[dict[str, Any]], path: Pa
     fig, axes = _panels(max(1, len(models)), "held-out loss (solid) and train-subset loss (dashed), fixed masks")
     colors = dict(zip(datas, _plt().cm.plasma(np.linspace(0, 0.8, max(len(datas), 1)))))
     for ax, model in zip(axes, models):
+        images = None
         for data in datas:
             e = longest.get((model, data))
             if e is None:
                 continue
-            cell = (model, data, e["iterations"])
-            runs = [
-                c for c in curves.values() if (str(c.get("model")), str(c.get("data")), c.get("iterations")) == cell
-            ]
+            runs = [c for c in curves.values() if _cell_of(c) == (model, data, e["iterations"])]
             images = runs[0].get("data_images")  # None in curves.json files written before the turn-up check
             scale = runs[0].get("batch_size", 1) / images if images else 1.0  # steps -> epochs of the subset
             for split, style in (("heldout", "-"), ("train_fixed", "--")):

@@ -213,7 +213,7 @@ def analyze_table(
     atomic_write_text(
         out / "results.md", results_markdown(result["cells_table"], base) + (f"\n{turnups}" if turnups else "")
     )
-    figures = draw_all(points, result, out, curves_path if run_curves else None)
+    figures = draw_all(points, result, out, run_curves)
     if result["turnups"]:
         figures.append(draw_turnups(run_curves, result["turnups"], out / "turnup_curves.png"))
     result["figures"] = [str(f) for f in figures]

@@ -3,7 +3,6 @@ panel per value of the third; over-fit cells marked, fitted power laws dashed.""
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -103,7 +102,7 @@ def _line_plot(
     return _save(fig, path)
 
 
-def draw_all(points: list[Point], result: dict[str, Any], out: Path, curves_path: Path | None) -> list[Path]:
+def draw_all(points: list[Point], result: dict[str, Any], out: Path, curves: dict[str, Any] | None) -> list[Path]:
     flagged = {tuple(k) for k in result["overfit"]["flagged"]}
     models, datas = model_order(points), data_order(points)
     iterations = sorted({p.iterations for p in points})
@@ -166,8 +165,8 @@ def draw_all(points: list[Point], result: dict[str, Any], out: Path, curves_path
         figures.append(_accuracy_plot(points, result["correlation"], models, out / "loss_vs_finetune.png"))
     if any(p.get("train_loss") is not None for p in points):
         figures.append(_gap_plot(points, models, datas, out / "train_heldout_gap.png"))
-    if curves_path is not None:
-        figures.append(_curves_plot(json.loads(curves_path.read_text()), models, datas, out / "heldout_curves.png"))
+    if curves is not None:  # a sweep's curves.json, read once by the caller
+        figures.append(_curves_plot(curves, models, datas, out / "heldout_curves.png"))
     return figures
 
 

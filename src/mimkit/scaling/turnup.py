@@ -32,7 +32,8 @@ def _aligned(curves: list[list[list[float]]]) -> tuple[list[float], np.ndarray] 
     if not common:
         return None
     steps = sorted(common)
-    table = np.array([[dict((s, v) for s, v in c)[step] for step in steps] for c in curves], dtype=float)
+    lookups = [dict((s, v) for s, v in c) for c in curves]
+    table = np.array([[lookup[step] for step in steps] for lookup in lookups], dtype=float)
     return steps, table
 
 
@@ -89,12 +90,12 @@ def turnup_of(heldout: list[list[list[float]]], train_fixed: list[list[list[floa
         big = out["rise"] > ratio * noise
         falling = out["train_drop"] > 0
         out["turned_up"] = bool(big and falling)
-        train = (
+        after = (
             f"train-subset loss fell by {out['train_drop']:.4f} after the minimum"
             if falling
             else f"train-subset loss did not fall after the minimum ({-out['train_drop']:+.4f})"
         )
-        out["reason"] = f"rise {out['rise']:+.4f} {'>' if big else '<='} {ratio:g} x noise {noise:.4f}; {train}"
+        out["reason"] = f"rise {out['rise']:+.4f} {'>' if big else '<='} {ratio:g} x noise {noise:.4f}; {after}"
     return out
 
 

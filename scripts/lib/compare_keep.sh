@@ -1,6 +1,6 @@
 # Sourced by the study scripts: a `mimkit compare` run in pieces keeps its small results in the repository.
 # keep_compare copies each finished cell's marker (cell.json: its config hash and row) into KEEP_DIR, with the tables
-# rebuilt from every finished cell (compare --tables-only: each invocation's own tables show only its cells);
+# and figure rebuilt from every finished cell (compare --tables-only: each invocation's own tables show only its cells);
 # restore_compare puts the markers back into a fresh run directory, so a new machine skips the cells already measured
 # (compare accepts a marker whose hash matches the cell's config) and the study goes on where it stopped. A compare
 # killed mid-way keeps its finished cells: each marker is written when its cell ends. Both need M (the mimkit command).
@@ -12,7 +12,7 @@ keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR
     if [ -f "$marker" ]; then cp "$marker" "$dest/cells/$(basename "$(dirname "$marker")").json"; fi
   done
   if compgen -G "$2/cells/*/cell.json" >/dev/null; then $M compare --out "$2" --tables-only >/dev/null; fi
-  for table in results.csv summary.csv results.md; do
+  for table in results.csv summary.csv results.md compare.png; do
     if [ -f "$2/$table" ]; then cp "$2/$table" "$dest/"; fi
   done
   return 0

@@ -85,7 +85,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.tables_only:
         rows = tables_from_cells(args.out)
-        print(f"{len(rows)} finished cells; tables rebuilt in {args.out}/results.md, results.csv, results.json")
+        print(
+            f"{len(rows)} finished cells; tables and figure rebuilt in {args.out}: results.md, .csv, .json, compare.png"
+        )
         print(open(f"{args.out}/results.md").read())
         return 0
     if not args.init:
@@ -103,7 +105,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         length=(args.steps, args.epochs),
         recipes=protocol_recipes(args.finetune_config, args.probe_config),
     )
-    print(f"{len(rows)} cells; tables in {args.out}/results.md, results.csv, results.json")
+    print(f"{len(rows)} cells; tables and figure in {args.out}: results.md, .csv, .json, compare.png")
     print(open(f"{args.out}/results.md").read())
     return 0
 
@@ -617,7 +619,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("compare", help="models x {knn, linprobe, finetune} x tasks, resumable, with tables")
     p.add_argument("--init", action="append", default=[], help="a source (or NAME=SOURCE); repeat per model")
-    p.add_argument("--out", required=True, help="directory for the cells' runs and results.md / .csv / .json")
+    p.add_argument(
+        "--out", required=True, help="directory for the cells' runs and results.md / .csv / .json and compare.png"
+    )
     p.add_argument(
         "--tables-only",
         action="store_true",

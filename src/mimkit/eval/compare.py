@@ -2,7 +2,8 @@
 
 Each cell is its own run directory under OUT/cells/. A cell whose results.json exists, written for the same
 config, is not run again. An interrupted fine-tuning cell resumes from its checkpoint. The tables are rebuilt from
-every finished cell: results.csv, results.json and results.md, with the papers' frozen-vs-fine-tuned table.
+every finished cell: results.csv, results.json and results.md, with the papers' frozen-vs-fine-tuned table,
+and compare.png, the same numbers drawn against the best baseline that learns nothing.
 """
 
 from __future__ import annotations
@@ -430,6 +431,9 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     writer.writerows(summary)
     atomic_write_text(out / "summary.csv", buffer.getvalue())
     atomic_write_text(out / "results.md", markdown_table(rows))
+    from mimkit.viz.compare_plot import plot_compare  # matplotlib only once there are tables to draw
+
+    plot_compare(summary, figure_panels(summary), out / "compare.png")
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -474,6 +478,37 @@ def within_spread(a: dict[str, Any], b: dict[str, Any]) -> float:
     return max(a["std"], b["std"])
 
 
+def best_baseline(summary: list[dict[str, Any]], task: str, protocol: str) -> dict[str, Any] | None:
+    """The bar a model's cell must clear, from summarize()'s rows: the best baseline of the same protocol (a
+    baseline without that protocol, such as the trivial predictor, counts with its one row), and for fine-tuning
+    (which can learn any of them) every baseline of the task. None when the comparison has no baseline there."""
+    lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary if r["baseline"]}
+    base = dict.fromkeys(r["model"] for r in summary if r["baseline"])
+    wanted = ("knn", "linprobe", "trivial") if protocol == "finetune" else (protocol,)
+    entries = [e for b in base for p in wanted if (e := lookup.get((b, task, p)) or lookup.get((b, task, "trivial")))]
+    if not entries:
+        return None
+    return (max if PRIMARY[task][1] else min)(entries, key=lambda e: e["mean"])
+
+
+def figure_panels(summary: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What compare.png draws per task with a measured model: its primary metric and direction, the protocols
+    measured, and each protocol's bar (best_baseline, the tables' † bar)."""
+    models = {r["model"] for r in summary if not r["baseline"]}
+    panels = []
+    for task in TASKS:
+        protocols = [
+            p
+            for p in PROTOCOLS
+            if any(r["task"] == task and r["protocol"] == p and r["model"] in models for r in summary)
+        ]
+        if protocols:
+            metric, higher = PRIMARY[task]
+            bars = {p: best_baseline(summary, task, p) for p in protocols}
+            panels.append({"task": task, "metric": metric, "higher": higher, "protocols": protocols, "bars": bars})
+    return panels
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Two tables: frozen (kNN, linear probe) vs fine-tuned classification top-1, and each task's primary metric
     frozen vs fine-tuned (semantic vs geometric). Cells are mean +- std over seeds; the baselines that learn nothing
@@ -489,15 +524,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     def entry(model: str, task: str, protocol: str) -> dict[str, Any] | None:
         return lookup.get((model, task, protocol)) or lookup.get((model, task, "trivial"))
 
-    def best_baseline(task: str, protocol: str) -> dict[str, Any] | None:
-        """The bar a model must clear: the baselines of the same protocol, and for fine-tuning (which can learn
-        any of them) every baseline of the task."""
-        wanted = ("knn", "linprobe", "trivial") if protocol == "finetune" else (protocol,)
-        entries = [e for b in base for p in wanted if (e := entry(b, task, p))]
-        if not entries:
-            return None
-        return (max if PRIMARY[task][1] else min)(entries, key=lambda e: e["mean"])
-
     def cell(model: str, task: str, protocol: str) -> str:
         nonlocal flagged, close
         row = entry(model, task, protocol)
@@ -505,7 +531,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             return ""
         digits = DECIMALS.get(row["metric"], 3)
         text = mean_std(row["mean"], row["std"], row["n"], digits)
-        bar = best_baseline(task, protocol)
+        bar = best_baseline(summary, task, protocol)
         if not row["baseline"] and bar is not None:
             margin = row["mean"] - bar["mean"] if PRIMARY[task][1] else bar["mean"] - row["mean"]
             if margin <= 0:

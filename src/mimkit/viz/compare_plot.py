@@ -1,0 +1,88 @@
+"""The figure of `mimkit compare`: every model's score per task and protocol with its seed spread, against the bar
+a model must clear (the best baseline that learns nothing), so "below raw pixels" is seen rather than read."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+PROTOCOL_NAMES = {"knn": "kNN (frozen)", "linprobe": "linear probe (frozen)", "finetune": "fine-tuned"}
+
+
+def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) -> plt.Figure | None:
+    """One panel per task: for each protocol, each model's mean with its std over seeds as an error bar; a dashed
+    line at the bar a model must clear (the best baseline that learns nothing for that protocol); a model that does
+    not clear it is drawn hollow (the tables' †). `panels` (compare.figure_panels) names per task its metric, whether
+    higher is better, its protocols and their bars. None when no model (only baselines) was measured."""
+    models = list(dict.fromkeys(r["model"] for r in summary if not r["baseline"]))
+    if not models or not panels:
+        return None
+    colours = {m: plt.get_cmap("tab20" if len(models) > 10 else "tab10")(i) for i, m in enumerate(models)}
+    lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary}
+    seeds = sorted({r["n"] for r in summary if not r["baseline"]})
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(3.5, 0.9 * len(models)) * len(panels), 4.2), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        task, metric, higher, protocols = panel["task"], panel["metric"], panel["higher"], panel["protocols"]
+        width = 0.8 / len(models)
+        for g, protocol in enumerate(protocols):
+            bar = panel["bars"][protocol]
+            for i, model in enumerate(models):
+                row = lookup.get((model, task, protocol))
+                if row is None:
+                    continue
+                beaten = bar is None or (row["mean"] > bar["mean"] if higher else row["mean"] < bar["mean"])
+                x = g - 0.4 + width * (i + 0.5)
+                ax.errorbar(
+                    x,
+                    row["mean"],
+                    yerr=row["std"] if row["n"] > 1 else None,
+                    fmt="o",
+                    color=colours[model],
+                    markerfacecolor=colours[model] if beaten else "none",
+                    capsize=3,
+                    ms=6,
+                )
+            if bar is not None:
+                ax.hlines(bar["mean"], g - 0.45, g + 0.45, colors="k", linestyles="--", lw=1)
+                ax.annotate(
+                    f"{bar['model']} {PROTOCOL_NAMES.get(bar['protocol'], bar['protocol'])}: {bar['mean']:.4g}",
+                    (g - 0.45, bar["mean"]),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    fontsize=7,
+                )
+        ax.set_xticks(range(len(protocols)), [PROTOCOL_NAMES.get(p, p) for p in protocols])
+        ax.set_xlim(-0.5, len(protocols) - 0.5)
+        ax.set_title(task)
+        ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
+        ax.grid(axis="y", alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[m], label=m) for m in models]
+    handles += [
+        plt.Line2D([], [], ls="--", color="k", lw=1, label="best baseline that learns nothing"),
+        plt.Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="none", label="not above it"),
+    ]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    spread = f"mean ± std over {seeds[-1]} seeds" if seeds[-1] > 1 else "one seed, no error bars"
+    if len(seeds) > 1:
+        spread = f"mean ± std over {seeds[0]}-{seeds[-1]} seeds (unfinished cells)"
+    fig.suptitle(f"mimkit compare: {spread}", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_compare(summary: list[dict[str, Any]], panels: list[dict[str, Any]], out: str | Path) -> Path | None:
+    """Write compare_figure to `out` (PNG); None (and nothing written) when there is no model to draw."""
+    fig = compare_figure(summary, panels)
+    if fig is None:
+        return None
+    out = Path(out)
+    tmp = out.with_name(out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(out)  # a kill mid-write leaves the previous figure, not half a PNG
+    return out

@@ -79,15 +79,19 @@ def cmd_knn(args: argparse.Namespace) -> int:
     return 0
 
 
+def compare_outputs(out: str) -> str:
+    """What a comparison wrote: its tables, and its figure unless only baselines were measured."""
+    figure = "compare.png" if (Path(out) / "compare.png").is_file() else "no figure (no model measured)"
+    return f"results.md, .csv, .json; {figure}"
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from mimkit.config import ConfigError
     from mimkit.eval.compare import compare, protocol_recipes, tables_from_cells
 
     if args.tables_only:
         rows = tables_from_cells(args.out)
-        print(
-            f"{len(rows)} finished cells; tables and figure rebuilt in {args.out}: results.md, .csv, .json, compare.png"
-        )
+        print(f"{len(rows)} finished cells; rebuilt in {args.out}: {compare_outputs(args.out)}")
         print(open(f"{args.out}/results.md").read())
         return 0
     if not args.init:
@@ -105,7 +109,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         length=(args.steps, args.epochs),
         recipes=protocol_recipes(args.finetune_config, args.probe_config),
     )
-    print(f"{len(rows)} cells; tables and figure in {args.out}: results.md, .csv, .json, compare.png")
+    print(f"{len(rows)} cells; in {args.out}: {compare_outputs(args.out)}")
     print(open(f"{args.out}/results.md").read())
     return 0
 

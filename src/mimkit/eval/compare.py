@@ -357,7 +357,8 @@ def compare(
         run_dir = out / "cells" / cell.name
         marker = run_dir / "cell.json"
         row = recorded_row(marker, cfg)
-        if row is not None:
+        ran = row is None
+        if not ran:
             log(f"[compare] {i}/{len(cells)} {cell.name}: done before, skipped")
         else:
             log(f"[compare] {i}/{len(cells)} {cell.name}: running")
@@ -373,7 +374,8 @@ def compare(
             }
             atomic_write_text(marker, json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
         rows.append(row)
-        write_tables(rows, out)
+        write_tables(rows, out, figure=ran)  # redrawn when a cell's number is new; once more at the end
+    write_figure(rows, out)
     for task in COMBINED_TASKS:  # the paper's classification vs localisation loss curves
         runs: dict[str, list[Path]] = {}
         for cell in cells:
@@ -416,7 +418,8 @@ def tables_from_cells(out: str | Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
+def write_tables(rows: list[dict[str, Any]], out: Path, figure: bool = True) -> None:
+    """results.csv, results.json, summary.csv and results.md from the rows; compare.png too unless figure=False."""
     fields = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5", "best_top1"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
@@ -431,9 +434,20 @@ def write_tables(rows: list[dict[str, Any]], out: Path) -> None:
     writer.writerows(summary)
     atomic_write_text(out / "summary.csv", buffer.getvalue())
     atomic_write_text(out / "results.md", markdown_table(rows))
+    if figure:
+        write_figure(rows, out)
+
+
+def write_figure(rows: list[dict[str, Any]], out: Path) -> bool:
+    """OUT/compare.png from the rows (viz.compare_plot); a comparison of baselines alone has no figure, and a
+    figure left from an earlier invocation is removed rather than shown beside tables it no longer matches."""
     from mimkit.viz.compare_plot import plot_compare  # matplotlib only once there are tables to draw
 
-    plot_compare(summary, figure_panels(summary), out / "compare.png")
+    summary = summarize(rows)
+    if plot_compare(summary, figure_panels(summary), out / "compare.png") is not None:
+        return True
+    (out / "compare.png").unlink(missing_ok=True)
+    return False
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -3,6 +3,7 @@ a model must clear (the best baseline that learns nothing), so "below raw pixels
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,17 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from mimkit.engine.atomic import atomic_write_bytes  # noqa: E402
+
 PROTOCOL_NAMES = {"knn": "kNN (frozen)", "linprobe": "linear probe (frozen)", "finetune": "fine-tuned"}
+MARKERS = "osD^v<>ph*"  # with 10 or 20 colours, the marker tells apart models whose colour repeats
+
+
+def bar_label(bar: dict[str, Any]) -> str:
+    """The baseline a bar comes from, e.g. 'pixels kNN (frozen): 85.69' or 'trivial predictor: 0.21'."""
+    if bar["protocol"] == "trivial":
+        return f"trivial predictor: {bar['mean']:.4g}"
+    return f"{bar['model']} {PROTOCOL_NAMES.get(bar['protocol'], bar['protocol'])}: {bar['mean']:.4g}"
 
 
 def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) -> plt.Figure | None:
@@ -22,7 +33,9 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
     models = list(dict.fromkeys(r["model"] for r in summary if not r["baseline"]))
     if not models or not panels:
         return None
-    colours = {m: plt.get_cmap("tab20" if len(models) > 10 else "tab10")(i) for i, m in enumerate(models)}
+    palette = plt.get_cmap("tab20" if len(models) > 10 else "tab10")
+    colours = {m: palette(i % palette.N) for i, m in enumerate(models)}
+    markers = {m: MARKERS[(i // palette.N) % len(MARKERS)] for i, m in enumerate(models)}
     lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary}
     seeds = sorted({r["n"] for r in summary if not r["baseline"]})
     fig, axes = plt.subplots(1, len(panels), figsize=(max(3.5, 0.9 * len(models)) * len(panels), 4.2), squeeze=False)
@@ -41,7 +54,7 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
                     x,
                     row["mean"],
                     yerr=row["std"] if row["n"] > 1 else None,
-                    fmt="o",
+                    fmt=markers[model],
                     color=colours[model],
                     markerfacecolor=colours[model] if beaten else "none",
                     capsize=3,
@@ -50,7 +63,7 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
             if bar is not None:
                 ax.hlines(bar["mean"], g - 0.45, g + 0.45, colors="k", linestyles="--", lw=1)
                 ax.annotate(
-                    f"{bar['model']} {PROTOCOL_NAMES.get(bar['protocol'], bar['protocol'])}: {bar['mean']:.4g}",
+                    bar_label(bar),
                     (g - 0.45, bar["mean"]),
                     xytext=(0, 3),
                     textcoords="offset points",
@@ -61,7 +74,7 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
         ax.set_title(task)
         ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
         ax.grid(axis="y", alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", ls="", color=colours[m], label=m) for m in models]
+    handles = [plt.Line2D([], [], marker=markers[m], ls="", color=colours[m], label=m) for m in models]
     handles += [
         plt.Line2D([], [], ls="--", color="k", lw=1, label="best baseline that learns nothing"),
         plt.Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="none", label="not above it"),
@@ -76,13 +89,15 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
 
 
 def plot_compare(summary: list[dict[str, Any]], panels: list[dict[str, Any]], out: str | Path) -> Path | None:
-    """Write compare_figure to `out` (PNG); None (and nothing written) when there is no model to draw."""
+    """Write compare_figure to `out` (PNG) in one atomic step (a kill or a second process mid-write leaves a whole
+    figure); None, and nothing written, when there is no model to draw."""
     fig = compare_figure(summary, panels)
     if fig is None:
         return None
-    out = Path(out)
-    tmp = out.with_name(out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(out)  # a kill mid-write leaves the previous figure, not half a PNG
-    return out
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    atomic_write_bytes(out, buffer.getvalue())
+    return Path(out)

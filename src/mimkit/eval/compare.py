@@ -351,7 +351,7 @@ def compare(
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
     extra = baseline_models(sources, shape_cfg, model_chosen, log) if baselines else []
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
-    rows = []
+    rows, stale = [], False
     for i, cell in enumerate(cells, 1):
         cfg = cell_config(cell, overrides, protocol_overrides, length, recipes)
         run_dir = out / "cells" / cell.name
@@ -374,8 +374,10 @@ def compare(
             }
             atomic_write_text(marker, json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
         rows.append(row)
-        write_tables(rows, out, figure=ran)  # redrawn when a cell's number is new; once more at the end
-    write_figure(rows, out)
+        write_tables(rows, out, figure=ran)  # redrawn when a cell's number is new
+        stale = not ran  # skipped cells since the last drawing: drawn once at the end
+    if stale:
+        write_figure(summarize(rows), out)
     for task in COMBINED_TASKS:  # the paper's classification vs localisation loss curves
         runs: dict[str, list[Path]] = {}
         for cell in cells:
@@ -435,19 +437,16 @@ def write_tables(rows: list[dict[str, Any]], out: Path, figure: bool = True) -> 
     atomic_write_text(out / "summary.csv", buffer.getvalue())
     atomic_write_text(out / "results.md", markdown_table(rows))
     if figure:
-        write_figure(rows, out)
+        write_figure(summary, out)
 
 
-def write_figure(rows: list[dict[str, Any]], out: Path) -> bool:
-    """OUT/compare.png from the rows (viz.compare_plot); a comparison of baselines alone has no figure, and a
-    figure left from an earlier invocation is removed rather than shown beside tables it no longer matches."""
+def write_figure(summary: list[dict[str, Any]], out: Path) -> None:
+    """OUT/compare.png from summarize()'s rows (viz.compare_plot); a comparison of baselines alone has no figure,
+    and a figure left from an earlier invocation is removed rather than shown beside tables it no longer matches."""
     from mimkit.viz.compare_plot import plot_compare  # matplotlib only once there are tables to draw
 
-    summary = summarize(rows)
-    if plot_compare(summary, figure_panels(summary), out / "compare.png") is not None:
-        return True
-    (out / "compare.png").unlink(missing_ok=True)
-    return False
+    if plot_compare(summary, figure_panels(summary), out / "compare.png") is None:
+        (out / "compare.png").unlink(missing_ok=True)
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

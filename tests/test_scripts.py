@@ -119,12 +119,12 @@ def test_mae_long_compare_evaluates_kept_encoders_and_finetunes_only_the_finishe
     (tmp_path / "fmnist_transfer_study.sh").write_text(f'echo "$MODELS | $PROTOCOLS | $1 $2" >> {calls}\n')
     run = ["bash", str(tmp_path / "fmnist_mae_long.sh"), "compare", str(tmp_path / "long")]
     checkpoints = tmp_path / "long" / "pre" / "mae" / "checkpoints"
-    for step in ("0005860", "0006000"):  # a kept encoder (25 epochs) and the rolling last one of a running job
+    for step in ("0002340", "0003000"):  # a kept encoder (10 epochs) and the rolling last one of a running job
         (checkpoints / f"step-{step}").mkdir(parents=True)
     env = {**cli_env(), "ENCODERS": str(tmp_path / "encoders")}
     subprocess.run(run, env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
     assert calls.read_text().splitlines() == [
-        f"mae_ep25={checkpoints}/step-0005860 scratch | knn,linprobe | classification-60k runs/fmnist-transfer-v2"
+        f"mae_ep10={checkpoints}/step-0002340 scratch | knn,linprobe | classification-60k runs/fmnist-transfer-v2"
     ]
 
     calls.unlink()
@@ -137,6 +137,60 @@ def test_mae_long_compare_evaluates_kept_encoders_and_finetunes_only_the_finishe
         f"{final} scratch | knn,linprobe | classification-60k runs/fmnist-transfer-v2",
         f"{final} scratch | finetune | classification-60k runs/fmnist-transfer-v2",
     ]
+
+
+def test_mae_long_second_seed_fine_tunes_its_chosen_lengths_and_ds2_tables_every_finished_run(tmp_path):
+    """PRE_SEED=1 pretrains into pre-s1 with seed 1 and names its encoders mae_s1_epN; `length` fine-tunes the kept
+    encoders at LENGTHS epochs and the final one (exported once), LENGTH_SEEDS seeds; `ds2` hands every finished run
+    with its final encoder's name to `mimkit scaling kept --merge`, then analyses the kept table."""
+    import shutil
+
+    shutil.copy(SCRIPTS / "fmnist_mae_long.sh", tmp_path)
+    shutil.copytree(SCRIPTS / "lib", tmp_path / "lib")
+    env, calls = _stand_in_mimkit(tmp_path)
+    transfer = tmp_path / "transfer.txt"
+    (tmp_path / "fmnist_transfer_study.sh").write_text(f'echo "$MODELS | $PROTOCOLS | $SEEDS" >> {transfer}\n')
+    out = tmp_path / "long"
+    env = {**env, "ENCODERS": str(tmp_path / "encoders"), "PRE_SEED": "1", "DS2_KEEP": str(tmp_path / "ds2")}
+
+    def run(stage: str, **extra: str) -> subprocess.CompletedProcess:
+        script = ["bash", str(tmp_path / "fmnist_mae_long.sh"), stage, str(out)]
+        return subprocess.run(script, env={**env, **extra}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+
+    assert run("pretrain").returncode == 0
+    pre = out / "pre-s1" / "mae"
+    assert f"pretrain --config mae_fmnist_tiny --out {pre} " in calls.read_text()
+    assert "train.keep_every=2340 " in calls.read_text() and calls.read_text().rstrip().endswith("seed=1")
+    assert run("length").returncode == 2  # the stand-in's results.json names no step: not a finished run
+    (pre / "results.json").write_text('{\n "step": 23400,\n "epochs": 99.84\n}')
+    for step in (2340, 4680, 11700, 23400):  # 10, 20, 50 epochs, and the final step kept as a multiple too
+        (pre / "checkpoints" / f"step-{step:07d}").mkdir(parents=True)
+    calls.unlink()
+    transfer.unlink(missing_ok=True)
+    assert run("length", LENGTHS="10 50").returncode == 0
+    assert f"export {pre} --out {tmp_path}/encoders/mae_s1_ep100.safetensors" in calls.read_text()
+    kept = f"{pre}/checkpoints/step-"
+    final = f"mae_s1_ep100={tmp_path}/encoders/mae_s1_ep100.safetensors"
+    assert transfer.read_text().splitlines() == [
+        f"mae_s1_ep10={kept}0002340 mae_s1_ep50={kept}0011700 {final} | finetune | 1"
+    ]
+
+    (out / "pre" / "mae").mkdir(parents=True)
+    (out / "pre" / "mae" / "results.json").write_text('{"step": 23400}')
+    (tmp_path / "encoders" / "mae_ep100.safetensors").write_bytes(b"")  # seed 0's, committed: not exported again
+    (tmp_path / "encoders" / "mae_s1_ep100.safetensors").write_bytes(b"")
+    calls.unlink()
+    assert run("ds2").returncode == 0
+    kept_call, analyze_call = calls.read_text().splitlines()
+    assert kept_call.endswith(
+        f"scaling kept {out}/pre/mae=mae_ep100 {pre}=mae_s1_ep100 --compare "
+        f"docs/results/fmnist-transfer/compare-classification-60k --out {tmp_path}/ds2 --merge"
+    )
+    assert analyze_call.endswith(
+        f"scaling analyze {tmp_path}/ds2/results.csv --out {tmp_path}/ds2/analysis "
+        "--baselines mim_vit_pico=docs/results/fmnist-transfer/compare-classification-60k"
+    )
+    assert run("bogus").returncode == 2
 
 
 def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
@@ -246,6 +300,10 @@ def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tm
     (out / "curves.json").write_text(json.dumps({"femto-seed1": "new", "pico-seed1": "new"}))
     subprocess.run([*script, "sweep", "1", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
     assert calls.read_text().splitlines() == [f"-m mimkit sweep --config scaling_fmnist_v2 --out {out} --only *-seed1"]
+    calls.unlink()
+    no_ft = {**env, "FINETUNE": "0"}  # pretraining only: the sweep skips its fine-tunes
+    subprocess.run([*script, "sweep", "1", str(out)], env=no_ft, cwd=tmp_path, check=True, capture_output=True)
+    assert calls.read_text().splitlines()[0].endswith("--only *-seed1 --no-finetune")
     with open(kept / "results.csv", newline="") as fh:
         assert {row["run"]: row["heldout_loss"] for row in csv.DictReader(fh)} == {
             "femto-seed0": "0.5",

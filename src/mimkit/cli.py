@@ -505,6 +505,11 @@ def cmd_scaling(args: argparse.Namespace) -> int:
         path = collect(load_sweep(args.config, args.dir))
         print(path if path else f"no finished run in {args.dir} yet")
         return 0 if path else 1
+    if args.scaling_command == "kept":
+        from mimkit.scaling.kept import kept_table
+
+        kept_table(args.runs, Path(args.compare), Path(args.out), protocol=args.protocol, merge=args.merge, say=print)
+        return 0
     result = analyze_table(
         args.results, args.out, tolerance=args.tolerance, form=args.form, curves=args.curves, baselines=args.baselines
     )
@@ -816,6 +821,32 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL=COMPARE_DIR",
         help="per model: a `mimkit compare` of its architecture from random initialisation (named scratch) with the "
         "sweep's fine-tuning; results.md then shows it and the baselines that learn nothing beside the cells",
+    )
+    s.set_defaults(func=cmd_scaling)
+    s = scaling.add_parser(
+        "kept",
+        help="a pretraining run's kept checkpoints, scored by a compare -> results.csv (held-out loss vs transfer "
+        "along the run, for scaling analyze)",
+    )
+    s.add_argument(
+        "runs",
+        nargs="+",
+        metavar="RUN[=FINAL]",
+        help="pretraining run directories (train.keep_every at multiples of train.eval_every); =FINAL names the "
+        "compare model that is the run's final encoder (e.g. its export)",
+    )
+    s.add_argument("--compare", required=True, help="the `mimkit compare --out` directory that scored the checkpoints")
+    s.add_argument(
+        "--protocol",
+        choices=["finetune", "linprobe", "knn"],
+        default="finetune",
+        help="which compare score becomes the table's finetune_top1 column (default finetune); mean over its seeds",
+    )
+    s.add_argument("--out", required=True, help="directory for results.csv and curves.json")
+    s.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the rows of an existing --out table that these runs do not replace (same model name)",
     )
     s.set_defaults(func=cmd_scaling)
     s = scaling.add_parser("collect", help="rebuild a sweep's results.csv from its run directories")

@@ -9,10 +9,11 @@ __getattr__, __dir__ = lazy_exports(
     {
         "analyze_table": "mimkit.scaling.analyze",
         "fit_power_law": "mimkit.scaling.fits",
+        "kept_table": "mimkit.scaling.kept",
         "load_sweep": "mimkit.scaling.grid",
         "collect": "mimkit.scaling.sweep",
         "run_sweep": "mimkit.scaling.sweep",
     },
 )
 
-__all__ = ["analyze_table", "collect", "fit_power_law", "load_sweep", "run_sweep"]
+__all__ = ["analyze_table", "collect", "fit_power_law", "kept_table", "load_sweep", "run_sweep"]

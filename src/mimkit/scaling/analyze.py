@@ -18,7 +18,15 @@ from typing import Any
 
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.scaling.fits import fit_power_law
-from mimkit.scaling.table import Point, aggregate, data_order, model_order, read_table
+from mimkit.scaling.table import (
+    Point,
+    aggregate,
+    data_order,
+    model_order,
+    read_table,
+    transfer_label,
+    transfer_protocol,
+)
 
 
 def find_overfitting(points: list[Point], tolerance: float = 0.0) -> dict[str, Any]:
@@ -179,7 +187,7 @@ def analyze_table(
     """Read RESULTS.csv, write OUT/scaling.json, OUT/results.md (mean ± std per cell; with `baselines`, MODEL=DIR
     compare directories, each model's random-init and learn-nothing baselines beside it) and the figures; returns
     the JSON content."""
-    from mimkit.scaling.baselines import load_baselines, results_markdown
+    from mimkit.scaling.baselines import bars, load_baselines, results_markdown
     from mimkit.scaling.plots import draw_all
     from mimkit.scaling.turnup import draw_turnups, find_turnups, turnup_markdown
 
@@ -189,12 +197,15 @@ def analyze_table(
     rows = read_table(path)
     points = aggregate(rows)
     base = load_baselines(baselines or [], model_order(points))
+    protocol = transfer_protocol(rows)
     overfit = find_overfitting(points, tolerance)
     flagged = {tuple(k) for k in overfit["flagged"]}
     result = {
         "source": str(path),
         "rows": len(rows),
         "cells": len(points),
+        "transfer_protocol": protocol,
+        "transfer": transfer_label(protocol),
         "models": {m: next(p.params for p in points if p.model == m) for m in model_order(points)},
         "data": data_order(points),
         "iterations": sorted({p.iterations for p in points}),
@@ -207,11 +218,14 @@ def analyze_table(
         "baselines": {
             m: [{"model": k[0], "protocol": k[1], **c} for k, c in cells.items()] for m, cells in base.items()
         },
+        "bars": bars(base, protocol),
     }
     out.mkdir(parents=True, exist_ok=True)
     turnups = turnup_markdown(result["turnups"])
     atomic_write_text(
-        out / "results.md", results_markdown(result["cells_table"], base) + (f"\n{turnups}" if turnups else "")
+        out / "results.md",
+        results_markdown(result["cells_table"], base, result["transfer"], protocol)
+        + (f"\n{turnups}" if turnups else ""),
     )
     figures = draw_all(points, result, out, run_curves)
     if result["turnups"]:
@@ -251,7 +265,7 @@ def summary_lines(result: dict[str, Any]) -> list[str]:
     c = result["correlation"]["overall"]
     if c.get("pearson") is not None:
         lines.append(
-            f"loss vs fine-tune top-1 (n={c['n']}): Pearson {c['pearson']:+.3f}, Spearman {c['spearman']:+.3f}"
+            f"loss vs {result['transfer']} (n={c['n']}): Pearson {c['pearson']:+.3f}, Spearman {c['spearman']:+.3f}"
         )
     for axis in ("params", "data"):
         for f in result["fits"][axis]:

@@ -63,14 +63,33 @@ def load_baselines(specs: list[str], models: list[str]) -> dict[str, dict[tuple[
     return {model: read_compare_summary(folder) for model, folder in parse_specs(specs, models).items()}
 
 
-def learns_nothing_bar(cells: dict[tuple[str, str], dict[str, Any]]) -> float | None:
+def learns_nothing_bar(cells: dict[tuple[str, str], dict[str, Any]], protocol: str = "finetune") -> float | None:
     """The best baseline that learns nothing (raw pixels' kNN or linear probe, the majority class): fine-tuning can
-    learn any of them, so a fine-tuned cell at or under it measures the protocol."""
-    options = [c["mean"] for c in cells.values() if c["baseline"]]
+    learn any of them, so a fine-tuned cell at or under it measures the protocol; a frozen protocol's bar is the
+    baselines measured the same way (and the majority class), as `mimkit compare` draws it."""
+    wanted = {protocol, "trivial"}
+    options = [c["mean"] for (_, p), c in cells.items() if c["baseline"] and (protocol == "finetune" or p in wanted)]
     return max(options) if options else None
 
 
-def results_markdown(cells: list[dict[str, Any]], baselines: dict[str, dict]) -> str:
+def bars(baselines: dict[str, dict], protocol: str = "finetune") -> dict[str, dict[str, float | None]]:
+    """Per model with baselines: the bar that learns nothing and the random network's mean, both under `protocol`
+    (what a pretrained cell's score is read against)."""
+    return {
+        model: {
+            "learns_nothing": learns_nothing_bar(cells, protocol),
+            "scratch": (cells.get((SCRATCH, protocol)) or {}).get("mean"),
+        }
+        for model, cells in baselines.items()
+    }
+
+
+def results_markdown(
+    cells: list[dict[str, Any]],
+    baselines: dict[str, dict],
+    transfer: str = "fine-tuned top-1",
+    protocol: str = "finetune",
+) -> str:
     """Per model: every (data, length) cell's held-out loss and fine-tuned top-1 (mean ± std over seeds), † where
     fine-tuning does not beat the best baseline that learns nothing, the difference to the same architecture
     fine-tuned from scratch (≈ when inside the seed spread); the model's baselines beneath."""
@@ -79,12 +98,12 @@ def results_markdown(cells: list[dict[str, Any]], baselines: dict[str, dict]) ->
     for model in dict.fromkeys(c["model"] for c in cells):
         rows = [c for c in cells if c["model"] == model]
         base = baselines.get(model, {})
-        scratch = base.get((SCRATCH, "finetune"))
-        bar = learns_nothing_bar(base)
+        scratch = base.get((SCRATCH, protocol))
+        bar = learns_nothing_bar(base, protocol)
         lines += [
             f"## {model} ({rows[0]['params'] / 1e6:.2f}M parameters)",
             "",
-            "| data | iterations | seeds | held-out loss | train-subset gap | fine-tuned top-1 | vs scratch |",
+            f"| data | iterations | seeds | held-out loss | train-subset gap | {transfer} | vs scratch |",
             "|---|---|---|---|---|---|---|",
         ]
         for c in rows:
@@ -110,12 +129,13 @@ def results_markdown(cells: list[dict[str, Any]], baselines: dict[str, dict]) ->
         if base:
             lines += ["", f"Baselines for {model} (classification top-1, same labels and test split):", ""]
             lines += ["| baseline | protocol | top-1 |", "|---|---|---|"]
-            for (name, protocol), cell in base.items():
-                what = f"*{name}*" if cell["baseline"] else ("random init" if name == SCRATCH else name)
-                lines.append(f"| {what} | {protocol} | {mean_std(cell['mean'], cell['std'], cell['n'], 2)} |")
+            for (name, how), cell in base.items():
+                if cell["baseline"] or name == SCRATCH:  # a comparison's other models are not this table's baselines
+                    what = f"*{name}*" if cell["baseline"] else "random init"
+                    lines.append(f"| {what} | {how} | {mean_std(cell['mean'], cell['std'], cell['n'], 2)} |")
         lines.append("")
     if marked:
-        lines.append("† fine-tuned top-1 not above the best baseline that learns nothing: read the protocol first.")
+        lines.append(f"† {transfer} not above the best baseline that learns nothing: read the protocol first.")
     if close:
         lines.append("≈ the difference to scratch is inside the larger seed spread (std): not a finding.")
     return "\n".join(lines).rstrip() + "\n"

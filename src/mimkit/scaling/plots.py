@@ -162,7 +162,7 @@ def draw_all(points: list[Point], result: dict[str, Any], out: Path, curves: dic
     if all(p.get("compute") is not None for p in points):
         figures.append(_compute_plot(points, result["fits"]["compute"], models, out / "loss_vs_compute.png"))
     if any(p.get("finetune_top1") is not None for p in points):
-        figures.append(_accuracy_plot(points, result["correlation"], models, out / "loss_vs_finetune.png"))
+        figures.append(_accuracy_plot(points, result, models, out / "loss_vs_finetune.png"))
     if any(p.get("train_loss") is not None for p in points):
         figures.append(_gap_plot(points, models, datas, out / "train_heldout_gap.png"))
     if curves is not None:  # a sweep's curves.json, read once by the caller
@@ -189,21 +189,27 @@ def _compute_plot(points: list[Point], fit: dict[str, Any], models: list[str], p
     return _save(fig, path)
 
 
-def _accuracy_plot(points: list[Point], corr: dict[str, Any], models: list[str], path: Path) -> Path:
+def _accuracy_plot(points: list[Point], result: dict[str, Any], models: list[str], path: Path) -> Path:
+    label = result.get("transfer", "fine-tuned top-1")
     plt = _plt()
     fig, ax = plt.subplots(figsize=(5.5, 4))
     colors = plt.cm.viridis(np.linspace(0, 0.9, len(models)))
     for color, model in zip(colors, models):
         cells = [p for p in points if p.model == model and p.get("finetune_top1") is not None]
         ax.scatter([p.heldout_loss for p in cells], [p.get("finetune_top1") for p in cells], color=color, label=model)
-    overall = corr["overall"]
+        bar = result.get("bars", {}).get(model, {})
+        if bar.get("learns_nothing") is not None:
+            ax.axhline(bar["learns_nothing"], color=color, ls="--", lw=1, label=f"{model}: best that learns nothing")
+        if bar.get("scratch") is not None:
+            ax.axhline(bar["scratch"], color=color, ls=":", lw=1.2, label=f"{model}: random init, same protocol")
+    overall = result["correlation"]["overall"]
     if overall.get("pearson") is not None:
         ax.set_title(
-            f"fine-tune top-1 vs held-out loss\nPearson {overall['pearson']:+.2f}, "
+            f"{label} vs held-out loss\nPearson {overall['pearson']:+.2f}, "
             f"Spearman {overall['spearman']:+.2f} (n={overall['n']})"
         )
     ax.set_xlabel("held-out loss")
-    ax.set_ylabel("fine-tune top-1 (%)")
+    ax.set_ylabel(f"{label} (%)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _save(fig, path)

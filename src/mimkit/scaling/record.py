@@ -98,17 +98,21 @@ def run_record(run_dir: Path, axes: dict[str, str], finetune_dir: Path | None = 
     if finetune_dir is not None and (finetune_dir / "results.json").is_file():
         ft = json.loads((finetune_dir / "results.json").read_text())
         row["finetune_top1"] = ft.get("final_heldout_top1")
-    curves = {
+    return {"row": row, "curves": curves_of(records, cfg, {**row, "iterations": results["step"]})}
+
+
+def curves_of(records: list[dict[str, Any]], cfg: Config, row: dict[str, Any]) -> dict[str, Any]:
+    """A run's loss curves (train, fixed-mask held-out and train-subset) with the labels curves.json groups by."""
+    return {
         "heldout": _curve(records, "eval", "heldout"),
         "train_fixed": _curve(records, "eval", "train_fixed"),
         "train": _curve(records, "train", "train"),
-        "batch_size": t.batch_size,
+        "batch_size": cfg.train.batch_size,
         "model": row["model"],
         "data": row["data"],
         "data_images": row["data_images"],
-        "iterations": results["step"],
+        "iterations": row["iterations"],
     }
-    return {"row": row, "curves": curves}
 
 
 def write_results(records: list[dict[str, Any]], out: Path) -> Path:
@@ -123,5 +127,7 @@ def write_results(records: list[dict[str, Any]], out: Path) -> Path:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "results.csv", buffer.getvalue())
-    atomic_write_text(out / "curves.json", json.dumps({r["row"]["run"]: r["curves"] for r in records}))
+    curves = {r["row"]["run"]: r["curves"] for r in records if r.get("curves")}
+    if curves:
+        atomic_write_text(out / "curves.json", json.dumps(curves))
     return out / "results.csv"

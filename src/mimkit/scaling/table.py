@@ -43,6 +43,9 @@ SWEEP_COLUMNS = [
     "pretrain_seconds",
     "run_dir",
 ]
+# What a table's finetune_top1 column measures, by its transfer_protocol column (`mimkit scaling kept --protocol`
+# writes one; a sweep's table has none: its top-1 is fine-tuned)
+TRANSFER_LABELS = {"finetune": "fine-tuned top-1", "linprobe": "linear-probe top-1", "knn": "kNN top-1"}
 SUFFIX = {"": 1.0, "K": 1e3, "M": 1e6, "B": 1e9, "G": 1e9, "T": 1e12}
 
 
@@ -183,3 +186,14 @@ def model_order(points: list[Point]) -> list[str]:
     for p in points:
         sizes.setdefault(p.model, p.params)
     return sorted(sizes, key=lambda m: sizes[m])
+
+
+def transfer_protocol(rows: list[dict[str, Any]]) -> str:
+    """How the table's top-1 was measured: its transfer_protocol column (none: a sweep's fine-tuning), or "mixed"
+    for a table that mixes protocols (they are split into variants, see _split_variants)."""
+    protocols = {r["cells"].get("transfer_protocol", "") or "finetune" for r in rows}
+    return protocols.pop() if len(protocols) == 1 else "mixed"
+
+
+def transfer_label(protocol: str) -> str:
+    return TRANSFER_LABELS.get(protocol, "transfer top-1" if protocol == "mixed" else f"{protocol} top-1")

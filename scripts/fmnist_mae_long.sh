@@ -52,7 +52,7 @@ final_encoder() {  # a finished run's final encoder, exported once into ENCODERS
       exit 2
     }
     file=$ENCODERS/${NAME}_ep$(epochs "$step").safetensors
-    [ -f "$file" ] || { mkdir -p "$ENCODERS" && $M export "$PRE" --out "$file"; }
+    [ -f "$file" ] || { mkdir -p "$ENCODERS" && $M export "$PRE" --out "$file" >&2; }  # stdout is the answer
     echo "$file"
   else
     ls "$ENCODERS/${NAME}"_ep*.safetensors 2>/dev/null | sort -V | tail -1 || true
@@ -103,12 +103,20 @@ length)
 ds2)
   # every finished run's fine-tuned encoders as one scaling table (held-out loss at each kept step, fine-tuned top-1
   # from the comparison's kept results.csv), merged into DS2_KEEP so a run whose folder is gone keeps its rows
+  # a run whose final encoder the comparison has not fine-tuned yet (its `length` still to run) waits, named
   runs=()
   for seed_pre in "$OUT"/pre/mae "$OUT"/pre-s*/mae; do
     [ -f "$seed_pre/results.json" ] || continue
     [ "$seed_pre" = "$OUT/pre/mae" ] && seed=0 || { seed=${seed_pre%/mae}; seed=${seed##*pre-s}; }
+    [[ $seed =~ ^[0-9]+$ ]] || { echo "skipping $seed_pre: not a pretraining seed's folder (pre-sN)" >&2; continue; }
     PRE=$seed_pre NAME=$(name_of "$seed")
-    runs+=("$seed_pre=$(basename "$(final_encoder)" .safetensors)")
+    final=$(final_encoder)
+    final=$(basename "$final" .safetensors)
+    if ! grep -q "^$final,[^,]*,finetune,classification,[^,]*,False," "$TABLES/results.csv" 2>/dev/null; then
+      echo "skipping $seed_pre: $final has no fine-tuned score in $TABLES yet (PRE_SEED=$seed ... length)" >&2
+      continue
+    fi
+    runs+=("$seed_pre=$final")
   done
   [ ${#runs[@]} -gt 0 ] || [ -f "$DS2_KEEP/results.csv" ] || { echo "no finished run in $OUT/pre*" >&2; exit 2; }
   [ ${#runs[@]} -eq 0 ] || $M scaling kept "${runs[@]}" --compare "$TABLES" --out "$DS2_KEEP" --merge

@@ -14,7 +14,7 @@ from mimkit.config import ConfigError
 from mimkit.scaling.analyze import analyze_table
 from mimkit.scaling.kept import kept_records, kept_step, parse_run_spec
 from mimkit.scaling.record import write_results
-from mimkit.scaling.table import read_table
+from mimkit.scaling.table import aggregate, read_table
 
 COMPARE_COLUMNS = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5"]
 
@@ -42,6 +42,11 @@ def heldout_at(run_dir: Path, step: int) -> float:
     raise AssertionError(f"no held-out evaluation at step {step}")
 
 
+def elsewhere_of(run_dir: Path, step: int = 3) -> str:
+    """Step `step` of `run_dir` as another machine's compare recorded it: another root, the run's last three names."""
+    return f"/elsewhere/{run_dir.parent.parent.name}/pre/simmim/checkpoints/step-{step:07d}"
+
+
 def write_compare(folder: Path, rows: list[dict]) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     with open(folder / "results.csv", "w", newline="") as fh:
@@ -60,7 +65,7 @@ def test_each_kept_checkpoint_gets_its_step_s_heldout_loss_and_its_mean_transfer
     ckpts = kept_run / "checkpoints"
     assert {"step-0000003", "step-0000006"} <= {p.name for p in ckpts.glob("step-*")}  # (and the best one)
     # step 3 compared from another machine (same run folder names, other root), step 6 under the run's final name
-    elsewhere = "/elsewhere/runs/pre/simmim/checkpoints/step-0000003"
+    elsewhere = elsewhere_of(kept_run)
     compare = write_compare(
         tmp_path / "compare",
         [
@@ -100,13 +105,17 @@ def test_each_kept_checkpoint_gets_its_step_s_heldout_loss_and_its_mean_transfer
 
 
 def test_kept_step_only_takes_this_run_s_checkpoint_folders(tmp_path):
-    run = tmp_path / "a" / "pre" / "mae"
+    run = tmp_path / "a" / "study" / "pre" / "mae"
     (run / "checkpoints" / "step-0000010").mkdir(parents=True)
     assert kept_step(str(run / "checkpoints" / "step-0000010"), run) == 10
-    assert kept_step("/other/pre/mae/checkpoints/step-0000020", run) == 20
-    assert kept_step("/other/pre-s1/mae/checkpoints/step-0000020", run) is None
+    assert kept_step("/other/study/pre/mae/checkpoints/step-0000020", run) == 20  # not here: by the three names
+    assert kept_step("/other/transfer/pre/mae/checkpoints/step-0000020", run) is None  # another study's pre/mae
+    assert kept_step("/other/study/pre-s1/mae/checkpoints/step-0000020", run) is None
+    twin = tmp_path / "b" / "study" / "pre" / "mae" / "checkpoints" / "step-0000010"
+    twin.mkdir(parents=True)
+    assert kept_step(str(twin), run) is None  # it exists here, as another folder: not this run's
     assert kept_step(str(run / "checkpoints" / "last"), run) is None
-    assert kept_step("/other/pre/mae/step-0000020", run) is None
+    assert kept_step("/other/study/pre/mae/step-0000020", run) is None
     assert parse_run_spec("runs/a=mae_ep100") == (Path("runs/a"), "mae_ep100") and parse_run_spec("r") == (
         Path("r"),
         None,
@@ -148,14 +157,21 @@ def test_cli_writes_the_table_and_merge_keeps_rows_of_runs_no_longer_on_disk(kep
     assert "final: step 6, held-out loss" in said and "finetune top-1 80.00" in said
     with open(out / "results.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
-    gone = {**rows[0], "run": "gone_ep50", "iterations": "3", "heldout_loss": "0.5"}  # its run folder is lost
+    gone = {**rows[0], "run": "gone_ep50", "iterations": "3", "heldout_loss": "0.5", "run_dir": "runs/lost/pre/mae"}
+    renamed = {**rows[0], "run": "old_name_ep6"}  # this run's row under a name the comparison no longer has
     with open(out / "results.csv", "a", newline="") as fh:
-        csv.DictWriter(fh, fieldnames=list(rows[0])).writerow(gone)
+        csv.DictWriter(fh, fieldnames=list(rows[0])).writerows([gone, renamed])
+    curves = json.loads((out / "curves.json").read_text())
+    (out / "curves.json").write_text(json.dumps({**curves, "gone_ep50": {"heldout": [[0, 1.0]]}}))
 
     assert main([*args, "--merge"]) == 0
     assert "1 rows and 1 kept from the table there" in capsys.readouterr().out
     with open(out / "results.csv", newline="") as fh:
         assert [r["run"] for r in csv.DictReader(fh)] == ["gone_ep50", "final"]  # final replaced, not doubled
+    assert json.loads((out / "curves.json").read_text())["gone_ep50"] == {"heldout": [[0, 1.0]]}  # its curve kept
+    knn = write_compare(tmp_path / "knn", [score("final", "/x/final.safetensors", 60.0, protocol="knn")])
+    mixed = ["scaling", "kept", f"{kept_run}=final", "--compare", str(knn), "--out", str(out), "--protocol", "knn"]
+    assert "holds finetune scores, these rows knn" in cli_error(capsys, *mixed, "--merge")
     assert main(args) == 0  # without --merge the table is these runs' alone
     with open(out / "results.csv", newline="") as fh:
         assert [r["run"] for r in csv.DictReader(fh)] == ["final"]
@@ -164,7 +180,7 @@ def test_cli_writes_the_table_and_merge_keeps_rows_of_runs_no_longer_on_disk(kep
 def test_a_table_mixing_transfer_protocols_keeps_them_apart(kept_run, tmp_path):
     from mimkit.scaling.table import transfer_label, transfer_protocol
 
-    elsewhere = "/elsewhere/runs/pre/simmim/checkpoints/step-0000003"
+    elsewhere = elsewhere_of(kept_run)
     compare = write_compare(
         tmp_path / "c", [score("early", elsewhere, 70.0), score("early", elsewhere, 60.0, protocol="knn")]
     )
@@ -198,7 +214,7 @@ def test_a_frozen_probe_table_is_read_against_the_same_protocol_s_baselines(kept
     models are not listed as baselines; the figure draws the bar and scratch."""
     from mimkit.scaling.baselines import bars, learns_nothing_bar, read_compare_summary
 
-    elsewhere = "/elsewhere/runs/pre/simmim/checkpoints/step-0000003"
+    elsewhere = elsewhere_of(kept_run)
     compare = write_compare(tmp_path / "c", [score("early", elsewhere, 80.0, protocol="linprobe")])
     summary = [
         ("pixels", "linprobe", 82.0, True),
@@ -221,3 +237,54 @@ def test_a_frozen_probe_table_is_read_against_the_same_protocol_s_baselines(kept
     assert "| 80.00 † | +1.00 |" in table  # under the pixels' probe (82), one point above scratch's probe (79)
     assert "other_encoder" not in table and "| random init | linprobe |" in table
     assert (tmp_path / "a" / "loss_vs_finetune.png").is_file()
+
+
+def test_two_models_on_one_step_are_refused_and_the_evaluation_window_is_bounded(kept_run, tmp_path):
+    ckpt = str(kept_run / "checkpoints" / "step-0000003")
+    twice = write_compare(tmp_path / "twice", [score("a", ckpt, 70.0), score("b", elsewhere_of(kept_run), 71.0)])
+    with pytest.raises(ConfigError, match=r"'a' and 'b' .* both step 3"):
+        kept_records(kept_run, twice)
+    records = [json.loads(line) for line in (kept_run / "metrics.jsonl").read_text().splitlines()]
+    from mimkit.scaling.kept import eval_before
+
+    assert eval_before(records, "heldout", 3, within=1) == (2, pytest.approx(heldout_at(kept_run, 2)))
+    assert eval_before(records, "heldout", 4, within=1) == (4, pytest.approx(heldout_at(kept_run, 4)))
+    assert eval_before(records, "heldout", 3, within=0) is None  # step 2 is 1 step back: outside a window of 0
+    assert eval_before(records, "heldout", 6, within=1) == (6, pytest.approx(heldout_at(kept_run, 6)))  # not 4
+
+
+def test_a_row_carries_its_transfer_seeds_spread_into_the_cell(kept_run, tmp_path):
+    scores = [score("early", elsewhere_of(kept_run), v, seed=i) for i, v in enumerate((70.0, 72.0, 77.0))]
+    compare = write_compare(tmp_path / "c", scores)
+    write_results(kept_records(kept_run, compare), tmp_path / "t")
+    (cell,) = aggregate(read_table(tmp_path / "t" / "results.csv"))
+    assert cell.get("finetune_top1") == pytest.approx(73.0)
+    assert cell.get("finetune_std") == pytest.approx(3.605551, abs=1e-5) and cell.get("finetune_n") == 3
+
+
+def test_few_points_get_exact_permutation_p_values():
+    """Four checkpoints: scipy's asymptotic p for a perfect Spearman is 0, the exact one 2/24; each p is checked
+    against a loop over all 24 orderings with scipy's own statistics."""
+    import itertools
+
+    from scipy.stats import pearsonr, spearmanr
+
+    from mimkit.scaling.analyze import exact_correlation_p, loss_accuracy_correlation
+    from mimkit.scaling.table import Point
+
+    loss, top1 = [0.4338, 0.3960, 0.3825, 0.3805], [83.60, 84.39, 84.57, 84.56]
+    exact = exact_correlation_p(loss, top1)
+    for name, stat in (("pearson_p", pearsonr), ("spearman_p", spearmanr)):
+        observed = abs(stat(loss, top1).statistic)
+        orderings = list(itertools.permutations(top1))
+        hits = sum(abs(stat(loss, list(o)).statistic) >= observed - 1e-12 for o in orderings)
+        assert exact[name] == pytest.approx(hits / len(orderings))
+    assert exact["spearman_p"] == pytest.approx(8 / 24)  # rho -0.8: 3 orderings each side, and the 2 perfect ones
+
+    points = [
+        Point("m", 1.0, "1", 1.0, float(i), a, extra={"finetune_top1": b}) for i, (a, b) in enumerate(zip(loss, top1))
+    ]
+    corr = loss_accuracy_correlation(points)["overall"]
+    assert corr["p_method"] == "exact: all 24 orderings" and corr["spearman_p"] == pytest.approx(8 / 24)
+    perfect = exact_correlation_p([1, 2, 3, 4], [4, 3, 2, 1])
+    assert perfect == {"pearson_p": pytest.approx(2 / 24), "spearman_p": pytest.approx(2 / 24)}

@@ -122,6 +122,7 @@ def test_scaling_analyze_reports_turn_ups_from_curves_json(tmp_path: Path):
     result = analyze_table(tmp_path / "results.csv", tmp_path / "analysis")
     calls = {t["model"]: t["turned_up"] for t in result["turnups"]}
     assert calls == {"big": True, "small": False}
+    assert list(calls) == ["small", "big"]  # by size, as the other tables and figures (not by name)
     md = (tmp_path / "analysis/results.md").read_text()
     assert (
         "Held-out loss inside each run" in md and "| big | 0.01 | 2000 | 3 | 1.0000 | 1000 |" in md and "**yes**" in md

@@ -179,16 +179,27 @@ def test_mae_long_second_seed_fine_tunes_its_chosen_lengths_and_ds2_tables_every
     (out / "pre" / "mae" / "results.json").write_text('{"step": 23400}')
     (tmp_path / "encoders" / "mae_ep100.safetensors").write_bytes(b"")  # seed 0's, committed: not exported again
     (tmp_path / "encoders" / "mae_s1_ep100.safetensors").write_bytes(b"")
+    (out / "pre-s1.bak" / "mae").mkdir(parents=True)  # a copy someone left: not a seed's folder
+    (out / "pre-s1.bak" / "mae" / "results.json").write_text('{"step": 23400}')
+    tables = tmp_path / "tables"
+    tables.mkdir()
+    header = "model,source,protocol,task,seed,baseline,metric,value,top1,top5,best_top1\n"
+    (tables / "results.csv").write_text(header + "mae_ep100,x,finetune,classification,0,False,top1,91.8,91.8,99.9,\n")
     calls.unlink()
-    assert run("ds2").returncode == 0
+    waiting = run("ds2", TABLES=str(tables))  # seed 1's final encoder not fine-tuned yet: it waits, named
+    assert waiting.returncode == 0 and "mae_s1_ep100 has no fine-tuned score" in waiting.stderr
+    assert "pre-s1.bak/mae: not a pretraining seed's folder" in waiting.stderr
+    assert f"scaling kept {out}/pre/mae=mae_ep100 --compare {tables} " in calls.read_text()
+    with open(tables / "results.csv", "a") as fh:
+        fh.write("mae_s1_ep100,y,finetune,classification,0,False,top1,91.5,91.5,99.9,\n")
+    calls.unlink()
+    assert run("ds2", TABLES=str(tables)).returncode == 0
     kept_call, analyze_call = calls.read_text().splitlines()
     assert kept_call.endswith(
-        f"scaling kept {out}/pre/mae=mae_ep100 {pre}=mae_s1_ep100 --compare "
-        f"docs/results/fmnist-transfer/compare-classification-60k --out {tmp_path}/ds2 --merge"
+        f"scaling kept {out}/pre/mae=mae_ep100 {pre}=mae_s1_ep100 --compare {tables} --out {tmp_path}/ds2 --merge"
     )
     assert analyze_call.endswith(
-        f"scaling analyze {tmp_path}/ds2/results.csv --out {tmp_path}/ds2/analysis "
-        "--baselines mim_vit_pico=docs/results/fmnist-transfer/compare-classification-60k"
+        f"scaling analyze {tmp_path}/ds2/results.csv --out {tmp_path}/ds2/analysis --baselines mim_vit_pico={tables}"
     )
     assert run("bogus").returncode == 2
 
@@ -206,7 +217,7 @@ def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
         "#!/usr/bin/env bash\n"
         f'echo "$*" >> {calls}\n'
         'case "$3" in distill|pretrain) while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && '
-        'echo {} > "$2/results.json"; shift; done ;; esac\n'
+        'echo {} > "$2/results.json"; shift; done ;; export) echo "wrote $6 (+ .json)" ;; esac\n'
     )
     fake.chmod(0o755)
     env = cli_env()

@@ -10,11 +10,15 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.scaling.fits import fit_power_law
@@ -110,18 +114,44 @@ def loss_accuracy_correlation(points: list[Point]) -> dict[str, Any]:
             return {**result, "pearson": None, "spearman": None, "note": "needs 3+ cells with varying values"}
         loss, top1 = zip(*pairs)
         pr, sr = pearsonr(loss, top1), spearmanr(loss, top1)
-        return {
+        out = {
             **result,
             "pearson": float(pr.statistic),
             "pearson_p": float(pr.pvalue),
             "spearman": float(sr.statistic),
             "spearman_p": float(sr.pvalue),
+            "p_method": "asymptotic (scipy)",
         }
+        if len(pairs) <= EXACT_MAX_N:  # few points: scipy's t approximation is far off (it gives 0 for n=4)
+            out.update(exact_correlation_p(loss, top1), p_method=f"exact: all {math.factorial(len(pairs))} orderings")
+        return out
 
     return {
         "overall": corr(points),
         "per_model": {m: corr([p for p in points if p.model == m]) for m in model_order(points)},
     }
+
+
+EXACT_MAX_N = 8  # 8! = 40,320 orderings: exact permutation p-values up to here
+
+
+def exact_correlation_p(x: Sequence[float], y: Sequence[float]) -> dict[str, float]:
+    """Two-sided permutation p-values of Pearson and Spearman over every ordering of y: the share of orderings whose
+    |r| is at least the observed one. With 4 points the smallest possible p is 2/24."""
+    from scipy.stats import rankdata
+
+    order = np.array(list(itertools.permutations(range(len(x)))))
+
+    def p_of(a: np.ndarray, b: np.ndarray) -> float:
+        a = (a - a.mean()) / np.linalg.norm(a - a.mean())
+        shuffled = b[order]
+        shuffled = shuffled - shuffled.mean(axis=1, keepdims=True)
+        r = shuffled @ a / np.linalg.norm(shuffled, axis=1)
+        observed = abs(float((b - b.mean()) @ a / np.linalg.norm(b - b.mean())))
+        return float(np.mean(np.abs(r) >= observed - 1e-12))
+
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    return {"pearson_p": p_of(xs, ys), "spearman_p": p_of(rankdata(xs), rankdata(ys))}
 
 
 def compute_frontier(points: list[Point]) -> list[Point]:
@@ -210,7 +240,7 @@ def analyze_table(
         "data": data_order(points),
         "iterations": sorted({p.iterations for p in points}),
         "overfit": overfit,
-        "turnups": find_turnups(run_curves) if run_curves else [],
+        "turnups": _by_size(find_turnups(run_curves), model_order(points)) if run_curves else [],
         "saturation": find_saturation(points),
         "correlation": loss_accuracy_correlation(points),
         "fits": scaling_fits(points, flagged, form),
@@ -233,6 +263,13 @@ def analyze_table(
     result["figures"] = [str(f) for f in figures]
     atomic_write_text(out / "scaling.json", json.dumps(result, indent=1, default=_jsonable))
     return result
+
+
+def _by_size(entries: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:
+    """Turn-up verdicts with their models in size order (smallest first), as every other table and figure has them;
+    a model the table does not know goes last."""
+    rank = {m: i for i, m in enumerate(models)}
+    return sorted(entries, key=lambda e: rank.get(e["model"], len(rank)))
 
 
 def summary_lines(result: dict[str, Any]) -> list[str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import json
 from pathlib import Path
-from statistics import mean
+from statistics import mean, stdev
 from typing import Any, Callable
 
 import yaml
@@ -44,22 +44,27 @@ def compare_scores(compare_dir: Path, protocol: str, task: str = "classification
             entry = scores.setdefault(row["model"], {"source": row["source"], "values": []})
             entry["values"].append(float(row["top1"]))
     return {
-        name: {"source": e["source"], "top1": mean(e["values"]), "seeds": len(e["values"])}
+        name: {
+            "source": e["source"],
+            "top1": mean(e["values"]),
+            "std": stdev(e["values"]) if len(e["values"]) > 1 else 0.0,
+            "seeds": len(e["values"]),
+        }
         for name, e in scores.items()
     }
 
 
 def kept_step(source: str, run_dir: Path) -> int | None:
-    """The step of `source` when it is one of the run's checkpoint folders: the same folder, or (compared from
-    another directory or machine) a path ending in the run's last two folder names, checkpoints, step-N."""
+    """The step of `source` when it is one of the run's checkpoint folders: the same folder where it exists here,
+    else (compared from another directory or machine, or pruned since) a path ending in the run's last three folder
+    names, checkpoints, step-N (two studies' `pre-s1/mae` runs differ in the third)."""
     path = Path(source)
     step = step_of(path)
     if step is None or path.parent.name != "checkpoints":
         return None
-    if path.resolve().parent == (run_dir / "checkpoints").resolve():
-        return step
-    tail = run_dir.resolve().parts[-2:]
-    return step if path.parts[-4:-2] == tail else None
+    if path.exists():
+        return step if path.resolve().parent == (run_dir / "checkpoints").resolve() else None
+    return step if path.parts[-5:-2] == run_dir.resolve().parts[-3:] else None
 
 
 def eval_before(records: list[dict[str, Any]], split: str, step: int, within: int) -> tuple[int, float] | None:
@@ -87,17 +92,25 @@ def kept_records(run_dir: Path, compare_dir: Path, final: str | None = None, pro
     metrics = read_metrics(run_dir / "metrics.jsonl")
     scores = compare_scores(compare_dir, protocol)
     steps: dict[int, str] = {}
+
+    def claim(step: int, name: str) -> None:
+        if step in steps:
+            raise ConfigError(
+                f"'{steps[step]}' and '{name}' in {compare_dir} are both step {step} of {run_dir}: keep one"
+            )
+        steps[step] = name
+
     for name, score in scores.items():
         step = kept_step(score["source"], run_dir)
-        if step is not None:
-            steps[step] = name
+        if step is not None and name != final:
+            claim(step, name)
     if final is not None:
         if final not in scores:
             known = ", ".join(sorted(scores)) or "none"
             raise ConfigError(f"'{final}' has no {protocol} score in {compare_dir} (models there: {known})")
         if "step" not in results:
             raise ConfigError(f"{results_path} not found: '{final}' is the final encoder of a run that has not ended")
-        steps[int(results["step"])] = final
+        claim(int(results["step"]), final)
     if not steps:
         raise ConfigError(
             f"no {protocol} score in {compare_dir} comes from {run_dir}: compare its checkpoint folders "
@@ -134,6 +147,8 @@ def kept_records(run_dir: Path, compare_dir: Path, final: str | None = None, pro
             "best_heldout_loss": None,
             "train_loss": train_fixed[1] if train_fixed else None,
             "finetune_top1": scores[name]["top1"],
+            "finetune_std": scores[name]["std"],
+            "finetune_n": scores[name]["seeds"],
             "pretrain_seconds": None,
             "run_dir": str(run_dir),
             "method": cfg.method.name,
@@ -145,16 +160,26 @@ def kept_records(run_dir: Path, compare_dir: Path, final: str | None = None, pro
 
 
 def merge_previous(out: Path, records: list[dict]) -> list[dict]:
-    """`records` after the rows (and curves) of an earlier table in `out` that they do not replace (same run name):
-    a table kept in the repository grows run by run, and a run whose directory is gone keeps its rows."""
+    """`records` after the rows (and curves) of an earlier table in `out` that they do not replace (the same model
+    name, or any row of a run read again): a table kept in the repository grows run by run, and a run whose
+    directory is gone keeps its rows. A table of another transfer protocol is refused, not mixed in."""
     path = out / "results.csv"
     if not path.is_file():
         return records
     new = {r["row"]["run"] for r in records}
+    reread = {r["row"]["run_dir"] for r in records}
+    protocol = records[0]["row"]["transfer_protocol"] if records else None
     curves_path = out / "curves.json"
     curves = json.loads(curves_path.read_text()) if curves_path.is_file() else {}
     with open(path, newline="") as fh:
-        old = [row for row in csv.DictReader(fh) if row.get("run") not in new]
+        previous = list(csv.DictReader(fh))
+    theirs = {row.get("transfer_protocol") or "finetune" for row in previous}
+    if protocol is not None and theirs - {protocol}:
+        raise ConfigError(
+            f"{path} holds {', '.join(sorted(theirs))} scores, these rows {protocol}: merge into a table of the same "
+            "protocol (another --out)"
+        )
+    old = [row for row in previous if row.get("run") not in new and row.get("run_dir") not in reread]
     return [{"row": row, "curves": curves.get(row["run"])} for row in old] + records
 
 

@@ -21,7 +21,8 @@ from typing import Any
 from mimkit.errors import ConfigError
 
 REQUIRED = ("model", "params", "data", "iterations", "heldout_loss")
-OPTIONAL_NUMBERS = ("finetune_top1", "train_loss", "data_images", "compute")
+# finetune_std / finetune_n: a row's own fine-tuning spread (`scaling kept`: a score averaged over transfer seeds)
+OPTIONAL_NUMBERS = ("finetune_top1", "train_loss", "data_images", "compute", "finetune_std", "finetune_n")
 # The columns a mimkit sweep writes to results.csv, in order; grid axes beyond model/data/length/seed follow them.
 SWEEP_COLUMNS = [
     "run",
@@ -157,6 +158,9 @@ def aggregate(rows: list[dict[str, Any]]) -> list[Point]:
             if key == "finetune_top1":
                 extra["finetune_std"] = stdev(values) if len(values) > 1 else 0.0
                 extra["finetune_n"] = len(values)
+                if len(group) == 1 and group[0].get("finetune_n"):  # one row carrying its transfer seeds' spread
+                    extra["finetune_std"] = group[0].get("finetune_std") or 0.0
+                    extra["finetune_n"] = int(group[0]["finetune_n"])
         points.append(
             Point(
                 model,

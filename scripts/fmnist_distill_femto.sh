@@ -16,7 +16,10 @@
 # The compare's cell markers and tables are kept in docs/results/fmnist-distill-femto/ (KEEP) and restored from
 # there on a new machine, so measured cells are skipped. MODELS (e.g. "qkvv mae") and PROTOCOLS (e.g. knn,linprobe)
 # run a subset; SEEDS=1, 2, 3 adds seeds. TEACHER (an exported encoder or run), STUDENT_MODEL, EPOCHS and FT_EPOCHS
-# override the sizes; EXTRA adds --set words to every command (smoke runs).
+# override the sizes; EXTRA adds --set words to every command (smoke runs). LANES=2 runs the pretrain stage as two
+# single-thread lanes at once (seq_mid, seq, qkvv, qk, vv | cls, feature, qkvv_masked, the layer student, the MAE
+# femtos), each lane's output in OUT/lane1.log and lane2.log; the default is one lane with every thread. Whether two
+# lanes are faster on a given CPU is for `mimkit bench` or a timed pair of runs to say, not this script.
 set -euo pipefail
 STAGE=${1:?usage: fmnist_distill_femto.sh pretrain|compare|keep|restore [OUT_DIR]}
 OUT=${2:-runs/fmnist-distill-femto}
@@ -52,16 +55,44 @@ pretrain)
   [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
     "exports it) or set TEACHER" >&2; exit 2; }
   # TinyMIM's warm-up share (distill_fmnist_tiny: 50 of 800 steps) for the students; MAE's 5% (40 of 800 epochs)
-  for s in seq_mid $STUDENTS; do  # seq_mid first: it teaches seq
-    finished "$OUT/students/$s" && continue
-    read -r -a how <<<"$(settings "$s")"
-    $M distill "${how[@]}" --out "$OUT/students/$s" --epochs "$EPOCHS" \
-      --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]:-qk+vv}" "${quiet[@]}"
-  done
-  for run in mae-student:$EPOCHS mae-student-long:$MAE_LONG_EPOCHS; do
-    finished "$OUT/${run%:*}" || $M pretrain --config mae_fmnist_tiny --out "$OUT/${run%:*}" --epochs "${run#*:}" \
-      --set train.warmup_epochs="$(warmup "${run#*:}" 0.05)" --set model.name="$STUDENT_MODEL" "${quiet[@]}"
-  done
+  students() {  # students NAME...: distil each unfinished one, in order
+    local s how
+    for s in "$@"; do
+      finished "$OUT/students/$s" && continue
+      read -r -a how <<<"$(settings "$s")"
+      $M distill "${how[@]}" --out "$OUT/students/$s" --epochs "$EPOCHS" \
+        --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]:-qk+vv}" \
+        "${quiet[@]}"
+    done
+  }
+  maes() {  # the MAE femtos with the students' image budget and the longer one
+    local run
+    for run in mae-student:$EPOCHS mae-student-long:$MAE_LONG_EPOCHS; do
+      finished "$OUT/${run%:*}" || $M pretrain --config mae_fmnist_tiny --out "$OUT/${run%:*}" --epochs "${run#*:}" \
+        --set train.warmup_epochs="$(warmup "${run#*:}" 0.05)" --set model.name="$STUDENT_MODEL" "${quiet[@]}"
+    done
+  }
+  case "${LANES:-1}" in
+  1)  # seq_mid first: it teaches seq (no `&&` between these: it would switch off set -e inside the functions)
+    students seq_mid $STUDENTS
+    maes
+    ;;
+  2)
+    mkdir -p "$OUT"
+    first="seq_mid seq qkvv qk vv"  # seq_mid before seq, in the same lane
+    second=$(for s in $STUDENTS; do [[ " $first " == *" $s "* ]] || echo "$s"; done)
+    echo "two lanes of one thread: $first | $second mae mae_long (output in $OUT/lane1.log, $OUT/lane2.log)"
+    (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $first) >"$OUT/lane1.log" 2>&1 &
+    lane1=$!
+    (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $second; maes) >"$OUT/lane2.log" 2>&1 &
+    lane2=$!
+    failed=0
+    wait "$lane1" || { echo "lane 1 failed: see $OUT/lane1.log" >&2; failed=1; }
+    wait "$lane2" || { echo "lane 2 failed: see $OUT/lane2.log" >&2; failed=1; }
+    exit "$failed"
+    ;;
+  *) echo "LANES=${LANES}: 1 or 2" >&2; exit 2 ;;
+  esac
   ;;
 compare)
   models=()

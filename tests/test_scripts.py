@@ -205,8 +205,9 @@ def test_mae_long_second_seed_fine_tunes_its_chosen_lengths_and_ds2_tables_every
 
 
 def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
-    """A `python` first on PATH that logs each `-m mimkit` command and marks a pretraining or distillation run
-    finished (results.json in --out), so a study script's plan is checked without training anything."""
+    """A `python` first on PATH that logs each `-m mimkit` command (and OMP_NUM_THREADS, when set, in threads.txt)
+    and marks a pretraining or distillation run finished (results.json in --out), so a study script's plan is
+    checked without training anything; a command containing FAIL_ON fails."""
     import os
 
     calls = tmp_path / "calls.txt"
@@ -216,6 +217,8 @@ def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
     fake.write_text(
         "#!/usr/bin/env bash\n"
         f'echo "$*" >> {calls}\n'
+        f'[ -z "${{OMP_NUM_THREADS:-}}" ] || echo "$OMP_NUM_THREADS" >> {tmp_path / "threads.txt"}\n'
+        'case "$*" in *"${FAIL_ON:-@none@}"*) exit 3 ;; esac\n'
         'case "$3" in distill|pretrain) while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && '
         'echo {} > "$2/results.json"; shift; done ;; export) echo "wrote $6 (+ .json)" ;; esac\n'
     )
@@ -283,6 +286,39 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
         [*script, "compare", str(out)], env={**env, "MODELS": "dino"}, cwd=tmp_path, capture_output=True, text=True
     )
     assert bad.returncode == 2 and "unknown model 'dino'" in bad.stderr
+
+
+def test_distill_femto_two_lanes_split_the_runs_with_one_thread_each_and_report_a_failed_lane(tmp_path):
+    """LANES=2: every student and MAE femto runs once, in two single-thread lanes (seq_mid before seq, in one lane),
+    each lane logging to its own file; a failing run stops its lane and the stage exits non-zero naming the lane."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_distill_femto.sh"), "pretrain"]
+    teacher = tmp_path / "mae_ep100.safetensors"
+    teacher.write_bytes(b"")
+    env = {**env, "TEACHER": str(teacher), "KEEP": str(tmp_path / "kept"), "EPOCHS": "3", "LANES": "2"}
+    out = tmp_path / "two"
+    done = subprocess.run([*script, str(out)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    outs = [line.split("--out ")[1].split()[0].rsplit("/", 1)[1] for line in calls.read_text().splitlines()]
+    expected = {"seq_mid", "seq", "qkvv", "qk", "vv", "cls", "feature", "qkvv_masked", "qkvv_layer4"}
+    assert sorted(outs) == sorted([*expected, "mae-student", "mae-student-long"])  # each once
+    assert outs.index("seq_mid") < outs.index("seq")
+    assert set((tmp_path / "threads.txt").read_text().split()) == {"1"} and len(outs) == 11
+    assert (out / "lane1.log").is_file() and (out / "lane2.log").is_file()
+
+    calls.unlink()
+    failing = {**env, "FAIL_ON": "students/cls "}  # the second lane's first student
+    broken = subprocess.run([*script, str(tmp_path / "b")], env=failing, cwd=tmp_path, capture_output=True, text=True)
+    assert broken.returncode == 1 and "lane 2 failed" in broken.stderr and "lane 1 failed" not in broken.stderr
+    ran = calls.read_text()
+    assert "students/feature " not in ran and "mae-student" not in ran  # the failed lane stopped there
+    assert "students/vv " in ran  # the other lane finished
+    bad = subprocess.run([*script, str(out)], env={**env, "LANES": "3"}, cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "1 or 2" in bad.stderr
+    calls.unlink()
+    one_lane = {**failing, "LANES": "1"}  # one lane stops at the failure too
+    stopped = subprocess.run([*script, str(tmp_path / "c")], env=one_lane, cwd=tmp_path, capture_output=True)
+    assert stopped.returncode != 0 and "mae-student" not in calls.read_text()
 
 
 def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tmp_path):

@@ -80,9 +80,9 @@ def eval_before(records: list[dict[str, Any]], split: str, step: int, within: in
 
 def kept_records(run_dir: Path, compare_dir: Path, final: str | None = None, protocol: str = "finetune") -> list[dict]:
     """One record per checkpoint of `run_dir` that `compare_dir` scored under `protocol`: the sweep's results.csv
-    columns with iterations = the checkpoint's step and heldout_loss = the fixed-mask evaluation at that step (the
-    evaluation at that step, or the last one before it when keep_every is not a multiple of eval_every (the record's
-    heldout_step says which). The run's curves ride on its last record."""
+    columns with iterations = the checkpoint's step and heldout_loss = the run's fixed-mask evaluation at that step,
+    or the last one before it when keep_every is not a multiple of eval_every (the record's heldout_step says
+    which). The run's curves ride on its last record."""
     for name in ("config.yaml", "metrics.jsonl"):
         if not (run_dir / name).is_file():
             raise ConfigError(f"{run_dir / name} not found: give a pretraining run directory (mimkit pretrain --out)")
@@ -96,7 +96,7 @@ def kept_records(run_dir: Path, compare_dir: Path, final: str | None = None, pro
     def claim(step: int, name: str) -> None:
         if step in steps:
             raise ConfigError(
-                f"'{steps[step]}' and '{name}' in {compare_dir} are both step {step} of {run_dir}: keep one"
+                f"'{steps[step]}' and '{name}' in {compare_dir} are both step {step} of {run_dir}: score it once"
             )
         steps[step] = name
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mimkit.errors import ConfigError
-from mimkit.eval.compare import mean_std, within_spread
+from mimkit.eval.compare import best_baseline, mean_std, within_spread
 
 SCRATCH = "scratch"
 HOW_TO = (
@@ -67,9 +67,9 @@ def learns_nothing_bar(cells: dict[tuple[str, str], dict[str, Any]], protocol: s
     """The best baseline that learns nothing (raw pixels' kNN or linear probe, the majority class): fine-tuning can
     learn any of them, so a fine-tuned cell at or under it measures the protocol; a frozen protocol's bar is the
     baselines measured the same way (and the majority class), as `mimkit compare` draws it."""
-    wanted = {protocol, "trivial"}
-    options = [c["mean"] for (_, p), c in cells.items() if c["baseline"] and (protocol == "finetune" or p in wanted)]
-    return max(options) if options else None
+    summary = [{"model": m, "task": "classification", "protocol": p, **c} for (m, p), c in cells.items()]
+    best = best_baseline(summary, "classification", protocol)  # the one rule, shared with compare's tables
+    return best["mean"] if best else None
 
 
 def bars(baselines: dict[str, dict], protocol: str = "finetune") -> dict[str, dict[str, float | None]]:

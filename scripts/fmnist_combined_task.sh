@@ -30,7 +30,7 @@ done
 [ -f "$OUT/pre/supervised/results.json" ] || \
   $M pretrain --config supervised_fmnist_tiny --out "$OUT/pre/supervised" --steps "$SUP_STEPS" \
     --set train.tensorboard=false
-$M compare --init mae="$MAE" --init supervised="$OUT/pre/supervised" --init scratch=scratch "${extra[@]}" \
+$M compare "${LANES_ARG[@]}" --init mae="$MAE" --init supervised="$OUT/pre/supervised" --init scratch=scratch "${extra[@]}" \
   --out "$OUT/compare" \
   --protocols finetune --tasks cluttered_combined --seeds "$SEEDS" \
   --set model.name=mim_vit_pico --set model.init_scheme=mae --set data.fraction="$FRACTION" \

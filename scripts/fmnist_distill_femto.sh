@@ -15,7 +15,7 @@
 #   bash scripts/fmnist_distill_femto.sh keep|restore [OUT_DIR]
 # The compare's cell markers and tables are kept in docs/results/fmnist-distill-femto/ (KEEP) and restored from
 # there on a new machine, so measured cells are skipped. MODELS (e.g. "qkvv mae") and PROTOCOLS (e.g. knn,linprobe)
-# run a subset; SEEDS=1, 2, 3 adds seeds. TEACHER (an exported encoder or run), STUDENT_MODEL, EPOCHS and FT_EPOCHS
+# run a subset (MODELS in the pretrain stage too, where seq_mid is a name: e.g. one lane again after a stop); SEEDS=1, 2, 3 adds seeds. TEACHER (an exported encoder or run), STUDENT_MODEL, EPOCHS and FT_EPOCHS
 # override the sizes; EXTRA adds --set words to every command (smoke runs). LANES=2 runs the pretrain stage as two
 # single-thread lanes at once (seq_mid, seq, qkvv, qk, vv | cls, feature, qkvv_masked, the layer student, the MAE
 # femtos), each lane's output in OUT/lane1.log and lane2.log; the default is one lane with every thread. Whether two
@@ -55,10 +55,17 @@ pretrain)
   [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
     "exports it) or set TEACHER" >&2; exit 2; }
   # TinyMIM's warm-up share (distill_fmnist_tiny: 50 of 800 steps) for the students; MAE's 5% (40 of 800 epochs)
-  students() {  # students NAME...: distil each unfinished one, in order
+  for m in ${MODELS:-}; do  # a subset to train (e.g. one lane again after a stop); unknown names stop here
+    [[ -n "${TARGETS[$m]:-}" || " seq_mid mae mae_long " == *" $m "* ]] ||
+      { echo "unknown model '$m' in MODELS: seq_mid $STUDENTS mae mae_long" >&2; exit 2; }
+  done
+  wanted() { [[ -z "${MODELS:-}" || " $MODELS " == *" $1 "* ]]; }
+  students() {  # students NAME...: distil each unfinished one that MODELS names, in order
     local s how
     for s in "$@"; do
-      finished "$OUT/students/$s" && continue
+      { wanted "$s" && ! finished "$OUT/students/$s"; } || continue
+      [[ $s != seq ]] || finished "$OUT/students/seq_mid" ||
+        { echo "seq is taught by seq_mid, which has not finished: train seq_mid first (MODELS=\"seq_mid seq\")" >&2; return 2; }
       read -r -a how <<<"$(settings "$s")"
       $M distill "${how[@]}" --out "$OUT/students/$s" --epochs "$EPOCHS" \
         --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]:-qk+vv}" \
@@ -66,10 +73,12 @@ pretrain)
     done
   }
   maes() {  # the MAE femtos with the students' image budget and the longer one
-    local run
-    for run in mae-student:$EPOCHS mae-student-long:$MAE_LONG_EPOCHS; do
-      finished "$OUT/${run%:*}" || $M pretrain --config mae_fmnist_tiny --out "$OUT/${run%:*}" --epochs "${run#*:}" \
-        --set train.warmup_epochs="$(warmup "${run#*:}" 0.05)" --set model.name="$STUDENT_MODEL" "${quiet[@]}"
+    local spec name dir epochs
+    for spec in mae:mae-student:$EPOCHS mae_long:mae-student-long:$MAE_LONG_EPOCHS; do
+      IFS=: read -r name dir epochs <<<"$spec"
+      { wanted "$name" && ! finished "$OUT/$dir"; } || continue
+      $M pretrain --config mae_fmnist_tiny --out "$OUT/$dir" --epochs "$epochs" \
+        --set train.warmup_epochs="$(warmup "$epochs" 0.05)" --set model.name="$STUDENT_MODEL" "${quiet[@]}"
     done
   }
   case "${LANES:-1}" in
@@ -80,7 +89,7 @@ pretrain)
   2)
     mkdir -p "$OUT"
     first="seq_mid seq qkvv qk vv"  # seq_mid before seq, in the same lane
-    second=$(for s in $STUDENTS; do [[ " $first " == *" $s "* ]] || echo "$s"; done)
+    second=$(for s in $STUDENTS; do [[ " $first " == *" $s "* ]] || echo "$s"; done | paste -sd' ')
     echo "two lanes of one thread: $first | $second mae mae_long (output in $OUT/lane1.log, $OUT/lane2.log)"
     (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $first) >"$OUT/lane1.log" 2>&1 &
     lane1=$!
@@ -112,11 +121,11 @@ compare)
   protocols=${PROTOCOLS:-knn,linprobe,finetune}
   frozen=$(echo "$protocols" | tr , '\n' | grep -v '^finetune$' | paste -sd, || true)
   if [ -n "$frozen" ]; then  # the teacher too: what the students are distilled from, frozen
-    $M compare "${models[@]}" --init teacher="$TEACHER" --out "$cmp" --protocols "$frozen" --tasks classification \
+    $M compare "${LANES_ARG[@]}" "${models[@]}" --init teacher="$TEACHER" --out "$cmp" --protocols "$frozen" --tasks classification \
       --seeds "$SEEDS" "${every[@]}"
   fi
   if [[ ,$protocols, == *,finetune,* ]]; then
-    $M compare "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
+    $M compare "${LANES_ARG[@]}" "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
   fi
   keep_compare "$KEEP" "$cmp"
   ;;

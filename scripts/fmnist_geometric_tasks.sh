@@ -8,7 +8,7 @@
 set -euo pipefail
 OUT=${1:-runs/fmnist-geometric}
 source "$(dirname "$0")/lib/mimkit.sh"
-$M compare --init scratch=scratch --out "$OUT" --protocols finetune \
+$M compare "${LANES_ARG[@]}" --init scratch=scratch --out "$OUT" --protocols finetune \
   --tasks cluttered_localization,keypoints,depth,tracking --seeds 3 \
   --set model.name=mim_vit_pico --set model.init_scheme=mae --set data.fraction=0.1 \
   --set-finetune train.epochs=10 --set-finetune train.warmup_epochs=1 --set-finetune train.batch_size=128 \

@@ -65,7 +65,7 @@ baselines)  # each size from random initialisation: frozen (kNN, linear probe) a
   for model in $MODELS; do
     cmp=$OUT/compare-$model
     restore_compare "$KEEP" "$cmp"
-    $M compare --init scratch=scratch --out "$cmp" --protocols knn,linprobe,finetune --tasks classification \
+    $M compare "${LANES_ARG[@]}" --init scratch=scratch --out "$cmp" --protocols knn,linprobe,finetune --tasks classification \
       --seeds "$SEEDS" --set model.name="$model" --set model.family=vit --set model.patch_size=8 \
       --set data.fraction=0.1 --finetune-config finetune_fmnist_pico --set-finetune train.epochs="$FT_EPOCHS" \
       --set-finetune train.tensorboard=false

@@ -84,12 +84,12 @@ pretrain)
   pretrain mocov3 mocov3_fmnist_tiny
   ;;
 classification)
-  $M compare "${inits[@]}" --out "$OUT/compare-classification" --protocols knn,linprobe,finetune \
+  $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-classification" --protocols knn,linprobe,finetune \
     --tasks classification --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$FT_EPOCHS"
   ;;
 classification-60k)  # every label: where the fine-tuning recipe reaches 89%; PROTOCOLS picks a subset (frozen first)
   restore_compare "$KEEP" "$OUT/compare-classification-60k"
-  $M compare "${inits[@]}" --out "$OUT/compare-classification-60k" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
+  $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-classification-60k" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
     --tasks classification --seeds "$SEEDS" "${every[@]}" --set-finetune train.epochs="$FT_EPOCHS"
   keep_compare "$KEEP" "$OUT/compare-classification-60k"
   ;;
@@ -104,13 +104,13 @@ fine-grained | concept)
     extra=(--init supervised_0to4="$PRE/supervised_0to4")
   fi
   restore_compare "$KEEP" "$OUT/compare-$STAGE"
-  $M compare "${inits[@]}" "${extra[@]}" --out "$OUT/compare-$STAGE" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
+  $M compare "${LANES_ARG[@]}" "${inits[@]}" "${extra[@]}" --out "$OUT/compare-$STAGE" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
     --tasks classification --seeds "$SEEDS" "${every[@]}" --set "data.class_subset=$subset" \
     --set-finetune train.epochs="$FT_EPOCHS"
   keep_compare "$KEEP" "$OUT/compare-$STAGE"
   ;;
 geometric)
-  $M compare "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
+  $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
     --tasks cluttered_localization --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
   ;;
 keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it

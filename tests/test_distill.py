@@ -619,6 +619,60 @@ def test_cli_export_loads_strictly_into_timm(cli_run, tmp_path, capsys):
         torch.testing.assert_close(model.eval().forward_features(images), load(out).encoder.forward_features(images))
 
 
+def test_a_run_resumes_with_the_same_teacher_file_from_another_checkout(teacher, tmp_path, capsys):
+    """The teacher is compared by content: a copy of the same exported encoder elsewhere (a new clone, a worktree)
+    resumes the run, also once the first copy is gone (teacher.json recorded its digest); a teacher file changed in
+    place, or a different file, is refused, naming the teacher, and the run's config is kept."""
+    from safetensors.torch import load_file, save_file
+
+    from mimkit.cli import main
+
+    first, second = tmp_path / "a/teacher.safetensors", tmp_path / "b/teacher.safetensors"
+    first.parent.mkdir()
+    assert main(["export", str(teacher), "--out", str(first)]) == 0
+    shutil.copytree(first.parent, second.parent)
+    out = tmp_path / "run"
+    words = [*TINY, "distill.targets=qk+vv", "train.eval_every=2", "train.ckpt_every=2"]
+    assert main(["distill", "--teacher", str(first), "--out", str(out), *sets([*words, "train.steps=2"])]) == 0
+    assert json.loads((out / "teacher.json").read_text())["identity"].startswith("sha256:")
+    shutil.rmtree(first.parent)  # the first checkout is gone
+    assert main(["distill", "--teacher", str(second), "--out", str(out), *sets([*words, "train.steps=4"])]) == 0
+    assert "resumed from step 2" in capsys.readouterr().out
+    before = (out / "config.yaml").read_text()
+
+    tensors = load_file(str(second))
+    changed = {k: v + 1 if v.is_floating_point() else v for k, v in tensors.items()}
+    other = tmp_path / "c/teacher.safetensors"
+    other.parent.mkdir()
+    save_file(changed, str(other))
+    shutil.copy(second.with_name("teacher.safetensors.json"), other.with_name("teacher.safetensors.json"))
+    err = cli_error(capsys, "distill", "--teacher", str(other), "--out", str(out), *sets([*words, "train.steps=6"]))
+    assert "different distill config (distill.teacher:" in err and str(other) in err
+    save_file(changed, str(second))  # the same path, other weights
+    err = cli_error(capsys, "distill", "--teacher", str(second), "--out", str(out), *sets([*words, "train.steps=6"]))
+    assert "whose content has changed since the run started" in err
+    assert (out / "config.yaml").read_text() == before
+
+
+def test_same_source_matches_content_and_directories_not_names(tmp_path):
+    from mimkit.weights.identity import same_source, source_identity
+
+    (tmp_path / "a").write_bytes(b"weights")
+    (tmp_path / "b").write_bytes(b"weights")
+    (tmp_path / "c").write_bytes(b"other!!")
+    (tmp_path / "run").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "run")
+    (tmp_path / "run2").mkdir()
+    assert same_source(str(tmp_path / "a"), str(tmp_path / "b"))
+    assert not same_source(str(tmp_path / "a"), str(tmp_path / "c"))
+    assert same_source(str(tmp_path / "run"), str(tmp_path / "link"))
+    assert not same_source(str(tmp_path / "run"), str(tmp_path / "run2"))  # two runs: never compared by content
+    assert not same_source(str(tmp_path / "gone"), str(tmp_path / "gone2")) and same_source(None, None)
+    digest = source_identity(str(tmp_path / "a"))
+    assert same_source(str(tmp_path / "gone"), str(tmp_path / "b"), recorded=digest)  # judged by what it was
+    assert not same_source(str(tmp_path / "a"), str(tmp_path / "a"), recorded="sha256:0000")  # changed in place
+
+
 def test_cli_finetune_starts_from_the_distilled_student(cli_run, tmp_path, capsys):
     from mimkit.cli import main
 

@@ -180,3 +180,41 @@ def test_sigterm_to_the_launcher_saves_on_every_rank_and_exits_143(tmp_path):
     step = int(ckpt.find_checkpoint(run).resolve().name.split("-")[1])
     resumed = run_cli(*_args(run, [*KILLABLE, "train.steps=60"]), check=True)
     assert f"resumed from step {step}" in resumed.stdout
+
+
+def test_sigterm_to_a_comparison_in_lanes_stops_every_lane_and_exits_143(tmp_path):
+    """`compare --lanes 2`: SIGTERM to the comparison stops both running cells (each saves its checkpoint), leaves
+    no worker and no stop file behind and exits 143 with one line; the same command then resumes both cells."""
+    out = tmp_path / "cmp"
+    sets_ = ["data.name=synthetic", "data.synthetic_size=128", "data.img_size=16", "data.in_chans=1"]
+    sets_ += ["model.name=mim_vit_femto", "device=cpu"]
+    tune = ["train.epochs=null", "train.steps=400", "train.ckpt_every=5", "train.log_every=1", "train.eval_every=400"]
+    tune += ["train.batch_size=16", "train.eval_samples=16", "train.tensorboard=false"]
+    cmd = [sys.executable, "-m", "mimkit", "compare", "--init", "scratch", "--out", str(out), "--protocols"]
+    cmd += ["finetune", "--seeds", "2", "--no-baselines", "--lanes", "2", *sets(sets_)]
+    cmd += [w for s in tune for w in ("--set-finetune", s)]
+    proc = subprocess.Popen(cmd, env=cli_env(), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cells = [
+        out / "cells" / name
+        for name in ("scratch__finetune__classification", "scratch__finetune__classification__seed1")
+    ]
+    t0 = time.time()
+    while not all((cell / "checkpoints" / "step-0000005").exists() for cell in cells):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.time() - t0 < 180, "the two lanes did not both reach a checkpoint"
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=200)
+    assert proc.returncode == 143, stderr[-3000:]
+    assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
+    assert not (out / ".stopping").exists() and not list(out.glob("cells/*/cell.json"))
+    steps = {}
+    for cell in cells:
+        assert "SIGTERM received: checkpoint saved at step" in cell.with_name(cell.name + ".log").read_text()
+        steps[cell.name] = int(ckpt.find_checkpoint(cell).resolve().name.split("-")[1])
+        assert 5 <= steps[cell.name] < 400
+    again = subprocess.run(cmd, env=cli_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "0 of 2 cells done before" in again.stdout and len(list(out.glob("cells/*/cell.json"))) == 2
+    for cell in cells:
+        assert f"resumed from step {steps[cell.name]}" in cell.with_name(cell.name + ".log").read_text()

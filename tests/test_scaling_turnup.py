@@ -124,6 +124,7 @@ def test_scaling_analyze_reports_turn_ups_from_curves_json(tmp_path: Path):
     assert calls == {"big": True, "small": False}
     assert list(calls) == ["small", "big"]  # by size, as the other tables and figures (not by name)
     md = (tmp_path / "analysis/results.md").read_text()
+    assert md.index("## small") < md.index("## big")  # the rows were written big first
     assert (
         "Held-out loss inside each run" in md and "| big | 0.01 | 2000 | 3 | 1.0000 | 1000 |" in md and "**yes**" in md
     )

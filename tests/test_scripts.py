@@ -266,8 +266,22 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
     subprocess.run([*script, "pretrain", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
     assert not calls.exists()  # every run finished: nothing trained again
 
+    fresh = tmp_path / "subset"  # MODELS trains a subset, in the stage's order, whatever order it is written in
+    subset = {**env, "MODELS": "mae_long qk seq_mid"}
+    subprocess.run([*script, "pretrain", str(fresh)], env=subset, cwd=tmp_path, check=True, capture_output=True)
+    trained = [line.split("--out ")[1].split()[0].rsplit("/", 1)[1] for line in calls.read_text().splitlines()]
+    assert trained == ["seq_mid", "qk", "mae-student-long"]
+    calls.unlink()
+    early = {**env, "MODELS": "seq"}  # seq_mid, its teacher, has not finished in this folder
+    refused = subprocess.run([*script, "pretrain", str(tmp_path / "s")], env=early, cwd=tmp_path, capture_output=True)
+    assert refused.returncode == 2 and b"seq is taught by seq_mid" in refused.stderr and not calls.exists()
+    unknown = {**env, "MODELS": "qk dino"}
+    bad = subprocess.run([*script, "pretrain", str(fresh)], env=unknown, cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown model 'dino'" in bad.stderr and not calls.exists()
+
     subprocess.run([*script, "compare", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
     frozen, tuned = calls.read_text().splitlines()
+    assert frozen.startswith("-m mimkit compare --lanes 1 ") and tuned.startswith("-m mimkit compare --lanes 1 ")
     assert "--protocols knn,linprobe " in frozen and f"--init teacher={teacher}" in frozen
     assert "--protocols finetune " in tuned and "teacher" not in tuned
     for command in (frozen, tuned):
@@ -277,10 +291,11 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
         assert "seq_mid" not in command  # not a femto
 
     calls.unlink()
-    subset = {**env, "MODELS": "qkvv mae", "PROTOCOLS": "knn"}
+    subset = {**env, "MODELS": "qkvv mae", "PROTOCOLS": "knn", "LANES": "3"}  # 3 compare lanes (pretrain: 1 or 2)
     subprocess.run([*script, "compare", str(out)], env=subset, cwd=tmp_path, check=True, capture_output=True)
     (only,) = calls.read_text().splitlines()
     assert "--protocols knn " in only and f"--init mae={out}/mae-student " in only and "students/qk " not in only
+    assert "--lanes 3 " in only
     assert "mae_long" not in only
     bad = subprocess.run(
         [*script, "compare", str(out)], env={**env, "MODELS": "dino"}, cwd=tmp_path, capture_output=True, text=True
@@ -299,6 +314,7 @@ def test_distill_femto_two_lanes_split_the_runs_with_one_thread_each_and_report_
     out = tmp_path / "two"
     done = subprocess.run([*script, str(out)], env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
+    assert "seq_mid seq qkvv qk vv | cls feature qkvv_masked qkvv_layer4 mae mae_long (" in done.stdout  # one line
     outs = [line.split("--out ")[1].split()[0].rsplit("/", 1)[1] for line in calls.read_text().splitlines()]
     expected = {"seq_mid", "seq", "qkvv", "qk", "vv", "cls", "feature", "qkvv_masked", "qkvv_layer4"}
     assert sorted(outs) == sorted([*expected, "mae-student", "mae-student-long"])  # each once
@@ -368,7 +384,7 @@ def test_scaling_study_keeps_each_seed_and_analyses_with_each_sizes_baselines(tm
     subset = {**env, "MODELS": "mim_vit_pico mim_vit_nano", "SEEDS": "2"}
     subprocess.run([*script, "baselines", str(out)], env=subset, cwd=tmp_path, check=True, capture_output=True)
     pico, nano = calls.read_text().splitlines()
-    assert pico.startswith(f"-m mimkit compare --init scratch=scratch --out {out}/compare-mim_vit_pico ")
+    assert pico.startswith(f"-m mimkit compare --lanes 1 --init scratch=scratch --out {out}/compare-mim_vit_pico ")
     for line in (pico, nano):
         assert "--protocols knn,linprobe,finetune " in line and "--seeds 2 " in line and "model.patch_size=8" in line
         assert "--set data.fraction=0.1 " in line and "--finetune-config finetune_fmnist_pico " in line
@@ -516,8 +532,20 @@ def test_combined_task_takes_an_exported_mae_encoder_and_extra_models(tmp_path):
     subprocess.run(script, env=env, cwd=tmp_path, check=True, capture_output=True)
     pretrain, compare = calls.read_text().splitlines()
     assert pretrain.startswith("-m mimkit pretrain --config supervised_fmnist_tiny --out out/pre/supervised ")
-    assert compare.startswith(f"-m mimkit compare --init mae={encoder} --init supervised=out/pre/supervised ")
+    assert compare.startswith(f"-m mimkit compare --lanes 1 --init mae={encoder} --init supervised=out/pre/supervised ")
     assert f"--init scratch=scratch --init long={encoder} --init other=runs/x --out out/compare " in compare
     assert "mimkit.demo" not in calls.read_text()
     bad = subprocess.run(script, env={**env, "EXTRA_MODELS": "long"}, cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode == 2 and "'long' is not NAME=SOURCE" in bad.stderr
+
+
+def test_every_study_script_passes_lanes_to_its_comparisons():
+    """LANES=N reaches every `mimkit compare` a study script runs (scripts/lib/mimkit.sh's LANES_ARG)."""
+    calls = [
+        (path.name, line)
+        for path in sorted(SCRIPTS.glob("*.sh"))
+        for line in path.read_text().splitlines()
+        if "$M compare" in line
+    ]
+    assert len(calls) >= 8
+    assert [name for name, line in calls if '$M compare "${LANES_ARG[@]}" ' not in line] == []

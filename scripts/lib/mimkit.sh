@@ -10,3 +10,5 @@ else
   PY=python3
 fi
 M="$PY -m mimkit"
+# LANES=N: a comparison's cells N at a time, each with its share of the threads (`mimkit compare --lanes`; 1 by default)
+LANES_ARG=(--lanes "${LANES:-1}")

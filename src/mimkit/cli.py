@@ -108,6 +108,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         length=(args.steps, args.epochs),
         recipes=protocol_recipes(args.finetune_config, args.probe_config),
+        lanes=args.lanes,
     )
     print(f"{len(rows)} cells; in {args.out}: {compare_outputs(args.out)}")
     print(open(f"{args.out}/results.md").read())
@@ -665,6 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-baselines",
         action="store_true",
         help="leave out the baselines that learn nothing (raw pixels, frozen random encoder, trivial predictor)",
+    )
+    p.add_argument(
+        "--lanes",
+        type=int,
+        default=1,
+        help="run this many cells at a time, each in its own process with an equal share of the CPU threads (small "
+        "models leave cores idle; each cell's output then goes to OUT/cells/NAME.log); default 1",
     )
     p.set_defaults(func=cmd_compare)
 

@@ -32,6 +32,11 @@ class NonFiniteLossError(RuntimeError):
     """Training stopped after too many non-finite steps in a row (exit code 3); the last clean checkpoint is kept."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM to a process that runs trainings in worker processes (a sweep's --parallel, compare's --lanes): the
+    workers were stopped; the CLI exits 143, as a training stopped by SIGTERM does."""
+
+
 class Interrupted(Exception):
     """Raised after a signal: the checkpoint is saved and the process should exit with `exit_code`."""
 
@@ -89,6 +94,8 @@ def exit_code_of(command: Callable[[], int], debug: bool = False) -> int:
         return report(f"{stop}; re-run the same command to resume", stop.exit_code)
     except NonFiniteLossError as err:
         return report(str(err), EXIT_NONFINITE)
+    except Terminated:
+        return report("terminated (SIGTERM): re-run the same command to resume", 143)
     except KeyboardInterrupt:
         return report("interrupted", 130)
     except MemoryError:

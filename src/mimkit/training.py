@@ -24,6 +24,7 @@ from mimkit.engine.trainer import Engine
 from mimkit.heldout import loss_evaluators
 from mimkit.methods import build_method, method_spec
 from mimkit.weights import Source, adopt_source, load_encoder_weights, resolve_source
+from mimkit.weights.identity import same_source
 
 
 def versions() -> dict[str, str]:
@@ -77,11 +78,17 @@ def check_same_model(cfg: Config, run_dir: Path) -> None:
     old_path = run_dir / "config.yaml"
     if not (old_path.is_file() and (run_dir / "checkpoints").is_dir()):
         return
-    old = resolved(load_config(str(old_path)))
+    old = same_teacher(resolved(load_config(str(old_path))), cfg, run_dir)
     for section in ("model", "method", "distill"):
-        if getattr(old, section) != getattr(cfg, section):
+        then, now = getattr(old, section), getattr(cfg, section)
+        if then != now:
+            changed = "; ".join(
+                f"{section}.{f.name}: {getattr(then, f.name)!r} there, {getattr(now, f.name)!r} now"
+                for f in dataclasses.fields(then)
+                if getattr(then, f.name) != getattr(now, f.name)
+            )
             raise ConfigError(
-                f"'{run_dir}' holds a run with a different {section} config ({getattr(old, section)}); "
+                f"'{run_dir}' holds a run with a different {section} config ({changed}); "
                 "use a new --out directory, or pass --config with that run directory to resume it"
             )
     for key in ("img_size", "in_chans"):
@@ -90,6 +97,39 @@ def check_same_model(cfg: Config, run_dir: Path) -> None:
                 f"'{run_dir}' was trained with data.{key}={getattr(old.data, key)}, not "
                 f"{getattr(cfg.data, key)}; use a new --out directory"
             )
+
+
+TEACHER_RECORD = "teacher.json"  # a distillation run's teacher as it started: its spelling and identity
+
+
+def same_teacher(old: Config, cfg: Config, run_dir: Path) -> Config:
+    """A resumed distillation's teacher: the same weights under another spelling (another checkout's copy of the
+    file) count as the same teacher, and `old` takes today's spelling; a file whose content changed since the run
+    started is refused; any other difference is left for check_same_model to name."""
+    then, now = old.distill.teacher, cfg.distill.teacher
+    if then is None or now is None:
+        return old
+    try:
+        recorded = json.loads((run_dir / TEACHER_RECORD).read_text()).get("identity")
+    except (OSError, ValueError, AttributeError):  # a run from before the record, or an unreadable one
+        recorded = None
+    if same_source(then, now, recorded):
+        return dataclasses.replace(old, distill=dataclasses.replace(old.distill, teacher=now))
+    if then == now:
+        raise ConfigError(
+            f"'{run_dir}' was distilled from distill.teacher '{now}', whose content has changed since the run "
+            "started; use a new --out directory, or restore that teacher file"
+        )
+    return old
+
+
+def record_teacher(cfg: Config, run_dir: Path) -> None:
+    """Write TEACHER_RECORD, so a resume can tell the same teacher file from another even once this one is gone."""
+    if cfg.distill.teacher is not None and method_spec(cfg).needs_teacher:
+        from mimkit.weights.identity import source_identity
+
+        record = {"teacher": cfg.distill.teacher, "identity": source_identity(cfg.distill.teacher)}
+        atomic_write_text(run_dir / TEACHER_RECORD, json.dumps(record, indent=1))
 
 
 def prepare_config(cfg: Config, env: DistEnv, log) -> tuple[Config, DataBundle, Source]:
@@ -147,6 +187,7 @@ def _train(cfg: Config, data: DataBundle, source: Source, run_dir: Path, env: Di
         check_same_model(cfg, run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
+        record_teacher(cfg, run_dir)
     log(f"[data] {cfg.data.name}: {data.describe()}")
     method = build_method(cfg)
     if source.state is not None:

@@ -9,7 +9,6 @@ and compare.png, the same numbers drawn against the best baseline that learns no
 from __future__ import annotations
 
 import csv
-import functools
 import hashlib
 import io
 import json
@@ -161,38 +160,14 @@ ADDED_KEYS = ("loggers", "wandb_project", "wandb_mode")
 ADDED_AT_DEFAULT = {"probe": {"lr_grid": [], "val_fraction": 0.1}}
 
 
-@functools.lru_cache(maxsize=64)
-def _file_digest(path: str, size: int, mtime_ns: int) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
-def source_identity(init: Any) -> Any:
-    """A weights file (an exported encoder, `timm:NAME@FILE`) is the same model wherever the checkout lies: its cell
-    is keyed by the file's content, so a comparison kept in the repository and restored elsewhere reuses it. Run
-    directories and everything else keep their written form (a run grows; its path is its identity)."""
-    if not isinstance(init, str):
-        return init
-    prefix, file = "", init
-    if init.startswith("timm:"):  # timm:NAME@FILE keys by FILE; timm:NAME (the hub's weights) stays as written
-        name, _, file = init.partition("@")
-        prefix = f"{name}@"
-    path = Path(file)
-    if not file or not path.is_file():
-        return init
-    stat = path.stat()
-    return f"{prefix}sha256:{_file_digest(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}"
-
-
 def config_hash(
     cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, before_added: bool = False, by_content: bool = True
 ) -> str:
     tree = cfg.to_dict()
     tree["train"] = {k: v for k, v in tree["train"].items() if k not in dropped}
     if by_content:
+        from mimkit.weights.identity import source_identity  # here: mimkit.weights imports torch (a fast --help)
+
         tree["init"] = source_identity(tree.get("init"))
     if before_added:
         for section, defaults in ADDED_AT_DEFAULT.items():
@@ -319,11 +294,13 @@ def compare(
     baselines: bool = True,
     length: tuple[int | None, float | None] = (None, None),
     recipes: dict[str, str] | None = None,
+    lanes: int = 1,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
     evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std. `length`:
     (--steps, --epochs) of the cells that train. `recipes`: each protocol's recipe (protocol_recipes), e.g. a
-    tuned fine-tuning schedule; a cell recorded under another recipe's settings runs again."""
+    tuned fine-tuning schedule; a cell recorded under another recipe's settings runs again. `lanes`: cells run
+    that many at a time, each in its own process with its share of the threads (eval/cell_lanes.py)."""
     recipes = recipes or RECIPES
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
@@ -333,6 +310,8 @@ def compare(
         raise ConfigError(f"unknown protocol or task {unknown}: protocols {PROTOCOLS}, tasks {TASKS}")
     if seeds < 1:
         raise ConfigError(f"compare: --seeds {seeds} must be at least 1")
+    if lanes < 1:
+        raise ConfigError(f"compare: --lanes {lanes} must be at least 1")
     names = [model_name(s) for s in inits]
     if len(set(names)) != len(names):
         raise ConfigError(f"two --init sources share the name {names}; name them as NAME=SOURCE")
@@ -351,33 +330,11 @@ def compare(
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
     extra = baseline_models(sources, shape_cfg, model_chosen, log) if baselines else []
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
-    rows, stale = [], False
-    for i, cell in enumerate(cells, 1):
-        cfg = cell_config(cell, overrides, protocol_overrides, length, recipes)
-        run_dir = out / "cells" / cell.name
-        marker = run_dir / "cell.json"
-        row = recorded_row(marker, cfg)
-        ran = row is None
-        if not ran:
-            log(f"[compare] {i}/{len(cells)} {cell.name}: done before, skipped")
-        else:
-            log(f"[compare] {i}/{len(cells)} {cell.name}: running")
-            metrics = run_cell(cell, cfg, run_dir)
-            row = {
-                "model": cell.model,
-                "source": cell.source,
-                "protocol": cell.protocol,
-                "task": cell.task,
-                "seed": cell.seed,
-                "baseline": cell.baseline,
-                **metrics,
-            }
-            atomic_write_text(marker, json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
-        rows.append(row)
-        write_tables(rows, out, figure=ran)  # redrawn when a cell's number is new
-        stale = not ran  # skipped cells since the last drawing: drawn once at the end
-    if stale:
-        write_figure(summarize(rows), out)
+    configs = [cell_config(cell, overrides, protocol_overrides, length, recipes) for cell in cells]
+    if lanes > 1:
+        rows = _run_in_lanes(cells, configs, out, lanes, log)
+    else:
+        rows = _run_in_order(cells, configs, out, log)
     for task in COMBINED_TASKS:  # the paper's classification vs localisation loss curves
         runs: dict[str, list[Path]] = {}
         for cell in cells:
@@ -389,6 +346,57 @@ def compare(
             plot_combined_losses(runs, out / f"{task}_losses.png", task)
             atomic_write_text(out / f"{task}_losses.md", losses_markdown(runs, task))
     return rows
+
+
+def _record(cell: Cell, cfg: Config, metrics: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """A finished cell's table row, written to its marker (cell.json) so a re-run skips it."""
+    row = {
+        "model": cell.model,
+        "source": cell.source,
+        "protocol": cell.protocol,
+        "task": cell.task,
+        "seed": cell.seed,
+        "baseline": cell.baseline,
+        **metrics,
+    }
+    atomic_write_text(run_dir / "cell.json", json.dumps({"config_hash": config_hash(cfg), "row": row}, indent=1))
+    return row
+
+
+def _run_in_order(cells: list[Cell], configs: list[Config], out: Path, log) -> list[dict[str, Any]]:
+    """One cell after another in this process, the tables rewritten after each."""
+    rows, stale = [], False
+    for i, (cell, cfg) in enumerate(zip(cells, configs), 1):
+        run_dir = out / "cells" / cell.name
+        row = recorded_row(run_dir / "cell.json", cfg)
+        ran = row is None
+        if not ran:
+            log(f"[compare] {i}/{len(cells)} {cell.name}: done before, skipped")
+        else:
+            log(f"[compare] {i}/{len(cells)} {cell.name}: running")
+            row = _record(cell, cfg, run_cell(cell, cfg, run_dir), run_dir)
+        rows.append(row)
+        write_tables(rows, out, figure=ran)  # redrawn when a cell's number is new
+        stale = not ran  # skipped cells since the last drawing: drawn once at the end
+    if stale:
+        write_figure(summarize(rows), out)
+    return rows
+
+
+def _run_in_lanes(cells: list[Cell], configs: list[Config], out: Path, lanes: int, log) -> list[dict[str, Any]]:
+    """The cells not finished before, `lanes` at a time; the tables (in plan order) rewritten as each finishes."""
+    from mimkit.eval.cell_lanes import run_in_lanes
+
+    dirs = [out / "cells" / cell.name for cell in cells]
+    rows: list[dict[str, Any] | None] = [recorded_row(d / "cell.json", f) for d, f in zip(dirs, configs)]
+    todo = [(i, c, f, d) for i, (c, f, d, r) in enumerate(zip(cells, configs, dirs, rows)) if r is None]
+    log(f"[compare] {len(cells) - len(todo)} of {len(cells)} cells done before, skipped")
+    if len(todo) < len(cells):  # the finished cells' tables first, as one lane writes them on its way
+        write_tables([r for r in rows if r is not None], out)
+    for i, metrics in run_in_lanes(run_cell, todo, lanes, out, log) if todo else ():
+        rows[i] = _record(cells[i], configs[i], metrics, dirs[i])
+        write_tables([r for r in rows if r is not None], out)  # the figure redrawn with each new number
+    return [r for r in rows if r is not None]
 
 
 def tables_from_cells(out: str | Path) -> list[dict[str, Any]]:

@@ -225,7 +225,7 @@ def analyze_table(
     curves_path = Path(curves) if curves else Path(path).parent / "curves.json"
     run_curves = json.loads(curves_path.read_text()) if curves_path.is_file() else None
     rows = read_table(path)
-    points = aggregate(rows)
+    points = in_size_order(aggregate(rows))
     base = load_baselines(baselines or [], model_order(points))
     protocol = transfer_protocol(rows)
     overfit = find_overfitting(points, tolerance)
@@ -263,6 +263,14 @@ def analyze_table(
     result["figures"] = [str(f) for f in figures]
     atomic_write_text(out / "scaling.json", json.dumps(result, indent=1, default=_jsonable))
     return result
+
+
+def in_size_order(points: list[Point]) -> list[Point]:
+    """Cells by model size, then data size, then length, whatever order the rows were written in (a table merged
+    from several runs or sweeps), so results.md's per-model tables read like its figures."""
+    models = {m: i for i, m in enumerate(model_order(points))}
+    data = {d: i for i, d in enumerate(data_order(points))}
+    return sorted(points, key=lambda p: (models[p.model], data[p.data], p.iterations))
 
 
 def _by_size(entries: list[dict[str, Any]], models: list[str]) -> list[dict[str, Any]]:

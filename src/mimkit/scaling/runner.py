@@ -7,11 +7,9 @@ interrupted one resumes from its checkpoint, and a failed one is reported with i
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import sys
 import time
-from concurrent.futures import as_completed
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,13 +66,9 @@ def execute(
     import contextlib
     import traceback
 
-    from mimkit.engine.host_malloc import tune_host_malloc
+    from mimkit.engine.lanes import start_lane
 
-    if threads:
-        import torch
-
-        torch.set_num_threads(threads)
-    tune_host_malloc()  # this worker is a mimkit program, as the CLI is: see engine/host_malloc.py
+    start_lane(threads)
     rank = _export_submitit_distributed()
     if rank:
         log_path = f"{log_path}.rank{rank}"  # every task of a multi-task job runs the commands (DDP)
@@ -129,24 +123,23 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
     """Run `todo` in `parallel` worker processes (CPU threads split between them); returns the ids that failed.
     When a worker dies (killed, out of memory) the pool cannot say whose run killed it: every unfinished run goes
     again in a fresh pool (resuming from its checkpoint), and a run caught in MAX_TRIES broken pools fails."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
 
-    cores = os.cpu_count() or 1
-    threads = max(1, cores // parallel) if parallel > 1 else None
+    from mimkit.engine.lanes import completed_or_stopped, lane_threads, spawn_pool
+
+    threads = lane_threads(parallel)
     stop_file = sweep.out / ".stopping"
     stop_file.unlink(missing_ok=True)
     failed, t0, done, left = [], time.time(), 0, list(todo)
     tries = {run.run_id: 0 for run in todo}
     while left:
         broken = False
-        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+        with spawn_pool(parallel) as pool:
             futures = {
                 pool.submit(execute, pending_steps(sweep, run), _log_path(run), threads, str(stop_file)): run
                 for run in left
             }
-            for future in _completed(futures, pool, stop_file):
+            for future in completed_or_stopped(futures, pool, stop_file):
                 run = futures[future]
                 try:
                     outcome = future.result()
@@ -185,40 +178,6 @@ def run_local(sweep: Sweep, todo: list[SweepRun], parallel: int, say: Callable[[
 
 
 MAX_TRIES = 3
-
-
-def _completed(futures: dict, pool, stop_file: Path):
-    """Futures as they finish. On Ctrl-C or SIGTERM: nothing new starts (queued runs are cancelled, and a worker
-    that already took one finds `stop_file`), running runs get SIGTERM (they checkpoint and stop), stragglers are
-    killed after a grace period (checkpoint writes are atomic), so no worker is left training."""
-    import signal
-    from concurrent.futures import wait
-
-    from mimkit.compat import live_worker_processes  # compat imports torch: not needed to read a grid
-
-    def on_term(signum, frame):  # noqa: ARG001 - signal handler signature
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, on_term)
-    try:
-        yield from as_completed(futures)
-    except KeyboardInterrupt:
-        stop_file.parent.mkdir(parents=True, exist_ok=True)
-        stop_file.touch()
-        processes = live_worker_processes(pool)
-        for process in processes:
-            process.terminate()
-        pool.shutdown(wait=False, cancel_futures=True)
-        wait([f for f in futures if not f.cancelled()], timeout=STOP_GRACE_S)
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-        raise
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-STOP_GRACE_S = 120  # time for running runs to write their checkpoint after SIGTERM
 
 
 def submitit_executor(sweep: Sweep, launcher: str):

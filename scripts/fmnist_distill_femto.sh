@@ -127,7 +127,10 @@ compare)
   if [[ ,$protocols, == *,finetune,* ]]; then
     $M compare "${LANES_ARG[@]}" "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
   fi
-  keep_compare "$KEEP" "$cmp"
+  # T1 relation targets vs the others, T2 teacher layer, T3 raw vs masked input, T4 sequential vs direct; the
+  # students against the MAE femtos and scratch
+  keep_compare "$KEEP" "$cmp" qkvv:cls qkvv:feature qkvv:qk qkvv:vv qkvv_layer$TEACHER_LAYER:qkvv qkvv:qkvv_masked \
+    seq:qkvv qkvv:mae qkvv:mae_long mae_long:mae qkvv:scratch
   ;;
 keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" ;;
 *) echo "unknown stage '$STAGE': pretrain, compare, keep or restore" >&2; exit 2 ;;

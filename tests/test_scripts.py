@@ -549,3 +549,24 @@ def test_every_study_script_passes_lanes_to_its_comparisons():
     ]
     assert len(calls) >= 8
     assert [name for name, line in calls if '$M compare "${LANES_ARG[@]}" ' not in line] == []
+
+
+def test_keep_compare_contrasts_the_pairs_whose_two_models_have_cells(tmp_path):
+    """scripts/lib/compare_keep.sh: keep_compare's A:B pairs reach `compare --tables-only` as --contrast only when
+    both models have a finished cell (a study kept half-way would otherwise be refused for a model not run yet)."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    cmp = tmp_path / "compare-x"
+    for name in ("qkvv__knn__classification", "cls__knn__classification", "scratch__knn__classification__seed1"):
+        (cmp / "cells" / name).mkdir(parents=True)
+        (cmp / "cells" / name / "cell.json").write_text("{}")
+    (cmp / "cells" / "feature__knn__classification").mkdir()  # running: no marker
+    keep = f"source {SCRIPTS / 'lib/compare_keep.sh'}; keep_compare kept {cmp} qkvv:cls qkvv:feature qkvv:scratch"
+    script = f'M="python -m mimkit"; {keep}'
+    subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    (line,) = calls.read_text().splitlines()
+    assert line == f"-m mimkit compare --out {cmp} --tables-only --contrast qkvv:cls --contrast qkvv:scratch"
+    assert sorted(p.name for p in (tmp_path / "kept/compare-x/cells").iterdir()) == [
+        "cls__knn__classification.json",
+        "qkvv__knn__classification.json",
+        "scratch__knn__classification__seed1.json",
+    ]

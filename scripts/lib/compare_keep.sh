@@ -5,14 +5,18 @@
 # (compare accepts a marker whose hash matches the cell's config) and the study goes on where it stopped. A compare
 # killed mid-way keeps its finished cells: each marker is written when its cell ends. Both need M (the mimkit command).
 
-keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR
-  local dest=$1/$(basename "$2") marker table
+keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B ...]: the pairs whose two models have cells are contrasted
+  local dest=$1/$(basename "$2") marker table pair contrasts=()
   mkdir -p "$dest/cells"
   for marker in "$2"/cells/*/cell.json; do
     if [ -f "$marker" ]; then cp "$marker" "$dest/cells/$(basename "$(dirname "$marker")").json"; fi
   done
-  if compgen -G "$2/cells/*/cell.json" >/dev/null; then $M compare --out "$2" --tables-only >/dev/null; fi
-  for table in results.csv summary.csv results.md compare.png; do
+  for pair in "${@:3}"; do
+    if compgen -G "$2/cells/${pair%%:*}__*/cell.json" >/dev/null && compgen -G "$2/cells/${pair#*:}__*/cell.json" >/dev/null
+    then contrasts+=(--contrast "$pair"); fi
+  done
+  if compgen -G "$2/cells/*/cell.json" >/dev/null; then $M compare --out "$2" --tables-only "${contrasts[@]}" >/dev/null; fi
+  for table in results.csv summary.csv results.md compare.png contrasts.csv; do
     if [ -f "$2/$table" ]; then cp "$2/$table" "$dest/"; fi
   done
   return 0

@@ -88,9 +88,11 @@ def compare_outputs(out: str) -> str:
 def cmd_compare(args: argparse.Namespace) -> int:
     from mimkit.config import ConfigError
     from mimkit.eval.compare import compare, protocol_recipes, tables_from_cells
+    from mimkit.eval.contrasts import parse_contrasts
 
+    contrasts = parse_contrasts(args.contrast)
     if args.tables_only:
-        rows = tables_from_cells(args.out)
+        rows = tables_from_cells(args.out, contrasts)
         print(f"{len(rows)} finished cells; rebuilt in {args.out}: {compare_outputs(args.out)}")
         print(open(f"{args.out}/results.md").read())
         return 0
@@ -109,6 +111,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         length=(args.steps, args.epochs),
         recipes=protocol_recipes(args.finetune_config, args.probe_config),
         lanes=args.lanes,
+        contrasts=contrasts,
     )
     print(f"{len(rows)} cells; in {args.out}: {compare_outputs(args.out)}")
     print(open(f"{args.out}/results.md").read())
@@ -673,6 +676,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="run this many cells at a time, each in its own process with an equal share of the CPU threads (small "
         "models leave cores idle; each cell's output then goes to OUT/cells/NAME.log); default 1",
+    )
+    p.add_argument(
+        "--contrast",
+        action="append",
+        default=[],
+        metavar="A:B",
+        help="model A against model B (repeat per pair): their difference per task and protocol, paired by seed, "
+        "with a verdict, in results.md and contrasts.csv (also with --tables-only)",
     )
     p.set_defaults(func=cmd_compare)
 

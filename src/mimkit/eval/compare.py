@@ -22,7 +22,9 @@ from mimkit.config import Config, ConfigError, load_config
 from mimkit.config.length import with_length
 from mimkit.data.options import COMBINED_TASKS
 from mimkit.engine.atomic import atomic_write_text
+from mimkit.eval.contrasts import check_names, contrast_rows, contrasts_csv, contrasts_markdown
 from mimkit.eval.options import PIXELS
+from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, within_spread
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
 # Each protocol's recipe unless compare(recipes=...) (`--finetune-config` / `--probe-config`) names another: the
@@ -53,17 +55,6 @@ TASKS = (
     "tracking",
 )
 # The number each task is judged by, and whether higher is better.
-PRIMARY = {
-    "classification": ("top1", True),
-    "localization": ("mean_iou", True),
-    "rotation": ("angle_error", False),
-    "combined": ("ap50", True),
-    "cluttered_combined": ("ap50", True),
-    "cluttered_localization": ("mean_iou", True),
-    "depth": ("depth_error", False),
-    "keypoints": ("keypoint_error", False),
-    "tracking": ("displacement_error", False),
-}
 
 
 # Baselines that learn nothing (eval/baselines.py), added to every comparison unless turned off.
@@ -295,12 +286,14 @@ def compare(
     length: tuple[int | None, float | None] = (None, None),
     recipes: dict[str, str] | None = None,
     lanes: int = 1,
+    contrasts: list[tuple[str, str]] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
     evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std. `length`:
     (--steps, --epochs) of the cells that train. `recipes`: each protocol's recipe (protocol_recipes), e.g. a
     tuned fine-tuning schedule; a cell recorded under another recipe's settings runs again. `lanes`: cells run
-    that many at a time, each in its own process with its share of the threads (eval/cell_lanes.py)."""
+    that many at a time, each in its own process with its share of the threads (eval/cell_lanes.py). `contrasts`:
+    (A, B) model pairs whose paired differences the tables add (eval/contrasts.py)."""
     recipes = recipes or RECIPES
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
@@ -329,12 +322,14 @@ def compare(
 
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
     extra = baseline_models(sources, shape_cfg, model_chosen, log) if baselines else []
+    contrasts = contrasts or []
+    check_names(contrasts, [*names, *(name for name, _ in extra)])
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
     configs = [cell_config(cell, overrides, protocol_overrides, length, recipes) for cell in cells]
     if lanes > 1:
-        rows = _run_in_lanes(cells, configs, out, lanes, log)
+        rows = _run_in_lanes(cells, configs, out, lanes, log, contrasts)
     else:
-        rows = _run_in_order(cells, configs, out, log)
+        rows = _run_in_order(cells, configs, out, log, contrasts)
     for task in COMBINED_TASKS:  # the paper's classification vs localisation loss curves
         runs: dict[str, list[Path]] = {}
         for cell in cells:
@@ -363,7 +358,9 @@ def _record(cell: Cell, cfg: Config, metrics: dict[str, Any], run_dir: Path) -> 
     return row
 
 
-def _run_in_order(cells: list[Cell], configs: list[Config], out: Path, log) -> list[dict[str, Any]]:
+def _run_in_order(
+    cells: list[Cell], configs: list[Config], out: Path, log, contrasts: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
     """One cell after another in this process, the tables rewritten after each."""
     rows, stale = [], False
     for i, (cell, cfg) in enumerate(zip(cells, configs), 1):
@@ -376,14 +373,16 @@ def _run_in_order(cells: list[Cell], configs: list[Config], out: Path, log) -> l
             log(f"[compare] {i}/{len(cells)} {cell.name}: running")
             row = _record(cell, cfg, run_cell(cell, cfg, run_dir), run_dir)
         rows.append(row)
-        write_tables(rows, out, figure=ran)  # redrawn when a cell's number is new
+        write_tables(rows, out, figure=ran, contrasts=contrasts)  # redrawn when a cell's number is new
         stale = not ran  # skipped cells since the last drawing: drawn once at the end
     if stale:
         write_figure(summarize(rows), out)
     return rows
 
 
-def _run_in_lanes(cells: list[Cell], configs: list[Config], out: Path, lanes: int, log) -> list[dict[str, Any]]:
+def _run_in_lanes(
+    cells: list[Cell], configs: list[Config], out: Path, lanes: int, log, contrasts: list[tuple[str, str]]
+) -> list[dict[str, Any]]:
     """The cells not finished before, `lanes` at a time; the tables (in plan order) rewritten as each finishes."""
     from mimkit.eval.cell_lanes import run_in_lanes
 
@@ -392,14 +391,14 @@ def _run_in_lanes(cells: list[Cell], configs: list[Config], out: Path, lanes: in
     todo = [(i, c, f, d) for i, (c, f, d, r) in enumerate(zip(cells, configs, dirs, rows)) if r is None]
     log(f"[compare] {len(cells) - len(todo)} of {len(cells)} cells done before, skipped")
     if len(todo) < len(cells):  # the finished cells' tables first, as one lane writes them on its way
-        write_tables([r for r in rows if r is not None], out)
+        write_tables([r for r in rows if r is not None], out, contrasts=contrasts)
     for i, metrics in run_in_lanes(run_cell, todo, lanes, out, log) if todo else ():
         rows[i] = _record(cells[i], configs[i], metrics, dirs[i])
-        write_tables([r for r in rows if r is not None], out)  # the figure redrawn with each new number
+        write_tables([r for r in rows if r is not None], out, contrasts=contrasts)  # the figure redrawn too
     return [r for r in rows if r is not None]
 
 
-def tables_from_cells(out: str | Path) -> list[dict[str, Any]]:
+def tables_from_cells(out: str | Path, contrasts: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
     """Rebuild OUT's tables from every finished cell under OUT/cells, running nothing: for a comparison run in
     pieces (models or protocols added by later invocations, each of whose own tables shows only its cells). A cell
     still running (no marker yet) is left out; baselines come last, then by seed, models in name order."""
@@ -424,12 +423,16 @@ def tables_from_cells(out: str | Path) -> list[dict[str, Any]]:
             raise not_a_marker(marker, f"its row lacks {missing}")
         rows.append(row)
     rows.sort(key=lambda r: (bool(r.get("baseline")), int(r.get("seed") or 0)))
-    write_tables(rows, out)
+    check_names(contrasts or [], list(dict.fromkeys(r["model"] for r in rows)))
+    write_tables(rows, out, contrasts=contrasts)
     return rows
 
 
-def write_tables(rows: list[dict[str, Any]], out: Path, figure: bool = True) -> None:
-    """results.csv, results.json, summary.csv and results.md from the rows; compare.png too unless figure=False."""
+def write_tables(
+    rows: list[dict[str, Any]], out: Path, figure: bool = True, contrasts: list[tuple[str, str]] | None = None
+) -> None:
+    """results.csv, results.json, summary.csv and results.md from the rows; compare.png too unless figure=False;
+    with `contrasts`, their table in results.md and contrasts.csv."""
     fields = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5", "best_top1"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
@@ -443,7 +446,12 @@ def write_tables(rows: list[dict[str, Any]], out: Path, figure: bool = True) -> 
     writer.writeheader()
     writer.writerows(summary)
     atomic_write_text(out / "summary.csv", buffer.getvalue())
-    atomic_write_text(out / "results.md", markdown_table(rows))
+    text = markdown_table(rows)
+    if contrasts:
+        found = contrast_rows(rows, contrasts)
+        text += "\n" + contrasts_markdown(found)
+        atomic_write_text(out / "contrasts.csv", contrasts_csv(found))
+    atomic_write_text(out / "results.md", text)
     if figure:
         write_figure(summary, out)
 
@@ -481,22 +489,6 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-DECIMALS = {"top1": 2, "mean_iou": 3, "ap50": 3, "angle_error": 2, "depth_error": 4, "keypoint_error": 4}
-
-
-def mean_std(value: float, std: float, n: int, digits: int) -> str:
-    """A table cell: the mean, and ± the std when more than one seed made it."""
-    return f"{value:.{digits}f}" + (f" ± {std:.{digits}f}" if n > 1 else "")
-
-
-def within_spread(a: dict[str, Any], b: dict[str, Any]) -> float:
-    """The margin two summarized cells (mean, std, n) must exceed before their difference is called one: the larger
-    sample std of the two. Zero when either is a single seed (no spread measured: the table says "one seed")."""
-    if a["n"] < 2 or b["n"] < 2:
-        return 0.0
-    return max(a["std"], b["std"])
 
 
 def best_baseline(summary: list[dict[str, Any]], task: str, protocol: str) -> dict[str, Any] | None:

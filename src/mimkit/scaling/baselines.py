@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from mimkit.errors import ConfigError
-from mimkit.eval.compare import best_baseline, mean_std, within_spread
+from mimkit.eval.compare import best_baseline
+from mimkit.eval.spread import mean_std, within_spread
 
 SCRATCH = "scratch"
 HOW_TO = (

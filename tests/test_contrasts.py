@@ -1,0 +1,93 @@
+"""`compare --contrast A:B` (eval/contrasts.py): the difference of two models paired by evaluation seed, its paired
+t-test against scipy's own, and the verdict by the comparison's rule (no finding inside the larger seed spread; the
+direction follows the task's metric); the table and contrasts.csv through --tables-only; clear errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from scipy import stats
+
+from conftest import cli_error
+from mimkit.config import ConfigError
+from mimkit.eval.contrasts import contrast_rows, parse_contrasts
+
+
+def rows_of(model: str, values: list[float], task: str = "classification", protocol: str = "finetune") -> list[dict]:
+    metric = {"classification": "top1", "depth": "depth_error"}[task]
+    return [
+        dict(model=model, protocol=protocol, task=task, seed=s, baseline=False, metric=metric, value=v)
+        for s, v in enumerate(values)
+    ]
+
+
+def test_a_paired_difference_beyond_the_spread_is_a_finding_with_scipys_paired_p():
+    a, b = [90.0, 91.0, 92.0], [88.0, 88.5, 89.5]
+    (row,) = contrast_rows(rows_of("qkvv", a) + rows_of("cls", b), [("qkvv", "cls")])
+    diffs = [x - y for x, y in zip(a, b)]
+    assert row["delta"] == pytest.approx(sum(diffs) / 3) and row["n"] == 3
+    assert row["delta_std"] == pytest.approx(stats.tstd(diffs))
+    assert row["a_std"] == pytest.approx(1.0) and row["b_std"] == pytest.approx(stats.tstd(b))
+    assert row["p_paired_t"] == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-9)
+    assert row["verdict"] == "qkvv better"
+    (flipped,) = contrast_rows(rows_of("qkvv", a) + rows_of("cls", b), [("cls", "qkvv")])
+    assert flipped["delta"] == pytest.approx(-row["delta"]) and flipped["verdict"] == "qkvv better"
+
+
+def test_a_difference_inside_the_larger_spread_is_not_a_finding_even_with_a_small_paired_p():
+    # every seed favours a by 1.0 (paired p tiny), but each model's own spread is 2.0: the rule says no finding
+    a, b = [90.0, 92.0, 94.0], [89.0, 91.0, 92.9]
+    (row,) = contrast_rows(rows_of("a", a) + rows_of("b", b), [("a", "b")])
+    assert row["delta"] < row["a_std"] and row["p_paired_t"] < 0.01
+    assert row["verdict"].startswith("≈ within the seed spread")
+
+
+def test_the_verdict_follows_the_metric_direction_and_one_seed_gives_none():
+    lower_is_better = rows_of("mim", [0.10, 0.11, 0.12], "depth") + rows_of("sup", [0.20, 0.21, 0.23], "depth")
+    (row,) = contrast_rows(lower_is_better, [("mim", "sup")])
+    assert row["delta"] < 0 and row["verdict"] == "mim better"
+    (single,) = contrast_rows(rows_of("a", [90.0]) + rows_of("b", [80.0]), [("a", "b")])
+    assert single["verdict"] == "one seed: no verdict" and single["p_paired_t"] is None
+
+
+def test_only_columns_both_models_were_measured_in_are_contrasted():
+    rows = rows_of("a", [1.0, 2.0]) + rows_of("b", [1.0, 2.0]) + rows_of("a", [5.0, 6.0], protocol="knn")
+    assert [(r["task"], r["protocol"]) for r in contrast_rows(rows, [("a", "b")])] == [("classification", "finetune")]
+    assert contrast_rows(rows, [("a", "c")]) == []  # not measured yet (a comparison still running)
+
+
+@pytest.mark.parametrize("spec", ["qkvv", "qkvv:", ":cls", "qkvv:qkvv", "a:b:c"])
+def test_a_malformed_contrast_is_refused(spec):
+    with pytest.raises(ConfigError, match="give two different model names as A:B"):
+        parse_contrasts([spec])
+
+
+def test_tables_only_adds_the_contrasts_and_refuses_an_unknown_name(tmp_path, capsys):
+    from mimkit.cli import main
+
+    cells = tmp_path / "cmp" / "cells"
+    for row in [*rows_of("qkvv", [90.0, 91.0, 92.0]), *rows_of("cls", [88.0, 88.5, 89.5])]:
+        name = f"{row['model']}__finetune__classification__seed{row['seed']}"
+        (cells / name).mkdir(parents=True)
+        (cells / name / "cell.json").write_text(json.dumps({"config_hash": "x", "row": {**row, "source": ""}}))
+    out = str(tmp_path / "cmp")
+    assert main(["compare", "--out", out, "--tables-only", "--contrast", "qkvv:cls"]) == 0
+    table = (tmp_path / "cmp/results.md").read_text()
+    assert "# Contrasts (differences paired by evaluation seed)" in table
+    assert "| qkvv vs cls | classification | finetune | 91.00 ± 1.00 | 88.67 ± 0.76 | 2.33 ± 0.29 | 3 |" in table
+    assert "| qkvv better |" in table
+    with open(tmp_path / "cmp/contrasts.csv") as fh:
+        (row,) = list(csv.DictReader(fh))
+    assert row["a"] == "qkvv" and row["verdict"] == "qkvv better" and float(row["delta"]) == pytest.approx(7 / 3)
+    err = cli_error(capsys, "compare", "--out", out, "--tables-only", "--contrast", "qkvv:feature")
+    assert "no model named 'feature' in this comparison" in err and "cls, qkvv" in err
+
+
+def test_a_comparison_refuses_an_unknown_contrast_before_any_cell(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    args = ["compare", "--init", "a=scratch", "--out", str(out), "--contrast", "a:pixels", "--contrast", "a:b"]
+    err = cli_error(capsys, *args, "--set", "data.name=synthetic", "--set", "model.name=mim_vit_femto")
+    assert "--contrast a:b: no model named 'b'" in err and "its models and baselines: a, pixels, trivial" in err
+    assert not (out / "cells").exists()  # a:pixels passed (baselines may be contrasted); nothing ran

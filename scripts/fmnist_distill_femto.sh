@@ -50,6 +50,10 @@ settings() {  # settings STUDENT: --teacher, --student and the options beyond th
   esac
 }
 finished() { [ -f "$1/results.json" ]; }
+# the tables' contrasts (compare --contrast): T1 relation targets vs the others, T2 teacher layer, T3 raw vs masked
+# input, T4 sequential vs direct; the students against the MAE femtos and scratch
+PAIRS=(qkvv:cls qkvv:feature qkvv:qk qkvv:vv "qkvv_layer$TEACHER_LAYER:qkvv" qkvv:qkvv_masked seq:qkvv qkvv:mae
+  qkvv:mae_long mae_long:mae qkvv:scratch)
 case "$STAGE" in
 pretrain)
   [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
@@ -127,11 +131,8 @@ compare)
   if [[ ,$protocols, == *,finetune,* ]]; then
     $M compare "${LANES_ARG[@]}" "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
   fi
-  # T1 relation targets vs the others, T2 teacher layer, T3 raw vs masked input, T4 sequential vs direct; the
-  # students against the MAE femtos and scratch
-  keep_compare "$KEEP" "$cmp" qkvv:cls qkvv:feature qkvv:qk qkvv:vv qkvv_layer$TEACHER_LAYER:qkvv qkvv:qkvv_masked \
-    seq:qkvv qkvv:mae qkvv:mae_long mae_long:mae qkvv:scratch
+  keep_compare "$KEEP" "$cmp" "${PAIRS[@]}"
   ;;
-keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" ;;
+keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${PAIRS[@]}" ;;
 *) echo "unknown stage '$STAGE': pretrain, compare, keep or restore" >&2; exit 2 ;;
 esac

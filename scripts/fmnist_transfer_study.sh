@@ -75,6 +75,10 @@ common=("${every[@]}" --set-probe data.fraction=0.1 --set-finetune data.fraction
 # (scripts/lib/compare_keep.sh).
 KEEP=${KEEP:-docs/results/fmnist-transfer}
 source "$(dirname "$0")/lib/compare_keep.sh"
+# the tables' contrasts (compare --contrast, each once both models have cells): MIM against scratch and supervised
+# (DR4), the long MAE against the short one, the pretraining methods against each other
+PAIRS=(mae_ep100:scratch mae_ep100:supervised mae_ep100:mae mae:scratch mae:supervised supervised:scratch
+  mae:mocov3 mae:simmim simmim:supervised mocov3:supervised)
 case "$STAGE" in
 pretrain)
   if [ "$MAE" = "$PRE/mae" ]; then pretrain mae mae_fmnist_tiny
@@ -91,7 +95,7 @@ classification-60k)  # every label: where the fine-tuning recipe reaches 89%; PR
   restore_compare "$KEEP" "$OUT/compare-classification-60k"
   $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-classification-60k" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
     --tasks classification --seeds "$SEEDS" "${every[@]}" --set-finetune train.epochs="$FT_EPOCHS"
-  keep_compare "$KEEP" "$OUT/compare-classification-60k"
+  keep_compare "$KEEP" "$OUT/compare-classification-60k" "${PAIRS[@]}"
   ;;
 fine-grained | concept)
   extra=()
@@ -107,14 +111,14 @@ fine-grained | concept)
   $M compare "${LANES_ARG[@]}" "${inits[@]}" "${extra[@]}" --out "$OUT/compare-$STAGE" --protocols "${PROTOCOLS:-knn,linprobe,finetune}" \
     --tasks classification --seeds "$SEEDS" "${every[@]}" --set "data.class_subset=$subset" \
     --set-finetune train.epochs="$FT_EPOCHS"
-  keep_compare "$KEEP" "$OUT/compare-$STAGE"
+  keep_compare "$KEEP" "$OUT/compare-$STAGE" "${PAIRS[@]}"
   ;;
 geometric)
   $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
     --tasks cluttered_localization --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
   ;;
 keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it
-  keep_or_restore_all "$STAGE" "$OUT" "$KEEP"
+  keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${PAIRS[@]}"
   ;;
 attention)
   pooled=()

@@ -32,10 +32,10 @@ restore_compare() {  # restore_compare KEEP_DIR COMPARE_DIR: never replaces a ma
   return 0
 }
 
-keep_or_restore_all() {  # keep_or_restore_all keep|restore OUT KEEP_DIR: every compare-* of OUT, or of KEEP_DIR
-  local from=$2 dir
+keep_or_restore_all() {  # keep_or_restore_all keep|restore OUT KEEP_DIR [A:B ...]: every compare-* of OUT, or of
+  local from=$2 dir           # KEEP_DIR; keep contrasts the pairs (keep_compare)
   [ "$1" = keep ] || from=$3
   for dir in "$from"/compare-*; do
-    if [ -d "$dir" ]; then "$1_compare" "$3" "$2/$(basename "$dir")"; fi
+    if [ -d "$dir" ]; then "$1_compare" "$3" "$2/$(basename "$dir")" "${@:4}"; fi
   done
 }

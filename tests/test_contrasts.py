@@ -12,7 +12,7 @@ from scipy import stats
 
 from conftest import cli_error
 from mimkit.config import ConfigError
-from mimkit.eval.contrasts import contrast_rows, parse_contrasts
+from mimkit.eval.contrasts import contrast_rows, contrasts_markdown, parse_contrasts
 
 
 def rows_of(model: str, values: list[float], task: str = "classification", protocol: str = "finetune") -> list[dict]:
@@ -49,7 +49,31 @@ def test_the_verdict_follows_the_metric_direction_and_one_seed_gives_none():
     (row,) = contrast_rows(lower_is_better, [("mim", "sup")])
     assert row["delta"] < 0 and row["verdict"] == "mim better"
     (single,) = contrast_rows(rows_of("a", [90.0]) + rows_of("b", [80.0]), [("a", "b")])
-    assert single["verdict"] == "one seed: no verdict" and single["p_paired_t"] is None
+    assert single["verdict"] == "one common seed: no verdict" and single["p_paired_t"] is None
+
+
+def test_only_the_common_seeds_count_for_means_spreads_and_the_difference():
+    a = rows_of("a", [88.0, 90.0, 80.0])  # seed 2 (much lower) has no partner in b
+    b = rows_of("b", [86.0, 87.0])
+    (row,) = contrast_rows(a + b, [("a", "b")])
+    assert row["n"] == 2 and row["a_mean"] == pytest.approx(89.0) and row["b_mean"] == pytest.approx(86.5)
+    assert row["delta"] == pytest.approx(row["a_mean"] - row["b_mean"]) and row["delta"] == pytest.approx(2.5)
+    assert row["a_std"] == pytest.approx(stats.tstd([88.0, 90.0])) and row["verdict"] == "a better"
+    disjoint = rows_of("a", [1.0, 2.0]) + [{**r, "seed": r["seed"] + 2} for r in rows_of("b", [1.0, 2.0])]
+    (none,) = contrast_rows(disjoint, [("a", "b")])
+    assert none["n"] == 0 and none["delta"] is None and none["verdict"] == "no common seeds: no verdict"
+    assert "| a vs b | classification | finetune |  |  |  | 0 |  | no common seeds" in contrasts_markdown([none])
+
+
+def test_no_verdict_without_any_seed_spread_and_p_at_its_limits():
+    # the same number on every seed (e.g. kNN on all the data): a 0.01 gap is not a finding
+    (same,) = contrast_rows(rows_of("a", [90.0] * 3) + rows_of("b", [89.99] * 3), [("a", "b")])
+    assert same["verdict"].startswith("no seed spread") and same["p_paired_t"] == 0.0
+    # the same lead on every seed: ttest_rel's limit p = 0, but each model's own spread (1.0) swallows the lead
+    (steady,) = contrast_rows(rows_of("a", [90.0, 91.0, 92.0]) + rows_of("b", [89.0, 90.0, 91.0]), [("a", "b")])
+    assert steady["p_paired_t"] == 0.0 and steady["verdict"].startswith("≈")
+    (equal,) = contrast_rows(rows_of("a", [90.0, 91.0]) + rows_of("b", [90.0, 91.0]), [("a", "b")])
+    assert equal["p_paired_t"] == 1.0 and equal["verdict"].startswith("≈")
 
 
 def test_only_columns_both_models_were_measured_in_are_contrasted():

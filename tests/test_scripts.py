@@ -556,17 +556,32 @@ def test_keep_compare_contrasts_the_pairs_whose_two_models_have_cells(tmp_path):
     both models have a finished cell (a study kept half-way would otherwise be refused for a model not run yet)."""
     env, calls = _stand_in_mimkit(tmp_path)
     cmp = tmp_path / "compare-x"
-    for name in ("qkvv__knn__classification", "cls__knn__classification", "scratch__knn__classification__seed1"):
+    names = ["qkvv__knn__classification", "cls__knn__classification", "scratch__knn__classification__seed1"]
+    for name in [*names, "qkvv_masked__knn__classification"]:
         (cmp / "cells" / name).mkdir(parents=True)
         (cmp / "cells" / name / "cell.json").write_text("{}")
     (cmp / "cells" / "feature__knn__classification").mkdir()  # running: no marker
-    keep = f"source {SCRIPTS / 'lib/compare_keep.sh'}; keep_compare kept {cmp} qkvv:cls qkvv:feature qkvv:scratch"
+    # qkvv_mask has no cells although qkvv_masked does; qk none although qkvv does: names, not prefixes
+    pairs = "qkvv:cls qkvv:feature qkvv:scratch qkvv_mask:cls qk:cls qkvv_masked:qkvv"
+    keep = f"source {SCRIPTS / 'lib/compare_keep.sh'}; keep_compare kept {cmp} {pairs}"
     script = f'M="python -m mimkit"; {keep}'
-    subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, timeout=60)
+    done = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, text=True)
     (line,) = calls.read_text().splitlines()
-    assert line == f"-m mimkit compare --out {cmp} --tables-only --contrast qkvv:cls --contrast qkvv:scratch"
-    assert sorted(p.name for p in (tmp_path / "kept/compare-x/cells").iterdir()) == [
-        "cls__knn__classification.json",
-        "qkvv__knn__classification.json",
-        "scratch__knn__classification__seed1.json",
-    ]
+    wanted = "--contrast qkvv:cls --contrast qkvv:scratch --contrast qkvv_masked:qkvv"
+    assert line == f"-m mimkit compare --out {cmp} --tables-only {wanted}"
+    left_out = [w.split()[1] for w in done.stderr.splitlines() if w.startswith("contrast ")]
+    assert left_out == ["qkvv:feature", "qkvv_mask:cls", "qk:cls"]  # said, not silently dropped
+    kept = sorted(p.name for p in (tmp_path / "kept/compare-x/cells").iterdir())
+    assert kept == sorted(f"{n}.json" for n in [*names, "qkvv_masked__knn__classification"])
+
+
+def test_the_distillation_studys_contrasts_name_its_own_models():
+    """PAIRS in fmnist_distill_femto.sh: every name is a student, a MAE femto or scratch (keep_compare leaves out a
+    pair without cells, so a misspelt name would only ever be reported, never contrasted)."""
+    import re
+
+    text = (SCRIPTS / "fmnist_distill_femto.sh").read_text()
+    students = re.search(r'^STUDENTS="([^"]+)"', text, re.M)[1].replace("$TEACHER_LAYER", "4").split()
+    pairs = re.search(r"^PAIRS=\(([^)]+)\)", text, re.M)[1].replace('"', "").replace("$TEACHER_LAYER", "4").split()
+    names = {name for pair in pairs for name in pair.split(":")}
+    assert len(pairs) >= 8 and names <= {*students, "mae", "mae_long", "scratch"}, names

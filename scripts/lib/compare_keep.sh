@@ -13,7 +13,7 @@ keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B ...]: the pairs whose
   done
   for pair in "${@:3}"; do
     if compgen -G "$2/cells/${pair%%:*}__*/cell.json" >/dev/null && compgen -G "$2/cells/${pair#*:}__*/cell.json" >/dev/null
-    then contrasts+=(--contrast "$pair"); fi
+    then contrasts+=(--contrast "$pair"); else echo "contrast $pair left out of $2: a model without finished cells" >&2; fi
   done
   if compgen -G "$2/cells/*/cell.json" >/dev/null; then $M compare --out "$2" --tables-only "${contrasts[@]}" >/dev/null; fi
   for table in results.csv summary.csv results.md compare.png contrasts.csv; do

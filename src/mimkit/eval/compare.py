@@ -54,9 +54,6 @@ TASKS = (
     "depth",
     "tracking",
 )
-# The number each task is judged by, and whether higher is better.
-
-
 # Baselines that learn nothing (eval/baselines.py), added to every comparison unless turned off.
 BASELINES = ("pixels", "random", "trivial")
 BASELINE_NOTES = {

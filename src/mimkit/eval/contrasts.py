@@ -59,10 +59,10 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
             va, vb = values.get((a, task, protocol)), values.get((b, task, protocol))
             if not va or not vb:
                 continue
-            sa, sb = spread(list(va.values())), spread(list(vb.values()))
+            # everything over the seeds both have: means, spreads and the difference describe the same cells
             seeds = sorted(set(va) & set(vb))
+            sa, sb = spread([va[s] for s in seeds] or [math.nan]), spread([vb[s] for s in seeds] or [math.nan])
             diffs = [va[s] - vb[s] for s in seeds]
-            delta = sum(diffs) / len(diffs) if diffs else sa["mean"] - sb["mean"]
             out.append(
                 {
                     "a": a,
@@ -74,33 +74,40 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
                     "a_std": sa["std"],
                     "b_mean": sb["mean"],
                     "b_std": sb["std"],
-                    "delta": delta,
-                    "delta_std": spread(diffs)["std"] if diffs else 0.0,
+                    "delta": sum(diffs) / len(diffs) if diffs else None,
+                    "delta_std": spread(diffs)["std"] if diffs else None,
                     "n": len(seeds),
                     "p_paired_t": _paired_p(diffs),
-                    "verdict": _verdict(a, b, delta, sa, sb, len(seeds), PRIMARY[task][1], within_spread(sa, sb)),
+                    "verdict": _verdict(a, b, diffs, sa, sb, PRIMARY[task][1]),
                 }
             )
     return out
 
 
 def _paired_p(diffs: list[float]) -> float | None:
-    """Two-sided paired t-test p of the per-seed differences; None for one seed or identical differences."""
+    """Two-sided paired t-test p of the per-seed differences (scipy's ttest_rel); None for fewer than 2 seeds. Equal
+    differences on every seed give p 0 (a lead) or 1 (no difference), as ttest_rel's limits."""
     if len(diffs) < 2:
         return None
     mean, std = spread(diffs)["mean"], spread(diffs)["std"]
     if std == 0:
-        return None
+        return 1.0 if mean == 0 else 0.0
     from scipy import stats
 
     t = mean / (std / math.sqrt(len(diffs)))
     return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
 
 
-def _verdict(a: str, b: str, delta: float, sa: dict, sb: dict, n: int, higher: bool, margin: float) -> str:
-    if n < 2 or sa["n"] < 2 or sb["n"] < 2:
-        return "one seed: no verdict"
-    if abs(delta) <= margin:
+def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: bool) -> str:
+    """The tables' rule on the common seeds: a finding only beyond the larger of the two seed spreads."""
+    if not diffs:
+        return "no common seeds: no verdict"
+    if len(diffs) < 2:
+        return "one common seed: no verdict"
+    if sa["std"] == 0 and sb["std"] == 0:
+        return "no seed spread (the same number on every seed): no verdict"
+    delta = sum(diffs) / len(diffs)
+    if abs(delta) <= within_spread(sa, sb):
         return "≈ within the seed spread: not a finding"
     return f"{a} better" if (delta > 0) == higher else f"{b} better"
 
@@ -118,16 +125,21 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
     for c in contrasts:
         digits = DECIMALS.get(c["metric"], 3)
         p = "" if c["p_paired_t"] is None else f"{c['p_paired_t']:.3f}"
+        n = c["n"]
+        cells = [
+            mean_std(c["a_mean"], c["a_std"], n, digits) if n else "",
+            mean_std(c["b_mean"], c["b_std"], n, digits) if n else "",
+            mean_std(c["delta"], c["delta_std"], n, digits) if n else "",
+        ]
         lines.append(
-            f"| {c['a']} vs {c['b']} | {c['task']} | {c['protocol']} | "
-            f"{mean_std(c['a_mean'], c['a_std'], 2 if c['a_std'] else 1, digits)} | "
-            f"{mean_std(c['b_mean'], c['b_std'], 2 if c['b_std'] else 1, digits)} | "
-            f"{mean_std(c['delta'], c['delta_std'], c['n'], digits)} | {c['n']} | {p} | {c['verdict']} |"
+            f"| {c['a']} vs {c['b']} | {c['task']} | {c['protocol']} | {' | '.join(cells)} | {n} | {p} | "
+            f"{c['verdict']} |"
         )
     lines += [
         "",
-        "A verdict needs at least 2 seeds of each model and a paired difference larger than the larger of the two "
-        "seed spreads (std); the paired t-test's p is shown beside it, not used for the verdict.",
+        "Every number is over the seeds both models have (a model's other seeds are left out here). A verdict needs "
+        "at least 2 common seeds and a paired difference larger than the larger of the two seed spreads (std), a "
+        "more cautious rule than the paired t-test, whose p is shown beside it but not used.",
     ]
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ from mimkit.data.options import COMBINED_TASKS
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.contrasts import check_names, contrast_rows, contrasts_csv, contrasts_markdown
 from mimkit.eval.options import PIXELS
-from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, within_spread
+from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
 # Each protocol's recipe unless compare(recipes=...) (`--finetune-config` / `--probe-config`) names another: the
@@ -470,18 +469,16 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             groups.setdefault((row["model"], row["protocol"], row["task"]), []).append(row)
     out = []
     for (model, protocol, task), members in groups.items():
-        values = [float(r["value"]) for r in members]
-        mean = sum(values) / len(values)
-        std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+        cell = spread([float(r["value"]) for r in members])
         out.append(
             {
                 "model": model,
                 "protocol": protocol,
                 "task": task,
                 "metric": members[0]["metric"],
-                "mean": mean,
-                "std": std,
-                "n": len(values),
+                "mean": cell["mean"],
+                "std": cell["std"],
+                "n": cell["n"],
                 "baseline": bool(members[0].get("baseline", False)),
             }
         )

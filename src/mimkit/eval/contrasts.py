@@ -89,7 +89,8 @@ def _paired_p(diffs: list[float]) -> float | None:
     differences on every seed give p 0 (a lead) or 1 (no difference), as ttest_rel's limits."""
     if len(diffs) < 2:
         return None
-    mean, std = spread(diffs)["mean"], spread(diffs)["std"]
+    d = spread(diffs)
+    mean, std = d["mean"], d["std"]
     if std == 0:
         return 1.0 if mean == 0 else 0.0
     from scipy import stats

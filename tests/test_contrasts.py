@@ -105,8 +105,13 @@ def test_tables_only_adds_the_contrasts_and_refuses_an_unknown_name(tmp_path, ca
     with open(tmp_path / "cmp/contrasts.csv") as fh:
         (row,) = list(csv.DictReader(fh))
     assert row["a"] == "qkvv" and row["verdict"] == "qkvv better" and float(row["delta"]) == pytest.approx(7 / 3)
+    assert (tmp_path / "cmp/contrasts.png").stat().st_size > 0
     err = cli_error(capsys, "compare", "--out", out, "--tables-only", "--contrast", "qkvv:feature")
     assert "no model named 'feature' in this comparison" in err and "cls, qkvv" in err
+    # the tables rebuilt without contrasts: the earlier contrasts' CSV and figure no longer match them
+    assert main(["compare", "--out", out, "--tables-only"]) == 0
+    assert not (tmp_path / "cmp/contrasts.csv").exists() and not (tmp_path / "cmp/contrasts.png").exists()
+    assert "# Contrasts" not in (tmp_path / "cmp/results.md").read_text()
 
 
 def test_a_comparison_refuses_an_unknown_contrast_before_any_cell(tmp_path, capsys):
@@ -115,3 +120,36 @@ def test_a_comparison_refuses_an_unknown_contrast_before_any_cell(tmp_path, caps
     err = cli_error(capsys, *args, "--set", "data.name=synthetic", "--set", "model.name=mim_vit_femto")
     assert "--contrast a:b: no model named 'b'" in err and "its models and baselines: a, pixels, trivial" in err
     assert not (out / "cells").exists()  # a:pixels passed (baselines may be contrasted); nothing ran
+
+
+def test_the_figure_draws_each_seeds_difference_the_spread_band_and_the_verdicts_colour():
+    from matplotlib.collections import PolyCollection
+    from matplotlib.colors import to_rgba
+
+    from mimkit.viz.contrast_plot import A_COLOUR, B_COLOUR, TIE_COLOUR, contrast_figure, verdict_colour
+
+    rows = [
+        *rows_of("qkvv", [90.0, 91.0, 92.0]),
+        *rows_of("cls", [88.0, 88.5, 89.5]),
+        *rows_of("vv", [91.0, 90.5, 92.5]),
+    ]
+    rows += [*rows_of("qkvv", [0.2, 0.3], "depth", "linprobe"), *rows_of("cls", [0.21, 0.25], "depth", "linprobe")]
+    found = contrast_rows(rows, [("qkvv", "cls"), ("qkvv", "vv")])
+    fig = contrast_figure([*found, {**found[0], "n": 0}])  # a pair without common seeds is not drawn
+    axes = fig.axes
+    assert len(axes) == 2  # top1 and depth_error differences share no axis
+    assert [t.get_text().split("\n")[0] for t in axes[0].get_yticklabels()] == ["qkvv − cls", "qkvv − vv"]
+    dots = [line for line in axes[0].lines if line.get_markersize() == 3]
+    assert sorted(dots[0].get_xdata()) == pytest.approx([2.0, 2.5, 2.5])  # qkvv − cls on each seed
+    bands = [c for c in axes[0].collections if isinstance(c, PolyCollection)]
+    xs = bands[0].get_paths()[0].vertices[:, 0]
+    assert max(xs) == pytest.approx(1.0) and min(xs) == pytest.approx(-1.0)  # ± the larger std (qkvv's 1.00)
+    centres = [line for line in axes[0].lines if line.get_markersize() == 7]
+    assert to_rgba(centres[0].get_color()) == to_rgba(A_COLOUR)  # qkvv better than cls
+    assert found[2]["verdict"].startswith("≈") and to_rgba(centres[1].get_color()) == to_rgba(TIE_COLOUR)
+    assert found[1]["metric"] == "depth_error" and len(axes[1].get_yticklabels()) == 1
+    assert verdict_colour({"a": "x", "b": "y", "verdict": "y better"}) == B_COLOUR
+    assert verdict_colour({"a": "x", "b": "y", "verdict": "one common seed: no verdict"}) is None  # drawn hollow
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)

@@ -563,6 +563,10 @@ def test_keep_compare_contrasts_the_pairs_whose_two_models_have_cells(tmp_path):
     (cmp / "cells" / "feature__knn__classification").mkdir()  # running: no marker
     # qkvv_mask has no cells although qkvv_masked does; qk none although qkvv does: names, not prefixes
     pairs = "qkvv:cls qkvv:feature qkvv:scratch qkvv_mask:cls qk:cls qkvv_masked:qkvv"
+    for table in ["results.md", "contrasts.png"]:
+        (cmp / table).write_text(table)
+    (tmp_path / "kept/compare-x").mkdir(parents=True)
+    (tmp_path / "kept/compare-x/contrasts.csv").write_text("from an earlier keep")  # the tables no longer have it
     keep = f"source {SCRIPTS / 'lib/compare_keep.sh'}; keep_compare kept {cmp} {pairs}"
     script = f'M="python -m mimkit"; {keep}'
     done = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, text=True)
@@ -573,6 +577,7 @@ def test_keep_compare_contrasts_the_pairs_whose_two_models_have_cells(tmp_path):
     assert left_out == ["qkvv:feature", "qkvv_mask:cls", "qk:cls"]  # said, not silently dropped
     kept = sorted(p.name for p in (tmp_path / "kept/compare-x/cells").iterdir())
     assert kept == sorted(f"{n}.json" for n in [*names, "qkvv_masked__knn__classification"])
+    assert sorted(p.name for p in (tmp_path / "kept/compare-x").iterdir()) == ["cells", "contrasts.png", "results.md"]
 
 
 def test_the_distillation_studys_contrasts_name_its_own_models():

@@ -448,6 +448,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         show(result, [format_table(result), kept + (extras if out else "")])
         return 0
+    if args.bench_command == "lanes":
+        from mimkit.bench.lanes_bench import lanes_summary, parse_lanes, run_lanes_bench
+
+        counts = parse_lanes(args.lanes)
+        result = run_lanes_bench(args.group, args.set, counts, args.steps, args.warmup, args.rounds, out)
+        show(result, [*lanes_summary(result), kept])
+        return 0
     cfg = load_config(args.config, [*data_overrides(getattr(args, "data", None)), *args.set])
     if args.bench_command == "memory":
         from mimkit.bench.memory import run_memory_estimate
@@ -1032,6 +1039,25 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", required=True, help="recipe name, YAML file or run directory")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     b.add_argument("--batch", type=int, default=None, help="batch per process (default: the config's)")
+    b.set_defaults(func=cmd_bench)
+    b = bench.add_parser(
+        "lanes",
+        help="total img/s of N small trainings side by side (compare --lanes, sweep --parallel) against one "
+        "with every core",
+    )
+    b.add_argument("--group", choices=["mae", "simmim", "distill", "finetune"], default="distill", help="workload")
+    b.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override the tiny preset (e.g. model.name=mim_vit_femto, data.img_size=28; teacher=NAME for distill)",
+    )
+    b.add_argument("--lanes", default="1,2", help="lane counts to time, comma-separated (1 is always timed)")
+    b.add_argument("--steps", type=int, default=20, help="timed steps per lane per round")
+    b.add_argument("--warmup", type=int, default=3, help="untimed steps per lane first")
+    b.add_argument("--rounds", type=int, default=3, help="interleaved rounds, median reported")
+    b.add_argument("--out", default=None, metavar="DIR", help="keep results.json in DIR (default: print only)")
     b.set_defaults(func=cmd_bench)
     b = bench.add_parser("loader", help="img/s of the input pipeline alone (decoded images -> augmented batches)")
     b.add_argument("--config", required=True, help="recipe name, YAML file or run directory")

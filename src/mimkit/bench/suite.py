@@ -136,11 +136,15 @@ CUDA_GRAPHS = ("reduce-overhead", "max-autotune")
 
 
 # ----------------------------------------------------------------------------------------------- configs
-def group_config(preset: str, group: str, device: str, batch: int | None = None) -> tuple[Config, Config | None]:
-    """The resolved config of one workload, and for distillation the teacher's."""
+def group_config(
+    preset: str, group: str, device: str, batch: int | None = None, extra: list[str] = ()
+) -> tuple[Config, Config | None]:
+    """The resolved config of one workload, and for distillation the teacher's. `extra`: KEY=VALUE overrides on top
+    of the preset's (`teacher=NAME` picks the distillation teacher's architecture)."""
     spec = PRESETS[preset]
-    overrides = [*_COMMON, *spec["common"], *WORKLOADS[group], *spec.get(group, []), f"device={device}"]
-    teacher = next((o.split("=", 1)[1] for o in overrides if o.startswith("teacher=")), None)
+    overrides = [*_COMMON, *spec["common"], *WORKLOADS[group], *spec.get(group, []), *extra, f"device={device}"]
+    teachers = [o.split("=", 1)[1] for o in overrides if o.startswith("teacher=")]
+    teacher = teachers[-1] if teachers else None  # the last one given, as for any override
     overrides = [o for o in overrides if not o.startswith("teacher=")]
     if batch:
         overrides.append(f"train.batch_size={batch}")

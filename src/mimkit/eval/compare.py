@@ -372,7 +372,7 @@ def _run_in_order(
         write_tables(rows, out, figure=ran, contrasts=contrasts)  # redrawn when a cell's number is new
         stale = not ran  # skipped cells since the last drawing: drawn once at the end
     if stale:
-        write_figure(summarize(rows), out)
+        write_figure(summarize(rows), out, contrast_rows(rows, contrasts) if contrasts else [])
     return rows
 
 
@@ -428,7 +428,8 @@ def write_tables(
     rows: list[dict[str, Any]], out: Path, figure: bool = True, contrasts: list[tuple[str, str]] | None = None
 ) -> None:
     """results.csv, results.json, summary.csv and results.md from the rows; compare.png too unless figure=False;
-    with `contrasts`, their table in results.md and contrasts.csv."""
+    with `contrasts`, their table in results.md, contrasts.csv and contrasts.png (without, an earlier one's are
+    removed)."""
     fields = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5", "best_top1"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
@@ -443,22 +444,28 @@ def write_tables(
     writer.writerows(summary)
     atomic_write_text(out / "summary.csv", buffer.getvalue())
     text = markdown_table(rows)
+    found = contrast_rows(rows, contrasts) if contrasts else []
     if contrasts:
-        found = contrast_rows(rows, contrasts)
         text += "\n" + contrasts_markdown(found)
         atomic_write_text(out / "contrasts.csv", contrasts_csv(found))
+    else:  # an earlier invocation's contrasts would no longer match these tables
+        (out / "contrasts.csv").unlink(missing_ok=True)
     atomic_write_text(out / "results.md", text)
     if figure:
-        write_figure(summary, out)
+        write_figure(summary, out, found)
 
 
-def write_figure(summary: list[dict[str, Any]], out: Path) -> None:
-    """OUT/compare.png from summarize()'s rows (viz.compare_plot); a comparison of baselines alone has no figure,
-    and a figure left from an earlier invocation is removed rather than shown beside tables it no longer matches."""
+def write_figure(summary: list[dict[str, Any]], out: Path, contrasts: list[dict[str, Any]] | None = None) -> None:
+    """OUT/compare.png from summarize()'s rows (viz.compare_plot) and, with contrasts, OUT/contrasts.png
+    (viz.contrast_plot); a comparison of baselines alone has no figure, and a figure left from an earlier invocation
+    is removed rather than shown beside tables it no longer matches."""
     from mimkit.viz.compare_plot import plot_compare  # matplotlib only once there are tables to draw
+    from mimkit.viz.contrast_plot import plot_contrasts
 
     if plot_compare(summary, figure_panels(summary), out / "compare.png") is None:
         (out / "compare.png").unlink(missing_ok=True)
+    if plot_contrasts(contrasts or [], out / "contrasts.png") is None:
+        (out / "contrasts.png").unlink(missing_ok=True)
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

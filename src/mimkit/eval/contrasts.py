@@ -79,6 +79,7 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
                     "n": len(seeds),
                     "p_paired_t": _paired_p(diffs),
                     "verdict": _verdict(a, b, diffs, sa, sb, PRIMARY[task][1]),
+                    "seed_deltas": diffs,  # for the figure's dots; not a CSV column
                 }
             )
     return out
@@ -147,7 +148,7 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
 
 def contrasts_csv(contrasts: list[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=FIELDS)
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(contrasts)
     return buffer.getvalue()

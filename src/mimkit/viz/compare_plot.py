@@ -3,7 +3,6 @@ a model must clear (the best baseline that learns nothing), so "below raw pixels
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mimkit.engine.atomic import atomic_write_bytes  # noqa: E402
+from mimkit.viz.save import save_png_atomic  # noqa: E402
 
 PROTOCOL_NAMES = {"knn": "kNN (frozen)", "linprobe": "linear probe (frozen)", "finetune": "fine-tuned"}
 MARKERS = "osD^v<>ph*"  # with 10 or 20 colours, the marker tells apart models whose colour repeats
@@ -92,12 +91,4 @@ def plot_compare(summary: list[dict[str, Any]], panels: list[dict[str, Any]], ou
     """Write compare_figure to `out` (PNG) in one atomic step (a kill or a second process mid-write leaves a whole
     figure); None, and nothing written, when there is no model to draw."""
     fig = compare_figure(summary, panels)
-    if fig is None:
-        return None
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    finally:
-        plt.close(fig)
-    atomic_write_bytes(out, buffer.getvalue())
-    return Path(out)
+    return None if fig is None else save_png_atomic(fig, out)

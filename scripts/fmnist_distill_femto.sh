@@ -14,7 +14,7 @@
 #   bash scripts/fmnist_distill_femto.sh compare [OUT_DIR]    # resumable; frozen cells minutes, fine-tuning longer
 #   bash scripts/fmnist_distill_femto.sh keep|restore [OUT_DIR]
 # The compare's cell markers and tables are kept in docs/results/fmnist-distill-femto/ (KEEP) and restored from
-# there on a new machine, so measured cells are skipped. MODELS (e.g. "qkvv mae") and PROTOCOLS (e.g. knn,linprobe)
+# there on a new machine, so measured cells are skipped; the compared encoders are exported into KEEP/encoders. MODELS (e.g. "qkvv mae") and PROTOCOLS (e.g. knn,linprobe)
 # run a subset (MODELS in the pretrain stage too, where seq_mid is a name: e.g. one lane again after a stop); SEEDS=1, 2, 3 adds seeds. TEACHER (an exported encoder or run), STUDENT_MODEL, EPOCHS and FT_EPOCHS
 # override the sizes; EXTRA adds --set words to every command (smoke runs). LANES=2 runs the pretrain stage as two
 # single-thread lanes at once (seq_mid, seq, qkvv, qk, vv | cls, feature, qkvv_masked, the layer student, the MAE
@@ -50,6 +50,16 @@ settings() {  # settings STUDENT: --teacher, --student and the options beyond th
   esac
 }
 finished() { [ -f "$1/results.json" ]; }
+encoder_of() {  # encoder_of NAME RUN: the finished run's final encoder, exported once into KEEP/encoders (about 0.4 MB,
+  # committed): the comparison names its models by these files, which it keys by content, so its kept cells and the
+  # fine-tuning still to run need no run directory on a new machine. Delete a file to export a retrained run again.
+  local file=$KEEP/encoders/$1.safetensors
+  if [ ! -f "$file" ]; then
+    finished "$2" || { echo "$1: $2 has not finished (the pretrain stage trains it) and $file is not kept" >&2; exit 2; }
+    mkdir -p "$KEEP/encoders" && $M export "$2" --out "$file" >&2
+  fi
+  echo "$file"
+}
 # the tables' contrasts (compare --contrast): T1 relation targets vs the others, T2 teacher layer, T3 raw vs masked
 # input, T4 sequential vs direct; the students against the MAE femtos and scratch
 PAIRS=(qkvv:cls qkvv:feature qkvv:qk qkvv:vv "qkvv_layer$TEACHER_LAYER:qkvv" qkvv:qkvv_masked seq:qkvv qkvv:mae
@@ -111,13 +121,16 @@ compare)
   models=()
   for m in ${MODELS:-$STUDENTS mae mae_long}; do
     case $m in
-    mae) models+=(--init mae="$OUT/mae-student") ;;
-    mae_long) models+=(--init mae_long="$OUT/mae-student-long") ;;
+    mae) run=$OUT/mae-student ;;
+    mae_long) run=$OUT/mae-student-long ;;
     *) [ -n "${TARGETS[$m]:-}" ] || { echo "unknown model '$m' in MODELS: $STUDENTS mae mae_long" >&2; exit 2; }
-      models+=(--init "$m=$OUT/students/$m") ;;
+      run=$OUT/students/$m ;;
     esac
+    file=$(encoder_of "$m" "$run") || exit 2
+    models+=(--init "$m=$file")
   done
-  models+=(--init scratch=scratch:"$OUT/mae-student")  # a random femto: the students' architecture
+  file=$(encoder_of mae "$OUT/mae-student") || exit 2
+  models+=(--init scratch=scratch:"$file")  # a random femto: the students' architecture
   every=(--set model.name="$STUDENT_MODEL" --set model.init_scheme=mae --finetune-config finetune_fmnist_pico
     --set-finetune train.epochs="$FT_EPOCHS" --set-finetune train.tensorboard=false "${extra[@]}")
   cmp=$OUT/compare-classification-60k

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -220,7 +221,7 @@ def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
         f'[ -z "${{OMP_NUM_THREADS:-}}" ] || echo "$OMP_NUM_THREADS" >> {tmp_path / "threads.txt"}\n'
         'case "$*" in *"${FAIL_ON:-@none@}"*) exit 3 ;; esac\n'
         'case "$3" in distill|pretrain) while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && '
-        'echo {} > "$2/results.json"; shift; done ;; export) echo "wrote $6 (+ .json)" ;; esac\n'
+        'echo {} > "$2/results.json"; shift; done ;; export) : > "$6" && echo "wrote $6 (+ .json)" ;; esac\n'
     )
     fake.chmod(0o755)
     env = cli_env()
@@ -280,23 +281,45 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
     assert bad.returncode == 2 and "unknown model 'dino'" in bad.stderr and not calls.exists()
 
     subprocess.run([*script, "compare", str(out)], env=env, cwd=tmp_path, check=True, capture_output=True)
-    frozen, tuned = calls.read_text().splitlines()
+    lines = calls.read_text().splitlines()
+    exports = [line.split()[3] for line in lines if line.startswith("-m mimkit export ")]
+    # each compared femto's final encoder exported once into KEEP/encoders (seq_mid is not compared)
+    assert sorted(exports) == sorted(
+        [
+            *(f"{out}/students/{s}" for s in by_student if s != "seq_mid"),
+            f"{out}/mae-student",
+            f"{out}/mae-student-long",
+        ]
+    )
+    frozen, tuned = [line for line in lines if line.startswith("-m mimkit compare")]
     assert frozen.startswith("-m mimkit compare --lanes 1 ") and tuned.startswith("-m mimkit compare --lanes 1 ")
     assert "--protocols knn,linprobe " in frozen and f"--init teacher={teacher}" in frozen
     assert "--protocols finetune " in tuned and "teacher" not in tuned
+    enc = tmp_path / "kept/encoders"
     for command in (frozen, tuned):
-        assert f"--init scratch=scratch:{out}/mae-student" in command and "--seeds 3 " in command
-        assert f"--init qkvv_masked={out}/students/qkvv_masked" in command and "model.name=mim_vit_femto" in command
-        assert f"--init mae_long={out}/mae-student-long " in command and f"--init seq={out}/students/seq " in command
+        assert f"--init scratch=scratch:{enc}/mae.safetensors " in command and "--seeds 3 " in command
+        assert f"--init qkvv_masked={enc}/qkvv_masked.safetensors " in command and "model.name=mim_vit_femto" in command
+        assert (
+            f"--init mae_long={enc}/mae_long.safetensors " in command
+            and f"--init seq={enc}/seq.safetensors " in command
+        )
         assert "seq_mid" not in command  # not a femto
 
     calls.unlink()
     subset = {**env, "MODELS": "qkvv mae", "PROTOCOLS": "knn", "LANES": "3"}  # 3 compare lanes (pretrain: 1 or 2)
+    shutil.rmtree(out)  # a new machine: no run directory, the kept encoders are what the comparison reads
     subprocess.run([*script, "compare", str(out)], env=subset, cwd=tmp_path, check=True, capture_output=True)
     (only,) = calls.read_text().splitlines()
-    assert "--protocols knn " in only and f"--init mae={out}/mae-student " in only and "students/qk " not in only
+    assert "--protocols knn " in only and f"--init mae={enc}/mae.safetensors " in only and "/qk.safet" not in only
     assert "--lanes 3 " in only
     assert "mae_long" not in only
+    (enc / "qk.safetensors").unlink()  # neither kept nor trained here: refused by name, nothing compared
+    calls.unlink()
+    gone = subprocess.run(
+        [*script, "compare", str(out)], env={**env, "MODELS": "qk"}, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert gone.returncode == 2 and f"qk: {out}/students/qk has not finished" in gone.stderr
+    assert not calls.exists()
     bad = subprocess.run(
         [*script, "compare", str(out)], env={**env, "MODELS": "dino"}, cwd=tmp_path, capture_output=True, text=True
     )

@@ -52,11 +52,25 @@ settings() {  # settings STUDENT: --teacher, --student and the options beyond th
 finished() { [ -f "$1/results.json" ]; }
 encoder_of() {  # encoder_of NAME RUN: the finished run's final encoder, exported once into KEEP/encoders (about 0.4 MB,
   # committed): the comparison names its models by these files, which it keys by content, so its kept cells and the
-  # fine-tuning still to run need no run directory on a new machine. Delete a file to export a retrained run again.
-  local file=$KEEP/encoders/$1.safetensors
-  if [ ! -f "$file" ]; then
-    finished "$2" || { echo "$1: $2 has not finished (the pretrain stage trains it) and $file is not kept" >&2; exit 2; }
-    mkdir -p "$KEEP/encoders" && $M export "$2" --out "$file" >&2
+  # fine-tuning still to run need no run directory on a new machine. FILE.from records which run it came from (the
+  # digest of its results.json): a kept file from another run (a retrained one, or another OUT with the same KEEP)
+  # is refused while that run is here, never compared in its place.
+  local file=$KEEP/encoders/$1.safetensors digest
+  if finished "$2"; then
+    digest=$(sha256sum "$2/results.json" | cut -c1-16)
+    if [ -f "$file" ] && [ -f "$file.json" ] && [ -f "$file.from" ]; then
+      [ "$(cut -d' ' -f1 "$file.from")" = "$digest" ] || {
+        echo "$1: $file was exported from another run ($(cut -d' ' -f2- "$file.from")) than $2: delete it to" \
+          "compare this run (its cells run again), or give this study its own KEEP folder" >&2
+        exit 2
+      }
+    else  # not exported yet, or cut short between the weights and their sidecars
+      { mkdir -p "$KEEP/encoders" && $M export "$2" --out "$file" >&2; } || { echo "$1: export of $2 failed" >&2; exit 2; }
+      echo "$digest $2" >"$file.from"
+    fi
+  elif [ ! -f "$file" ] || [ ! -f "$file.json" ]; then
+    echo "$1: $2 has not finished (the pretrain stage trains it) and $file is not kept" >&2
+    exit 2
   fi
   echo "$file"
 }

@@ -8,11 +8,12 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import time
 
 import pytest
 
 from conftest import cli_error
-from mimkit.bench.lanes_bench import _collect, parse_lanes, run_lanes_bench
+from mimkit.bench.lanes_bench import _collect, lanes_summary, parse_lanes, run_lanes_bench
 from mimkit.config import ConfigError
 from mimkit.engine.lanes import available_cores
 
@@ -41,6 +42,9 @@ def test_one_and_two_lanes_are_timed_together_and_compared_with_one_lane(tmp_pat
     assert res["model"] == "mim_vit_femto" and res["batch"] == 8
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == res["rows"]
     assert len(lines) == 2 and "2 lane(s)" in lines[1]
+    busy = lanes_summary({**res, "load_average_at_start": 1.5})
+    assert any("load average was 1.5" in line for line in busy)
+    assert not any("load average" in line for line in lanes_summary({**res, "load_average_at_start": 0.1}))
 
 
 def test_bad_input_is_refused_before_any_lane_starts(capsys):
@@ -53,9 +57,21 @@ def test_bad_input_is_refused_before_any_lane_starts(capsys):
 
 
 def test_a_lane_that_dies_without_a_result_is_an_error_not_a_hang():
+    """One lane dies before the barrier; the other waits at it (for 600 s unless the barrier is broken)."""
     ctx = multiprocessing.get_context("spawn")
-    proc = ctx.Process(target=os._exit, args=(3,))
-    proc.start()
-    proc.join()
-    with pytest.raises(ConfigError, match=r"ended without a result \(exit codes \[3\]\)"):
-        _collect(ctx.Queue(), [proc])
+    barrier = ctx.Barrier(2)
+    waiting = ctx.Process(target=barrier.wait, args=(600,))
+    dead = ctx.Process(target=os._exit, args=(3,))
+    waiting.start()
+    dead.start()
+    start = time.monotonic()
+    with pytest.raises(ConfigError, match=r"ended without a result \(exit codes \[1, 3\]\)"):
+        _collect(ctx.Queue(), [waiting, dead], barrier)
+    assert time.monotonic() - start < 60  # the waiting lane was released, not left to its timeout
+    for proc in (waiting, dead):
+        proc.join(5)
+
+
+def test_more_lanes_than_cores_are_refused():
+    with pytest.raises(ConfigError, match="more than the .* cores this process may use"):
+        run_lanes_bench("mae", TINY, [1, available_cores() + 1], steps=1)

@@ -76,6 +76,12 @@ def test_no_verdict_without_any_seed_spread_and_p_at_its_limits():
     assert equal["p_paired_t"] == 1.0 and equal["verdict"].startswith("≈")
 
 
+def test_a_seed_without_a_number_gives_no_verdict_for_either_model():
+    for a, b in (([90.0, float("nan"), 92.0], [88.0, 88.5, 89.5]), ([90.0, 91.0, 92.0], [88.0, float("nan"), 89.5])):
+        (row,) = contrast_rows([*rows_of("a", a), *rows_of("b", b)], [("a", "b")])
+        assert row["verdict"] == "not a number on some seed: no verdict"
+
+
 def test_only_columns_both_models_were_measured_in_are_contrasted():
     rows = rows_of("a", [1.0, 2.0]) + rows_of("b", [1.0, 2.0]) + rows_of("a", [5.0, 6.0], protocol="knn")
     assert [(r["task"], r["protocol"]) for r in contrast_rows(rows, [("a", "b")])] == [("classification", "finetune")]

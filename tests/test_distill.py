@@ -671,6 +671,10 @@ def test_same_source_matches_content_and_directories_not_names(tmp_path):
     digest = source_identity(str(tmp_path / "a"))
     assert same_source(str(tmp_path / "gone"), str(tmp_path / "b"), recorded=digest)  # judged by what it was
     assert not same_source(str(tmp_path / "a"), str(tmp_path / "a"), recorded="sha256:0000")  # changed in place
+    # a random init in a file's architecture is keyed by the file too (a comparison's random baseline), a run's not
+    assert source_identity(f"scratch:{tmp_path / 'a'}") == "scratch:" + digest
+    assert source_identity(f"scratch:{tmp_path / 'a'}") == source_identity(f"scratch:{tmp_path / 'b'}")
+    assert source_identity(f"scratch:{tmp_path / 'run'}") == f"scratch:{tmp_path / 'run'}"
 
 
 def test_cli_finetune_starts_from_the_distilled_student(cli_run, tmp_path, capsys):

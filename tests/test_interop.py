@@ -211,6 +211,32 @@ def test_export_loads_strictly_in_timm(tmp_path):
         torch.testing.assert_close(model.forward_features(x), ours.encoder.forward_features(x), atol=1e-5, rtol=1e-5)
 
 
+def test_exporting_a_run_twice_gives_the_same_bytes(tmp_path):
+    """A comparison keys an exported encoder by its content (weights/identity.py): a second export of the same run
+    must not look like another model. safetensors writes its metadata in a hash map's order; mimkit sorts it."""
+    from mimkit.engine.atomic import save_safetensors
+    from mimkit.interop.export import export_encoder
+
+    hf = _tiny_hf()
+    hf.save_pretrained(tmp_path / "hf")
+    import_checkpoint(tmp_path / "hf", tmp_path / "run")
+    blobs = set()
+    for i in range(4):  # in one process too, each save's hash map has its own order
+        export_encoder(tmp_path / "run", tmp_path / f"enc{i}.safetensors")
+        blobs.add((tmp_path / f"enc{i}.safetensors").read_bytes())
+    assert len(blobs) == 1
+    metadata = {f"key{i}": str(i) for i in range(6)}
+    tensors = {"b": torch.arange(5.0), "a": torch.ones(2, 3)}
+    for i in range(6):
+        save_safetensors(tensors, tmp_path / f"t{i}.safetensors", metadata)
+    assert len({(tmp_path / f"t{i}.safetensors").read_bytes() for i in range(6)}) == 1
+    from safetensors import safe_open
+
+    with safe_open(str(tmp_path / "t0.safetensors"), "pt") as fh:
+        assert fh.metadata() == metadata  # the library still reads the rewritten header
+    torch.testing.assert_close(load_file(str(tmp_path / "t0.safetensors"))["b"], tensors["b"])
+
+
 def test_hf_export_loads_in_transformers_with_the_same_loss_and_round_trips(tmp_path):
     """A mimkit MAE run -> `mimkit export --format hf` -> ViTMAEForPreTraining.from_pretrained: the same loss and
     predictions for the same noise; importing that directory back gives mimkit's own weights."""

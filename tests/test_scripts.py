@@ -221,7 +221,8 @@ def _stand_in_mimkit(tmp_path: Path) -> tuple[dict, Path]:
         f'[ -z "${{OMP_NUM_THREADS:-}}" ] || echo "$OMP_NUM_THREADS" >> {tmp_path / "threads.txt"}\n'
         'case "$*" in *"${FAIL_ON:-@none@}"*) exit 3 ;; esac\n'
         'case "$3" in distill|pretrain) while [ $# -gt 0 ]; do [ "$1" = --out ] && mkdir -p "$2" && '
-        'echo {} > "$2/results.json"; shift; done ;; export) : > "$6" && echo "wrote $6 (+ .json)" ;; esac\n'
+        'echo {} > "$2/results.json"; shift; done ;; '
+        'export) : > "$6" && : > "$6.json" && echo "wrote $6 (+ .json)" ;; esac\n'
     )
     fake.chmod(0o755)
     env = cli_env()
@@ -305,7 +306,14 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
         )
         assert "seq_mid" not in command  # not a femto
 
+    assert (enc / "qk.safetensors.from").read_text().split()[1] == f"{out}/students/qk"
     calls.unlink()
+    (out / "students/qk/results.json").write_text('{"retrained": 1}')  # not the run the kept file came from
+    other = subprocess.run(
+        [*script, "compare", str(out)], env={**env, "MODELS": "qk"}, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert other.returncode == 2 and f"qk: {enc}/qk.safetensors was exported from another run" in other.stderr
+    assert not calls.exists()  # never compared in its place
     subset = {**env, "MODELS": "qkvv mae", "PROTOCOLS": "knn", "LANES": "3"}  # 3 compare lanes (pretrain: 1 or 2)
     shutil.rmtree(out)  # a new machine: no run directory, the kept encoders are what the comparison reads
     subprocess.run([*script, "compare", str(out)], env=subset, cwd=tmp_path, check=True, capture_output=True)

@@ -15,7 +15,8 @@ keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B ...]: the pairs whose
     if compgen -G "$2/cells/${pair%%:*}__*/cell.json" >/dev/null && compgen -G "$2/cells/${pair#*:}__*/cell.json" >/dev/null
     then contrasts+=(--contrast "$pair"); else echo "contrast $pair left out of $2: a model without finished cells" >&2; fi
   done
-  if compgen -G "$2/cells/*/cell.json" >/dev/null; then $M compare --out "$2" --tables-only "${contrasts[@]}" >/dev/null; fi
+  compgen -G "$2/cells/*/cell.json" >/dev/null || return 0  # no finished cell here: the kept tables stay as they are
+  $M compare --out "$2" --tables-only "${contrasts[@]}" >/dev/null
   for table in results.csv summary.csv results.md compare.png contrasts.csv contrasts.png; do
     if [ -f "$2/$table" ]; then cp "$2/$table" "$dest/"; else rm -f "$dest/$table"; fi  # none kept that the tables lost
   done

@@ -8,6 +8,7 @@ alike. The answer is the total img/s of the lanes against one process's, and wha
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -20,6 +21,7 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.lanes import available_cores
 
 GROUPS = ("mae", "simmim", "distill", "finetune")
+BUSY_LOAD = 0.5  # a load average above this at the start: other work is running on the cores
 BARRIER_TIMEOUT_S = 600  # a lane still building after this long is stuck: the others stop waiting
 
 
@@ -76,7 +78,7 @@ def time_lanes(group: str, overrides: list[str], lanes: int, steps: int, warmup:
     for proc in procs:
         proc.start()
     try:
-        reports = _collect(results, procs)
+        reports = _collect(results, procs, barrier)
     finally:
         for proc in procs:
             proc.join(timeout=30)
@@ -95,8 +97,9 @@ def time_lanes(group: str, overrides: list[str], lanes: int, steps: int, warmup:
     }
 
 
-def _collect(results, procs) -> list[dict[str, Any]]:
-    """Every lane's report; a lane that died without one (killed, out of memory) is an error, not a hang."""
+def _collect(results, procs, barrier=None) -> list[dict[str, Any]]:
+    """Every lane's report; a lane that died without one (killed, out of memory) is an error, not a hang: the
+    barrier is broken at once, so the lanes waiting at it stop too (a lane that reports exits 0)."""
     import queue
 
     reports: list[dict[str, Any]] = []
@@ -104,6 +107,8 @@ def _collect(results, procs) -> list[dict[str, Any]]:
         try:
             reports.append(results.get(timeout=2))
         except queue.Empty:
+            if barrier is not None and any(proc.exitcode not in (None, 0) for proc in procs):
+                barrier.abort()
             if not any(proc.is_alive() for proc in procs) and results.empty():
                 codes = [proc.exitcode for proc in procs]
                 raise ConfigError(f"bench lanes: a lane process ended without a result (exit codes {codes})") from None
@@ -130,9 +135,15 @@ def run_lanes_bench(
 
     cfg, _ = group_config("tiny", group, "cpu", extra=overrides)  # bad overrides fail here, before any process
     cores = available_cores()
+    if max(lane_counts) > cores:
+        raise ConfigError(
+            f"bench lanes: --lanes {max(lane_counts)} is more than the {cores} cores this process may use: each lane "
+            "needs a core of its own (more only oversubscribes them)"
+        )
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the cores skews every row
     measured: dict[int, list[dict[str, Any]]] = {n: [] for n in lane_counts}
     for r in range(rounds):
-        for n in lane_counts:
+        for n in lane_counts if r % 2 == 0 else lane_counts[::-1]:  # a drift over a round hits every count alike
             row = time_lanes(group, overrides, n, steps, warmup)
             measured[n].append(row)
             log(
@@ -164,6 +175,7 @@ def run_lanes_bench(
         "img_size": cfg.data.img_size,
         "batch": cfg.train.batch_size,
         "cores": cores,
+        "load_average_at_start": load,
         "steps": steps,
         "warmup": warmup,
         "rounds": rounds,
@@ -189,6 +201,12 @@ def lanes_summary(results: dict[str, Any]) -> list[str]:
             f"all ({low:,.0f}-{high:,.0f}), {row['total_vs_one_lane']:.2f}x one lane; each training "
             f"{row['per_lane_img_per_s']:,.0f} img/s ({row['each_vs_one_lane']:.2f}x alone)"
             + ("" if row["min_overlap"] > 0.8 else f"; lanes overlapped only {row['min_overlap']:.0%} of their time")
+        )
+    load = results.get("load_average_at_start")  # machine-wide: under taskset, work on other cores counts too
+    if load is not None and load >= BUSY_LOAD:
+        lines.append(
+            f"  warning: the load average was {load:.1f} when the bench started: other work shared these cores, and "
+            "one lane's threads suffer most from it (they wait for each other); measure on an idle machine"
         )
     best = next(row for row in results["rows"] if row["lanes"] == results["best_lanes"])
     lines.append(

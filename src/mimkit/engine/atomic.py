@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 from pathlib import Path
 
@@ -45,8 +46,9 @@ def default_file_mode() -> int:
 
 
 def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors' save_file, written whole under a temporary name, fsync'd and renamed into place, with the
-    permissions of the run's other files (safetensors itself creates its files readable by the owner only)."""
+    """safetensors' save_file, its metadata put in a fixed order (canonical_header), written whole under a
+    temporary name, fsync'd and renamed into place, with the permissions of the run's other files (safetensors
+    itself creates its files readable by the owner only)."""
     from safetensors.torch import save_file
 
     path = Path(path)
@@ -55,9 +57,30 @@ def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] |
     save_file(tensors, str(tmp), metadata=metadata)
     os.chmod(tmp, default_file_mode())
     with open(tmp, "rb+") as fh:
+        size = int.from_bytes(fh.read(8), "little")
+        header = canonical_header(fh.read(size))
+        if header is not None:  # rewritten in place: the same length, the tensors' data untouched
+            fh.seek(8)
+            fh.write(header)
+        fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
     fsync_dir(path.parent)
+
+
+def canonical_header(raw: bytes) -> bytes | None:
+    """A safetensors header with its `__metadata__` entries sorted by key, in as many bytes as `raw`; None when
+    there is nothing to reorder or the layout is not the one expected. safetensors writes the metadata in a hash
+    map's order, which changes from one save to the next, so two exports of one run had different digests, and a
+    comparison that keys an exported encoder by its content (weights/identity.py) ran its cells again. The tensors'
+    entries keep the order the library gave them (already fixed)."""
+    header = json.loads(raw)
+    if not isinstance(header.get("__metadata__"), dict):
+        return None
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    body = raw.rstrip(b" ")
+    return text + raw[len(body) :] if len(text) == len(body) else None
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:

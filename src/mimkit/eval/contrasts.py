@@ -106,6 +106,8 @@ def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: boo
         return "no common seeds: no verdict"
     if len(diffs) < 2:
         return "one common seed: no verdict"
+    if not all(math.isfinite(d) for d in diffs):
+        return "not a number on some seed: no verdict"
     if sa["std"] == 0 and sb["std"] == 0:
         return "no seed spread (the same number on every seed): no verdict"
     delta = sum(diffs) / len(diffs)

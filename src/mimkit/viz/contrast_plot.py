@@ -79,7 +79,15 @@ def contrast_figure(contrasts: list[dict[str, Any]]) -> plt.Figure | None:
         plt.Line2D([], [], marker="o", ls="", color=A_COLOUR, label="A better (beyond the spread)"),
         plt.Line2D([], [], marker="o", ls="", color=B_COLOUR, label="B better (beyond the spread)"),
         plt.Line2D([], [], marker="o", ls="", color=TIE_COLOUR, label="within the seed spread"),
-        plt.Line2D([], [], marker="o", ls="", color="0.2", markerfacecolor="none", label="no verdict (< 2 seeds)"),
+        plt.Line2D(
+            [],
+            [],
+            marker="o",
+            ls="",
+            color="0.2",
+            markerfacecolor="none",
+            label="no verdict (< 2 seeds, no spread, NaN)",
+        ),
         plt.Line2D([], [], marker="o", ls="", ms=3, color="0.35", label="one seed's Δ"),
         plt.Rectangle((0, 0), 1, 1, color="0.88", label="± larger seed std of A, B"),
     ]

@@ -18,15 +18,18 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 
 def source_identity(init: Any) -> Any:
-    """A weights file (an exported encoder, `timm:NAME@FILE`) is the same model wherever the checkout lies: it is
-    keyed by the file's content, so a comparison kept in the repository and restored elsewhere reuses its cells. Run
-    directories and everything else keep their written form (a run grows; its path is its identity)."""
+    """A weights file (an exported encoder, `timm:NAME@FILE`, the architecture of `scratch:FILE`) is the same model
+    wherever the checkout lies: it is keyed by the file's content, so a comparison kept in the repository and
+    restored elsewhere reuses its cells. Run directories and everything else keep their written form (a run grows;
+    its path is its identity)."""
     if not isinstance(init, str):
         return init
     prefix, file = "", init
     if init.startswith("timm:"):  # timm:NAME@FILE keys by FILE; timm:NAME (the hub's weights) stays as written
         name, _, file = init.partition("@")
         prefix = f"{name}@"
+    elif init.startswith("scratch:"):  # scratch:FILE, random weights in FILE's architecture: the same wherever FILE is
+        prefix, file = "scratch:", init[len("scratch:") :]
     path = Path(file)
     if not file or not path.is_file():
         return init

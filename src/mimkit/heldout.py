@@ -13,11 +13,9 @@ import torch
 from torch import nn
 
 from mimkit.data.imageset import ImageSet
-from mimkit.data.keyed_random import sample_keys, second_view_keys
+from mimkit.data.keyed_random import FIXED_EPOCH, sample_keys, second_view_keys
 from mimkit.data.transforms import eval_transform
 from mimkit.engine.distributed import DistEnv, all_reduce_sum
-
-FIXED_EPOCH = -1  # the "epoch" that keys evaluation masks: never used by training
 
 
 def fixed_subset(data: ImageSet, n: int, seed: int) -> ImageSet:

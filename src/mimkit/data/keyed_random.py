@@ -11,6 +11,8 @@ import torch
 
 _MASK32 = 0xFFFFFFFF
 
+FIXED_EPOCH = -1  # the "epoch" that keys evaluation masks (and, with method.fixed_masks, every training mask)
+
 # Streams keep the numbers drawn for different purposes independent.
 STREAM_CROP = 1
 STREAM_FLIP = 2

@@ -142,22 +142,29 @@ def _cell_recipe(
 PRESENTATION_KEYS = ("loggers", "tensorboard", "wandb_project", "wandb_mode", "log_every")
 # train.* keys added after cells were first recorded: a marker hashed before they existed still matches
 ADDED_KEYS = ("loggers", "wandb_project", "wandb_mode")
-# keys of other sections added later, with their defaults: at the default they leave a cell's numbers as they were
-# before the key existed, so a marker hashed then still matches; set to anything else, the cell runs again
-ADDED_AT_DEFAULT = {"probe": {"lr_grid": [], "val_fraction": 0.1}}
+# keys of other sections added later, oldest first, each addition with its defaults: at the default they leave a
+# cell's numbers as they were before the key existed, so a marker hashed then (before the last 1, 2, ... additions)
+# still matches; set to anything else, the cell runs again. A new key of a config section goes at the end.
+ADDED_AT_DEFAULT: list[dict[str, dict[str, Any]]] = [
+    {"probe": {"lr_grid": [], "val_fraction": 0.1}},
+    {"method": {"fixed_masks": False}},
+]
 
 
 def config_hash(
-    cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, before_added: bool = False, by_content: bool = True
+    cfg: Config, dropped: tuple[str, ...] = PRESENTATION_KEYS, before_added: int = 0, by_content: bool = True
 ) -> str:
+    """A cell's config as hashed today, or as it was hashed before the last `before_added` additions of
+    ADDED_AT_DEFAULT (their keys left out where at their defaults), with init named by its spelling rather than its
+    content when not `by_content`."""
     tree = cfg.to_dict()
     tree["train"] = {k: v for k, v in tree["train"].items() if k not in dropped}
     if by_content:
         from mimkit.weights.identity import source_identity  # here: mimkit.weights imports torch (a fast --help)
 
         tree["init"] = source_identity(tree.get("init"))
-    if before_added:
-        for section, defaults in ADDED_AT_DEFAULT.items():
+    for addition in ADDED_AT_DEFAULT[len(ADDED_AT_DEFAULT) - before_added :] if before_added else []:
+        for section, defaults in addition.items():
             tree[section] = {k: v for k, v in tree[section].items() if k not in defaults or v != defaults[k]}
     return hashlib.sha1(json.dumps(tree, sort_keys=True).encode()).hexdigest()[:12]
 
@@ -172,7 +179,7 @@ def recorded_row(marker: Path, cfg: Config) -> dict[str, Any] | None:
     eras = [
         (dropped, before, content)
         for dropped in (PRESENTATION_KEYS, ADDED_KEYS)
-        for before in (False, True)
+        for before in range(len(ADDED_AT_DEFAULT) + 1)
         for content in (True, False)
     ]
     if recorded.get("config_hash") not in {config_hash(cfg, *era) for era in eras}:

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mimkit.data.keyed_random import FIXED_EPOCH, sample_keys
+
 
 @dataclass
 class MIMOutput:
@@ -31,3 +33,13 @@ def paste_visible(
         "reconstruction": imgs * (1 - m) + pred_imgs * m,
         "pixel_mask": m,
     }
+
+
+def mask_keys(batch: dict, fixed: bool) -> torch.Tensor:
+    """The keys a batch's masks are drawn from: the batch's own (sample and epoch: a new mask every epoch), or with
+    `fixed` (method.fixed_masks) the sample's evaluation keys, so a training image is masked the same way at every
+    step and as its held-out or train-subset evaluation masks it. Evaluation batches carry no `ids`: their keys are
+    already the fixed ones."""
+    if not fixed or "ids" not in batch:
+        return batch["keys"]
+    return sample_keys(batch["ids"], FIXED_EPOCH).to(batch["keys"].device)

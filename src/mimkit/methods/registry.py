@@ -122,6 +122,11 @@ def validate_method(cfg: Any, model: Any) -> None:
             f"method.mask_patch_size: {meth.mask_patch_size} must be a multiple of the patch size "
             f"{model.patch_size} and divide data.img_size {img}",
         )
+    check(
+        not meth.fixed_masks or spec.masking is not None,
+        f"method.fixed_masks=true: method.name={meth.name} masks no input; it is for "
+        f"{' and '.join(s.name for s in _SPECS.values() if s.masking is not None)}",
+    )
     if spec.masking is not None:
         ratio = meth.mask_ratio if meth.mask_ratio is not None else spec.masking.ratio
         check_mask_counts(cfg, model.patch_size, ratio, meth.mask_type or spec.masking.kind, "method.mask_ratio")

@@ -29,6 +29,9 @@ class MethodConfig:
     mask_ratio: float | None = None  # None: the method's default (MAE 0.75, SimMIM 0.6)
     mask_type: str | None = None  # random | simmim | blockwise; None: the method's default (MAE random, SimMIM simmim)
     mask_patch_size: int | None = None  # SimMIM mask cell size in pixels; None: 32 at >=192 px, else a divisor
+    # true: each training image keeps one mask for the whole run, the one its evaluation uses (a memorisable task,
+    # for over-fitting studies: DS1 of docs/results/claims.md); false (the papers): a new mask every epoch
+    fixed_masks: bool = False
 
 
 @dataclass(frozen=True)

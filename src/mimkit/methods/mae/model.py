@@ -16,7 +16,7 @@ from mimkit.fast.pixel_losses import norm_pix_target, patch_mean_var, patch_mse
 from mimkit.fast.rows import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.fast.visible_embed import embed_patches_at, embeds_patches_alone
 from mimkit.methods.base import Method
-from mimkit.methods.mim import MIMOutput, paste_visible
+from mimkit.methods.mim import MIMOutput, mask_keys, paste_visible
 from mimkit.models.encoder import (
     checkpointed,
     grid_size,
@@ -45,12 +45,14 @@ class MAE(Method):
         norm_pix: bool = True,
         norm_eps: float = 1e-6,
         seed: int = 0,
+        fixed_masks: bool = False,
     ):
         super().__init__()
         self.encoder = encoder
         self.mask_generator = mask_generator
         self.norm_pix = norm_pix
         self.seed = seed
+        self.fixed_masks = fixed_masks
         self.patch = patch_size(encoder)
         self.grid = grid_size(encoder)
         self.chans = in_chans(encoder)
@@ -190,7 +192,7 @@ class MAE(Method):
         return MIMOutput(self.forward_loss(imgs, pred, mask), pred, mask.bool())
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        noise = self.mask_generator.noise(batch["keys"], self.seed).to(batch["images"].device)
+        noise = self.mask_generator.noise(mask_keys(batch, self.fixed_masks), self.seed).to(batch["images"].device)
         return {"loss": self.training_loss(batch["images"], noise)}
 
     @torch.no_grad()
@@ -228,4 +230,5 @@ def build_mae(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> MA
         norm_pix=cfg.method.norm_pix,
         norm_eps=m.norm_eps,
         seed=cfg.seed,
+        fixed_masks=cfg.method.fixed_masks,
     )

@@ -15,7 +15,7 @@ from mimkit.data.masks import MaskGenerator
 from mimkit.fast.pixel_losses import patch_l1
 from mimkit.fast.rows import gather_rows, hooked, last_block_at_rows, masked_rows
 from mimkit.methods.base import Method
-from mimkit.methods.mim import MIMOutput, paste_visible, token_mask_to_pixels
+from mimkit.methods.mim import MIMOutput, mask_keys, paste_visible, token_mask_to_pixels
 from mimkit.models.encoder import (
     channel_major_patches,
     embed_tokens,
@@ -80,12 +80,20 @@ def masked_pixel_l1(
 class SimMIM(Method):
     name = "simmim"
 
-    def __init__(self, encoder: nn.Module, mask_generator: MaskGenerator, seed: int = 0, target_norm_window: int = 0):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        mask_generator: MaskGenerator,
+        seed: int = 0,
+        target_norm_window: int = 0,
+        fixed_masks: bool = False,
+    ):
         super().__init__()
         self.encoder = encoder
         self.target_norm_window = target_norm_window
         self.mask_generator = mask_generator
         self.seed = seed
+        self.fixed_masks = fixed_masks
         self.patch = patch_size(encoder)
         self.grid = grid_size(encoder)
         self.chans = in_chans(encoder)
@@ -148,7 +156,7 @@ class SimMIM(Method):
         return patch_l1(pred, gather_rows(channel_major_patches(self.target_images(imgs), self.patch), rows))
 
     def forward(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        mask = self.mask_generator(batch["keys"], self.seed)
+        mask = self.mask_generator(mask_keys(batch, self.fixed_masks), self.seed)
         return {"loss": self.training_loss(batch["images"], mask)}
 
     @torch.no_grad()
@@ -182,4 +190,7 @@ class SimMIM(Method):
 
 
 def build_simmim(cfg: Any, encoder: nn.Module, mask_generator: MaskGenerator) -> SimMIM:
-    return SimMIM(encoder, mask_generator, seed=cfg.seed, target_norm_window=cfg.method.target_norm_window)
+    meth = cfg.method
+    return SimMIM(
+        encoder, mask_generator, seed=cfg.seed, target_norm_window=meth.target_norm_window, fixed_masks=meth.fixed_masks
+    )

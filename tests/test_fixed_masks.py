@@ -39,7 +39,9 @@ def test_fixed_masks_keep_each_images_evaluation_mask_at_every_epoch(method):
 
 
 def test_a_method_that_masks_nothing_refuses_fixed_masks():
-    with pytest.raises(ConfigError, match="method.name=supervised masks no input; it is for mae and simmim"):
+    with pytest.raises(
+        ConfigError, match="method.name=supervised does not support fixed masks; it is for mae and simmim"
+    ):
         resolved(tiny_config("method.name=supervised", "model.num_classes=10", "method.fixed_masks=true"))
 
 

@@ -157,6 +157,8 @@ def config_hash(
     """A cell's config as hashed today, or as it was hashed before the last `before_added` additions of
     ADDED_AT_DEFAULT (their keys left out where at their defaults), with init named by its spelling rather than its
     content when not `by_content`."""
+    if not 0 <= before_added <= len(ADDED_AT_DEFAULT):
+        raise ValueError(f"before_added={before_added}: 0 to {len(ADDED_AT_DEFAULT)} additions")
     tree = cfg.to_dict()
     tree["train"] = {k: v for k, v in tree["train"].items() if k not in dropped}
     if by_content:

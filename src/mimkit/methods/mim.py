@@ -42,4 +42,6 @@ def mask_keys(batch: dict, fixed: bool) -> torch.Tensor:
     already the fixed ones."""
     if not fixed or "ids" not in batch:
         return batch["keys"]
-    return sample_keys(batch["ids"], FIXED_EPOCH).to(batch["keys"].device)
+    from mimkit.data.loader import to_device  # pinned and asynchronous on CUDA: the step does not wait for the GPU
+
+    return to_device(sample_keys(batch["ids"], FIXED_EPOCH), batch["keys"].device)

@@ -123,9 +123,9 @@ def validate_method(cfg: Any, model: Any) -> None:
             f"{model.patch_size} and divide data.img_size {img}",
         )
     check(
-        not meth.fixed_masks or spec.masking is not None,
-        f"method.fixed_masks=true: method.name={meth.name} masks no input; it is for "
-        f"{' and '.join(s.name for s in _SPECS.values() if s.masking is not None)}",
+        not meth.fixed_masks or spec.fixed_masks,
+        f"method.fixed_masks=true: method.name={meth.name} does not support fixed masks; it is for "
+        f"{' and '.join(s.name for s in _SPECS.values() if s.fixed_masks)}",
     )
     if spec.masking is not None:
         ratio = meth.mask_ratio if meth.mask_ratio is not None else spec.masking.ratio

@@ -59,6 +59,7 @@ class MethodSpec:
     resolve: Callable[[Any], None] | None = None  # derived defaults, on the resolved copy, in place
     evaluators: Callable[..., tuple[dict[str, Any], tuple[str, str, str]]] | None = None  # None: held-out loss
     masking: Masking | None = None  # MIM objectives: mask defaults (others record DEFAULT_MASKING)
+    fixed_masks: bool = False  # honours method.fixed_masks (its training masks come from methods.mim.mask_keys)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop scale default (data.crop_scale)
     views: int = 1  # augmented views of each image per step (2: contrastive)
     needs_labels: bool = False  # the data must carry class labels

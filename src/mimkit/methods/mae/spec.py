@@ -26,5 +26,6 @@ SPEC = MethodSpec(
     build=build,
     options=MAEOptions,
     masking=Masking(0.75, "random"),
+    fixed_masks=True,
     crop_scale=(0.2, 1.0),
 )

@@ -27,6 +27,7 @@ SPEC = MethodSpec(
     options=SimMIMOptions,
     check_options=check_options,
     masking=Masking(0.6, "simmim"),
+    fixed_masks=True,
     crop_scale=(0.67, 1.0),
     swin=True,
     beit=True,

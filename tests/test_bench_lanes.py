@@ -13,7 +13,7 @@ import time
 import pytest
 
 from conftest import cli_error
-from mimkit.bench.lanes_bench import _collect, lanes_summary, parse_lanes, run_lanes_bench
+from mimkit.bench.lanes_bench import _collect, busy_cores, lanes_summary, parse_lanes, run_lanes_bench
 from mimkit.config import ConfigError
 from mimkit.engine.lanes import available_cores
 
@@ -42,9 +42,30 @@ def test_one_and_two_lanes_are_timed_together_and_compared_with_one_lane(tmp_pat
     assert res["model"] == "mim_vit_femto" and res["batch"] == 8
     assert json.loads((tmp_path / "results.json").read_text())["rows"] == res["rows"]
     assert len(lines) == 2 and "2 lane(s)" in lines[1]
-    busy = lanes_summary({**res, "load_average_at_start": 1.5})
-    assert any("load average was 1.5" in line for line in busy)
-    assert not any("load average" in line for line in lanes_summary({**res, "load_average_at_start": 0.1}))
+    busy = lanes_summary({**res, "busy_cores_at_start": 1.5})
+    assert any("other work kept 1.5 cores busy" in line for line in busy)
+    assert not any("busy" in line for line in lanes_summary({**res, "busy_cores_at_start": 0.1}))
+
+
+def test_busy_cores_sees_a_spinning_process():
+    """/proc/stat over a second: a process spinning on one core shows as about one busy core (more if the machine
+    is busy anyway), the measure the warning uses."""
+    if not os.path.exists("/proc/stat"):
+        pytest.skip("Linux only")
+    ctx = multiprocessing.get_context("spawn")
+    spinner = ctx.Process(target=_spin, args=(4.0,))
+    spinner.start()
+    try:
+        time.sleep(0.5)
+        assert busy_cores(1.0) >= 0.6
+    finally:
+        spinner.join(10)
+
+
+def _spin(seconds: float) -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        pass
 
 
 def test_bad_input_is_refused_before_any_lane_starts(capsys):

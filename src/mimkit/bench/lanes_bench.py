@@ -21,7 +21,7 @@ from mimkit.engine.atomic import atomic_write_text
 from mimkit.engine.lanes import available_cores
 
 GROUPS = ("mae", "simmim", "distill", "finetune")
-BUSY_LOAD = 0.5  # a load average above this at the start: other work is running on the cores
+BUSY_CORES = 0.25  # other work using more than this many cores when the bench starts skews every row
 BARRIER_TIMEOUT_S = 600  # a lane still building after this long is stuck: the others stop waiting
 
 
@@ -62,6 +62,25 @@ def _lane(group: str, overrides: list[str], threads: int, steps: int, warmup: in
         barrier.abort()
         frame = traceback.extract_tb(err.__traceback__)[-1]
         results.put({"ok": False, "error": f"{type(err).__name__}: {err}", "where": f"{frame.filename}:{frame.lineno}"})
+
+
+def busy_cores(seconds: float = 1.0) -> float | None:
+    """How many of the machine's cores other work keeps busy right now (/proc/stat over `seconds`; the load average
+    lags by a minute, so a study paused just before the bench would still look busy); None off Linux."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as fh:
+            values = [int(v) for v in fh.readline().split()[1:]]
+        idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
+        return sum(values) - idle, sum(values)
+
+    try:
+        busy0, total0 = sample()
+        time.sleep(seconds)
+        busy1, total1 = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (busy1 - busy0) / max(total1 - total0, 1) * (os.cpu_count() or 1)
 
 
 def time_lanes(group: str, overrides: list[str], lanes: int, steps: int, warmup: int) -> dict[str, Any]:
@@ -140,7 +159,7 @@ def run_lanes_bench(
             f"bench lanes: --lanes {max(lane_counts)} is more than the {cores} cores this process may use: each lane "
             "needs a core of its own (more only oversubscribes them)"
         )
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None  # other work on the cores skews every row
+    busy = busy_cores()
     measured: dict[int, list[dict[str, Any]]] = {n: [] for n in lane_counts}
     for r in range(rounds):
         for n in lane_counts if r % 2 == 0 else lane_counts[::-1]:  # a drift over a round hits every count alike
@@ -175,7 +194,7 @@ def run_lanes_bench(
         "img_size": cfg.data.img_size,
         "batch": cfg.train.batch_size,
         "cores": cores,
-        "load_average_at_start": load,
+        "busy_cores_at_start": busy,
         "steps": steps,
         "warmup": warmup,
         "rounds": rounds,
@@ -202,10 +221,10 @@ def lanes_summary(results: dict[str, Any]) -> list[str]:
             f"{row['per_lane_img_per_s']:,.0f} img/s ({row['each_vs_one_lane']:.2f}x alone)"
             + ("" if row["min_overlap"] > 0.8 else f"; lanes overlapped only {row['min_overlap']:.0%} of their time")
         )
-    load = results.get("load_average_at_start")  # machine-wide: under taskset, work on other cores counts too
-    if load is not None and load >= BUSY_LOAD:
+    busy = results.get("busy_cores_at_start")  # machine-wide: under taskset, work on other cores counts too
+    if busy is not None and busy >= BUSY_CORES:
         lines.append(
-            f"  warning: the load average was {load:.1f} when the bench started: other work shared these cores, and "
+            f"  warning: other work kept {busy:.1f} cores busy when the bench started: it shares these cores, and "
             "one lane's threads suffer most from it (they wait for each other); measure on an idle machine"
         )
     best = next(row for row in results["rows"] if row["lanes"] == results["best_lanes"])

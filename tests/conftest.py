@@ -6,6 +6,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -106,6 +107,25 @@ def cli_env() -> dict[str, str]:
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     env.setdefault("OMP_NUM_THREADS", "1")
     return env
+
+
+def wait_for_checkpoint(runs: list[Path], proc: subprocess.Popen, min_step: int = 1, timeout: float = 180) -> None:
+    """Wait until every run has saved a checkpoint at `min_step` or later. Any step counts, not one named step: with
+    keep_last, a fast machine prunes step 5 before a poll sees it (CI failed so, with two lanes a moment apart)."""
+    t0 = time.time()
+
+    def reached(run: Path) -> bool:
+        return any(int(d.name.split("-")[1]) >= min_step for d in (run / "checkpoints").glob("step-*"))
+
+    while not all(reached(run) for run in runs):
+        if proc.poll() is not None:
+            raise AssertionError(
+                f"the command ended (exit {proc.returncode}) before every checkpoint:\n" + proc.communicate()[1][-3000:]
+            )
+        if time.time() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"no checkpoint at step >= {min_step} in {timeout:.0f} s: {runs}")
+        time.sleep(0.02)
 
 
 def cli_error(capsys, *args: str) -> str:

@@ -8,14 +8,24 @@ import math
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import KILLABLE, ROOT, TINY, cli_env, cli_error, nonfinite_losses, run_cli, sets, tiny_engine
+from conftest import (
+    KILLABLE,
+    ROOT,
+    TINY,
+    cli_env,
+    cli_error,
+    nonfinite_losses,
+    run_cli,
+    sets,
+    tiny_engine,
+    wait_for_checkpoint,
+)
 from mimkit.engine import checkpoint as ckpt
 from mimkit.engine.metrics import read_metrics
 from mimkit.engine.schedule import warmup_cosine_factor
@@ -44,17 +54,6 @@ def _start(out: Path, overrides: list[str]) -> subprocess.Popen:
     )
 
 
-def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
-    t0 = time.time()
-    while not path.exists():
-        if proc.poll() is not None:
-            raise AssertionError(f"run ended before {path} appeared:\n{proc.stderr.read()}")
-        if time.time() - t0 > timeout:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {path}")
-        time.sleep(0.005)
-
-
 def _final_weights(run: Path) -> dict[str, torch.Tensor]:
     return load_file(str(ckpt.find_checkpoint(run) / ckpt.MODEL_FILE))
 
@@ -72,7 +71,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
     reference = run_cli(*_args(tmp_path / "ref", KILLABLE), check=True)
     assert reference.returncode == 0
     proc = _start(tmp_path / "killed", KILLABLE)
-    _wait_for(tmp_path / "killed" / "checkpoints" / "step-0000010", proc)
+    wait_for_checkpoint([tmp_path / "killed"], proc, min_step=10)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL
@@ -92,7 +91,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 def test_sigterm_saves_checkpoint_and_exits_cleanly(tmp_path):
     proc = _start(tmp_path / "run", KILLABLE)
-    _wait_for(tmp_path / "run" / "checkpoints" / "step-0000005", proc)
+    wait_for_checkpoint([tmp_path / "run"], proc, min_step=5)
     proc.send_signal(signal.SIGTERM)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr

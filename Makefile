@@ -32,8 +32,9 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# --durations: the 15 slowest tests, printed after every run (the suite must stay under 10 minutes on 2 cores)
 test: setup lint
-	$(PY) -m pytest -q -m "not faults"
+	$(PY) -m pytest -q -m "not faults" --durations=15
 
 # the slower fault injections (tests/test_faults.py, about 2 minutes): kill -9 at random moments, a full disk during a
 # checkpoint write, a torchrun job with a stopped or killed rank. CI runs them after `make test`.

@@ -274,4 +274,4 @@ def test_compare_adds_the_baselines_and_repeats_cells_per_seed(tmp_path, mae64):
     assert "seed: 1" in config
     table = (out / "results.md").read_text()
     assert "mean ± std over 2 seeds" in table and "*random* (baseline)" in table
-    assert (out / "summary.csv").read_text().splitlines()[0] == "model,protocol,task,metric,mean,std,n,baseline"
+    assert (out / "summary.csv").read_text().splitlines()[0] == "model,protocol,task,metric,mean,std,n,baseline,pool"

@@ -15,7 +15,7 @@ import pytest
 from conftest import cli_error
 from mimkit.bench.lanes_bench import _collect, busy_cores, lanes_summary, parse_lanes, run_lanes_bench
 from mimkit.config import ConfigError
-from mimkit.engine.lanes import available_cores
+from mimkit.engine.lanes import available_cores, lane_threads
 
 TINY = ["model.name=mim_vit_femto", "data.img_size=16", "train.batch_size=8"]
 
@@ -33,7 +33,7 @@ def test_one_and_two_lanes_are_timed_together_and_compared_with_one_lane(tmp_pat
     one, two = res["rows"]
     cores = available_cores()
     assert (one["lanes"], one["threads_per_lane"]) == (1, cores)
-    assert (two["lanes"], two["threads_per_lane"]) == (2, max(1, cores // 2))
+    assert (two["lanes"], two["threads_per_lane"]) == (2, lane_threads(2))  # the split `compare --lanes 2` uses
     assert one["total_vs_one_lane"] == 1.0 and one["each_vs_one_lane"] == 1.0
     assert two["total_vs_one_lane"] == pytest.approx(two["total_img_per_s"] / one["total_img_per_s"])
     # the total is the lanes' img/s added up: two trainings, each at its own (median) rate

@@ -611,6 +611,28 @@ def test_keep_compare_contrasts_the_pairs_whose_two_models_have_cells(tmp_path):
     assert sorted(p.name for p in (tmp_path / "kept/compare-x").iterdir()) == ["cells", "contrasts.png", "results.md"]
 
 
+def test_keep_compare_pools_the_replicas_that_all_have_cells_and_contrasts_the_pools(tmp_path):
+    """keep_compare's NAME=A,B,C words reach `compare --tables-only` as --pool only when every replica has a finished
+    cell; a pair naming a pool counts it as measured (it has no cells of its own), one naming a pool left out not."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    cmp = tmp_path / "compare-x"
+    for model in ["mae_s0", "mae_s1", "sup"]:
+        name = f"{model}__finetune__classification"
+        (cmp / "cells" / name).mkdir(parents=True)
+        (cmp / "cells" / name / "cell.json").write_text("{}")
+    words = "mae=mae_s0,mae_s1 sup3=sup,sup_s1,sup_s2 mae:sup mae:sup3 mae_s0:mae_s1"
+    library = SCRIPTS / "lib/compare_keep.sh"
+    script = f'M="python -m mimkit"; source {library}; keep_compare kept {cmp} {words}'
+    done = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, text=True)
+    (line,) = calls.read_text().splitlines()
+    wanted = "--pool mae=mae_s0,mae_s1 --contrast mae:sup --contrast mae_s0:mae_s1"
+    assert line == f"-m mimkit compare --out {cmp} --tables-only {wanted}"
+    assert done.stderr.splitlines() == [
+        f"pool sup3 left out of {cmp}: a replica without finished cells",
+        f"contrast mae:sup3 left out of {cmp}: a model without finished cells",
+    ]
+
+
 def test_the_distillation_studys_contrasts_name_its_own_models():
     """PAIRS in fmnist_distill_femto.sh: every name is a student, a MAE femto or scratch (keep_compare leaves out a
     pair without cells, so a misspelt name would only ever be reported, never contrasted)."""

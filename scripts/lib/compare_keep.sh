@@ -5,18 +5,28 @@
 # (compare accepts a marker whose hash matches the cell's config) and the study goes on where it stopped. A compare
 # killed mid-way keeps its finished cells: each marker is written when its cell ends. Both need M (the mimkit command).
 
-keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B ...]: the pairs whose two models have cells are contrasted
-  local dest=$1/$(basename "$2") marker table pair contrasts=()
+keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B | NAME=A,B,C ...]: the pools whose every replica has cells
+  # are pooled (compare --pool), then the pairs whose two models (or pools) have cells are contrasted
+  local dest=$1/$(basename "$2") marker table pair member members complete contrasts=() pools=() pooled=" "
   mkdir -p "$dest/cells"
   for marker in "$2"/cells/*/cell.json; do
     if [ -f "$marker" ]; then cp "$marker" "$dest/cells/$(basename "$(dirname "$marker")").json"; fi
   done
   for pair in "${@:3}"; do
-    if compgen -G "$2/cells/${pair%%:*}__*/cell.json" >/dev/null && compgen -G "$2/cells/${pair#*:}__*/cell.json" >/dev/null
+    [[ $pair == *=* ]] || continue
+    complete=1 members=${pair#*=}
+    for member in ${members//,/ }; do compgen -G "$2/cells/${member}__*/cell.json" >/dev/null || complete=0; done
+    if [ $complete = 1 ]; then pools+=(--pool "$pair") && pooled+="${pair%%=*} "
+    else echo "pool ${pair%%=*} left out of $2: a replica without finished cells" >&2; fi
+  done
+  _kept_measured() { [[ $pooled == *" $2 "* ]] || compgen -G "$1/cells/${2}__*/cell.json" >/dev/null; }
+  for pair in "${@:3}"; do
+    [[ $pair != *=* ]] || continue
+    if _kept_measured "$2" "${pair%%:*}" && _kept_measured "$2" "${pair#*:}"
     then contrasts+=(--contrast "$pair"); else echo "contrast $pair left out of $2: a model without finished cells" >&2; fi
   done
   compgen -G "$2/cells/*/cell.json" >/dev/null || return 0  # no finished cell here: the kept tables stay as they are
-  $M compare --out "$2" --tables-only "${contrasts[@]}" >/dev/null
+  $M compare --out "$2" --tables-only "${pools[@]}" "${contrasts[@]}" >/dev/null
   for table in results.csv summary.csv results.md compare.png contrasts.csv contrasts.png; do
     if [ -f "$2/$table" ]; then cp "$2/$table" "$dest/"; else rm -f "$dest/$table"; fi  # none kept that the tables lost
   done
@@ -33,8 +43,8 @@ restore_compare() {  # restore_compare KEEP_DIR COMPARE_DIR: never replaces a ma
   return 0
 }
 
-keep_or_restore_all() {  # keep_or_restore_all keep|restore OUT KEEP_DIR [A:B ...]: every compare-* of OUT, or of
-  local from=$2 dir           # KEEP_DIR; keep contrasts the pairs (keep_compare)
+keep_or_restore_all() {  # keep_or_restore_all keep|restore OUT KEEP_DIR [A:B | NAME=A,B ...]: every compare-* of
+  local from=$2 dir           # OUT, or of KEEP_DIR; keep pools and contrasts them (keep_compare)
   [ "$1" = keep ] || from=$3
   for dir in "$from"/compare-*; do
     if [ -d "$dir" ]; then "$1_compare" "$3" "$2/$(basename "$dir")" "${@:4}"; fi

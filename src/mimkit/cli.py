@@ -89,10 +89,11 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from mimkit.config import ConfigError
     from mimkit.eval.compare import compare, protocol_recipes, tables_from_cells
     from mimkit.eval.contrasts import parse_contrasts
+    from mimkit.eval.pools import parse_pools
 
-    contrasts = parse_contrasts(args.contrast)
+    contrasts, pools = parse_contrasts(args.contrast), parse_pools(args.pool)
     if args.tables_only:
-        rows = tables_from_cells(args.out, contrasts)
+        rows = tables_from_cells(args.out, contrasts, pools)
         print(f"{len(rows)} finished cells; rebuilt in {args.out}: {compare_outputs(args.out)}")
         print(open(f"{args.out}/results.md").read())
         return 0
@@ -112,6 +113,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
         recipes=protocol_recipes(args.finetune_config, args.probe_config),
         lanes=args.lanes,
         contrasts=contrasts,
+        pools=pools,
     )
     print(f"{len(rows)} cells; in {args.out}: {compare_outputs(args.out)}")
     print(open(f"{args.out}/results.md").read())
@@ -691,6 +693,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="A:B",
         help="model A against model B (repeat per pair): their difference per task and protocol, paired by seed, "
         "with a verdict, in results.md and contrasts.csv (also with --tables-only)",
+    )
+    p.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="NAME=A,B,C",
+        help="pool models that are replicas of one method (pretrained with different seeds) into one row NAME: each "
+        "replica's mean over its seeds, then mean ± std over the replicas; --contrast may name it (also with "
+        "--tables-only)",
     )
     p.set_defaults(func=cmd_compare)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 from mimkit.config import ConfigError
 from mimkit.engine.atomic import atomic_write_text
-from mimkit.engine.lanes import available_cores
+from mimkit.engine.lanes import available_cores, lane_threads
 
 GROUPS = ("mae", "simmim", "distill", "finetune")
 BUSY_CORES = 0.25  # other work using more than this many cores when the bench starts skews every row
@@ -84,11 +84,12 @@ def busy_cores(seconds: float = 1.0) -> float | None:
 
 
 def time_lanes(group: str, overrides: list[str], lanes: int, steps: int, warmup: int) -> dict[str, Any]:
-    """One round at one lane count: `lanes` processes of cores // lanes threads each, timed together."""
+    """One round at one lane count: `lanes` processes, each with the threads `compare --lanes` gives a lane, timed
+    together."""
     import multiprocessing
 
     ctx = multiprocessing.get_context("spawn")  # fresh interpreters: forking torch's thread pools can deadlock
-    threads = max(1, available_cores() // lanes)
+    threads = lane_threads(lanes) or available_cores()  # the split `compare --lanes` uses; one lane: every core
     barrier, results = ctx.Barrier(lanes), ctx.Queue()
     procs = [
         ctx.Process(target=_lane, args=(group, overrides, threads, steps, warmup, barrier, results), daemon=True)
@@ -113,6 +114,7 @@ def time_lanes(group: str, overrides: list[str], lanes: int, steps: int, warmup:
         "per_lane_img_per_s": [r["img_per_s"] for r in reports],
         "total_img_per_s": sum(r["img_per_s"] for r in reports),
         "overlap": max(0.0, together) / longest,  # 1: every lane's timed window overlapped all the others'
+        "threads_per_lane": threads,
     }
 
 
@@ -166,7 +168,7 @@ def run_lanes_bench(
             row = time_lanes(group, overrides, n, steps, warmup)
             measured[n].append(row)
             log(
-                f"[bench lanes] round {r + 1}/{rounds}: {n} lane(s) of {max(1, cores // n)} thread(s): "
+                f"[bench lanes] round {r + 1}/{rounds}: {n} lane(s) of {row['threads_per_lane']} thread(s): "
                 f"{row['total_img_per_s']:,.0f} img/s in all"
             )
     rows = []
@@ -176,7 +178,7 @@ def run_lanes_bench(
         rows.append(
             {
                 "lanes": n,
-                "threads_per_lane": max(1, cores // n),
+                "threads_per_lane": measured[n][0]["threads_per_lane"],
                 "total_img_per_s": statistics.median(totals),
                 "total_spread": [min(totals), max(totals)],
                 "per_lane_img_per_s": statistics.median(each),

@@ -23,6 +23,7 @@ from mimkit.data.options import COMBINED_TASKS
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.contrasts import check_names, contrast_rows, contrasts_csv, contrasts_markdown
 from mimkit.eval.options import PIXELS
+from mimkit.eval.pools import Pool, check_pools, pool_notes, pooled_rows
 from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
@@ -292,13 +293,15 @@ def compare(
     recipes: dict[str, str] | None = None,
     lanes: int = 1,
     contrasts: list[tuple[str, str]] | None = None,
+    pools: list[Pool] | None = None,
 ) -> list[dict[str, Any]]:
     """Run (or reuse) every cell and rebuild the tables. `seeds` repeats every cell with seed 0..N-1 (the
     evaluation's seed: head initialisation, data order, subsets, task draws); tables show mean +- std. `length`:
     (--steps, --epochs) of the cells that train. `recipes`: each protocol's recipe (protocol_recipes), e.g. a
     tuned fine-tuning schedule; a cell recorded under another recipe's settings runs again. `lanes`: cells run
     that many at a time, each in its own process with its share of the threads (eval/cell_lanes.py). `contrasts`:
-    (A, B) model pairs whose paired differences the tables add (eval/contrasts.py)."""
+    (A, B) model pairs whose paired differences the tables add (eval/contrasts.py). `pools`: (NAME, models) whose
+    replicas the tables pool into one row (eval/pools.py); contrasts may name them."""
     recipes = recipes or RECIPES
     out = Path(out)
     protocols = protocols or list(PROTOCOLS)
@@ -327,14 +330,15 @@ def compare(
 
     sources = scratch_in_shared_architecture([source_of(s) for s in inits], shape_cfg, model_chosen, "compare")
     extra = baseline_models(sources, shape_cfg, model_chosen, log) if baselines else []
-    contrasts = contrasts or []
-    check_names(contrasts, [*names, *(name for name, _ in extra)])
+    contrasts, pools = contrasts or [], pools or []
+    check_pools(pools, names, [name for name, _ in extra])
+    check_names(contrasts, [*names, *(name for name, _ in extra), *(name for name, _ in pools)])
     cells = plan_cells(list(zip(names, sources)), protocols, tasks, seeds, extra)
     configs = [cell_config(cell, overrides, protocol_overrides, length, recipes) for cell in cells]
     if lanes > 1:
-        rows = _run_in_lanes(cells, configs, out, lanes, log, contrasts)
+        rows = _run_in_lanes(cells, configs, out, lanes, log, contrasts, pools)
     else:
-        rows = _run_in_order(cells, configs, out, log, contrasts)
+        rows = _run_in_order(cells, configs, out, log, contrasts, pools)
     for task in COMBINED_TASKS:  # the paper's classification vs localisation loss curves
         runs: dict[str, list[Path]] = {}
         for cell in cells:
@@ -364,7 +368,7 @@ def _record(cell: Cell, cfg: Config, metrics: dict[str, Any], run_dir: Path) -> 
 
 
 def _run_in_order(
-    cells: list[Cell], configs: list[Config], out: Path, log, contrasts: list[tuple[str, str]]
+    cells: list[Cell], configs: list[Config], out: Path, log, contrasts: list[tuple[str, str]], pools: list[Pool]
 ) -> list[dict[str, Any]]:
     """One cell after another in this process, the tables rewritten after each."""
     rows, stale = [], False
@@ -378,15 +382,21 @@ def _run_in_order(
             log(f"[compare] {i}/{len(cells)} {cell.name}: running")
             row = _record(cell, cfg, run_cell(cell, cfg, run_dir), run_dir)
         rows.append(row)
-        write_tables(rows, out, figure=ran, contrasts=contrasts)  # redrawn when a cell's number is new
+        write_tables(rows, out, figure=ran, contrasts=contrasts, pools=pools)  # redrawn when a cell's number is new
         stale = not ran  # skipped cells since the last drawing: drawn once at the end
     if stale:
-        write_figure(summarize(rows), out, contrast_rows(rows, contrasts) if contrasts else [])
+        write_tables(rows, out, contrasts=contrasts, pools=pools)
     return rows
 
 
 def _run_in_lanes(
-    cells: list[Cell], configs: list[Config], out: Path, lanes: int, log, contrasts: list[tuple[str, str]]
+    cells: list[Cell],
+    configs: list[Config],
+    out: Path,
+    lanes: int,
+    log,
+    contrasts: list[tuple[str, str]],
+    pools: list[Pool],
 ) -> list[dict[str, Any]]:
     """The cells not finished before, `lanes` at a time; the tables (in plan order) rewritten as each finishes."""
     from mimkit.eval.cell_lanes import run_in_lanes
@@ -396,14 +406,16 @@ def _run_in_lanes(
     todo = [(i, c, f, d) for i, (c, f, d, r) in enumerate(zip(cells, configs, dirs, rows)) if r is None]
     log(f"[compare] {len(cells) - len(todo)} of {len(cells)} cells done before, skipped")
     if len(todo) < len(cells):  # the finished cells' tables first, as one lane writes them on its way
-        write_tables([r for r in rows if r is not None], out, contrasts=contrasts)
+        write_tables([r for r in rows if r is not None], out, contrasts=contrasts, pools=pools)
     for i, metrics in run_in_lanes(run_cell, todo, lanes, out, log) if todo else ():
         rows[i] = _record(cells[i], configs[i], metrics, dirs[i])
-        write_tables([r for r in rows if r is not None], out, contrasts=contrasts)  # the figure redrawn too
+        write_tables([r for r in rows if r is not None], out, contrasts=contrasts, pools=pools)  # figure too
     return [r for r in rows if r is not None]
 
 
-def tables_from_cells(out: str | Path, contrasts: list[tuple[str, str]] | None = None) -> list[dict[str, Any]]:
+def tables_from_cells(
+    out: str | Path, contrasts: list[tuple[str, str]] | None = None, pools: list[Pool] | None = None
+) -> list[dict[str, Any]]:
     """Rebuild OUT's tables from every finished cell under OUT/cells, running nothing: for a comparison run in
     pieces (models or protocols added by later invocations, each of whose own tables shows only its cells). A cell
     still running (no marker yet) is left out; baselines come last, then by seed, models in name order."""
@@ -428,17 +440,25 @@ def tables_from_cells(out: str | Path, contrasts: list[tuple[str, str]] | None =
             raise not_a_marker(marker, f"its row lacks {missing}")
         rows.append(row)
     rows.sort(key=lambda r: (bool(r.get("baseline")), int(r.get("seed") or 0)))
-    check_names(contrasts or [], list(dict.fromkeys(r["model"] for r in rows)))
-    write_tables(rows, out, contrasts=contrasts)
+    models = list(dict.fromkeys(r["model"] for r in rows if not r.get("baseline")))
+    base = list(dict.fromkeys(r["model"] for r in rows if r.get("baseline")))
+    check_pools(pools or [], models, base)
+    check_names(contrasts or [], [*models, *base, *(name for name, _ in pools or [])])
+    write_tables(rows, out, contrasts=contrasts, pools=pools)
     return rows
 
 
 def write_tables(
-    rows: list[dict[str, Any]], out: Path, figure: bool = True, contrasts: list[tuple[str, str]] | None = None
+    rows: list[dict[str, Any]],
+    out: Path,
+    figure: bool = True,
+    contrasts: list[tuple[str, str]] | None = None,
+    pools: list[Pool] | None = None,
 ) -> None:
     """results.csv, results.json, summary.csv and results.md from the rows; compare.png too unless figure=False;
     with `contrasts`, their table in results.md, contrasts.csv and contrasts.png (without, an earlier one's are
-    removed)."""
+    removed); with `pools`, a row per pool in summary.csv, the tables, the figure and the contrasts (results.csv
+    and .json hold the cells only)."""
     fields = ["model", "source", "protocol", "task", "seed", "baseline", "metric", "value", "top1", "top5", "best_top1"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=fields, extrasaction="ignore")
@@ -446,9 +466,11 @@ def write_tables(
     writer.writerows(rows)
     atomic_write_text(out / "results.csv", buffer.getvalue())
     atomic_write_text(out / "results.json", json.dumps(rows, indent=1))
+    rows = [*rows, *pooled_rows(rows, pools or [])]
     summary = summarize(rows)
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["model", "protocol", "task", "metric", "mean", "std", "n", "baseline"])
+    summary_fields = ["model", "protocol", "task", "metric", "mean", "std", "n", "baseline", "pool"]
+    writer = csv.DictWriter(buffer, fieldnames=summary_fields)
     writer.writeheader()
     writer.writerows(summary)
     atomic_write_text(out / "summary.csv", buffer.getvalue())
@@ -478,7 +500,8 @@ def write_figure(summary: list[dict[str, Any]], out: Path, contrasts: list[dict[
 
 
 def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (model, protocol, task): mean and sample standard deviation over seeds (std 0 for one seed)."""
+    """One row per (model, protocol, task): mean and sample standard deviation over seeds (std 0 for one seed); a
+    pool's over its replicas."""
     groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
         if row.get("value") is not None:
@@ -496,6 +519,7 @@ def summarize(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "std": cell["std"],
                 "n": cell["n"],
                 "baseline": bool(members[0].get("baseline", False)),
+                "pool": members[0].get("pool", ""),  # a pool's replicas (eval/pools.py), joined by +
             }
         )
     return out
@@ -541,7 +565,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary}
     models = list(dict.fromkeys(r["model"] for r in summary if not r["baseline"]))
     base = list(dict.fromkeys(r["model"] for r in summary if r["baseline"]))
-    seeds = sorted({r["n"] for r in summary})
+    seeds = sorted({r["n"] for r in summary if not r["pool"]}) or sorted({r["n"] for r in summary})
     flagged = close = False
 
     def entry(model: str, task: str, protocol: str) -> dict[str, Any] | None:
@@ -565,7 +589,11 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 text += " ≈"
         return text
 
+    pooled = {r["model"]: r["pool"].count("+") + 1 for r in summary if r["pool"]}
+
     def label(model: str) -> str:
+        if model in pooled:
+            return f"**{model}** (pool of {pooled[model]})"
         return f"*{model}* (baseline)" if model in base else model
 
     def rows_of(columns: list[tuple[str, str]]) -> list[str]:
@@ -605,6 +633,9 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             "|---|" + "---|" * len(columns),
             *rows_of(columns),
         ]
+    notes = pool_notes(rows)
+    if notes:
+        lines += ["", "Pools of pretraining replicas:", *notes]
     if base:
         lines += ["", "Baselines that learn nothing:"]
         lines += [f"- *{b}*: {BASELINE_NOTES.get(b, 'a baseline')}" for b in base]

@@ -2,7 +2,9 @@
 (relation targets vs the class token, raw vs masked input, MIM vs supervised), so each named pair gets, for every
 task and protocol both were measured with, the difference paired by evaluation seed (a seed's cells share the head's
 initialisation, the data order and the subsets), a paired t-test, and a verdict by the comparison's own rule: a
-difference no larger than the larger of the two seed spreads is not a finding."""
+difference no larger than the larger of the two seed spreads is not a finding. A pool of pretraining replicas
+(eval/pools.py) shares no seed with anything, so a pair with one is unpaired: the difference of the means, the std of
+a difference of one draw from each side, Welch's t-test, and the same rule."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from mimkit.config import ConfigError
 from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
 FIELDS = ["a", "b", "task", "protocol", "metric", "a_mean", "a_std", "b_mean", "b_std", "delta", "delta_std", "n"]
-FIELDS += ["p_paired_t", "verdict"]
+FIELDS += ["p_paired_t", "p_welch_t", "paired", "verdict"]
 
 
 def parse_contrasts(specs: list[str]) -> list[tuple[str, str]]:
@@ -46,6 +48,7 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
     not measured yet, in a comparison still running, has no rows; check_names catches a misspelt one first)."""
     values: dict[tuple[str, str, str], dict[int, float]] = {}
     metrics: dict[str, str] = {}
+    pooled = {row["model"] for row in rows if row.get("pool")}
     for row in rows:
         if row.get("value") is None:
             continue
@@ -59,30 +62,68 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
             va, vb = values.get((a, task, protocol)), values.get((b, task, protocol))
             if not va or not vb:
                 continue
-            # everything over the seeds both have: means, spreads and the difference describe the same cells
-            seeds = sorted(set(va) & set(vb))
-            sa, sb = spread([va[s] for s in seeds] or [math.nan]), spread([vb[s] for s in seeds] or [math.nan])
-            diffs = [va[s] - vb[s] for s in seeds]
-            out.append(
-                {
-                    "a": a,
-                    "b": b,
-                    "task": task,
-                    "protocol": protocol,
-                    "metric": metrics[task],
-                    "a_mean": sa["mean"],
-                    "a_std": sa["std"],
-                    "b_mean": sb["mean"],
-                    "b_std": sb["std"],
-                    "delta": sum(diffs) / len(diffs) if diffs else None,
-                    "delta_std": spread(diffs)["std"] if diffs else None,
-                    "n": len(seeds),
-                    "p_paired_t": _paired_p(diffs),
-                    "verdict": _verdict(a, b, diffs, sa, sb, PRIMARY[task][1]),
-                    "seed_deltas": diffs,  # for the figure's dots; not a CSV column
-                }
-            )
+            row = {"a": a, "b": b, "task": task, "protocol": protocol, "metric": metrics[task]}
+            if a in pooled or b in pooled:
+                row.update(_unpaired(a, b, list(va.values()), list(vb.values()), PRIMARY[task][1]))
+            else:
+                row.update(_paired(a, b, va, vb, PRIMARY[task][1]))
+            out.append(row)
     return out
+
+
+def _paired(a: str, b: str, va: dict[int, float], vb: dict[int, float], higher: bool) -> dict[str, Any]:
+    """Everything over the seeds both have: means, spreads and the difference describe the same cells."""
+    seeds = sorted(set(va) & set(vb))
+    sa, sb = spread([va[s] for s in seeds] or [math.nan]), spread([vb[s] for s in seeds] or [math.nan])
+    diffs = [va[s] - vb[s] for s in seeds]
+    return {
+        "a_mean": sa["mean"],
+        "a_std": sa["std"],
+        "b_mean": sb["mean"],
+        "b_std": sb["std"],
+        "delta": sum(diffs) / len(diffs) if diffs else None,
+        "delta_std": spread(diffs)["std"] if diffs else None,
+        "n": len(seeds),
+        "p_paired_t": _paired_p(diffs),
+        "p_welch_t": None,
+        "paired": True,
+        "verdict": _verdict(a, b, diffs, sa, sb, higher),
+        "seed_deltas": diffs,  # for the figure's dots; not a CSV column
+    }
+
+
+def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) -> dict[str, Any]:
+    """Every value of each side (a pool's replicas, a model's seeds); delta_std is the std of a difference of one
+    draw from each side, sqrt(sa^2 + sb^2), on the paired std's scale; n the smaller side's count."""
+    sa, sb = spread(va), spread(vb)
+    delta = sa["mean"] - sb["mean"]
+    n = min(sa["n"], sb["n"])
+    verdict = _verdict(a, b, [delta] * n, sa, sb, higher)  # the rule needs >= 2 values a side and a spread
+    if sa["n"] < 2 or sb["n"] < 2:
+        verdict = "one value on a side: no verdict"
+    return {
+        "a_mean": sa["mean"],
+        "a_std": sa["std"],
+        "b_mean": sb["mean"],
+        "b_std": sb["std"],
+        "delta": delta,
+        "delta_std": math.sqrt(sa["std"] ** 2 + sb["std"] ** 2),
+        "n": n,
+        "p_paired_t": None,
+        "p_welch_t": _welch_p(va, vb),
+        "paired": False,
+        "verdict": verdict,
+        "seed_deltas": [],  # nothing pairs a pool's replica with a seed: no dots
+    }
+
+
+def _welch_p(va: list[float], vb: list[float]) -> float | None:
+    """Two-sided Welch t-test p (unequal variances); None below 2 values a side or with no spread on either."""
+    if len(va) < 2 or len(vb) < 2 or (spread(va)["std"] == 0 and spread(vb)["std"] == 0):
+        return None
+    from scipy import stats
+
+    return float(stats.ttest_ind(va, vb, equal_var=False).pvalue)
 
 
 def _paired_p(diffs: list[float]) -> float | None:
@@ -129,6 +170,8 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
     for c in contrasts:
         digits = DECIMALS.get(c["metric"], 3)
         p = "" if c["p_paired_t"] is None else f"{c['p_paired_t']:.3f}"
+        if not c.get("paired", True):
+            p = "" if c["p_welch_t"] is None else f"{c['p_welch_t']:.3f} (Welch)"
         n = c["n"]
         cells = [
             mean_std(c["a_mean"], c["a_std"], n, digits) if n else "",
@@ -145,6 +188,13 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
         "at least 2 common seeds and a paired difference larger than the larger of the two seed spreads (std), a "
         "more cautious rule than the paired t-test, whose p is shown beside it but not used.",
     ]
+    if any(not c.get("paired", True) for c in contrasts):
+        lines += [
+            "",
+            "A pair with a pool (pretraining replicas) is unpaired: Δ is the difference of the means over every "
+            "replica or seed of each side, its ± the std of a difference of one draw from each side, p Welch's "
+            "t-test, and the verdict the same rule.",
+        ]
     return "\n".join(lines) + "\n"
 
 

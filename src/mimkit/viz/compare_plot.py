@@ -36,7 +36,10 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
     colours = {m: palette(i % palette.N) for i, m in enumerate(models)}
     markers = {m: MARKERS[(i // palette.N) % len(MARKERS)] for i, m in enumerate(models)}
     lookup = {(r["model"], r["task"], r["protocol"]): r for r in summary}
-    seeds = sorted({r["n"] for r in summary if not r["baseline"]})
+    # a pool's n counts replicas (eval/pools.py): the title's seeds are the models' own; the legend names pools
+    seeds = sorted({r["n"] for r in summary if not r["baseline"] and not r.get("pool")})
+    seeds = seeds or sorted({r["n"] for r in summary if not r["baseline"]})
+    pooled = {r["model"]: r["pool"].count("+") + 1 for r in summary if r.get("pool")}
     fig, axes = plt.subplots(1, len(panels), figsize=(max(3.5, 0.9 * len(models)) * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         task, metric, higher, protocols = panel["task"], panel["metric"], panel["higher"], panel["protocols"]
@@ -73,7 +76,8 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
         ax.set_title(task)
         ax.set_ylabel(f"{metric} ({'higher' if higher else 'lower'} is better)")
         ax.grid(axis="y", alpha=0.3)
-    handles = [plt.Line2D([], [], marker=markers[m], ls="", color=colours[m], label=m) for m in models]
+    names = {m: f"{m} (pool of {pooled[m]})" if m in pooled else m for m in models}
+    handles = [plt.Line2D([], [], marker=markers[m], ls="", color=colours[m], label=names[m]) for m in models]
     handles += [
         plt.Line2D([], [], ls="--", color="k", lw=1, label="best baseline that learns nothing"),
         plt.Line2D([], [], marker="o", ls="", color="0.3", markerfacecolor="none", label="not above it"),

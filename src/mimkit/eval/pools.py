@@ -1,0 +1,100 @@
+"""Pretraining replicas pooled into one row (`compare --pool NAME=A,B,C`). A claim about a method is a claim about
+its pretraining, not about one run of it: the evaluation seeds of one pretrained encoder measure the protocol's
+noise, never the pretraining's. Given the same method pretrained with different seeds, each its own model of the
+comparison, a pool takes each replica's mean over its own evaluation seeds, then the mean and sample std over the
+replicas (n = replicas): a nested design whose spread includes the pretraining's. Pools are rows like any model's
+in the tables, the figure and the contrasts (eval/contrasts.py compares a pool unpaired: replicas share no seed)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mimkit.config import ConfigError
+from mimkit.eval.spread import spread
+
+Pool = tuple[str, list[str]]
+
+
+def parse_pools(specs: list[str]) -> list[Pool]:
+    """`NAME=A,B[,C...]` words -> (NAME, [A, B, ...]), in the order given."""
+    pools: list[Pool] = []
+    for spec in specs:
+        name, sep, members_text = spec.partition("=")
+        members = [m.strip() for m in members_text.split(",")]
+        if not (sep and name) or "," in name or not all(members):
+            raise ConfigError(
+                f"--pool '{spec}': give NAME=A,B[,C...], the models to pool under a new name, e.g. "
+                "--pool mae=mae_s0,mae_s1,mae_s2"
+            )
+        if len(set(members)) != len(members) or len(members) < 2:
+            raise ConfigError(f"--pool '{spec}': a pool needs two or more different models (one is its own row)")
+        if name in members:
+            raise ConfigError(f"--pool '{spec}': the pool's name {name!r} is one of its models: give it a new name")
+        if any(name == other for other, _ in pools):
+            raise ConfigError(f"--pool: two pools are named {name!r}")
+        pools.append((name, members))
+    return pools
+
+
+def check_pools(pools: list[Pool], models: list[str], baselines: list[str]) -> None:
+    """A pool's members are models of the comparison (not baselines: nothing to pool), and its name is new."""
+    for name, members in pools:
+        if name in models or name in baselines:
+            raise ConfigError(f"--pool {name}=...: {name!r} is already a model or baseline of this comparison")
+        unknown = [m for m in members if m not in models]
+        if unknown:
+            raise ConfigError(
+                f"--pool {name}=...: no model named {', '.join(map(repr, unknown))} in this comparison; its models: "
+                f"{', '.join(models) or 'none yet'}"
+            )
+
+
+def pooled_rows(rows: list[dict[str, Any]], pools: list[Pool]) -> list[dict[str, Any]]:
+    """For each pool and each (task, protocol) one of its members was measured with: one row per member that has
+    it, valued at that member's mean over its seeds, numbered by its place in the pool (`seed`)."""
+    values: dict[tuple[str, str, str], list[float]] = {}
+    metric: dict[str, str] = {}
+    for row in rows:
+        if row.get("value") is not None and not row.get("baseline"):
+            values.setdefault((row["model"], row["task"], row["protocol"]), []).append(float(row["value"]))
+            metric[row["task"]] = row["metric"]
+    columns = list(dict.fromkeys((t, p) for _, t, p in values))
+    out = []
+    for name, members in pools:
+        for task, protocol in columns:
+            for place, member in enumerate(members):
+                measured = values.get((member, task, protocol))
+                if not measured:
+                    continue
+                out.append(
+                    {
+                        "model": name,
+                        "source": "pool of " + ", ".join(members),
+                        "protocol": protocol,
+                        "task": task,
+                        "seed": place,
+                        "baseline": False,
+                        "metric": metric[task],
+                        "value": spread(measured)["mean"],
+                        "pool": "+".join(members),
+                        "replica": member,
+                        "replica_seeds": len(measured),
+                    }
+                )
+    return out
+
+
+def pool_notes(rows: list[dict[str, Any]]) -> list[str]:
+    """results.md's line per pool: what its mean ± std is over, and how many seeds stand behind each replica."""
+    seen: dict[str, dict[str, set[int]]] = {}
+    for row in rows:
+        if row.get("pool"):
+            seen.setdefault(row["model"], {}).setdefault(row["replica"], set()).add(int(row["replica_seeds"]))
+    lines = []
+    for name, replicas in seen.items():
+        parts = [f"{r} ({'/'.join(map(str, sorted(n)))} seed{'s' if max(n) > 1 else ''})" for r, n in replicas.items()]
+        lines.append(
+            f"- **{name}** (pool): mean ± std over its replicas {', '.join(parts)}, each replica first averaged over "
+            "its own seeds; the spread includes the pretraining's"
+        )
+    return lines

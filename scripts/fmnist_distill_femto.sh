@@ -20,6 +20,12 @@
 # single-thread lanes at once (seq_mid, seq, qkvv, qk, vv | cls, feature, qkvv_masked, the layer student, the MAE
 # femtos), each lane's output in OUT/lane1.log and lane2.log; the default is one lane with every thread. Whether two
 # lanes are faster on a given CPU is for `mimkit bench` or a timed pair of runs to say, not this script.
+# Replicas (the fine-tuning seeds of one distilled student measure the protocol's noise, not the distillation's):
+#   REPLICA=1 bash scripts/fmnist_distill_femto.sh pretrain [OUT_DIR]   # REPLICATED again with seed 1, in
+#     OUT/replica-1 (default REPLICATED: T1's qkvv cls feature; seq there trains its own seq_mid first)
+#   REPLICAS="1 2" bash scripts/fmnist_distill_femto.sh compare [OUT_DIR]   # adds NAME_r1, NAME_r2 (REPLICA_SEEDS
+#     evaluation seeds each, default 1) to the comparison; keep pools NAME_runs=NAME,NAME_r1,NAME_r2 (compare
+#     --pool) once every replica has cells and contrasts the pools (POOL_PAIRS)
 set -euo pipefail
 STAGE=${1:?usage: fmnist_distill_femto.sh pretrain|compare|keep|restore [OUT_DIR]}
 OUT=${2:-runs/fmnist-distill-femto}
@@ -31,6 +37,13 @@ TEACHER_LAYER=${TEACHER_LAYER:-4}
 FT_EPOCHS=${FT_EPOCHS:-15}
 SEEDS=${SEEDS:-3}
 KEEP=${KEEP:-docs/results/fmnist-distill-femto}
+REPLICA=${REPLICA:-0}
+REPLICAS=${REPLICAS:-}
+REPLICATED=${REPLICATED:-qkvv cls feature}
+REPLICA_SEEDS=${REPLICA_SEEDS:-1}
+[[ $REPLICA =~ ^[0-9]+$ ]] || { echo "REPLICA=$REPLICA: a replica number (0 is the first run, 1, 2, ...)" >&2; exit 2; }
+ROOT=$OUT  # where this replica's runs go
+[ "$REPLICA" = 0 ] || ROOT=$OUT/replica-$REPLICA
 source "$(dirname "$0")/lib/mimkit.sh"
 source "$(dirname "$0")/lib/compare_keep.sh"
 warmup() { python3 -c "print(round($1 * $2, 3))"; }  # warmup EPOCHS SHARE: warm-up epochs
@@ -45,7 +58,7 @@ settings() {  # settings STUDENT: --teacher, --student and the options beyond th
   qkvv_masked) echo "--teacher $TEACHER --student $STUDENT_MODEL --set distill.mask_ratio=0.5" ;;
   qkvv_layer*) echo "--teacher $TEACHER --student $STUDENT_MODEL --set distill.teacher_layer=$TEACHER_LAYER" ;;
   seq_mid) echo "--teacher $TEACHER --student mim_vit_pico --set model.embed_dim=72 --set model.depth=4" ;;
-  seq) echo "--teacher $OUT/students/seq_mid --student $STUDENT_MODEL" ;;
+  seq) echo "--teacher $ROOT/students/seq_mid --student $STUDENT_MODEL" ;;
   *) echo "--teacher $TEACHER --student $STUDENT_MODEL" ;;
   esac
 }
@@ -78,11 +91,26 @@ encoder_of() {  # encoder_of NAME RUN: the finished run's final encoder, exporte
 # input, T4 sequential vs direct; the students against the MAE femtos and scratch
 PAIRS=(qkvv:cls qkvv:feature qkvv:qk qkvv:vv "qkvv_layer$TEACHER_LAYER:qkvv" qkvv:qkvv_masked seq:qkvv qkvv:mae
   qkvv:mae_long mae_long:mae qkvv:scratch)
+# each replicated model's runs pooled (the first run and replicas 1 and 2), and the T1-T4 contrasts between pools
+POOLS=()
+for m in $REPLICATED; do POOLS+=("${m}_runs=$m,${m}_r1,${m}_r2"); done
+POOL_PAIRS=()
+for pair in qkvv_runs:cls_runs qkvv_runs:feature_runs qkvv_runs:qk_runs qkvv_runs:vv_runs \
+  "qkvv_layer${TEACHER_LAYER}_runs:qkvv_runs" qkvv_runs:qkvv_masked_runs seq_runs:qkvv_runs; do
+  [[ " ${POOLS[*]%%=*} " == *" ${pair%%:*} "* && " ${POOLS[*]%%=*} " == *" ${pair#*:} "* ]] && POOL_PAIRS+=("$pair")
+done
+label_of() { [ "$2" = 0 ] && echo "$1" || echo "${1}_r$2"; }  # label_of NAME REPLICA: the name compared
 case "$STAGE" in
 pretrain)
   [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
     "exports it) or set TEACHER" >&2; exit 2; }
   # TinyMIM's warm-up share (distill_fmnist_tiny: 50 of 800 steps) for the students; MAE's 5% (40 of 800 epochs)
+  seeded=()
+  if [ "$REPLICA" != 0 ]; then  # a replica: REPLICATED (seq after its own seq_mid) unless MODELS says otherwise
+    seeded=(--set seed="$REPLICA")
+    [[ " $REPLICATED " != *" seq "* ]] || REPLICATED="seq_mid $REPLICATED"
+    MODELS=${MODELS:-$REPLICATED}
+  fi
   for m in ${MODELS:-}; do  # a subset to train (e.g. one lane again after a stop); unknown names stop here
     [[ -n "${TARGETS[$m]:-}" || " seq_mid mae mae_long " == *" $m "* ]] ||
       { echo "unknown model '$m' in MODELS: seq_mid $STUDENTS mae mae_long" >&2; exit 2; }
@@ -91,11 +119,11 @@ pretrain)
   students() {  # students NAME...: distil each unfinished one that MODELS names, in order
     local s how
     for s in "$@"; do
-      { wanted "$s" && ! finished "$OUT/students/$s"; } || continue
-      [[ $s != seq ]] || finished "$OUT/students/seq_mid" ||
+      { wanted "$s" && ! finished "$ROOT/students/$s"; } || continue
+      [[ $s != seq ]] || finished "$ROOT/students/seq_mid" ||
         { echo "seq is taught by seq_mid, which has not finished: train seq_mid first (MODELS=\"seq_mid seq\")" >&2; return 2; }
       read -r -a how <<<"$(settings "$s")"
-      $M distill "${how[@]}" --out "$OUT/students/$s" --epochs "$EPOCHS" \
+      $M distill "${how[@]}" --out "$ROOT/students/$s" --epochs "$EPOCHS" "${seeded[@]}" \
         --set train.warmup_epochs="$(warmup "$EPOCHS" 1/15)" --set distill.targets="${TARGETS[$s]:-qk+vv}" \
         "${quiet[@]}"
     done
@@ -104,8 +132,8 @@ pretrain)
     local spec name dir epochs
     for spec in mae:mae-student:$EPOCHS mae_long:mae-student-long:$MAE_LONG_EPOCHS; do
       IFS=: read -r name dir epochs <<<"$spec"
-      { wanted "$name" && ! finished "$OUT/$dir"; } || continue
-      $M pretrain --config mae_fmnist_tiny --out "$OUT/$dir" --epochs "$epochs" \
+      { wanted "$name" && ! finished "$ROOT/$dir"; } || continue
+      $M pretrain --config mae_fmnist_tiny --out "$ROOT/$dir" --epochs "$epochs" "${seeded[@]}" \
         --set train.warmup_epochs="$(warmup "$epochs" 0.05)" --set model.name="$STUDENT_MODEL" "${quiet[@]}"
     done
   }
@@ -115,33 +143,45 @@ pretrain)
     maes
     ;;
   2)
-    mkdir -p "$OUT"
+    mkdir -p "$ROOT"
     first="seq_mid seq qkvv qk vv"  # seq_mid before seq, in the same lane
     second=$(for s in $STUDENTS; do [[ " $first " == *" $s "* ]] || echo "$s"; done | paste -sd' ')
-    echo "two lanes of one thread: $first | $second mae mae_long (output in $OUT/lane1.log, $OUT/lane2.log)"
-    (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $first) >"$OUT/lane1.log" 2>&1 &
+    echo "two lanes of one thread: $first | $second mae mae_long (output in $ROOT/lane1.log, $ROOT/lane2.log)"
+    (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $first) >"$ROOT/lane1.log" 2>&1 &
     lane1=$!
-    (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $second; maes) >"$OUT/lane2.log" 2>&1 &
+    (export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1; students $second; maes) >"$ROOT/lane2.log" 2>&1 &
     lane2=$!
     failed=0
-    wait "$lane1" || { echo "lane 1 failed: see $OUT/lane1.log" >&2; failed=1; }
-    wait "$lane2" || { echo "lane 2 failed: see $OUT/lane2.log" >&2; failed=1; }
+    wait "$lane1" || { echo "lane 1 failed: see $ROOT/lane1.log" >&2; failed=1; }
+    wait "$lane2" || { echo "lane 2 failed: see $ROOT/lane2.log" >&2; failed=1; }
     exit "$failed"
     ;;
   *) echo "LANES=${LANES}: 1 or 2" >&2; exit 2 ;;
   esac
   ;;
 compare)
+  run_of() {  # run_of NAME ROOT: the run directory of a compared femto
+    case $1 in
+    mae) echo "$2/mae-student" ;;
+    mae_long) echo "$2/mae-student-long" ;;
+    *) [ -n "${TARGETS[$1]:-}" ] || { echo "unknown model '$1' in MODELS: $STUDENTS mae mae_long" >&2; return 2; }
+      echo "$2/students/$1" ;;
+    esac
+  }
   models=()
   for m in ${MODELS:-$STUDENTS mae mae_long}; do
-    case $m in
-    mae) run=$OUT/mae-student ;;
-    mae_long) run=$OUT/mae-student-long ;;
-    *) [ -n "${TARGETS[$m]:-}" ] || { echo "unknown model '$m' in MODELS: $STUDENTS mae mae_long" >&2; exit 2; }
-      run=$OUT/students/$m ;;
-    esac
+    run=$(run_of "$m" "$OUT") || exit 2
     file=$(encoder_of "$m" "$run") || exit 2
     models+=(--init "$m=$file")
+  done
+  replicas=()  # REPLICAS: each replica's runs of MODELS (default REPLICATED), named NAME_rN
+  for r in $REPLICAS; do
+    [[ $r =~ ^[1-9][0-9]*$ ]] || { echo "REPLICAS='$REPLICAS': replica numbers 1, 2, ... (0 is the first run)" >&2; exit 2; }
+    for m in ${MODELS:-$REPLICATED}; do
+      run=$(run_of "$m" "$OUT/replica-$r") || exit 2
+      file=$(encoder_of "$(label_of "$m" "$r")" "$run") || exit 2
+      replicas+=(--init "$(label_of "$m" "$r")=$file")
+    done
   done
   file=$(encoder_of mae "$OUT/mae-student") || exit 2
   models+=(--init scratch=scratch:"$file")  # a random femto: the students' architecture
@@ -158,8 +198,12 @@ compare)
   if [[ ,$protocols, == *,finetune,* ]]; then
     $M compare "${LANES_ARG[@]}" "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
   fi
-  keep_compare "$KEEP" "$cmp" "${PAIRS[@]}"
+  if [ ${#replicas[@]} -gt 0 ]; then  # the baselines are the first runs' comparison's
+    $M compare "${LANES_ARG[@]}" "${replicas[@]}" --out "$cmp" --protocols "$protocols" --tasks classification \
+      --seeds "$REPLICA_SEEDS" --no-baselines "${every[@]}"
+  fi
+  keep_compare "$KEEP" "$cmp" "${POOLS[@]}" "${PAIRS[@]}" "${POOL_PAIRS[@]}"
   ;;
-keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${PAIRS[@]}" ;;
+keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${POOLS[@]}" "${PAIRS[@]}" "${POOL_PAIRS[@]}" ;;
 *) echo "unknown stage '$STAGE': pretrain, compare, keep or restore" >&2; exit 2 ;;
 esac

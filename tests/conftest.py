@@ -114,8 +114,10 @@ def wait_for_checkpoint(runs: list[Path], proc: subprocess.Popen, min_step: int 
     keep_last, a fast machine prunes step 5 before a poll sees it (CI failed so, with two lanes a moment apart)."""
     t0 = time.time()
 
+    from mimkit.engine.checkpoint import step_of
+
     def reached(run: Path) -> bool:
-        return any(int(d.name.split("-")[1]) >= min_step for d in (run / "checkpoints").glob("step-*"))
+        return any((step_of(d) or 0) >= min_step for d in (run / "checkpoints").glob("step-*"))
 
     while not all(reached(run) for run in runs):
         if proc.poll() is not None:
@@ -124,6 +126,7 @@ def wait_for_checkpoint(runs: list[Path], proc: subprocess.Popen, min_step: int 
             )
         if time.time() - t0 > timeout:
             proc.kill()
+            proc.wait()
             raise AssertionError(f"no checkpoint at step >= {min_step} in {timeout:.0f} s: {runs}")
         time.sleep(0.02)
 

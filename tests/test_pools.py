@@ -58,9 +58,40 @@ def test_the_tables_show_the_pool_as_a_row_and_keep_the_cells_alone_in_results_c
         assert "mae" not in {r["model"] for r in csv.DictReader(fh)}
     table = (tmp_path / "results.md").read_text()
     assert "| **mae** (pool of 3) |  | 81.33 ± 2.52 † |" in table  # under the pixels (85), as its replicas
-    assert "mae_s0 (3 seeds), mae_s1 (1 seed), mae_s2 (2 seeds)" in table
+    assert "seeds per replica: classification finetune: mae_s0 3, mae_s1 1, mae_s2 2" in table
     # the replicas' own seed counts (3, 1, 2) make the header say so; the pool's replica count does not enter it
     assert "mean ± std over 1-3 seeds (unfinished cells)" in table
+
+
+def test_a_column_without_every_replica_is_named_and_its_contrast_gets_no_verdict(tmp_path):
+    linprobe = rows_of("mae_s0", [70.0], "linprobe") + rows_of("mae_s2", [74.0, 76.0], "linprobe")
+    other = rows_of("sup", [60.0, 61.0, 62.0], "linprobe")
+    write_tables([*REPLICAS, *linprobe, *other], tmp_path, pools=POOL, contrasts=[("mae", "sup")])
+    table = (tmp_path / "results.md").read_text()
+    assert "| **mae** (pool of 3) | 72.50 ± 3.54 (2 of 3 replicas) | 81.33 ± 2.52 |" in table
+    assert "classification linprobe: mae_s0 1, mae_s2 2, 2 of 3 replicas" in table
+    with open(tmp_path / "contrasts.csv") as fh:
+        (row,) = [r for r in csv.DictReader(fh) if r["protocol"] == "linprobe"]
+    # 12.5 points ahead, beyond both spreads: the rule alone would call it, but mae_s1's cell is still to come
+    assert row["verdict"] == "mae without every replica here: no verdict" and (row["a_n"], row["b_n"]) == ("2", "3")
+
+
+def test_each_side_of_an_unpaired_contrast_shows_its_own_count_and_spread():
+    from mimkit.eval.contrasts import contrasts_markdown
+
+    rows = [*REPLICAS, *rows_of("one", [70.0])]
+    (row,) = contrast_rows([*rows, *pooled_rows(rows, POOL)], [("mae", "one")])
+    text = contrasts_markdown([row])
+    assert "| mae vs one | classification | finetune | 81.33 ± 2.52 | 70.00 | 11.33 | 3, 1 |" in text  # no ± on Δ
+    assert "; pairs with a pool unpaired)" in text and "| n (A, B) | p (paired t, or Welch) |" in text
+
+
+def test_a_pool_in_a_compare_summary_is_never_read_as_a_model(tmp_path):
+    from mimkit.scaling.baselines import read_compare_summary
+
+    write_tables([*rows_of("a", [80.0, 81.0]), *rows_of("b", [82.0])], tmp_path, pools=[("scratch", ["a", "b"])])
+    with pytest.raises(ConfigError, match="no model named 'scratch'"):  # the pool named scratch is not the baseline
+        read_compare_summary(tmp_path)
 
 
 def test_a_contrast_with_a_pool_is_unpaired_with_welchs_p_and_the_tables_rule():
@@ -94,6 +125,7 @@ def test_a_contrast_with_a_pool_is_unpaired_with_welchs_p_and_the_tables_rule():
         ("mae=a,a", "two or more different models"),
         ("mae=a,,b", "give NAME=A,B"),
         ("a=a,b", "is one of its models"),
+        ("p=a+b,c", "no '\\+' in the names"),
     ],
 )
 def test_a_malformed_pool_is_refused(spec, why):

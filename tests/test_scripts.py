@@ -334,6 +334,56 @@ def test_distill_femto_study_plans_every_student_resumes_and_evaluates_the_teach
     assert bad.returncode == 2 and "unknown model 'dino'" in bad.stderr
 
 
+def test_distill_femto_replicas_train_with_their_seed_apart_and_join_the_comparison_by_name(tmp_path):
+    """REPLICA=N trains REPLICATED (T1's three by default; seq after its own seq_mid) with seed N into OUT/replica-N;
+    REPLICAS="1 2" compares them as NAME_rN (REPLICA_SEEDS evaluation seeds, no second set of baselines), each
+    exported into KEEP/encoders; a replica not trained is refused by name, a bad replica number too."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    script = ["bash", str(SCRIPTS / "fmnist_distill_femto.sh")]
+    out = tmp_path / "study"
+    teacher = tmp_path / "mae_ep100.safetensors"
+    teacher.write_bytes(b"")
+    env = {**env, "TEACHER": str(teacher), "KEEP": str(tmp_path / "kept"), "EPOCHS": "3"}
+
+    def run(stage: str, check: bool = True, **extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [*script, stage, str(out)], env={**env, **extra}, check=check, cwd=tmp_path, capture_output=True, text=True
+        )
+
+    run("pretrain", REPLICA="1")
+    lines = calls.read_text().splitlines()
+    outs = [line.split("--out ")[1].split()[0] for line in lines]
+    assert outs == [f"{out}/replica-1/students/{s}" for s in ("qkvv", "cls", "feature")]
+    assert all("--set seed=1 " in line for line in lines)
+    calls.unlink()
+    run("pretrain", REPLICA="2", REPLICATED="qkvv seq")
+    lines = calls.read_text().splitlines()
+    outs = [line.split("--out ")[1].split()[0].rsplit("/", 1)[1] for line in lines]
+    assert outs == ["seq_mid", "qkvv", "seq"] and all("--set seed=2 " in line for line in lines)
+    assert f"--teacher {out}/replica-2/students/seq_mid " in lines[2]  # its own replica's seq_mid
+    bad = run("pretrain", check=False, REPLICA="x")
+    assert bad.returncode == 2 and "REPLICA=x: a replica number" in bad.stderr
+
+    run("pretrain")  # the first runs
+    calls.unlink()
+    run("compare", REPLICAS="1", PROTOCOLS="finetune")
+    lines = calls.read_text().splitlines()
+    first, replicas = [line for line in lines if line.startswith("-m mimkit compare")]
+    enc = tmp_path / "kept/encoders"
+    assert "--seeds 3 " in first and "qkvv_r1" not in first
+    assert [w for w in replicas.split() if w.endswith(".safetensors")] == [
+        f"{n}_r1={enc}/{n}_r1.safetensors" for n in ("qkvv", "cls", "feature")
+    ]
+    assert "--seeds 1 " in replicas and "--no-baselines" in replicas and "--protocols finetune " in replicas
+    assert (enc / "cls_r1.safetensors.from").read_text().split()[1] == f"{out}/replica-1/students/cls"
+    calls.unlink()
+    gone = run("compare", check=False, REPLICAS="1 3", MODELS="qkvv")
+    assert gone.returncode == 2 and f"qkvv_r3: {out}/replica-3/students/qkvv has not finished" in gone.stderr
+    assert not calls.exists()  # refused before anything ran
+    zero = run("compare", check=False, REPLICAS="0")
+    assert zero.returncode == 2 and "replica numbers 1, 2" in zero.stderr
+
+
 def test_distill_femto_two_lanes_split_the_runs_with_one_thread_each_and_report_a_failed_lane(tmp_path):
     """LANES=2: every student and MAE femto runs once, in two single-thread lanes (seq_mid before seq, in one lane),
     each lane logging to its own file; a failing run stops its lane and the stage exits non-zero naming the lane."""
@@ -620,15 +670,18 @@ def test_keep_compare_pools_the_replicas_that_all_have_cells_and_contrasts_the_p
         name = f"{model}__finetune__classification"
         (cmp / "cells" / name).mkdir(parents=True)
         (cmp / "cells" / name / "cell.json").write_text("{}")
-    words = "mae=mae_s0,mae_s1 sup3=sup,sup_s1,sup_s2 mae:sup mae:sup3 mae_s0:mae_s1"
+    words = "mae=mae_s0,mae_s1 sup3=sup,sup_s1,sup_s2 mae:sup mae:sup3 mae_s0:mae_s1 p= q=a,,b r=a s=a,a sup=a,b"
     library = SCRIPTS / "lib/compare_keep.sh"
     script = f'M="python -m mimkit"; source {library}; keep_compare kept {cmp} {words}'
     done = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, text=True)
     (line,) = calls.read_text().splitlines()
     wanted = "--pool mae=mae_s0,mae_s1 --contrast mae:sup --contrast mae_s0:mae_s1"
     assert line == f"-m mimkit compare --out {cmp} --tables-only {wanted}"
+    why = "give NAME=A,B[,C...], two or more different models, a new name"
     assert done.stderr.splitlines() == [
         f"pool sup3 left out of {cmp}: a replica without finished cells",
+        # what compare would refuse (stopping the whole keep) is left out by name instead
+        *(f"pool word '{w}' left out of {cmp}: {why}" for w in ("p=", "q=a,,b", "r=a", "s=a,a", "sup=a,b")),
         f"contrast mae:sup3 left out of {cmp}: a model without finished cells",
     ]
 
@@ -643,3 +696,14 @@ def test_the_distillation_studys_contrasts_name_its_own_models():
     pairs = re.search(r"^PAIRS=\(([^)]+)\)", text, re.M)[1].replace('"', "").replace("$TEACHER_LAYER", "4").split()
     names = {name for pair in pairs for name in pair.split(":")}
     assert len(pairs) >= 8 and names <= {*students, "mae", "mae_long", "scratch"}, names
+    # the pools and their contrasts, with every student replicated: each pair names two pools of students
+    block = re.search(r"^# each replicated.*?^label_of", text, re.M | re.S)[0].rsplit("\n", 1)[0]
+    shown = subprocess.run(
+        ["bash", "-c", f'set -euo pipefail; {block}\necho "${{POOLS[@]}}"; echo "${{POOL_PAIRS[@]}}"'],
+        env={"REPLICATED": " ".join(students), "TEACHER_LAYER": "4", "PATH": "/usr/bin:/bin"},
+        check=True, capture_output=True, text=True,
+    ).stdout.splitlines()  # fmt: skip
+    pools = dict(p.split("=") for p in shown[0].split())
+    assert pools["qkvv_runs"] == "qkvv,qkvv_r1,qkvv_r2" and set(pools) == {f"{s}_runs" for s in students}
+    pool_pairs = shown[1].split()
+    assert len(pool_pairs) == 7 and {n for pair in pool_pairs for n in pair.split(":")} <= set(pools)

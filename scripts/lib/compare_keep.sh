@@ -14,15 +14,22 @@ keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B | NAME=A,B,C ...]: th
   done
   for pair in "${@:3}"; do
     [[ $pair == *=* ]] || continue
-    complete=1 members=${pair#*=}
+    members=${pair#*=}
+    # what compare would refuse, stopping the keep: a malformed word, a repeated model, a name already taken
+    if ! [[ $pair =~ ^[^=,+]+=[^=,+]+(,[^=,+]+)+$ ]] || [[ ,$members, == *,"${pair%%=*}",* ]] ||
+      [ "$(tr , '\n' <<<"$members" | sort -u | wc -l)" != "$(tr , '\n' <<<"$members" | wc -l)" ] ||
+      compgen -G "$2/cells/${pair%%=*}__*" >/dev/null; then
+      echo "pool word '$pair' left out of $2: give NAME=A,B[,C...], two or more different models, a new name" >&2
+      continue
+    fi
+    complete=1
     for member in ${members//,/ }; do compgen -G "$2/cells/${member}__*/cell.json" >/dev/null || complete=0; done
     if [ $complete = 1 ]; then pools+=(--pool "$pair") && pooled+="${pair%%=*} "
     else echo "pool ${pair%%=*} left out of $2: a replica without finished cells" >&2; fi
   done
-  _kept_measured() { [[ $pooled == *" $2 "* ]] || compgen -G "$1/cells/${2}__*/cell.json" >/dev/null; }
   for pair in "${@:3}"; do
     [[ $pair != *=* ]] || continue
-    if _kept_measured "$2" "${pair%%:*}" && _kept_measured "$2" "${pair#*:}"
+    if _kept_measured "$2" "$pooled" "${pair%%:*}" && _kept_measured "$2" "$pooled" "${pair#*:}"
     then contrasts+=(--contrast "$pair"); else echo "contrast $pair left out of $2: a model without finished cells" >&2; fi
   done
   compgen -G "$2/cells/*/cell.json" >/dev/null || return 0  # no finished cell here: the kept tables stay as they are
@@ -41,6 +48,10 @@ restore_compare() {  # restore_compare KEEP_DIR COMPARE_DIR: never replaces a ma
     [ -f "$2/cells/$name/cell.json" ] || { mkdir -p "$2/cells/$name" && cp "$marker" "$2/cells/$name/cell.json"; }
   done
   return 0
+}
+
+_kept_measured() {  # _kept_measured COMPARE_DIR " POOL ... " NAME: a pool passed on, or a model with finished cells
+  [[ $2 == *" $3 "* ]] || compgen -G "$1/cells/${3}__*/cell.json" >/dev/null
 }
 
 keep_or_restore_all() {  # keep_or_restore_all keep|restore OUT KEEP_DIR [A:B | NAME=A,B ...]: every compare-* of

@@ -23,7 +23,7 @@ from mimkit.data.options import COMBINED_TASKS
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.contrasts import check_names, contrast_rows, contrasts_csv, contrasts_markdown
 from mimkit.eval.options import PIXELS
-from mimkit.eval.pools import Pool, check_pools, pool_notes, pooled_rows
+from mimkit.eval.pools import Pool, check_pools, pool_notes, pool_size, pooled_rows
 from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
@@ -578,6 +578,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             return ""
         digits = DECIMALS.get(row["metric"], 3)
         text = mean_std(row["mean"], row["std"], row["n"], digits)
+        if row["pool"] and row["n"] < pool_size(row["pool"]):  # a replica's cell still to come
+            text += f" ({row['n']} of {pool_size(row['pool'])} replicas)"
         bar = best_baseline(summary, task, protocol)
         if not row["baseline"] and bar is not None:
             margin = row["mean"] - bar["mean"] if PRIMARY[task][1] else bar["mean"] - row["mean"]
@@ -589,7 +591,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 text += " ≈"
         return text
 
-    pooled = {r["model"]: r["pool"].count("+") + 1 for r in summary if r["pool"]}
+    pooled = {r["model"]: pool_size(r["pool"]) for r in summary if r["pool"]}
 
     def label(model: str) -> str:
         if model in pooled:

@@ -14,9 +14,11 @@ import math
 from typing import Any
 
 from mimkit.config import ConfigError
+from mimkit.eval.pools import pool_size
 from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
-FIELDS = ["a", "b", "task", "protocol", "metric", "a_mean", "a_std", "b_mean", "b_std", "delta", "delta_std", "n"]
+FIELDS = ["a", "b", "task", "protocol", "metric", "a_mean", "a_std", "a_n", "b_mean", "b_std", "b_n", "delta"]
+FIELDS += ["delta_std", "n"]
 FIELDS += ["p_paired_t", "p_welch_t", "paired", "verdict"]
 
 
@@ -48,7 +50,7 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
     not measured yet, in a comparison still running, has no rows; check_names catches a misspelt one first)."""
     values: dict[tuple[str, str, str], dict[int, float]] = {}
     metrics: dict[str, str] = {}
-    pooled = {row["model"] for row in rows if row.get("pool")}
+    pooled = {row["model"]: pool_size(row["pool"]) for row in rows if row.get("pool")}
     for row in rows:
         if row.get("value") is None:
             continue
@@ -65,6 +67,9 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
             row = {"a": a, "b": b, "task": task, "protocol": protocol, "metric": metrics[task]}
             if a in pooled or b in pooled:
                 row.update(_unpaired(a, b, list(va.values()), list(vb.values()), PRIMARY[task][1]))
+                short = [m for m, v in ((a, va), (b, vb)) if m in pooled and len(v) < pooled[m]]
+                if short:  # a replica still running: the pool's number is not yet the method's
+                    row["verdict"] = f"{', '.join(short)} without every replica here: no verdict"
             else:
                 row.update(_paired(a, b, va, vb, PRIMARY[task][1]))
             out.append(row)
@@ -79,8 +84,10 @@ def _paired(a: str, b: str, va: dict[int, float], vb: dict[int, float], higher: 
     return {
         "a_mean": sa["mean"],
         "a_std": sa["std"],
+        "a_n": len(seeds),
         "b_mean": sb["mean"],
         "b_std": sb["std"],
+        "b_n": len(seeds),
         "delta": sum(diffs) / len(diffs) if diffs else None,
         "delta_std": spread(diffs)["std"] if diffs else None,
         "n": len(seeds),
@@ -104,8 +111,10 @@ def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) ->
     return {
         "a_mean": sa["mean"],
         "a_std": sa["std"],
+        "a_n": sa["n"],
         "b_mean": sb["mean"],
         "b_std": sb["std"],
+        "b_n": sb["n"],
         "delta": delta,
         "delta_std": math.sqrt(sa["std"] ** 2 + sb["std"] ** 2),
         "n": n,
@@ -158,28 +167,34 @@ def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: boo
 
 
 def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
-    """The contrasts table for results.md."""
+    """The contrasts table for results.md (each side's mean ± std over its own count: a pool's replicas, a model's
+    seeds)."""
     if not contrasts:
         return ""
+    unpaired = any(not c.get("paired", True) for c in contrasts)
     lines = [
-        "# Contrasts (differences paired by evaluation seed)",
+        "# Contrasts (differences paired by evaluation seed" + ("; pairs with a pool unpaired)" if unpaired else ")"),
         "",
-        "| A vs B | task | protocol | A | B | Δ = A − B (paired) | seeds | paired t p | verdict |",
+        "| A vs B | task | protocol | A | B | Δ = A − B"
+        + (" | n (A, B) | p (paired t, or Welch)" if unpaired else " (paired) | seeds | paired t p")
+        + " | verdict |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in contrasts:
         digits = DECIMALS.get(c["metric"], 3)
         p = "" if c["p_paired_t"] is None else f"{c['p_paired_t']:.3f}"
+        count = str(c["n"])
         if not c.get("paired", True):
             p = "" if c["p_welch_t"] is None else f"{c['p_welch_t']:.3f} (Welch)"
+            count = f"{c['a_n']}, {c['b_n']}"
         n = c["n"]
         cells = [
-            mean_std(c["a_mean"], c["a_std"], n, digits) if n else "",
-            mean_std(c["b_mean"], c["b_std"], n, digits) if n else "",
+            mean_std(c["a_mean"], c["a_std"], c["a_n"], digits) if n else "",
+            mean_std(c["b_mean"], c["b_std"], c["b_n"], digits) if n else "",
             mean_std(c["delta"], c["delta_std"], n, digits) if n else "",
         ]
         lines.append(
-            f"| {c['a']} vs {c['b']} | {c['task']} | {c['protocol']} | {' | '.join(cells)} | {n} | {p} | "
+            f"| {c['a']} vs {c['b']} | {c['task']} | {c['protocol']} | {' | '.join(cells)} | {count} | {p} | "
             f"{c['verdict']} |"
         )
     lines += [
@@ -188,12 +203,13 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
         "at least 2 common seeds and a paired difference larger than the larger of the two seed spreads (std), a "
         "more cautious rule than the paired t-test, whose p is shown beside it but not used.",
     ]
-    if any(not c.get("paired", True) for c in contrasts):
+    if unpaired:
         lines += [
             "",
-            "A pair with a pool (pretraining replicas) is unpaired: Δ is the difference of the means over every "
-            "replica or seed of each side, its ± the std of a difference of one draw from each side, p Welch's "
-            "t-test, and the verdict the same rule.",
+            "A pair with a pool (pretraining replicas) is unpaired: each side's mean ± std is over all its replicas "
+            "(or seeds), Δ the difference of the means, its ± the std of a difference of one draw from each side, p "
+            "Welch's t-test, and the verdict the same rule (at least 2 values a side; none while a pool lacks a "
+            "replica).",
         ]
     return "\n".join(lines) + "\n"
 

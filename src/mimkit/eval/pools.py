@@ -21,10 +21,10 @@ def parse_pools(specs: list[str]) -> list[Pool]:
     for spec in specs:
         name, sep, members_text = spec.partition("=")
         members = [m.strip() for m in members_text.split(",")]
-        if not (sep and name) or "," in name or not all(members):
+        if not (sep and name) or "," in name or not all(members) or any("+" in m for m in [name, *members]):
             raise ConfigError(
-                f"--pool '{spec}': give NAME=A,B[,C...], the models to pool under a new name, e.g. "
-                "--pool mae=mae_s0,mae_s1,mae_s2"
+                f"--pool '{spec}': give NAME=A,B[,C...], the models to pool under a new name (no '+' in the names: "
+                "the tables join a pool's models with it), e.g. --pool mae=mae_s0,mae_s1,mae_s2"
             )
         if len(set(members)) != len(members) or len(members) < 2:
             raise ConfigError(f"--pool '{spec}': a pool needs two or more different models (one is its own row)")
@@ -49,9 +49,16 @@ def check_pools(pools: list[Pool], models: list[str], baselines: list[str]) -> N
             )
 
 
+def pool_size(pool: str) -> int:
+    """The number of replicas of a row's `pool` field (its models joined by +; parse_pools refuses + in names)."""
+    return len(pool.split("+")) if pool else 0
+
+
 def pooled_rows(rows: list[dict[str, Any]], pools: list[Pool]) -> list[dict[str, Any]]:
     """For each pool and each (task, protocol) one of its members was measured with: one row per member that has
-    it, valued at that member's mean over its seeds, numbered by its place in the pool (`seed`)."""
+    it, valued at that member's mean over its seeds, numbered by its place in the pool (`seed`). A column some
+    replica lacks (still running) has fewer rows than the pool has replicas: the tables say "k of N replicas" and
+    its contrasts give no verdict."""
     values: dict[tuple[str, str, str], list[float]] = {}
     metric: dict[str, str] = {}
     for row in rows:
@@ -85,16 +92,24 @@ def pooled_rows(rows: list[dict[str, Any]], pools: list[Pool]) -> list[dict[str,
 
 
 def pool_notes(rows: list[dict[str, Any]]) -> list[str]:
-    """results.md's line per pool: what its mean ± std is over, and how many seeds stand behind each replica."""
-    seen: dict[str, dict[str, set[int]]] = {}
+    """results.md's line per pool: what its mean ± std is over, and how many seeds stand behind each replica in each
+    column (a column without every replica is named)."""
+    seen: dict[str, dict[tuple[str, str], dict[str, int]]] = {}
+    sizes: dict[str, int] = {}
     for row in rows:
         if row.get("pool"):
-            seen.setdefault(row["model"], {}).setdefault(row["replica"], set()).add(int(row["replica_seeds"]))
+            column = seen.setdefault(row["model"], {}).setdefault((row["task"], row["protocol"]), {})
+            column[row["replica"]] = int(row["replica_seeds"])
+            sizes[row["model"]] = pool_size(row["pool"])
     lines = []
-    for name, replicas in seen.items():
-        parts = [f"{r} ({'/'.join(map(str, sorted(n)))} seed{'s' if max(n) > 1 else ''})" for r, n in replicas.items()]
+    for name, columns in seen.items():
+        parts = []
+        for (task, protocol), replicas in columns.items():
+            counts = ", ".join(f"{r} {n}" for r, n in replicas.items())
+            short = f", {len(replicas)} of {sizes[name]} replicas" if len(replicas) < sizes[name] else ""
+            parts.append(f"{task} {protocol}: {counts}{short}")
         lines.append(
-            f"- **{name}** (pool): mean ± std over its replicas {', '.join(parts)}, each replica first averaged over "
-            "its own seeds; the spread includes the pretraining's"
+            f"- **{name}** (pool of {sizes[name]}): mean ± std over its replicas, each first averaged over its own "
+            f"seeds (the spread includes the pretraining's); seeds per replica: {'; '.join(parts)}"
         )
     return lines

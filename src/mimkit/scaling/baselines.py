@@ -47,8 +47,8 @@ def read_compare_summary(folder: Path) -> dict[tuple[str, str], dict[str, Any]]:
     cells = {}
     with open(path, newline="") as fh:
         for row in csv.DictReader(fh):
-            if row.get("task") != "classification" or row.get("metric") != "top1":
-                continue
+            if row.get("task") != "classification" or row.get("metric") != "top1" or row.get("pool"):
+                continue  # a pool (compare --pool) is no model of its own: never taken for scratch
             try:
                 cell = {"mean": float(row["mean"]), "std": float(row["std"]), "n": int(row["n"])}
             except (KeyError, TypeError, ValueError) as err:

@@ -46,10 +46,11 @@ def contrast_figure(contrasts: list[dict[str, Any]]) -> plt.Figure | None:
         squeeze=False,
         gridspec_kw={"height_ratios": heights},
     )
+    pairing = "paired by seed" if all(c.get("paired", True) for c in drawn) else "paired by seed (pools: unpaired)"
     for ax, metric in zip(axes[:, 0], metrics):
         rows = [c for c in drawn if c["metric"] == metric]
         for y, c in enumerate(rows):
-            margin = max(c["a_std"], c["b_std"]) if c["n"] > 1 else 0.0
+            margin = max(c["a_std"], c["b_std"]) if min(c.get("a_n", c["n"]), c.get("b_n", c["n"])) > 1 else 0.0
             if margin:
                 ax.fill_betweenx([y - 0.35, y + 0.35], -margin, margin, color="0.88", lw=0)
             seeds = c.get("seed_deltas") or []
@@ -66,12 +67,16 @@ def contrast_figure(contrasts: list[dict[str, Any]]) -> plt.Figure | None:
                 markerfacecolor=colour or "none",
             )
         ax.axvline(0, color="k", lw=0.8)
-        labels = [f"{c['a']} − {c['b']}\n{c['task']}, {PROTOCOL_NAMES.get(c['protocol'], c['protocol'])}" for c in rows]
+        labels = [
+            f"{c['a']} − {c['b']}{'' if c.get('paired', True) else ' (unpaired)'}\n{c['task']}, "
+            f"{PROTOCOL_NAMES.get(c['protocol'], c['protocol'])}"
+            for c in rows
+        ]
         ax.set_yticks(range(len(rows)), labels, fontsize=7)
         ax.set_ylim(len(rows) - 0.5, -0.5)
         higher = HIGHER_IS_BETTER.get(metric, True)
         ax.set_xlabel(
-            f"Δ {metric} = A − B, paired by seed ({'higher' if higher else 'lower'} is better: "
+            f"Δ {metric} = A − B, {pairing} ({'higher' if higher else 'lower'} is better: "
             f"{'> 0' if higher else '< 0'} favours A)"
         )
         ax.grid(axis="x", alpha=0.3)
@@ -92,7 +97,7 @@ def contrast_figure(contrasts: list[dict[str, Any]]) -> plt.Figure | None:
         plt.Rectangle((0, 0), 1, 1, color="0.88", label="± larger seed std of A, B"),
     ]
     fig.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=3, fontsize=7, frameon=False)
-    fig.suptitle("mimkit compare: contrasts (paired by evaluation seed)", fontsize=10)
+    fig.suptitle(f"mimkit compare: contrasts ({pairing.replace('seed', 'evaluation seed', 1)})", fontsize=10)
     fig.tight_layout()
     return fig
 

@@ -79,6 +79,9 @@ source "$(dirname "$0")/lib/compare_keep.sh"
 # (DR4), the long MAE against the short one, the pretraining methods against each other
 PAIRS=(mae_ep100:scratch mae_ep100:supervised mae_ep100:mae mae:scratch mae:supervised supervised:scratch
   mae:mocov3 mae:simmim simmim:supervised mocov3:supervised)
+# the 100-epoch MAE's three pretraining runs (scripts/fmnist_mae_long.sh, PRE_SEED 0-2) pooled once all have cells
+# (compare --pool: the spread then includes the pretraining's), and the pool against scratch and supervised
+PAIRS+=(mae_ep100_runs=mae_ep100,mae_s1_ep100,mae_s2_ep100 mae_ep100_runs:scratch mae_ep100_runs:supervised)
 case "$STAGE" in
 pretrain)
   if [ "$MAE" = "$PRE/mae" ]; then pretrain mae mae_fmnist_tiny

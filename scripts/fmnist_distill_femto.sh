@@ -24,8 +24,9 @@
 #   REPLICA=1 bash scripts/fmnist_distill_femto.sh pretrain [OUT_DIR]   # REPLICATED again with seed 1, in
 #     OUT/replica-1 (default REPLICATED: T1's qkvv cls feature; seq there trains its own seq_mid first)
 #   REPLICAS="1 2" bash scripts/fmnist_distill_femto.sh compare [OUT_DIR]   # adds NAME_r1, NAME_r2 (REPLICA_SEEDS
-#     evaluation seeds each, default 1) to the comparison; keep pools NAME_runs=NAME,NAME_r1,NAME_r2 (compare
-#     --pool) once every replica has cells and contrasts the pools (POOL_PAIRS)
+#     evaluation seeds each, default 1) for the models of both MODELS (when set) and REPLICATED; keep pools each
+#     femto with the replicas exported into KEEP/encoders, NAME_runs=NAME,NAME_r1,... (compare --pool), once
+#     every one has cells, and contrasts the pools (T1-T4's pairs)
 set -euo pipefail
 STAGE=${1:?usage: fmnist_distill_femto.sh pretrain|compare|keep|restore [OUT_DIR]}
 OUT=${2:-runs/fmnist-distill-femto}
@@ -41,7 +42,7 @@ REPLICA=${REPLICA:-0}
 REPLICAS=${REPLICAS:-}
 REPLICATED=${REPLICATED:-qkvv cls feature}
 REPLICA_SEEDS=${REPLICA_SEEDS:-1}
-[[ $REPLICA =~ ^[0-9]+$ ]] || { echo "REPLICA=$REPLICA: a replica number (0 is the first run, 1, 2, ...)" >&2; exit 2; }
+[[ $REPLICA =~ ^(0|[1-9][0-9]*)$ ]] || { echo "REPLICA=$REPLICA: a replica number (0 is the first run, 1, 2, ...)" >&2; exit 2; }
 ROOT=$OUT  # where this replica's runs go
 [ "$REPLICA" = 0 ] || ROOT=$OUT/replica-$REPLICA
 source "$(dirname "$0")/lib/mimkit.sh"
@@ -91,15 +92,24 @@ encoder_of() {  # encoder_of NAME RUN: the finished run's final encoder, exporte
 # input, T4 sequential vs direct; the students against the MAE femtos and scratch
 PAIRS=(qkvv:cls qkvv:feature qkvv:qk qkvv:vv "qkvv_layer$TEACHER_LAYER:qkvv" qkvv:qkvv_masked seq:qkvv qkvv:mae
   qkvv:mae_long mae_long:mae qkvv:scratch)
-# each replicated model's runs pooled (the first run and replicas 1 and 2), and the T1-T4 contrasts between pools
-POOLS=()
-for m in $REPLICATED; do POOLS+=("${m}_runs=$m,${m}_r1,${m}_r2"); done
-POOL_PAIRS=()
-for pair in qkvv_runs:cls_runs qkvv_runs:feature_runs qkvv_runs:qk_runs qkvv_runs:vv_runs \
-  "qkvv_layer${TEACHER_LAYER}_runs:qkvv_runs" qkvv_runs:qkvv_masked_runs seq_runs:qkvv_runs; do
-  [[ " ${POOLS[*]%%=*} " == *" ${pair%%:*} "* && " ${POOLS[*]%%=*} " == *" ${pair#*:} "* ]] && POOL_PAIRS+=("$pair")
-done
 label_of() { [ "$2" = 0 ] && echo "$1" || echo "${1}_r$2"; }  # label_of NAME REPLICA: the name compared
+keep_words() {  # what keep_compare gets: a pool per femto with replicas exported into KEEP/encoders (its first run
+  # and every replica kept, whatever REPLICAS or REPLICATED say now), PAIRS, and T1-T4's contrasts between pools
+  local m f members pools=" " pair
+  for m in $STUDENTS mae mae_long; do
+    members=$m
+    for f in "$KEEP/encoders/${m}"_r*.safetensors; do
+      f=$(basename "$f" .safetensors)
+      if [[ $f =~ ^${m}_r[1-9][0-9]*$ ]]; then members+=",$f"; fi
+    done
+    if [ "$members" != "$m" ]; then echo "${m}_runs=$members" && pools+="${m}_runs "; fi
+  done
+  echo "${PAIRS[@]}"
+  for pair in qkvv_runs:cls_runs qkvv_runs:feature_runs qkvv_runs:qk_runs qkvv_runs:vv_runs \
+    "qkvv_layer${TEACHER_LAYER}_runs:qkvv_runs" qkvv_runs:qkvv_masked_runs seq_runs:qkvv_runs; do
+    if [[ $pools == *" ${pair%%:*} "* && $pools == *" ${pair#*:} "* ]]; then echo "$pair"; fi
+  done
+}
 case "$STAGE" in
 pretrain)
   [ -e "$TEACHER" ] || { echo "no teacher at $TEACHER: run scripts/fmnist_mae_long.sh (pretrain, then compare, which" \
@@ -174,10 +184,11 @@ compare)
     file=$(encoder_of "$m" "$run") || exit 2
     models+=(--init "$m=$file")
   done
-  replicas=()  # REPLICAS: each replica's runs of MODELS (default REPLICATED), named NAME_rN
-  for r in $REPLICAS; do
+  replicas=()  # REPLICAS: each replica's runs of REPLICATED (those MODELS names, when set), named NAME_rN
+  for r in $(tr ' ' '\n' <<<"$REPLICAS" | awk 'NF && !seen[$0]++'); do  # each number once
     [[ $r =~ ^[1-9][0-9]*$ ]] || { echo "REPLICAS='$REPLICAS': replica numbers 1, 2, ... (0 is the first run)" >&2; exit 2; }
-    for m in ${MODELS:-$REPLICATED}; do
+    for m in $REPLICATED; do
+      [[ -z "${MODELS:-}" || " $MODELS " == *" $m "* ]] || continue
       run=$(run_of "$m" "$OUT/replica-$r") || exit 2
       file=$(encoder_of "$(label_of "$m" "$r")" "$run") || exit 2
       replicas+=(--init "$(label_of "$m" "$r")=$file")
@@ -198,12 +209,17 @@ compare)
   if [[ ,$protocols, == *,finetune,* ]]; then
     $M compare "${LANES_ARG[@]}" "${models[@]}" --out "$cmp" --protocols finetune --tasks classification --seeds "$SEEDS" "${every[@]}"
   fi
+  read -r -a words <<<"$(keep_words | paste -sd' ')"  # the replicas' encoders are exported by now
   if [ ${#replicas[@]} -gt 0 ]; then  # the baselines are the first runs' comparison's
+    keep_compare "$KEEP" "$cmp" "${words[@]}"  # the first runs' cells kept before the replicas' can fail
     $M compare "${LANES_ARG[@]}" "${replicas[@]}" --out "$cmp" --protocols "$protocols" --tasks classification \
       --seeds "$REPLICA_SEEDS" --no-baselines "${every[@]}"
   fi
-  keep_compare "$KEEP" "$cmp" "${POOLS[@]}" "${PAIRS[@]}" "${POOL_PAIRS[@]}"
+  keep_compare "$KEEP" "$cmp" "${words[@]}"
   ;;
-keep | restore) keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${POOLS[@]}" "${PAIRS[@]}" "${POOL_PAIRS[@]}" ;;
+keep | restore)
+  read -r -a words <<<"$(keep_words | paste -sd' ')"
+  keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${words[@]}"
+  ;;
 *) echo "unknown stage '$STAGE': pretrain, compare, keep or restore" >&2; exit 2 ;;
 esac

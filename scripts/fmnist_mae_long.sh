@@ -10,8 +10,9 @@
 #   bash scripts/fmnist_mae_long.sh length [OUT_DIR]     # fine-tune the kept encoders at LENGTHS epochs (~30 min each)
 #   bash scripts/fmnist_mae_long.sh ds2 [OUT_DIR]        # held-out loss vs fine-tuned top-1 along every run: DS2_KEEP
 # PRE_SEED=1 (2, ...) trains and evaluates a second pretraining run (OUT_DIR/pre-s1/mae, its encoders mae_s1_epN);
-# once seeds 1 and 2 have fine-tuned cells, the transfer study's keep pools mae_ep100, mae_s1_ep100, mae_s2_ep100
-# into one row, mae_ep100_runs (compare --pool), and contrasts it with scratch and supervised.
+# once seeds 1 and 2 have cells (frozen ones come first), the transfer study's keep pools mae_ep100, mae_s1_ep100,
+# mae_s2_ep100 into one row, mae_ep100_runs (compare --pool), and contrasts it with scratch and supervised; a column
+# some seed has no cell in yet says "k of 3 replicas" and gives no verdict.
 # Pretraining: the demo's recipe (mae_fmnist_tiny: mask 0.75, norm-pix, batch 256, lr 1.5e-4, AdamW 0.9/0.95) for
 # EPOCHS epochs with 5% warm-up (MAE's 40 of 800), ~1,100 img/s alone. KEEP_EVERY (default 2340 steps, 10 epochs)
 # is a multiple of the 234-step epoch, where the run measures its held-out loss, so each kept encoder has its own.

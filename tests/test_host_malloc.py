@@ -59,14 +59,16 @@ def test_tuned_process_reuses_freed_pages():
     default = _faults("0")
     tuned = _faults(None)
     assert default["state"] == "off" and tuned["state"] == "tuned"
-    # glibc's defaults: the activations land on fresh pages in many rounds (measured: 7-20 of 20, ~2,000-5,000
-    # faults a round on average)
-    assert sum(f > 0 for f in default["faults"]) >= 5 and sum(default["faults"]) >= 300 * 20, default
     # tuned: the same pages every round; the heap may still grow once in a while. A round's activations span up to
     # 3,072 pages; rounds with a handful of stray faults (the interpreter's own heap, a thread's stack: 1 fault
     # seen in 1-4 rounds of 20 on this machine, with or without tuning) are not the activations, so only rounds
     # that fault in more than 256 pages (1 MiB) count
     assert sum(f > 256 for f in tuned["faults"]) <= 3, tuned
+    # glibc's defaults usually land the activations on fresh pages in many rounds (measured: 7-20 of 20, ~2,000-5,000
+    # faults a round on average), but its dynamic mmap threshold can settle early: once a run's default faulted in
+    # 3 rounds of 20 with a handful of pages each. Then there is nothing to contrast the tuning with on that run
+    if sum(f > 0 for f in default["faults"]) < 5 or sum(default["faults"]) < 300 * 20:
+        pytest.skip(f"glibc's defaults reused their pages in this run too ({default['faults']}): no contrast")
     # the same measures separate the two: how often glibc's defaults fault in fresh pages depends on the machine
     # (11-15 rounds of 20 here, 4 on the CI machine), so the default must only fault more often and more in total
     # (here 20-40x the pages)

@@ -112,6 +112,10 @@ def test_a_contrast_with_a_pool_is_unpaired_with_welchs_p_and_the_tables_rule():
     rows += pooled_rows(rows, [*POOL, ("c", ["c_s0", "c_s1", "c_s2"])])
     (tie,) = contrast_rows(rows, [("mae", "c")])
     assert tie["verdict"].startswith("≈ within the seed spread")
+    # a replica without a number: no verdict and no p (scipy would give nan)
+    nan = [*REPLICAS, *rows_of("n_s0", [80.0]), *rows_of("n_s1", [float("nan")])]
+    (broken,) = contrast_rows([*nan, *pooled_rows(nan, [*POOL, ("n", ["n_s0", "n_s1"])])], [("mae", "n")])
+    assert broken["verdict"] == "not a number on some seed: no verdict" and broken["p_welch_t"] is None
     # a pool against a model with one seed: no verdict
     (lone,) = contrast_rows([*rows, *rows_of("one", [70.0])], [("mae", "one")])
     assert lone["verdict"] == "one value on a side: no verdict" and lone["p_welch_t"] is None

@@ -377,11 +377,29 @@ def test_distill_femto_replicas_train_with_their_seed_apart_and_join_the_compari
     assert "--seeds 1 " in replicas and "--no-baselines" in replicas and "--protocols finetune " in replicas
     assert (enc / "cls_r1.safetensors.from").read_text().split()[1] == f"{out}/replica-1/students/cls"
     calls.unlink()
+    # MODELS picks among the replicated models (mae has no replica: not asked for), each replica number once
+    run("compare", REPLICAS="1 1", MODELS="qkvv mae", PROTOCOLS="finetune")
+    *_, replicas = [line for line in calls.read_text().splitlines() if line.startswith("-m mimkit compare")]
+    assert [w.split("=")[0] for w in replicas.split() if w.endswith(".safetensors")] == ["qkvv_r1"]
+    # the keep stage pools each femto with its kept replicas (whatever REPLICAS says now) and contrasts the pools
+    cells = out / "compare-classification-60k/cells"
+    for model in ("qkvv", "qkvv_r1", "cls", "cls_r1", "feature"):
+        (cells / f"{model}__finetune__classification").mkdir(parents=True, exist_ok=True)
+        (cells / f"{model}__finetune__classification/cell.json").write_text("{}")
+    calls.unlink()
+    kept = run("keep")
+    (tables,) = calls.read_text().splitlines()
+    assert "--pool qkvv_runs=qkvv,qkvv_r1 --pool cls_runs=cls,cls_r1 " in tables
+    assert "--contrast qkvv:cls " in tables and tables.endswith("--contrast qkvv_runs:cls_runs")
+    assert "pool feature_runs left out" in kept.stderr  # feature_r1 is kept but has no cell here
+    calls.unlink()
     gone = run("compare", check=False, REPLICAS="1 3", MODELS="qkvv")
     assert gone.returncode == 2 and f"qkvv_r3: {out}/replica-3/students/qkvv has not finished" in gone.stderr
     assert not calls.exists()  # refused before anything ran
     zero = run("compare", check=False, REPLICAS="0")
     assert zero.returncode == 2 and "replica numbers 1, 2" in zero.stderr
+    padded = run("pretrain", check=False, REPLICA="01")  # not a second copy of the first run in replica-01
+    assert padded.returncode == 2 and "REPLICA=01: a replica number" in padded.stderr
 
 
 def test_distill_femto_two_lanes_split_the_runs_with_one_thread_each_and_report_a_failed_lane(tmp_path):
@@ -671,6 +689,7 @@ def test_keep_compare_pools_the_replicas_that_all_have_cells_and_contrasts_the_p
         (cmp / "cells" / name).mkdir(parents=True)
         (cmp / "cells" / name / "cell.json").write_text("{}")
     words = "mae=mae_s0,mae_s1 sup3=sup,sup_s1,sup_s2 mae:sup mae:sup3 mae_s0:mae_s1 p= q=a,,b r=a s=a,a sup=a,b"
+    words += " mae=mae_s1,mae_s0"  # a second pool of that name
     library = SCRIPTS / "lib/compare_keep.sh"
     script = f'M="python -m mimkit"; source {library}; keep_compare kept {cmp} {words}'
     done = subprocess.run(["bash", "-c", script], env=env, cwd=tmp_path, check=True, capture_output=True, text=True)
@@ -682,6 +701,7 @@ def test_keep_compare_pools_the_replicas_that_all_have_cells_and_contrasts_the_p
         f"pool sup3 left out of {cmp}: a replica without finished cells",
         # what compare would refuse (stopping the whole keep) is left out by name instead
         *(f"pool word '{w}' left out of {cmp}: {why}" for w in ("p=", "q=a,,b", "r=a", "s=a,a", "sup=a,b")),
+        f"pool word 'mae=mae_s1,mae_s0' left out of {cmp}: {why}",
         f"contrast mae:sup3 left out of {cmp}: a model without finished cells",
     ]
 
@@ -696,14 +716,3 @@ def test_the_distillation_studys_contrasts_name_its_own_models():
     pairs = re.search(r"^PAIRS=\(([^)]+)\)", text, re.M)[1].replace('"', "").replace("$TEACHER_LAYER", "4").split()
     names = {name for pair in pairs for name in pair.split(":")}
     assert len(pairs) >= 8 and names <= {*students, "mae", "mae_long", "scratch"}, names
-    # the pools and their contrasts, with every student replicated: each pair names two pools of students
-    block = re.search(r"^# each replicated.*?^label_of", text, re.M | re.S)[0].rsplit("\n", 1)[0]
-    shown = subprocess.run(
-        ["bash", "-c", f'set -euo pipefail; {block}\necho "${{POOLS[@]}}"; echo "${{POOL_PAIRS[@]}}"'],
-        env={"REPLICATED": " ".join(students), "TEACHER_LAYER": "4", "PATH": "/usr/bin:/bin"},
-        check=True, capture_output=True, text=True,
-    ).stdout.splitlines()  # fmt: skip
-    pools = dict(p.split("=") for p in shown[0].split())
-    assert pools["qkvv_runs"] == "qkvv,qkvv_r1,qkvv_r2" and set(pools) == {f"{s}_runs" for s in students}
-    pool_pairs = shown[1].split()
-    assert len(pool_pairs) == 7 and {n for pair in pool_pairs for n in pair.split(":")} <= set(pools)

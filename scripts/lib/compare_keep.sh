@@ -15,10 +15,11 @@ keep_compare() {  # keep_compare KEEP_DIR COMPARE_DIR [A:B | NAME=A,B,C ...]: th
   for pair in "${@:3}"; do
     [[ $pair == *=* ]] || continue
     members=${pair#*=}
-    # what compare would refuse, stopping the keep: a malformed word, a repeated model, a name already taken
+    # what compare would refuse, stopping the keep: a malformed word, a repeated model, a name already taken (by
+    # a model, or by a pool passed on)
     if ! [[ $pair =~ ^[^=,+]+=[^=,+]+(,[^=,+]+)+$ ]] || [[ ,$members, == *,"${pair%%=*}",* ]] ||
       [ "$(tr , '\n' <<<"$members" | sort -u | wc -l)" != "$(tr , '\n' <<<"$members" | wc -l)" ] ||
-      compgen -G "$2/cells/${pair%%=*}__*" >/dev/null; then
+      compgen -G "$2/cells/${pair%%=*}__*" >/dev/null || [[ $pooled == *" ${pair%%=*} "* ]]; then
       echo "pool word '$pair' left out of $2: give NAME=A,B[,C...], two or more different models, a new name" >&2
       continue
     fi

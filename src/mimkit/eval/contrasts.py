@@ -128,7 +128,9 @@ def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) ->
 
 def _welch_p(va: list[float], vb: list[float]) -> float | None:
     """Two-sided Welch t-test p (unequal variances); None below 2 values a side or with no spread on either."""
-    if len(va) < 2 or len(vb) < 2 or (spread(va)["std"] == 0 and spread(vb)["std"] == 0):
+    if len(va) < 2 or len(vb) < 2 or not all(math.isfinite(v) for v in [*va, *vb]):
+        return None
+    if spread(va)["std"] == 0 and spread(vb)["std"] == 0:
         return None
     from scipy import stats
 
@@ -183,7 +185,7 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
     for c in contrasts:
         digits = DECIMALS.get(c["metric"], 3)
         p = "" if c["p_paired_t"] is None else f"{c['p_paired_t']:.3f}"
-        count = str(c["n"])
+        count = f"{c['n']}, {c['n']}" if unpaired else str(c["n"])  # a paired row under the mixed header
         if not c.get("paired", True):
             p = "" if c["p_welch_t"] is None else f"{c['p_welch_t']:.3f} (Welch)"
             count = f"{c['a_n']}, {c['b_n']}"
@@ -206,7 +208,8 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
     if unpaired:
         lines += [
             "",
-            "A pair with a pool (pretraining replicas) is unpaired: each side's mean ± std is over all its replicas "
+            "A pair with a pool (pretraining replicas) is unpaired, and the sentence above is not about it: each "
+            "side's mean ± std is over all its replicas "
             "(or seeds), Δ the difference of the means, its ± the std of a difference of one draw from each side, p "
             "Welch's t-test, and the verdict the same rule (at least 2 values a side; none while a pool lacks a "
             "replica).",

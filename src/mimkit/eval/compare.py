@@ -23,7 +23,7 @@ from mimkit.data.options import COMBINED_TASKS
 from mimkit.engine.atomic import atomic_write_text
 from mimkit.eval.contrasts import check_names, contrast_rows, contrasts_csv, contrasts_markdown
 from mimkit.eval.options import PIXELS
-from mimkit.eval.pools import Pool, check_pools, pool_notes, pool_size, pooled_rows
+from mimkit.eval.pools import Pool, check_pools, pool_notes, pool_sizes, pooled_rows
 from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
 PROTOCOLS = ("knn", "linprobe", "finetune")
@@ -566,6 +566,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     models = list(dict.fromkeys(r["model"] for r in summary if not r["baseline"]))
     base = list(dict.fromkeys(r["model"] for r in summary if r["baseline"]))
     seeds = sorted({r["n"] for r in summary if not r["pool"]}) or sorted({r["n"] for r in summary})
+    pooled = pool_sizes(summary)
     flagged = close = False
 
     def entry(model: str, task: str, protocol: str) -> dict[str, Any] | None:
@@ -578,8 +579,8 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
             return ""
         digits = DECIMALS.get(row["metric"], 3)
         text = mean_std(row["mean"], row["std"], row["n"], digits)
-        if row["pool"] and row["n"] < pool_size(row["pool"]):  # a replica's cell still to come
-            text += f" ({row['n']} of {pool_size(row['pool'])} replicas)"
+        if row["model"] in pooled and row["n"] < pooled[row["model"]]:  # a replica's cell still to come
+            text += f" ({row['n']} of {pooled[row['model']]} replicas)"
         bar = best_baseline(summary, task, protocol)
         if not row["baseline"] and bar is not None:
             margin = row["mean"] - bar["mean"] if PRIMARY[task][1] else bar["mean"] - row["mean"]
@@ -590,8 +591,6 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
                 close = True
                 text += " ≈"
         return text
-
-    pooled = {r["model"]: pool_size(r["pool"]) for r in summary if r["pool"]}
 
     def label(model: str) -> str:
         if model in pooled:

@@ -14,7 +14,7 @@ import math
 from typing import Any
 
 from mimkit.config import ConfigError
-from mimkit.eval.pools import pool_size
+from mimkit.eval.pools import pool_sizes
 from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_spread
 
 FIELDS = ["a", "b", "task", "protocol", "metric", "a_mean", "a_std", "a_n", "b_mean", "b_std", "b_n", "delta"]
@@ -50,7 +50,7 @@ def contrast_rows(rows: list[dict[str, Any]], pairs: list[tuple[str, str]]) -> l
     not measured yet, in a comparison still running, has no rows; check_names catches a misspelt one first)."""
     values: dict[tuple[str, str, str], dict[int, float]] = {}
     metrics: dict[str, str] = {}
-    pooled = {row["model"]: pool_size(row["pool"]) for row in rows if row.get("pool")}
+    pooled = pool_sizes(rows)
     for row in rows:
         if row.get("value") is None:
             continue
@@ -105,9 +105,8 @@ def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) ->
     sa, sb = spread(va), spread(vb)
     delta = sa["mean"] - sb["mean"]
     n = min(sa["n"], sb["n"])
-    verdict = _verdict(a, b, [delta] * n, sa, sb, higher)  # the rule needs >= 2 values a side and a spread
-    if sa["n"] < 2 or sb["n"] < 2:
-        verdict = "one value on a side: no verdict"
+    # the tables' rule (a spread, no NaN, beyond the larger std), given as many equal differences as the smaller side
+    verdict = "one value on a side: no verdict" if n < 2 else _verdict(a, b, [delta] * n, sa, sb, higher)
     return {
         "a_mean": sa["mean"],
         "a_std": sa["std"],
@@ -119,18 +118,19 @@ def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) ->
         "delta_std": math.sqrt(sa["std"] ** 2 + sb["std"] ** 2),
         "n": n,
         "p_paired_t": None,
-        "p_welch_t": _welch_p(va, vb),
+        "p_welch_t": _welch_p(va, vb, sa, sb),
         "paired": False,
         "verdict": verdict,
         "seed_deltas": [],  # nothing pairs a pool's replica with a seed: no dots
     }
 
 
-def _welch_p(va: list[float], vb: list[float]) -> float | None:
-    """Two-sided Welch t-test p (unequal variances); None below 2 values a side or with no spread on either."""
-    if len(va) < 2 or len(vb) < 2 or not all(math.isfinite(v) for v in [*va, *vb]):
+def _welch_p(va: list[float], vb: list[float], sa: dict, sb: dict) -> float | None:
+    """Two-sided Welch t-test p (unequal variances); None below 2 values a side, with a NaN, or with no spread on
+    either (sa, sb: spread() of va, vb)."""
+    if sa["n"] < 2 or sb["n"] < 2 or not all(math.isfinite(v) for v in [*va, *vb]):
         return None
-    if spread(va)["std"] == 0 and spread(vb)["std"] == 0:
+    if sa["std"] == 0 and sb["std"] == 0:
         return None
     from scipy import stats
 

@@ -49,9 +49,10 @@ def check_pools(pools: list[Pool], models: list[str], baselines: list[str]) -> N
             )
 
 
-def pool_size(pool: str) -> int:
-    """The number of replicas of a row's `pool` field (its models joined by +; parse_pools refuses + in names)."""
-    return len(pool.split("+")) if pool else 0
+def pool_sizes(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Each pool's number of replicas, from its rows' (or summary rows') `pool` field: its models joined by +
+    (parse_pools refuses + in names). Models that are no pool are absent."""
+    return {row["model"]: len(row["pool"].split("+")) for row in rows if row.get("pool")}
 
 
 def pooled_rows(rows: list[dict[str, Any]], pools: list[Pool]) -> list[dict[str, Any]]:
@@ -95,12 +96,11 @@ def pool_notes(rows: list[dict[str, Any]]) -> list[str]:
     """results.md's line per pool: what its mean ± std is over, and how many seeds stand behind each replica in each
     column (a column without every replica is named)."""
     seen: dict[str, dict[tuple[str, str], dict[str, int]]] = {}
-    sizes: dict[str, int] = {}
+    sizes = pool_sizes(rows)
     for row in rows:
         if row.get("pool"):
             column = seen.setdefault(row["model"], {}).setdefault((row["task"], row["protocol"]), {})
             column[row["replica"]] = int(row["replica_seeds"])
-            sizes[row["model"]] = pool_size(row["pool"])
     lines = []
     for name, columns in seen.items():
         parts = []

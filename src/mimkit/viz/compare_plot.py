@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from mimkit.eval.pools import pool_size  # noqa: E402
+from mimkit.eval.pools import pool_sizes  # noqa: E402
 from mimkit.viz.save import save_png_atomic  # noqa: E402
 
 PROTOCOL_NAMES = {"knn": "kNN (frozen)", "linprobe": "linear probe (frozen)", "finetune": "fine-tuned"}
@@ -40,7 +40,7 @@ def compare_figure(summary: list[dict[str, Any]], panels: list[dict[str, Any]]) 
     # a pool's n counts replicas (eval/pools.py): the title's seeds are the models' own; the legend names pools
     seeds = sorted({r["n"] for r in summary if not r["baseline"] and not r.get("pool")})
     seeds = seeds or sorted({r["n"] for r in summary if not r["baseline"]})
-    pooled = {r["model"]: pool_size(r["pool"]) for r in summary if r.get("pool")}
+    pooled = pool_sizes(summary)
     fig, axes = plt.subplots(1, len(panels), figsize=(max(3.5, 0.9 * len(models)) * len(panels), 4.2), squeeze=False)
     for ax, panel in zip(axes[0], panels):
         task, metric, higher, protocols = panel["task"], panel["metric"], panel["higher"], panel["protocols"]

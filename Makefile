@@ -32,9 +32,12 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-# --durations: the 15 slowest tests, printed after every run (the suite must stay under 10 minutes on 2 cores)
+# TEST_WORKERS pytest-xdist processes (the suite must stay under 10 minutes on 2 cores: 2 workers took 7 min there,
+# one 10.4; most of a test's time is starting Python and torch in a subprocess, which a second worker overlaps);
+# TEST_WORKERS=0 runs in this process, one test at a time. --durations: the 15 slowest tests, printed after every run
+TEST_WORKERS ?= 2
 test: setup lint
-	$(PY) -m pytest -q -m "not faults" --durations=15
+	$(PY) -m pytest -q -m "not faults" -n $(TEST_WORKERS) --durations=15
 
 # the slower fault injections (tests/test_faults.py, about 2 minutes): kill -9 at random moments, a full disk during a
 # checkpoint write, a torchrun job with a stopped or killed rank. CI runs them after `make test`.

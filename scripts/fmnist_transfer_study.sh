@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # The Fashion-MNIST transfer study (issue 19 item 6): MAE, SimMIM, MoCo v3, supervised and scratch mim_vit_pico
 # encoders compared by `mimkit compare`, frozen (kNN, linear probe) and fine-tuned, on classification (semantic) and
-# cluttered localisation (geometric), next to the baselines that learn nothing, 3 seeds.
+# four dense geometric tasks, next to the baselines that learn nothing, 3 seeds.
 #   bash scripts/fmnist_transfer_study.sh pretrain [OUT_DIR]         # resumable; about 45 minutes on 2 CPU cores
 #   bash scripts/fmnist_transfer_study.sh classification [OUT_DIR]   # resumable; about 80 minutes
 #   bash scripts/fmnist_transfer_study.sh classification-60k [OUT_DIR]  # every label; ~30 min per fine-tune cell
-#   bash scripts/fmnist_transfer_study.sh geometric [OUT_DIR]        # resumable; about 90 minutes
+#   bash scripts/fmnist_transfer_study.sh geometric [OUT_DIR]        # resumable; ~10 min per fine-tune cell (below)
 #   bash scripts/fmnist_transfer_study.sh fine-grained [OUT_DIR]     # the four tops only (below)
 #   bash scripts/fmnist_transfer_study.sh concept [OUT_DIR]          # supervised on classes 0-4, transfer to 5-9
 #   PRE_SEED=1 bash scripts/fmnist_transfer_study.sh pretrain [OUT_DIR]  # the four encoders again with seed 1
@@ -25,6 +25,11 @@
 # labels (classification-60k's scratch fine-tune cell) and that MAE encoder after its own fine-tuning (its mae_ep100
 # cell, paired before/after), next to a random pico; one report per seed whose two cells have finished (the seeds
 # vary the supervised model and MAE's fine-tune; the 100-epoch pretraining is one run), pooled by `analyze seeds`.
+# geometric: the dense tasks of scripts/fmnist_geometric_tasks.sh (cluttered localisation, keypoints, depth map,
+# tracking; GEOMETRIC_TASKS picks some), a dense head on frozen patch tokens (linprobe) and fine-tuned (TASK_EPOCHS),
+# 6,000 training images, next to each task's trivial predictor; 8-13 minutes per fine-tuning cell on 2 cores, so
+# the whole (5 models x 4 tasks x 3 seeds) is hours: start with MODELS="mae_ep100=... supervised scratch" (DR4's
+# question), LANES=2. Its cells are kept and restored as classification-60k's are.
 # fine-grained: the four tops Fashion-MNIST confuses most (T-shirt, pullover, coat, shirt; data.class_subset), every
 # label of them (24,000 images), the 4,000 test images of those classes. concept: the "categories covered by
 # supervised pretraining" test: a supervised encoder pretrained on classes 0-4 only (PRE/supervised_0to4, the same
@@ -40,6 +45,7 @@ OUT=${2:-runs/fmnist-transfer}
 STEPS=${STEPS:-800}
 FT_EPOCHS=${FT_EPOCHS:-15}
 TASK_EPOCHS=${TASK_EPOCHS:-10}
+GEOMETRIC_TASKS=${GEOMETRIC_TASKS:-cluttered_localization,keypoints,depth,tracking}
 FT_WARMUP=${FT_WARMUP:-1}
 SEEDS=${SEEDS:-3}
 source "$(dirname "$0")/lib/mimkit.sh"
@@ -116,9 +122,11 @@ fine-grained | concept)
     --set-finetune train.epochs="$FT_EPOCHS"
   keep_compare "$KEEP" "$OUT/compare-$STAGE" "${PAIRS[@]}"
   ;;
-geometric)
-  $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-geometric" --protocols linprobe,finetune \
-    --tasks cluttered_localization --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
+geometric)  # GEOMETRIC_TASKS (default: the four of scripts/fmnist_geometric_tasks.sh), kept like classification-60k
+  restore_compare "$KEEP" "$OUT/compare-geometric"
+  $M compare "${LANES_ARG[@]}" "${inits[@]}" --out "$OUT/compare-geometric" --protocols "${PROTOCOLS:-linprobe,finetune}" \
+    --tasks "$GEOMETRIC_TASKS" --seeds "$SEEDS" "${common[@]}" --set-finetune train.epochs="$TASK_EPOCHS"
+  keep_compare "$KEEP" "$OUT/compare-geometric" "${PAIRS[@]}"
   ;;
 keep | restore)  # every compare of OUT: markers and tables to KEEP, or back from it
   keep_or_restore_all "$STAGE" "$OUT" "$KEEP" "${PAIRS[@]}"

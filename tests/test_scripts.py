@@ -620,6 +620,31 @@ def test_transfer_fine_grained_and_concept_stages_compare_on_class_subsets(tmp_p
     assert not any("pretrain" in line for line in calls.read_text().splitlines())  # pretrained once
 
 
+def test_transfer_geometric_stage_compares_every_dense_task_and_keeps_its_cells(tmp_path):
+    """geometric: the four dense tasks by default (GEOMETRIC_TASKS picks some), frozen and fine-tuned on 6,000
+    images; a cell kept from another machine is restored first, so the compare skips it."""
+    env, calls = _stand_in_mimkit(tmp_path)
+    kept = tmp_path / "kept" / "compare-geometric" / "cells"
+    kept.mkdir(parents=True)
+    (kept / "scratch__finetune__depth.json").write_text('{"config_hash": "x", "row": {}}')
+    script = ["bash", str(SCRIPTS / "fmnist_transfer_study.sh"), "geometric", "study"]
+    env = {**env, "KEEP": str(tmp_path / "kept"), "MODELS": "mae scratch"}
+    subprocess.run(script, env=env, cwd=tmp_path, check=True, capture_output=True)
+    restored = tmp_path / "study" / "compare-geometric" / "cells" / "scratch__finetune__depth" / "cell.json"
+    assert restored.read_text() == '{"config_hash": "x", "row": {}}'
+    (compare,) = [f"{line} " for line in calls.read_text().splitlines() if "--tables-only" not in line]
+    assert "--out study/compare-geometric " in compare
+    assert "--tasks cluttered_localization,keypoints,depth,tracking " in compare
+    assert "--protocols linprobe,finetune " in compare and "--set-finetune train.epochs=10 " in compare
+    assert "--set-probe data.fraction=0.1 " in compare and "--set-finetune data.fraction=0.1 " in compare
+
+    calls.unlink()
+    env = {**env, "GEOMETRIC_TASKS": "depth,tracking", "PROTOCOLS": "finetune"}
+    subprocess.run(script, env=env, cwd=tmp_path, check=True, capture_output=True)
+    (compare,) = [line for line in calls.read_text().splitlines() if "--tables-only" not in line]
+    assert "--tasks depth,tracking " in compare and "--protocols finetune " in compare
+
+
 def test_combined_task_takes_an_exported_mae_encoder_and_extra_models(tmp_path):
     """fmnist_combined_task.sh: MAE may be an exported encoder file (no demo run then), EXTRA_MODELS adds NAME=SOURCE
     encoders to the same comparison, and a malformed extra is refused by name."""

@@ -652,7 +652,7 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     if close:
         lines += [
             "",
-            "≈ better than the best baseline that learns nothing by no more than the larger of the two seed spreads "
-            "(std): not a finding.",
+            "≈ better than the best baseline that learns nothing by no more than the larger seed spread (std; a "
+            "one-seed cell is judged by the other's): not a finding.",
         ]
     return "\n".join(lines) + "\n"

@@ -138,5 +138,8 @@ def results_markdown(
     if marked:
         lines.append(f"† {transfer} not above the best baseline that learns nothing: read the protocol first.")
     if close:
-        lines.append("≈ the difference to scratch is inside the larger seed spread (std): not a finding.")
+        lines.append(
+            "≈ the difference to scratch is inside the larger seed spread (std; a one-seed cell is judged by "
+            "scratch's): not a finding."
+        )
     return "\n".join(lines).rstrip() + "\n"

@@ -52,13 +52,23 @@ def test_the_verdict_follows_the_metric_direction_and_one_seed_gives_none():
     assert single["verdict"] == "one common seed: no verdict" and single["p_paired_t"] is None
 
 
+def test_a_lead_beyond_the_spread_that_the_t_test_does_not_support_is_not_a_finding():
+    """+2.5 is beyond both spreads (1.41, 0.71), but the seeds disagree on its size (+2, +3): paired t p 0.13. Either
+    test alone lets noise through with few seeds, so the verdict needs both."""
+    (row,) = contrast_rows(rows_of("a", [88.0, 90.0]) + rows_of("b", [86.0, 87.0]), [("a", "b")])
+    assert row["delta"] > max(row["a_std"], row["b_std"]) and row["p_paired_t"] == pytest.approx(0.1257, abs=1e-3)
+    assert row["verdict"] == "≈ beyond the seed spread but p 0.13 >= 0.05: not a finding"
+    assert row["p_paired_t"] == pytest.approx(stats.ttest_rel([88.0, 90.0], [86.0, 87.0]).pvalue)
+
+
 def test_only_the_common_seeds_count_for_means_spreads_and_the_difference():
     a = rows_of("a", [88.0, 90.0, 80.0])  # seed 2 (much lower) has no partner in b
-    b = rows_of("b", [86.0, 87.0])
+    b = rows_of("b", [86.0, 87.9])
     (row,) = contrast_rows(a + b, [("a", "b")])
-    assert row["n"] == 2 and row["a_mean"] == pytest.approx(89.0) and row["b_mean"] == pytest.approx(86.5)
-    assert row["delta"] == pytest.approx(row["a_mean"] - row["b_mean"]) and row["delta"] == pytest.approx(2.5)
+    assert row["n"] == 2 and row["a_mean"] == pytest.approx(89.0) and row["b_mean"] == pytest.approx(86.95)
+    assert row["delta"] == pytest.approx(row["a_mean"] - row["b_mean"]) and row["delta"] == pytest.approx(2.05)
     assert row["a_std"] == pytest.approx(stats.tstd([88.0, 90.0])) and row["verdict"] == "a better"
+    assert row["p_paired_t"] == pytest.approx(stats.ttest_rel([88.0, 90.0], [86.0, 87.9]).pvalue)
     disjoint = rows_of("a", [1.0, 2.0]) + [{**r, "seed": r["seed"] + 2} for r in rows_of("b", [1.0, 2.0])]
     (none,) = contrast_rows(disjoint, [("a", "b")])
     assert none["n"] == 0 and none["delta"] is None and none["verdict"] == "no common seeds: no verdict"

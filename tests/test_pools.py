@@ -105,7 +105,14 @@ def test_a_contrast_with_a_pool_is_unpaired_with_welchs_p_and_the_tables_rule():
     assert row["delta"] == pytest.approx(statistics.mean(a) - statistics.mean(b)) and row["n"] == 3
     assert row["delta_std"] == pytest.approx((statistics.variance(a) + statistics.variance(b)) ** 0.5)
     assert row["p_welch_t"] == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
-    assert row["delta"] > max(statistics.stdev(a), statistics.stdev(b)) and row["verdict"] == "mae better"
+    # beyond the larger spread, but Welch's t-test does not agree (p 0.056): not a finding
+    assert row["delta"] > max(statistics.stdev(a), statistics.stdev(b))
+    assert row["verdict"] == "≈ beyond the seed spread but p 0.056 >= 0.05: not a finding"
+    far = rows_of("f_s0", [72.0]) + rows_of("f_s1", [73.0]) + rows_of("f_s2", [71.5])
+    rows_far = [*REPLICAS, *far]
+    rows_far += pooled_rows(rows_far, [*POOL, ("f", ["f_s0", "f_s1", "f_s2"])])
+    (lead,) = contrast_rows(rows_far, [("mae", "f")])
+    assert lead["p_welch_t"] < 0.05 and lead["verdict"] == "mae better"  # both the spread and the test
     # one replica of mae against a close pool: the same rule calls no finding inside the larger spread
     close = rows_of("c_s0", [82.0]) + rows_of("c_s1", [78.0]) + rows_of("c_s2", [82.5])
     rows = [*REPLICAS, *close]

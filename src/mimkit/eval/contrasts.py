@@ -2,7 +2,8 @@
 (relation targets vs the class token, raw vs masked input, MIM vs supervised), so each named pair gets, for every
 task and protocol both were measured with, the difference paired by evaluation seed (a seed's cells share the head's
 initialisation, the data order and the subsets), a paired t-test, and a verdict by the comparison's own rule: a
-difference no larger than the larger of the two seed spreads is not a finding. A pool of pretraining replicas
+difference no larger than the larger of the two seed spreads, or one its t-test does not support (p >= 0.05), is
+not a finding. A pool of pretraining replicas
 (eval/pools.py) shares no seed with anything, so a pair with one is unpaired: the difference of the means, the std of
 a difference of one draw from each side, Welch's t-test, and the same rule."""
 
@@ -20,6 +21,7 @@ from mimkit.eval.spread import DECIMALS, PRIMARY, mean_std, spread, within_sprea
 FIELDS = ["a", "b", "task", "protocol", "metric", "a_mean", "a_std", "a_n", "b_mean", "b_std", "b_n", "delta"]
 FIELDS += ["delta_std", "n"]
 FIELDS += ["p_paired_t", "p_welch_t", "paired", "verdict"]
+ALPHA = 0.05  # a difference beyond the spread is a finding only when its t-test agrees at this level
 
 
 def parse_contrasts(specs: list[str]) -> list[tuple[str, str]]:
@@ -81,6 +83,7 @@ def _paired(a: str, b: str, va: dict[int, float], vb: dict[int, float], higher: 
     seeds = sorted(set(va) & set(vb))
     sa, sb = spread([va[s] for s in seeds] or [math.nan]), spread([vb[s] for s in seeds] or [math.nan])
     diffs = [va[s] - vb[s] for s in seeds]
+    p = _paired_p(diffs)
     return {
         "a_mean": sa["mean"],
         "a_std": sa["std"],
@@ -91,10 +94,10 @@ def _paired(a: str, b: str, va: dict[int, float], vb: dict[int, float], higher: 
         "delta": sum(diffs) / len(diffs) if diffs else None,
         "delta_std": spread(diffs)["std"] if diffs else None,
         "n": len(seeds),
-        "p_paired_t": _paired_p(diffs),
+        "p_paired_t": p,
         "p_welch_t": None,
         "paired": True,
-        "verdict": _verdict(a, b, diffs, sa, sb, higher),
+        "verdict": _verdict(a, b, diffs, sa, sb, higher, p),
         "seed_deltas": diffs,  # for the figure's dots; not a CSV column
     }
 
@@ -105,8 +108,9 @@ def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) ->
     sa, sb = spread(va), spread(vb)
     delta = sa["mean"] - sb["mean"]
     n = min(sa["n"], sb["n"])
-    # the tables' rule (a spread, no NaN, beyond the larger std), given as many equal differences as the smaller side
-    verdict = "one value on a side: no verdict" if n < 2 else _verdict(a, b, [delta] * n, sa, sb, higher)
+    p = _welch_p(va, vb, sa, sb)
+    # the tables' rule (a spread, no NaN, beyond the larger std, p), given as many equal differences as the smaller side
+    verdict = "one value on a side: no verdict" if n < 2 else _verdict(a, b, [delta] * n, sa, sb, higher, p)
     return {
         "a_mean": sa["mean"],
         "a_std": sa["std"],
@@ -118,7 +122,7 @@ def _unpaired(a: str, b: str, va: list[float], vb: list[float], higher: bool) ->
         "delta_std": math.sqrt(sa["std"] ** 2 + sb["std"] ** 2),
         "n": n,
         "p_paired_t": None,
-        "p_welch_t": _welch_p(va, vb, sa, sb),
+        "p_welch_t": p,
         "paired": False,
         "verdict": verdict,
         "seed_deltas": [],  # nothing pairs a pool's replica with a seed: no dots
@@ -152,8 +156,10 @@ def _paired_p(diffs: list[float]) -> float | None:
     return float(2 * stats.t.sf(abs(t), len(diffs) - 1))
 
 
-def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: bool) -> str:
-    """The tables' rule on the common seeds: a finding only beyond the larger of the two seed spreads."""
+def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: bool, p: float | None) -> str:
+    """The tables' rule on the common seeds: a finding only beyond the larger of the two seed spreads, and only when
+    the t-test (p: paired, or Welch's for a pool) agrees at ALPHA. Either alone lets noise through with 3 seeds: a
+    steady small lead gets a small p inside the spreads, a lead beyond the spreads that one seed reverses a large p."""
     if not diffs:
         return "no common seeds: no verdict"
     if len(diffs) < 2:
@@ -165,6 +171,8 @@ def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: boo
     delta = sum(diffs) / len(diffs)
     if abs(delta) <= within_spread(sa, sb):
         return "≈ within the seed spread: not a finding"
+    if p is not None and p >= ALPHA:
+        return f"≈ beyond the seed spread but p {p:.2g} >= {ALPHA}: not a finding"
     return f"{a} better" if (delta > 0) == higher else f"{b} better"
 
 

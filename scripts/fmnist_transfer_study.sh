@@ -26,10 +26,11 @@
 # cell, paired before/after), next to a random pico; one report per seed whose two cells have finished (the seeds
 # vary the supervised model and MAE's fine-tune; the 100-epoch pretraining is one run), pooled by `analyze seeds`.
 # geometric: the dense tasks of scripts/fmnist_geometric_tasks.sh (cluttered localisation, keypoints, depth map,
-# tracking; GEOMETRIC_TASKS picks some), a dense head on frozen patch tokens (linprobe) and fine-tuned (TASK_EPOCHS),
+# tracking; GEOMETRIC_TASKS, comma-separated, picks some), a dense head on frozen patch tokens (linprobe) and fine-tuned (TASK_EPOCHS),
 # 6,000 training images, next to each task's trivial predictor; 8-13 minutes per fine-tuning cell on 2 cores, so
 # the whole (5 models x 4 tasks x 3 seeds) is hours: start with MODELS="mae_ep100=... supervised scratch" (DR4's
-# question), LANES=2. Its cells are kept and restored as classification-60k's are.
+# question), LANES=2. Its cells are kept and restored as classification-60k's are. PROTOCOLS there: linprobe
+# and/or finetune (compare runs no kNN on a dense task).
 # fine-grained: the four tops Fashion-MNIST confuses most (T-shirt, pullover, coat, shirt; data.class_subset), every
 # label of them (24,000 images), the 4,000 test images of those classes. concept: the "categories covered by
 # supervised pretraining" test: a supervised encoder pretrained on classes 0-4 only (PRE/supervised_0to4, the same

@@ -53,16 +53,19 @@ def test_busy_cores_sees_a_spinning_process():
     if not os.path.exists("/proc/stat"):
         pytest.skip("Linux only")
     ctx = multiprocessing.get_context("spawn")
-    spinner = ctx.Process(target=_spin, args=(4.0,))
+    spinning = ctx.Event()  # a spawned child can take seconds to start on a busy machine: measure once it spins
+    spinner = ctx.Process(target=_spin, args=(4.0, spinning))
     spinner.start()
     try:
-        time.sleep(0.5)
+        assert spinning.wait(60)
         assert busy_cores(1.0) >= 0.6
     finally:
         spinner.join(10)
 
 
-def _spin(seconds: float) -> None:
+def _spin(seconds: float, spinning=None) -> None:
+    if spinning is not None:
+        spinning.set()
     end = time.monotonic() + seconds
     while time.monotonic() < end:
         pass

@@ -632,7 +632,9 @@ def test_transfer_geometric_stage_compares_every_dense_task_and_keeps_its_cells(
     subprocess.run(script, env=env, cwd=tmp_path, check=True, capture_output=True)
     restored = tmp_path / "study" / "compare-geometric" / "cells" / "scratch__finetune__depth" / "cell.json"
     assert restored.read_text() == '{"config_hash": "x", "row": {}}'
-    (compare,) = [f"{line} " for line in calls.read_text().splitlines() if "--tables-only" not in line]
+    lines = calls.read_text().splitlines()
+    (compare,) = [f"{line} " for line in lines if "--tables-only" not in line]
+    assert any("--out study/compare-geometric --tables-only" in line for line in lines)  # the keep's tables
     assert "--out study/compare-geometric " in compare
     assert "--tasks cluttered_localization,keypoints,depth,tracking " in compare
     assert "--protocols linprobe,finetune " in compare and "--set-finetune train.epochs=10 " in compare

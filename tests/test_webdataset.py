@@ -238,16 +238,18 @@ def test_decode_workers_hand_pixels_back_through_shared_slots_and_jumps_are_safe
 def test_dropping_stale_work_waits_for_what_is_already_running():
     """A jump drops the prefetched batches: queued work is cancelled, running work (writing into a shared slot
     that is about to be handed out again) is waited for."""
+    import threading
     import time
     from concurrent.futures import ThreadPoolExecutor
 
     from mimkit.data.webdataset.stream import _drop
 
     done: list[int] = []
+    started = threading.Event()  # not a sleep: on a busy machine the pool may not have started the task yet
     with ThreadPoolExecutor(1) as pool:
-        running = pool.submit(lambda: (time.sleep(0.3), done.append(1)))
+        running = pool.submit(lambda: (started.set(), time.sleep(0.3), done.append(1)))
         queued = pool.submit(done.append, 2)
-        time.sleep(0.05)
+        assert started.wait(30)
         _drop([running, queued])
         assert done == [1] and queued.cancelled()
 

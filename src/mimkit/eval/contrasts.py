@@ -171,7 +171,7 @@ def _verdict(a: str, b: str, diffs: list[float], sa: dict, sb: dict, higher: boo
     delta = sum(diffs) / len(diffs)
     if abs(delta) <= within_spread(sa, sb):
         return "≈ within the seed spread: not a finding"
-    if p is not None and p >= ALPHA:
+    if p is not None and not p < ALPHA:  # NaN too
         return f"≈ beyond the seed spread but p {p:.2g} >= {ALPHA}: not a finding"
     return f"{a} better" if (delta > 0) == higher else f"{b} better"
 
@@ -210,8 +210,8 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "Every number is over the seeds both models have (a model's other seeds are left out here). A verdict needs "
-        "at least 2 common seeds and a paired difference larger than the larger of the two seed spreads (std), a "
-        "more cautious rule than the paired t-test, whose p is shown beside it but not used.",
+        "at least 2 common seeds, a paired difference larger than the larger of the two seed spreads (std) and a "
+        f"paired t-test p under {ALPHA}: either alone lets noise through with few seeds.",
     ]
     if unpaired:
         lines += [
@@ -219,8 +219,8 @@ def contrasts_markdown(contrasts: list[dict[str, Any]]) -> str:
             "A pair with a pool (pretraining replicas) is unpaired, and the sentence above is not about it: each "
             "side's mean ± std is over all its replicas "
             "(or seeds), Δ the difference of the means, its ± the std of a difference of one draw from each side, p "
-            "Welch's t-test, and the verdict the same rule (at least 2 values a side; none while a pool lacks a "
-            "replica).",
+            "Welch's t-test, and the verdict the same rule with Welch's p (at least 2 values a side; none while a pool "
+            "lacks a replica).",
         ]
     return "\n".join(lines) + "\n"
 

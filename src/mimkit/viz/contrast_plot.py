@@ -1,6 +1,7 @@
 """The figure of `compare --contrast`: each pair's paired difference per task and protocol, with its seeds' own
 differences as dots and the margin the tables' rule asks of it as a grey band around zero, so a reader sees at once
-which differences clear the seed spread (the verdict's colour) and which sit inside it."""
+which differences clear the seed spread and which sit inside it; the colour is the verdict's, which also asks for
+the t-test's p < 0.05."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ HIGHER_IS_BETTER = {metric: higher for metric, higher in PRIMARY.values()}
 
 
 def verdict_colour(contrast: dict[str, Any]) -> str | None:
-    """Blue when A is better, orange when B is, grey within the spread, None (hollow) with no verdict."""
+    """Blue when A is better, orange when B is, grey for ≈ (inside the spread, or beyond it with p >= 0.05), None
+    (hollow) with no verdict."""
     verdict = contrast["verdict"]
     if verdict == f"{contrast['a']} better":
         return A_COLOUR
@@ -81,9 +83,11 @@ def contrast_figure(contrasts: list[dict[str, Any]]) -> plt.Figure | None:
         )
         ax.grid(axis="x", alpha=0.3)
     handles = [
-        plt.Line2D([], [], marker="o", ls="", color=A_COLOUR, label="A better (beyond the spread)"),
-        plt.Line2D([], [], marker="o", ls="", color=B_COLOUR, label="B better (beyond the spread)"),
-        plt.Line2D([], [], marker="o", ls="", color=TIE_COLOUR, label="within the seed spread"),
+        plt.Line2D([], [], marker="o", ls="", color=A_COLOUR, label="A better (beyond the spread, p < 0.05)"),
+        plt.Line2D([], [], marker="o", ls="", color=B_COLOUR, label="B better (beyond the spread, p < 0.05)"),
+        plt.Line2D(
+            [], [], marker="o", ls="", color=TIE_COLOUR, label="≈ not a finding (inside the spread, or p ≥ 0.05)"
+        ),
         plt.Line2D(
             [],
             [],
